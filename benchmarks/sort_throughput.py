@@ -1,0 +1,114 @@
+"""Images per second of `vitrina sort` end to end against a naive loop, in the same run.
+
+Naive loop: for each file, PIL open, the torchvision eval transform, the eager fp32 model on
+one image, shutil.copy into the class folder. vitrina: `sort_folder` (worker decoding,
+batching, the chosen backend, safe copy with verification and a manifest).
+
+    python benchmarks/sort_throughput.py [--data ../shared/data/cats_dogs] [--rounds 3]
+
+Target (issue 2): vitrina at least 2x the naive loop. Prints medians over rounds and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch
+from _common import data_dir, link_subset, machine
+from PIL import Image
+
+import vitrina
+from vitrina.data import eval_transform, scan_folder
+from vitrina.sort import sort_folder
+
+
+def naive_sort(paths: list[Path], model, classes: list[str], out: Path) -> None:
+    tf = eval_transform(model.preprocess)
+    model.eval()
+    with torch.inference_mode():
+        for p in paths:
+            img = Image.open(p).convert("RGB")
+            x = tf(img).unsqueeze(0)
+            label = classes[int(model(x).argmax(1))]
+            (out / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, out / label / p.name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="class-folder tree of photos (default ../shared/data/cats_dogs)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=0, help="photos per round (0: all)")
+    ap.add_argument("--backends", default="auto,eager", help="vitrina backends to time")
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    root = data_dir("cats_dogs", args.data)
+    scan = scan_folder(root)
+    paths = [s.path for s in scan.samples]
+    if args.limit:
+        step = max(1, len(paths) // args.limit)
+        paths = paths[::step][: args.limit]
+    print(f"machine: {machine()}")
+    print(f"photos: {len(paths)} from {root}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # A cats/dogs model: EfficientNet-Lite0 ImageNet features + a head probed on 10 per class.
+        few = [
+            s.path
+            for c in range(len(scan.classes))
+            for s in [x for x in scan.samples if x.label == c][:10]
+        ]
+        labelled = link_subset(few, tmp / "labelled")
+        run = vitrina.train(
+            str(labelled), arch="efficientnet_lite0", mode="probe", out=str(tmp / "run"), epochs=20
+        ).run_dir
+        clf = vitrina.load(run)
+        photos = tmp / "photos"
+        photos.mkdir()
+        for p in paths:  # flat folder of links, like an unsorted download folder
+            (photos / f"{p.parent.name}-{p.name}").symlink_to(p.resolve())
+        flat = sorted(photos.iterdir())
+
+        # warm-up both paths (page cache, thread pools, weight packing)
+        naive_sort(flat[:16], clf.model, clf.classes, tmp / "warm-naive")
+        sort_folder(photos, clf, tmp / "warm-v", backend="eager")
+
+        times: dict[str, list[float]] = {"naive": []}
+        for b in args.backends.split(","):
+            times[f"vitrina[{b}]"] = []
+        for r in range(args.rounds):
+            t = time.perf_counter()
+            naive_sort(flat, clf.model, clf.classes, tmp / f"naive-{r}")
+            times["naive"].append(len(flat) / (time.perf_counter() - t))
+            for b in args.backends.split(","):
+                t = time.perf_counter()
+                s = sort_folder(
+                    photos, clf, tmp / f"v-{b}-{r}", backend=b, batch_size=args.batch_size
+                )
+                times[f"vitrina[{b}]"].append(len(flat) / (time.perf_counter() - t))
+                assert len(s.items) == len(flat)
+            print(
+                f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in times.items())
+            )
+
+    base = statistics.median(times["naive"])
+    print("\nmedian images/s (end to end: files on disk -> sorted folders)")
+    for k, v in times.items():
+        med = statistics.median(v)
+        print(f"  {k:<16} {med:7.1f} img/s   {med / base:4.2f}x naive")
+    best = max(statistics.median(v) for k, v in times.items() if k != "naive")
+    verdict = "met" if best / base >= 2 else "MISSED"
+    print(f"target >= 2.0x naive: {verdict} ({best / base:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

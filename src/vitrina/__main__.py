@@ -1,0 +1,3 @@
+from vitrina.cli import entry
+
+entry()

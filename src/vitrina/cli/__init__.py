@@ -1,0 +1,54 @@
+"""The ``vitrina`` command. Each command parses, calls one API function, and reports.
+
+Exit codes: 0 done, 1 bad input or user-facing failure (one line, no traceback), 2 usage.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from vitrina.errors import VitrinaError
+
+app = typer.Typer(
+    name="vitrina",
+    help="Computer vision for people with folders of photos: train a classifier, sort new "
+    "photos, inspect datasets. Offline on a CPU, fast on a GPU.\n\n"
+    "Start with `vitrina demo`, then `vitrina train --help`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    from vitrina.cli import data, demo, evaluate, predict, sort, train
+
+    app.add_typer(data.app, name="data")
+    for mod in (train, evaluate, predict, sort, demo):
+        mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except VitrinaError as e:
+        from rich.markup import escape
+
+        from vitrina.cli._common import err
+
+        err.print(f"[red]error:[/] {escape(str(e))}")
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

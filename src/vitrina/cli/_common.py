@@ -1,0 +1,53 @@
+"""What every command shares: consoles, progress bars, option types, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+BACKEND_HELP = "Inference backend: auto (fastest this machine supports), eager (fp32) or bf16."
+DEVICE_HELP = "Where to run: auto (GPU if present), cpu, cuda, cuda:1..."
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator[Any]:
+    """Yield ``update(done, total=None)``; draws a bar on stderr (nothing when disabled)."""
+    if not enabled:
+        yield lambda done, total=None: None
+        return
+    with Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as p:
+        task = p.add_task(description, total=total, rate="")
+
+        def update(done: int, total: int | None = None) -> None:
+            t = p.tasks[0]
+            rate = f"{done / t.elapsed:.0f} img/s" if t.elapsed else ""
+            p.update(task, completed=done, total=total if total is not None else t.total, rate=rate)
+
+        yield update

@@ -1,0 +1,100 @@
+"""``vitrina sort``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
+
+
+class Method(StrEnum):
+    copy = "copy"
+    move = "move"
+    link = "link"
+
+
+def sort(
+    photos_dir: Path = typer.Argument(..., help="Folder of photos to sort."),
+    model: str = typer.Option(..., "--model", "-m", help="Run folder made by `vitrina train`."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Where the class folders go."),
+    min_confidence: float = typer.Option(
+        0.5, help="Photos whose top probability is below this go to unsure/."
+    ),
+    copy: bool = typer.Option(False, "--copy", help="Copy photos (the default)."),
+    move: bool = typer.Option(
+        False, "--move", help="Move photos (copy, sync, verify, then delete)."
+    ),
+    link: bool = typer.Option(False, "--link", help="Make symbolic links to the photos."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show where each photo would go; change nothing."
+    ),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    batch_size: int = typer.Option(32, help="Images per forward pass."),
+    as_json: bool = typer.Option(False, "--json", help="Print every placement as JSON."),
+) -> None:
+    """Sort photos into OUT/<class>/, OUT/unsure/ and OUT/unreadable/.
+
+    Never overwrites (a clash gets a -1 suffix); writes OUT/manifest.csv (source, destination,
+    label, confidence, top 3). Running the same command again finishes an interrupted job
+    without duplicating anything.
+
+    Example: vitrina sort new_photos/ --model runs/shop --out sorted/ --min-confidence 0.7
+    """
+    from vitrina.sort import sort_folder
+
+    chosen = [m for m, on in (("copy", copy), ("move", move), ("link", link)) if on]
+    if len(chosen) > 1:
+        err.print("error: choose one of --copy, --move, --link")
+        raise typer.Exit(2)
+    method = chosen[0] if chosen else "copy"
+    with progress_bar("sorting", None, enabled=not as_json) as update:
+        summary = sort_folder(
+            photos_dir,
+            model,
+            out_dir,
+            min_confidence=min_confidence,
+            method=method,
+            dry_run=dry_run,
+            recursive=recursive,
+            backend=backend,
+            device=device,
+            batch_size=batch_size,
+            on_progress=lambda d, n: update(d, n),
+        )
+    if as_json:
+        print_json([it.row() for it in summary.items])
+        return
+    if dry_run:
+        for it in summary.items:
+            out.print(
+                f"{escape(str(it.source))} -> {escape(str(it.destination))}  ({it.confidence:.2f})"
+            )
+    verb = (
+        "would place" if dry_run else {"copy": "copied", "move": "moved", "link": "linked"}[method]
+    )
+    t = Table(title=f"{verb} {len(summary.items)} photos into {out_dir}")
+    t.add_column("folder")
+    t.add_column("photos", justify="right")
+    for folder, n in summary.counts.items():
+        t.add_row(escape(folder), str(n))
+    out.print(t)
+    if summary.skipped_done:
+        out.print(f"{summary.skipped_done} photos were already sorted by an earlier run")
+    for it in summary.unreadable:
+        err.print(f"[yellow]unreadable[/] {escape(it.error)}")
+    errors = [it for it in summary.items if it.status == "error"]
+    for it in errors:
+        err.print(f"[red]not placed[/] {escape(str(it.source))}: {escape(it.error)}")
+    if not dry_run and summary.items:
+        out.print(f"manifest: {summary.manifest}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sort")(sort)

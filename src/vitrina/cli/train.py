@@ -1,0 +1,117 @@
+"""``vitrina train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vitrina.cli._common import DEVICE_HELP, out, print_json
+
+
+def train(
+    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
+    arch: str = typer.Option(
+        "efficientnet_lite0", help="Architecture name (see vitrina.list_models)."
+    ),
+    weights: str | None = typer.Option(
+        None,
+        help="Starting weights: imagenet (default for probe/finetune), a weights file, or a run "
+        "folder. Not used with --mode scratch.",
+    ),
+    mode: str = typer.Option(
+        "finetune",
+        help="scratch: all weights from random init; probe: train only the head on frozen "
+        "features; finetune: train everything from pretrained weights.",
+    ),
+    epochs: int | None = typer.Option(
+        None, help="Epochs (default: 30 scratch/probe, 10 finetune)."
+    ),
+    batch_size: int = typer.Option(32, help="Images per step."),
+    lr: float | None = typer.Option(None, help="Learning rate (default by optimizer and mode)."),
+    optimizer: str = typer.Option("adamw", help="sgd or adamw."),
+    augment: str | None = typer.Option(
+        None, help="none, light or standard (default: none for probe, light otherwise)."
+    ),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
+    seed: int = typer.Option(0, help="Seed for the split, init and shuffling."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Run folder to create (default runs/<data>-<arch>-<mode>)."
+    ),
+    val_dir: Path | None = typer.Option(
+        None, help="Validation class-folder tree (default: a seeded 20% split)."
+    ),
+    val_fraction: float = typer.Option(0.2, help="Share of each class held out for validation."),
+    patience: int = typer.Option(
+        10, help="Stop after this many epochs without a better validation score (0: never)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last epoch."
+    ),
+    workers: int | None = typer.Option(
+        None, help="Image decoding processes (default: one per spare core)."
+    ),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train or fine-tune a classifier on a folder of labelled photos.
+
+    Classes are the sub-folders of DATA_DIR. The result is a run folder: model.safetensors,
+    vitrina.json, metrics.jsonl and plots/ (curves.png, confusion.png).
+
+    Examples:
+
+      vitrina train photos/ --arch efficientnet_lite0 --weights imagenet --mode probe
+
+      vitrina train digits/ --arch lenet5 --mode scratch --epochs 20
+    """
+    from vitrina.training import TrainConfig, train_classifier
+
+    cfg = TrainConfig(
+        data_dir=str(data_dir),
+        arch=arch,
+        weights=weights,
+        mode=mode,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        augment=augment,
+        precision=precision,
+        seed=seed,
+        out=str(out_dir) if out_dir else None,
+        val_dir=str(val_dir) if val_dir else None,
+        val_fraction=val_fraction,
+        patience=patience,
+        num_workers=workers,
+        device=device,
+    )
+    res = train_classifier(cfg, resume=resume, progress=not as_json)
+    if as_json:
+        print_json(
+            {
+                "run_dir": str(res.run_dir),
+                "classes": res.classes,
+                "metrics": res.metrics,
+                "unreadable": res.bad_files,
+            }
+        )
+        return
+    m = res.metrics
+    acc = m.get("val_accuracy")
+    out.print(
+        f"best epoch {res.best_epoch}: "
+        + (
+            f"validation accuracy {acc:.3f}"
+            if acc is not None
+            else f"train accuracy {m.get('train_accuracy', 0):.3f}"
+        )
+    )
+    if res.bad_files:
+        out.print(f"{len(res.bad_files)} unreadable images were skipped (listed above)")
+    out.print(f"run folder: {res.run_dir}  (plots in {res.run_dir / 'plots'})")
+    out.print(f"next: vitrina sort NEW_PHOTOS --model {res.run_dir} --out sorted")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

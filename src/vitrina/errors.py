@@ -1,0 +1,56 @@
+"""Typed, user-facing errors.
+
+Every error a user can cause (bad file, bad folder, bad name, missing weights) is a
+``VitrinaError``. Its message is one line that names the file or thing and the problem;
+the CLI prints it and exits with code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "DataError",
+    "DiskFullError",
+    "ImageReadError",
+    "RunFolderError",
+    "UnknownNameError",
+    "VitrinaError",
+    "WeightsNotFoundError",
+]
+
+
+class VitrinaError(Exception):
+    """A failure the user can act on. ``str(error)`` is one line."""
+
+
+class ImageReadError(VitrinaError):
+    """An image file that cannot be decoded safely (missing, empty, truncated, not an image, too large)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DataError(VitrinaError):
+    """A dataset folder that cannot be used (missing, empty, one class, bad class names)."""
+
+
+class UnknownNameError(VitrinaError, KeyError):
+    """A registry lookup with a name that does not exist; the message suggests the closest names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsNotFoundError(VitrinaError):
+    """Pretrained weights requested but not available offline; the message says what to put where."""
+
+
+class RunFolderError(VitrinaError):
+    """A run folder that is missing, incomplete, or whose checkpoint fails its integrity check."""
+
+
+class DiskFullError(VitrinaError):
+    """The disk filled up while writing; nothing half-written is left behind."""

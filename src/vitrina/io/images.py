@@ -1,0 +1,263 @@
+"""Safe image decoding: every bad file becomes an :class:`ImageReadError`, never a crash.
+
+``read_image`` returns a fully loaded, EXIF-oriented RGB (or L) image detached from its file.
+It refuses oversized images from the header, before any pixel memory is allocated, and it
+never flips process-wide Pillow switches (``LOAD_TRUNCATED_IMAGES``, ``MAX_IMAGE_PIXELS``).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vitrina.errors import ImageReadError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "file_digest",
+    "image_size",
+    "is_image_path",
+    "read_image",
+]
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".pgm",
+        ".ppm",
+        ".pbm",
+        ".pnm",
+    }
+)
+
+DEFAULT_MAX_PIXELS = 120_000_000
+
+# Only the decoders behind IMAGE_EXTENSIONS: letting Pillow sniff every format it knows would
+# e.g. hand a renamed .eps to Ghostscript. (Camera MPO files open through "JPEG".)
+_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+
+_CORRUPT = "truncated or corrupt image data"
+_NOT_IMAGE = "not an image (unrecognised format)"
+
+# EXIF orientation -> the transpose that undoes it (same table as ImageOps.exif_transpose).
+_ORIENTATION_OPS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_CHUNK = 1 << 20
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` has an image extension (any case) and is not a hidden file."""
+    name = Path(path).name
+    if not name or name.startswith("."):
+        return False
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    *,
+    mode: str = "RGB",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode ``path`` into a loaded, EXIF-oriented image in ``mode`` ("RGB" or "L").
+
+    Raises :class:`ImageReadError` (naming the file and the problem) for anything that is not
+    a readable image within ``max_pixels``.
+    """
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
+    p = Path(path)
+    with _open_file(p) as fh, warnings.catch_warnings():
+        # Our own max_pixels check below is the limit; Pillow's warning fires at a lower,
+        # unrelated threshold (~89 MP) and would otherwise reject 100 MP camera photos.
+        # Pillow's hard DecompressionBombError is still caught and reported.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = _identify(p, fh, max_pixels)
+        try:
+            orientation = _orientation(im)
+            try:
+                im.load()  # first frame only for GIF / animated WebP / MPO
+            except Image.DecompressionBombError as exc:  # e.g. an oversized GIF frame
+                raise ImageReadError(p, f"image too large (limit {max_pixels:,} pixels)") from exc
+            except MemoryError as exc:
+                raise ImageReadError(p, "image too large to decode (out of memory)") from exc
+            except Exception as exc:
+                # Pillow reports bad pixel data with OSError, SyntaxError, ValueError,
+                # EOFError, struct.error, ... by plugin; for a user they all mean the same.
+                raise ImageReadError(p, _CORRUPT) from exc
+            try:
+                out = _normalise(im, mode)
+            except MemoryError as exc:
+                raise ImageReadError(p, "image too large to decode (out of memory)") from exc
+            except Exception as exc:
+                raise ImageReadError(p, f"unsupported colour mode {im.mode}") from exc
+        finally:
+            im.close()
+    op = _ORIENTATION_OPS.get(orientation)
+    return out.transpose(op) if op is not None else out
+
+
+def image_size(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF rotation applied), read from the header only."""
+    p = Path(path)
+    with _open_file(p) as fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _identify(p, fh, max_pixels) as im:
+            width, height = im.size
+            if _orientation(im) in (5, 6, 7, 8):  # the 90-degree rotations swap the axes
+                width, height = height, width
+    return width, height
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of the file's bytes, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _open_file(path: Path) -> BinaryIO:
+    """Open a regular, non-empty file for reading or raise :class:`ImageReadError`."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageReadError(path, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO or device would block or never end.
+            raise ImageReadError(path, "not a regular file")
+        if st.st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        return open(path, "rb")  # closed by the caller's with-block
+    except OSError as exc:
+        raise ImageReadError(path, _os_reason(exc)) from exc
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "file not found"
+    if exc.errno == errno.EISDIR:
+        return "is a directory"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"cannot read file ({exc.strerror or exc})"
+
+
+def _identify(path: Path, fh: BinaryIO, max_pixels: int) -> Image.Image:
+    """Parse the header only and enforce ``max_pixels`` before any pixel is decoded."""
+    try:
+        im = Image.open(fh, formats=_decoders())
+    except Image.DecompressionBombError as exc:
+        size = _unchecked_header_size(fh)
+        detail = f"{size[0]}x{size[1]} pixels" if size else "over Pillow's pixel limit"
+        raise ImageReadError(path, f"image too large: {detail} (limit {max_pixels:,})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, _NOT_IMAGE) from exc
+    except Exception as exc:  # plugins raise assorted types on a malformed header
+        raise ImageReadError(path, _CORRUPT) from exc
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        im.close()
+        raise ImageReadError(path, _CORRUPT)
+    if width * height > max_pixels:
+        im.close()
+        raise ImageReadError(
+            path, f"image too large: {width}x{height} pixels (limit {max_pixels:,})"
+        )
+    return im
+
+
+def _decoders() -> list[str]:
+    """The formats of ``_FORMATS`` this Pillow build can open (WebP support is optional)."""
+    Image.init()  # registers every plugin once; a no-op afterwards
+    return [fmt for fmt in _FORMATS if fmt in Image.OPEN]
+
+
+def _unchecked_header_size(fh: BinaryIO) -> tuple[int, int] | None:
+    """Header size for the error message when Pillow's bomb check refused to return it."""
+    try:
+        fh.seek(0)
+        prefix = fh.read(16)
+        for fmt in _decoders():
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and not accept(prefix):
+                continue
+            fh.seek(0)
+            try:
+                return factory(fh, "").size  # header parse only; no pixels allocated
+            except Exception:
+                continue
+    except Exception:
+        return None
+    return None
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation 1..8; a broken EXIF block means 'as stored', not an unreadable file."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        return int(value) if int(value) in _ORIENTATION_OPS else 1
+    except Exception:
+        return 1
+
+
+def _normalise(im: Image.Image, mode: str) -> Image.Image:
+    """Convert any decoded mode to ``mode`` without clipping, and without alpha garbage."""
+    src = im.mode
+    if src in _SIXTEEN_BIT_MODES:
+        # convert("L") clips at 255, turning every 16-bit value above 255 white.
+        arr = np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8
+        out = Image.fromarray(arr.astype(np.uint8))
+    elif src == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        if arr.size and float(arr.max()) <= 1.0:  # a [0, 1] float image
+            arr = np.clip(arr, 0.0, 1.0) * 255.0
+        else:
+            arr = np.clip(arr, 0.0, 255.0)
+        out = Image.fromarray(np.rint(arr).astype(np.uint8))
+    elif src in _ALPHA_MODES or "transparency" in im.info:
+        # Transparent pixels may hold any colour; composite over white instead of dropping alpha.
+        rgba = im.convert("RGBA")
+        out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out.alpha_composite(rgba)
+        out = out.convert("RGB")
+    elif src in ("L", "RGB"):
+        out = im.copy()  # detach from the file even when no conversion is needed
+    elif mode == "L" and src == "1":
+        out = im.convert("L")
+    else:
+        out = im.convert("RGB")  # 1, P, CMYK (incl. Adobe-inverted JPEG), YCbCr, ...
+    return out if out.mode == mode else out.convert(mode)

@@ -1,0 +1,195 @@
+"""A trained model is a folder (a *run*).
+
+``model.safetensors`` (weights; never pickled) + ``vitrina.json`` (architecture, classes,
+preprocessing, weights origin, metrics, thresholds, versions, data fingerprint, the checkpoint's
+sha256) + ``metrics.jsonl`` + ``plots/``. Loading verifies the checksum, so a missing or
+tampered checkpoint is a clear error, not a silent wrong model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from vitrina.errors import RunFolderError
+from vitrina.io import atomic_write_bytes, atomic_write_text
+from vitrina.models import Preprocess, VitrinaModel, create
+
+__all__ = [
+    "RUN_FORMAT",
+    "RunInfo",
+    "is_run_dir",
+    "load_model",
+    "read_run",
+    "save_run",
+    "versions",
+]
+
+RUN_FORMAT = "vitrina-run/1"
+RUN_JSON = "vitrina.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    from vitrina import __version__
+
+    return {
+        "vitrina": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class RunInfo:
+    """The contents of ``vitrina.json``."""
+
+    arch: str
+    classes: list[str]
+    preprocess: Preprocess
+    task: str = "classification"
+    weights_origin: str = "random"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=versions)
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    checkpoint_sha256: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": RUN_FORMAT,
+            "task": self.task,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "classes": self.classes,
+            "preprocess": self.preprocess.to_dict(),
+            "weights_origin": self.weights_origin,
+            "checkpoint": {"file": WEIGHTS_FILE, "sha256": self.checkpoint_sha256},
+            "metrics": self.metrics,
+            "thresholds": self.thresholds,
+            "data": self.data,
+            "config": self.config,
+            "versions": self.versions,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunInfo:
+        return cls(
+            arch=d["arch"],
+            classes=list(d["classes"]),
+            preprocess=Preprocess.from_dict(d["preprocess"]),
+            task=d.get("task", "classification"),
+            weights_origin=d.get("weights_origin", ""),
+            metrics=d.get("metrics", {}),
+            thresholds=d.get("thresholds", {}),
+            data=d.get("data", {}),
+            config=d.get("config", {}),
+            versions=d.get("versions", {}),
+            created=d.get("created", ""),
+            checkpoint_sha256=d.get("checkpoint", {}).get("sha256", ""),
+        )
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / RUN_JSON).is_file()
+
+
+def state_dict_bytes(model: torch.nn.Module) -> bytes:
+    # clone() breaks storage sharing, which safetensors refuses.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return st_save(tensors)
+
+
+def save_run(run_dir: str | Path, model: VitrinaModel, info: RunInfo) -> Path:
+    """Write weights then metadata, each atomically; the json is written last, so a folder
+    with a ``vitrina.json`` always has the checkpoint it describes."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    blob = state_dict_bytes(model)
+    info.checkpoint_sha256 = hashlib.sha256(blob).hexdigest()
+    atomic_write_bytes(run_dir / WEIGHTS_FILE, blob)
+    write_info(run_dir, info)
+    return run_dir
+
+
+def write_info(run_dir: str | Path, info: RunInfo) -> None:
+    atomic_write_text(Path(run_dir) / RUN_JSON, json.dumps(info.to_dict(), indent=2) + "\n")
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RunFolderError(f"{run_dir}: run folder not found")
+    meta = run_dir / RUN_JSON
+    if not meta.is_file():
+        raise RunFolderError(
+            f"{run_dir}: not a run folder (no {RUN_JSON}); train one with `vitrina train`"
+        )
+    try:
+        d = json.loads(meta.read_text())
+        if d.get("format") != RUN_FORMAT:
+            raise RunFolderError(
+                f"{meta}: unknown run format {d.get('format')!r} (expected {RUN_FORMAT})"
+            )
+        return RunInfo.from_dict(d)
+    except RunFolderError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunFolderError(f"{meta}: damaged run metadata ({type(e).__name__}: {e})") from None
+
+
+def load_model(run_dir: str | Path, *, verify: bool = True) -> VitrinaModel:
+    """Rebuild the model of a run from safetensors (no unpickling), checksum verified."""
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    wfile = run_dir / WEIGHTS_FILE
+    if not wfile.is_file():
+        raise RunFolderError(f"{wfile}: checkpoint missing; the run is incomplete (retrain it)")
+    blob = wfile.read_bytes()
+    if (
+        verify
+        and info.checkpoint_sha256
+        and hashlib.sha256(blob).hexdigest() != info.checkpoint_sha256
+    ):
+        raise RunFolderError(
+            f"{wfile}: checkpoint does not match the sha256 in {RUN_JSON} (changed or corrupt); "
+            "restore it or retrain"
+        )
+    try:
+        state = st_load(blob)
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise RunFolderError(f"{wfile}: unreadable checkpoint ({e})") from None
+    model = create(info.arch, weights=None, num_classes=info.num_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise RunFolderError(
+            f"{wfile}: does not fit architecture {info.arch!r} ({first})"
+        ) from None
+    model.class_names = list(info.classes)
+    model.preprocess = info.preprocess
+    model.weights_origin = f"run:{run_dir.resolve()}"
+    model.eval()
+    return model

@@ -1,0 +1,89 @@
+"""Resume points: model, optimizer and scheduler state in safetensors + JSON (no pickle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from vitrina.errors import RunFolderError
+from vitrina.io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["load_resume_point", "save_resume_point"]
+
+CKPT_DIR = "checkpoint"
+
+
+def _split_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    for pid, pstate in sd["state"].items():
+        plain["state"][str(pid)] = {}
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                plain["state"][str(pid)][key] = value
+    return tensors, plain
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in plain["state"].items()}
+    for name, t in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = t
+    return {"param_groups": plain["param_groups"], "state": state}
+
+
+def save_resume_point(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    meta: dict[str, Any],
+) -> None:
+    folder = Path(run_dir) / CKPT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+    }
+    opt_tensors, opt_plain = _split_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    atomic_write_bytes(folder / "last.safetensors", st_save(tensors))
+    doc = {
+        **meta,
+        "optimizer": opt_plain,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+    atomic_write_text(folder / "state.json", json.dumps(doc, indent=1, default=float))
+
+
+def load_resume_point(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+) -> dict[str, Any]:
+    folder = Path(run_dir) / CKPT_DIR
+    try:
+        doc = json.loads((folder / "state.json").read_text())
+        tensors = st_load((folder / "last.safetensors").read_bytes())
+    except FileNotFoundError:
+        raise RunFolderError(
+            f"{run_dir}: nothing to resume (no {CKPT_DIR}/ from an earlier run)"
+        ) from None
+    except Exception as e:
+        raise RunFolderError(f"{folder}: damaged resume point ({e})") from None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer.load_state_dict(_join_optimizer(tensors, doc["optimizer"]))
+    if scheduler is not None and doc.get("scheduler"):
+        scheduler.load_state_dict(doc["scheduler"])
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    return doc

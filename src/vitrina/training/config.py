@@ -1,0 +1,96 @@
+"""Every training option, defined once. The CLI, the Python API and the saved run read this."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from vitrina.data.transforms import AUGMENTS
+from vitrina.errors import VitrinaError
+from vitrina.registry import suggest
+
+__all__ = ["MODES", "OPTIMIZERS", "PRECISIONS", "TrainConfig"]
+
+MODES = ("scratch", "probe", "finetune")
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``vitrina train``. ``None`` means "choose for the mode" (see :meth:`resolved`).
+
+    mode: ``scratch`` trains every weight from random init; ``probe`` trains only the head on
+    frozen pretrained features; ``finetune`` trains everything starting from pretrained weights.
+    """
+
+    data_dir: str
+    arch: str = "efficientnet_lite0"
+    weights: str | None = None  # "imagenet", a file, a run folder; None: by mode
+    mode: str = "finetune"
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    augment: str | None = None
+    precision: str = "fp32"
+    seed: int = 0
+    out: str | None = None
+    val_dir: str | None = None
+    val_fraction: float = 0.2
+    patience: int = 10
+    num_workers: int | None = None
+    device: str = "auto"
+
+    def resolved(self) -> TrainConfig:
+        """Fill mode-dependent defaults and check every choice; raise VitrinaError if bad."""
+
+        def choice(name: str, value: str, options: tuple[str, ...]) -> None:
+            if value not in options:
+                raise VitrinaError(
+                    f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(options)}"
+                    f"{suggest(value, list(options))}"
+                )
+
+        choice("mode", self.mode, MODES)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("precision", self.precision, PRECISIONS)
+        c = TrainConfig(**asdict(self))
+        if c.weights in ("none", ""):
+            c.weights = None
+        if c.mode == "scratch" and c.weights is not None:
+            raise VitrinaError(
+                f"--mode scratch trains from random weights, but --weights {c.weights} was given; "
+                "use --mode finetune or --mode probe to start from weights"
+            )
+        if c.mode != "scratch" and c.weights is None:
+            c.weights = "imagenet"
+        if c.augment is None:
+            c.augment = {"scratch": "light", "probe": "none", "finetune": "light"}[c.mode]
+        choice("augment", c.augment, AUGMENTS)
+        if c.epochs is None:
+            c.epochs = {"scratch": 30, "probe": 30, "finetune": 10}[c.mode]
+        if c.lr is None:
+            base = {"adamw": 1e-3, "sgd": 0.05}[c.optimizer]
+            c.lr = base / 5 if c.mode == "finetune" else base
+        for name, value, ok in (
+            ("epochs", c.epochs, c.epochs >= 1),
+            ("batch-size", c.batch_size, c.batch_size >= 1),
+            ("lr", c.lr, c.lr > 0),
+            ("val-fraction", c.val_fraction, 0 < c.val_fraction < 1),
+        ):
+            if not ok:
+                raise VitrinaError(f"--{name} {value} is out of range")
+        if c.out is None:
+            c.out = str(Path("runs") / f"{Path(c.data_dir).resolve().name}-{c.arch}-{c.mode}")
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,165 @@
+"""One small training loop, driven by a task object and callbacks.
+
+The loop knows nothing about classification or metric learning: the task computes the loss
+of a batch and evaluates a loader; callbacks show progress, write metrics, checkpoint and
+stop early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from vitrina.data.dataset import Batch
+
+__all__ = ["Callback", "LoopState", "StepOutput", "Task", "fit"]
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar, with grad
+    n: int  # examples in the batch
+    correct: int = 0  # for tasks with an accuracy; 0 otherwise
+
+
+class Task(Protocol):
+    def set_train_mode(self, model: torch.nn.Module) -> None: ...
+
+    def step(self, model: torch.nn.Module, batch: Batch) -> StepOutput: ...
+
+    def evaluate(self, model: torch.nn.Module, loader: Iterable[Batch]) -> dict[str, float]: ...
+
+
+@dataclass
+class LoopState:
+    epochs: int
+    epoch: int = 0  # 1-based once running
+    steps_per_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    bad_files: dict[str, str] = field(default_factory=dict)  # message by path text
+    stop: bool = False
+    # running figures of the current epoch
+    seen: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    epoch_start: float = 0.0
+
+    @property
+    def train_loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def train_accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.seen / max(time.perf_counter() - self.epoch_start, 1e-9)
+
+
+class Callback:
+    """Hooks; each does one thing. Override what you need."""
+
+    def on_fit_start(self, state: LoopState) -> None: ...
+
+    def on_epoch_start(self, state: LoopState) -> None: ...
+
+    def on_batch_end(self, state: LoopState) -> None: ...
+
+    def on_bad_file(self, state: LoopState, message: str) -> None: ...
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None: ...
+
+    def on_fit_end(self, state: LoopState) -> None: ...
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _recording(
+    loader: Iterable[Batch], state: LoopState, callbacks: Sequence[Callback]
+) -> Iterable[Batch]:
+    """Pass batches through, reporting each unreadable file once to the callbacks."""
+    for batch in loader:
+        for idx, msg in batch.errors:
+            key = msg.split(":", 1)[0] if ":" in msg else str(idx)
+            if key not in state.bad_files:
+                state.bad_files[key] = msg
+                for cb in callbacks:
+                    cb.on_bad_file(state, msg)
+        yield batch
+
+
+def fit(
+    model: torch.nn.Module,
+    task: Task,
+    train_loader: Iterable[Batch],
+    val_loader: Iterable[Batch] | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    *,
+    epochs: int,
+    start_epoch: int = 0,
+    history: Sequence[dict[str, Any]] = (),
+    callbacks: Sequence[Callback] = (),
+    device: torch.device,
+    precision: str = "fp32",
+) -> LoopState:
+    """Train for epochs ``start_epoch+1 .. epochs``; returns the final state."""
+    state = LoopState(epochs=epochs, epoch=start_epoch, history=list(history))
+    try:
+        state.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        state.steps_per_epoch = 0
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    for epoch in range(start_epoch + 1, epochs + 1):
+        state.epoch = epoch
+        state.seen, state.loss_sum, state.correct = 0, 0.0, 0
+        state.epoch_start = time.perf_counter()
+        task.set_train_mode(model)
+        for cb in callbacks:
+            cb.on_epoch_start(state)
+        for batch in _recording(train_loader, state, callbacks):
+            if batch.images.numel() == 0:
+                continue
+            batch.images = batch.images.to(device, non_blocking=True)
+            batch.labels = batch.labels.to(device, non_blocking=True)
+            with _autocast(device, precision):
+                out = task.step(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            state.seen += out.n
+            state.loss_sum += float(out.loss.detach()) * out.n
+            state.correct += out.correct
+            for cb in callbacks:
+                cb.on_batch_end(state)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": state.train_loss,
+            "train_accuracy": state.train_accuracy,
+            "images_per_s": state.images_per_s,
+        }
+        if scheduler is not None:
+            scheduler.step()
+        if val_loader is not None:
+            with _autocast(device, precision):
+                record.update(task.evaluate(model, _recording(val_loader, state, callbacks)))
+        state.history.append(record)
+        for cb in callbacks:
+            cb.on_epoch_end(state, record)
+        if state.stop:
+            break
+    for cb in callbacks:
+        cb.on_fit_end(state)
+    return state

@@ -1,0 +1,90 @@
+"""Shared test data: small generated images, never downloaded, never ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("VITRINA_OFFLINE", "1")
+
+# Two pytest-xdist workers share two cores: one torch thread each avoids OpenMP spinning.
+torch.set_num_threads(1)
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def make_image(path: Path, rgb: tuple[int, int, int], *, size: int = 40, seed: int = 0) -> Path:
+    """A coloured square with noise, so every file differs."""
+    rng = np.random.default_rng(seed)
+    a = np.clip(np.array(rgb) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+    return path
+
+
+def make_dataset(root: Path, per_class: int = 12, classes: dict | None = None) -> Path:
+    for ci, (name, rgb) in enumerate((classes or COLORS).items()):
+        for i in range(per_class):
+            ext = ".png" if i % 2 else ".jpg"
+            make_image(root / name / f"{name}-{i:02d}{ext}", rgb, seed=ci * 1000 + i)
+    return root
+
+
+@pytest.fixture
+def toy_data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN trained from scratch on three colours (a real run folder)."""
+    from vitrina.training import TrainConfig, train_classifier
+
+    root = tmp_path_factory.mktemp("toyrun")
+    data = make_dataset(root / "data", per_class=10)
+    cfg = TrainConfig(
+        data_dir=str(data),
+        arch="tutorial_cnn",
+        mode="scratch",
+        epochs=12,
+        batch_size=8,
+        lr=3e-3,
+        augment="none",
+        out=str(root / "run"),
+        num_workers=0,
+        device="cpu",
+    )
+    return train_classifier(cfg, progress=False).run_dir
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Unsorted photos: two of each colour, plus a corrupt one and a text file."""
+    d = tmp_path / "photos"
+    for ci, (name, rgb) in enumerate(COLORS.items()):
+        for i in range(2):
+            make_image(d / f"{name}-new-{i}.png", rgb, seed=5000 + ci * 10 + i)
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (d / "notes.txt").write_text("not a photo")
+    return d
+
+
+def make_bomb_png(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8  # after the PNG signature: length(4) type(4) data(13) crc(4)
+    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 21])) & 0xFFFFFFFF
+    data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import make_bomb_png
+from vitrina.cli import main
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    o, e = capsys.readouterr()
+    return code, o, e
+
+
+def one_line_error(err: str, *needles: str) -> None:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_help_teaches(capsys) -> None:
+    code, o, _ = run(capsys, "--help")
+    assert code == 0
+    for cmd in ("train", "sort", "predict", "evaluate", "demo", "data"):
+        assert cmd in o
+    code, o, _ = run(capsys, "sort", "--help")
+    assert code == 0 and "--min-confidence" in o and "manifest.csv" in o
+
+
+def test_missing_folder_is_one_line_and_exit_1(capsys, tmp_path: Path) -> None:
+    code, _, e = run(
+        capsys, "train", tmp_path / "nope", "--arch", "tutorial_cnn", "--mode", "scratch"
+    )
+    assert code == 1
+    one_line_error(e, "nope", "folder not found")
+
+
+def test_unknown_arch_suggests(capsys, toy_data: Path, tmp_path: Path) -> None:
+    code, _, e = run(
+        capsys,
+        "train",
+        toy_data,
+        "--arch",
+        "resnet1O",
+        "--mode",
+        "scratch",
+        "--out",
+        tmp_path / "r",
+    )
+    assert code == 1
+    one_line_error(e, "resnet1O", "did you mean")
+
+
+def test_empty_folder(capsys, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, e = run(capsys, "data", "inspect", tmp_path / "empty")
+    assert code == 1
+    one_line_error(e, "empty", "no images")
+
+
+def test_usage_error_is_exit_2(capsys) -> None:
+    code, _, _ = run(capsys, "sort")
+    assert code == 2
+
+
+def test_predict_evaluate_sort_json(
+    capsys, toy_run: Path, toy_data: Path, photos: Path, tmp_path: Path
+) -> None:
+    code, o, _ = run(
+        capsys, "predict", toy_run, photos / "red-new-0.png", "--json", "--backend", "eager"
+    )
+    assert code == 0
+    assert json.loads(o)[0]["label"] == "red"
+
+    code, o, e = run(capsys, "predict", toy_run, photos / "broken.jpg")
+    assert code == 1 and "broken.jpg" in e and "Traceback" not in e
+
+    code, o, _ = run(capsys, "evaluate", toy_run, toy_data, "--json", "--top-k", "2")
+    rep = json.loads(o)
+    assert code == 0 and rep["n"] == 36 and set(rep["per_class"]) == {"red", "green", "blue"}
+
+    code, o, _ = run(capsys, "sort", photos, "--model", toy_run, "--out", tmp_path / "s", "--json")
+    rows = json.loads(o)
+    assert code == 0 and len(rows) == 7
+    assert (tmp_path / "s" / "manifest.csv").exists()
+
+    code, o, _ = run(capsys, "sort", photos, "--model", toy_run, "--out", tmp_path / "s2")
+    assert code == 0 and "copied 7 photos" in o and "unreadable" in o
+
+
+def test_tampered_run_is_one_line(capsys, toy_run: Path, photos: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(toy_run, run_dir)
+    (run_dir / "model.safetensors").write_bytes(b"garbage")
+    code, _, e = run(capsys, "sort", photos, "--model", run_dir, "--out", tmp_path / "o")
+    assert code == 1
+    one_line_error(e, "model.safetensors", "sha256")
+    assert not (tmp_path / "o").exists()
+
+
+def test_inspect_reports(capsys, toy_data: Path) -> None:
+    (toy_data / "red" / "zero.png").write_bytes(b"")
+    make_bomb_png(toy_data / "blue" / "huge.png")
+    code, o, _ = run(capsys, "data", "inspect", toy_data, "--json")
+    rep = json.loads(o)
+    assert code == 0 and rep["total"] == 38
+    reasons = " ".join(u["error"] for u in rep["unreadable"])
+    assert "empty" in reasons and "too large" in reasons
+    code, o, _ = run(capsys, "data", "inspect", toy_data)
+    assert code == 0 and "unreadable: 2" in o
