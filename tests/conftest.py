@@ -11,6 +11,10 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("VITRINA_OFFLINE", "1")
+if "VITRINA_CACHE" not in os.environ:  # ONNX exports of test models go to a throwaway folder
+    import tempfile
+
+    os.environ["VITRINA_CACHE"] = tempfile.mkdtemp(prefix="vitrina-test-cache-")
 
 # Two pytest-xdist workers share two cores: one torch thread each avoids OpenMP spinning.
 torch.set_num_threads(1)

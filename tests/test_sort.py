@@ -180,3 +180,25 @@ def test_bf16_backend_agrees_with_eager(toy_run: Path, photos: Path) -> None:
     assert [p.label for p in eager] == [p.label for p in bf16]
     for a, b in zip(eager, bf16, strict=True):
         assert abs(a.confidence - b.confidence) < 0.05
+
+
+def test_fast_backends_match_plain_fp32(toy_run: Path, photos: Path) -> None:
+    """eager (channels_last) and onnx against the plain model, on the same batch."""
+    import torch
+
+    from vitrina.data import eval_transform
+    from vitrina.engine import Engine
+    from vitrina.io import read_image
+
+    clf = load(toy_run)
+    tf = eval_transform(clf.model.preprocess)
+    x = torch.stack([tf(read_image(p)) for p in sorted(photos.glob("*.png"))])
+    with torch.inference_mode():
+        ref = clf.model.eval().classify(x.clone())
+        emb = clf.model.embed(x.clone())
+    for backend in ("eager", "onnx"):
+        eng = Engine(clf.model, backend=backend, device="cpu", num_workers=0)
+        out = eng.run_tensor(x)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+        assert torch.equal(out.argmax(1), ref.argmax(1))
+        torch.testing.assert_close(eng.run_tensor(x, output="embed"), emb, atol=1e-4, rtol=1e-4)

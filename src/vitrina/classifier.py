@@ -63,7 +63,7 @@ class Classifier:
         top_k: int = 3,
         backend: str = "auto",
         device: str = "auto",
-        batch_size: int = 32,
+        batch_size: int = 16,
         num_workers: int | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Iterator[Prediction]:
@@ -98,7 +98,7 @@ class Classifier:
         top_k: int = 5,
         backend: str = "auto",
         device: str = "auto",
-        batch_size: int = 32,
+        batch_size: int = 16,
         on_progress: Callable[[int], None] | None = None,
     ) -> ClassificationReport:
         """Accuracy, top-k, per-class P/R/F1 and confusion on a labelled class-folder tree."""

@@ -107,7 +107,7 @@ def sort_folder(
     recursive: bool = False,
     backend: str = "auto",
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = 16,
     num_workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SortSummary:

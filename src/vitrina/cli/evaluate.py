@@ -17,7 +17,7 @@ def evaluate(
     top_k: int = typer.Option(5, help="Also report top-k accuracy."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    batch_size: int = typer.Option(32, help="Images per forward pass."),
+    batch_size: int = typer.Option(16, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.

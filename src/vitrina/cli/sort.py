@@ -36,7 +36,7 @@ def sort(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    batch_size: int = typer.Option(32, help="Images per forward pass."),
+    batch_size: int = typer.Option(16, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print every placement as JSON."),
 ) -> None:
     """Sort photos into OUT/<class>/, OUT/unsure/ and OUT/unreadable/.

@@ -1,5 +1,6 @@
 """The one inference engine: batched, worker-decoded, backend chosen by name."""
 
+import vitrina.engine.onnx  # noqa: F401  (registers the onnx backend)
 from vitrina.engine.backends import BACKENDS, Backend, bf16_supported, resolve_backend
 from vitrina.engine.engine import (
     Engine,
@@ -15,8 +16,8 @@ __all__ = [
     "Backend",
     "Engine",
     "EngineBatch",
-    "bf16_supported",
     "available_cores",
+    "bf16_supported",
     "default_workers",
     "resolve_backend",
     "resolve_device",

@@ -1,4 +1,5 @@
-"""Inference backends, chosen by name: ``eager`` (fp32) and ``bf16`` (autocast + channels_last).
+"""Inference backends, chosen by name: ``eager`` (fp32), ``bf16`` (autocast + channels_last)
+and ``onnx`` (ONNX Runtime fp32, in :mod:`vitrina.engine.onnx`).
 
 Every backend takes a normalized float32 batch and returns float32 outputs on the CPU, so
 consumers never care which one ran. ``auto`` resolves to the fastest backend this machine
@@ -26,9 +27,12 @@ class Backend:
 
     name = "base"
 
-    def __init__(self, model: VitrinaModel, device: torch.device) -> None:
+    def __init__(
+        self, model: VitrinaModel, device: torch.device, threads: int | None = None
+    ) -> None:
         self.model = model.eval().to(device)
         self.device = device
+        self.threads = threads  # intra-op threads for runtimes with their own pool
 
     def context(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -51,9 +55,26 @@ BACKENDS: Registry[type[Backend]] = Registry("backend")
 
 @BACKENDS.register("eager")
 class EagerBackend(Backend):
-    """Plain PyTorch fp32: the reference every other backend is checked against."""
+    """Plain PyTorch fp32: the reference every other backend is checked against.
+
+    Convnets run in channels_last memory format (same fp32 arithmetic, 1.3-1.8x faster in
+    oneDNN on CPUs); the plain layout is kept for the check in the tests."""
 
     name = "eager"
+
+    def __init__(
+        self, model: VitrinaModel, device: torch.device, threads: int | None = None
+    ) -> None:
+        super().__init__(model, device, threads)
+        self.channels_last = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().prepare_input(x)
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 @BACKENDS.register("bf16")
@@ -63,8 +84,10 @@ class Bf16Backend(Backend):
 
     name = "bf16"
 
-    def __init__(self, model: VitrinaModel, device: torch.device) -> None:
-        super().__init__(model, device)
+    def __init__(
+        self, model: VitrinaModel, device: torch.device, threads: int | None = None
+    ) -> None:
+        super().__init__(model, device, threads)
         self.model = self.model.to(memory_format=torch.channels_last)
 
     def context(self) -> contextlib.AbstractContextManager:
@@ -96,8 +119,17 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """Map ``auto`` to a concrete backend; check other names exist."""
+    """Map ``auto`` to a concrete backend; check other names exist.
+
+    ``auto``: bf16 where bf16 matrix hardware exists (AMX / AVX-512 BF16 CPUs, bf16 GPUs);
+    otherwise ONNX Runtime on CPUs (about 1.5-2x eager PyTorch for convnets on AVX2, and it
+    checks itself against eager on its first batch); otherwise eager.
+    """
     if name == "auto":
-        return "bf16" if bf16_supported(device) else "eager"
+        if bf16_supported(device):
+            return "bf16"
+        from vitrina.engine.onnx import onnx_available
+
+        return "onnx" if device.type == "cpu" and onnx_available() else "eager"
     BACKENDS.get(name)  # raises with suggestions
     return name

@@ -102,17 +102,18 @@ class Engine:
         *,
         backend: str = "auto",
         device: str | torch.device = "auto",
-        batch_size: int = 32,
+        batch_size: int = 16,
         num_workers: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = resolve_device(device)
         self.backend_name = resolve_backend(backend, self.device)
-        self.backend = BACKENDS.get(self.backend_name)(model, self.device)
         self.model = model
         self.batch_size = batch_size
         self.num_workers = default_workers() if num_workers is None else num_workers
+        threads = max(1, available_cores() - self.num_workers)
+        self.backend = BACKENDS.get(self.backend_name)(model, self.device, threads)
         self.transform = eval_transform(model.preprocess)
 
     def run(

@@ -211,24 +211,36 @@ class VitrinaModel(nn.Module):
         stored = self.num_classes_in(sd)
         if stored is not None and stored != self.num_classes:
             self.reset_classifier(stored)
+        try:
+            self.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise VitrinaError(
+                f"{what} do not fit model {self.arch!r}: {self._mismatch(sd) or _first_line(e)}"
+            ) from None
+
+    def _mismatch(self, sd: Mapping[str, torch.Tensor]) -> str:
+        """One-line summary of how ``sd`` differs from this model's state dict."""
         own = self.state_dict()
-        missing = [k for k in own if k not in sd]
+        missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in sd if k not in own]
         wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-            if wrong:
-                k = wrong[0]
-                parts.append(
-                    f"{len(wrong)} shape mismatches (e.g. {k}: "
-                    f"{tuple(sd[k].shape)} vs {tuple(own[k].shape)})"
-                )
-            raise VitrinaError(f"{what} do not fit model {self.arch!r}: {'; '.join(parts)}")
-        self.load_state_dict(sd, strict=True)
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} shape mismatches (e.g. {k}: "
+                f"{tuple(sd[k].shape)} vs {tuple(own[k].shape)})"
+            )
+        return "; ".join(parts)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 class TimmModel(VitrinaModel):

@@ -1,0 +1,155 @@
+"""The ``onnx`` backend: the model exported once to ONNX, run by ONNX Runtime (fp32).
+
+Exports are cached by content (architecture, weights, input size, output) under
+``$VITRINA_CACHE`` (default ``~/.cache/vitrina``)/onnx, written atomically. On the first
+batch the backend checks itself against eager fp32 and falls back to eager, with a warning,
+if the two disagree (top-1 differs or logits further apart than ``ONNX_ATOL``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitrina.engine.backends import BACKENDS, Backend
+from vitrina.errors import VitrinaError
+from vitrina.models import VitrinaModel
+
+__all__ = ["ONNX_ATOL", "OnnxBackend", "cache_dir", "onnx_available"]
+
+ONNX_ATOL = 1e-3  # fp32 graph vs fp32 eager: only summation order differs
+
+
+def onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("VITRINA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vitrina"
+    )
+    return Path(root) / "onnx"
+
+
+class _Output(nn.Module):
+    def __init__(self, model: VitrinaModel, output: str) -> None:
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.classify(x) if self.output == "logits" else self.model.embed(x)
+
+
+def _fingerprint(model: VitrinaModel, output: str) -> str:
+    h = hashlib.sha256(
+        f"{model.arch}|{model.preprocess.input_size}|{output}|{torch.__version__}".encode()
+    )
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def export_onnx(model: VitrinaModel, output: str, path: Path) -> Path:
+    """Export ``model.classify`` or ``model.embed`` with a dynamic batch axis, atomically."""
+    from vitrina.io import atomic_writer
+
+    h, w = model.preprocess.input_size
+    dummy = torch.zeros(1, model.preprocess.channels, h, w)
+    was_training = model.training
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with atomic_writer(path, "wb") as f:
+                torch.onnx.export(
+                    _Output(model, output),
+                    dummy,
+                    f,
+                    input_names=["x"],
+                    output_names=["y"],
+                    dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
+    except VitrinaError:
+        raise
+    except Exception as e:
+        raise VitrinaError(
+            f"cannot export {model.arch!r} to ONNX ({type(e).__name__}: {e})"
+        ) from None
+    finally:
+        model.train(was_training)
+    return path
+
+
+@BACKENDS.register("onnx")
+class OnnxBackend(Backend):
+    """ONNX Runtime on the CPU (CUDA provider when the device is a GPU and it is installed)."""
+
+    name = "onnx"
+
+    def __init__(
+        self, model: VitrinaModel, device: torch.device, threads: int | None = None
+    ) -> None:
+        super().__init__(model, device, threads)
+        if not onnx_available():
+            raise VitrinaError(
+                "the onnx backend needs onnx and onnxruntime: pip install onnx onnxruntime"
+            )
+        self._sessions: dict[str, object] = {}
+        self._checked: set[str] = set()
+        self._fallback: set[str] = set()
+
+    def _session(self, output: str):
+        if output not in self._sessions:
+            import onnxruntime as ort
+
+            path = (
+                cache_dir()
+                / f"{self.model.arch.replace('/', '_')}-{_fingerprint(self.model, output)}.onnx"
+            )
+            if not path.is_file():
+                export_onnx(self.model, output, path)
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.threads:
+                so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+            providers = ["CPUExecutionProvider"]
+            if (
+                self.device.type == "cuda"
+                and "CUDAExecutionProvider" in ort.get_available_providers()
+            ):
+                providers.insert(0, "CUDAExecutionProvider")
+            self._sessions[output] = ort.InferenceSession(str(path), so, providers=providers)
+        return self._sessions[output]
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        if output in self._fallback:
+            return super().__call__(x, output)
+        sess = self._session(output)
+        y = torch.from_numpy(np.asarray(sess.run(None, {"x": x.cpu().numpy()})[0]))  # type: ignore[attr-defined]
+        if output not in self._checked:
+            self._checked.add(output)
+            ref = super().__call__(x, output)
+            same_top = output != "logits" or bool((ref.argmax(1) == y.argmax(1)).all())
+            if not same_top or not torch.allclose(y, ref, atol=ONNX_ATOL, rtol=1e-3):
+                warnings.warn(
+                    f"onnx backend disagrees with eager fp32 for {self.model.arch!r} "
+                    f"(max diff {float((y - ref).abs().max()):.2e}); using eager",
+                    stacklevel=2,
+                )
+                self._fallback.add(output)
+                return ref
+        return y.float()
