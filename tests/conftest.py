@@ -39,6 +39,26 @@ def make_dataset(root: Path, per_class: int = 12, classes: dict | None = None) -
     return root
 
 
+def toy_config(data: Path, out: Path, **overrides):
+    """A fast, deterministic training config for the tiny tutorial CNN."""
+    from vitrina.training import TrainConfig
+
+    base = dict(
+        data_dir=str(data),
+        arch="tutorial_cnn",
+        mode="scratch",
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        augment="none",
+        out=str(out),
+        num_workers=0,
+        device="cpu",
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
 @pytest.fixture
 def toy_data(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")
@@ -47,22 +67,11 @@ def toy_data(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small CNN trained from scratch on three colours (a real run folder)."""
-    from vitrina.training import TrainConfig, train_classifier
+    from vitrina.training import train_classifier
 
     root = tmp_path_factory.mktemp("toyrun")
     data = make_dataset(root / "data", per_class=10)
-    cfg = TrainConfig(
-        data_dir=str(data),
-        arch="tutorial_cnn",
-        mode="scratch",
-        epochs=12,
-        batch_size=8,
-        lr=3e-3,
-        augment="none",
-        out=str(root / "run"),
-        num_workers=0,
-        device="cpu",
-    )
+    cfg = toy_config(data, root / "run", epochs=12)
     return train_classifier(cfg, progress=False).run_dir
 
 

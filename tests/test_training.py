@@ -8,27 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 import vitrina
-from conftest import COLORS, make_dataset, make_image
+from conftest import COLORS, make_dataset, make_image, toy_config
 from vitrina.errors import RunFolderError, VitrinaError
 from vitrina.runs import load_model, read_run
 from vitrina.training import Callback, TrainConfig, train_classifier
 
-
-def cfg(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        data_dir=str(data),
-        arch="tutorial_cnn",
-        mode="scratch",
-        epochs=2,
-        batch_size=8,
-        lr=3e-3,
-        augment="none",
-        out=str(out),
-        num_workers=0,
-        device="cpu",
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = toy_config
 
 
 def test_run_folder_contents(toy_run: Path) -> None:
