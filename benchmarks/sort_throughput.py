@@ -26,12 +26,13 @@ from _common import data_dir, link_subset, machine
 from PIL import Image
 
 import vitrina
-from vitrina.data import eval_transform, scan_folder
+from vitrina.data import scan_folder
+from vitrina.data.transforms import plain_eval_transform
 from vitrina.sort import sort_folder
 
 
 def naive_sort(paths: list[Path], model, classes: list[str], out: Path) -> None:
-    tf = eval_transform(model.preprocess)
+    tf = plain_eval_transform(model.preprocess)
     model.eval()
     with torch.inference_mode():
         for p in paths:
@@ -47,8 +48,8 @@ def main() -> None:
     ap.add_argument("--data", help="class-folder tree of photos (default ../shared/data/cats_dogs)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=0, help="photos per round (0: all)")
-    ap.add_argument("--backends", default="auto,eager", help="vitrina backends to time")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--backends", default="auto", help="vitrina backends to time")
+    ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
     root = data_dir("cats_dogs", args.data)
     scan = scan_folder(root)

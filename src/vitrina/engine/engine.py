@@ -112,8 +112,9 @@ class Engine:
         self.model = model
         self.batch_size = batch_size
         self.num_workers = default_workers() if num_workers is None else num_workers
-        threads = max(1, available_cores() - self.num_workers)
-        self.backend = BACKENDS.get(self.backend_name)(model, self.device, threads)
+        # Runtimes with their own (non-spinning) pool get every core; torch backends get the
+        # cores the decode workers leave free (see torch_threads).
+        self.backend = BACKENDS.get(self.backend_name)(model, self.device, available_cores())
         self.transform = eval_transform(model.preprocess)
 
     def run(

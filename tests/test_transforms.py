@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitrina.data.transforms import eval_transform, plain_eval_transform, train_transform
+from vitrina.models.preprocess import Preprocess
+
+
+def photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A smooth gradient with some texture: like a photo, unlike noise."""
+    y, x = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    a = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], -1)
+    a = a + rng.normal(0, 4, a.shape)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (224, 224), (1000, 90), (40, 40)])
+@pytest.mark.parametrize(
+    "pre",
+    [
+        Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"),
+        Preprocess(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.5,), crop_pct=1.0),
+        Preprocess(input_size=(299, 299), crop_pct=0.875),
+    ],
+)
+def test_fast_eval_transform_matches_torchvision(size: tuple[int, int], pre: Preprocess) -> None:
+    img = photo(*size)
+    fast, plain = eval_transform(pre)(img), plain_eval_transform(pre)(img)
+    assert fast.shape == plain.shape == (pre.channels, *pre.input_size)
+    assert fast.dtype == torch.float32
+    # same geometry; only resampling at the crop border may differ slightly
+    assert (fast - plain).abs().mean() < 0.02
+    assert (fast - plain).abs().max() < 0.25
+
+
+def test_train_transform_none_equals_eval_and_light_varies() -> None:
+    pre = Preprocess()
+    img = photo(300, 200)
+    assert torch.equal(train_transform(pre, "none")(img), eval_transform(pre)(img))
+    torch.manual_seed(0)
+    a, b = train_transform(pre, "light")(img), train_transform(pre, "light")(img)
+    assert a.shape == b.shape == (3, 224, 224) and not torch.equal(a, b)
+    with pytest.raises(ValueError, match="augment"):
+        train_transform(pre, "heavy")
