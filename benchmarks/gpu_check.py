@@ -76,7 +76,8 @@ def main() -> int:
                 data_dir=str(data),
                 arch="efficientnet_lite0",
                 mode="finetune",
-                epochs=2,
+                epochs=6,  # a handful of steps only re-estimates BatchNorm statistics
+                lr=1e-3,
                 precision="bf16",
                 out=str(tmp / "eff"),
                 device="cuda",
