@@ -110,7 +110,15 @@ def test_resume_after_a_kill_continues_exactly(toy_data: Path, tmp_path: Path) -
 
 
 def test_probe_fast_path_matches_plain_loop(toy_run: Path, toy_data: Path, tmp_path: Path) -> None:
-    kw = dict(mode="probe", weights=str(toy_run), epochs=3, patience=0, augment="none")
+    kw = dict(
+        mode="probe",
+        weights=str(toy_run),
+        epochs=3,
+        patience=0,
+        augment="none",
+        optimizer="adamw",
+        lr=1e-3,
+    )
     fast = train_classifier(cfg(toy_data, tmp_path / "fast", **kw), progress=False)
     plain = train_classifier(
         cfg(toy_data, tmp_path / "plain", **kw), progress=False, fast_paths=False
@@ -199,3 +207,18 @@ def test_decoded_cache_matches_plain_loop(toy_data: Path, tmp_path: Path) -> Non
     for k in wf:
         torch.testing.assert_close(wf[k], wp[k], atol=1e-5, rtol=1e-4)
     assert fast.history[-1]["val_accuracy"] == plain.history[-1]["val_accuracy"]
+
+
+def test_probe_defaults_to_full_batch_lbfgs(toy_run: Path, toy_data: Path, tmp_path: Path) -> None:
+    kw = dict(mode="probe", weights=str(toy_run), epochs=3, lr=None)
+    res = train_classifier(cfg(toy_data, tmp_path / "p", **kw), progress=False)
+    plain = train_classifier(cfg(toy_data, tmp_path / "pp", **kw), progress=False, fast_paths=False)
+    wf = load_file(res.run_dir / "model.safetensors")
+    wp = load_file(plain.run_dir / "model.safetensors")
+    for k in wf:  # L-BFGS amplifies float-rounding differences of the features a little
+        torch.testing.assert_close(wf[k], wp[k], atol=1e-2, rtol=1e-2)
+    conf = read_run(res.run_dir).config
+    assert conf["optimizer"] == "lbfgs" and conf["lr"] == 1.0
+    assert len(res.history) == 3 and res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    with pytest.raises(VitrinaError, match="needs --mode probe and --augment none"):
+        train_classifier(cfg(toy_data, tmp_path / "q", optimizer="lbfgs"), progress=False)

@@ -26,6 +26,13 @@ def _split_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[
         for key, value in pstate.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous().clone()
+            elif isinstance(value, list | tuple) and all(
+                isinstance(v, torch.Tensor) for v in value
+            ):
+                # L-BFGS keeps lists of tensors (its curvature history)
+                for i, v in enumerate(value):
+                    tensors[f"optimlist.{pid}.{key}.{i}"] = v.detach().cpu().contiguous().clone()
+                plain["state"][str(pid)][key] = {"__tensor_list__": len(value)}
             else:
                 plain["state"][str(pid)][key] = value
     return tensors, plain
@@ -33,6 +40,12 @@ def _split_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[
 
 def _join_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in plain["state"].items()}
+    for pid, pstate in state.items():
+        for key, value in list(pstate.items()):
+            if isinstance(value, dict) and "__tensor_list__" in value:
+                pstate[key] = [
+                    tensors[f"optimlist.{pid}.{key}.{i}"] for i in range(value["__tensor_list__"])
+                ]
     for name, t in tensors.items():
         if name.startswith("optim."):
             _, pid, key = name.split(".", 2)

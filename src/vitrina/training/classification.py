@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,9 @@ __all__ = ["ClassificationTask", "TrainResult", "data_fingerprint", "train_class
 class ClassificationTask:
     """Cross-entropy on ``model.classify``; ``frozen_backbone`` keeps BN statistics fixed."""
 
-    def __init__(self, frozen_backbone: bool = False) -> None:
+    def __init__(self, frozen_backbone: bool = False, l2: float = 0.0) -> None:
         self.frozen_backbone = frozen_backbone
+        self.l2 = l2  # explicit L2 on weight matrices, for optimizers without weight decay
         self.last_eval: tuple[np.ndarray, np.ndarray] | None = None
 
     def set_train_mode(self, model: nn.Module) -> None:
@@ -61,6 +62,9 @@ class ClassificationTask:
     def step(self, model: nn.Module, batch: Batch) -> StepOutput:
         logits = model.classify(batch.images)  # type: ignore[operator]
         loss = F.cross_entropy(logits.float(), batch.labels)
+        if self.l2:
+            weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+            loss = loss + 0.5 * self.l2 * sum(p.pow(2).sum() for p in weights)
         correct = int((logits.argmax(1) == batch.labels).sum())
         return StepOutput(loss, len(batch.labels), correct)
 
@@ -207,6 +211,12 @@ def _tensor_loader(
 
 
 def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "lbfgs":
+        # The classic linear probe: full-batch L-BFGS on cross-entropy + L2 (one "epoch" is
+        # up to 20 iterations); converges where a few epochs of AdamW do not.
+        return torch.optim.LBFGS(
+            params, lr=cfg.lr, max_iter=20, history_size=10, line_search_fn="strong_wolfe"
+        )
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
@@ -288,7 +298,10 @@ def train_classifier(
         )
         bad += e1 + e2
         loop_model: nn.Module = _HeadOnly(head)
-        train_loader: Any = _tensor_loader(xtr, ytr, cfg.batch_size, True, shuffle_gen)
+        full = cfg.optimizer == "lbfgs"
+        train_loader: Any = _tensor_loader(
+            xtr, ytr, max(len(xtr), 1) if full else cfg.batch_size, not full, shuffle_gen
+        )
         val_loader: Any = (
             _tensor_loader(xva, yva, 256, False, torch.Generator())
             if xva is not None and len(xva)
@@ -304,8 +317,10 @@ def train_classifier(
         val_loader = _tensor_loader(xva, yva, 256, False, torch.Generator()) if len(xva) else None
     else:
         loop_model = model
+        # L-BFGS is full-batch: one batch of every training image.
+        lcfg = replace(cfg, batch_size=len(train_samples)) if cfg.optimizer == "lbfgs" else cfg
         train_loader = _loader(
-            train_samples, train_transform(pre, cfg.augment), cfg, shuffle=True, g=shuffle_gen
+            train_samples, train_transform(pre, cfg.augment), lcfg, shuffle=True, g=shuffle_gen
         )
         val_loader = (
             _loader(val_samples, eval_transform(pre), cfg, shuffle=False, g=torch.Generator())
@@ -359,7 +374,9 @@ def train_classifier(
             out, model, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
         )
 
-    task = ClassificationTask(frozen_backbone=frozen)
+    task = ClassificationTask(
+        frozen_backbone=frozen, l2=cfg.weight_decay if cfg.optimizer == "lbfgs" else 0.0
+    )
     callbacks: list[Callback] = [ProgressBar()] if progress else []
     callbacks += [
         _ReseedShuffle(shuffle_gen, cfg.seed),

@@ -13,7 +13,7 @@ from vitrina.registry import suggest
 __all__ = ["MODES", "OPTIMIZERS", "PRECISIONS", "TrainConfig"]
 
 MODES = ("scratch", "probe", "finetune")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "lbfgs")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -32,7 +32,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int = 32
     lr: float | None = None
-    optimizer: str = "adamw"
+    optimizer: str | None = None  # None: lbfgs for a probe on cached features, else adamw
     weight_decay: float = 1e-4
     augment: str | None = None
     precision: str = "fp32"
@@ -55,7 +55,8 @@ class TrainConfig:
                 )
 
         choice("mode", self.mode, MODES)
-        choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.optimizer is not None:
+            choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("precision", self.precision, PRECISIONS)
         c = TrainConfig(**asdict(self))
         if c.weights in ("none", ""):
@@ -70,11 +71,19 @@ class TrainConfig:
         if c.augment is None:
             c.augment = {"scratch": "light", "probe": "none", "finetune": "light"}[c.mode]
         choice("augment", c.augment, AUGMENTS)
+        full_batch_ok = c.mode == "probe" and c.augment == "none"
+        if c.optimizer is None:
+            c.optimizer = "lbfgs" if full_batch_ok else "adamw"
+        if c.optimizer == "lbfgs" and not full_batch_ok:
+            raise VitrinaError(
+                "--optimizer lbfgs fits the head on cached features in one batch: it needs "
+                "--mode probe and --augment none"
+            )
         if c.epochs is None:
             c.epochs = {"scratch": 30, "probe": 30, "finetune": 10}[c.mode]
         if c.lr is None:
-            base = {"adamw": 1e-3, "sgd": 0.05}[c.optimizer]
-            c.lr = base / 5 if c.mode == "finetune" else base
+            base = {"adamw": 1e-3, "sgd": 0.05, "lbfgs": 1.0}[c.optimizer]
+            c.lr = base / 5 if c.mode == "finetune" and c.optimizer != "lbfgs" else base
         for name, value, ok in (
             ("epochs", c.epochs, c.epochs >= 1),
             ("batch-size", c.batch_size, c.batch_size >= 1),

@@ -84,6 +84,33 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
+def _optimizer_step(
+    model: torch.nn.Module,
+    task: Task,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    precision: str,
+) -> StepOutput:
+    """One optimizer step; closure-driven optimizers (L-BFGS) re-evaluate the batch."""
+    last: list[StepOutput] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, precision):
+            out = task.step(model, batch)
+        out.loss.backward()
+        last.append(out)
+        return out.loss
+
+    if isinstance(optimizer, torch.optim.LBFGS):
+        optimizer.step(closure)
+    else:
+        closure()
+        optimizer.step()
+    return last[-1]
+
+
 def _recording(
     loader: Iterable[Batch], state: LoopState, callbacks: Sequence[Callback]
 ) -> Iterable[Batch]:
@@ -133,11 +160,7 @@ def fit(
                 continue
             batch.images = batch.images.to(device, non_blocking=True)
             batch.labels = batch.labels.to(device, non_blocking=True)
-            with _autocast(device, precision):
-                out = task.step(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            out = _optimizer_step(model, task, batch, optimizer, device, precision)
             state.seen += out.n
             state.loss_sum += float(out.loss.detach()) * out.n
             state.correct += out.correct
