@@ -29,7 +29,11 @@ def train(
     ),
     batch_size: int = typer.Option(32, help="Images per step."),
     lr: float | None = typer.Option(None, help="Learning rate (default by optimizer and mode)."),
-    optimizer: str = typer.Option("adamw", help="sgd or adamw."),
+    optimizer: str | None = typer.Option(
+        None,
+        help="sgd, adamw or lbfgs (default: full-batch lbfgs for --mode probe with --augment "
+        "none, the classic linear probe; adamw otherwise).",
+    ),
     augment: str | None = typer.Option(
         None, help="none, light or standard (default: none for probe, light otherwise)."
     ),

@@ -33,7 +33,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float | None = None
     optimizer: str | None = None  # None: lbfgs for a probe on cached features, else adamw
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None  # None: 1e-2 L2 for lbfgs, 1e-4 decay otherwise
     augment: str | None = None
     precision: str = "fp32"
     seed: int = 0
@@ -81,6 +81,10 @@ class TrainConfig:
             )
         if c.epochs is None:
             c.epochs = {"scratch": 30, "probe": 30, "finetune": 10}[c.mode]
+        if c.weight_decay is None:
+            # L-BFGS drives a probe on separable features to huge, overconfident weights
+            # unless the L2 term is real; 1e-2 keeps probabilities honest for the unsure bin.
+            c.weight_decay = 1e-2 if c.optimizer == "lbfgs" else 1e-4
         if c.lr is None:
             base = {"adamw": 1e-3, "sgd": 0.05, "lbfgs": 1.0}[c.optimizer]
             c.lr = base / 5 if c.mode == "finetune" and c.optimizer != "lbfgs" else base
