@@ -113,3 +113,9 @@ def test_inspect_reports(capsys, toy_data: Path) -> None:
     assert "empty" in reasons and "too large" in reasons
     code, o, _ = run(capsys, "data", "inspect", toy_data)
     assert code == 0 and "unreadable: 2" in o
+
+
+def test_missing_run_folder_is_named(capsys, photos: Path, tmp_path: Path) -> None:
+    code, _, e = run(capsys, "predict", tmp_path / "runs" / "nothing", photos / "red-new-0.png")
+    assert code == 1
+    one_line_error(e, "nothing", "run folder not found")

@@ -122,8 +122,11 @@ def load(source: str | Path, *, weights: str = "imagenet") -> Classifier:
     path = Path(source)
     if is_run_dir(path):
         return Classifier(load_model(path), str(path))
-    if path.exists():
-        from vitrina.runs import read_run
+    from vitrina.runs import read_run
 
+    if path.exists():
         read_run(path)  # raises the precise "not a run folder" error
+    prefix = str(source).split("/", 1)[0] if "/" in str(source) else ""
+    if prefix and prefix not in ("timm", "torchvision", "vitrina"):
+        read_run(path)  # a path, not a model name: "run folder not found"
     return Classifier(create(str(source), weights=weights), str(source))
