@@ -126,7 +126,7 @@ def load(source: str | Path, *, weights: str = "imagenet") -> Classifier:
 
     if path.exists():
         read_run(path)  # raises the precise "not a run folder" error
-    prefix = str(source).split("/", 1)[0] if "/" in str(source) else ""
-    if prefix and prefix not in ("timm", "torchvision", "vitrina"):
+    text = str(source)
+    if "/" in text and text.split("/", 1)[0] not in ("timm", "torchvision", "vitrina"):
         read_run(path)  # a path, not a model name: "run folder not found"
     return Classifier(create(str(source), weights=weights), str(source))
