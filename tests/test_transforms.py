@@ -46,3 +46,22 @@ def test_train_transform_none_equals_eval_and_light_varies() -> None:
     assert a.shape == b.shape == (3, 224, 224) and not torch.equal(a, b)
     with pytest.raises(ValueError, match="augment"):
         train_transform(pre, "heavy")
+
+
+def test_reduced_jpeg_decoding_matches_full_decoding(tmp_path) -> None:
+    """The draft fast path of read_image against a full decode, through the eval transform."""
+    from vitrina.io import read_image
+
+    path = tmp_path / "big.jpg"
+    photo(2400, 1800).save(path, quality=92)
+    pre = Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+    tf = eval_transform(pre)
+    fast_img = read_image(path, min_side=256)
+    full_img = read_image(path)
+    assert min(fast_img.size) >= 256 and fast_img.size[0] < full_img.size[0]  # really reduced
+    fast, full = tf(fast_img), tf(full_img)
+    assert (fast - full).abs().mean() < 0.02
+    # small images and non-JPEGs are decoded as they are
+    small = tmp_path / "small.jpg"
+    photo(300, 200).save(small)
+    assert read_image(small, min_side=256).size == (300, 200)

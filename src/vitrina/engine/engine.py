@@ -7,6 +7,7 @@ unreadable files come back as errors next to the results, never as exceptions.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -126,7 +127,9 @@ class Engine:
     ) -> Iterator[EngineBatch]:
         """Yield results batch by batch, in input order. ``on_batch(n)`` is called with the
         number of inputs consumed (read or failed) after each batch."""
-        ds = ImageFiles(paths, transform=self.transform)
+        h, w = self.model.preprocess.input_size
+        short = math.floor(min(h, w) / self.model.preprocess.crop_pct)
+        ds = ImageFiles(paths, transform=self.transform, min_side=short)
         # Worker start-up costs more than it saves on a handful of files.
         workers = self.num_workers if len(ds) > self.batch_size else 0
         loader = DataLoader(
