@@ -99,13 +99,22 @@ class Classifier:
         backend: str = "auto",
         device: str = "auto",
         batch_size: int = 16,
-        on_progress: Callable[[int], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> ClassificationReport:
-        """Accuracy, top-k, per-class P/R/F1 and confusion on a labelled class-folder tree."""
+        """Accuracy, top-k, per-class P/R/F1 and confusion on a labelled class-folder tree.
+        ``on_progress(done, total)`` is called after each batch."""
         scan = scan_folder(data_dir, classes=self.classes)
         eng = self.engine(backend=backend, device=device, batch_size=batch_size)
         y, probs, bad = [], [], []
-        for b in eng.run([s.path for s in scan.samples], output="logits", on_batch=on_progress):
+        total, done = len(scan.samples), 0
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if on_progress:
+                on_progress(done, total)
+
+        for b in eng.run([s.path for s in scan.samples], output="logits", on_batch=step):
             if len(b.indices):
                 probs.append(b.outputs.float().softmax(1))
                 y += [scan.samples[i].label for i in b.indices]

@@ -22,11 +22,10 @@ def inspect_cmd(
 
     Example: vitrina data inspect photos/
     """
-    from vitrina.data import inspect_folder, scan_folder
+    from vitrina.data import inspect_folder
 
-    total = len(scan_folder(data_dir).samples)
-    with progress_bar("reading", total, enabled=not as_json) as update:
-        report = inspect_folder(data_dir, on_progress=lambda d, n: update(d, n))
+    with progress_bar("reading", None, enabled=not as_json) as update:
+        report = inspect_folder(data_dir, on_progress=update)
     if as_json:
         print_json(report.to_dict())
         return

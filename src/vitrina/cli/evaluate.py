@@ -25,25 +25,16 @@ def evaluate(
     Example: vitrina evaluate runs/shop DATA/test
     """
     from vitrina.classifier import load
-    from vitrina.data import scan_folder
 
     clf = load(run_dir)
-    total = len(scan_folder(data_dir, classes=clf.classes).samples)
-    done = 0
-    with progress_bar("evaluating", total, enabled=not as_json) as update:
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            update(done)
-
+    with progress_bar("evaluating", None, enabled=not as_json) as update:
         rep = clf.evaluate(
             data_dir,
             top_k=top_k,
             backend=backend,
             device=device,
             batch_size=batch_size,
-            on_progress=step,
+            on_progress=update,
         )
     if as_json:
         print_json(rep.to_dict())
