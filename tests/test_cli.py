@@ -119,3 +119,36 @@ def test_missing_run_folder_is_named(capsys, photos: Path, tmp_path: Path) -> No
     code, _, e = run(capsys, "predict", tmp_path / "runs" / "nothing", photos / "red-new-0.png")
     assert code == 1
     one_line_error(e, "nothing", "run folder not found")
+
+
+def test_export_onnx_is_checked(capsys, toy_run: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    target = tmp_path / "toy.onnx"
+    code, o, e = run(capsys, "export", toy_run, "--out", target, "--json")
+    assert code == 0, e
+    rep = json.loads(o)
+    assert rep["top1_agreement"] == 1.0 and rep["max_abs_diff"] < 1e-3
+    sess = ort.InferenceSession(str(target))
+    for batch in (1, 5):  # dynamic batch size
+        y = sess.run(None, {"x": np.zeros((batch, 3, 32, 32), np.float32)})[0]
+        assert y.shape == (batch, 3)
+    code, _, e = run(capsys, "export", toy_run, "--out", target)
+    assert code == 1 and "exists" in e  # never overwritten
+
+
+def test_diverging_export_is_refused(capsys, toy_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import vitrina.engine.onnx as onnx_mod
+
+    real = onnx_mod.compare_onnx
+    monkeypatch.setattr(
+        onnx_mod,
+        "compare_onnx",
+        lambda *a, **k: {**real(*a, **k), "max_abs_diff": 0.5},  # as a broken exporter would
+    )
+    target = tmp_path / "bad.onnx"
+    code, _, e = run(capsys, "export", toy_run, "--out", target)
+    assert code == 1
+    one_line_error(e, "diverges", "max |diff| 0.5")
+    assert not target.exists() and not list(tmp_path.glob(".vitrina-tmp-*"))

@@ -24,10 +24,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from vitrina.cli import data, demo, evaluate, predict, sort, train
+    from vitrina.cli import data, demo, evaluate, export, predict, sort, train
 
     app.add_typer(data.app, name="data")
-    for mod in (train, evaluate, predict, sort, demo):
+    for mod in (train, evaluate, predict, sort, export, demo):
         mod.register(app)
 
 

@@ -21,7 +21,15 @@ from vitrina.engine.backends import BACKENDS, Backend
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
 
-__all__ = ["ONNX_ATOL", "OnnxBackend", "cache_dir", "onnx_available"]
+__all__ = [
+    "ONNX_ATOL",
+    "OnnxBackend",
+    "cache_dir",
+    "compare_onnx",
+    "export_checked",
+    "export_onnx",
+    "onnx_available",
+]
 
 ONNX_ATOL = 1e-3  # fp32 graph vs fp32 eager: only summation order differs
 
@@ -156,3 +164,47 @@ class OnnxBackend(Backend):
                 self._fallback.add(output)
                 return ref
         return y.float()
+
+
+def compare_onnx(
+    model: VitrinaModel, path: Path, x: torch.Tensor, output: str = "logits"
+) -> dict[str, float]:
+    """Run the ONNX file and the PyTorch model on the same batch; report the differences."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(np.asarray(sess.run(None, {"x": x.cpu().numpy()})[0])).float()
+    model.eval()
+    with torch.inference_mode():
+        ref = _Output(model, output)(x.to(next(model.parameters()).device)).float().cpu()
+    agree = float((got.argmax(1) == ref.argmax(1)).float().mean()) if output == "logits" else 1.0
+    return {"max_abs_diff": float((got - ref).abs().max()), "top1_agreement": agree}
+
+
+def export_checked(
+    model: VitrinaModel,
+    out: str | Path,
+    x: torch.Tensor,
+    *,
+    output: str = "logits",
+    atol: float = ONNX_ATOL,
+) -> dict[str, float]:
+    """Export to ``out`` and refuse (leaving no file) if ONNX Runtime disagrees with PyTorch
+    on the batch ``x`` (normalized inputs): top-1 must match and outputs stay within ``atol``."""
+    out = Path(out)
+    if out.exists():
+        raise VitrinaError(f"{out}: file exists; choose another --out (nothing was overwritten)")
+    tmp = out.with_name(f".vitrina-tmp-{out.name}")
+    try:
+        export_onnx(model, output, tmp)
+        report = compare_onnx(model, tmp, x, output)
+        if report["top1_agreement"] < 1.0 or report["max_abs_diff"] > atol:
+            raise VitrinaError(
+                f"{out}: ONNX export diverges from PyTorch on output 'y' ({output}): max |diff| "
+                f"{report['max_abs_diff']:.3g} (tolerance {atol:g}), top-1 agreement "
+                f"{report['top1_agreement']:.1%}; nothing written"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return report
