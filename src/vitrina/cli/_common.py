@@ -31,7 +31,7 @@ def print_json(obj: Any) -> None:
 @contextmanager
 def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator[Any]:
     """Yield ``update(done, total=None)``; draws a bar on stderr (nothing when disabled)."""
-    if not enabled:
+    if not enabled or not err.is_terminal:  # logs and pipes get results, not bar frames
         yield lambda done, total=None: None
         return
     with Progress(

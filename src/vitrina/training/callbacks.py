@@ -33,6 +33,8 @@ class ProgressBar(Callback):
         self.task_id: Any = None
 
     def on_fit_start(self, state: LoopState) -> None:
+        if not self.console.is_terminal:  # a log gets the per-epoch lines only
+            return
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -47,7 +49,8 @@ class ProgressBar(Callback):
         self.progress.start()
 
     def on_epoch_start(self, state: LoopState) -> None:
-        assert self.progress is not None
+        if self.progress is None:
+            return
         self.task_id = self.progress.add_task(
             "train",
             total=state.steps_per_epoch or None,
@@ -58,7 +61,8 @@ class ProgressBar(Callback):
         )
 
     def on_batch_end(self, state: LoopState) -> None:
-        assert self.progress is not None
+        if self.progress is None:
+            return
         self.progress.update(
             self.task_id,
             advance=1,
@@ -71,8 +75,8 @@ class ProgressBar(Callback):
         self.console.print(f"[yellow]skipped unreadable image[/] {message}", highlight=False)
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
-        assert self.progress is not None
-        self.progress.remove_task(self.task_id)
+        if self.progress is not None:
+            self.progress.remove_task(self.task_id)
         line = (
             f"epoch {state.epoch:>3}/{state.epochs}  loss {record['train_loss']:.4f}  "
             f"acc {record['train_accuracy']:.3f}"
