@@ -48,48 +48,38 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = make_data(tmp / "data", 40)
-        for precision in ("fp32", "bf16"):
+
+        def train_and_check(label: str, **options) -> Path:
             t = time.perf_counter()
             res = train_classifier(
-                TrainConfig(
-                    data_dir=str(data),
-                    arch="tutorial_cnn",
-                    mode="scratch",
-                    epochs=8,
-                    lr=3e-3,
-                    precision=precision,
-                    out=str(tmp / f"cnn-{precision}"),
-                    device="cuda",
-                ),
+                TrainConfig(data_dir=str(data), device="cuda", out=str(tmp / label), **options),
                 progress=False,
             )
             acc = res.metrics["val_accuracy"]
             check(
                 acc >= 0.9,
-                f"tutorial_cnn scratch on cuda, {precision}: val acc {acc:.3f} "
-                f"({time.perf_counter() - t:.1f} s)",
+                f"{label} on cuda: val acc {acc:.3f} ({time.perf_counter() - t:.1f} s)",
                 failures,
             )
-        t = time.perf_counter()
-        res = train_classifier(
-            TrainConfig(
-                data_dir=str(data),
-                arch="efficientnet_lite0",
-                mode="finetune",
-                epochs=6,  # a handful of steps only re-estimates BatchNorm statistics
-                lr=1e-3,
-                precision="bf16",
-                out=str(tmp / "eff"),
-                device="cuda",
-            ),
-            progress=False,
-        )
-        acc = res.metrics["val_accuracy"]
-        check(
-            acc >= 0.9,
-            f"efficientnet_lite0 finetune on cuda, bf16: val acc {acc:.3f} "
-            f"({time.perf_counter() - t:.1f} s)",
-            failures,
+            return res.run_dir
+
+        for precision in ("fp32", "bf16"):
+            train_and_check(
+                f"tutorial_cnn-scratch-{precision}",
+                arch="tutorial_cnn",
+                mode="scratch",
+                epochs=8,
+                lr=3e-3,
+                precision=precision,
+            )
+        # a handful of finetune steps only re-estimates BatchNorm statistics: give it six epochs
+        eff_run = train_and_check(
+            "efficientnet_lite0-finetune-bf16",
+            arch="efficientnet_lite0",
+            mode="finetune",
+            epochs=6,
+            lr=1e-3,
+            precision="bf16",
         )
 
         # ImageNet model: eager fp32 vs bf16 on the GPU, on real photos
@@ -123,7 +113,7 @@ def main() -> int:
             t = time.perf_counter()
             s = vitrina.sort_folder(
                 photos,
-                res.run_dir,
+                eff_run,
                 tmp / f"sorted-{backend}",
                 backend=backend,
                 device="cuda",
