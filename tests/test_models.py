@@ -20,6 +20,7 @@ from vitrina.models import (
     model_source,
     register_model,
 )
+from vitrina.models.registry import ALIASES
 
 CONTRACT = [
     "lenet5",
@@ -190,13 +191,14 @@ def test_list_models_covers_both_libraries() -> None:
     tm = timm.list_models()
     own = list_models(source="vitrina")
     assert own == ["efficientnet_lite0", "lenet5", "tutorial_cnn"]
-    assert len(names) == len(own) + len(tv) + len(tm)
+    assert len(names) == len(own) + len(tv) + len(tm) + len(ALIASES)
     assert set(tv) <= set(names)
     assert all(n in names or f"timm/{n}" in names for n in tm)
     assert "timm/resnet50" in names and "resnet50" in names
     assert "timm/efficientnet_lite0" in names  # clashes with vitrina's own
     assert "vit_tiny_patch16_224" in names  # timm-only: plain
-    assert list_models(source="torchvision") == sorted(tv)
+    tv_aliases = [a for a, (src, _) in ALIASES.items() if src == "torchvision"]
+    assert list_models(source="torchvision") == sorted(tv + tv_aliases)
 
 
 def test_list_models_pattern() -> None:

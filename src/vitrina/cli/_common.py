@@ -29,8 +29,12 @@ def print_json(obj: Any) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator[Any]:
-    """Yield ``update(done, total=None)``; draws a bar on stderr (nothing when disabled)."""
+def progress_bar(
+    description: str, total: int | None, *, enabled: bool = True, unit: str | None = "img/s"
+) -> Iterator[Any]:
+    """Yield ``update(done, total=None)``; draws a bar on stderr (nothing when disabled).
+
+    ``unit`` labels the rate column (``None``: no rate, for steps of very unequal cost)."""
     if not enabled or not err.is_terminal:  # logs and pipes get results, not bar frames
         yield lambda done, total=None: None
         return
@@ -47,7 +51,7 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True) -
 
         def update(done: int, total: int | None = None) -> None:
             t = p.tasks[0]
-            rate = f"{done / t.elapsed:.0f} img/s" if t.elapsed else ""
+            rate = f"{done / t.elapsed:.0f} {unit}" if t.elapsed and unit else ""
             p.update(task, completed=done, total=total if total is not None else t.total, rate=rate)
 
         yield update

@@ -20,6 +20,7 @@ accepts both this layout and the raw network's own state dict.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -188,6 +189,19 @@ class VitrinaModel(nn.Module):
                 continue
             out[self._raw_key(k)] = v
         return out
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """``nn.Module.load_state_dict``; a state dict without module versions (safetensors
+        stores none, key remapping drops them) is read as written by the current code.
+        torchvision's MNASNet, for one, refuses a state dict with no version."""
+        if getattr(state_dict, "_metadata", None) is None:
+            versions = getattr(self.state_dict(), "_metadata", None)
+            if versions is not None:
+                state_dict = OrderedDict(state_dict)
+                state_dict._metadata = versions  # type: ignore[attr-defined]
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def num_classes_in(self, state_dict: Mapping[str, torch.Tensor]) -> int | None:
         """Number of classes of the head stored in ``state_dict`` (vitrina layout), if found."""

@@ -1,9 +1,11 @@
 """Model names and :func:`create`.
 
 Names resolve in this order: vitrina's own (``lenet5``, ``tutorial_cnn``,
-``efficientnet_lite0``), then torchvision's classification models, then timm's. A qualified
-name always picks its source: ``vitrina/NAME``, ``torchvision/NAME``, ``timm/NAME`` (timm names
-may carry a pretrained tag: ``timm/resnet18.a1_in1k``).
+``efficientnet_lite0``), then the aliases of :data:`ALIASES` (short names of the classic
+architectures, e.g. ``resnext50`` -> torchvision ``resnext50_32x4d``), then torchvision's
+classification models, then timm's. A qualified name always picks its source:
+``vitrina/NAME``, ``torchvision/NAME``, ``timm/NAME`` (timm names may carry a pretrained tag:
+``timm/resnet18.a1_in1k``); aliases are never qualified.
 
 torchvision and timm are imported on first use, never at import of :mod:`vitrina.models`.
 """
@@ -25,6 +27,7 @@ from vitrina.models.preprocess import Preprocess
 from vitrina.registry import Registry, suggest
 
 __all__ = [
+    "ALIASES",
     "SOURCES",
     "Builder",
     "create",
@@ -46,6 +49,20 @@ PRETRAINED = ("imagenet", "default", "pretrained")
 Builder = Callable[[int | None, bool], VitrinaModel | nn.Module]
 
 _OWN: Registry[Builder] = Registry("model")
+
+#: Short names for architectures whose library name carries a width/variant suffix or that a
+#: library renamed: ``alias -> (source, arch)``. A model created by an alias records the
+#: library name as its ``arch`` (``create("resnext50").arch == "resnext50_32x4d"``), so a run
+#: folder reloads even if this table changes.
+ALIASES: dict[str, tuple[str, str]] = {
+    "resnext50": ("torchvision", "resnext50_32x4d"),
+    "xception": ("timm", "legacy_xception"),  # the original; timm's xception41.. are "Aligned"
+    "se_resnet50": ("timm", "seresnet50"),
+    "mobilenet_v1": ("timm", "mobilenetv1_100"),
+    "shufflenet_v2": ("torchvision", "shufflenet_v2_x1_0"),
+    "mnasnet": ("torchvision", "mnasnet1_0"),
+    "ghostnet": ("timm", "ghostnet_100"),
+}
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
@@ -87,17 +104,31 @@ def _display_name(source: str, arch: str) -> str:
     if source == "vitrina":
         return arch
     if source == "torchvision":
-        return f"torchvision/{arch}" if arch in _OWN else arch
+        return f"torchvision/{arch}" if arch in _OWN or arch in ALIASES else arch
     base = arch.split(".", 1)[0]
-    clash = base in _OWN or base in _torchvision_names()
+    clash = base in _OWN or base in ALIASES or base in _torchvision_names()
     return f"timm/{arch}" if clash else arch
+
+
+def _aliases(source: str) -> list[str]:
+    """Aliases into ``source`` whose target this installation has (an own name wins)."""
+    return [
+        alias
+        for alias, (src, arch) in ALIASES.items()
+        if src == source and alias not in _OWN and _has(src, arch)
+    ]
+
+
+def _unqualified(name: str) -> str:
+    return name.partition("/")[2] or name
 
 
 def list_models(pattern: str | None = None, source: str | None = None) -> list[str]:
     """Names :func:`create` accepts, grouped by source (own, torchvision, timm), each sorted.
 
-    timm names that clash with an own or torchvision name are listed as ``timm/NAME``.
-    ``pattern`` filters with shell wildcards (``"*mobilenet*"``); ``source`` picks one source.
+    Each source's group includes the :data:`ALIASES` that resolve into it. timm names that
+    clash with an own, alias or torchvision name are listed as ``timm/NAME``. ``pattern``
+    filters with shell wildcards (``"*mobilenet*"``); ``source`` picks one source.
     """
     if source is not None and source not in SOURCES:
         raise UnknownNameError(f"unknown model source {source!r}{suggest(source, SOURCES)}")
@@ -105,9 +136,11 @@ def list_models(pattern: str | None = None, source: str | None = None) -> list[s
     if source in (None, "vitrina"):
         names += _OWN.names()
     if source in (None, "torchvision"):
-        names += [_display_name("torchvision", n) for n in sorted(_torchvision_names())]
+        tv = [_display_name("torchvision", n) for n in _torchvision_names()]
+        names += sorted(tv + _aliases("torchvision"), key=_unqualified)
     if source in (None, "timm"):
-        names += [_display_name("timm", n) for n in sorted(_timm_names())]
+        tm = [_display_name("timm", n) for n in _timm_names()]
+        names += sorted(tm + _aliases("timm"), key=_unqualified)
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return names
@@ -132,7 +165,17 @@ def resolve_name(name: str) -> tuple[str, str]:
             "timm": lambda: sorted(_timm_names()),
         }[prefix]()
         raise UnknownNameError(f"unknown {prefix} model {rest!r}{suggest(rest, pool)}")
-    for source in SOURCES:
+    if _has("vitrina", name):
+        return "vitrina", name
+    if name in ALIASES:
+        source, arch = ALIASES[name]
+        if not _has(source, arch):
+            raise UnknownNameError(
+                f"model {name!r} is an alias of {source} {arch!r}, which the installed "
+                f"{source} does not have"
+            )
+        return source, arch
+    for source in SOURCES[1:]:
         if _has(source, name):
             return source, name
     raise UnknownNameError(f"unknown model {name!r}{suggest(name, list_models())}")

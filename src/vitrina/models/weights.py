@@ -40,7 +40,9 @@ __all__ = [
     "load_bundled_efficientnet_lite0",
     "load_state_dict_file",
     "online",
+    "pretrained_available_offline",
     "timm_pretrained",
+    "torchvision_cached_path",
     "torchvision_checkpoint_dir",
     "torchvision_pretrained",
 ]
@@ -203,6 +205,11 @@ def torchvision_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def torchvision_cached_path(weights: Any) -> Path:
+    """Where torchvision's loader looks for the file of weights enum ``weights``."""
+    return torchvision_checkpoint_dir() / Path(urlparse(weights.url).path).name
+
+
 def torchvision_pretrained(
     name: str, weights: Any, build: Any, *, offline_only: bool = False
 ) -> tuple[nn.Module, str]:
@@ -212,9 +219,8 @@ def torchvision_pretrained(
     forced to ``weights_only``). Returns ``(net, origin)``.
     """
     url = weights.url
-    file_name = Path(urlparse(url).path).name
-    folder = torchvision_checkpoint_dir()
-    cached = folder / file_name
+    cached = torchvision_cached_path(weights)
+    file_name, folder = cached.name, cached.parent
     if cached.is_file():
         try:
             with _weights_only_loads():
@@ -273,6 +279,28 @@ def _hf_cached_file(repo_id: str, files: list[str], cache: Path) -> Path | None:
     return None
 
 
+def _timm_cfg(name: str) -> dict[str, Any]:
+    """The default (or tagged) pretrained config of timm model ``name``; ``{}`` if none."""
+    from timm.models import get_pretrained_cfg
+
+    cfg_obj = get_pretrained_cfg(name)
+    return cfg_obj.to_dict() if cfg_obj is not None else {}
+
+
+def _timm_local_file(cfg: Mapping[str, Any], cache: Path) -> tuple[Path | None, str]:
+    """``(file, where)``: the weights of ``cfg`` already on disk (HF cache first, then the
+    torch hub folder for URL-hosted weights), read without any request; ``None`` if absent."""
+    repo_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    if repo_id:
+        local = _hf_cached_file(repo_id, _hf_candidates(cfg), cache)
+        if local is not None or not url:
+            return local, f"hf-hub {repo_id}"
+    if url:
+        candidate = torchvision_checkpoint_dir() / Path(urlparse(url).path).name
+        return (candidate if candidate.is_file() else None), f"{url}"
+    return None, ""
+
+
 def timm_pretrained(
     name: str, *, offline_only: bool = False, label: str | None = None
 ) -> tuple[nn.Module, str]:
@@ -283,10 +311,8 @@ def timm_pretrained(
     """
     shown = label or name
     import timm
-    from timm.models import get_pretrained_cfg
 
-    cfg_obj = get_pretrained_cfg(name)
-    cfg = cfg_obj.to_dict() if cfg_obj is not None else {}
+    cfg = _timm_cfg(name)
     repo_id = cfg.get("hf_hub_id")
     url = cfg.get("url")
     if not repo_id and not url:
@@ -299,14 +325,7 @@ def timm_pretrained(
         with _weights_only_loads():
             return timm.create_model(name, pretrained=True, **kw)
 
-    local: Path | None = None
-    if repo_id:
-        local = _hf_cached_file(repo_id, _hf_candidates(cfg), cache)
-        where = f"hf-hub {repo_id}"
-    if local is None and url:
-        candidate = torchvision_checkpoint_dir() / Path(urlparse(url).path).name
-        local = candidate if candidate.is_file() else None
-        where = f"{url}"
+    local, where = _timm_local_file(cfg, cache)
     if local is not None:
         try:
             return build(pretrained_cfg_overlay={"file": str(local)}), f"timm-cache:{where}"
@@ -338,3 +357,32 @@ def timm_pretrained(
     except Exception as e:
         raise WeightsNotFoundError(f"{hint} (download failed: {_one_line(e)})") from e
     return net, f"download:{f'hf-hub {repo_id}' if repo_id else url}"
+
+
+# ---------------------------------------------------------------------------- availability
+#: Own models whose ImageNet weights come from an installed package: name -> path finder.
+_BUNDLED = {"efficientnet_lite0": bundled_efficientnet_lite0_path}
+
+
+def pretrained_available_offline(source: str, arch: str) -> bool:
+    """Whether ``weights="imagenet"`` for ``(source, arch)`` would load without a network.
+
+    Looks exactly where loading looks (bundled package, ``$TORCH_HOME/hub/checkpoints``, the
+    Hugging Face cache) but loads, imports-to-check and downloads nothing: only file
+    existence is tested. ``source`` is ``"vitrina"``, ``"torchvision"`` or ``"timm"``.
+    """
+    try:
+        if source == "vitrina":
+            finder = _BUNDLED.get(arch)
+            return finder is not None and finder().is_file()
+        if source == "torchvision":
+            import torchvision
+
+            default = torchvision.models.get_model_weights(arch).DEFAULT
+            return torchvision_cached_path(default).is_file()
+        if source == "timm":
+            local, _ = _timm_local_file(_timm_cfg(arch), hf_cache_dir())
+            return local is not None
+    except (VitrinaError, ValueError, KeyError, RuntimeError, AttributeError):
+        return False
+    raise ValueError(f"unknown model source {source!r}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_confusion", "plot_curves"]
+__all__ = ["plot_confusion", "plot_curves", "plot_size_scatter"]
 
 
 def _plt():
@@ -80,6 +80,34 @@ def plot_confusion(
                 color="white" if m[i, j] > vmax / 2 else "black",
                 fontsize=8,
             )
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out
+
+
+def plot_size_scatter(
+    points: Sequence[tuple[str, float, float]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Path:
+    """``(label, x, y)`` points on a log-x scatter, each labelled (the zoo's size plots)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    xs = [p[1] for p in points]
+    ys = [p[2] for p in points]
+    ax.scatter(xs, ys, s=28, color="tab:blue", zorder=3)
+    for label, x, y in points:
+        ax.annotate(label, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     out = _save(fig, Path(path))
     plt.close(fig)
