@@ -48,6 +48,7 @@ class Classifier:
             raise VitrinaError(f"{source or model.arch}: model has no class names")
         self.model = model.eval()
         self.source = source
+        self.last_engine: Engine | None = None  # the engine of the latest run (its backend)
 
     @property
     def classes(self) -> list[str]:
@@ -74,6 +75,7 @@ class Classifier:
         eng = self.engine(
             backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
         )
+        self.last_engine = eng
         for b in eng.run(paths, output="logits", on_batch=on_progress):
             results: dict[int, Prediction] = {}
             if len(b.indices):
@@ -105,6 +107,7 @@ class Classifier:
         ``on_progress(done, total)`` is called after each batch."""
         scan = scan_folder(data_dir, classes=self.classes)
         eng = self.engine(backend=backend, device=device, batch_size=batch_size)
+        self.last_engine = eng
         y, probs, bad = [], [], []
         total, done = len(scan.samples), 0
 

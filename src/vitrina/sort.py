@@ -59,6 +59,7 @@ class SortSummary:
     items: list[SortItem] = field(default_factory=list)
     skipped_done: int = 0  # already sorted by an earlier run
     skipped_non_image: int = 0
+    backend: str = ""  # the backend that ran (what ``auto`` chose, with its measurements)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -167,6 +168,7 @@ def sort_folder(
             )
             if on_progress:
                 on_progress(k, total)
+        summary.backend = clf.last_engine.describe() if clf.last_engine else ""
         return summary
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +208,7 @@ def sort_folder(
         finally:
             mf.flush()
             os.fsync(mf.fileno())
+    summary.backend = clf.last_engine.describe() if clf.last_engine else ""
     return summary
 
 

@@ -24,10 +24,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from vitrina.cli import data, demo, evaluate, export, predict, sort, train, zoo
+    from vitrina.cli import data, demo, evaluate, export, optimize, predict, sort, train, zoo
 
     app.add_typer(data.app, name="data")
-    for mod in (train, evaluate, predict, sort, export, zoo, demo):
+    for mod in (train, evaluate, predict, sort, export, optimize, zoo, demo):
         mod.register(app)
 
 

@@ -20,7 +20,10 @@ from rich.progress import (
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
-BACKEND_HELP = "Inference backend: auto (fastest this machine supports), eager (fp32) or bf16."
+BACKEND_HELP = (
+    "Inference backend: auto (measured: the fastest that keeps accuracy), eager (fp32), "
+    "bf16, onnx, int8 (after `vitrina optimize`), pruned."
+)
 DEVICE_HELP = "Where to run: auto (GPU if present), cpu, cuda, cuda:1..."
 
 

@@ -94,6 +94,8 @@ def sort(
         err.print(f"[red]not placed[/] {escape(str(it.source))}: {escape(it.error)}")
     if not dry_run and summary.items:
         out.print(f"manifest: {summary.manifest}")
+    if summary.backend:
+        err.print(f"[dim]backend: {escape(summary.backend)}[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,16 +10,85 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vitrina.models import VitrinaModel
 from vitrina.registry import Registry
 
-__all__ = ["BACKENDS", "Backend", "bf16_supported", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "TOLERANCES",
+    "Backend",
+    "Tolerance",
+    "bf16_supported",
+    "compare_outputs",
+    "int8_vnni",
+    "resolve_backend",
+]
 
 OUTPUTS = ("logits", "embed")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a backend may be from eager fp32 on the same batch.
+
+    ``top1``: least share of images whose top-1 class must agree (logits only);
+    ``rel``: largest mean |difference| relative to the mean |output| of eager fp32;
+    ``atol``: largest single |difference| (``None``: not checked).
+    """
+
+    top1: float = 1.0
+    rel: float = 1e-3
+    atol: float | None = None
+
+    def ok(self, report: dict[str, float]) -> bool:
+        if report["top1_agreement"] < self.top1 or report["rel_mean_diff"] > self.rel:
+            return False
+        return self.atol is None or report["max_abs_diff"] <= self.atol
+
+    def describe(self) -> str:
+        parts = [
+            f"top-1 agreement >= {self.top1:.0%}",
+            f"mean |diff| <= {self.rel:g} x mean |output|",
+        ]
+        if self.atol is not None:
+            parts.append(f"max |diff| <= {self.atol:g}")
+        return ", ".join(parts)
+
+
+#: The stated tolerance of each backend against eager fp32 (tests hold every backend to it;
+#: ``auto`` only picks a backend that meets it on real inputs).
+TOLERANCES: dict[str, Tolerance] = {
+    "eager": Tolerance(top1=1.0, rel=1e-5, atol=1e-4),
+    "onnx": Tolerance(top1=1.0, rel=1e-3, atol=1e-3),
+    "bf16": Tolerance(top1=0.99, rel=0.05),
+    "int8": Tolerance(top1=0.99, rel=0.15),
+}
+
+
+def compare_outputs(
+    ref: torch.Tensor, got: torch.Tensor, output: str = "logits"
+) -> dict[str, float]:
+    """Differences between a backend's outputs and eager fp32's on the same batch."""
+    ref, got = ref.float(), got.float()
+    diff = (got - ref).abs()
+    agree = (
+        float((got.argmax(1) == ref.argmax(1)).float().mean())
+        if output == "logits" and ref.dim() == 2 and len(ref)
+        else 1.0
+    )
+    scale = float(ref.abs().mean()) or 1.0
+    return {
+        "top1_agreement": agree,
+        "max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
+        "rel_mean_diff": float(diff.mean()) / scale if diff.numel() else 0.0,
+    }
 
 
 class Backend:
@@ -28,11 +97,16 @@ class Backend:
     name = "base"
 
     def __init__(
-        self, model: VitrinaModel, device: torch.device, threads: int | None = None
+        self,
+        model: VitrinaModel,
+        device: torch.device,
+        threads: int | None = None,
+        **options: Any,
     ) -> None:
         self.model = model.eval().to(device)
         self.device = device
         self.threads = threads  # intra-op threads for runtimes with their own pool
+        self.options = options  # backend-specific (``calib`` for int8); others ignore them
 
     def context(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -63,9 +137,13 @@ class EagerBackend(Backend):
     name = "eager"
 
     def __init__(
-        self, model: VitrinaModel, device: torch.device, threads: int | None = None
+        self,
+        model: VitrinaModel,
+        device: torch.device,
+        threads: int | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(model, device, threads)
+        super().__init__(model, device, threads, **options)
         self.channels_last = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -85,10 +163,21 @@ class Bf16Backend(Backend):
     name = "bf16"
 
     def __init__(
-        self, model: VitrinaModel, device: torch.device, threads: int | None = None
+        self,
+        model: VitrinaModel,
+        device: torch.device,
+        threads: int | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(model, device, threads)
+        super().__init__(model, device, threads, **options)
         self.model = self.model.to(memory_format=torch.channels_last)
+        if device.type == "cpu" and not bf16_supported(device):
+            warnings.warn(
+                "this CPU has no bf16 matrix units (AMX / AVX-512 BF16): bf16 runs emulated, "
+                "typically several times slower than eager fp32 (--backend auto picks the "
+                "fastest backend that keeps accuracy)",
+                stacklevel=3,
+            )
 
     def context(self) -> contextlib.AbstractContextManager:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -110,6 +199,12 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def int8_vnni() -> bool:
+    """True where the CPU has int8 dot-product units (VNNI, AMX-INT8): full-range int8
+    kernels are exact there; without them the u8*s8 kernels can saturate (see int8.py)."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+
+
 def bf16_supported(device: torch.device) -> bool:
     """True where bf16 matrix hardware makes autocast fast (not merely possible)."""
     if device.type == "cuda":
@@ -119,7 +214,8 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """Map ``auto`` to a concrete backend; check other names exist.
+    """The backend ``name`` stands for before anything is measured; unknown names raise with
+    suggestions. (The ``auto`` *backend* measures; this is its static first guess.)
 
     ``auto``: bf16 where bf16 matrix hardware exists (AMX / AVX-512 BF16 CPUs, bf16 GPUs);
     otherwise ONNX Runtime on CPUs (about 1.5-2x eager PyTorch for convnets on AVX2, and it

@@ -91,10 +91,13 @@ class Engine:
 
     Args:
         model: any vitrina model (its ``preprocess`` defines the transform).
-        backend: ``auto``, ``eager`` or ``bf16`` (more in ``BACKENDS``).
+        backend: ``auto`` (measured: the fastest backend within tolerance), ``eager``,
+            ``bf16``, ``onnx``, ``int8`` (see ``BACKENDS``).
         device: ``auto``, ``cpu``, ``cuda``...
         batch_size: images per forward pass.
         num_workers: decode processes; ``None`` picks :func:`default_workers`, 0 decodes inline.
+        calib: images for int8 calibration (a folder or a list of files), where the model
+            is not a run folder with an int8 variant.
     """
 
     def __init__(
@@ -105,18 +108,31 @@ class Engine:
         device: str | torch.device = "auto",
         batch_size: int = 16,
         num_workers: int | None = None,
+        calib: str | Path | Sequence[str | Path] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = resolve_device(device)
-        self.backend_name = resolve_backend(backend, self.device)
+        if backend != "auto":
+            backend = resolve_backend(backend, self.device)
+        self.requested_backend = backend
         self.model = model
         self.batch_size = batch_size
         self.num_workers = default_workers() if num_workers is None else num_workers
         # Runtimes with their own (non-spinning) pool get every core; torch backends get the
         # cores the decode workers leave free (see torch_threads).
-        self.backend = BACKENDS.get(self.backend_name)(model, self.device, available_cores())
+        options = {"calib": calib} if calib is not None else {}
+        self.backend = BACKENDS.get(backend)(model, self.device, available_cores(), **options)
         self.transform = eval_transform(model.preprocess)
+
+    @property
+    def backend_name(self) -> str:
+        """The backend running: for ``auto``, the one it chose (``auto`` before the first batch)."""
+        return getattr(self.backend, "resolved", self.backend.name)
+
+    def describe(self) -> str:
+        describe = getattr(self.backend, "describe", None)
+        return describe() if describe else self.backend_name
 
     def run(
         self,

@@ -1,0 +1,45 @@
+"""Timing a backend the way benchmarks should: warm-up, repeated runs, the median."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Timing", "time_call"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float  # median seconds per call
+    runs: int  # timed runs behind the median
+
+    def per_second(self, items: int) -> float:
+        return items / max(self.seconds, 1e-12)
+
+
+def time_call(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 1,
+    min_runs: int = 3,
+    min_time: float = 0.5,
+    max_time: float = 10.0,
+) -> Timing:
+    """Median wall time of ``fn()`` after ``warmup`` calls: runs until at least ``min_runs``
+    runs and ``min_time`` seconds, but stops once ``max_time`` is spent (at least one run),
+    so a slow model on a slow backend still finishes."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    spent = 0.0
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+        if (len(times) >= min_runs and spent >= min_time) or spent >= max_time:
+            break
+    return Timing(statistics.median(times), len(times))

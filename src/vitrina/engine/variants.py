@@ -1,0 +1,79 @@
+"""Model variants stored in a run folder (``RUN/variants/``), written by ``vitrina optimize``.
+
+``variants/int8.onnx`` (static int8, used by the ``int8`` backend), ``variants/pruned.onnx``
+(channels removed and fine-tuned, used by the ``pruned`` backend), ``variants/bf16.safetensors``
+(the weights in bfloat16: half the disk space; the ``bf16`` backend computes the same results
+from either file) and ``variants/report.json`` (what each variant measured). Variants of the
+``embed`` output carry an ``-embed`` suffix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitrina.engine.backends import BACKENDS, Backend
+from vitrina.engine.onnx import onnx_available, ort_session, run_session
+from vitrina.errors import VitrinaError
+from vitrina.models import VitrinaModel
+
+__all__ = ["VARIANTS_DIR", "PrunedBackend", "run_dir_of", "variant_file"]
+
+VARIANTS_DIR = "variants"
+
+
+def run_dir_of(model: VitrinaModel) -> Path | None:
+    """The run folder a model was loaded from (``vitrina.runs.load_model``), else ``None``."""
+    origin = getattr(model, "weights_origin", "") or ""
+    if origin.startswith("run:"):
+        path = Path(origin[4:])
+        return path if path.is_dir() else None
+    return None
+
+
+def variant_file(run_dir: Path, name: str, output: str = "logits", suffix: str = ".onnx") -> Path:
+    tail = "" if output == "logits" else f"-{output}"
+    return Path(run_dir) / VARIANTS_DIR / f"{name}{tail}{suffix}"
+
+
+@BACKENDS.register("pruned")
+class PrunedBackend(Backend):
+    """The run's pruned variant (fewer channels, fine-tuned), run by ONNX Runtime.
+
+    It is a different, smaller model: its accuracy is what ``vitrina optimize`` measured, not
+    a tolerance around fp32."""
+
+    name = "pruned"
+
+    def __init__(
+        self,
+        model: VitrinaModel,
+        device: torch.device,
+        threads: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, device, threads, **options)
+        run = run_dir_of(model)
+        self.file = variant_file(run, "pruned") if run is not None else None
+        if self.file is None or not self.file.is_file():
+            where = f"run folder {run}" if run is not None else f"{model.arch!r} (not a run folder)"
+            raise VitrinaError(
+                f"no pruned variant for {where}: create one with `vitrina optimize RUN_DIR "
+                f"--variants pruned`"
+            )
+        if not onnx_available():
+            raise VitrinaError(
+                "the pruned backend needs onnx and onnxruntime: pip install onnx onnxruntime"
+            )
+        self._session = ort_session(self.file, threads, device)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        if output != "logits":
+            raise VitrinaError(
+                f"{self.file}: the pruned variant has logits only (its embedding has fewer "
+                f"features than the model's); use another backend for {output}"
+            )
+        return run_session(self._session, x)
