@@ -276,13 +276,16 @@ def test_pretrained_offline_looks_where_loading_looks(tmp_path: Path, monkeypatc
 
 
 # ---------------------------------------------------------------------------- measure
-def test_time_runs_budget() -> None:
+def test_time_call_budget() -> None:
+    from vitrina.engine.timing import time_call
+
     calls = []
 
     def fast() -> None:
         calls.append(1)
 
-    median, runs = zoo.time_runs(fast, min_time=0.0, max_time=10.0)
+    t = time_call(fast, min_time=0.0, max_time=10.0)
+    median, runs = t.seconds, t.runs
     assert runs == 3 and len(calls) == 4 and median >= 0  # warm-up + the minimum of 3
 
     def slow() -> None:
@@ -290,11 +293,13 @@ def test_time_runs_budget() -> None:
 
         time.sleep(0.02)
 
-    median, runs = zoo.time_runs(slow, min_time=5.0, max_time=0.01)
+    t = time_call(slow, min_time=5.0, max_time=0.01)
+    median, runs = t.seconds, t.runs
     assert runs == 1 and median >= 0.02  # over budget after one timed run
 
     calls.clear()
-    median, runs = zoo.time_runs(fast, min_time=0.05, max_time=10.0)
+    t = time_call(fast, min_time=0.05, max_time=10.0)
+    median, runs = t.seconds, t.runs
     assert runs > 3  # kept going until min_time
 
 

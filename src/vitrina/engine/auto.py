@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -36,35 +34,16 @@ from vitrina.engine.backends import (
     bf16_supported,
     compare_outputs,
 )
-from vitrina.engine.onnx import _fingerprint, cache_dir, onnx_available
+from vitrina.engine.onnx import _fingerprint, onnx_available
+from vitrina.engine.timing import machine_key
 from vitrina.engine.variants import run_dir_of, variant_file
+from vitrina.io import cache_dir as io_cache_dir
 from vitrina.models import VitrinaModel
 
-__all__ = ["AutoBackend", "auto_candidates", "machine_key"]
+__all__ = ["AutoBackend", "auto_candidates", "int8_evidence"]
 
 log = logging.getLogger("vitrina.engine")
 _TIMED_RUNS = 3
-
-
-def machine_key() -> str:
-    """CPU model, core count and runtime versions: what makes a timing valid elsewhere."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = "-"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return f"{cpu}|{cores}|{gpu}|torch {torch.__version__}|ort {ort_version}"
 
 
 def int8_evidence(model: VitrinaModel, output: str, options: dict[str, Any]) -> str | None:
@@ -135,8 +114,7 @@ class AutoBackend(Backend):
 
     def _cache_file(self, output: str) -> Path:
         return (
-            cache_dir().parent
-            / "auto"
+            io_cache_dir("auto")
             / f"{self.model.arch.replace('/', '_')}-{_fingerprint(self.model, output)}.json"
         )
 

@@ -37,7 +37,6 @@ import torch
 from vitrina.engine.backends import BACKENDS, TOLERANCES, Backend, compare_outputs, int8_vnni
 from vitrina.engine.onnx import (
     _fingerprint,
-    cache_dir,
     export_onnx,
     onnx_available,
     ort_session,
@@ -45,6 +44,7 @@ from vitrina.engine.onnx import (
 )
 from vitrina.engine.variants import run_dir_of, variant_file
 from vitrina.errors import VitrinaError
+from vitrina.io import cache_dir as io_cache_dir
 from vitrina.models import VitrinaModel
 
 __all__ = [
@@ -264,7 +264,7 @@ class Int8Backend(Backend):
         digest = hashlib.sha256("\n".join(used).encode())
         digest.update(batch.numpy().tobytes())
         key = f"{_fingerprint(self.model, output)}-{digest.hexdigest()[:12]}"
-        cached = cache_dir().parent / "int8" / f"{self.model.arch.replace('/', '_')}-{key}.onnx"
+        cached = io_cache_dir("int8") / f"{self.model.arch.replace('/', '_')}-{key}.onnx"
         if not cached.is_file():
             quantize_int8(self.model, batch, cached, output=output)
         return cached

@@ -44,10 +44,10 @@ def onnx_available() -> bool:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("VITRINA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vitrina"
-    )
-    return Path(root) / "onnx"
+    """Where exports are cached: ``$VITRINA_CACHE/onnx``."""
+    from vitrina.io import cache_dir as _cache_dir
+
+    return _cache_dir("onnx")
 
 
 class _Output(nn.Module):

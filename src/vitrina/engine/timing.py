@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
-__all__ = ["Timing", "time_call"]
+__all__ = ["Timing", "cpu_name", "machine_key", "time_call"]
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,31 @@ def time_call(
         if (len(times) >= min_runs and spent >= min_time) or spent >= max_time:
             break
     return Timing(statistics.median(times), len(times))
+
+
+@cache
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def machine_key() -> str:
+    """CPU model, usable cores, GPU and runtime versions: a timing (or a decision based on
+    one) is only reused where all of these are the same."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = "-"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu_name()}|{cores} cores|{gpu}|torch {torch.__version__}|ort {ort_version}"

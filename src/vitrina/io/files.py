@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_writer",
+    "cache_dir",
     "place_file",
     "remove_stale_temps",
     "unique_path",
@@ -313,3 +314,12 @@ def _fsync_dir(folder: Path) -> None:
 def _unlink_quietly(path: Path) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def cache_dir(name: str) -> Path:
+    """``$VITRINA_CACHE/<name>`` (default ``$XDG_CACHE_HOME/vitrina`` or ``~/.cache/vitrina``),
+    resolved now: exports, quantized models, zoo figures and backend decisions live here."""
+    root = os.environ.get("VITRINA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vitrina"
+    )
+    return Path(root) / name

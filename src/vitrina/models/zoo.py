@@ -19,12 +19,9 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import os
-import platform
 import re
-import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -54,7 +51,6 @@ __all__ = [
     "machine_key",
     "measure",
     "plot_zoo",
-    "time_runs",
 ]
 
 #: The classic review, in order: each name builds with ``vitrina.models.create(name)``.
@@ -380,10 +376,9 @@ class ZooEntry:
 # ---------------------------------------------------------------------------- cache
 def cache_dir() -> Path:
     """``$VITRINA_CACHE/zoo`` (default ``~/.cache/vitrina/zoo``), resolved now."""
-    root = os.environ.get("VITRINA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vitrina"
-    )
-    return Path(root) / "zoo"
+    from vitrina.io import cache_dir as _cache_dir
+
+    return _cache_dir("zoo")
 
 
 def _slug(text: str) -> str:
@@ -591,25 +586,24 @@ def describe(name: str, *, refresh: bool = False) -> ZooEntry:
 
 
 # ---------------------------------------------------------------------------- measure
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def _cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    from vitrina.engine import available_cores
+
+    return available_cores()
+
+
+def _cpu_name() -> str:
+    from vitrina.engine.timing import cpu_name
+
+    return cpu_name()
 
 
 def machine_key() -> str:
-    """CPU model, core count and torch version: measurements are only reused on the same."""
-    return _slug(f"{_cpu_name()}-{_cores()}cores-torch{torch.__version__}")
+    """CPU model, cores, GPU and runtime versions (``vitrina.engine.timing.machine_key``) as a
+    file-name slug: measurements are only reused on the same."""
+    from vitrina.engine.timing import machine_key as key
+
+    return _slug(key())
 
 
 def _measure_path() -> Path:
@@ -677,22 +671,6 @@ def is_measured(
     )
 
 
-def time_runs(run: Callable[[], Any], *, min_time: float, max_time: float) -> tuple[float, int]:
-    """``(median seconds, runs)``: one warm-up call, then timed calls until there are at least
-    3 and ``min_time`` has passed, stopping anyway once ``max_time`` is exceeded (at least one
-    timed call)."""
-    run()  # warm-up: first-call allocations, kernel selection, ONNX export...
-    times: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
-        if elapsed >= max_time or (len(times) >= 3 and elapsed >= min_time):
-            return statistics.median(times), len(times)
-
-
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     old = torch.get_num_threads()
@@ -728,6 +706,7 @@ def measure(
     and reused without building the model; ``refresh`` measures again.
     """
     from vitrina.engine import BACKENDS
+    from vitrina.engine.timing import time_call
 
     backends = list(dict.fromkeys(backends))
     for b in backends:
@@ -766,9 +745,8 @@ def measure(
                 with _torch_threads(n_threads):
                     if runner is None:
                         runner = BACKENDS.get(backend)(model, torch.device("cpu"), n_threads)
-                    median, runs = time_runs(
-                        lambda r=runner, x=x: r(x), min_time=min_time, max_time=max_time
-                    )
+                    t = time_call(lambda r=runner, x=x: r(x), min_time=min_time, max_time=max_time)
+                    median, runs = t.seconds, t.runs
                 cell = {
                     "median_s": median,
                     "runs": runs,
