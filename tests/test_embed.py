@@ -1,0 +1,187 @@
+"""vitrina.embed: default and named-layer embeddings, pooling, fingerprints, backends, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import COLORS, make_image
+from vitrina.data.transforms import eval_transform
+from vitrina.embed import Embedder, EmbeddingSpec, embed_paths, list_layers, pool_features
+from vitrina.errors import VitrinaError
+from vitrina.runs import load_model
+
+FAST = dict(backend="eager", device="cpu", num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("embimgs")
+    return [
+        make_image(d / f"{name}-{i}.png", rgb, seed=100 * ci + i)
+        for ci, (name, rgb) in enumerate(COLORS.items())
+        for i in range(3)
+    ]
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same architecture as ``toy_run``, other (random) weights."""
+    from vitrina.models import create
+    from vitrina.models.small import TUTORIAL_CNN_PREPROCESS
+    from vitrina.runs import RunInfo, save_run
+
+    torch.manual_seed(123)
+    m = create("tutorial_cnn", num_classes=3)
+    info = RunInfo(
+        arch="tutorial_cnn", classes=["blue", "green", "red"], preprocess=TUTORIAL_CNN_PREPROCESS
+    )
+    return save_run(tmp_path_factory.mktemp("other") / "run", m, info)
+
+
+def _batch(run: Path, paths: list[Path]) -> tuple[torch.nn.Module, torch.Tensor]:
+    model = load_model(run).eval()
+    tf = eval_transform(model.preprocess)
+    return model, torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
+
+
+def test_default_spec_is_model_embed_normalized(toy_run: Path, images: list[Path]) -> None:
+    e = Embedder(toy_run, **FAST)
+    model, x = _batch(toy_run, images)
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(model.embed(x), dim=1).numpy()
+    res = e.embed_paths(images)
+    assert e.dim == model.num_features == 84
+    assert res.vectors.shape == (len(images), 84) and res.vectors.dtype == np.float32
+    assert res.paths == images and res.errors == []
+    np.testing.assert_allclose(res.vectors, ref, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(res.vectors, axis=1), 1.0, atol=1e-5)
+    pil = [Image.open(p) for p in images]
+    np.testing.assert_allclose(e.embed_images(pil), ref, atol=1e-5)
+    raw = Embedder(EmbeddingSpec(str(toy_run), normalize=False), **FAST).embed_paths(images)
+    with torch.inference_mode():
+        np.testing.assert_allclose(raw.vectors, model.embed(x).numpy(), atol=1e-5)
+
+
+def test_named_layers_pool_normalize_concat(toy_run: Path, images: list[Path]) -> None:
+    model, x = _batch(toy_run, images)
+    with torch.inference_mode():
+        f2 = model.net.features[:3](x)  # features.2: (B, 6, 14, 14)
+        f5 = model.net.features(x)  # features: (B, 16, 5, 5)
+    spec = EmbeddingSpec(str(toy_run), ("features.2",), pool="max", normalize=False)
+    e = Embedder(spec, **FAST)
+    assert e.dim == 6
+    np.testing.assert_allclose(
+        e.embed_paths(images).vectors, f2.amax(dim=(2, 3)).numpy(), atol=1e-5
+    )
+    both = Embedder(EmbeddingSpec(str(toy_run), ("net.features.2", "features")), **FAST)
+    assert both.spec.layers == ("features.2", "features")
+    assert both.dim == 6 + 16
+    v = both.embed_paths(images).vectors
+    a = torch.nn.functional.normalize(f2.mean(dim=(2, 3)), dim=1)
+    b = torch.nn.functional.normalize(f5.mean(dim=(2, 3)), dim=1)
+    ref = torch.cat([a, b], 1) / np.sqrt(2.0)  # both parts unit length
+    np.testing.assert_allclose(v, ref.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(v[:, :6], axis=1), 1 / np.sqrt(2), atol=1e-5)
+    # A vector layer (B, C) passes through the pooling untouched.
+    fc = Embedder(EmbeddingSpec(str(toy_run), ("fc",), pool="gem", normalize=False), **FAST)
+    assert fc.dim == 84
+    with torch.inference_mode():
+        np.testing.assert_allclose(
+            fc.embed_paths(images).vectors, model.embed(x).numpy(), atol=1e-5
+        )
+
+
+def test_pool_functions_match_plain_computation() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, generator=g)
+    ref_avg = np.array([[x[b, c].numpy().mean() for c in range(3)] for b in range(2)])
+    ref_max = np.array([[x[b, c].numpy().max() for c in range(3)] for b in range(2)])
+    clamped = np.clip(x.numpy(), 1e-6, None)
+    ref_gem = (clamped**3).mean(axis=(2, 3)) ** (1 / 3)
+    np.testing.assert_allclose(pool_features(x, "avg").numpy(), ref_avg, atol=1e-6)
+    np.testing.assert_allclose(pool_features(x, "max").numpy(), ref_max, atol=1e-6)
+    np.testing.assert_allclose(pool_features(x, "gem").numpy(), ref_gem, rtol=1e-5)
+    assert torch.equal(pool_features(x[:, :, 0, 0], "gem"), x[:, :, 0, 0])  # (B, C) passes
+    tokens = torch.randn(2, 7, 3, generator=g)  # (B, N, C): pooled over N
+    np.testing.assert_allclose(pool_features(tokens, "avg").numpy(), tokens.mean(1).numpy())
+    with pytest.raises(VitrinaError, match="unknown pool"):
+        pool_features(x, "median")
+
+
+def test_fingerprint(toy_run: Path, other_run: Path) -> None:
+    a = Embedder(EmbeddingSpec(str(toy_run), ("features",)), **FAST)
+    b = Embedder(EmbeddingSpec(str(toy_run), ("net.features",)), **FAST)
+    assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 16
+    int(a.fingerprint, 16)
+    others = [
+        EmbeddingSpec(str(toy_run), ("features",), pool="gem"),
+        EmbeddingSpec(str(toy_run), ("features.2",)),
+        EmbeddingSpec(str(toy_run), ("features",), normalize=False),
+        EmbeddingSpec(str(toy_run)),
+        EmbeddingSpec(str(other_run), ("features",)),
+    ]
+    prints = {Embedder(s, **FAST).fingerprint for s in others}
+    assert len(prints) == len(others) and a.fingerprint not in prints
+    # The model's own embedding is pooled already: pool does not change it.
+    assert (
+        Embedder(EmbeddingSpec(str(toy_run), pool="max"), **FAST).fingerprint
+        == Embedder(str(toy_run), **FAST).fingerprint
+    )
+
+
+def test_spec_roundtrip(toy_run: Path) -> None:
+    s = EmbeddingSpec(str(toy_run), ("features",), pool="gem", normalize=False)
+    assert EmbeddingSpec.from_dict(s.to_dict()) == s
+    assert Path(s.model).is_absolute()
+    with pytest.raises(VitrinaError, match="unknown pool"):
+        EmbeddingSpec(str(toy_run), pool="sum")
+
+
+def test_onnx_backend_matches_eager_for_named_layers(toy_run: Path, images: list[Path]) -> None:
+    pytest.importorskip("onnxruntime")
+    spec = EmbeddingSpec(str(toy_run), ("features.2", "fc.1"), pool="gem")
+    eager = Embedder(spec, **FAST).embed_paths(images).vectors
+    onnx = Embedder(spec, backend="onnx", device="cpu", num_workers=0)
+    got = onnx.embed_paths(images).vectors
+    assert onnx.engine.backend_name == "onnx" and not onnx.engine.backend._fallback
+    np.testing.assert_allclose(got, eager, atol=1e-3)
+    # Another layer choice never reuses that export.
+    other = Embedder(EmbeddingSpec(str(toy_run), ("features",)), backend="onnx", num_workers=0)
+    assert other.model.arch != onnx.model.arch
+    assert other.embed_paths(images[:2]).vectors.shape == (2, 16)
+
+
+def test_unreadable_files_recorded(toy_run: Path, images: list[Path], tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    missing = tmp_path / "missing.png"
+    paths = [images[0], bad, images[1], missing, images[2]]
+    res = embed_paths(str(toy_run), paths, **FAST)
+    assert res.paths == [images[0], images[1], images[2]]
+    assert [p for p, _ in res.errors] == [bad, missing]
+    assert all(msg for _, msg in res.errors)
+    ok = embed_paths(str(toy_run), images[:3], **FAST)
+    np.testing.assert_allclose(res.vectors, ok.vectors, atol=1e-6)
+
+
+def test_unknown_layer_and_model(toy_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(VitrinaError, match=r"no layer 'featurs\.2'.*did you mean.*features\.2"):
+        Embedder(EmbeddingSpec(str(toy_run), ("featurs.2",)), **FAST)
+    with pytest.raises(VitrinaError, match="did you mean"):
+        Embedder("efficientnet_lite_zero")
+    with pytest.raises(VitrinaError, match="not a run folder"):
+        Embedder(str(tmp_path))
+    with pytest.raises(VitrinaError, match="not found"):
+        Embedder(str(tmp_path / "nope" / "run"))
+
+
+def test_list_layers(toy_run: Path) -> None:
+    names = list_layers(str(toy_run))
+    assert names[:3] == ["features.0", "features.1", "features.2"]
+    assert "features" in names and "fc" in names and "fc.3" in names
+    assert "x" not in names
