@@ -29,6 +29,10 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
     for mod in (train, evaluate, predict, sort, export, optimize, zoo, demo):
         mod.register(app)
+    from vitrina.cli import embed, evaluate_retrieval
+
+    embed.register(app)
+    evaluate_retrieval.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,7 +158,7 @@ class Embedder:
         # Pooling only matters for named layers: the model's own embedding is pooled already.
         key = {
             "identity": identity,
-            "layers": list(spec.layers),
+            "layers": list(getattr(self.model, "nodes", ())),
             "pool": spec.pool if spec.layers else None,
             "normalize": spec.normalize,
         }

@@ -27,6 +27,7 @@ __all__ = [
     "layer_names",
     "layer_shapes",
     "module_layers",
+    "node_of",
     "pool_features",
     "resolve_layers",
 ]
@@ -122,12 +123,41 @@ def resolve_layers(model: VitrinaModel, layers: tuple[str, ...], what: str) -> t
     return tuple(out)
 
 
-def _extractor(model: VitrinaModel, layers: tuple[str, ...]) -> nn.Module:
+def node_of(name: str, nodes: list[str]) -> str:
+    """The graph node a layer name stands for: itself, or a module's last node."""
+    if name in nodes:
+        return name
+    inside = [n for n in nodes if n.startswith(name + ".")]
+    if not inside:
+        raise VitrinaError(f"no layer {name!r}")
+    return inside[-1]
+
+
+class _Extractor(nn.Module):
+    """FX feature extractor returning ``{layer name: output}``; names that stand for the same
+    node (``global_pool`` and ``global_pool.flatten``) share one output."""
+
+    def __init__(self, graph: nn.Module, names: dict[str, str]) -> None:
+        super().__init__()
+        self.graph = graph
+        self.names = dict(names)
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        outs = self.graph(x)
+        return {name: outs[node] for name, node in self.names.items()}
+
+
+def _extractor(model: VitrinaModel, layers: tuple[str, ...]) -> _Extractor:
     _, create_feature_extractor = _fx()
     was = model.training
     model.eval()
+    nodes = graph_nodes(model)
+    names = {n: node_of(n, nodes) for n in layers}
     try:
-        return create_feature_extractor(model.net, return_nodes={n: n for n in layers})
+        graph = create_feature_extractor(
+            model.net, return_nodes={v: v for v in dict.fromkeys(names.values())}
+        )
+        return _Extractor(graph, names)
     except Exception as e:
         raise VitrinaError(
             f"{model.arch}: cannot extract layers {', '.join(layers)} "
@@ -176,6 +206,7 @@ class LayerEmbedding(VitrinaModel):
         if pool not in POOLS:
             raise VitrinaError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
         net = _extractor(source, layers)
+        self_nodes = tuple(net.names[n] for n in layers)
         tag = f"{'+'.join(layers)}/{pool}{'' if normalize else '/raw'}"
         super().__init__(
             net,
@@ -187,6 +218,7 @@ class LayerEmbedding(VitrinaModel):
         )
         self.source_arch = source.arch
         self.layers = tuple(layers)
+        self.nodes = self_nodes  # the graph node each layer name stands for
         self.pool = pool
         self.normalize = normalize
         self.no_head = nn.Identity()
