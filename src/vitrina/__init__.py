@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Classifier",
+    "Embedder",
+    "EmbeddingSpec",
     "VitrinaError",
     "__version__",
     "create",
@@ -31,6 +33,8 @@ __all__ = [
 
 _LAZY = {
     "Classifier": "vitrina.classifier",
+    "Embedder": "vitrina.embed",
+    "EmbeddingSpec": "vitrina.embed",
     "load": "vitrina.classifier",
     "create": "vitrina.models",
     "list_models": "vitrina.models",
@@ -58,6 +62,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from vitrina.classifier import Classifier, load
+    from vitrina.embed import Embedder, EmbeddingSpec
     from vitrina.errors import VitrinaError
     from vitrina.models import create, list_models
     from vitrina.sort import sort_folder

@@ -76,7 +76,8 @@ def embed(
             raise VitrinaError(f"{f}: file exists; choose another --out (nothing was written)")
     paths = collect_images(list(inputs), recursive)
     if not paths:
-        raise VitrinaError(f"no images in {', '.join(str(p) for p in inputs)}")
+        hint = "" if recursive else " (--recursive descends into sub-folders)"
+        raise VitrinaError(f"no images in {', '.join(str(p) for p in inputs)}{hint}")
     spec = EmbeddingSpec(model, tuple(layer or ()), pool=pool, normalize=normalize)
     emb = Embedder(spec, backend=backend, device=device, batch_size=batch_size)
     with progress_bar("embedding", len(paths), enabled=not as_json) as update:

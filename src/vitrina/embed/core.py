@@ -112,6 +112,15 @@ def _state_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _run_photos(model: str) -> Path | None:
+    from vitrina.runs import is_run_dir, read_run
+
+    if not is_run_dir(model):
+        return None
+    root = read_run(model).data.get("root")
+    return Path(root) if root and Path(root).is_dir() else None
+
+
 def _as_spec(spec: EmbeddingSpec | str) -> EmbeddingSpec:
     if isinstance(spec, EmbeddingSpec):
         return spec
@@ -128,6 +137,9 @@ class Embedder:
         dim: vector length.
         fingerprint: 16 hex chars; equal for two embedders iff their vectors are comparable
             (same architecture and weights, layers, pooling, normalization).
+
+    ``calib``: photos for int8 calibration (``backend="int8"``); for named layers of a run
+    it defaults to the run's training photos.
         model_label: short human label, e.g. ``efficientnet_lite0 (imagenet) avg-pool L2``.
     """
 
@@ -139,6 +151,7 @@ class Embedder:
         device: str = "auto",
         batch_size: int = 32,
         num_workers: int | None = None,
+        calib: str | Path | Sequence[str | Path] | None = None,
     ) -> None:
         spec = _as_spec(spec)
         source, identity, origin = load_source(spec.model)
@@ -168,9 +181,15 @@ class Embedder:
         self.model_label = (
             f"{source.arch} ({origin}){layer} {pooled}{'L2' if spec.normalize else 'raw'}"
         ).replace("  ", " ")
-        self._engine_kw = dict(
+        if calib is None and backend == "int8" and spec.layers:
+            # A run's int8 variant computes its own embedding, not these layers: calibrate
+            # the layer model on the run's training photos instead.
+            calib = _run_photos(spec.model)
+        self._engine_kw: dict[str, Any] = dict(
             backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
         )
+        if calib is not None:
+            self._engine_kw["calib"] = calib
         self._engine = None
 
     @property
