@@ -22,6 +22,7 @@ __all__ = [
     "Classifier",
     "Embedder",
     "EmbeddingSpec",
+    "Index",
     "VitrinaError",
     "__version__",
     "create",
@@ -40,6 +41,7 @@ _LAZY = {
     "list_models": "vitrina.models",
     "sort_folder": "vitrina.sort",
     "VitrinaError": "vitrina.errors",
+    "Index": "vitrina.search.index",
 }
 
 
@@ -65,4 +67,5 @@ if TYPE_CHECKING:
     from vitrina.embed import Embedder, EmbeddingSpec
     from vitrina.errors import VitrinaError
     from vitrina.models import create, list_models
+    from vitrina.search.index import Index
     from vitrina.sort import sort_folder

@@ -27,6 +27,11 @@ def _register() -> None:
     from vitrina.cli import data, demo, evaluate, export, optimize, predict, sort, train, zoo
 
     app.add_typer(data.app, name="data")
+    from vitrina.cli import dedupe, index, search
+
+    app.add_typer(index.app, name="index")
+    for mod in (search, dedupe):
+        mod.register(app)
     for mod in (train, evaluate, predict, sort, export, optimize, zoo, demo):
         mod.register(app)
     from vitrina.cli import embed, evaluate_retrieval

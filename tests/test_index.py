@@ -1,0 +1,340 @@
+"""vitrina.search.Index: persistence, exact and approximate search, removal, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import COLORS, make_dataset, make_image
+from vitrina.errors import VitrinaError
+from vitrina.search import Index
+from vitrina.search import index as index_mod
+
+
+def clustered(n: int, d: int = 32, centres: int = 20, seed: int = 0, noise: float = 0.35):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d))
+    x = c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, d))
+    return x.astype(np.float32)
+
+
+def metas(n: int, start: int = 0):
+    return [
+        {"path": f"/photos/p{i}.jpg", "sha256": f"{i:064x}", "label": f"c{i % 3}"}
+        for i in range(start, start + n)
+    ]
+
+
+def brute(x: np.ndarray, q: np.ndarray, metric: str, k: int) -> np.ndarray:
+    if metric == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        return np.argsort(-(qn @ xn.T), axis=1, kind="stable")[:, :k]
+    d2 = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    return np.argsort(d2, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_search_matches_brute_force_and_persists(tmp_path: Path, metric: str) -> None:
+    x = clustered(300)
+    q = clustered(7, seed=9)
+    idx = Index.create(tmp_path / "ix", dim=32, metric=metric, kind="exact")
+    rep = idx.add_vectors(x, metas(300))
+    assert len(rep.added) == 300 and len(idx) == 300
+    idx.close()
+
+    idx = Index.open(tmp_path / "ix")
+    assert idx.recovered is None and idx.kind == "exact" and len(idx) == 300
+    res = idx.search(q, k=5)
+    want = brute(x, q, metric, 5)
+    for r, w in zip(res, want, strict=True):
+        assert [h.path for h in r.hits] == [f"/photos/p{i}.jpg" for i in w]
+        assert [h.rank for h in r.hits] == [1, 2, 3, 4, 5]
+        dists = [h.distance for h in r.hits]
+        assert dists == sorted(dists)
+    # the reported numbers are the real distances
+    h = res[0].hits[0]
+    v, qq = x[int(h.path[9:-4])], q[0]
+    if metric == "cosine":
+        cos = float(v @ qq / np.linalg.norm(v) / np.linalg.norm(qq))
+        assert h.similarity == pytest.approx(cos, abs=1e-5)
+        assert h.distance == pytest.approx(1 - cos, abs=1e-5)
+    else:
+        assert h.distance == pytest.approx(float(np.linalg.norm(v - qq)), rel=1e-4)
+    assert json.loads((tmp_path / "ix" / "index.json").read_text())["count"] == 300
+
+
+def test_duplicate_is_a_noop_and_remove_by_path_and_hash(tmp_path: Path) -> None:
+    x = clustered(50)
+    idx = Index.create(tmp_path / "ix", dim=32)
+    idx.add_vectors(x, metas(50))
+    gen = idx.info()["generation"]
+    rep = idx.add_vectors(x[:3], metas(3))  # same hashes again
+    assert rep.added == [] and len(rep.duplicates) == 3
+    assert len(idx) == 50 and idx.info()["generation"] == gen  # nothing written
+
+    rm = idx.remove(["/photos/p0.jpg", f"{1:064x}", "/photos/nope.jpg"])
+    assert sorted(rm.removed) == ["/photos/p0.jpg", "/photos/p1.jpg"]
+    assert rm.not_found == ["/photos/nope.jpg"]
+    idx = Index.open(tmp_path / "ix")
+    assert len(idx) == 48
+    hits = idx.search(x[:2], k=3)
+    assert all(h.path not in ("/photos/p0.jpg", "/photos/p1.jpg") for r in hits for h in r.hits)
+    # removed content can come back
+    assert idx.add_vectors(x[:1], metas(1)).added == ["/photos/p0.jpg"]
+    assert idx.search(x[:1], k=1)[0].hits[0].path == "/photos/p0.jpg"
+
+
+def test_hnsw_recall_reported_and_removal_rebuilds(tmp_path: Path) -> None:
+    x, q = np.split(clustered(3100, d=48, centres=40), [3000])  # q: unseen, same clusters
+    idx = Index.create(tmp_path / "ix", dim=48, kind="hnsw")
+    idx.add_vectors(x, metas(3000))
+    info = idx.info()
+    assert info["kind"] == "hnsw" and info["recall"]["recall_at_10"] >= 0.9
+    assert info["recall"]["queries"] == 200 and info["params"]["efSearch"] >= 16
+    # the reported recall is real: check it ourselves on other queries
+    got = np.array([[int(h.path[9:-4]) for h in r.hits] for r in idx.search(q, k=10)])
+    assert index_mod.recall_at_k(got, brute(x, q, "cosine", 10)) >= 0.9
+
+    gone = [f"/photos/p{i}.jpg" for i in range(0, 3000, 7)]
+    idx.remove(gone)
+    idx = Index.open(tmp_path / "ix")
+    assert idx.recovered is None and len(idx) == 3000 - len(gone) and idx.kind == "hnsw"
+    paths = {h.path for r in idx.search(x[:200], k=10) for h in r.hits}
+    assert not paths & set(gone)
+    assert idx.info()["recall"]["recall_at_10"] >= 0.9
+
+
+def test_ivf_and_auto_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = clustered(2000, d=32)
+    ivf = Index.create(tmp_path / "ivf", dim=32, kind="ivf")
+    ivf.add_vectors(x, metas(2000))
+    assert ivf.kind == "ivf" and ivf.info()["recall"]["recall_at_10"] >= 0.9
+    ivf.remove([f"{5:064x}"])
+    assert len(Index.open(tmp_path / "ivf")) == 1999
+
+    monkeypatch.setattr(index_mod, "AUTO_HNSW_THRESHOLD", 500)
+    auto = Index.create(tmp_path / "auto", dim=32)
+    auto.add_vectors(x[:400], metas(400))
+    assert auto.kind == "exact"
+    auto.add_vectors(x[400:600], metas(200, start=400))
+    assert auto.kind == "hnsw" and auto.info()["recall"] is not None
+    assert Index.open(tmp_path / "auto").kind == "hnsw"
+
+
+def test_update_that_fails_before_commit_leaves_old_index(tmp_path: Path, monkeypatch) -> None:
+    x = clustered(100)
+    idx = Index.create(tmp_path / "ix", dim=32, kind="hnsw")
+    idx.add_vectors(x[:60], metas(60))
+    before = [h.path for h in idx.search(x[:1], k=5)[0].hits]
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    import faiss
+
+    monkeypatch.setattr(faiss, "write_index", boom)
+    with pytest.raises(OSError):
+        idx.add_vectors(x[60:], metas(40, start=60))
+    with pytest.raises(OSError):
+        idx.remove(["/photos/p0.jpg"])
+    monkeypatch.undo()
+    # the same object and a fresh open both see the old state
+    assert len(idx) == 60
+    assert [h.path for h in idx.search(x[:1], k=5)[0].hits] == before
+    again = Index.open(tmp_path / "ix")
+    assert again.recovered is None and len(again) == 60
+    assert [h.path for h in again.search(x[:1], k=5)[0].hits] == before
+    assert not list((tmp_path / "ix").glob("*.pending")) and not list(
+        (tmp_path / "ix").glob(".vitrina-tmp-*")
+    )
+
+
+def test_crash_after_commit_is_completed_on_open(tmp_path: Path, monkeypatch) -> None:
+    x = clustered(80)
+    idx = Index.create(tmp_path / "ix", dim=32)
+    idx.add_vectors(x[:50], metas(50))
+    real = os.replace
+
+    def crash(src, dst, *a, **k):
+        if str(src).endswith(index_mod.PENDING_NAME):
+            raise KeyboardInterrupt  # killed between the SQLite commit and the rename
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(index_mod.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        idx.add_vectors(x[50:], metas(30, start=50))
+    monkeypatch.undo()
+    again = Index.open(tmp_path / "ix")
+    assert "interrupted update" in again.recovered and len(again) == 80
+    assert again.search(x[70:71], k=1)[0].hits[0].path == "/photos/p70.jpg"
+    assert Index.open(tmp_path / "ix").recovered is None  # repaired for good
+
+
+KILL_SCRIPT = """
+import os, sys, numpy as np
+sys.path.insert(0, {tests!r})
+from test_index import clustered, metas
+from vitrina.search import Index, index as m
+idx = Index.open({path!r})
+stage = {stage!r}
+if stage == "faiss":
+    real = m._write_faiss
+    def die(structure, dest):
+        real(structure, dest)   # the pending file is on disk ...
+        os._exit(9)             # ... and the process dies before the SQLite commit
+    m._write_faiss = die
+else:  # die after the commit, before the pending file is renamed into place
+    real_replace = os.replace
+    def die(src, dst, *a, **k):
+        if str(src).endswith(m.PENDING_NAME):
+            os._exit(9)
+        return real_replace(src, dst, *a, **k)
+    m.os.replace = die
+idx.add_vectors(clustered(80)[50:], metas(30, start=50))
+"""
+
+
+@pytest.mark.parametrize("stage, count", [("faiss", 50), ("commit", 80)])
+def test_killed_process_leaves_a_consistent_index(tmp_path: Path, stage: str, count: int) -> None:
+    x = clustered(80)
+    idx = Index.create(tmp_path / "ix", dim=32, kind="hnsw")
+    idx.add_vectors(x[:50], metas(50))
+    idx.close()
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), path=str(tmp_path / "ix"), stage=stage
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, timeout=120
+    )
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    again = Index.open(tmp_path / "ix")
+    assert len(again) == count
+    assert again.search(x[:1], k=1)[0].hits[0].path == "/photos/p0.jpg"
+    if count == 80:
+        assert again.recovered and again.search(x[79:80], k=1)[0].hits[0].path == "/photos/p79.jpg"
+
+
+def test_faiss_file_lost_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
+    x = clustered(40)
+    Index.create(tmp_path / "ix", dim=32).add_vectors(x, metas(40))
+    (tmp_path / "ix" / "vectors.faiss").write_bytes(b"garbage")
+    again = Index.open(tmp_path / "ix")
+    assert "rebuilt it from the 40 stored vectors" in again.recovered
+    assert again.search(x[3:4], k=1)[0].hits[0].path == "/photos/p3.jpg"
+
+
+def test_bad_index_folders_say_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(VitrinaError, match="index folder not found"):
+        Index.open(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VitrinaError, match="not a vitrina index"):
+        Index.open(tmp_path / "empty")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "meta.sqlite").write_text("hello")
+    with pytest.raises(VitrinaError, match="not a vitrina index"):
+        Index.open(foreign)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(VitrinaError, match="not an index folder"):
+        Index.open(tmp_path / "afile")
+    # a build that never finished
+    half = Index.create(tmp_path / "half", dim=4, _building=True)
+    half.close()
+    with pytest.raises(VitrinaError, match=r"index half-written: .*build was interrupted"):
+        Index.open(tmp_path / "half")
+    nodb = tmp_path / "nodb"
+    Index.create(nodb, dim=4).close()
+    (nodb / "meta.sqlite").unlink()
+    with pytest.raises(VitrinaError, match="index half-written"):
+        Index.open(nodb)
+    # another format version
+    Index.create(tmp_path / "v9", dim=4).close()
+    with sqlite3.connect(tmp_path / "v9" / "meta.sqlite") as c:
+        c.execute("UPDATE info SET value = '9' WHERE key = 'format_version'")
+    with pytest.raises(VitrinaError, match="format version 9, this vitrina reads version 1"):
+        Index.open(tmp_path / "v9")
+    # never written over
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep")
+    with pytest.raises(VitrinaError, match="not an empty folder"):
+        Index.create(tmp_path / "busy", dim=4)
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "keep"
+
+
+def test_bad_queries(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "ix", dim=8)
+    idx.add_vectors(clustered(10, d=8), metas(10))
+    with pytest.raises(VitrinaError, match="k must be at least 1"):
+        idx.search(clustered(1, d=8), k=0)
+    with pytest.raises(VitrinaError, match="8"):
+        idx.search(np.zeros((1, 5), np.float32))
+    with pytest.raises(VitrinaError, match="raw vectors and has no model"):
+        idx.search(["x.jpg"])
+    assert len(idx.search(clustered(1, d=8), k=50)[0].hits) == 10  # k > size: all of them
+
+
+# ------------------------------------------------------------------ with a real model
+
+
+def test_build_from_images_search_add_and_refuse_other_model(tmp_path: Path, toy_run: Path) -> None:
+    from vitrina.embed import Embedder, EmbeddingSpec
+
+    data = make_dataset(tmp_path / "data", per_class=4)
+    (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff junk")
+    idx = Index.build(data, tmp_path / "ix", model=str(toy_run), backend="eager", device="cpu")
+    assert len(idx) == 12 and idx.kind == "exact"
+    assert [p for p, _ in idx.build_report.unreadable] == [
+        str((data / "red" / "broken.jpg").resolve())
+    ]
+    assert idx.info()["labels"] == {"blue": 4, "green": 4, "red": 4}
+
+    query = make_image(tmp_path / "q" / "red-query.png", COLORS["red"], seed=777)
+    missing = tmp_path / "q" / "nope.jpg"
+    idx = Index.open(tmp_path / "ix", backend="eager", device="cpu")
+    res = idx.search([query, missing], k=4)
+    assert res[1].error and "nope.jpg" in res[1].error and not res[1].hits
+    assert [h.label for h in res[0].hits] == ["red"] * 4
+
+    # same content again: a no-op; a new photo: added with its folder as label
+    copy = tmp_path / "more" / "red" / "same.jpg"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes((data / "red" / "red-00.jpg").read_bytes())
+    make_image(tmp_path / "more" / "green" / "new.png", COLORS["green"], seed=4242)
+    rep = idx.add([tmp_path / "more"])
+    assert len(rep.duplicates) == 1 and len(rep.added) == 1 and len(idx) == 13
+    assert idx.items()[-1]["label"] == "green"
+
+    other = Embedder(EmbeddingSpec(str(toy_run), normalize=False), backend="eager", device="cpu")
+    with pytest.raises(VitrinaError, match="fingerprint") as exc:
+        idx.search([query], embedder=other)
+    assert idx.model_label in str(exc.value) and other.model_label in str(exc.value)
+    with pytest.raises(VitrinaError, match="fingerprint"):
+        idx.add([query], embedder=other)
+
+
+def test_build_refuses_empty_and_unreadable_folders(tmp_path: Path, toy_run: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no photos")
+    with pytest.raises(VitrinaError, match="no images found"):
+        Index.build(tmp_path / "empty", tmp_path / "ix", model=str(toy_run))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"junk")
+    with pytest.raises(VitrinaError, match="none of the 1 images could be read"):
+        Index.build(bad, tmp_path / "ix2", model=str(toy_run), backend="eager", device="cpu")
+    assert not (tmp_path / "ix2").exists()  # nothing half-built left behind
+
+
+def test_lazy_export() -> None:
+    import vitrina
+
+    assert vitrina.Index is Index

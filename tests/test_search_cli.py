@@ -1,0 +1,125 @@
+"""vitrina index / search / dedupe from the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import COLORS, make_dataset, make_image
+from vitrina.cli import main
+
+FAST = ["--backend", "eager", "--device", "cpu"]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_build_info_search_sheet_html(tmp_path: Path, toy_run: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "photos", per_class=3)
+    ix = tmp_path / "photos.index"
+    code, out, err = run(capsys, "index", "build", data, "--model", toy_run, "--out", ix, *FAST)
+    assert code == 0, err
+    assert "indexed 9 photos" in out and "exact search" in out
+
+    code, out, _ = run(capsys, "index", "info", ix, "--json")
+    info = json.loads(out)
+    assert (
+        code == 0 and info["count"] == 9 and info["metric"] == "cosine" and info["kind"] == "exact"
+    )
+
+    q1 = make_image(tmp_path / "q" / "blue-q.png", COLORS["blue"], seed=99)
+    bad = tmp_path / "q" / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    sheet, page = tmp_path / "out" / "results.png", tmp_path / "out" / "results.html"
+    code, out, err = run(
+        capsys, "search", ix, q1, bad, "-k", "3", "--json", "--sheet", sheet, "--html", page, *FAST
+    )
+    assert code == 1  # one query unreadable: reported, the other answered
+    res = json.loads(out)["results"]
+    assert [h["label"] for h in res[0]["hits"]] == ["blue"] * 3
+    assert [h["rank"] for h in res[0]["hits"]] == [1, 2, 3]
+    assert res[1]["error"] and "bad.jpg" in res[1]["error"] and res[1]["hits"] == []
+    with Image.open(sheet) as im:
+        assert im.width >= 4 * 128 and im.height >= 128  # query + 3 results
+    text = page.read_text()
+    assert "data:image/jpeg;base64," in text and text.count("<img") == 4
+    assert "http://" not in text and "https://" not in text and "bad.jpg" in text
+
+    code, out, err = run(capsys, "search", ix, q1, "-k", "2", *FAST)
+    assert code == 0 and "blue" in out and "rank" in out
+
+    code, _, err = run(capsys, "search", ix, q1, "--metric", "euclidean", *FAST)
+    assert code == 1 and "built with the cosine metric" in err and "Traceback" not in err
+    code, _, err = run(capsys, "search", ix, q1, "-k", "0")
+    assert code == 1 and "at least 1" in err
+
+    # add a folder, remove by path and by hash
+    more = make_image(tmp_path / "more" / "red" / "extra.png", COLORS["red"], seed=31337)
+    code, out, _ = run(capsys, "index", "add", ix, more.parent.parent, *FAST)
+    assert code == 0 and "added 1 photos" in out
+    code, out, _ = run(capsys, "index", "add", ix, more, *FAST)
+    assert code == 0 and "added 0 photos" in out and "skipped 1 duplicates" in out
+    sha = json.loads(run(capsys, "search", ix, more, "-k", "1", "--json", *FAST)[1])["results"][0][
+        "hits"
+    ][0]["sha256"]
+    code, out, _ = run(capsys, "index", "remove", ix, sha[:12], data / "red")
+    assert code == 0 and "removed 4 photos" in out
+    assert json.loads(run(capsys, "index", "info", ix, "--json")[1])["count"] == 6
+
+
+def test_cli_bad_index_and_empty_folder(tmp_path: Path, toy_run: Path, capsys) -> None:
+    code, _, err = run(capsys, "index", "info", tmp_path / "nope")
+    assert code == 1 and "index folder not found" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(
+        capsys, "index", "build", tmp_path / "empty", "--model", toy_run, "--out", tmp_path / "ix"
+    )
+    assert code == 1 and "no images found" in err
+    code, _, err = run(capsys, "search", tmp_path / "empty", tmp_path / "q.jpg")
+    assert code == 1 and "not a vitrina index" in err
+
+
+def test_dedupe_groups_near_copies_and_moves_only_when_asked(
+    tmp_path: Path, toy_run: Path, capsys
+) -> None:
+    photos = tmp_path / "photos"
+    orig = make_image(photos / "red.png", COLORS["red"], size=64, seed=1)
+    with Image.open(orig) as im:  # a slightly smaller, re-encoded copy
+        im.convert("RGB").resize((58, 58), Image.Resampling.BILINEAR).save(
+            photos / "red-copy.jpg", quality=80
+        )
+    (photos / "sub").mkdir()
+    (photos / "sub" / "red-same.png").write_bytes(orig.read_bytes())  # exact copy
+    make_image(photos / "green.png", COLORS["green"], size=64, seed=2)
+    make_image(photos / "blue.png", COLORS["blue"], size=64, seed=3)
+    before = sorted(p.name for p in photos.rglob("*") if p.is_file())
+
+    csv_out, sheet = tmp_path / "dupes.csv", tmp_path / "dupes.png"
+    code, out, err = run(
+        capsys, "dedupe", photos, "--model", toy_run, "--out", csv_out, "--sheet", sheet, *FAST
+    )
+    assert code == 0, err
+    rows = list(csv.DictReader(csv_out.open()))
+    assert {r["group"] for r in rows} == {"1"}
+    assert sorted(Path(r["path"]).name for r in rows) == ["red-copy.jpg", "red-same.png", "red.png"]
+    first = rows[0]
+    assert first["kept"] == "1" and Path(first["path"]).suffix == ".png"  # most pixels
+    assert all(float(r["similarity"]) >= 0.88 for r in rows)
+    assert sheet.exists() and "nothing moved" in out
+    assert sorted(p.name for p in photos.rglob("*") if p.is_file()) == before  # untouched
+
+    dest = tmp_path / "dupes"
+    code, out, err = run(
+        capsys, "dedupe", photos, "--model", toy_run, "--move-to", dest, "--json", *FAST
+    )
+    assert code == 0, err
+    moved = sorted(p.name for p in dest.iterdir())
+    assert len(moved) == 2
+    left = sorted(p.name for p in photos.rglob("*") if p.is_file())
+    assert len(left) == 3 and "green.png" in left and "blue.png" in left
