@@ -239,6 +239,9 @@ def optimize_run(
         r.speedup = r.images_per_s / base if base else 0.0
         if n in TOLERANCES and r.top1_agreement < TOLERANCES[n].top1:
             r.status = "outside tolerance"
+        drop = results["fp32"].accuracy - r.accuracy
+        if n == "pruned" and drop > 0.02:  # a different model: judged by its accuracy
+            r.status = f"accuracy {-drop * 100:+.1f} pts vs fp32"
     if "bf16" in names and "bf16" in results:
         from vitrina.engine import bf16_supported
 
