@@ -101,3 +101,21 @@ def make_bomb_png(path: Path, width: int = 100_000, height: int = 100_000) -> Pa
     data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
     path.write_bytes(bytes(data))
     return path
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run ``vitrina ARGS...`` in-process: (exit code, stdout, stderr)."""
+    from vitrina.cli import main
+
+    code = main([str(a) for a in args])
+    o, e = capsys.readouterr()
+    return code, o, e
+
+
+def one_line_error(err: str, *needles: str) -> None:
+    """The CLI's promise for bad input: one line, no traceback, naming what is wrong."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]

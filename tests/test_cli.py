@@ -3,22 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import make_bomb_png
-from vitrina.cli import main
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    o, e = capsys.readouterr()
-    return code, o, e
-
-
-def one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
+from conftest import make_bomb_png, one_line_error
+from conftest import run_cli as run
 
 
 def test_help_teaches(capsys) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import COLORS, make_image
+from conftest import COLORS, make_image, run_cli
 from vitrina.data.transforms import eval_transform
 from vitrina.embed import Embedder, EmbeddingSpec, embed_paths, list_layers, pool_features
 from vitrina.errors import VitrinaError
@@ -188,14 +188,6 @@ def test_list_layers(toy_run: Path) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    from vitrina.cli import main
-
-    code = main([str(a) for a in args])
-    o, e = capsys.readouterr()
-    return code, o, e
 
 
 def test_cli_embed_npy_csv_and_refuses_overwrite(

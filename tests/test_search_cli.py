@@ -9,15 +9,9 @@ from pathlib import Path
 from PIL import Image
 
 from conftest import COLORS, make_dataset, make_image
-from vitrina.cli import main
+from conftest import run_cli as run
 
 FAST = ["--backend", "eager", "--device", "cpu"]
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_build_info_search_sheet_html(tmp_path: Path, toy_run: Path, capsys) -> None:

@@ -12,6 +12,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from conftest import one_line_error
+from conftest import run_cli as run
 from vitrina.errors import UnknownNameError, VitrinaError
 from vitrina.models import CLASSIC, create, describe, list_models, measure, plot_zoo, zoo
 from vitrina.models.registry import ALIASES, resolve_name
@@ -343,22 +345,6 @@ def test_plot_zoo(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    from vitrina.cli import main
-
-    code = main([str(a) for a in args])
-    o, e = capsys.readouterr()
-    return code, o, e
-
-
-def one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_cli_classic_max_mb_json(capsys) -> None:
     code, o, _ = run(capsys, "zoo", "--max-mb", "20", "--json")
     assert code == 0
