@@ -27,6 +27,7 @@ from vitrina.models import Preprocess, VitrinaModel, create
 __all__ = [
     "RUN_FORMAT",
     "RunInfo",
+    "build_model",
     "is_run_dir",
     "load_model",
     "read_run",
@@ -159,6 +160,22 @@ def read_run(run_dir: str | Path) -> RunInfo:
         raise RunFolderError(f"{meta}: damaged run metadata ({type(e).__name__}: {e})") from None
 
 
+def build_model(info: RunInfo) -> VitrinaModel:
+    """The run's architecture with random weights (an embedding run gets its neck and head)."""
+    if info.task == "embedding":
+        from vitrina.models.embedding import EmbeddingModel
+
+        emb = info.config.get("embedding", {})
+        base = create(info.arch, weights=None)
+        return EmbeddingModel(
+            base,
+            dim=int(emb.get("dim", 0)),
+            bnneck=bool(emb.get("bnneck", True)),
+            num_classes=info.num_classes,
+        )
+    return create(info.arch, weights=None, num_classes=info.num_classes)
+
+
 def load_model(run_dir: str | Path, *, verify: bool = True) -> VitrinaModel:
     """Rebuild the model of a run from safetensors (no unpickling), checksum verified."""
     run_dir = Path(run_dir)
@@ -180,7 +197,7 @@ def load_model(run_dir: str | Path, *, verify: bool = True) -> VitrinaModel:
         state = st_load(blob)
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise RunFolderError(f"{wfile}: unreadable checkpoint ({e})") from None
-    model = create(info.arch, weights=None, num_classes=info.num_classes)
+    model = build_model(info)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -34,10 +34,16 @@ def _register() -> None:
         mod.register(app)
     for mod in (train, evaluate, predict, sort, export, optimize, zoo, demo):
         mod.register(app)
-    from vitrina.cli import embed, evaluate_retrieval
+    from vitrina.cli import (
+        embed,
+        evaluate_reid,
+        evaluate_retrieval,
+        plot_embeddings,
+        train_embedding,
+    )
 
-    embed.register(app)
-    evaluate_retrieval.register(app)
+    for mod in (embed, evaluate_retrieval, train_embedding, evaluate_reid, plot_embeddings):
+        mod.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,3 +56,51 @@ def inspect_cmd(
     counts = [n for n in report.classes.values()]
     if counts and max(counts) > 3 * max(min(counts), 1):
         err.print("[yellow]note:[/] classes are imbalanced (largest > 3x smallest)")
+
+
+@app.command("to-market")
+def to_market_cmd(
+    src: Path = typer.Argument(..., help="Folder with one sub-folder of images per person."),
+    dst: Path = typer.Argument(..., help="New or empty folder for the Market-1501 layout."),
+    train_ids: int | None = typer.Option(
+        None, "--train-ids", help="People in the train split (the rest are test)."
+    ),
+    train_fraction: float | None = typer.Option(
+        None, "--train-fraction", help="Share of people in the train split (default 0.5)."
+    ),
+    cameras: int = typer.Option(6, "--cameras", help="Pseudo-cameras to spread images over."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and camera assignment."),
+) -> None:
+    """Copy a folder-per-person set into the Market-1501 layout for re-id training/evaluation.
+
+    People (never images) are split into train and test; each test person's first image is the query, the rest the gallery (always one on another camera). Sources are only read; DST/identities.json maps the new names back.
+
+    Example: vitrina data to-market people/ people-market/ --train-fraction 0.6
+    """
+    from vitrina.data import to_market
+    from vitrina.errors import VitrinaError
+
+    if train_ids is not None and train_fraction is not None:
+        raise VitrinaError("give --train-ids or --train-fraction, not both")
+    with progress_bar("copying", None) as update:
+        r = to_market(
+            src,
+            dst,
+            train_ids=train_ids,
+            train_fraction=0.5 if train_fraction is None else train_fraction,
+            cameras=cameras,
+            seed=seed,
+            on_progress=update,
+        )
+    t = Table(title=f"{escape(str(dst))}: Market-1501 layout")
+    t.add_column("split")
+    t.add_column("identities", justify="right")
+    t.add_column("images", justify="right")
+    t.add_row("train (bounding_box_train)", str(r.train_ids), str(r.train_images))
+    t.add_row("query", str(r.query_ids), str(r.query_images))
+    t.add_row("gallery (bounding_box_test)", str(r.gallery_ids), str(r.gallery_images))
+    out.print(t)
+    if r.skipped_train_singletons:
+        out.print(f"skipped {r.skipped_train_singletons} train identities with a single image")
+    if r.gallery_only_singletons:
+        out.print(f"{r.gallery_only_singletons} test identities with a single image: gallery only")

@@ -1,4 +1,5 @@
-"""Datasets: class folders, splits, transforms, bad-file-tolerant loading."""
+"""Datasets: class folders, identity sets, splits, P x K sampling, transforms, bad-file-tolerant
+loading."""
 
 from vitrina.data.dataset import Batch, ImageFiles, collate_skip_bad
 from vitrina.data.folder import (
@@ -9,7 +10,17 @@ from vitrina.data.folder import (
     scan_folder,
     stratified_split,
 )
+from vitrina.data.identities import (
+    IdentityImage,
+    IdentitySet,
+    MarketName,
+    ToMarketReport,
+    parse_market_name,
+    scan_identities,
+    to_market,
+)
 from vitrina.data.inspect import FolderReport, inspect_folder
+from vitrina.data.samplers import PKSampler, pk_batches
 from vitrina.data.transforms import AUGMENTS, eval_transform, train_transform
 
 __all__ = [
@@ -17,14 +28,23 @@ __all__ = [
     "Batch",
     "FolderReport",
     "FolderScan",
+    "IdentityImage",
+    "IdentitySet",
     "ImageFiles",
+    "MarketName",
+    "PKSampler",
     "Sample",
+    "ToMarketReport",
     "check_class_name",
     "collate_skip_bad",
     "eval_transform",
     "inspect_folder",
     "iter_image_files",
+    "parse_market_name",
+    "pk_batches",
     "scan_folder",
+    "scan_identities",
     "stratified_split",
+    "to_market",
     "train_transform",
 ]

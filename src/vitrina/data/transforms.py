@@ -130,3 +130,29 @@ def train_transform(pre: Preprocess, augment: str = "light") -> T.Compose:
     if augment == "standard" and not gray:
         steps.append(T.ColorJitter(0.3, 0.3, 0.3, 0.05))
     return T.Compose([*steps, *_to_tensor(pre)])
+
+
+def reid_train_transform(pre: Preprocess, augment: str = "reid") -> T.Compose:
+    """Training transform for identity crops (people, faces, products).
+
+    ``reid`` is the person re-identification recipe (Luo et al., "Bag of Tricks", 2019):
+    resize straight to ``input_size`` (crops are already framed; a random resized crop would
+    cut heads and feet off), horizontal flip, 10-pixel padding and a random crop back to size,
+    then random erasing (p 0.5) on the normalized tensor. Any other name is
+    :func:`train_transform`'s.
+    """
+    if augment != "reid":
+        return train_transform(pre, augment)
+    h, w = pre.input_size
+    interp = _INTERP[pre.interpolation]
+    pad = max(1, round(min(h, w) / 25))  # 10 px at the classic 256 x 128
+    return T.Compose(
+        [
+            T.Resize((h, w), interpolation=interp, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.Pad(pad, padding_mode="edge"),
+            T.RandomCrop((h, w)),
+            *_to_tensor(pre),
+            T.RandomErasing(p=0.5, value=0),
+        ]
+    )

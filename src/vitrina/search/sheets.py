@@ -23,6 +23,7 @@ MAX_COLUMNS = 12  # tiles per row after the first; the rest are counted in the c
 class Tile:
     path: str
     caption: str
+    mark: bool | None = None  # True: a right answer (green frame), False: wrong (red)
 
 
 @dataclass
@@ -90,6 +91,12 @@ def write_contact_sheet(
                     (x - 2, y + title_h - 2, x + thumb + 1, y + title_h + thumb + 1),
                     outline=(30, 90, 200),
                     width=2,
+                )
+            elif tile.mark is not None:
+                draw.rectangle(
+                    (x - 2, y + title_h - 2, x + thumb + 1, y + title_h + thumb + 1),
+                    outline=(20, 150, 40) if tile.mark else (210, 30, 30),
+                    width=3,
                 )
             cap_y = y + title_h + thumb + 2
             for li, line in enumerate(tile.caption.split("\n")[:2]):

@@ -17,18 +17,21 @@ __all__ = ["BestCheckpoint", "EarlyStopping", "MetricsLog", "ProgressBar", "Resu
 
 
 def score(record: dict[str, Any]) -> tuple[float, float]:
-    """Higher is better: validation accuracy, ties broken by lower validation loss
-    (training figures when there is no validation set)."""
+    """Higher is better: validation mAP (embeddings; ties: rank-1) or validation accuracy
+    (ties: lower validation loss); training figures when there is no validation set."""
+    if "val_mAP" in record:
+        return (record["val_mAP"], record.get("val_rank1", 0.0))
     if "val_accuracy" in record:
         return (record["val_accuracy"], -record["val_loss"])
-    return (record["train_accuracy"], -record["train_loss"])
+    return (record.get("train_accuracy", 0.0), -record["train_loss"])
 
 
 class ProgressBar(Callback):
     """A bar per epoch with loss, accuracy and images/s, then one summary line (stderr)."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, *, accuracy: bool = True) -> None:
         self.console = console or Console(stderr=True)
+        self.accuracy = accuracy  # False for tasks without one (metric learning)
         self.progress: Progress | None = None
         self.task_id: Any = None
 
@@ -40,7 +43,9 @@ class ProgressBar(Callback):
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(
-                "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[ips]:.0f} img/s"
+                "loss {task.fields[loss]:.4f}  "
+                + ("acc {task.fields[acc]:.3f}  " if self.accuracy else "")
+                + "{task.fields[ips]:.0f} img/s"
             ),
             TimeElapsedColumn(),
             console=self.console,
@@ -77,10 +82,11 @@ class ProgressBar(Callback):
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         if self.progress is not None:
             self.progress.remove_task(self.task_id)
-        line = (
-            f"epoch {state.epoch:>3}/{state.epochs}  loss {record['train_loss']:.4f}  "
-            f"acc {record['train_accuracy']:.3f}"
-        )
+        line = f"epoch {state.epoch:>3}/{state.epochs}  loss {record['train_loss']:.4f}"
+        if self.accuracy and "train_accuracy" in record:
+            line += f"  acc {record['train_accuracy']:.3f}"
+        if "val_mAP" in record:
+            line += f"  val_mAP {record['val_mAP']:.3f}  val_rank1 {record['val_rank1']:.3f}"
         if "val_accuracy" in record:
             line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}"
         line += f"  {record['images_per_s']:.0f} img/s"

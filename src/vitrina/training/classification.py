@@ -224,8 +224,8 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _prepare_out(cfg: TrainConfig, resume: bool) -> Path:
-    out = Path(cfg.out or "runs/run")
+def prepare_out(out: Path, resume: bool) -> Path:
+    """The run folder: must hold a resume point to resume, else be new or empty."""
     if resume:
         if not (out / CKPT_DIR / "state.json").is_file():
             raise RunFolderError(f"{out}: nothing to resume (no {CKPT_DIR}/state.json)")
@@ -276,7 +276,7 @@ def train_classifier(
         train_samples = scan.samples
     else:
         train_samples, val_samples = stratified_split(scan.samples, cfg.val_fraction, cfg.seed)
-    out = _prepare_out(cfg, resume)
+    out = prepare_out(Path(cfg.out or "runs/run"), resume)
 
     model = create(cfg.arch, weights=cfg.weights, num_classes=len(scan.classes))
     model.class_names = list(scan.classes)

@@ -24,7 +24,7 @@ __all__ = ["Callback", "LoopState", "StepOutput", "Task", "fit"]
 class StepOutput:
     loss: torch.Tensor  # scalar, with grad
     n: int  # examples in the batch
-    correct: int = 0  # for tasks with an accuracy; 0 otherwise
+    correct: int | None = 0  # for tasks with an accuracy; None for tasks without one
 
 
 class Task(Protocol):
@@ -47,6 +47,7 @@ class LoopState:
     seen: int = 0
     loss_sum: float = 0.0
     correct: int = 0
+    has_accuracy: bool = False
     epoch_start: float = 0.0
 
     @property
@@ -163,16 +164,19 @@ def fit(
             out = _optimizer_step(model, task, batch, optimizer, device, precision)
             state.seen += out.n
             state.loss_sum += float(out.loss.detach()) * out.n
-            state.correct += out.correct
+            if out.correct is not None:
+                state.correct += out.correct
+                state.has_accuracy = True
             for cb in callbacks:
                 cb.on_batch_end(state)
         record: dict[str, Any] = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": state.train_loss,
-            "train_accuracy": state.train_accuracy,
             "images_per_s": state.images_per_s,
         }
+        if state.has_accuracy:
+            record["train_accuracy"] = state.train_accuracy
         if scheduler is not None:
             scheduler.step()
         if val_loader is not None:

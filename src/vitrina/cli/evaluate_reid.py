@@ -1,0 +1,122 @@
+"""``vitrina evaluate-reid``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
+
+RANKS = (1, 5, 10)
+
+
+def evaluate_reid(
+    model: str = typer.Argument(..., help="Run folder, or a zoo name with ImageNet weights."),
+    data_dir: Path = typer.Argument(
+        ...,
+        help="Market-1501 style folder: query/ and bounding_box_test/ (`vitrina data "
+        "to-market` makes one from a folder per identity).",
+    ),
+    rerank: bool = typer.Option(
+        False, "--rerank", help="Also score with k-reciprocal re-ranking (Zhong et al. 2017)."
+    ),
+    k1: int = typer.Option(20, help="Re-ranking: k of the k-reciprocal neighbours."),
+    k2: int = typer.Option(6, help="Re-ranking: neighbours of the local query expansion."),
+    lambda_value: float = typer.Option(
+        0.3, "--lambda", help="Re-ranking: weight of the original distance."
+    ),
+    metric: str = typer.Option("euclidean", help="euclidean or cosine (L2-normalised vectors)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for report.json, cmc.png and ranked.png."
+    ),
+    sheet_rows: int = typer.Option(20, help="Queries on the ranked-results sheet."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    batch_size: int = typer.Option(32, help="Images per forward pass."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Re-identification quality: every query against the gallery, Market-1501 protocol.
+
+    Gallery images of the query's identity from the query's own camera are left out (too
+    easy), junk images (id -1) too; distractors (id 0000) stay as wrong answers. Prints CMC
+    rank-1/5/10, mAP and mINP; --out also draws the CMC curve and a sheet of ranked results
+    (right answers framed green, wrong red; the worst queries first).
+
+    Example: vitrina evaluate-reid runs/people-triplet market/ --rerank --out eval/
+    """
+    from vitrina.embed.reid import evaluate_reid as run
+    from vitrina.embed.reid import reid_contact_sheet
+    from vitrina.errors import VitrinaError
+
+    files: list[Path] = []
+    if out_dir is not None:
+        files = [out_dir / "report.json", out_dir / "cmc.png", out_dir / "ranked.png"]
+        for f in files:
+            if f.exists():
+                raise VitrinaError(f"{f}: file exists; choose another --out (nothing was written)")
+    with progress_bar("embedding", None, enabled=not as_json) as update:
+        ev = run(
+            data_dir,
+            model,
+            rerank=rerank,
+            metric=metric,
+            k1=k1,
+            k2=k2,
+            lambda_value=lambda_value,
+            backend=backend,
+            device=device,
+            batch_size=batch_size,
+            on_progress=update,
+        )
+    reports = {"plain": ev.plain, "re-ranked": ev.report} if ev.plain else {metric: ev.report}
+    if out_dir is not None:
+        from vitrina.io import atomic_write_text
+        from vitrina.report.plots import plot_cmc
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {name: r.to_dict() for name, r in reports.items()}  # type: ignore[union-attr]
+        atomic_write_text(files[0], json.dumps(doc, indent=2) + "\n")
+        plot_cmc(
+            {f"{n}, mAP {r.mAP:.3f}": r.cmc_curve for n, r in reports.items()},  # type: ignore[union-attr]
+            files[1],
+            title=f"CMC: {ev.report.info['model']}",
+        )
+        reid_contact_sheet(ev, files[2], rows=sheet_rows)
+    for m in ev.unreadable:
+        err.print(f"[red]unreadable[/] {escape(m)}")
+    if as_json:
+        print_json({name: _summary(r) for name, r in reports.items()})
+        return
+    rep = ev.report
+    t = Table(
+        title=f"re-identification on {escape(str(data_dir))} ({escape(rep.info['model'])}): "
+        f"{rep.n_queries} queries, {rep.gallery_size} gallery images"
+    )
+    t.add_column("")
+    for k in RANKS:
+        t.add_column(f"rank-{k}", justify="right")
+    t.add_column("mAP", justify="right")
+    t.add_column("mINP", justify="right")
+    for name, r in reports.items():
+        assert r is not None
+        t.add_row(name, *(f"{r.cmc[k]:.4f}" for k in RANKS), f"{r.mAP:.4f}", f"{r.mINP:.4f}")
+    out.print(t)
+    if rep.no_match:
+        out.print(f"{rep.no_match} queries have no valid match in the gallery (not scored)")
+    if files:
+        out.print("wrote " + ", ".join(escape(str(f)) for f in files))
+
+
+def _summary(r) -> dict:  # type: ignore[no-untyped-def]
+    d = r.to_dict()
+    return {
+        k: d[k] for k in ("mAP", "mINP", "cmc", "n_queries", "no_match", "gallery_size", "info")
+    }
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate-reid")(evaluate_reid)

@@ -1,0 +1,159 @@
+"""``vitrina train-embedding``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vitrina.cli._common import DEVICE_HELP, out, print_json
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    from vitrina.errors import VitrinaError
+
+    try:
+        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise VitrinaError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 256x128") from None
+    return h, w
+
+
+def train_embedding(
+    data_dir: Path = typer.Argument(
+        ...,
+        help="Identities: one sub-folder of images per person/product, or a Market-1501 folder "
+        "(bounding_box_train/, bounding_box_test/, query/).",
+    ),
+    arch: str = typer.Option("efficientnet_lite0", help="Backbone (any `vitrina zoo` name)."),
+    weights: str | None = typer.Option(
+        "imagenet", help="Starting weights: imagenet, none, a weights file, or a run folder."
+    ),
+    loss: str = typer.Option(
+        "softmax+triplet-batch-hard",
+        help="A loss or a weighted sum, e.g. arcface, triplet+0.5*center. Names: "
+        "softmax, triplet, triplet-batch-hard, triplet-batch-all, triplet-semi-hard, "
+        "contrastive, quadruplet, center, cosface, arcface.",
+    ),
+    miner: str = typer.Option(
+        "none",
+        help="Pair/triplet mining for triplet and contrastive: none, batch-hard, semi-hard, "
+        "distance-weighted.",
+    ),
+    distance: str = typer.Option(
+        "euclidean", help="Distance of the metric losses: euclidean or cosine."
+    ),
+    margin: float | None = typer.Option(None, help="Margin of triplet/contrastive/quadruplet."),
+    dim: int = typer.Option(0, help="Embedding size (0: the backbone's feature width)."),
+    bnneck: bool = typer.Option(
+        True, "--bnneck/--no-bnneck", help="Batch-norm neck between metric and identity losses."
+    ),
+    p: int | None = typer.Option(
+        None, "--p", help="Identities per batch (P of P×K; default 8, fewer if fewer exist)."
+    ),
+    k: int = typer.Option(4, "--k", help="Images per identity in a batch (K of P×K)."),
+    epochs: int = typer.Option(20, help="Epochs (one epoch ≈ every training image once)."),
+    lr: float = typer.Option(3e-4, help="Learning rate of the backbone (AdamW, cosine decay)."),
+    head_lr_mult: float = typer.Option(
+        10.0, help="The neck and the loss weights learn this many times faster."
+    ),
+    freeze_backbone: bool = typer.Option(
+        False, "--freeze-backbone", help="Train only the neck and the loss weights."
+    ),
+    input_size: str | None = typer.Option(
+        None, help="HEIGHTxWIDTH of the crops, e.g. 256x128 for people (default: the model's)."
+    ),
+    augment: str = typer.Option(
+        "reid", help="reid (flip, pad-crop, random erasing), light, standard or none."
+    ),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
+    val_fraction: float = typer.Option(
+        0.2, help="Share of identities held out to pick the best epoch and calibrate thresholds."
+    ),
+    target_far: float = typer.Option(
+        0.01, help="False-accept rate the stored verification threshold is set for."
+    ),
+    patience: int = typer.Option(0, help="Stop after this many epochs without a better mAP."),
+    seed: int = typer.Option(0, help="Seed for the split, init and sampling."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run folder to create."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    workers: int | None = typer.Option(None, help="Image decoding processes."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train an embedding where the same identity lands close and different ones far.
+
+    Batches hold P identities × K images. The best epoch is chosen by retrieval mAP on
+    held-out identities, which also calibrate the verification threshold stored in the run.
+    The run folder works with `vitrina embed`, `index`, `search` and `evaluate-reid`.
+
+    Examples:
+
+      vitrina train-embedding people/ --loss softmax+triplet-batch-hard --input-size 256x128
+
+      vitrina train-embedding faces/ --loss arcface --dim 256 --epochs 30
+
+      vitrina train-embedding market/ --loss triplet --miner semi-hard --distance cosine
+    """
+    from vitrina.training.embedding import EmbeddingConfig
+    from vitrina.training.embedding import train_embedding as run
+
+    cfg = EmbeddingConfig(
+        data_dir=str(data_dir),
+        arch=arch,
+        weights=weights,
+        loss=loss,
+        miner=miner,
+        distance=distance,
+        margin=margin,
+        dim=dim,
+        bnneck=bnneck,
+        p=p,
+        k=k,
+        epochs=epochs,
+        lr=lr,
+        head_lr_mult=head_lr_mult,
+        freeze_backbone=freeze_backbone,
+        input_size=_size(input_size),
+        augment=augment,
+        precision=precision,
+        val_fraction=val_fraction,
+        target_far=target_far,
+        patience=patience,
+        seed=seed,
+        out=str(out_dir) if out_dir else None,
+        num_workers=workers,
+        device=device,
+    )
+    res = run(cfg, resume=resume, progress=not as_json)
+    if as_json:
+        print_json(
+            {
+                "run_dir": str(res.run_dir),
+                "identities": res.identities,
+                "metrics": res.metrics,
+                "dropped_singletons": res.dropped_singletons,
+                "unreadable": res.bad_files,
+            }
+        )
+        return
+    m = res.metrics
+    if res.dropped_singletons:
+        out.print(f"{res.dropped_singletons} identities with a single image were skipped")
+    if "val_mAP" in m:
+        out.print(
+            f"best epoch {res.best_epoch}: held-out identities mAP {m['val_mAP']:.3f}, "
+            f"rank-1 {m['val_rank1']:.3f}"
+        )
+    else:
+        out.print(f"trained {m.get('epochs_run')} epochs (no held-out identities: last kept)")
+    if res.bad_files:
+        out.print(f"{len(res.bad_files)} unreadable images were skipped")
+    out.print(f"run folder: {res.run_dir}")
+    out.print(f"next: vitrina evaluate-reid {res.run_dir} DATA  ·  vitrina index build ...")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-embedding")(train_embedding)

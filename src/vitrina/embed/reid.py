@@ -1,0 +1,148 @@
+"""Re-identification evaluation of a model on a Market-1501 style folder: every ``query/``
+image against ``bounding_box_test/`` under the benchmark's protocol (see
+:mod:`vitrina.evaluate.reid`), optionally k-reciprocal re-ranked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vitrina.embed.core import Embedder, EmbeddingSpec
+from vitrina.errors import DataError, VitrinaError
+from vitrina.evaluate.reid import ReidReport, reid_distances, reid_report
+
+__all__ = ["ReidEvaluation", "evaluate_reid", "reid_contact_sheet"]
+
+
+@dataclass
+class ReidEvaluation:
+    """The report plus what a contact sheet needs (paths and pids of both sides).
+
+    With re-ranking, ``report`` is the re-ranked one and ``plain`` the one before it."""
+
+    report: ReidReport
+    query: list[Path]
+    gallery: list[Path]
+    query_pids: np.ndarray
+    gallery_pids: np.ndarray
+    unreadable: list[str] = field(default_factory=list)
+    plain: ReidReport | None = None
+
+
+def evaluate_reid(
+    data_dir: str | Path,
+    spec: EmbeddingSpec | str,
+    *,
+    rerank: bool = False,
+    metric: str = "euclidean",
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    backend: str = "auto",
+    device: str = "auto",
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ReidEvaluation:
+    """Embed ``query/`` and ``bounding_box_test/`` and score them (rank-k, mAP, mINP).
+
+    ``metric``: distance between the (L2-normalised) embeddings, ``euclidean`` or ``cosine``.
+    ``rerank``: k-reciprocal re-ranking (Zhong et al. 2017) with ``k1``, ``k2``, ``lambda_value``.
+    """
+    from vitrina.data.identities import scan_identities
+
+    if metric not in ("euclidean", "cosine"):
+        raise VitrinaError(f"unknown metric {metric!r}; choose euclidean or cosine")
+    ids = scan_identities(data_dir)
+    if ids.layout != "market1501":
+        raise DataError(
+            f"{data_dir}: not a Market-1501 folder (query/, bounding_box_test/); convert a "
+            "folder-per-identity set with `vitrina data to-market SRC DST`"
+        )
+    if not ids.query or not ids.gallery:
+        raise DataError(f"{data_dir}: query/ or bounding_box_test/ holds no images")
+    emb = Embedder(
+        spec, backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
+    )
+    paths = [im.path for im in ids.query + ids.gallery]
+    res = emb.embed_paths(paths, on_progress=on_progress)
+    row = {p: i for i, p in enumerate(res.paths)}
+    q = [im for im in ids.query if im.path in row]
+    g = [im for im in ids.gallery if im.path in row]
+    if not q or not g:
+        raise DataError(f"{data_dir}: no readable query or gallery image")
+    qf = res.vectors[[row[im.path] for im in q]]
+    gf = res.vectors[[row[im.path] for im in g]]
+    qp = np.array([im.pid for im in q])
+    gp = np.array([im.pid for im in g])
+    qc = np.array([im.camid for im in q])
+    gc = np.array([im.camid for im in g])
+    plain = reid_report(reid_distances(qf, gf, metric), qp, gp, qc, gc, metric=metric)
+    report = plain
+    if rerank:
+        from vitrina.evaluate.rerank import rerank_k_reciprocal
+
+        # Euclidean distances of the normalised vectors (re-ranking squares them itself).
+        dist = rerank_k_reciprocal(
+            reid_distances(qf, gf, "euclidean"),
+            reid_distances(qf, qf, "euclidean"),
+            reid_distances(gf, gf, "euclidean"),
+            k1=k1,
+            k2=k2,
+            lambda_value=lambda_value,
+        )
+        report = reid_report(dist, qp, gp, qc, gc, metric="k-reciprocal re-ranked")
+    report.info = {
+        "data": str(Path(data_dir)),
+        "model": emb.model_label,
+        "spec": emb.spec.to_dict(),
+        "fingerprint": emb.fingerprint,
+        "dim": emb.dim,
+        "backend": emb.engine.backend_name,
+        "queries": len(q),
+        "gallery": len(g),
+        "rerank": {"k1": k1, "k2": k2, "lambda": lambda_value} if rerank else None,
+    }
+    unreadable = [msg if str(p) in msg else f"{p}: {msg}" for p, msg in res.errors]
+    plain.info = report.info
+    return ReidEvaluation(
+        report,
+        [im.path for im in q],
+        [im.path for im in g],
+        qp,
+        gp,
+        unreadable,
+        plain if rerank else None,
+    )
+
+
+def reid_contact_sheet(
+    ev: ReidEvaluation, out: str | Path, *, rows: int = 20, seed: int = 0
+) -> Path:
+    """Queries (a seeded sample of ``rows``) and their top-10, right answers framed green,
+    wrong ones red; the worst-ranked queries first, where the model needs looking at."""
+    from vitrina.search.sheets import SheetRow, Tile, write_contact_sheet
+
+    rep = ev.report
+    scored = np.flatnonzero(~np.isnan(rep.ap))
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(scored, size=min(rows, len(scored)), replace=False) if len(scored) else []
+    pick = sorted(pick, key=lambda i: (rep.ap[i], i))
+    sheet_rows = []
+    for qi in pick:
+        tiles = [Tile(str(ev.query[qi]), f"query {ev.query_pids[qi]:04d}")]
+        for r, gi in enumerate(rep.top_k[qi]):
+            if gi < 0:
+                break
+            tiles.append(
+                Tile(
+                    str(ev.gallery[gi]),
+                    f"{r + 1}. id {ev.gallery_pids[gi]:04d}",
+                    mark=bool(rep.top_k_match[qi, r]),
+                )
+            )
+        sheet_rows.append(SheetRow(f"{ev.query[qi].name}  AP {rep.ap[qi]:.2f}", tiles))
+    return write_contact_sheet(sheet_rows, out, thumb=96)
