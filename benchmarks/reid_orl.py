@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--input-size", default="112x96", help="HEIGHTxWIDTH of the face crops")
     ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--throughput-only", action="store_true")
     ap.add_argument("--keep", help="keep the converted data and runs in this folder")
     args = ap.parse_args()
     src = data_dir("orl_faces", args.data)
@@ -103,6 +104,13 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"data: {src} -> {market}; training input {h}x{w}; {args.epochs} epochs per loss\n")
 
+    if not args.throughput_only:
+        compare(args, market, h, w, work)
+    if not args.skip_throughput:
+        throughput(args, market, h, w)
+
+
+def compare(args: argparse.Namespace, market: Path, h: int, w: int, work: Path) -> None:
     rows = []
     t0 = time.perf_counter()
     base = evaluate_reid(market, "efficientnet_lite0", backend="eager").report
@@ -146,15 +154,16 @@ def main() -> None:
             f"(target >= +8 within 10 min): {'met' if ok else 'MISSED'}"
         )
 
-    if not args.skip_throughput:
-        print("\ntraining throughput (images/s, median of timed P×K steps, batch 32):")
-        print("| loss | fp32 | bf16 | bf16 / fp32 |")
-        print("|---|---|---|---|")
-        for loss in args.losses.split(","):
-            cfg = EmbeddingConfig(data_dir=str(market), loss=loss, input_size=(h, w))
-            f32 = step_throughput(cfg, "fp32")
-            b16 = step_throughput(cfg, "bf16")
-            print(f"| {loss} | {f32:.1f} | {b16:.1f} | {b16 / f32:.2f}x |", flush=True)
+
+def throughput(args: argparse.Namespace, market: Path, h: int, w: int) -> None:
+    print("\ntraining throughput (images/s, median of timed P×K steps, batch 32):")
+    print("| loss | fp32 | bf16 | bf16 / fp32 |")
+    print("|---|---|---|---|")
+    for loss in args.losses.split(","):
+        cfg = EmbeddingConfig(data_dir=str(market), loss=loss, input_size=(h, w))
+        f32 = step_throughput(cfg, "fp32")
+        b16 = step_throughput(cfg, "bf16")
+        print(f"| {loss} | {f32:.1f} | {b16:.1f} | {b16 / f32:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -271,3 +271,42 @@ def test_plot_embeddings_writes_a_map_with_its_map_score(reid_setup, tmp_path, c
     )
     assert code == 1
     one_line_error(err, "tnse", "tsne")
+
+
+def test_layers_of_an_embedding_run_are_named_like_its_backbone(reid_setup):
+    from vitrina.embed import Embedder, EmbeddingSpec, list_layers
+    from vitrina.models import create
+
+    _, run = reid_setup
+    names = list_layers(str(run))
+    assert names[:3] == list_layers(create("tutorial_cnn"))[:3]
+    emb = Embedder(EmbeddingSpec(str(run), layers=(names[0],)), backend="eager", device="cpu")
+    x = emb.embed_images([Image.new("RGB", (40, 40), (200, 30, 30))])
+    assert x.shape == (1, emb.dim) and np.isfinite(x).all()
+
+
+def test_starts_from_a_classifier_run_and_continues_an_embedding_run(ids_data, toy_run, tmp_path):
+    from vitrina.runs import load_model as load
+
+    first = train_embedding(
+        cfg(ids_data, tmp_path / "a", weights=str(toy_run), epochs=1), progress=False
+    )
+    start = load(toy_run)
+    model = load(first.run_dir)
+    # Backbone weights came from the classifier run (one epoch moved them only a little).
+    w0 = start.state_dict()["net.features.0.weight"]
+    w1 = model.state_dict()["net.net.features.0.weight"]
+    assert torch.corrcoef(torch.stack([w0.flatten(), w1.flatten()]))[0, 1] > 0.9
+    again = train_embedding(
+        cfg(ids_data, tmp_path / "b", weights=str(first.run_dir), epochs=1), progress=False
+    )
+    assert read_run(again.run_dir).task == "embedding"
+
+
+@pytest.mark.slow
+def test_umap_projection_is_seeded():
+    from vitrina.embed.projection import project
+
+    x = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    a, b = project(x, "umap", seed=1), project(x, "umap", seed=1)
+    assert a.shape == (60, 2) and np.allclose(a, b)

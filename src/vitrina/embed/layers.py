@@ -67,11 +67,19 @@ def _fx():
     return get_graph_node_names, create_feature_extractor
 
 
+def network(model: VitrinaModel) -> nn.Module:
+    """The raw network whose layers are named: ``model.net``; for an embedding run (backbone
+    model + neck), its backbone's network, so layer names are the same as the backbone's."""
+    from vitrina.models.embedding import EmbeddingModel
+
+    return model.net.net if isinstance(model, EmbeddingModel) else model.net
+
+
 def graph_nodes(model: VitrinaModel) -> list[str]:
     """Every graph node of ``model.net`` in eval mode, in execution order (input excluded)."""
     get_graph_node_names, _ = _fx()
     try:
-        _, nodes = get_graph_node_names(model.net)
+        _, nodes = get_graph_node_names(network(model))
     except Exception as e:
         raise VitrinaError(
             f"{model.arch}: cannot trace the network to list its layers "
@@ -89,7 +97,7 @@ def module_layers(model: VitrinaModel, nodes: list[str] | None = None, depth: in
         parts = n.split(".")
         for d in range(1, min(depth, len(parts)) + 1):
             last[".".join(parts[:d])] = i
-    modules = {n for n, _ in model.net.named_modules() if n}
+    modules = {n for n, _ in network(model).named_modules() if n}
     names = [n for n in last if n in modules or n in nodes]
     return sorted(names, key=lambda n: (last[n], -n.count(".")))
 
@@ -155,7 +163,7 @@ def _extractor(model: VitrinaModel, layers: tuple[str, ...]) -> _Extractor:
     names = {n: node_of(n, nodes) for n in layers}
     try:
         graph = create_feature_extractor(
-            model.net, return_nodes={v: v for v in dict.fromkeys(names.values())}
+            network(model), return_nodes={v: v for v in dict.fromkeys(names.values())}
         )
         return _Extractor(graph, names)
     except Exception as e:

