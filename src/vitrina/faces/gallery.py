@@ -402,14 +402,18 @@ class Gallery:
         dim: int,
         fingerprint: str | None,
         embedder_label: str | None,
+        pipeline: Mapping[str, Any] | None = None,
     ) -> Gallery:
-        """A new, empty gallery in a new (or empty) folder; nothing existing is touched."""
+        """A new, empty gallery in a new (or empty) folder; nothing existing is touched.
+
+        ``pipeline``: the :class:`~vitrina.faces.pipeline.FacePipeline` settings that photos
+        given by path go through (see :meth:`pipeline`); ``None``: the defaults."""
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise GalleryError(f"{p}: exists and is not a folder; choose another gallery path")
         p.mkdir(parents=True, exist_ok=True)
         with _flock(p / LOCK_NAME, exclusive=True):
-            cls._create_locked(p, dim, fingerprint, embedder_label)
+            cls._create_locked(p, dim, fingerprint, embedder_label, pipeline)
         return cls(p)
 
     @classmethod
@@ -420,6 +424,7 @@ class Gallery:
         dim: int,
         fingerprint: str | None,
         embedder_label: str | None,
+        pipeline: Mapping[str, Any] | None = None,
     ) -> Gallery:
         """Open the gallery at ``path`` (checking it was made with the same embedder), or
         create it there; safe when several processes do this at once."""
@@ -429,13 +434,19 @@ class Gallery:
         p.mkdir(parents=True, exist_ok=True)
         with _flock(p / LOCK_NAME, exclusive=True):
             if not (p / META_NAME).exists():
-                cls._create_locked(p, dim, fingerprint, embedder_label)
+                cls._create_locked(p, dim, fingerprint, embedder_label, pipeline)
         g = cls(p)
         g._check_embedder(fingerprint, dim)
         return g
 
     @staticmethod
-    def _create_locked(p: Path, dim: int, fingerprint: str | None, label: str | None) -> None:
+    def _create_locked(
+        p: Path,
+        dim: int,
+        fingerprint: str | None,
+        label: str | None,
+        pipeline: Mapping[str, Any] | None = None,
+    ) -> None:
         from vitrina.io.files import atomic_write_text
         from vitrina.search import Index
 
@@ -466,9 +477,45 @@ class Gallery:
             "revision": 0,
             "rule": DecisionRule().to_dict(),
             "calibration": None,
+            "pipeline": dict(pipeline or {}),
         }
         # Written last: its presence is what makes the folder a gallery.
         atomic_write_text(p / META_NAME, json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def for_pipeline(cls, path: str | os.PathLike[str], pipeline: Any) -> Gallery:
+        """Open the gallery at ``path`` or create it for ``pipeline``'s vectors; its settings
+        (detector, embedder...) are stored so later photos go through the same pipeline."""
+        return cls.open_or_create(
+            path,
+            dim=pipeline.dim,
+            fingerprint=pipeline.fingerprint,
+            embedder_label=pipeline.embedder_label,
+            pipeline=pipeline.settings(),
+        )
+
+    def pipeline(self, **overrides: Any) -> Any:
+        """The :class:`~vitrina.faces.pipeline.FacePipeline` of this gallery: the stored
+        settings, with ``overrides`` (``None`` values ignored); it must give vectors
+        comparable with the gallery's (same embedder)."""
+        from vitrina.faces.pipeline import FacePipeline
+
+        settings = dict(self._read_meta().get("pipeline") or {})
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        pipe = FacePipeline(**settings)
+        self._check_embedder(pipe.fingerprint, pipe.dim)
+        return pipe
+
+    def _photos(self, items: Any) -> list[PhotoFaces]:
+        """PhotoFaces as given, or photo paths run through :meth:`pipeline`."""
+        if isinstance(items, PhotoFaces):
+            return [items]
+        if isinstance(items, str | os.PathLike):
+            items = [items]
+        items = list(items)
+        if items and all(isinstance(i, str | os.PathLike) for i in items):
+            return list(self.pipeline().process(items))
+        return items
 
     def _not_a_gallery(self, why: str) -> GalleryError:
         return GalleryError(
@@ -573,11 +620,6 @@ class Gallery:
             self._require(snap, name)
             return snap.vectors[list(snap.rows_of(name))].copy()
 
-    def __len__(self) -> int:
-        """Number of templates."""
-        with self._reading() as snap:
-            return len(snap.vectors)
-
     def _person(self, snap: _Snapshot, name: str) -> Person:
         rows = snap.rows_of(name)
         spread = snap.spread[snap.names.index(name)]
@@ -602,16 +644,17 @@ class Gallery:
     def enroll(
         self,
         name: str,
-        photo_faces: PhotoFaces | Iterable[PhotoFaces],
+        photo_faces: PhotoFaces | Iterable[PhotoFaces] | str | os.PathLike[str] | Iterable[Any],
         *,
         fingerprint: str | None = None,
     ) -> EnrollReport:
-        """Add the faces of ``photo_faces`` as templates of ``name`` (a new or existing
-        person). One face per photo: the largest when there are several. ``fingerprint``
-        (the embedder's), when given, must match the gallery's."""
+        """Add the faces of ``photo_faces`` (photo paths, or :class:`PhotoFaces` from a
+        pipeline) as templates of ``name`` (a new or existing person). One face per photo: the
+        largest when there are several. ``fingerprint`` (the embedder's), when given, must
+        match the gallery's."""
         check_person_name(name)
         self._check_embedder(fingerprint)
-        photos = [photo_faces] if isinstance(photo_faces, PhotoFaces) else list(photo_faces)
+        photos = self._photos(photo_faces)
         report = EnrollReport(name)
         chosen: list[tuple[PhotoFaces, Face]] = []
         for pf in photos:
@@ -833,7 +876,7 @@ class Gallery:
 
     def identify(
         self,
-        photo_faces: PhotoFaces | Iterable[PhotoFaces],
+        photo_faces: PhotoFaces | Iterable[PhotoFaces] | str | os.PathLike[str] | Iterable[Any],
         *,
         enroll_unknown: bool = False,
         fingerprint: str | None = None,
@@ -849,7 +892,7 @@ class Gallery:
         in one photo are two different people). ``rule`` overrides the stored rule for this
         call (results then say ``calibrated=False`` and name the rule given)."""
         self._check_embedder(fingerprint)
-        photos = [photo_faces] if isinstance(photo_faces, PhotoFaces) else photo_faces
+        photos = self._photos(photo_faces)
         out: list[Identification] = []
         if not enroll_unknown:
             batch = [pf for pf in photos if pf.faces]
@@ -863,7 +906,12 @@ class Gallery:
                 continue
             for f in pf.faces:
                 self._check_vector(f, pf)
-            with self._writing() as (idx, _meta):
+            with self._reading() as snap:
+                rows = self._decide(snap, [pf], rule)
+            if all(r.known for r in rows):  # nothing to enroll: no exclusive lock needed
+                out.extend(rows)
+                continue
+            with self._writing() as (idx, _meta):  # decide again: another may have enrolled
                 snap = _Snapshot.read(idx, -1)
                 rows = self._decide(snap, [pf], rule)
                 number = _next_person_number(snap.names)
@@ -923,6 +971,18 @@ class Gallery:
             )
         return out
 
+    def _folder_vectors(self, folder: Path) -> dict[str, list[np.ndarray]]:
+        from vitrina.data import scan_folder
+
+        scan = scan_folder(folder, min_classes=1)
+        by_path = {s.path: scan.classes[s.label] for s in scan.samples}
+        out: dict[str, list[np.ndarray]] = {}
+        for pf in self.pipeline().process(list(by_path)):
+            if pf.faces:
+                face = max(pf.faces, key=lambda f: (_face_area(f), -f.index))
+                out.setdefault(by_path[pf.path], []).append(_as_vector(face))
+        return out
+
     def verify(self, face_a: Face | np.ndarray, face_b: Face | np.ndarray) -> Verification:
         """Are two faces the same person? Pairwise threshold: the calibrated one at the
         calibration's FAR, else dlib's 0.6."""
@@ -941,11 +1001,14 @@ class Gallery:
         self,
         labelled: Mapping[str, Sequence[np.ndarray]]
         | Iterable[tuple[str, np.ndarray]]
+        | str
+        | os.PathLike[str]
         | None = None,
         far: float = 0.01,
     ) -> CalibrationReport:
         """Measure genuine/impostor distances on ``labelled`` face vectors ({person: vectors}
-        or (person, vector) pairs; None: the gallery's own templates), choose the decision
+        or (person, vector) pairs; a folder with a sub-folder of photos per person, each
+        photo's largest face; None: the gallery's own templates), choose the decision
         rule by the leave-one-identity-out simulation (:mod:`vitrina.faces.decision`) and
         store rule and figures in gallery.json. It sees only what it is given."""
         from vitrina.evaluate.verification import pair_distances, verification_report
@@ -953,6 +1016,8 @@ class Gallery:
         if not 0 < float(far) < 1:
             raise GalleryError(f"far must be between 0 and 1, got {far}")
         far = float(far)
+        if isinstance(labelled, str | os.PathLike):
+            labelled = self._folder_vectors(Path(labelled))
         if labelled is None:
             with self._reading() as snap:
                 x = snap.vectors.astype(np.float64)

@@ -1,0 +1,55 @@
+"""Face recognition against a gallery: detect, align, embed; enroll, identify or say "unknown".
+
+>>> from vitrina.faces import Gallery, FacePipeline
+>>> g = Gallery.for_pipeline("staff.gallery", FacePipeline())      # doctest: +SKIP
+>>> g.enroll("alice", ["alice1.jpg", "alice2.jpg"])                  # doctest: +SKIP
+>>> [i.name for i in g.identify(["door.jpg"])]                       # doctest: +SKIP
+['alice', 'unknown']
+
+* :mod:`vitrina.faces.pipeline` — dlib's HOG or CNN detector, 5-point landmarks, aligned chips,
+  128-d embeddings from dlib's ResNet (or a ``vitrina train-embedding`` run);
+* :mod:`vitrina.faces.gallery` — the persistent gallery (the shared faiss + SQLite index, the
+  chips kept for review, a lock for concurrent writers);
+* :mod:`vitrina.faces.decision` — the open-set decision rule and its calibration;
+* :mod:`vitrina.faces.sort` — sort photos into a folder per person.
+"""
+
+from vitrina.faces.gallery import (
+    UNKNOWN,
+    CalibrationReport,
+    EnrollReport,
+    Gallery,
+    GalleryError,
+    Identification,
+    Person,
+    check_person_name,
+)
+from vitrina.faces.types import Box, Face, PhotoFaces
+
+__all__ = [
+    "UNKNOWN",
+    "Box",
+    "CalibrationReport",
+    "EnrollReport",
+    "Face",
+    "FacePipeline",
+    "Gallery",
+    "GalleryError",
+    "Identification",
+    "Person",
+    "PhotoFaces",
+    "check_person_name",
+    "sort_faces",
+]
+
+
+def __getattr__(name: str):  # dlib loads only when the pipeline is used
+    if name == "FacePipeline":
+        from vitrina.faces.pipeline import FacePipeline
+
+        return FacePipeline
+    if name == "sort_faces":
+        from vitrina.faces.sort import sort_faces
+
+        return sort_faces
+    raise AttributeError(f"module 'vitrina.faces' has no attribute {name!r}")

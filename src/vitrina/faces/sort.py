@@ -1,0 +1,177 @@
+"""Sort photos by person: ``OUT/<person>/``, ``OUT/unknown/``, ``OUT/no-face/``, ``OUT/unreadable/``.
+
+A photo goes into the folder of every known person in it (two people: both folders), and into
+``unknown/`` as well when someone in it is not in the gallery, so they can be reviewed and
+enrolled. The same safety as :func:`vitrina.sort.sort_folder`: copies (or moves: copy, sync,
+verify, then delete — a photo with several destinations is copied to all but the last and
+moved to the last) under names that never overwrite, journalled in ``manifest.csv`` as it
+happens; running the same command again finishes an interrupted job without duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitrina.data import iter_image_files
+from vitrina.errors import DiskFullError, VitrinaError
+from vitrina.faces.gallery import UNKNOWN, Gallery, Identification
+from vitrina.faces.types import PhotoFaces
+from vitrina.io import place_file, remove_stale_temps
+
+__all__ = ["FaceSortItem", "FaceSortSummary", "folders_for", "sort_faces"]
+
+NO_FACE = "no-face"
+UNREADABLE = "unreadable"
+MANIFEST = "manifest.csv"
+FIELDS = ["source", "destination", "people", "distances", "faces", "status", "error"]
+METHODS = ("copy", "move")
+
+
+@dataclass
+class FaceSortItem:
+    source: Path
+    destinations: list[Path]
+    people: list[str]  # one name (or "unknown") per face, left to right
+    distances: list[float]
+    status: str  # sorted | unknown | no-face | unreadable | error
+    error: str = ""
+
+
+@dataclass
+class FaceSortSummary:
+    out_dir: Path
+    method: str
+    items: list[FaceSortItem] = field(default_factory=list)
+    skipped_done: int = 0
+    threshold_source: str = ""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for it in self.items:
+            for d in it.destinations:
+                c[d.parent.name] += 1
+        return dict(sorted(c.items()))
+
+    @property
+    def manifest(self) -> Path:
+        return self.out_dir / MANIFEST
+
+
+def folders_for(pf: PhotoFaces, ids: list[Identification]) -> list[str]:
+    """The folders a photo belongs in (see the module docstring)."""
+    if pf.error:
+        return [UNREADABLE]
+    if not pf.faces:
+        return [NO_FACE]
+    known = sorted({i.name for i in ids if i.name != UNKNOWN})
+    return known + ([UNKNOWN] if any(i.name == UNKNOWN for i in ids) else [])
+
+
+def _read_manifest(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if r.get("status") and r.get("source")]
+
+
+def sort_faces(
+    photos: str | Path,
+    gallery: str | Path | Gallery,
+    out_dir: str | Path,
+    *,
+    method: str = "copy",
+    recursive: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> FaceSortSummary:
+    """Sort the photos of the folder ``photos`` by the people of ``gallery`` into ``out_dir``."""
+    if method not in METHODS:
+        raise VitrinaError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    g = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
+    out_dir = Path(out_dir)
+    images, _, _ = iter_image_files(Path(photos), recursive=recursive)
+    out_abs = out_dir.resolve()
+    images = [p for p in images if not p.resolve().is_relative_to(out_abs)]
+    summary = FaceSortSummary(out_dir, method, threshold_source=g.threshold_source)
+    done = _read_manifest(out_dir / MANIFEST)
+    if method == "copy":
+        placed = {r["source"] for r in done if r["destination"] and Path(r["destination"]).exists()}
+        todo = [p for p in images if str(p) not in placed]
+        summary.skipped_done = len(images) - len(todo)
+        images = todo
+    if not images:
+        return summary
+    journalled = {(r["source"], r["destination"]) for r in done}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
+    manifest = out_dir / MANIFEST
+    new_file = not manifest.exists() or manifest.stat().st_size == 0
+    total = len(images)
+    with open(manifest, "a", newline="", encoding="utf-8") as mf:
+        writer = csv.DictWriter(mf, fieldnames=FIELDS)
+        if new_file:
+            writer.writeheader()
+        try:
+            for k, pf in enumerate(g.pipeline().process(images), 1):
+                ids = g.identify(pf) if pf.faces else []
+                folders = folders_for(pf, ids)
+                status = (
+                    UNREADABLE
+                    if pf.error
+                    else NO_FACE
+                    if not pf.faces
+                    else "sorted"
+                    if folders[0] != UNKNOWN
+                    else UNKNOWN
+                )
+                item = FaceSortItem(
+                    pf.path,
+                    [],
+                    [i.name for i in ids],
+                    [round(float(i.distance), 4) for i in ids if i.distance is not None],
+                    status,
+                    pf.error or "",
+                )
+                try:
+                    for n, folder in enumerate(folders):
+                        last = n == len(folders) - 1
+                        how = method if last else "copy"
+                        dest, _ = place_file(pf.path, out_dir / folder, method=how)
+                        item.destinations.append(dest)
+                except DiskFullError:
+                    raise
+                except (VitrinaError, OSError) as e:
+                    item.status, item.error = "error", str(e).splitlines()[0]
+                summary.items.append(item)
+                for dest in item.destinations or [None]:
+                    key = (str(item.source), str(dest or ""))
+                    if key in journalled:
+                        continue
+                    writer.writerow(
+                        {
+                            "source": str(item.source),
+                            "destination": str(dest or ""),
+                            "people": ";".join(item.people),
+                            "distances": ";".join(f"{d:.4f}" for d in item.distances),
+                            "faces": len(pf.faces),
+                            "status": item.status,
+                            "error": item.error,
+                        }
+                    )
+                mf.flush()
+                if on_progress:
+                    on_progress(k, total)
+        except DiskFullError as e:
+            raise DiskFullError(
+                f"{e}; stopped after {len(summary.items)} of {total} photos, nothing half-moved "
+                "(free space and run the same command again to finish)"
+            ) from None
+        finally:
+            mf.flush()
+            os.fsync(mf.fileno())
+    return summary

@@ -1,0 +1,189 @@
+"""`vitrina faces ...` end to end on real faces (scikit-image's astronaut and cameraman)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import one_line_error, run_cli
+from vitrina.io import file_digest
+
+skdata = pytest.importorskip("skimage.data")
+
+
+def _save(a: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path, quality=92)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """people/eileen (3 crops of the astronaut), people/camera (2 crops of the cameraman),
+    new/: a fourth astronaut crop, a cameraman crop, both in one photo, a photo with no face
+    and a broken file."""
+    root = tmp_path_factory.mktemp("faces")
+    astro = skdata.astronaut()
+    cam = np.repeat(skdata.camera()[:, :, None], 3, axis=2)
+    for i, (y, x) in enumerate([(30, 120), (20, 110), (40, 130)]):
+        _save(astro[y : y + 200, x : x + 200], root / "people" / "eileen" / f"e{i}.jpg")
+    for i, (y, x) in enumerate([(60, 130), (65, 135)]):
+        _save(cam[y : y + 200, x : x + 200], root / "people" / "camera" / f"c{i}.png")
+    _save(astro[25:225, 115:315], root / "new" / "astro.jpg")
+    _save(cam[70:270, 130:330], root / "new" / "cam.png")
+    both = np.concatenate([astro[30:230, 120:320], cam[60:260, 130:330]], axis=1)
+    _save(both, root / "new" / "both.png")
+    _save(np.full((200, 200, 3), 128, np.uint8), root / "new" / "wall.jpg")
+    (root / "new" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def gallery(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    g = tmp_path_factory.mktemp("g") / "staff.gallery"
+    from vitrina.cli import main
+
+    assert main(["faces", "enroll", str(g), "--folders", str(photos / "people")]) == 0
+    return g
+
+
+def test_enroll_list_and_reenroll_is_a_noop(gallery, photos, capsys):
+    code, out, err = run_cli(capsys, "faces", "list", str(gallery), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {p["name"]: p["templates"] for p in doc["people"]} == {"camera": 2, "eileen": 3}
+    assert doc["calibrated"] is False and "0.6" in doc["threshold_source"]
+    code, out, _ = run_cli(
+        capsys, "faces", "enroll", str(gallery), "eileen", str(photos / "people" / "eileen")
+    )
+    assert code == 0 and "0 added, 3 already enrolled" in out
+
+
+def test_identify_names_known_faces_and_annotates(gallery, photos, tmp_path, capsys):
+    new = photos / "new"
+    code, out, err = run_cli(
+        capsys,
+        "faces",
+        "identify",
+        str(gallery),
+        str(new / "astro.jpg"),
+        str(new / "both.png"),
+        str(new / "wall.jpg"),
+        "--json",
+        "--annotate",
+        str(tmp_path / "ann"),
+    )
+    assert code == 0, err
+    rows = json.loads(out)
+    named = [(Path(r["photo"]).name, r["name"]) for r in rows if "name" in r]
+    assert named == [("astro.jpg", "eileen"), ("both.png", "eileen"), ("both.png", "camera")]
+    assert {"photo": str(new / "wall.jpg"), "faces": 0} in rows
+    assert all(r["calibrated"] is False for r in rows if "name" in r)
+    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == [
+        "astro.jpg",
+        "both.jpg",
+        "wall.jpg",
+    ]
+
+
+def test_enroll_unknown_then_recognise(photos, tmp_path, capsys):
+    g = tmp_path / "g"
+    people = photos / "people"
+    assert run_cli(capsys, "faces", "enroll", str(g), "eileen", str(people / "eileen"))[0] == 0
+    code, out, _ = run_cli(
+        capsys,
+        "faces",
+        "identify",
+        str(g),
+        str(people / "camera" / "c0.png"),
+        "--enroll-unknown",
+        "--json",
+    )
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["name"] == "person-0001" and row["enrolled"] is True
+    code, out, _ = run_cli(
+        capsys, "faces", "identify", str(g), str(photos / "new" / "cam.png"), "--json"
+    )
+    assert json.loads(out)[0]["name"] == "person-0001"
+    assert run_cli(capsys, "faces", "rename", str(g), "person-0001", "cameraman")[0] == 0
+    code, out, _ = run_cli(capsys, "faces", "forget", str(g), "cameraman")
+    assert code == 0 and "1 templates" in out
+    assert not (g / "chips" / "cameraman").exists()
+
+
+def test_sort_by_person_is_safe_and_resumable(gallery, photos, tmp_path, capsys):
+    new = photos / "new"
+    before = {p.name: file_digest(p) for p in new.iterdir()}
+    out_dir = tmp_path / "sorted"
+    code, out, err = run_cli(
+        capsys, "faces", "sort", str(new), "--gallery", str(gallery), "--out", str(out_dir)
+    )
+    assert code == 0, err
+    listing = {d.name: sorted(p.name for p in d.iterdir()) for d in out_dir.iterdir() if d.is_dir()}
+    assert listing == {
+        "camera": ["both.png", "cam.png"],
+        "eileen": ["astro.jpg", "both.png"],
+        "no-face": ["wall.jpg"],
+        "unreadable": ["broken.jpg"],
+    }
+    with open(out_dir / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert {p.name: file_digest(p) for p in new.iterdir()} == before  # sources untouched
+    code, out, _ = run_cli(
+        capsys, "faces", "sort", str(new), "--gallery", str(gallery), "--out", str(out_dir)
+    )
+    assert code == 0 and "already sorted" in out
+    assert sum(1 for _ in (out_dir / "eileen").iterdir()) == 2  # nothing duplicated
+
+
+def test_verify_two_photos(photos, capsys):
+    people = photos / "people"
+    code, out, _ = run_cli(
+        capsys,
+        "faces",
+        "verify",
+        str(people / "eileen" / "e0.jpg"),
+        str(people / "eileen" / "e1.jpg"),
+        "--json",
+    )
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["same"] is True and doc["distance"] < doc["threshold"] == 0.6
+    code, out, _ = run_cli(
+        capsys,
+        "faces",
+        "verify",
+        str(people / "eileen" / "e0.jpg"),
+        str(people / "camera" / "c0.png"),
+    )
+    assert code == 0 and "different people" in out
+
+
+def test_bad_inputs_are_one_line(gallery, photos, tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys, "faces", "enroll", str(gallery), "../evil", str(photos / "new" / "astro.jpg")
+    )
+    assert code == 1
+    one_line_error(err, "../evil")
+    code, _, err = run_cli(capsys, "faces", "list", str(tmp_path))
+    assert code == 1
+    one_line_error(err, "not a face gallery")
+    code, _, err = run_cli(
+        capsys,
+        "faces",
+        "verify",
+        str(photos / "new" / "wall.jpg"),
+        str(photos / "new" / "astro.jpg"),
+    )
+    assert code == 1
+    one_line_error(err, "wall.jpg", "no face")
+    code, _, err = run_cli(capsys, "faces", "calibrate", str(gallery))
+    assert code == 1
+    one_line_error(err, "at least 3 people")
