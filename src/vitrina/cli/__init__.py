@@ -38,6 +38,7 @@ def _register() -> None:
         embed,
         evaluate_reid,
         evaluate_retrieval,
+        explain,
         faces,
         plot_embeddings,
         train_embedding,
@@ -50,6 +51,7 @@ def _register() -> None:
         evaluate_reid,
         plot_embeddings,
         faces,
+        explain,
     ):
         mod.register(app)
 

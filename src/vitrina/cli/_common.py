@@ -58,3 +58,21 @@ def progress_bar(
             p.update(task, completed=done, total=total if total is not None else t.total, rate=rate)
 
         yield update
+
+
+def photo_paths(items: Any, recursive: bool = True) -> list[Any]:
+    """Files as given; folders expanded to the images inside them (sorted)."""
+    from pathlib import Path
+
+    from vitrina.data import iter_image_files
+    from vitrina.errors import DataError
+
+    found: list[Path] = []
+    for p in map(Path, items):
+        if p.is_dir():
+            found += iter_image_files(p, recursive=recursive)[0]
+        elif p.exists():
+            found.append(p)
+        else:
+            raise DataError(f"{p}: no such photo or folder")
+    return found

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import err, out, print_json, progress_bar
+from vitrina.cli._common import err, out, photo_paths, print_json, progress_bar
 
 app = typer.Typer(
     help="Face recognition against a gallery: enroll, identify (or say unknown), calibrate, "
@@ -25,22 +25,6 @@ ASSUME_HELP = (
     "Photos are already face crops: where the detector finds nothing, the centre of the photo "
     "is taken as the face."
 )
-
-
-def _photos(items: list[Path], recursive: bool = True) -> list[Path]:
-    """Files as given; folders expanded to the images inside them (sorted)."""
-    from vitrina.data import iter_image_files
-    from vitrina.errors import DataError
-
-    found: list[Path] = []
-    for p in items:
-        if p.is_dir():
-            found += iter_image_files(p, recursive=recursive)[0]
-        elif p.exists():
-            found.append(p)
-        else:
-            raise DataError(f"{p}: no such photo or folder")
-    return found
 
 
 def _short(p: Path) -> str:
@@ -120,7 +104,7 @@ def enroll(
         for s in scan.samples:
             groups.setdefault(scan.classes[s.label], []).append(s.path)
     else:
-        groups = {name: _photos(photos)}
+        groups = {name: photo_paths(photos)}
     from vitrina.faces import check_person_name
 
     for person in groups:
@@ -229,7 +213,7 @@ def identify(
 
     g = Gallery(gallery)
     pipe = g.pipeline(assume_face=assume_face or None)
-    results = _process(pipe, _photos(photos), "reading faces", as_json)
+    results = _process(pipe, photo_paths(photos), "reading faces", as_json)
     rows = []
     t = Table(title=f"faces in {len(results)} photos ({escape(g.threshold_source)})")
     for col in ("photo", "face", "name", "distance", "runner-up", "why"):

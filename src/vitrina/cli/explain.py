@@ -1,0 +1,259 @@
+"""``vitrina explain ...``: what the network looks at, and what its neurons respond to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from vitrina.cli._common import err, out, progress_bar
+
+
+class _ImageByDefault(TyperGroup):
+    """``vitrina explain MODEL IMAGE...`` runs the ``image`` command; ``layers``, ``neuron``
+    and ``dream`` are subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["image", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_ImageByDefault,
+    help="What the network looks at, and what its neurons respond to.\n\n"
+    "vitrina explain MODEL IMAGE... --method gradcam --method occlusion  (heat maps + HTML page)\n\n"
+    "vitrina explain layers MODEL IMAGE   (first-layer filters, feature maps layer by layer)\n\n"
+    "vitrina explain neuron MODEL --layer L --channel C   (an image that excites a channel)\n\n"
+    "vitrina explain dream IMAGE --layer L   (DeepDream)\n\n"
+    "MODEL is a run folder or a zoo name (ImageNet weights).",
+    no_args_is_help=True,
+)
+
+
+def _model(name: str):  # type: ignore[no-untyped-def]
+    from vitrina.embed.core import load_source
+
+    model, _, origin = load_source(name)
+    return model.eval(), origin
+
+
+def _free(path: Path) -> Path:
+    """``path``, or ``stem-1``, ``stem-2``... if taken: nothing is overwritten."""
+    n, p = 0, path
+    while p.exists():
+        n += 1
+        p = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return p
+
+
+@app.command("image", hidden=True)
+def image(
+    model: str = typer.Argument(..., help="Run folder or zoo name."),
+    images: list[Path] = typer.Argument(..., help="Photos or folders of photos."),
+    method: list[str] = typer.Option(
+        ["gradcam"],
+        "--method",
+        "-m",
+        help="Repeatable, or `all`: gradcam, gradcam++, scorecam, eigencam, layercam (CAMs); "
+        "saliency, smoothgrad, integrated-gradients, guided-backprop, occlusion.",
+    ),
+    target: str | None = typer.Option(
+        None, help="Class to explain (name or index); default: the predicted one."
+    ),
+    layer: str | None = typer.Option(
+        None, help="Layer of the CAMs (default: the last convolutional feature map)."
+    ),
+    out_dir: Path = typer.Option(Path("explain"), "--out", "-o", help="Output folder."),
+    seed: int = typer.Option(0, help="Seed of SmoothGrad's noise."),
+) -> None:
+    """Heat maps of what made the model answer, one overlay PNG per photo and method, and
+    `index.html` comparing the methods side by side with the model's top-3."""
+    from vitrina.cli._common import photo_paths
+    from vitrina.errors import ImageReadError, VitrinaError
+    from vitrina.explain import METHODS, explain_batch, overlay
+    from vitrina.io import atomic_write_bytes, read_image
+    from vitrina.report.explain_page import ExplainRow, write_explain_page
+
+    methods = METHODS.names() if method == ["all"] else list(dict.fromkeys(method))
+    for m in methods:
+        METHODS.get(m)  # unknown -> the valid names
+    paths = photo_paths(images)
+    if not paths:
+        raise VitrinaError("no photos given")
+    net, origin = _model(model)
+    page = _free(out_dir / "index.html")
+    overlays = out_dir / "overlays"
+    rows: list[ExplainRow] = []
+    with progress_bar("explaining", len(paths), unit="photos/s") as update:
+        for k, path in enumerate(paths, 1):
+            try:
+                img = read_image(path)
+            except ImageReadError as e:  # recorded; the batch goes on
+                rows.append(ExplainRow(str(path), "", [], "", error=str(e)))
+                err.print(f"[yellow]skipped[/] {escape(str(e))}")
+                update(k)
+                continue
+            (res,) = explain_batch(net, [img], methods, target=target, layer=layer, seed=seed)
+            first = next(iter(res.values()))
+            row = ExplainRow(str(path), "", first.top3, first.label)
+            thumb = img.convert("RGB")
+            thumb.thumbnail((1024, 1024))
+            orig = _free(overlays / f"{path.stem}.jpg")
+            _save(thumb, orig, atomic_write_bytes)
+            row.original = str(orig.relative_to(page.parent))
+            for m, ex in res.items():
+                dest = _free(overlays / f"{path.stem}-{m}.jpg")
+                _save(overlay(thumb, _resize(ex.heatmap, thumb.size)), dest, atomic_write_bytes)
+                row.overlays[m] = (str(dest.relative_to(page.parent)), ex.seconds)
+            rows.append(row)
+            update(k)
+    write_explain_page(rows, methods, page, title=f"explanations: {net.arch} ({origin})")
+    done = sum(1 for r in rows if not r.error)
+    out.print(f"{done} photos x {len(methods)} methods -> {escape(str(overlays))}/")
+    out.print(f"open {escape(str(page))}")
+
+
+def _resize(heat, size):  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image
+
+    if heat.shape[::-1] == tuple(size):
+        return heat
+    im = Image.fromarray((np.clip(heat, 0, 1) * 255).astype("uint8")).resize(size, Image.BILINEAR)
+    return np.asarray(im, dtype="float32") / 255.0
+
+
+def _save(img, dest: Path, write) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=88)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write(dest, buf.getvalue())
+
+
+@app.command("layers")
+def layers(
+    model: str = typer.Argument(..., help="Run folder or zoo name."),
+    photo: Path = typer.Argument(..., help="One photo."),
+    layer: list[str] = typer.Option(
+        None, "--layer", "-l", help="Layers to show (repeatable; default: one per stage)."
+    ),
+    top: int = typer.Option(8, help="Strongest channels shown per layer."),
+    out_dir: Path = typer.Option(Path("explain-layers"), "--out", "-o", help="Output folder."),
+) -> None:
+    """First-layer filters as a grid, and the strongest feature maps of layers from early
+    (edges, colours) to late (parts of objects) for one photo."""
+    from vitrina.errors import VitrinaError
+    from vitrina.explain.layers import write_layer_views
+
+    for name in ("filters.png", "feature_maps.png"):
+        if (out_dir / name).exists():
+            raise VitrinaError(f"{out_dir / name}: file exists; choose another --out")
+    net, _ = _model(model)
+    files = write_layer_views(net, photo, out_dir, layers=layer or None, top=top)
+    out.print("wrote " + ", ".join(escape(str(p)) for p in files.values()))
+
+
+@app.command("neuron")
+def neuron(
+    model: str = typer.Argument(..., help="Run folder or zoo name."),
+    layer: str | None = typer.Option(None, "--layer", "-l", help="Layer (see --list-layers)."),
+    channel: int | None = typer.Option(None, "--channel", "-c", help="Channel of the layer."),
+    class_name: str | None = typer.Option(
+        None, "--class", help="Maximise this class's logit instead of a channel."
+    ),
+    steps: int = typer.Option(256, help="Optimisation steps."),
+    size: int | None = typer.Option(None, help="Image side in pixels."),
+    param: str = typer.Option(
+        "fourier", help="fourier (decorrelated, readable) or pixel (the plain baseline)."
+    ),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same image."),
+    out_path: Path = typer.Option(Path("neuron.png"), "--out", "-o", help="PNG to write."),
+    list_layers: bool = typer.Option(False, "--list-layers", help="List the layer names."),
+) -> None:
+    """Synthesise an image that excites a channel (or a class), with jitter, scale and
+    rotation robustness and a decorrelated Fourier parameterisation (Olah et al., 2017)."""
+    from vitrina.errors import VitrinaError
+    from vitrina.explain.featureviz import visualize
+    from vitrina.explain.layers import save_png
+
+    net, _ = _model(model)
+    if list_layers:
+        from vitrina.embed.layers import layer_names
+
+        out.print("\n".join(layer_names(net)))
+        return
+    if out_path.exists():
+        raise VitrinaError(f"{out_path}: file exists; choose another --out")
+    class_index = None
+    if class_name is not None:
+        from vitrina.explain.targets import resolve_target
+
+        class_index = resolve_target(net, int(class_name) if class_name.isdigit() else class_name)
+    with progress_bar("optimising", steps, unit=None) as update:
+        res = visualize(
+            net,
+            layer=layer,
+            channel=channel,
+            class_index=class_index,
+            steps=steps,
+            size=size,
+            seed=seed,
+            param=param,
+            on_progress=lambda done, total: update(done),
+        )
+    save_png(res.image, out_path)
+    what = (
+        f"class {class_name}"
+        if class_index is not None
+        else f"{res.layer} channel {res.channel}"
+        if res.channel is not None
+        else f"{res.layer} (all channels)"
+    )
+    curve = res.objective_curve
+    gain = f", objective {curve[0]:.3g} -> {curve[-1]:.3g}" if curve else ""
+    out.print(f"wrote {escape(str(out_path))} ({escape(what)}{gain})")
+
+
+@app.command("dream")
+def dream(
+    photo: Path = typer.Argument(..., help="The photo to dream on."),
+    layer: str = typer.Option(..., "--layer", "-l", help="Layer whose activations to amplify."),
+    model: str = typer.Option("efficientnet_lite0", "--model", help="Run folder or zoo name."),
+    octaves: int = typer.Option(4, help="Image pyramid levels."),
+    octave_scale: float = typer.Option(1.4, help="Scale between octaves."),
+    steps: int = typer.Option(20, help="Gradient steps per octave."),
+    seed: int = typer.Option(0, help="Seed of the jitter."),
+    out_path: Path = typer.Option(Path("dream.png"), "--out", "-o", help="PNG to write."),
+) -> None:
+    """DeepDream: amplify what a layer sees in a photo, over octaves (seeded)."""
+    from vitrina.errors import VitrinaError
+    from vitrina.explain.featureviz import dream as run
+    from vitrina.explain.layers import save_png
+
+    if out_path.exists():
+        raise VitrinaError(f"{out_path}: file exists; choose another --out")
+    net, _ = _model(model)
+    total = octaves * steps
+    with progress_bar("dreaming", total, unit=None) as update:
+        img = run(
+            net,
+            photo,
+            layer=layer,
+            octaves=octaves,
+            octave_scale=octave_scale,
+            steps=steps,
+            seed=seed,
+            on_progress=lambda done, _total: update(done),
+        )
+    save_png(img, out_path)
+    out.print(f"wrote {escape(str(out_path))}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="explain")
