@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import one_line_error
 from PIL import Image
 from torch import nn
 
+from conftest import one_line_error
 from vitrina.errors import UnknownNameError, VitrinaError
 from vitrina.explain.attribution import (
     METHODS,
@@ -27,6 +27,7 @@ from vitrina.explain.attribution import (
     explain,
     explain_batch,
     explain_similarity,
+    iter_explain,
     map_to_image,
     overlay,
 )
@@ -405,6 +406,18 @@ def test_explain_batch_shares_one_forward_and_matches_explain(trained, held_out)
     np.testing.assert_array_equal(
         rows[1]["occlusion"].heatmap, explain(trained, imgs[1], "occlusion").heatmap
     )
+
+
+def test_iter_explain_streams_and_restores_the_model_when_stopped_early(trained, held_out):
+    model = copy.deepcopy(trained).train()
+    seen = []
+    for row in iter_explain(model, (img for img, _ in held_out), ["gradcam"]):
+        seen.append(row["gradcam"].heatmap.shape)
+        assert not model.training  # explaining runs in eval mode
+        break
+    assert seen == [(SIDE, SIDE)]
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert hooks_of(model) == 0
 
 
 def test_memory_stays_flat():

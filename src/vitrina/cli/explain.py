@@ -75,12 +75,13 @@ def image(
     from vitrina.cli._common import photo_paths
     from vitrina.errors import ImageReadError, VitrinaError
     from vitrina.explain import METHODS, explain_batch, overlay
+    from vitrina.explain.attribution import method_spec
     from vitrina.io import atomic_write_bytes, read_image
     from vitrina.report.explain_page import ExplainRow, write_explain_page
 
     methods = METHODS.names() if method == ["all"] else list(dict.fromkeys(method))
     for m in methods:
-        METHODS.get(m)  # unknown -> the valid names
+        method_spec(m)  # unknown -> the valid names
     paths = photo_paths(images)
     if not paths:
         raise VitrinaError("no photos given")

@@ -26,12 +26,21 @@ def search(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Only a check: must be the index's model."
     ),
+    explain_dir: Path | None = typer.Option(
+        None,
+        "--explain",
+        help="Write why the top results match: for each, the query and the result with the "
+        "regions that drive their similarity (Grad-CAM on the embedding) side by side.",
+    ),
+    explain_top: int = typer.Option(3, help="Results per query explained with --explain."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Find the K photos in INDEX most like each query photo.
 
     Example: vitrina search photos.index query.jpg -k 10 --sheet results.png --html results.html
+
+    Why do they match? vitrina search photos.index query.jpg --explain why/
     """
     from vitrina.errors import VitrinaError
     from vitrina.search.index import Index
@@ -117,6 +126,20 @@ def search(
                 errors=[r.error for r in results if r.error],
             )
             err.print(f"html: {escape(str(html_out))}")
+    if explain_dir is not None:
+        from vitrina.explain.similarity import write_match_explanations
+
+        model = (embedder or idx.embedder).model
+        n = 0
+        with progress_bar("explaining", None, enabled=not as_json, unit=None) as update:
+            for r in results:
+                if r.error:
+                    continue
+                for h in r.hits[:explain_top]:
+                    write_match_explanations(model, r.query, h.path, h.rank, explain_dir)
+                    n += 1
+                    update(n)
+        err.print(f"why they match: {n} pairs in {escape(str(explain_dir))}")
     if any(r.error for r in results):
         raise typer.Exit(1)
 

@@ -35,7 +35,7 @@ import os
 import time
 import types
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -66,6 +66,7 @@ __all__ = [
     "explain",
     "explain_batch",
     "explain_similarity",
+    "iter_explain",
     "map_to_image",
     "method_spec",
     "overlay",
@@ -200,8 +201,14 @@ def _signed_eigen_cam() -> type:
         """EigenCAM with the sign-corrected projection (the salient side positive)."""
 
         def get_cam_image(
-            self, input_tensor, target_layer, targets, activations, grads, eigen_smooth
-        ):  # type: ignore[no-untyped-def]
+            self,
+            input_tensor: torch.Tensor,
+            target_layer: nn.Module,
+            targets: list,
+            activations: np.ndarray,
+            grads: np.ndarray,
+            eigen_smooth: bool,
+        ) -> np.ndarray:
             return get_2d_projection_with_sign_correction(activations)
 
     return SignedEigenCAM
@@ -484,22 +491,28 @@ def _run(
     return heat, m, time.perf_counter() - t0
 
 
-def explain_batch(
+def iter_explain(
     model: VitrinaModel,
-    images: Sequence[ImageLike],
+    images: Iterable[ImageLike],
     methods: Sequence[str] = ("gradcam",),
     *,
     target: int | str | None = None,
     layer: str | None = None,
     seed: int = 0,
-) -> list[dict[str, Explanation]]:
-    """``{method: Explanation}`` per image, in input order.
+) -> Iterator[dict[str, Explanation]]:
+    """``{method: Explanation}`` per image, in input order, one image at a time (a folder of
+    thousands of photos never holds more than one image's maps).
 
     The transform and the prediction forward pass run once per image, the layer search once.
     ``target``: None explains each image's predicted class; an index or a class name explains
     that class everywhere. ``layer``: the CAM layer (see :mod:`vitrina.explain.targets`),
     default the last convolutional feature map; gradient methods ignore it. ``seed`` fixes
-    SmoothGrad's noise. Unknown methods, layers and targets raise before any work.
+    SmoothGrad's noise. Unknown methods and targets raise before the first image is read, an
+    unknown layer before the first method runs; an unreadable image raises
+    :class:`~vitrina.errors.ImageReadError`.
+
+    While the iterator is open the model is in eval mode with frozen parameters; exhausting or
+    closing it (``break`` in a ``for`` loop, garbage collection) restores them.
     """
     specs = [method_spec(m) for m in methods]
     fixed = None if target is None else resolve_target(model, target)
@@ -507,7 +520,6 @@ def explain_batch(
     tf = eval_transform(pre)
     device = _device(model)
     cam_layer: tuple[str, nn.Module] | None = None
-    results: list[dict[str, Explanation]] = []
     with _explaining(model):
         for image in images:
             img = _load(image)
@@ -541,8 +553,20 @@ def explain_batch(
                     lname,
                     secs,
                 )
-            results.append(row)
-    return results
+            yield row
+
+
+def explain_batch(
+    model: VitrinaModel,
+    images: Sequence[ImageLike],
+    methods: Sequence[str] = ("gradcam",),
+    *,
+    target: int | str | None = None,
+    layer: str | None = None,
+    seed: int = 0,
+) -> list[dict[str, Explanation]]:
+    """All of :func:`iter_explain` as a list."""
+    return list(iter_explain(model, images, methods, target=target, layer=layer, seed=seed))
 
 
 def explain(
@@ -563,8 +587,8 @@ def explain_similarity(
     query_image: ImageLike,
     result_image: ImageLike,
     method: str = "gradcam",
-    *,
     layer: str | None = None,
+    *,
     seed: int = 0,
 ) -> tuple[Explanation, Explanation]:
     """Which regions of the query drive its similarity to the result, and vice versa.

@@ -339,8 +339,8 @@ def dream(
 ) -> Image.Image:
     """DeepDream: amplify what ``layer`` sees in ``image``.
 
-    The photo is shrunk so its long side is at most ``max_side`` (default: the model's input
-    long side), then, from the smallest octave up (each ``octave_scale`` larger, smallest side
+    The photo is shrunk so its long side is at most ``max_side`` (default: twice the model's
+    input long side, 448 for a 224 model), then, from the smallest octave up (each ``octave_scale`` larger, smallest side
     at least 32 pixels), ``steps`` gradient-ascent steps on the mean squared activation of
     ``layer``: the image is rolled by a random shift (up to 1/8 of its short side, at most 32
     pixels) and back, the gradient is divided by its mean absolute value, and pixels (RGB in
@@ -356,7 +356,7 @@ def dream(
     dev = model_device(model)
     full = pil_to_tensor(photo).to(dev)
     H, W = full.shape[-2:]
-    cap = max_side or max(model.preprocess.input_size)
+    cap = max_side or 2 * max(model.preprocess.input_size)
     s = min(1.0, cap / max(H, W))
     work = (max(1, round(H * s)), max(1, round(W * s)))
     base = _resize_to(full, work)

@@ -4,9 +4,12 @@ Layer names are module names of the model's raw network (:func:`vitrina.embed.la
 ``model.net``, or an embedding run's backbone network), so ``blocks.5``, ``layer4`` or
 ``features`` mean the same here as in ``vitrina embed --layer``; a leading ``net.`` is accepted.
 A CAM layer must be a module that runs once per forward pass and outputs a (B, C, H, W) map.
-The default is the last such module with more than one spatial position: the last
-convolutional feature map before global pooling (``layer4`` of a ResNet, ``features`` of a
-torchvision VGG/MobileNet/EfficientNet, ``bn2`` of a timm EfficientNet).
+The default is the last such module with more than one spatial position that finishes before
+the classifier head, skipping pass-through modules (Identity, Dropout): the last convolutional
+feature map before global pooling (``layer4`` of a ResNet, ``features`` of a torchvision
+VGG/MobileNet/EfficientNet/SqueezeNet, ``bn2`` of a timm EfficientNet), found by one recorded
+forward pass, so it works for any network. Vision transformers have none (their only 4-D map is
+the patch embedding): the error says so and points at the gradient methods.
 """
 
 from __future__ import annotations
@@ -180,7 +183,8 @@ def resolve_target(model: VitrinaModel, target: int | str) -> int:
         if not target.strip().lstrip("-").isdigit():
             if not names:
                 raise VitrinaError(
-                    f"target {target!r}: {model.arch} has no class names; give a class index 0..{n - 1}"
+                    f"target {target!r}: {model.arch} has no class names; "
+                    f"give a class index 0..{n - 1}"
                 )
             close = suggest(target, names)
             listed = f" (classes: {', '.join(names)})" if len(names) <= 20 else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 import warnings
@@ -27,6 +28,7 @@ __all__ = [
     "image_size",
     "is_image_path",
     "read_image",
+    "read_image_bytes",
 ]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -99,7 +101,57 @@ def read_image(
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
     p = Path(path)
+    with _open_file(p) as fh:
+        return _decode(p, fh, mode, max_pixels, min_side)
+
+
+def read_image_bytes(
+    data: bytes,
+    *,
+    name: str = "upload",
+    mode: str = "RGB",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+) -> Image.Image:
+    """:func:`read_image` for an image held in memory (e.g. an HTTP upload), with the same
+    checks: only the decoders of ``IMAGE_EXTENSIONS``, ``max_pixels`` enforced from the
+    header, truncated data refused. ``name`` stands for the file in error messages."""
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
+    if not data:
+        raise ImageReadError(name, "empty file (0 bytes)")
+    return _decode(Path(name), io.BytesIO(data), mode, max_pixels, min_side)
+
+
+def image_size(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF rotation applied), read from the header only."""
+    p = Path(path)
     with _open_file(p) as fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _identify(p, fh, max_pixels) as im:
+            width, height = im.size
+            if _orientation(im) in (5, 6, 7, 8):  # the 90-degree rotations swap the axes
+                width, height = height, width
+    return width, height
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of the file's bytes, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | None) -> Image.Image:
+    """The body of :func:`read_image` once the file is open (``p`` names it in errors)."""
+    with warnings.catch_warnings():
         # Our own max_pixels check below is the limit; Pillow's warning fires at a lower,
         # unrelated threshold (~89 MP) and would otherwise reject 100 MP camera photos.
         # Pillow's hard DecompressionBombError is still caught and reported.
@@ -129,32 +181,6 @@ def read_image(
             im.close()
     op = _ORIENTATION_OPS.get(orientation)
     return out.transpose(op) if op is not None else out
-
-
-def image_size(
-    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[int, int]:
-    """(width, height) as displayed (EXIF rotation applied), read from the header only."""
-    p = Path(path)
-    with _open_file(p) as fh, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with _identify(p, fh, max_pixels) as im:
-            width, height = im.size
-            if _orientation(im) in (5, 6, 7, 8):  # the 90-degree rotations swap the axes
-                width, height = height, width
-    return width, height
-
-
-def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
-    """Hex digest of the file's bytes, read in 1 MiB chunks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- internals
 
 
 def _open_file(path: Path) -> BinaryIO:

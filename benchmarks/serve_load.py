@@ -1,0 +1,292 @@
+"""Requests per second and latency of `vitrina serve` under load, next to the Python API.
+
+For 1, 8 and 32 concurrent clients, each for a bounded time:
+
+- **HTTP**: `vitrina serve --model RUN` started as its own process on a loopback port; every
+  client keeps one HTTP/1.1 connection open and sends `POST /v1/classify` (multipart, one photo
+  file as bytes) back to back. The clients are asyncio streams with prebuilt requests, so the
+  load generator costs little CPU next to the server on the same cores.
+- **in-process**: the same number of threads, each calling `Classifier.predict([photo])` on the
+  same photo files, back to back, in this process (same model, backend and device).
+
+    python benchmarks/serve_load.py [--model RUN] [--data ../shared/data/cats_dogs] [--seconds 10]
+
+Without --model, EfficientNet-Lite0 is trained as a probe on 10 photos per class of --data.
+Target (issue 8): at 32 clients the service reaches at least 80% of the in-process throughput,
+with no errors. Prints requests/s, p50/p99 latency, errors and the ratio per concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np
+from _common import data_dir, link_subset, machine
+
+import vitrina
+from vitrina.data import scan_folder
+
+WARMUP_S = 2.0
+
+
+@dataclass
+class Load:
+    """Latencies (seconds) of the requests that completed in the measured window."""
+
+    clients: int
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    backend: str = ""  # the backend the answers say they came from
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        return 1000 * float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+
+    def line(self, what: str) -> str:
+        return (
+            f"  {what:<11} {self.clients:>3} clients  {self.rate:7.1f} req/s   "
+            f"p50 {self.pct(50):7.1f} ms   p99 {self.pct(99):7.1f} ms   errors {len(self.errors)}"
+        )
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def in_process(clf, photos: list[Path], clients: int, seconds: float, **kw) -> Load:
+    """``clients`` threads calling ``clf.predict([photo])`` back to back for ``seconds``."""
+    load = Load(clients)
+    lock = threading.Lock()
+    start = time.perf_counter()
+    measure_from, stop_at = start + WARMUP_S, start + WARMUP_S + seconds
+
+    def client(i: int) -> None:
+        n = i
+        while (t0 := time.perf_counter()) < stop_at:
+            photo = photos[n % len(photos)]
+            n += clients
+            try:
+                pred = clf.predict([photo], **kw)[0]
+                err = pred.error
+            except Exception as exc:  # a benchmark counts failures instead of stopping
+                err = f"{type(exc).__name__}: {exc}"
+            t1 = time.perf_counter()
+            if t0 >= measure_from and t1 <= stop_at:
+                with lock:
+                    (load.errors.append(err) if err else load.latencies.append(t1 - t0))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    load.seconds = seconds
+    return load
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def multipart_request(port: int, token: str, photo: Path) -> bytes:
+    """One complete keep-alive ``POST /v1/classify`` with ``photo`` as the ``image`` field."""
+    boundary = secrets.token_hex(16)
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{photo.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + photo.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/classify?top_k=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nConnection: keep-alive\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _exchange(reader, writer, request: bytes) -> tuple[int, bytes]:
+    writer.write(request)
+    await writer.drain()
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("server closed the connection")
+    status = int(status_line.split()[1])
+    length, chunked = 0, False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+    if not chunked:
+        return status, await reader.readexactly(length)
+    body = b""
+    while size := int((await reader.readline()).strip(), 16):
+        body += await reader.readexactly(size)
+        await reader.readline()
+    await reader.readline()
+    return status, body
+
+
+async def _http_load(port: int, requests: list[bytes], clients: int, seconds: float) -> Load:
+    load = Load(clients)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from, stop_at = start + WARMUP_S, start + WARMUP_S + seconds
+    backends: set[str] = set()
+
+    async def client(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        n = i
+        try:
+            while (t0 := loop.time()) < stop_at:
+                request = requests[n % len(requests)]
+                n += clients
+                try:
+                    status, body = await _exchange(reader, writer, request)
+                    answer = json.loads(body)
+                    err = (
+                        None
+                        if status == 200 and answer.get("label")
+                        else f"{status}: {body[:200]!r}"
+                    )
+                    if status == 200:
+                        backends.add(answer.get("backend", "?"))
+                except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+                    err = f"{type(exc).__name__}: {exc}"
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                t1 = loop.time()
+                if t0 >= measure_from and t1 <= stop_at:
+                    (load.errors.append(err) if err else load.latencies.append(t1 - t0))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    load.seconds = seconds
+    load.backend = ",".join(sorted(backends))
+    return load
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(run: Path, port: int, token: str, backend: str, device: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vitrina", "serve", "--model", str(run), "--port", str(port)]
+    cmd += ["--backend", backend, "--device", device]
+    env = {**os.environ, "VITRINA_TOKEN": token}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"error: vitrina serve exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if json.load(r).get("model"):
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    sys.exit("error: vitrina serve did not answer /healthz within 120 s")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def probe_model(root: Path, out: Path) -> Path:
+    """EfficientNet-Lite0 ImageNet features + a head probed on 10 photos per class."""
+    scan = scan_folder(root)
+    few = [
+        s.path
+        for c in range(len(scan.classes))
+        for s in [x for x in scan.samples if x.label == c][:10]
+    ]
+    labelled = link_subset(few, out / "labelled")
+    return vitrina.train(
+        str(labelled), arch="efficientnet_lite0", mode="probe", out=str(out / "run"), epochs=20
+    ).run_dir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="a run folder (default: a probe trained on --data)")
+    ap.add_argument("--data", help="class-folder tree of photos (default ../shared/data/cats_dogs)")
+    ap.add_argument("--photos", type=int, default=64, help="photos the clients cycle through")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured time per concurrency")
+    ap.add_argument("--clients", default="1,8,32", help="concurrency levels")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    root = data_dir("cats_dogs", args.data)
+    levels = [int(c) for c in args.clients.split(",")]
+    samples = scan_folder(root).samples
+    step = max(1, len(samples) // args.photos)
+    photos = [s.path for s in samples[::step][: args.photos]]
+    print(f"machine: {machine()}")
+    print(f"photos: {len(photos)} from {root}; {args.seconds:g} s measured per level")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(args.model) if args.model else probe_model(root, Path(tmp))
+        clf = vitrina.load(run)
+        kw = {"backend": args.backend, "device": args.device}
+        clf.predict(photos[:2], **kw)  # warm-up: weights, backend choice (cached), page cache
+        print(f"model: {run} ({clf.model.arch}); in-process backend {clf.last_engine.backend_name}")
+
+        local = {c: in_process(clf, photos, c, args.seconds, **kw) for c in levels}
+        del clf
+
+        token, port = secrets.token_urlsafe(16), free_port()
+        proc = start_service(run, port, token, args.backend, args.device)
+        try:
+            requests = [multipart_request(port, token, p) for p in photos]
+            served = {c: asyncio.run(_http_load(port, requests, c, args.seconds)) for c in levels}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    print(f"service backend: {served[levels[0]].backend}")
+    print("\n/v1/classify over loopback HTTP vs Classifier.predict in-process")
+    for c in levels:
+        print(local[c].line("in-process"))
+        print(served[c].line("HTTP"))
+        ratio = served[c].rate / local[c].rate if local[c].rate else float("nan")
+        print(f"  {'':<11} {c:>3} clients  HTTP / in-process = {ratio:.2f}")
+    for load in (*local.values(), *served.values()):
+        for e in load.errors[:3]:
+            print(f"  error ({load.clients} clients): {e}")
+    top = max(levels)
+    ratio = served[top].rate / local[top].rate if local[top].rate else 0.0
+    errors = sum(len(x.errors) for x in served.values())
+    ok = ratio >= 0.8 and errors == 0
+    verdict = "met" if ok else "MISSED"
+    print(
+        f"target at {top} clients >= 0.80x in-process, no errors: {verdict} ({ratio:.2f}x, {errors} errors)"
+    )
+
+
+if __name__ == "__main__":
+    main()
