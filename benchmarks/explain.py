@@ -40,11 +40,18 @@ FRACTION = 0.2
 def delete_top(x: torch.Tensor, heat: np.ndarray, grey: torch.Tensor) -> torch.Tensor:
     """x with the top FRACTION of ``heat`` (input-size map) replaced by grey."""
     flat = heat.ravel()
-    k = int(round(FRACTION * flat.size))
+    k = round(FRACTION * flat.size)
     keep = np.ones(flat.size, dtype=bool)
     keep[np.argpartition(-flat, k)[:k]] = False
     mask = torch.from_numpy(keep.reshape(heat.shape)).to(x.dtype)
     return x * mask + grey * (1 - mask)
+
+
+def drop(model, x, heat, grey, t: int, p0: float) -> float:  # type: ignore[no-untyped-def]
+    """Probability lost by class ``t`` when the top of ``heat`` is greyed out."""
+    with torch.no_grad():
+        p = model.classify(delete_top(x, heat, grey)[None]).softmax(1)[0, t]
+    return p0 - float(p)
 
 
 def random_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -88,15 +95,10 @@ def main() -> None:
         p0 = float(probs[t])
         (res,) = explain_batch(model, [img], methods, target=t)
 
-        def drop(heat: np.ndarray) -> float:
-            with torch.no_grad():
-                p = model.classify(delete_top(x, heat, grey)[None]).softmax(1)[0, t]
-            return p0 - float(p)
-
-        rand_drops.append(drop(random_map(tuple(x.shape[1:]), nrng)))
+        rand_drops.append(drop(model, x, random_map(tuple(x.shape[1:]), nrng), grey, t, p0))
         for m, ex in res.items():
             secs[m].append(ex.seconds)
-            drops[m].append(drop(ex.heatmap_input))
+            drops[m].append(drop(model, x, ex.heatmap_input, grey, t, p0))
         print(f"\r{i}/{len(paths)} photos, {time.perf_counter() - t_all:.0f} s", end="", flush=True)
     print("\n")
     base = statistics.mean(rand_drops)

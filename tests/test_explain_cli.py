@@ -16,7 +16,7 @@ def test_heat_maps_and_page_for_a_folder_with_a_bad_photo(toy_run, tmp_path, cap
     make_image(photos / "blue.png", COLORS["blue"])
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "out"
-    code, stdout, err = run_cli(
+    code, _, err = run_cli(
         capsys,
         "explain",
         str(toy_run),

@@ -89,11 +89,12 @@ def test_visualize_channel_of_colour_detector_paints_that_colour(param, transfor
 
 
 def test_visualize_class_logit_paints_the_class_colour():
-    model = colour_model()
+    model = colour_model().eval()
     for k in range(3):
-        res = fv.visualize(model, class_index=k, steps=48, lr=0.1)
+        res = fv.visualize(model, class_index=k, steps=64, lr=0.3)
         means = res.array.mean(axis=(0, 1))
-        assert means.argmax() == k and means[k] > 0.75 and means.min() < 0.25, (k, means)
+        others = np.delete(means, k)
+        assert means[k] > 0.45 and others.max() < 0.25, (k, means)
         assert (res.layer, res.channel, res.class_index) == (None, None, k)
         with torch.no_grad():
             x = torch.from_numpy(res.array).permute(2, 0, 1)[None]
@@ -142,7 +143,8 @@ def test_visualize_and_dream_leave_the_model_as_they_found_it():
     fv.visualize(model, class_index=1, steps=5)
     fv.dream(model, np.full((40, 40, 3), 0.4, np.float32), layer="1", steps=2, octaves=2)
     lv.first_layer_filters(model)
-    lv.feature_maps(model, np.full((40, 40, 3), 0.4, np.float32), ["1"])
+    lv.feature_maps(model, np.full((40, 40, 3), 0.4, np.float32))  # default layers
+    assert fv.visualize(model, steps=2).layer == "1"  # the only stage: 3 x 32 x 32
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats untouched: eval
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads

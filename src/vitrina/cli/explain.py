@@ -250,7 +250,7 @@ def dream(
             octave_scale=octave_scale,
             steps=steps,
             seed=seed,
-            on_progress=lambda done, _total: update(done),
+            on_progress=lambda done, total_now: update(done, total_now),
         )
     save_png(img, out_path)
     out.print(f"wrote {escape(str(out_path))}")

@@ -193,10 +193,17 @@ def _default_size(model: VitrinaModel, run: Callable[[torch.Tensor], torch.Tenso
         return small
     try:
         with torch.no_grad():
-            run(torch.full((1, 3, *small), 0.5, device=model_device(model)))
+            grey = torch.full((1, model.preprocess.channels, *small), 0.5)
+            run(grey.to(model_device(model)))
         return small
     except Exception:  # fixed-size networks (flatten + linear, ViT): use their own size
         return (h, w)
+
+
+def _default_layer(model: VitrinaModel) -> str:
+    """The second-to-last default stage (mid-to-late: object parts, like Inception's mixed4)."""
+    stages = default_layers(model)
+    return stages[-2] if len(stages) > 1 else stages[-1]
 
 
 def visualize(
@@ -217,7 +224,8 @@ def visualize(
 
     Args:
         layer: layer name (see :func:`vitrina.embed.layers.layer_names`); default: the
-            second-to-last of :func:`vitrina.explain.layers.default_layers` (a mid-to-late stage).
+            second-to-last of :func:`vitrina.explain.layers.default_layers` (a mid-to-late
+            stage; the last one when there is only one).
         channel: channel of ``layer`` (dim 1; the last dim for (B, N, C) tokens); None maximises
             the mean of the whole layer.
         class_index: maximise this logit of ``model.classify`` instead (no ``layer``/``channel``).
@@ -255,7 +263,7 @@ def visualize(
                 return out[:, class_index].float().mean()
 
         else:
-            layer = resolve_layer(model, layer) if layer is not None else default_layers(model)[-2]
+            layer = resolve_layer(model, layer) if layer is not None else _default_layer(model)
             fe = layer_extractor(model, layer)
             name = layer
 
@@ -268,7 +276,7 @@ def visualize(
         h, w = _check_size(size) if size is not None else _default_size(model, run)
         if class_index is None:
             with torch.no_grad():
-                probe = run(torch.full((1, 3, h, w), 0.5, device=dev))
+                probe = run(torch.full((1, model.preprocess.channels, h, w), 0.5, device=dev))
             if not isinstance(probe, torch.Tensor) or probe.dim() not in (2, 3, 4):
                 raise VitrinaError(f"layer {layer!r} of {model.arch} has no channels to maximise")
             n = _channel_count(probe)
@@ -280,7 +288,7 @@ def visualize(
 
         gen = torch.Generator().manual_seed(int(seed))
         cls = _FourierImage if param == "fourier" else _PixelImage
-        image = cls(3, h, w, gen).to(dev)
+        image = cls(model.preprocess.channels, h, w, gen).to(dev)  # grey models: grey image
         opt = torch.optim.Adam(image.parameters(), lr=lr)
         decorrelate = param == "fourier"
         curve: list[float] = []
@@ -350,6 +358,8 @@ def dream(
     """
     if octaves < 1 or steps < 1:
         raise VitrinaError(f"octaves and steps must be >= 1, got {octaves} and {steps}")
+    if max_side is not None and max_side < 8:
+        raise VitrinaError(f"max_side must be at least 8 pixels, got {max_side}")
     if octave_scale <= 1.0:
         raise VitrinaError(f"octave_scale must be > 1, got {octave_scale}")
     photo = load_rgb(image)

@@ -91,11 +91,11 @@ def array_to_pil(a: np.ndarray) -> Image.Image:
 
 
 def to_network_input(model: VitrinaModel, rgb: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> what ``model.net`` expects: grey for 1-channel models,
-    then normalized by ``model.preprocess`` mean/std. Differentiable."""
+    """(B, 3, H, W) RGB (or (B, 1, H, W) grey) in [0, 1] -> what ``model.net`` expects: grey
+    for 1-channel models, then normalized by ``model.preprocess`` mean/std. Differentiable."""
     pre = model.preprocess
     x = rgb
-    if pre.channels == 1:
+    if pre.channels == 1 and rgb.shape[1] == 3:
         w = torch.tensor(_LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
         x = (rgb * w).sum(dim=1, keepdim=True)
     mean = torch.tensor(pre.mean, dtype=rgb.dtype, device=rgb.device).view(1, -1, 1, 1)
@@ -254,9 +254,10 @@ def default_layers(model: VitrinaModel, stages: int = DEFAULT_STAGES) -> list[st
     (B, C, H, W) output of at least 2x2, the last layer at each spatial size, deepest kept."""
     from vitrina.embed.layers import graph_nodes, layer_shapes, module_layers, node_of
 
-    nodes = graph_nodes(model)
-    names = module_layers(model, nodes)
-    shapes = layer_shapes(model, names)
+    with frozen(model):  # layer_shapes' extractor switches shared modules to eval mode
+        nodes = graph_nodes(model)
+        names = module_layers(model, nodes)
+        shapes = layer_shapes(model, names)
     last_at: dict[tuple[int, int], str] = {}
     used_nodes: set[str] = set()
     for name in names:  # execution order; for equal nodes the deeper name comes first

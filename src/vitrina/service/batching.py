@@ -11,6 +11,7 @@ pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -176,7 +177,5 @@ def _complete(job: _Job, result: Any, exc: BaseException | None) -> None:
         else:
             job.future.set_result(result)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits for it
         job.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the event loop is closed: nobody waits for this answer
-        pass

@@ -396,7 +396,7 @@
         button.hidden = false;
         loadPeople();
       } catch (err) {
-        status.textContent = explain(err);
+        status.textContent = err.status === 403 ? explain(err) : `Could not enroll ${name}: ${explain(err)}`;
         status.classList.add("error");
         form.querySelector("button[type=submit]").disabled = false;
         input.focus();
