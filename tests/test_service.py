@@ -222,13 +222,23 @@ def test_tokens_decide_who_may_read_and_write(url: str, bare_url: str, photos: P
     assert "--write-token" in err["message"]
 
 
-def test_token_settings_are_checked() -> None:
+def test_bad_component_or_setting_fails_at_start_with_one_line(tmp_path: Path) -> None:
+    for config, needle in [
+        (ServiceConfig(model=str(tmp_path / "no-run")), "no-run"),
+        (ServiceConfig(index=str(tmp_path / "no-index")), "no-index"),
+        (ServiceConfig(gallery=str(tmp_path / "no-gallery")), "no-gallery"),
+    ]:
+        with pytest.raises(VitrinaError) as e:
+            create_app(config)
+        one_line_error(str(e.value), needle)
     with pytest.raises(VitrinaError, match="differ"):
         create_app(ServiceConfig(token="same-token", write_token="same-token"))
     with pytest.raises(VitrinaError, match="visible ASCII"):
         create_app(ServiceConfig(token="has space"))
     with pytest.raises(VitrinaError, match="max-upload-mb"):
         ServiceConfig(max_upload_mb=0)
+    with pytest.raises(VitrinaError, match="max-batch"):
+        ServiceConfig(max_batch=0)
 
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(toy_run: Path, monkeypatch) -> None:
@@ -252,6 +262,8 @@ def test_refuses_to_listen_beyond_loopback_without_a_token(toy_run: Path, monkey
     served: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda a, **kw: served.update(app=a, **kw))
     monkeypatch.delenv("VITRINA_TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["serve"])
+    assert "nothing to serve" in str(result.exception)
     args = ["serve", "--model", str(toy_run), "--host", "0.0.0.0", "--port", "8123"]
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, VitrinaError) and "without a token" in str(result.exception)
@@ -459,7 +471,7 @@ def test_enroll_identify_list_and_forget(face_url: str) -> None:
     assert face["name"] == "unknown"
 
 
-@pytest.mark.parametrize("n", [16, pytest.param(100, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("n", [8, pytest.param(100, marks=pytest.mark.slow)])
 def test_concurrent_enrolments_of_different_people(n: int, tmp_path: Path) -> None:
     gallery = new_gallery(tmp_path / "g")
     with running_service(ServiceConfig(gallery=str(gallery), write_token=WRITE)) as base:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import COLORS, make_dataset, make_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -64,7 +65,6 @@ def gallery_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def service(toy_run: Path, index_dir: Path, gallery_dir: Path) -> Iterator[str]:
     from service_util import running_service
-
     from vitrina.service import ServiceConfig
 
     config = ServiceConfig(
@@ -250,22 +250,35 @@ def test_faces_are_drawn_and_enrolling_needs_the_write_token(visit: Visit, tmp_p
 
     page.get_by_label("Access token").fill(WRITE)
     page.get_by_role("button", name="Use token").click()  # the photo is analysed again
+    expect(page.locator("#faces-section")).to_have_attribute("aria-busy", "false")
     page.get_by_role("button", name="Enroll face 2 as a person").click()
     page.get_by_label("Name").fill("bob")
     page.get_by_role("button", name="Enroll", exact=True).click()
     status = page.locator("#faces li").nth(1).locator("p")
     expect(status).to_have_class(ERROR)
-    expect(status).not_to_contain_text("Not allowed")
-    expect(status).to_contain_text("face")
+    expect(status).to_contain_text(re.compile(r"^Could not enroll bob: .*face"))
     expect(page.locator("#people li")).to_have_count(1)  # nobody was added
+
+    # What a photo with a real face gets (stubbed): a confirmation, and the list is reloaded.
+    enrolled = {"name": "bob", "added": 1, "already": 0, "new_person": True}
+    page.route(
+        "**/v1/faces/enroll",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(enrolled)
+        ),
+    )
+    page.get_by_role("button", name="Enroll", exact=True).click()
+    expect(status).to_have_text("Enrolled as bob (new person).")
+    expect(page.get_by_label("Name")).to_have_count(0)  # the form closed
+    expect(page.locator("#people-section")).to_have_attribute("aria-busy", "false")
 
 
 def test_sections_follow_what_the_service_serves(browser, toy_run: Path, tmp_path: Path) -> None:
     """A service with only a model and no token: the page shows classification alone and
     works without a token."""
     from playwright.sync_api import expect
-    from service_util import running_service
 
+    from service_util import running_service
     from vitrina.service import ServiceConfig
 
     config = ServiceConfig(model=str(toy_run), index=None, gallery=None, token=None,

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import make_dataset
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+
+from conftest import make_dataset
 from service_util import bearer, running_service
 
 WRITE = "schema-write-token"

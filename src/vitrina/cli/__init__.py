@@ -41,6 +41,7 @@ def _register() -> None:
         explain,
         faces,
         plot_embeddings,
+        serve,
         train_embedding,
     )
 
@@ -52,6 +53,7 @@ def _register() -> None:
         plot_embeddings,
         faces,
         explain,
+        serve,
     ):
         mod.register(app)
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, File, Form, Query, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -42,6 +42,12 @@ from vitrina.service.uploads import UploadLimitMiddleware
 __all__ = ["STATIC_DIR", "Service", "ServiceConfig", "create_app"]
 
 STATIC_DIR = Path(__file__).parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 _Image = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, GIF, BMP, TIFF).")]
 
@@ -90,9 +96,19 @@ class Service:
             metrics=self.metrics,
             limiter=self.limiter,
         )
-        self.classification = Classification(config.model, **batching) if config.model else None
-        self.search = Search(config.index, **batching) if config.index else None
-        self.faces = Faces(config.gallery, limiter=self.limiter) if config.gallery else None
+        self.classification: Classification | None = None
+        self.search: Search | None = None
+        self.faces: Faces | None = None
+        try:
+            if config.model:
+                self.classification = Classification(config.model, **batching)
+            if config.index:
+                self.search = Search(config.index, **batching)
+            if config.gallery:
+                self.faces = Faces(config.gallery, limiter=self.limiter)
+        except BaseException:
+            self.close()  # e.g. the index's thread, when the gallery is the bad one
+            raise
 
     def health(self) -> tuple[int, dict[str, Any]]:
         c = self.config
@@ -166,10 +182,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
     )
     async def classify(
         image: _Image, top_k: Annotated[int, Query(ge=1, le=1000)] = 3
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """The top classes of the photo (needs `--model`)."""
         part = _need(service.classification, "classification", "--model RUN")
-        return await part.classify(await _read(image), top_k)
+        return JSONResponse(await part.classify(await _read(image), top_k))
 
     @app.post(
         "/v1/search",
@@ -178,10 +194,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         responses=ERROR_RESPONSES,
         dependencies=read,
     )
-    async def search(image: _Image, k: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict[str, Any]:
+    async def search(image: _Image, k: Annotated[int, Query(ge=1, le=1000)] = 10) -> JSONResponse:
         """The `k` indexed photos most like this one (needs `--index`)."""
         part = _need(service.search, "search", "--index INDEX")
-        return await part.search(await _read(image), k)
+        return JSONResponse(await part.search(await _read(image), k))
 
     @app.get(
         "/v1/search/items/{id}/thumbnail",
@@ -252,7 +268,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
         index_html = STATIC_DIR / "index.html"
         if not index_html.is_file():
             raise ServiceError(404, "not_found", "the web page is not installed")
-        return FileResponse(index_html, media_type="text/html")
+        # The page loads nothing but the service's own files (checked by the browser test).
+        return FileResponse(index_html, media_type="text/html", headers=PAGE_HEADERS)
 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

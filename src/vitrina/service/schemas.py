@@ -115,9 +115,12 @@ def _err(description: str) -> dict[str, Any]:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _err("Not a readable image, or a bad name."),
     401: _err("Missing or wrong bearer token."),
     403: _err("The token may not do this."),
     404: _err("Not configured, or no such item."),
+    409: _err("The gallery refuses the change (e.g. a name differing only by case)."),
     413: _err("Upload over the size limit."),
-    422: _err("Invalid request."),
+    422: _err("Invalid request, or (enroll) no face in the photo."),
+    503: _err("A configured component (the gallery) became unavailable."),
 }

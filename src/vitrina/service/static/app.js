@@ -103,6 +103,11 @@
 
   const percent = (p) => `${(100 * p).toFixed(1)}%`;
 
+  // aria-busy on a section while its answer is on the way (screen readers wait for it).
+  function busy(sectionId, on) {
+    $(sectionId).setAttribute("aria-busy", on ? "true" : "false");
+  }
+
   // ------------------------------------------------------------------ health and sections
 
   async function loadHealth() {
@@ -223,6 +228,7 @@
   async function classify(file, generation) {
     setStatus("classify-status", "Classifying…");
     $("classes").replaceChildren();
+    busy("classify-section", true);
     try {
       const r = await api(`v1/classify?top_k=${TOP_K}`, { method: "POST", form: photoForm(file, file.name) });
       if (!current(generation)) return;
@@ -241,6 +247,8 @@
       $("classes").replaceChildren(...rows);
     } catch (err) {
       if (current(generation)) setStatus("classify-status", explain(err), "error");
+    } finally {
+      if (current(generation)) busy("classify-section", false);
     }
   }
 
@@ -249,6 +257,7 @@
   async function search(file, generation) {
     setStatus("search-status", "Searching…");
     $("hits").replaceChildren();
+    busy("search-section", true);
     try {
       const r = await api(`v1/search?k=${SEARCH_K}`, { method: "POST", form: photoForm(file, file.name) });
       if (!current(generation)) return;
@@ -272,6 +281,8 @@
       $("hits").replaceChildren(...items);
     } catch (err) {
       if (current(generation)) setStatus("search-status", explain(err), "error");
+    } finally {
+      if (current(generation)) busy("search-section", false);
     }
   }
 
@@ -298,6 +309,7 @@
   async function identify(file, generation) {
     setStatus("faces-status", "Looking for faces…");
     $("faces").replaceChildren();
+    busy("faces-section", true);
     try {
       const r = await api("v1/faces/identify", { method: "POST", form: photoForm(file, file.name) });
       if (!current(generation)) return;
@@ -312,6 +324,8 @@
       $("faces").replaceChildren(...r.faces.map((face, i) => faceItem(face, i)));
     } catch (err) {
       if (current(generation)) setStatus("faces-status", explain(err), "error");
+    } finally {
+      if (current(generation)) busy("faces-section", false);
     }
   }
 
@@ -429,6 +443,7 @@
 
   async function loadPeople() {
     setStatus("people-status", "Loading…");
+    busy("people-section", true);
     try {
       const r = await api("v1/faces/people");
       const items = r.people.map((p) =>
@@ -443,6 +458,8 @@
       setStatus("people-status", r.people.length ? `${r.people.length} enrolled` : "Nobody is enrolled yet.");
     } catch (err) {
       setStatus("people-status", explain(err), "error");
+    } finally {
+      busy("people-section", false);
     }
   }
 
