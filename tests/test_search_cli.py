@@ -117,3 +117,22 @@ def test_dedupe_groups_near_copies_and_moves_only_when_asked(
     assert len(moved) == 2
     left = sorted(p.name for p in photos.rglob("*") if p.is_file())
     assert len(left) == 3 and "green.png" in left and "blue.png" in left
+
+
+def test_search_explain_writes_why_each_result_matches(tmp_path: Path, toy_run: Path, capsys):
+    data = make_dataset(tmp_path / "photos", per_class=2)
+    ix = tmp_path / "photos.index"
+    assert run(capsys, "index", "build", data, "--model", toy_run, "--out", ix, *FAST)[0] == 0
+    q = make_image(tmp_path / "q" / "red-q.png", COLORS["red"], seed=7)
+    why = tmp_path / "why"
+    code, _, err = run(
+        capsys, "search", ix, q, "-k", "3", "--explain", why, "--explain-top", "2", *FAST
+    )
+    assert code == 0, err
+    pairs = sorted(p.name for p in (why / "red-q").iterdir())
+    assert len(pairs) == 2 and pairs[0].startswith("rank-01-") and pairs[1].startswith("rank-02-")
+    with Image.open(why / "red-q" / pairs[0]) as im:
+        assert im.width > im.height  # query and result side by side
+    # A second run keeps the first files and adds new ones.
+    assert run(capsys, "search", ix, q, "-k", "1", "--explain", why, *FAST)[0] == 0
+    assert len(list((why / "red-q").iterdir())) == 3

@@ -41,15 +41,6 @@ def _model(name: str):  # type: ignore[no-untyped-def]
     return model.eval(), origin
 
 
-def _free(path: Path) -> Path:
-    """``path``, or ``stem-1``, ``stem-2``... if taken: nothing is overwritten."""
-    n, p = 0, path
-    while p.exists():
-        n += 1
-        p = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return p
-
-
 @app.command("image", hidden=True)
 def image(
     model: str = typer.Argument(..., help="Run folder or zoo name."),
@@ -76,7 +67,7 @@ def image(
     from vitrina.errors import ImageReadError, VitrinaError
     from vitrina.explain import METHODS, explain_batch, overlay
     from vitrina.explain.attribution import method_spec
-    from vitrina.io import atomic_write_bytes, read_image
+    from vitrina.io import read_image, save_new_image, unique_path
     from vitrina.report.explain_page import ExplainRow, write_explain_page
 
     methods = METHODS.names() if method == ["all"] else list(dict.fromkeys(method))
@@ -86,7 +77,7 @@ def image(
     if not paths:
         raise VitrinaError("no photos given")
     net, origin = _model(model)
-    page = _free(out_dir / "index.html")
+    page = unique_path(out_dir / "index.html")
     overlays = out_dir / "overlays"
     rows: list[ExplainRow] = []
     with progress_bar("explaining", len(paths), unit="photos/s") as update:
@@ -103,12 +94,10 @@ def image(
             row = ExplainRow(str(path), "", first.top3, first.label)
             thumb = img.convert("RGB")
             thumb.thumbnail((1024, 1024))
-            orig = _free(overlays / f"{path.stem}.jpg")
-            _save(thumb, orig, atomic_write_bytes)
+            orig = save_new_image(thumb, overlays / f"{path.stem}.jpg")
             row.original = str(orig.relative_to(page.parent))
             for m, ex in res.items():
-                dest = _free(overlays / f"{path.stem}-{m}.jpg")
-                _save(overlay(thumb, _resize(ex.heatmap, thumb.size)), dest, atomic_write_bytes)
+                dest = save_new_image(overlay(thumb, ex.heatmap), overlays / f"{path.stem}-{m}.jpg")
                 row.overlays[m] = (str(dest.relative_to(page.parent)), ex.seconds)
             rows.append(row)
             update(k)
@@ -116,25 +105,6 @@ def image(
     done = sum(1 for r in rows if not r.error)
     out.print(f"{done} photos x {len(methods)} methods -> {escape(str(overlays))}/")
     out.print(f"open {escape(str(page))}")
-
-
-def _resize(heat, size):  # type: ignore[no-untyped-def]
-    import numpy as np
-    from PIL import Image
-
-    if heat.shape[::-1] == tuple(size):
-        return heat
-    im = Image.fromarray((np.clip(heat, 0, 1) * 255).astype("uint8")).resize(size, Image.BILINEAR)
-    return np.asarray(im, dtype="float32") / 255.0
-
-
-def _save(img, dest: Path, write) -> None:  # type: ignore[no-untyped-def]
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=88)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write(dest, buf.getvalue())
 
 
 @app.command("layers")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -52,16 +51,8 @@ def write_match_explanations(  # type: ignore[no-untyped-def]
     model, query, result, rank: int, out_dir, *, method: str = "gradcam"
 ) -> Path:
     """``out_dir/<query stem>/rank-<rank>-<result stem>.jpg``; never overwrites."""
-    from vitrina.io import atomic_write_bytes
+    from vitrina.io import save_new_image
 
-    folder = Path(out_dir) / Path(query).stem
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / f"rank-{rank:02d}-{Path(result).stem}.jpg"
-    n = 0
-    while dest.exists():
-        n += 1
-        dest = folder / f"rank-{rank:02d}-{Path(result).stem}-{n}.jpg"
-    buf = io.BytesIO()
-    match_figure(model, query, result, method=method).save(buf, format="JPEG", quality=90)
-    atomic_write_bytes(dest, buf.getvalue())
-    return dest
+    figure = match_figure(model, query, result, method=method)
+    name = f"rank-{rank:02d}-{Path(result).stem}.jpg"
+    return save_new_image(figure, Path(out_dir) / Path(query).stem / name)

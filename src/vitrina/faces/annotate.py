@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,17 +45,6 @@ def annotate(image: Image.Image, ids: Sequence[Identification]) -> Image.Image:
 
 def write_annotated(pf: PhotoFaces, ids: Sequence[Identification], out_dir: str | Path) -> Path:
     """``out_dir/<photo stem>.jpg`` (``-1``, ``-2``... when taken): never overwrites."""
-    from vitrina.io import atomic_write_bytes, read_image
+    from vitrina.io import read_image, save_new_image
 
-    img = annotate(read_image(pf.path), ids)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / f"{pf.path.stem}.jpg"
-    n = 0
-    while dest.exists():
-        n += 1
-        dest = folder / f"{pf.path.stem}-{n}.jpg"
-    atomic_write_bytes(dest, buf.getvalue())
-    return dest
+    return save_new_image(annotate(read_image(pf.path), ids), Path(out_dir) / f"{pf.path.stem}.jpg")

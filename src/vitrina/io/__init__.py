@@ -11,6 +11,7 @@ from vitrina.io.files import (
     cache_dir,
     place_file,
     remove_stale_temps,
+    save_new_image,
     unique_path,
 )
 from vitrina.io.images import (
@@ -37,5 +38,6 @@ __all__ = [
     "place_file",
     "read_image",
     "remove_stale_temps",
+    "save_new_image",
     "unique_path",
 ]

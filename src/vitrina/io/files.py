@@ -30,6 +30,7 @@ __all__ = [
     "cache_dir",
     "place_file",
     "remove_stale_temps",
+    "save_new_image",
     "unique_path",
 ]
 
@@ -97,6 +98,22 @@ def unique_path(path: str | os.PathLike[str]) -> Path:
         if not os.path.lexists(candidate):  # a dangling symlink still owns its name
             return candidate
     raise AssertionError("unreachable")  # _name_variants is infinite
+
+
+def save_new_image(image: Any, path: str | os.PathLike[str], *, quality: int = 90) -> Path:
+    """Encode a PIL image (format from the suffix: JPEG or PNG) and write it atomically at
+    :func:`unique_path` of ``path``: nothing existing is overwritten. Returns where it went."""
+    import io
+
+    dest = unique_path(path)
+    buf = io.BytesIO()
+    if dest.suffix.lower() in (".jpg", ".jpeg"):
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        image.save(buf, format="PNG")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest, buf.getvalue())
+    return dest
 
 
 def _name_variants(p: Path) -> Iterator[Path]:
