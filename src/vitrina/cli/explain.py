@@ -64,47 +64,35 @@ def image(
     """Heat maps of what made the model answer, one overlay PNG per photo and method, and
     `index.html` comparing the methods side by side with the model's top-3."""
     from vitrina.cli._common import photo_paths
-    from vitrina.errors import ImageReadError, VitrinaError
-    from vitrina.explain import METHODS, explain_batch, overlay
-    from vitrina.explain.attribution import method_spec
-    from vitrina.io import read_image, save_new_image, unique_path
-    from vitrina.report.explain_page import ExplainRow, write_explain_page
+    from vitrina.errors import VitrinaError
+    from vitrina.explain.folder import explain_photos
 
-    methods = METHODS.names() if method == ["all"] else list(dict.fromkeys(method))
-    for m in methods:
-        method_spec(m)  # unknown -> the valid names
     paths = photo_paths(images)
     if not paths:
         raise VitrinaError("no photos given")
     net, origin = _model(model)
-    page = unique_path(out_dir / "index.html")
-    overlays = out_dir / "overlays"
-    rows: list[ExplainRow] = []
     with progress_bar("explaining", len(paths), unit="photos/s") as update:
-        for k, path in enumerate(paths, 1):
-            try:
-                img = read_image(path)
-            except ImageReadError as e:  # recorded; the batch goes on
-                rows.append(ExplainRow(str(path), "", [], "", error=str(e)))
-                err.print(f"[yellow]skipped[/] {escape(str(e))}")
-                update(k)
-                continue
-            (res,) = explain_batch(net, [img], methods, target=target, layer=layer, seed=seed)
-            first = next(iter(res.values()))
-            row = ExplainRow(str(path), "", first.top3, first.label)
-            thumb = img.convert("RGB")
-            thumb.thumbnail((1024, 1024))
-            orig = save_new_image(thumb, overlays / f"{path.stem}.jpg")
-            row.original = str(orig.relative_to(page.parent))
-            for m, ex in res.items():
-                dest = save_new_image(overlay(thumb, ex.heatmap), overlays / f"{path.stem}-{m}.jpg")
-                row.overlays[m] = (str(dest.relative_to(page.parent)), ex.seconds)
-            rows.append(row)
-            update(k)
-    write_explain_page(rows, methods, page, title=f"explanations: {net.arch} ({origin})")
-    done = sum(1 for r in rows if not r.error)
-    out.print(f"{done} photos x {len(methods)} methods -> {escape(str(overlays))}/")
-    out.print(f"open {escape(str(page))}")
+
+        def on_photo(done: int, error: str | None) -> None:
+            if error:
+                err.print(f"[yellow]skipped[/] {escape(error)}")
+            update(done)
+
+        res = explain_photos(
+            net,
+            paths,
+            out_dir,
+            method,
+            target=target,
+            layer=layer,
+            seed=seed,
+            title=f"explanations: {net.arch} ({origin})",
+            on_photo=on_photo,
+        )
+    out.print(
+        f"{res.explained} photos x {len(res.methods)} methods -> {escape(str(res.overlays))}/"
+    )
+    out.print(f"open {escape(str(res.page))}")
 
 
 @app.command("layers")

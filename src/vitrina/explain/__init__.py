@@ -20,12 +20,15 @@ from vitrina.explain.attribution import (
     explain_similarity,
     overlay,
 )
+from vitrina.explain.folder import FolderExplanation, explain_photos
 
 __all__ = [
     "METHODS",
     "Explanation",
+    "FolderExplanation",
     "explain",
     "explain_batch",
+    "explain_photos",
     "explain_similarity",
     "overlay",
 ]
