@@ -187,3 +187,27 @@ def test_bad_inputs_are_one_line(gallery, photos, tmp_path, capsys):
     code, _, err = run_cli(capsys, "faces", "calibrate", str(gallery))
     assert code == 1
     one_line_error(err, "at least 3 people")
+
+
+def test_a_run_folder_can_be_the_embedder_and_is_remembered(photos, toy_run, tmp_path, capsys):
+    g = tmp_path / "g"
+    people = photos / "people"
+    code, _, err = run_cli(
+        capsys,
+        "faces",
+        "enroll",
+        str(g),
+        "eileen",
+        str(people / "eileen"),
+        "--embedder",
+        str(toy_run),
+    )
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "faces", "list", str(g), "--json")
+    assert "tutorial_cnn" in json.loads(out)["embedder"]
+    # Later commands use the stored embedder without being told.
+    code, out, err = run_cli(
+        capsys, "faces", "identify", str(g), str(photos / "new" / "astro.jpg"), "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)[0]["person"] == "eileen"
