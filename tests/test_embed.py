@@ -291,3 +291,12 @@ def test_cli_evaluate_retrieval(capsys, toy_run: Path, tmp_path: Path) -> None:
     assert mixed["mAP"] < 0.6 and mixed["n_queries"] == 9
     code, _, e = run_cli(capsys, "evaluate-retrieval", data, "--model", toy_run, "--out", out)
     assert code == 1 and "exists" in e
+
+
+def test_layer_shapes_leaves_the_model_mode_alone():
+    from vitrina.embed.layers import layer_shapes
+    from vitrina.models import create
+
+    model = create("tutorial_cnn").train()
+    layer_shapes(model)
+    assert all(m.training for m in model.modules())

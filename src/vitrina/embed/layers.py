@@ -183,9 +183,16 @@ def _dummy(model: VitrinaModel) -> torch.Tensor:
 def layer_shapes(model: VitrinaModel, layers: list[str] | None = None) -> dict[str, tuple]:
     """Output shape of each layer (module names up to depth 2 by default) for one input."""
     names = module_layers(model) if layers is None else list(layers)
-    fe = _extractor(model, tuple(names)).eval()
-    with torch.inference_mode():
-        outs = fe(_dummy(model))
+    fe = _extractor(model, tuple(names))
+    # The extractor shares the model's modules: put their train/eval flags back afterwards.
+    modes = {m: m.training for m in model.modules()}
+    try:
+        fe.eval()
+        with torch.inference_mode():
+            outs = fe(_dummy(model))
+    finally:
+        for m, training in modes.items():
+            m.training = training
     return {n: _shape(outs[n]) for n in names}
 
 
