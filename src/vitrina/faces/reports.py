@@ -1,0 +1,188 @@
+"""What the gallery answers: people, enrolment reports, identifications, calibration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from vitrina.faces.decision import DecisionRule, OpenSetFigures
+from vitrina.faces.types import Box
+
+__all__ = [
+    "CalibrationReport",
+    "EnrollReport",
+    "Forgotten",
+    "Identification",
+    "Person",
+    "Verification",
+]
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Person:
+    """One enrolled person: template count, the digests of the photos they came from, the
+    chips on disk, and the mean pairwise distance of the templates (None with one)."""
+
+    name: str
+    templates: int
+    photos: list[str] = field(default_factory=list)  # face keys: "<photo sha256>:<face index>"
+    chips: list[Path] = field(default_factory=list)
+    spread: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "templates": self.templates,
+            "photos": self.photos,
+            "chips": [str(c) for c in self.chips],
+            "spread": self.spread,
+        }
+
+
+@dataclass
+class EnrollReport:
+    name: str
+    added: list[str] = field(default_factory=list)  # photo paths
+    already: list[tuple[str, str]] = field(default_factory=list)  # (photo, enrolled as person)
+    no_face: list[str] = field(default_factory=list)
+    several_faces: list[tuple[str, int, int]] = field(default_factory=list)  # (photo, n, chosen)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason)
+    new_person: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "new_person": self.new_person,
+            "added": self.added,
+            "already": [{"photo": p, "person": n} for p, n in self.already],
+            "no_face": self.no_face,
+            "several_faces": [
+                {"photo": p, "faces": n, "chosen": i} for p, n, i in self.several_faces
+            ],
+            "unreadable": [{"photo": p, "error": e} for p, e in self.unreadable],
+        }
+
+
+@dataclass
+class Forgotten:
+    name: str
+    templates: int
+    chips: int
+
+
+@dataclass
+class Identification:
+    """The decision for one face. ``name`` is the person or ``"unknown"``; ``person`` and
+    ``distance`` are the nearest person whether named or not; ``threshold`` is the effective
+    threshold for that person; ``enrolled`` is True when ``identify(enroll_unknown=True)``
+    added this face as the new person ``name``."""
+
+    photo: str
+    face: int
+    box: Box | None
+    name: str
+    person: str | None
+    distance: float | None
+    runner_up: str | None
+    runner_up_distance: float | None
+    threshold: float
+    margin: float | None
+    reason: str
+    calibrated: bool
+    threshold_source: str
+    enrolled: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.name != UNKNOWN
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(float(v), 4)
+
+        return {
+            "photo": self.photo,
+            "face": self.face,
+            "box": self.box.to_dict() if self.box is not None else None,
+            "name": self.name,
+            "person": self.person,
+            "distance": r(self.distance),
+            "runner_up": self.runner_up,
+            "runner_up_distance": r(self.runner_up_distance),
+            "threshold": r(self.threshold),
+            "margin": r(self.margin),
+            "reason": self.reason,
+            "calibrated": self.calibrated,
+            "threshold_source": self.threshold_source,
+            "enrolled": self.enrolled,
+        }
+
+
+class Verification(NamedTuple):
+    same: bool
+    distance: float
+    threshold: float
+
+
+@dataclass
+class CalibrationReport:
+    """Pairwise verification figures at ``far`` plus the open-set simulation: the chosen rule,
+    the plain global threshold calibrated to the same FAR, and dlib's default 0.6."""
+
+    far: float
+    threshold: float  # pairwise verification threshold at far (also the rule's cap)
+    tar: float
+    eer: float
+    n_genuine: int
+    n_impostor: int
+    n_people: int
+    n_faces: int
+    source: str  # "labelled" or "gallery"
+    date: str
+    rule: DecisionRule
+    openset: OpenSetFigures
+    plain: OpenSetFigures
+    default: OpenSetFigures
+    verification: Any = None  # the VerificationReport (ROC), not stored in gallery.json
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "far": self.far,
+            "threshold": self.threshold,
+            "tar": self.tar,
+            "eer": self.eer,
+            "n_genuine": self.n_genuine,
+            "n_impostor": self.n_impostor,
+            "n_people": self.n_people,
+            "n_faces": self.n_faces,
+            "source": self.source,
+            "date": self.date,
+            "rule": self.rule.to_dict(),
+            "openset": self.openset.to_dict(),
+            "plain": self.plain.to_dict(),
+            "default": self.default.to_dict(),
+        }
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one figure per line."""
+
+        def fig(label: str, f: OpenSetFigures) -> str:
+            return (
+                f"{label:<28} unknowns accepted {f.far:7.2%}   known named {f.named:7.2%}   "
+                f"misnamed {f.misnamed:6.2%}   ({f.rule.describe()})"
+            )
+
+        return [
+            f"calibrated on {self.n_faces} faces of {self.n_people} people ({self.source}), "
+            f"{self.n_genuine} genuine / {self.n_impostor} impostor pairs",
+            f"verification: threshold {self.threshold:.4f} at FAR {self.far:g}: "
+            f"TAR {self.tar:.2%}, EER {self.eer:.2%}",
+            f"open-set simulation (leave one identity out, {self.openset.n_unknown} unknown / "
+            f"{self.openset.n_known} known probe trials):",
+            fig("  chosen rule", self.openset),
+            fig("  plain threshold, same FAR", self.plain),
+            fig("  dlib default 0.6", self.default),
+        ]
