@@ -76,3 +76,14 @@ def photo_paths(items: Any, recursive: bool = True) -> list[Any]:
         else:
             raise DataError(f"{p}: no such photo or folder")
     return found
+
+
+def refuse_existing(*paths: Any) -> None:
+    """One-line error if any output file already exists: nothing is ever overwritten."""
+    from pathlib import Path
+
+    from vitrina.errors import VitrinaError
+
+    for p in map(Path, paths):
+        if p.exists():
+            raise VitrinaError(f"{p}: file exists; choose another --out (nothing was written)")

@@ -8,7 +8,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
+from vitrina.cli._common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    err,
+    out,
+    print_json,
+    progress_bar,
+    refuse_existing,
+)
 
 
 def collect_images(inputs: list[Path], recursive: bool) -> list[Path]:
@@ -71,9 +79,7 @@ def embed(
         raise VitrinaError("--out is required (vectors.npy or vectors.parquet)")
     from vitrina.embed.output import output_files, write_vectors
 
-    for f in output_files(out_path):  # refuse before spending minutes on the model
-        if f.exists():
-            raise VitrinaError(f"{f}: file exists; choose another --out (nothing was written)")
+    refuse_existing(*output_files(out_path))  # before spending minutes on the model
     paths = collect_images(list(inputs), recursive)
     if not paths:
         hint = "" if recursive else " (--recursive descends into sub-folders)"

@@ -9,7 +9,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
+from vitrina.cli._common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    err,
+    out,
+    print_json,
+    progress_bar,
+    refuse_existing,
+)
 
 RANKS = (1, 5, 10)
 
@@ -50,14 +58,11 @@ def evaluate_reid(
     """
     from vitrina.embed.reid import evaluate_reid as run
     from vitrina.embed.reid import reid_contact_sheet
-    from vitrina.errors import VitrinaError
 
     files: list[Path] = []
     if out_dir is not None:
         files = [out_dir / "report.json", out_dir / "cmc.png", out_dir / "ranked.png"]
-        for f in files:
-            if f.exists():
-                raise VitrinaError(f"{f}: file exists; choose another --out (nothing was written)")
+        refuse_existing(*files)
     with progress_bar("embedding", None, enabled=not as_json) as update:
         ev = run(
             data_dir,

@@ -9,7 +9,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
+from vitrina.cli._common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    err,
+    out,
+    print_json,
+    progress_bar,
+    refuse_existing,
+)
 
 KS = (1, 5, 10)
 
@@ -45,14 +53,11 @@ def evaluate_retrieval(
     from vitrina.embed import EmbeddingSpec
     from vitrina.embed.evaluate import evaluate_retrieval as run
     from vitrina.embed.evaluate import plot_retrieval
-    from vitrina.errors import VitrinaError
 
     files = []
     if out_dir is not None:
         files = [out_dir / "report.json", out_dir / "retrieval.png"]
-        for f in files:
-            if f.exists():
-                raise VitrinaError(f"{f}: file exists; choose another --out (nothing was written)")
+        refuse_existing(*files)
     spec = EmbeddingSpec(model, tuple(layer or ()), pool=pool, normalize=normalize)
     with progress_bar("embedding", None, enabled=not as_json) as update:
         rep = run(

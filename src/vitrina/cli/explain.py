@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from vitrina.cli._common import err, out, progress_bar
+from vitrina.cli._common import err, out, progress_bar, refuse_existing
 
 
 class _ImageByDefault(TyperGroup):
@@ -107,12 +107,9 @@ def layers(
 ) -> None:
     """First-layer filters as a grid, and the strongest feature maps of layers from early
     (edges, colours) to late (parts of objects) for one photo."""
-    from vitrina.errors import VitrinaError
     from vitrina.explain.layers import write_layer_views
 
-    for name in ("filters.png", "feature_maps.png"):
-        if (out_dir / name).exists():
-            raise VitrinaError(f"{out_dir / name}: file exists; choose another --out")
+    refuse_existing(out_dir / "filters.png", out_dir / "feature_maps.png")
     net, _ = _model(model)
     files = write_layer_views(net, photo, out_dir, layers=layer or None, top=top)
     out.print("wrote " + ", ".join(escape(str(p)) for p in files.values()))
@@ -137,7 +134,6 @@ def neuron(
 ) -> None:
     """Synthesise an image that excites a channel (or a class), with jitter, scale and
     rotation robustness and a decorrelated Fourier parameterisation (Olah et al., 2017)."""
-    from vitrina.errors import VitrinaError
     from vitrina.explain.featureviz import visualize
     from vitrina.explain.layers import save_png
 
@@ -147,8 +143,7 @@ def neuron(
 
         out.print("\n".join(layer_names(net)))
         return
-    if out_path.exists():
-        raise VitrinaError(f"{out_path}: file exists; choose another --out")
+    refuse_existing(out_path)
     class_index = None
     if class_name is not None:
         from vitrina.explain.targets import resolve_target
@@ -191,12 +186,10 @@ def dream(
     out_path: Path = typer.Option(Path("dream.png"), "--out", "-o", help="PNG to write."),
 ) -> None:
     """DeepDream: amplify what a layer sees in a photo, over octaves (seeded)."""
-    from vitrina.errors import VitrinaError
     from vitrina.explain.featureviz import dream as run
     from vitrina.explain.layers import save_png
 
-    if out_path.exists():
-        raise VitrinaError(f"{out_path}: file exists; choose another --out")
+    refuse_existing(out_path)
     net, _ = _model(model)
     total = octaves * steps
     with progress_bar("dreaming", total, unit=None) as update:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, progress_bar
+from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, progress_bar, refuse_existing
 
 
 def _starting_point(run: str) -> str | None:
@@ -62,8 +62,7 @@ def plot_embeddings(
 
     if method not in METHODS:
         raise VitrinaError(f"unknown --method {method!r}{suggest(method, list(METHODS))}")
-    if out_path.exists():
-        raise VitrinaError(f"{out_path}: file exists; choose another --out (nothing was written)")
+    refuse_existing(out_path)
     ids = scan_identities(data_dir)
     if ids.layout == "market1501":
         items = [(im.path, im.pid) for im in ids.query + ids.gallery if im.pid > 0]

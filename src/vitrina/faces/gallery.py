@@ -245,12 +245,7 @@ class Gallery:
 
         ``pipeline``: the :class:`~vitrina.faces.pipeline.FacePipeline` settings that photos
         given by path go through (see :meth:`pipeline`); ``None``: the defaults."""
-        p = Path(path)
-        if p.exists() and not p.is_dir():
-            raise GalleryError(f"{p}: exists and is not a folder; choose another gallery path")
-        p.mkdir(parents=True, exist_ok=True)
-        with _flock(p / LOCK_NAME, exclusive=True):
-            cls._create_locked(p, dim, fingerprint, embedder_label, pipeline)
+        p = cls._make(path, dim, fingerprint, embedder_label, pipeline, reuse=False)
         return cls(p)
 
     @classmethod
@@ -265,16 +260,31 @@ class Gallery:
     ) -> Gallery:
         """Open the gallery at ``path`` (checking it was made with the same embedder), or
         create it there; safe when several processes do this at once."""
+        p = cls._make(path, dim, fingerprint, embedder_label, pipeline, reuse=True)
+        g = cls(p)
+        g._check_embedder(fingerprint, dim)
+        return g
+
+    @classmethod
+    def _make(
+        cls,
+        path: str | os.PathLike[str],
+        dim: int,
+        fingerprint: str | None,
+        label: str | None,
+        pipeline: Mapping[str, Any] | None,
+        *,
+        reuse: bool,
+    ) -> Path:
+        """Create the gallery folder under the lock; ``reuse``: an existing gallery is kept."""
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise GalleryError(f"{p}: exists and is not a folder; choose another gallery path")
         p.mkdir(parents=True, exist_ok=True)
         with _flock(p / LOCK_NAME, exclusive=True):
-            if not (p / META_NAME).exists():
-                cls._create_locked(p, dim, fingerprint, embedder_label, pipeline)
-        g = cls(p)
-        g._check_embedder(fingerprint, dim)
-        return g
+            if not (reuse and (p / META_NAME).exists()):
+                cls._create_locked(p, dim, fingerprint, label, pipeline)
+        return p
 
     @staticmethod
     def _create_locked(
