@@ -38,12 +38,12 @@ import torch
 from _common import data_dir, link_subset, machine
 
 import vitrina
+from vitrina.classify.sort import sort_folder
 from vitrina.data import eval_transform, scan_folder
 from vitrina.engine import BACKENDS, available_cores, bf16_supported
 from vitrina.engine.onnx import export_onnx
 from vitrina.io import read_image
 from vitrina.optimize import optimize_run
-from vitrina.sort import sort_folder
 
 TARGET_EAGER, TARGET_ORT, TARGET_AGREE = 3.0, 1.5, 0.99
 

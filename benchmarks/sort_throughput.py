@@ -26,9 +26,9 @@ from _common import data_dir, link_subset, machine
 from PIL import Image
 
 import vitrina
+from vitrina.classify.sort import sort_folder
 from vitrina.data import scan_folder
 from vitrina.data.transforms import plain_eval_transform
-from vitrina.sort import sort_folder
 
 
 def naive_sort(paths: list[Path], model, classes: list[str], out: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import COLORS, make_dataset, make_image
-from vitrina.classifier import load
+from vitrina.classify.classifier import load
 from vitrina.engine import BACKENDS, TOLERANCES, Engine, bf16_supported, compare_outputs
 from vitrina.errors import UnknownNameError, VitrinaError
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_bomb_png, make_image
-from vitrina.classifier import load
+from vitrina.classify.classifier import load
+from vitrina.classify.sort import sort_folder
 from vitrina.errors import DataError, DiskFullError
-from vitrina.sort import sort_folder
 
 
 def files(root: Path) -> list[str]:
@@ -147,7 +147,7 @@ def test_class_names_that_escape_are_refused(toy_run: Path, photos: Path, tmp_pa
 
 
 def test_full_disk_stops_cleanly(toy_run: Path, photos: Path, tmp_path: Path, monkeypatch) -> None:
-    import vitrina.sort as sort_mod
+    import vitrina.classify.sort as sort_mod
 
     real = sort_mod.place_file
     calls = {"n": 0}

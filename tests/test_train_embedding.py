@@ -12,9 +12,10 @@ from PIL import Image
 
 from conftest import one_line_error, run_cli
 from vitrina.errors import VitrinaError
+from vitrina.evaluate.retrieval import loo_retrieval
 from vitrina.models.embedding import EmbeddingModel
 from vitrina.runs import load_model, read_run
-from vitrina.training.embedding import EmbeddingConfig, loo_retrieval, train_embedding
+from vitrina.training.embedding import EmbeddingConfig, train_embedding
 
 
 def make_identities(root: Path, n_ids: int = 6, per_id: int = 6, seed: int = 0) -> Path:

@@ -15,9 +15,12 @@ from torch import nn
 from conftest import one_line_error
 from conftest import run_cli as run
 from vitrina.errors import UnknownNameError, VitrinaError
-from vitrina.models import CLASSIC, create, describe, list_models, measure, plot_zoo, zoo
+from vitrina.models import create, list_models
 from vitrina.models.registry import ALIASES, resolve_name
 from vitrina.models.weights import pretrained_available_offline
+from vitrina.zoo import CLASSIC, describe, measure, plot_zoo
+from vitrina.zoo import catalogue as zoo
+from vitrina.zoo import measurements as zoo_measure
 
 #: Over 20M parameters: 1-3 s each to build, train a step and reload on two cores, so their
 #: forward/backward contract runs with `make test-all`; their figures are checked always.
@@ -310,8 +313,8 @@ def test_measure_and_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     t = measure("lenet5", ("eager",), **kw)["eager"]
     assert t.latency_ms > 0 and t.throughput > 0
     assert t.latency_runs >= 1 and t.throughput_runs >= 1 and t.threads == 1
-    assert zoo.is_measured("lenet5", ("eager",), threads=1, throughput_batch=8)
-    assert not zoo.is_measured("lenet5", ("eager",), threads=1, throughput_batch=9)
+    assert zoo_measure.is_measured("lenet5", ("eager",), threads=1, throughput_batch=8)
+    assert not zoo_measure.is_measured("lenet5", ("eager",), threads=1, throughput_batch=9)
 
     from vitrina.engine import BACKENDS
 
@@ -323,7 +326,7 @@ def test_measure_and_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     assert measure("lenet5", ("eager",), **kw)["eager"] == t
     with pytest.raises(VitrinaError, match="must not"):
         measure("lenet5", ("eager",), refresh=True, **kw)
-    cached = json.loads(zoo._measure_path().read_text())
+    cached = json.loads(zoo_measure._measure_path().read_text())
     assert cached["machine"]["cores"] >= 1
     assert any(k.startswith("vitrina/lenet5|eager|batch8|threads1") for k in cached["cells"])
 

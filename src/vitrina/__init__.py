@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from vitrina._version import __version__
 
 __all__ = [
     "Classifier",
@@ -33,13 +33,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Classifier": "vitrina.classifier",
+    "Classifier": "vitrina.classify.classifier",
     "Embedder": "vitrina.embed",
     "EmbeddingSpec": "vitrina.embed",
-    "load": "vitrina.classifier",
-    "create": "vitrina.models",
+    "load": "vitrina.classify.classifier",
+    "create": "vitrina.runs",  # models.create, with run folders as weights
     "list_models": "vitrina.models",
-    "sort_folder": "vitrina.sort",
+    "sort_folder": "vitrina.classify.sort",
     "VitrinaError": "vitrina.errors",
     "Index": "vitrina.search.index",
 }
@@ -63,9 +63,9 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from vitrina.classifier import Classifier, load
+    from vitrina.classify.classifier import Classifier, load
+    from vitrina.classify.sort import sort_folder
     from vitrina.embed import Embedder, EmbeddingSpec
     from vitrina.errors import VitrinaError
     from vitrina.models import create, list_models
     from vitrina.search.index import Index
-    from vitrina.sort import sort_folder

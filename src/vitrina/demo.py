@@ -101,7 +101,7 @@ def run_demo(
 ) -> DemoResult:
     import time
 
-    from vitrina.sort import sort_folder
+    from vitrina.classify.sort import sort_folder
     from vitrina.training import TrainConfig, train_classifier
 
     t0 = time.perf_counter()

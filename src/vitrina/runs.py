@@ -22,12 +22,13 @@ from safetensors.torch import save as st_save
 
 from vitrina.errors import RunFolderError
 from vitrina.io import atomic_write_bytes, atomic_write_text
-from vitrina.models import Preprocess, VitrinaModel, create
+from vitrina.models import WEIGHT_SOURCES, Preprocess, VitrinaModel, create
 
 __all__ = [
     "RUN_FORMAT",
     "RunInfo",
     "build_model",
+    "create",
     "is_run_dir",
     "load_model",
     "read_run",
@@ -44,7 +45,7 @@ def versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    from vitrina import __version__
+    from vitrina._version import __version__
 
     return {
         "vitrina": __version__,
@@ -210,3 +211,8 @@ def load_model(run_dir: str | Path, *, verify: bool = True) -> VitrinaModel:
     model.weights_origin = f"run:{run_dir.resolve()}"
     model.eval()
     return model
+
+
+# ``create(arch, weights=RUN_DIR)`` loads through this module: models sits below the run
+# folder and never imports it (see vitrina.models.registry.WEIGHT_SOURCES).
+WEIGHT_SOURCES.register("run")(load_model)

@@ -62,7 +62,7 @@ def dedupe(
     if csv_out:
         write_csv(report, csv_out)
     if sheet:
-        from vitrina.search.sheets import SheetRow, Tile, write_contact_sheet
+        from vitrina.report.sheets import SheetRow, Tile, write_contact_sheet
 
         rows = [
             SheetRow(

@@ -24,7 +24,7 @@ def evaluate(
 
     Example: vitrina evaluate runs/shop DATA/test
     """
-    from vitrina.classifier import load
+    from vitrina.classify.classifier import load
 
     clf = load(run_dir)
     with progress_bar("evaluating", None, enabled=not as_json) as update:

@@ -29,7 +29,7 @@ def export(
 
     Example: vitrina export runs/pets --out pets.onnx
     """
-    from vitrina.export import export_model
+    from vitrina.classify.export import export_model
 
     report = export_model(model, out_file, fmt=fmt, images=images, atol=atol)
     if as_json:

@@ -24,7 +24,7 @@ def predict(
 
     Example: vitrina predict runs/shop photo1.jpg photo2.jpg --top-k 3
     """
-    from vitrina.classifier import load
+    from vitrina.classify.classifier import load
 
     clf = load(model)
     preds = clf.predict(images, top_k=top_k, backend=backend, device=device)

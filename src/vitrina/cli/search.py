@@ -103,7 +103,7 @@ def search(
                 f"[dim]{idx.kind} index: measured recall@10 {rec:.3f} against exact search[/]"
             )
     if sheet or html_out:
-        from vitrina.search.sheets import SheetRow, Tile, write_contact_sheet, write_html
+        from vitrina.report.sheets import SheetRow, Tile, write_contact_sheet, write_html
 
         dist = "d" if idx.metric == "cosine" else "L2"
         rows = [

@@ -47,7 +47,7 @@ def sort(
 
     Example: vitrina sort new_photos/ --model runs/shop --out sorted/ --min-confidence 0.7
     """
-    from vitrina.sort import sort_folder
+    from vitrina.classify.sort import sort_folder
 
     chosen = [m for m, on in (("copy", copy), ("move", move), ("link", link)) if on]
     if len(chosen) > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
@@ -14,7 +15,7 @@ from rich.markup import escape
 from vitrina.cli._common import err, out, print_json, progress_bar
 from vitrina.errors import VitrinaError
 
-SORT_KEYS = ("size", "params", "gflops", "top1", "year", "name")
+SORT_KEYS = ("size", "params", "gflops", "top1", "year", "name")  # vitrina.zoo.SORT_KEYS
 PLOT_Y = ("top1", "throughput")
 
 
@@ -83,59 +84,51 @@ def zoo(
     Other examples: vitrina zoo '*mobilenet*' --family MobileNetV3;
     vitrina zoo --max-mb 30 --measure --backends eager --plot zoo.png
     """
-    from vitrina.models import list_models
-    from vitrina.models import zoo as Z
-    from vitrina.models.registry import resolve_name
+    from vitrina import zoo as Z
 
     if sum((as_csv, as_json, as_markdown)) > 1:
         raise VitrinaError("choose one of --csv, --json, --markdown")
-    if max_mb is not None and max_mb <= 0:
-        raise VitrinaError(f"--max-mb must be positive, got {max_mb:g}")
-    if limit < 1:
-        raise VitrinaError(f"--limit must be at least 1, got {limit}")
-    if sort not in SORT_KEYS:
-        raise VitrinaError(f"unknown --sort {sort!r} (choose {', '.join(SORT_KEYS)})")
     if plot_y is not None and plot_y not in PLOT_Y:
         raise VitrinaError(f"unknown --plot-y {plot_y!r} (choose {', '.join(PLOT_Y)})")
     if plot_y == "throughput" and not do_measure:
         raise VitrinaError("--plot-y throughput needs --measure")
-    wanted_family = _family(family, Z.family_names()) if family else None
     chosen = _backends(backends) if do_measure else []
+    if "bf16" in chosen:
+        _note_bf16()
 
-    # names: cheap filters first (name, family, weights on disk), describing is the cost
-    if pattern is None:
-        names = list(Z.CLASSIC)
-    elif not any(c in pattern for c in "*?["):
-        resolve_name(pattern)  # unknown: one line with suggestions
-        names = [pattern]
-    else:
-        names = list_models(pattern)
-    if wanted_family is not None:
-        names = [n for n in names if _family_name(Z, n) == wanted_family]
-    if pretrained_only:
-        from vitrina.models.weights import pretrained_available_offline
+    bars: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
 
-        names = [n for n in names if pretrained_available_offline(*resolve_name(n))]
-    if len(names) > limit:
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                label = "describing" if stage == "describe" else "measuring"
+                bars[stage] = stack.enter_context(progress_bar(label, total, unit=None))
+            bars[stage](done)
+
+        found = Z.find(
+            pattern,
+            family=family,
+            max_mb=max_mb,
+            pretrained_only=pretrained_only,
+            limit=limit,
+            sort=sort,
+            measure=chosen,
+            threads=threads,
+            refresh=refresh,
+            on_progress=progress,
+        )
+    if found.truncated:
         err.print(
-            f"{len(names)} models match; describing the first {limit} "
+            f"{found.matched} models match; describing the first {found.limit} "
             f"(narrow PATTERN or raise --limit)"
         )
-        names = names[:limit]
-
-    entries, skipped = _describe(Z, names, refresh)
-    if max_mb is not None:
-        entries = [e for e in entries if e.size_mb_fp32 <= max_mb]
+    entries, skipped = found.entries, found.skipped
     if skipped:
         err.print(
             f"skipped {len(skipped)} that cannot be described: "
             + escape("; ".join(f"{n} ({why})" for n, why in skipped[:3]))
             + (" ..." if len(skipped) > 3 else "")
         )
-    if chosen and entries:
-        _measure(Z, entries, chosen, threads, refresh)
-    entries.sort(key=_sort_key(sort))
-
     if not entries:
         err.print("no model matches" + _criteria(pattern, max_mb, family, pretrained_only))
     if as_json:
@@ -154,18 +147,6 @@ def zoo(
 
 
 # ---------------------------------------------------------------------------- helpers
-def _family(name: str, valid: list[str]) -> str:
-    for v in valid:
-        if v.lower() == name.strip().lower():
-            return v
-    raise VitrinaError(f"unknown family {name!r} (valid: {', '.join(valid)})")
-
-
-def _family_name(Z: Any, name: str) -> str:
-    fam = Z.family_of(name)
-    return fam.name if fam else Z.OTHER
-
-
 def _backends(spec: str) -> list[str]:
     import torch
 
@@ -178,51 +159,16 @@ def _backends(spec: str) -> list[str]:
     return list(dict.fromkeys(resolve_backend(b, cpu) for b in names))
 
 
-def _describe(Z: Any, names: list[str], refresh: bool) -> tuple[list[Any], list[tuple[str, str]]]:
-    todo = sum(1 for n in names if refresh or not Z.is_described(n))
-    entries: list[Any] = []
-    skipped: list[tuple[str, str]] = []
-    with progress_bar("describing", len(names), enabled=todo > 0, unit=None) as update:
-        for i, name in enumerate(names, 1):
-            try:
-                entries.append(Z.describe(name, refresh=refresh))
-            except VitrinaError as e:
-                skipped.append((name, str(e).removeprefix(f"{name}: ")))
-            update(i)
-    return entries, skipped
+def _note_bf16() -> None:
+    import torch
 
+    from vitrina.engine import bf16_supported
 
-def _measure(Z: Any, entries: list[Any], backends: list[str], threads: int | None, refresh: bool):
-    if "bf16" in backends:
-        import torch
-
-        from vitrina.engine import bf16_supported
-
-        if not bf16_supported(torch.device("cpu")):
-            err.print(
-                "note: this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 is "
-                "emulated and many times slower than fp32 here"
-            )
-    todo = [e for e in entries if refresh or not Z.is_measured(e.name, backends, threads=threads)]
-    cells = len(entries) * len(backends)
-    with progress_bar("measuring", cells, enabled=bool(todo), unit=None) as update:
-        done = 0
-        for e in entries:
-            for b in backends:
-                e.timings.update(Z.measure(e.name, (b,), threads=threads, refresh=refresh))
-                done += 1
-                update(done)
-
-
-def _sort_key(key: str):
-    if key == "name":
-        return lambda e: e.name
-    if key == "top1":  # best first, unknown last
-        return lambda e: (e.top1 is None, -(e.top1 or 0.0), e.size_mb_fp32)
-    if key == "year":
-        return lambda e: (e.year is None, e.year or 0, e.name)
-    attr = {"size": "size_mb_fp32", "params": "params", "gflops": "gflops"}[key]
-    return lambda e: (getattr(e, attr), e.name)
+    if not bf16_supported(torch.device("cpu")):
+        err.print(
+            "note: this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 is "
+            "emulated and many times slower than fp32 here"
+        )
 
 
 def _criteria(pattern: str | None, max_mb: float | None, family: str | None, pre: bool) -> str:

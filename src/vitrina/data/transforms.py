@@ -1,17 +1,38 @@
-"""Transforms derived from a model's :class:`~vitrina.models.preprocess.Preprocess` record."""
+"""Transforms derived from a model's preprocessing record.
+
+Any object with the fields of :class:`InputSpec` works; models describe theirs with
+:class:`vitrina.models.Preprocess` (``data`` sits below ``models`` and never imports it).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from vitrina.models.preprocess import Preprocess
-
 AUGMENTS = ("none", "light", "standard")
+
+
+class InputSpec(Protocol):
+    """How a model wants its input (the fields of :class:`vitrina.models.Preprocess`)."""
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+    @property
+    def channels(self) -> int: ...
+    @property
+    def mean(self) -> tuple[float, ...]: ...
+    @property
+    def std(self) -> tuple[float, ...]: ...
+    @property
+    def crop_pct(self) -> float: ...
+    @property
+    def interpolation(self) -> str: ...
+
 
 _INTERP = {
     "bilinear": T.InterpolationMode.BILINEAR,
@@ -72,11 +93,11 @@ class ResizeCenterCrop(torch.nn.Module):
         return img.resize((self.w, self.h), self.resample, box=box)
 
 
-def _to_tensor(pre: Preprocess) -> list[T.Transform]:
+def _to_tensor(pre: InputSpec) -> list[T.Transform]:
     return [ToNormalizedTensor(pre.mean, pre.std)]
 
 
-def plain_eval_transform(pre: Preprocess) -> T.Compose:
+def plain_eval_transform(pre: InputSpec) -> T.Compose:
     """The torchvision reference of :func:`eval_transform` (kept for tests and benchmarks)."""
     h, w = pre.input_size
     short = math.floor(min(h, w) / pre.crop_pct)
@@ -94,7 +115,7 @@ def plain_eval_transform(pre: Preprocess) -> T.Compose:
     return T.Compose(steps)
 
 
-def eval_transform(pre: Preprocess) -> T.Compose:
+def eval_transform(pre: InputSpec) -> T.Compose:
     """PIL image -> normalized float tensor (C, H, W), deterministic.
 
     As timm and torchvision do: resize the short side to ``size / crop_pct``, then
@@ -106,7 +127,7 @@ def eval_transform(pre: Preprocess) -> T.Compose:
     return T.Compose([ResizeCenterCrop((h, w), short, pre.interpolation), *_to_tensor(pre)])
 
 
-def train_transform(pre: Preprocess, augment: str = "light") -> T.Compose:
+def train_transform(pre: InputSpec, augment: str = "light") -> T.Compose:
     """Training transform. ``none`` equals :func:`eval_transform`.
 
     ``light``: random resized crop (scale 0.6-1) and horizontal flip (off for 1-channel
@@ -132,7 +153,7 @@ def train_transform(pre: Preprocess, augment: str = "light") -> T.Compose:
     return T.Compose([*steps, *_to_tensor(pre)])
 
 
-def reid_train_transform(pre: Preprocess, augment: str = "reid") -> T.Compose:
+def reid_train_transform(pre: InputSpec, augment: str = "reid") -> T.Compose:
     """Training transform for identity crops (people, faces, products).
 
     ``reid`` is the person re-identification recipe (Luo et al., "Bag of Tricks", 2019):

@@ -69,7 +69,7 @@ def embedding_panels(
 ) -> tuple[list[EmbeddingPanel], list[tuple[Path, str]]]:
     """One panel per ``(title, EmbeddingSpec or model name)``; unreadable images skipped."""
     from vitrina.embed.core import Embedder
-    from vitrina.training.embedding import loo_retrieval
+    from vitrina.evaluate.retrieval import loo_retrieval
 
     label_of = dict(zip((Path(p) for p in paths), labels, strict=True))
     panels, errors = [], []

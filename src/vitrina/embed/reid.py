@@ -124,7 +124,7 @@ def reid_contact_sheet(
 ) -> Path:
     """Queries (a seeded sample of ``rows``) and their top-10, right answers framed green,
     wrong ones red; the worst-ranked queries first, where the model needs looking at."""
-    from vitrina.search.sheets import SheetRow, Tile, write_contact_sheet
+    from vitrina.report.sheets import SheetRow, Tile, write_contact_sheet
 
     rep = ev.report
     scored = np.flatnonzero(~np.isnan(rep.ap))

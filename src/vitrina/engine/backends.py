@@ -28,6 +28,7 @@ __all__ = [
     "bf16_supported",
     "compare_outputs",
     "int8_vnni",
+    "onnx_available",
     "resolve_backend",
 ]
 
@@ -205,6 +206,13 @@ def int8_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
 
 
+def onnx_available() -> bool:
+    """Whether the ONNX backends can run here (``onnx`` and ``onnxruntime`` installed)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
 def bf16_supported(device: torch.device) -> bool:
     """True where bf16 matrix hardware makes autocast fast (not merely possible)."""
     if device.type == "cuda":
@@ -224,8 +232,6 @@ def resolve_backend(name: str, device: torch.device) -> str:
     if name == "auto":
         if bf16_supported(device):
             return "bf16"
-        from vitrina.engine.onnx import onnx_available
-
         return "onnx" if device.type == "cpu" and onnx_available() else "eager"
     BACKENDS.get(name)  # raises with suggestions
     return name

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitrina.engine.backends import BACKENDS, Backend
+from vitrina.engine.backends import BACKENDS, Backend, onnx_available
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
 
@@ -35,12 +35,6 @@ __all__ = [
 ]
 
 ONNX_ATOL = 1e-3  # fp32 graph vs fp32 eager: only summation order differs
-
-
-def onnx_available() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
 def cache_dir() -> Path:

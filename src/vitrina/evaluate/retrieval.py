@@ -27,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "RetrievalReport",
+    "loo_retrieval",
     "pairwise_scores",
     "relevance",
     "retrieval_metrics",
@@ -211,3 +212,16 @@ def retrieval_report(
         exclude=mask,
         metric=metric,
     )
+
+
+def loo_retrieval(x: np.ndarray, y: np.ndarray, metric: str = "cosine") -> dict[str, float]:
+    """Every image queries all the others (itself excluded): mAP and rank-1."""
+    scores = pairwise_scores(x, x, metric)
+    rep = retrieval_metrics(
+        scores,
+        relevance(y, y),
+        higher_is_better=metric == "cosine",
+        ks=(1, 5),
+        exclude=np.eye(len(y), dtype=bool),
+    )
+    return {"val_mAP": rep.mAP, "val_rank1": rep.cmc[1], "val_rank5": rep.cmc[5]}

@@ -2,7 +2,7 @@
 
 A photo goes into the folder of every known person in it (two people: both folders), and into
 ``unknown/`` as well when someone in it is not in the gallery, so they can be reviewed and
-enrolled. The same safety as :func:`vitrina.sort.sort_folder`: copies (or moves: copy, sync,
+enrolled. The same safety as :func:`vitrina.classify.sort_folder`: copies (or moves: copy, sync,
 verify, then delete — a photo with several destinations is copied to all but the last and
 moved to the last) under names that never overwrite, journalled in ``manifest.csv`` as it
 happens; running the same command again finishes an interrupted job without duplicates.

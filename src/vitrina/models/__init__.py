@@ -2,38 +2,52 @@
 
 >>> from vitrina.models import create
 >>> model = create("efficientnet_lite0", weights="imagenet", num_classes=5)  # doctest: +SKIP
->>> describe("resnext50").params  # the zoo (vitrina.models.zoo)  # doctest: +SKIP
-25028904
 
 Importing this package builds nothing and reads no file; torchvision and timm load on first use.
+``models`` is a leaf of the package graph: it imports no engine, run folder, report or io code.
+The zoo (what each architecture costs, measured here) is :mod:`vitrina.zoo`.
 """
 
 from __future__ import annotations
 
-from vitrina.models import zoo
+import importlib
+import warnings
+from typing import Any
+
 from vitrina.models.contract import VitrinaModel
 from vitrina.models.preprocess import Preprocess
 from vitrina.models.registry import (
+    WEIGHT_SOURCES,
     create,
     imagenet_categories,
     list_models,
     model_source,
     register_model,
 )
-from vitrina.models.zoo import CLASSIC, ZooEntry, describe, measure, plot_zoo
 
 __all__ = [
-    "CLASSIC",
+    "WEIGHT_SOURCES",
     "Preprocess",
     "VitrinaModel",
-    "ZooEntry",
     "create",
-    "describe",
     "imagenet_categories",
     "list_models",
-    "measure",
     "model_source",
-    "plot_zoo",
     "register_model",
-    "zoo",
 ]
+
+# Names that moved to vitrina.zoo (kept as deprecated aliases; loaded by name so that this
+# package never imports the zoo, which sits above it).
+_MOVED_TO_ZOO = ("CLASSIC", "ZooEntry", "describe", "measure", "plot_zoo", "zoo")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_ZOO:
+        warnings.warn(
+            f"vitrina.models.{name} moved to vitrina.zoo (import it from there)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        zoo = importlib.import_module("vitrina.zoo")
+        return zoo if name == "zoo" else getattr(zoo, name)
+    raise AttributeError(f"module 'vitrina.models' has no attribute {name!r}")

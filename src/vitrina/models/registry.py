@@ -29,6 +29,7 @@ from vitrina.registry import Registry, suggest
 __all__ = [
     "ALIASES",
     "SOURCES",
+    "WEIGHT_SOURCES",
     "Builder",
     "create",
     "imagenet_categories",
@@ -370,14 +371,19 @@ def _parse_weights(weights: str | Path | bool | None) -> tuple[str, Path | None]
     )
 
 
+#: Loaders of weights kept in folders that ``models`` cannot read itself: a run folder is read
+#: by :mod:`vitrina.runs`, which registers ``"run"`` here when imported (models sits below the
+#: run folder in the package layers and never imports it).
+WEIGHT_SOURCES: Registry[Callable[[Path], VitrinaModel]] = Registry("weights source")
+
+
 def _from_run(name: str, path: Path) -> VitrinaModel:
-    try:
-        from vitrina.runs import load_model
-    except ImportError as e:
+    if "run" not in WEIGHT_SOURCES:
         raise VitrinaError(
-            f"{path}: cannot load a run folder, vitrina.runs is unavailable ({e})"
-        ) from e
-    model = load_model(path)
+            f"{path}: a run folder; load it with vitrina.load_model(path), or import "
+            "vitrina.runs before creating a model from it"
+        )
+    model = WEIGHT_SOURCES.get("run")(path)
     if not isinstance(model, VitrinaModel):  # pragma: no cover - contract of vitrina.runs
         raise VitrinaError(f"{path}: the run folder did not give a vitrina model")
     if name and resolve_name(name) != resolve_name(model.arch):

@@ -56,7 +56,7 @@ class Classification:
         metrics: ServiceMetrics,
         limiter: anyio.CapacityLimiter,
     ) -> None:
-        from vitrina.classifier import load
+        from vitrina.classify.classifier import load
 
         self.classifier = load(source)
         self.name = display_name(source)

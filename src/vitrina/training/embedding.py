@@ -27,7 +27,7 @@ from vitrina.data import ImageFiles, collate_skip_bad, eval_transform
 from vitrina.data.transforms import AUGMENTS, reid_train_transform
 from vitrina.engine import Engine, default_workers, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
-from vitrina.evaluate.retrieval import pairwise_scores, relevance, retrieval_metrics
+from vitrina.evaluate.retrieval import loo_retrieval
 from vitrina.models import Preprocess, VitrinaModel, create
 from vitrina.models.embedding import EmbeddingModel
 from vitrina.registry import suggest
@@ -224,19 +224,6 @@ class EmbeddingTask:
         y = torch.cat(labels).numpy()
         self.val_embeddings = (x, y)
         return loo_retrieval(x, y)
-
-
-def loo_retrieval(x: np.ndarray, y: np.ndarray, metric: str = "cosine") -> dict[str, float]:
-    """Every image queries all the others (itself excluded): mAP and rank-1."""
-    scores = pairwise_scores(x, x, metric)
-    rep = retrieval_metrics(
-        scores,
-        relevance(y, y),
-        higher_is_better=metric == "cosine",
-        ks=(1, 5),
-        exclude=np.eye(len(y), dtype=bool),
-    )
-    return {"val_mAP": rep.mAP, "val_rank1": rep.cmc[1], "val_rank5": rep.cmc[5]}
 
 
 class _Shuffle(Callback):

@@ -1,0 +1,55 @@
+"""Export a model (run folder or zoo name) to ONNX, checked against PyTorch on real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitrina.classify.classifier import load
+from vitrina.data import eval_transform, iter_image_files
+from vitrina.engine.onnx import ONNX_ATOL, export_checked
+from vitrina.errors import VitrinaError
+from vitrina.io import read_image
+from vitrina.runs import is_run_dir, read_run
+
+__all__ = ["export_model"]
+
+
+def export_model(
+    source: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    images: str | Path | None = None,
+    atol: float = ONNX_ATOL,
+    max_images: int = 16,
+) -> dict[str, Any]:
+    """Write ``out`` (dynamic batch) only if ONNX Runtime matches PyTorch on up to
+    ``max_images`` real images from ``images`` (default: the run's training data)."""
+    if fmt != "onnx":
+        raise VitrinaError(f"--format {fmt!r} is not supported (supported: onnx)")
+    clf = load(source)
+    folder = Path(images) if images is not None else None
+    if folder is None and is_run_dir(source):
+        root = read_run(source).data.get("root")
+        folder = Path(root) if root else None
+    if folder is None or not folder.is_dir():
+        raise VitrinaError(
+            f"{source}: no images to check the export on; pass --images DIR with a few real photos"
+        )
+    paths, _, _ = iter_image_files(folder, recursive=True)
+    tf = eval_transform(clf.model.preprocess)
+    batch: list[torch.Tensor] = []
+    for p in paths:
+        try:
+            batch.append(tf(read_image(p)))
+        except VitrinaError:
+            continue
+        if len(batch) == max_images:
+            break
+    if not batch:
+        raise VitrinaError(f"{folder}: no readable image to check the export on")
+    report = export_checked(clf.model, out, torch.stack(batch), atol=atol)
+    return {"file": str(out), "images": len(batch), **report}
