@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from vitrina.data import ImageFiles, collate_skip_bad, eval_transform
 from vitrina.data.transforms import AUGMENTS, reid_train_transform
-from vitrina.engine import Engine, default_workers, resolve_device, torch_threads
+from vitrina.engine import Embedding, Engine, default_workers, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.evaluate.retrieval import loo_retrieval
 from vitrina.models import Preprocess, VitrinaModel, create
@@ -464,12 +464,14 @@ def train_embedding(
     )
     feats, labels = [], []
     bad: list[str] = list(state.bad_files.values())
-    for b in engine.run([im.path for im in train_imgs], output="embed"):
-        feats.append(b.outputs.float())
-        labels += [train_labels[i] for i in b.indices]
-        bad += [m for _, m in b.errors]
+    for r in engine.run(Embedding(normalize=False), [im.path for im in train_imgs]):
+        if r.ok:
+            feats.append(r.value)
+            labels.append(train_labels[r.index])
+        else:
+            bad.append(r.error)
     if feats:
-        best.set_prototypes(torch.cat(feats), torch.tensor(labels))
+        best.set_prototypes(torch.from_numpy(np.stack(feats)), torch.tensor(labels))
     best_info = read_run(out)
     thresholds = _calibrate(best, engine, val_imgs or train_imgs, cfg, out, on_val=bool(val_imgs))
     best_info.thresholds = thresholds
@@ -516,12 +518,13 @@ def _calibrate(
     from vitrina.report.plots import plot_roc
 
     feats, labels = [], []
-    for b in engine.run([im.path for im in images], output="embed"):
-        feats.append(b.outputs.float().numpy())
-        labels += [images[i].label for i in b.indices]
+    for r in engine.run(Embedding(normalize=False), [im.path for im in images]):
+        if r.ok:
+            feats.append(r.value)
+            labels.append(images[r.index].label)
     if not feats or len(set(labels)) < 2:
         return {}
-    x = np.concatenate(feats)
+    x = np.stack(feats)
     y = np.asarray(labels)
     metric = "cosine"
     d, same = pair_distances(x, y, metric=metric, max_pairs=200_000, seed=cfg.seed)
