@@ -297,6 +297,7 @@ class Engine:
     def forward(self, task: Task, x: torch.Tensor) -> Any:
         """The backend's raw outputs for a prepared ``(B, C, H, W)`` batch (for timing and
         measurements; results come from :meth:`run` or :meth:`run_prepared`)."""
+        self.backend.check_output(task.output)
         return self.backend(x, output=task.output)
 
     def run_prepared(self, task: Task, prepared: Sequence[Prepared]) -> list[Any]:
