@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from conftest import one_line_error
+from conftest import one_line_error, usage_error
 from conftest import run_cli as run
 from vitrina.errors import UnknownNameError, VitrinaError
 from vitrina.models import create, list_models
@@ -401,8 +401,8 @@ def test_cli_errors_are_one_line(capsys) -> None:
     assert code == 1
     one_line_error(e, "unknown family 'resnets'", "ResNet", "GhostNet")
     code, _, e = run(capsys, "zoo", "lenet*", "--measure", "--backends", "eagr")
-    assert code == 1
-    one_line_error(e, "eagr", "did you mean")
+    assert code == 2  # not a backend: a usage error, with the closest names
+    usage_error(e, "'eagr' is not one of", "did you mean: eager")
     code, _, e = run(capsys, "zoo", "resnet1O")
     assert code == 1
     one_line_error(e, "resnet1O", "did you mean")

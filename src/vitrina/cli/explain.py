@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from vitrina.cli._choices import ExplainMethod, FeatureParam
 from vitrina.cli._common import err, out, progress_bar, refuse_existing
 
 
@@ -45,12 +46,13 @@ def _model(name: str):  # type: ignore[no-untyped-def]
 def image(
     model: str = typer.Argument(..., help="Run folder or zoo name."),
     images: list[Path] = typer.Argument(..., help="Photos or folders of photos."),
-    method: list[str] = typer.Option(
+    method: list[ExplainMethod] = typer.Option(
         ["gradcam"],
         "--method",
         "-m",
-        help="Repeatable, or `all`: gradcam, gradcam++, scorecam, eigencam, layercam (CAMs); "
-        "saliency, smoothgrad, integrated-gradients, guided-backprop, occlusion.",
+        help="Repeatable, or `all`: gradcam, gradcam++, scorecam, eigencam, layercam are CAMs; "
+        "saliency, smoothgrad, integrated-gradients, guided-backprop, occlusion attribute "
+        "by gradients or masking.",
     ),
     target: str | None = typer.Option(
         None, help="Class to explain (name or index); default: the predicted one."
@@ -63,32 +65,23 @@ def image(
 ) -> None:
     """Heat maps of what made the model answer, one overlay PNG per photo and method, and
     `index.html` comparing the methods side by side with the model's top-3."""
-    from vitrina.cli._common import photo_paths
-    from vitrina.errors import VitrinaError
     from vitrina.explain.folder import explain_photos
 
-    paths = photo_paths(images)
-    if not paths:
-        raise VitrinaError("no photos given")
     net, origin = _model(model)
-    with progress_bar("explaining", len(paths), unit="photos/s") as update:
-
-        def on_photo(done: int, error: str | None) -> None:
-            if error:
-                err.print(f"[yellow]skipped[/] {escape(error)}")
-            update(done)
-
+    with progress_bar("explaining", None, unit="photos/s") as update:
         res = explain_photos(
             net,
-            paths,
+            images,
             out_dir,
-            method,
+            [m.value for m in method],
             target=target,
             layer=layer,
             seed=seed,
             title=f"explanations: {net.arch} ({origin})",
-            on_photo=on_photo,
+            on_progress=update,
         )
+    for error in res.unreadable:
+        err.print(f"[yellow]skipped[/] {escape(error)}")
     out.print(
         f"{res.explained} photos x {len(res.methods)} methods -> {escape(str(res.overlays))}/"
     )
@@ -125,7 +118,7 @@ def neuron(
     ),
     steps: int = typer.Option(256, help="Optimisation steps."),
     size: int | None = typer.Option(None, help="Image side in pixels."),
-    param: str = typer.Option(
+    param: FeatureParam = typer.Option(
         "fourier", help="fourier (decorrelated, readable) or pixel (the plain baseline)."
     ),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same image."),
@@ -148,7 +141,7 @@ def neuron(
     if class_name is not None:
         from vitrina.explain.targets import resolve_target
 
-        class_index = resolve_target(net, int(class_name) if class_name.isdigit() else class_name)
+        class_index = resolve_target(net, class_name)
     with progress_bar("optimising", steps, unit=None) as update:
         res = visualize(
             net,
