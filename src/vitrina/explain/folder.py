@@ -34,7 +34,7 @@ class FolderExplanation:
 
 
 def explain_photos(
-    model: VitrinaModel,
+    model: VitrinaModel | str | os.PathLike[str],
     paths: Sequence[str | os.PathLike[str]],
     out_dir: str | Path,
     methods: Sequence[str] = ("gradcam",),
@@ -49,9 +49,10 @@ def explain_photos(
     """Explain each photo with each method (``["all"]``: every method); write
     ``out_dir/overlays/<stem>-<method>.jpg`` and ``out_dir/index.html`` (never overwriting).
 
-    ``paths``: photos, or folders of photos (searched recursively). An unreadable photo is
-    recorded and skipped. After each photo: ``on_photo(done, error)`` and
-    ``on_progress(done, total)``."""
+    ``model``: a loaded model, or a run folder / zoo name (loaded in eval mode; the page's
+    default title then says where its weights come from). ``paths``: photos, or folders of
+    photos (searched recursively). An unreadable photo is recorded and skipped. After each
+    photo: ``on_photo(done, error)`` and ``on_progress(done, total)``."""
     from vitrina.data import expand_image_paths
     from vitrina.io import read_image, save_new_image, unique_path
 
@@ -61,6 +62,11 @@ def explain_photos(
     paths = expand_image_paths(paths)
     if not paths:
         raise VitrinaError("no photos given")
+    if not isinstance(model, VitrinaModel):
+        from vitrina.explain.files import load_model
+
+        model, origin = load_model(model)
+        title = title or f"explanations: {model.arch} ({origin})"
     total = len(paths)
     out_dir = Path(out_dir)
     res = FolderExplanation(unique_path(out_dir / "index.html"), out_dir / "overlays", chosen)
