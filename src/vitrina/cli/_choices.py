@@ -4,11 +4,13 @@ A fixed-choice option is annotated with one of these: ``--help`` lists the value
 is a usage error (exit 2) before any work starts.
 
 Every command module is imported when ``vitrina`` starts (``vitrina --help`` lists them all), so
-nothing here may import torch. Where the API's own definition is light (the index's metrics and
-kinds, the retrieval metrics) the values are read from it. The rest live behind torch (the
-backend, loss and explanation registries, the training constants): they are written out here,
-each next to the name of its API definition, and ``tests/test_cli_contract.py`` holds every
-one to that definition, so they cannot drift apart.
+nothing here may import torch, nor anything else that costs start-up time. Where the API's own
+definition is already loaded at start-up (the index's metrics and kinds: ``vitrina dedupe``
+reads its default threshold from ``vitrina.search``) the values are read from it. The rest
+live behind torch or behind heavy package imports (the backend, loss and explanation
+registries, the training constants, ``vitrina.evaluate``): they are written out here, each
+next to the name of its API definition, and ``tests/test_cli_contract.py`` holds every one to
+that definition, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal, get_args
 
-from vitrina.evaluate.retrieval import METRICS as _RETRIEVAL_METRICS
 from vitrina.search.index import KINDS as _INDEX_KINDS
 from vitrina.search.index import METRICS as _INDEX_METRICS
 
@@ -48,7 +49,6 @@ __all__ = [
 # -- light API definitions, read directly ------------------------------------------------
 IndexMetric = Literal[_INDEX_METRICS]  # type: ignore[valid-type]  # vitrina.search.index.METRICS
 IndexKind = Literal[_INDEX_KINDS]  # type: ignore[valid-type]  # vitrina.search.index.KINDS
-RetrievalMetric = Literal[_RETRIEVAL_METRICS]  # type: ignore[valid-type]  # evaluate.retrieval
 
 # -- definitions behind torch: written out, held to the API by tests/test_cli_contract.py --
 #: vitrina.engine.BACKENDS (the registry), ``auto`` first: it is the default.
@@ -61,6 +61,7 @@ EmbeddingAugment = Literal["reid", "none", "light", "standard"]  # training.embe
 Miner = Literal["none", "batch-hard", "semi-hard", "distance-weighted"]  # vitrina.losses.MINERS
 Distance = Literal["euclidean", "cosine"]  # vitrina.training.embedding.DISTANCES
 Pool = Literal["avg", "max", "gem"]  # vitrina.embed.POOLS
+RetrievalMetric = Literal["cosine", "euclidean"]  # vitrina.evaluate.retrieval.METRICS
 ReidMetric = Literal["euclidean", "cosine"]  # vitrina.embed.reid.METRICS
 FaceDetector = Literal["hog", "cnn"]  # vitrina.faces.pipeline.DETECTORS
 FeatureParam = Literal["fourier", "pixel"]  # vitrina.explain.featureviz.PARAMS
