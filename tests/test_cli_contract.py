@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import subprocess
 import sys
@@ -156,8 +157,8 @@ def test_every_command_has_help_that_exits_0(capsys) -> None:
 
 # What `vitrina --help` must not load: every command module is imported at start-up, so one
 # heavy import at module level slows every command (measured: benchmarks/cli_startup.py).
-HEAVY = ("torch", "sklearn", "scipy", "PIL", "matplotlib", "faiss", "vitrina.evaluate",
-         "vitrina.training", "vitrina.engine", "vitrina.embed", "vitrina.data")  # fmt: skip
+HEAVY = ("torch", "numpy", "sklearn", "scipy", "PIL", "matplotlib", "faiss", "vitrina.evaluate",
+         "vitrina.search", "vitrina.training", "vitrina.engine", "vitrina.embed", "vitrina.data")  # fmt: skip
 
 
 def test_help_loads_nothing_heavy() -> None:
@@ -238,6 +239,79 @@ def test_comma_choices_keep_order_and_drop_repeats() -> None:
     for bad in ("", " , ", "eager,eagr"):
         with pytest.raises(typer.BadParameter):
             parse(bad)
+
+
+# ------------------------------------------------------------- defaults = the API's
+
+
+def _api_functions() -> dict[str, Any]:
+    """The API function each command calls (its keyword defaults are the defaults)."""
+    from vitrina.classify.classifier import Classifier
+    from vitrina.classify.export import export_model
+    from vitrina.classify.sort import sort_folder
+    from vitrina.data import to_market
+    from vitrina.demo import run_demo
+    from vitrina.embed.evaluate import evaluate_retrieval
+    from vitrina.embed.files import embed_files
+    from vitrina.embed.projection import plot_embeddings
+    from vitrina.embed.reid import evaluate_reid
+    from vitrina.explain.files import write_dream, write_layers, write_neuron
+    from vitrina.explain.folder import explain_photos
+    from vitrina.faces.calibrate import calibrate_gallery
+    from vitrina.faces.enroll import enroll_photos
+    from vitrina.faces.identify import identify_photos, verify_photos
+    from vitrina.faces.sort import sort_faces
+    from vitrina.optimize import optimize_run
+    from vitrina.search import Index
+    from vitrina.search.dedupe import find_duplicates
+    from vitrina.search.query import search_photos
+    from vitrina.service import ServiceConfig
+    from vitrina.zoo import find
+
+    return {
+        "data to-market": to_market,
+        "dedupe": find_duplicates,
+        "demo": run_demo,
+        "embed": embed_files,
+        "evaluate": Classifier.evaluate,
+        "evaluate-reid": evaluate_reid,
+        "evaluate-retrieval": evaluate_retrieval,
+        "explain dream": write_dream,
+        "explain image": explain_photos,
+        "explain layers": write_layers,
+        "explain neuron": write_neuron,
+        "export": export_model,
+        "faces calibrate": calibrate_gallery,
+        "faces enroll": enroll_photos,
+        "faces identify": identify_photos,
+        "faces sort": sort_faces,
+        "faces verify": verify_photos,
+        "index add": Index.open,
+        "index build": Index.build,
+        "optimize": optimize_run,
+        "plot-embeddings": plot_embeddings,
+        "predict": Classifier.predict,
+        "search": search_photos,
+        "serve": ServiceConfig,
+        "sort": sort_folder,
+        "zoo": find,
+    }
+
+
+def test_options_have_the_defaults_of_the_api_they_call() -> None:
+    """An option named like a keyword of the API function its command calls has that
+    keyword's default: `vitrina X` and the Python API behave the same when nothing is given."""
+    compared = 0
+    for command, fn in _api_functions().items():
+        signature = inspect.signature(fn)
+        for name, p in _params(command).items():
+            api = signature.parameters.get(name)
+            if api is None or api.default is inspect.Parameter.empty:
+                continue
+            default = list(api.default) if isinstance(api.default, tuple) else api.default
+            assert p.default == default, (command, name, p.default, api.default)
+            compared += 1
+    assert compared >= 100
 
 
 # ------------------------------------------------------------- training options = config

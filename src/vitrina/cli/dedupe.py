@@ -10,7 +10,10 @@ from rich.table import Table
 
 from vitrina.cli._choices import Backend
 from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
-from vitrina.search.dedupe import DEFAULT_THRESHOLD
+
+#: vitrina.search.dedupe.DEFAULT_THRESHOLD (written out: importing vitrina.search costs every
+#: command's start-up; tests/test_cli_contract.py holds the two equal).
+DEFAULT_THRESHOLD = 0.88
 
 
 def dedupe(
