@@ -113,12 +113,3 @@ def config_from_options(
     return cls(
         **{k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k not in cli_only}
     )
-
-
-def refuse_existing(*paths: Any) -> None:
-    """One-line error if any output file already exists: nothing is ever overwritten."""
-    from vitrina.errors import VitrinaError
-
-    for p in map(Path, paths):
-        if p.exists():
-            raise VitrinaError(f"{p}: file exists; choose another --out (nothing was written)")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrina.embed.core import Embedder, EmbeddingSpec
+from vitrina.errors import refuse_existing
 from vitrina.evaluate.retrieval import METRICS, RetrievalReport, retrieval_report
 
 __all__ = ["REPORT_FILES", "evaluate_retrieval", "plot_retrieval", "write_retrieval_report"]
@@ -42,7 +43,7 @@ def evaluate_retrieval(
     if metric not in METRICS:
         raise VitrinaError(f"unknown metric {metric!r}; choose cosine or euclidean")
     if out_dir is not None:
-        _refuse_existing(Path(out_dir))
+        refuse_existing(*(Path(out_dir) / name for name in REPORT_FILES))
     scan = scan_folder(data_dir)
     emb = Embedder(
         spec, backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
@@ -70,25 +71,14 @@ def evaluate_retrieval(
     return rep
 
 
-def _refuse_existing(folder: Path) -> None:
-    from vitrina.errors import VitrinaError
-
-    for name in REPORT_FILES:
-        if (folder / name).exists():
-            raise VitrinaError(
-                f"{folder / name}: file exists; choose another --out (nothing was written)"
-            )
-
-
 def write_retrieval_report(report: RetrievalReport, out_dir: str | Path) -> list[Path]:
     """Write ``report.json`` and ``retrieval.png`` (:func:`plot_retrieval`) into ``out_dir``,
     never over existing files; returns them."""
     from vitrina.io import atomic_write_text
 
-    folder = Path(out_dir)
-    _refuse_existing(folder)
-    files = [folder / name for name in REPORT_FILES]
-    folder.mkdir(parents=True, exist_ok=True)
+    files = [Path(out_dir) / name for name in REPORT_FILES]
+    refuse_existing(*files)
+    files[0].parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(files[0], json.dumps(report.to_dict(), indent=2) + "\n")
     title = (
         f"{report.info['model']}: mAP {report.mAP:.3f} ({report.n_queries} queries, "

@@ -16,7 +16,7 @@ from typing import Any
 
 from vitrina.embed.core import Embedder, EmbeddingSpec, EmbedResult, list_layers, load_source
 from vitrina.embed.output import output_files, write_vectors
-from vitrina.errors import VitrinaError
+from vitrina.errors import VitrinaError, refuse_existing
 
 __all__ = ["EmbedFilesRun", "LayerTable", "describe_layers", "embed_files"]
 
@@ -69,9 +69,7 @@ def embed_files(
 
     if not inputs:
         raise VitrinaError("no images given: vitrina embed MODEL DIR_OR_FILES... --out vectors.npy")
-    for f in output_files(out):  # before spending minutes on the model
-        if f.exists():
-            raise VitrinaError(f"{f}: file exists; choose another --out (nothing was written)")
+    refuse_existing(*output_files(out))  # before spending minutes on the model
     paths = expand_image_paths(inputs, recursive=recursive)
     if not paths:
         hint = "" if recursive else " (--recursive descends into sub-folders)"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrina.errors import VitrinaError
+from vitrina.errors import VitrinaError, refuse_existing
 from vitrina.registry import suggest
 
 __all__ = [
@@ -243,8 +243,7 @@ def plot_embeddings(
     if method not in METHODS:
         raise VitrinaError(f"unknown --method {method!r}{suggest(method, list(METHODS))}")
     out = Path(out)
-    if out.exists():
-        raise VitrinaError(f"{out}: file exists; choose another --out (nothing was written)")
+    refuse_existing(out)
     sample = sample_labelled_images(
         data_dir, max_labels=max_labels, max_images=max_images, seed=seed
     )

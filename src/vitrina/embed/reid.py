@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrina.embed.core import Embedder, EmbeddingSpec
-from vitrina.errors import DataError, VitrinaError
+from vitrina.errors import DataError, VitrinaError, refuse_existing
 from vitrina.evaluate.reid import ReidReport, reid_distances, reid_report
 
 __all__ = [
@@ -83,7 +83,7 @@ def evaluate_reid(
     if metric not in METRICS:
         raise VitrinaError(f"unknown metric {metric!r}; choose euclidean or cosine")
     if out_dir is not None:
-        _refuse_existing(Path(out_dir), REPORT_FILES)
+        refuse_existing(*(Path(out_dir) / name for name in REPORT_FILES))
     ids = scan_identities(data_dir)
     if ids.layout != "market1501":
         raise DataError(
@@ -150,14 +150,6 @@ def evaluate_reid(
     return ev
 
 
-def _refuse_existing(folder: Path, names: tuple[str, ...]) -> None:
-    for name in names:
-        if (folder / name).exists():
-            raise VitrinaError(
-                f"{folder / name}: file exists; choose another --out (nothing was written)"
-            )
-
-
 def write_reid_report(
     ev: ReidEvaluation, out_dir: str | Path, *, sheet_rows: int = 20
 ) -> list[Path]:
@@ -167,10 +159,9 @@ def write_reid_report(
     from vitrina.io import atomic_write_text
     from vitrina.report.plots import plot_cmc
 
-    folder = Path(out_dir)
-    _refuse_existing(folder, REPORT_FILES)
-    files = [folder / name for name in REPORT_FILES]
-    folder.mkdir(parents=True, exist_ok=True)
+    files = [Path(out_dir) / name for name in REPORT_FILES]
+    refuse_existing(*files)
+    files[0].parent.mkdir(parents=True, exist_ok=True)
     doc = {name: r.to_dict() for name, r in ev.reports.items()}
     atomic_write_text(files[0], json.dumps(doc, indent=2) + "\n")
     plot_cmc(

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vitrina.errors import VitrinaError
+from vitrina.errors import refuse_existing
 from vitrina.explain.featureviz import VizResult, dream, visualize
 from vitrina.explain.layers import ImageLike, save_png, write_layer_views
 from vitrina.models import VitrinaModel
@@ -37,12 +37,6 @@ def load_model(model: ModelLike) -> tuple[VitrinaModel, str]:
     return net.eval(), origin
 
 
-def _refuse_existing(*paths: Path) -> None:
-    for p in paths:
-        if p.exists():
-            raise VitrinaError(f"{p}: file exists; choose another --out (nothing was written)")
-
-
 def write_layers(
     model: ModelLike,
     photo: ImageLike,
@@ -55,7 +49,7 @@ def write_layers(
     strongest maps of each of ``layers``, default one per stage, for ``photo``) in
     ``out_dir``; see :func:`vitrina.explain.layers.write_layer_views`."""
     out = Path(out_dir)
-    _refuse_existing(out / "filters.png", out / "feature_maps.png")
+    refuse_existing(out / "filters.png", out / "feature_maps.png")
     net, _ = load_model(model)
     return write_layer_views(net, photo, out, layers=list(layers) if layers else None, top=top)
 
@@ -77,7 +71,7 @@ def write_neuron(
     a class name or index) with :func:`~vitrina.explain.featureviz.visualize`, and write it
     as the PNG ``out``."""
     out = Path(out)
-    _refuse_existing(out)
+    refuse_existing(out)
     net, _ = load_model(model)
     class_index = None
     if target is not None:
@@ -114,7 +108,7 @@ def write_dream(
     """DeepDream on ``photo`` (:func:`~vitrina.explain.featureviz.dream`), written as the
     PNG ``out``; ``on_progress(done, total)`` counts steps over every octave."""
     out = Path(out)
-    _refuse_existing(out)
+    refuse_existing(out)
     net, _ = load_model(model)
     img = dream(
         net,
