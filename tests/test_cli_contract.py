@@ -235,7 +235,7 @@ def test_comma_choices_keep_order_and_drop_repeats() -> None:
 
     parse = CommaChoices(Backend)
     assert parse(" onnx, eager,onnx ") == "onnx,eager"
-    assert parse.metavar == "[auto|eager|bf16|onnx|int8|pruned],..."
+    assert parse.metavar == "[auto|eager|bf16|onnx|int8|pruned|dlib],..."
     for bad in ("", " , ", "eager,eagr"):
         with pytest.raises(typer.BadParameter):
             parse(bad)

@@ -160,7 +160,9 @@ def test_every_backend_states_what_it_computes() -> None:
 # ---------------------------------------------------------------------------- face detectors
 
 
-@pytest.mark.parametrize("name", __import__("vitrina.faces.detection", fromlist=["x"]).DETECTORS.names())
+@pytest.mark.parametrize(
+    "name", __import__("vitrina.faces.detection", fromlist=["x"]).DETECTORS.names()
+)
 def test_every_face_detector_finds_a_real_face_and_nothing_in_a_blank(name: str) -> None:
     from skimage import data
 

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: vitrina.engine.BACKENDS (the registry), ``auto`` first: it is the default.
-Backend = Literal["auto", "eager", "bf16", "onnx", "int8", "pruned"]
+Backend = Literal["auto", "eager", "bf16", "onnx", "int8", "pruned", "dlib"]
 Mode = Literal["scratch", "probe", "finetune"]  # vitrina.training.MODES
 Optimizer = Literal["sgd", "adamw", "lbfgs"]  # vitrina.training.OPTIMIZERS
 Precision = Literal["fp32", "bf16"]  # vitrina.training.PRECISIONS

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._choices import FaceDetector
+from vitrina.cli._choices import Backend, FaceDetector
 from vitrina.cli._common import err, out, print_json, progress_bar
 
 app = typer.Typer(
@@ -17,6 +17,11 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+FACE_BACKEND_HELP = (
+    "Engine backend describing the faces: auto (measured: the fastest within tolerance), eager, "
+    "bf16, onnx, int8 (with a calibrated model), dlib (dlib's own code: the reference, slow). "
+    "Default: the gallery's (auto for a new gallery)."
+)
 DETECTOR_HELP = "Face detector: hog (fast, frontal faces) or cnn (dlib's MMOD: more poses, slow)."
 EMBEDDER_HELP = (
     "A run folder from `vitrina train-embedding` to embed the aligned faces (default: dlib's "
@@ -54,6 +59,7 @@ def enroll(
     ),
     embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),
     assume_face: bool = typer.Option(False, "--assume-face", help=ASSUME_HELP),
+    backend: Backend | None = typer.Option(None, help=FACE_BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Add photos of a person to a gallery (one face per photo: the largest).
@@ -79,6 +85,7 @@ def enroll(
             upsample=upsample,
             embedder=embedder,
             assume_face=assume_face,
+            backend=backend,
             on_progress=update,
         )
     _report_unreadable(run.photos)
@@ -169,6 +176,7 @@ def identify(
         None, "--annotate", help="Write each photo with boxes and names into this folder."
     ),
     assume_face: bool = typer.Option(False, "--assume-face", help=ASSUME_HELP),
+    backend: Backend | None = typer.Option(None, help=FACE_BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Name every face in the photos, or say "unknown".
@@ -187,6 +195,7 @@ def identify(
             enroll_unknown=enroll_unknown,
             annotate_dir=annotate_dir,
             assume_face=assume_face,
+            backend=backend,
             on_progress=update,
         )
     _report_unreadable(p.photo for p in run.photos)
@@ -228,12 +237,13 @@ def verify(
         None, help="Use this gallery's embedder and calibrated threshold."
     ),
     assume_face: bool = typer.Option(False, "--assume-face", help=ASSUME_HELP),
+    backend: Backend | None = typer.Option(None, help=FACE_BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Same person or not: the distance of the two faces and the threshold used."""
     from vitrina.faces.identify import verify_photos
 
-    v = verify_photos(a, b, gallery=gallery, assume_face=assume_face)
+    v = verify_photos(a, b, gallery=gallery, assume_face=assume_face, backend=backend)
     if as_json:
         print_json(v.to_dict())
         return

@@ -80,18 +80,21 @@ def open_gallery(
     upsample: int | None = None,
     embedder: Any = None,
     assume_face: bool = False,
+    backend: str | None = None,
 ) -> tuple[Gallery, Any]:
     """The gallery at ``path`` and the :class:`~vitrina.faces.pipeline.FacePipeline` to read
     photos for it.
 
     An existing gallery keeps its stored pipeline; options given here override it for this
     run (an embedder whose vectors differ from the gallery's is refused). A missing gallery
-    is created for a pipeline of these options (``None``: the pipeline's defaults)."""
+    is created for a pipeline of these options (``None``: the pipeline's defaults). ``backend``:
+    the engine backend describing the faces (any gives vectors within its tolerance)."""
     options = {
         "detector": detector,
         "upsample": upsample,
         "embedder": embedder,
         "assume_face": assume_face or None,
+        "backend": backend,
     }
     if (Path(path) / META_NAME).exists():
         g = Gallery(path)
@@ -112,6 +115,7 @@ def enroll_photos(
     upsample: int | None = None,
     embedder: Any = None,
     assume_face: bool = False,
+    backend: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EnrollRun:
     """Enrol ``name``'s ``photos``, or every person of ``folders``, into ``gallery`` (created
@@ -122,7 +126,12 @@ def enroll_photos(
     counts photos read."""
     groups = enrollment_groups(name, photos, folders=folders)
     g, pipe = open_gallery(
-        gallery, detector=detector, upsample=upsample, embedder=embedder, assume_face=assume_face
+        gallery,
+        detector=detector,
+        upsample=upsample,
+        embedder=embedder,
+        assume_face=assume_face,
+        backend=backend,
     )
     every = [p for ps in groups.values() for p in ps]
     run = EnrollRun(g, photos=list(pipe.process(every, on_progress=on_progress)))

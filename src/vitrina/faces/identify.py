@@ -57,6 +57,7 @@ def identify_photos(
     enroll_unknown: bool = False,
     annotate_dir: PathLike | None = None,
     assume_face: bool = False,
+    backend: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IdentifyRun:
     """Read ``photos`` (files, or folders of photos) through the gallery's pipeline and name
@@ -65,13 +66,14 @@ def identify_photos(
     ``enroll_unknown``: each unknown face becomes a new person (``person-0001``...), so a later
     photo of them is recognised. ``annotate_dir``: every readable photo is also written there
     with boxes and names (never overwriting). ``assume_face``: where the detector finds
-    nothing, the centre of the photo is the face (for photos that are face crops). Unreadable
-    photos are kept in the result with their error; nothing stops at one."""
+    nothing, the centre of the photo is the face (for photos that are face crops). ``backend``:
+    the engine backend describing the faces (default: the gallery's). Unreadable photos are
+    kept in the result with their error; nothing stops at one."""
     from vitrina.data import expand_image_paths
 
     g = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     paths = expand_image_paths(photos)
-    pipe = g.pipeline(assume_face=assume_face or None)
+    pipe = g.pipeline(assume_face=assume_face or None, backend=backend)
     out = []
     for pf in pipe.process(paths, on_progress=on_progress):
         row = PhotoIdentification(pf)
@@ -120,6 +122,7 @@ def verify_photos(
     *,
     gallery: PathLike | Gallery | None = None,
     assume_face: bool = False,
+    backend: str | None = None,
 ) -> PairVerification:
     """Compare the largest face of photo ``a`` with the largest face of photo ``b``.
 
@@ -129,13 +132,13 @@ def verify_photos(
     if gallery is None:
         from vitrina.faces.pipeline import FacePipeline
 
-        pipe = FacePipeline(assume_face=assume_face, workers=0)
+        pipe = FacePipeline(assume_face=assume_face, workers=0, backend=backend or "auto")
         fa, fb = (largest_face(pf) for pf in pipe.process([a, b]))
         d = verify_distance(fa.vector, fb.vector)
         source = f"default: dlib's {DEFAULT_THRESHOLD} (no --gallery)"
         return PairVerification(d <= DEFAULT_THRESHOLD, d, DEFAULT_THRESHOLD, source)
     g = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
-    pipe = g.pipeline(assume_face=assume_face or None)
+    pipe = g.pipeline(assume_face=assume_face or None, backend=backend)
     fa, fb = (largest_face(pf) for pf in pipe.process([a, b]))
     v = g.verify(fa, fb)
     return PairVerification(bool(v.same), float(v.distance), float(v.threshold), g.threshold_source)
