@@ -126,6 +126,11 @@ def main() -> int:
     ap.add_argument("--sparsify-epochs", type=int, default=None, help="default: optimize's")
     ap.add_argument("--finetune-epochs", type=int, default=None, help="default: optimize's")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--shifts",
+        default=",".join(SHIFTS),
+        help="comma-separated variants of the held-out photos to judge on too (or 'none')",
+    )
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temporary one)")
     args = ap.parse_args()
     root = data_dir("cats_dogs", args.data)
@@ -173,7 +178,9 @@ def main() -> int:
     )
 
     results = {"clean": {"fp32": fp32["accuracy"], "pruned": pruned["accuracy"]}}
-    for name, fn in SHIFTS.items():
+    chosen = [] if args.shifts == "none" else [v.strip() for v in args.shifts.split(",")]
+    for name in chosen:
+        fn = SHIFTS[name]
         folder = make_variant(held, fn, work / f"eval-{name}")
         results[name] = accuracy_pair(run, folder, args.batch_size)
 

@@ -62,10 +62,14 @@ def tiny(seed: int = 0, classes: int = 3) -> VitrinaModel:
     return model.eval()
 
 
-def groups_of(model: VitrinaModel) -> ChannelGroups:
+def groups_of(model: VitrinaModel, residual: bool = True) -> ChannelGroups:
     x = torch.zeros(1, 3, *model.preprocess.input_size)
     return ChannelGroups(
-        model, x, forward=lambda m, t: m.classify(t), protected=protected_modules(model)
+        model,
+        x,
+        forward=lambda m, t: m.classify(t),
+        protected=protected_modules(model),
+        residual=residual,
     )
 
 
@@ -95,8 +99,19 @@ def test_groups_keep_the_outputs_and_tie_the_residual() -> None:
     assert not any("last" in n for n in names), names
     # stem and project are added together: one group with both batch norms.
     tied = [g for g in gs.groups if {"net.stem.0", "net.project.0"} & {g.name}]
-    assert len(tied) == 1 and len(tied[0].scales) == 2
+    assert len(tied) == 1 and len(tied[0].scales) == 2 and tied[0].writers == 2
     assert all(g.uses_bn for g in gs.groups)
+    # By default a residual stream is not offered: only the block's hidden channels are,
+    # and the width model counts the stream's layers at their full width.
+    hidden = groups_of(model, residual=False)
+    assert [g.width for g in hidden.groups] == [32] and hidden.groups[0].writers == 1
+    assert hidden.flops() == gs.flops()
+    kept = hidden.flops([8])
+    keep = [torch.arange(32) < 8]
+    m = copy.deepcopy(model)
+    g2 = groups_of(m, residual=False)
+    g2.remove(keep)
+    assert kept == counted_flops(m)
 
 
 @pytest.mark.parametrize("arch", ["tiny", "tutorial_cnn"])
@@ -584,3 +599,120 @@ def test_round_to_keeps_tiny_layers_whole(n: int) -> None:
     keep = select_channels(gs, 0.5 * gs.flops())
     six = [k for g, k in zip(gs.groups, keep, strict=True) if g.width == 6]
     assert six and 1 <= int(six[0].sum()) <= 6
+
+
+# ---------------------------------------------------------------------------- re-fitting
+def test_reconstruction_is_the_least_squares_fit_and_brings_the_outputs_back() -> None:
+    from vitrina.optimize.reconstruct import reconstruct_pointwise
+
+    teacher = tiny(seed=5)
+    student = copy.deepcopy(teacher)
+    gs = groups_of(student, residual=False)
+    keep = [torch.arange(g.width) % 3 != 0 for g in gs.groups]  # a third of the hidden channels
+    gs.mask(keep)
+    x = torch.randn(16, 3, 24, 24)
+    fwd = lambda m, t: m.classify(t)  # noqa: E731
+    with torch.no_grad():
+        masked_gap = float((student.classify(x) - teacher.classify(x)).pow(2).mean())
+        hidden = student.net.dw(student.net.expand(student.net.stem(x)))  # project's inputs
+        target = teacher.net.project[0](teacher.net.dw(teacher.net.expand(teacher.net.stem(x))))
+    expand_before = student.net.expand[0].weight.clone()
+    report = reconstruct_pointwise(student, teacher, x, forward=fwd, ridge=0.0)
+    # re-fitted: the layer that reads removed channels, and the one after the residual sum
+    # (its inputs moved by what the first fit left); the expansion reads what it always read
+    assert [r["layer"] for r in report] == ["net.project.0", "net.last.0"]
+    assert torch.equal(student.net.expand[0].weight, expand_before)
+    # ... to the plain least-squares solution over every position of every image
+    a = hidden.permute(0, 2, 3, 1).reshape(-1, 32)[:, keep[0]].double()
+    y = target.permute(0, 2, 3, 1).reshape(-1, 16).double()
+    plain = torch.linalg.lstsq(a, y).solution.T
+    got = student.net.project[0].weight[:, :, 0, 0]
+    torch.testing.assert_close(got[:, keep[0]].double(), plain, atol=1e-4, rtol=1e-4)
+    assert float(got[:, ~keep[0]].abs().max()) == 0.0
+    assert report[0]["error_after"] < report[0]["error_before"]
+    with torch.no_grad():
+        refit_gap = float((student.classify(x) - teacher.classify(x)).pow(2).mean())
+    assert refit_gap < 0.5 * masked_gap, (masked_gap, refit_gap)
+    # the removed network computes what the re-fitted masked one computes
+    with torch.no_grad():
+        before = student.classify(x)
+    gs.remove(keep)
+    with torch.no_grad():
+        torch.testing.assert_close(student.classify(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_channel_fisher_is_the_squared_gradient_of_a_mask_on_the_channel() -> None:
+    """The Fisher of each channel's removal, against the exact Gauss-Newton value of a mask
+    multiplying the channel's batch-norm outputs, written out with per-image Jacobians."""
+    from torch.func import jacrev
+
+    from vitrina.optimize.sparsity import channel_fisher
+
+    model = tiny(seed=6)
+    with torch.no_grad():
+        model.head_module().weight.mul_(5)
+    gs = groups_of(model)
+    x = torch.randn(3, 3, 24, 24)
+    T = 2.0
+    # Each channel's mask: one value per group channel, applied after every batch norm of the
+    # group (a channel tied by a sum is masked in each of its batch norms).
+    masks: dict[str, torch.Tensor] = {}
+
+    def hook_for(gi: int, s) -> object:
+        def hook(module, inputs, output):
+            m = masks["m"][gi]
+            per = torch.ones(output.shape[1], dtype=output.dtype)
+            per = per.index_put((s.idx,), m[s.root])
+            return output * per[None, :, None, None]
+
+        return hook
+
+    bn_of = {id(m.weight): m for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    hooks = [
+        bn_of[id(s.param)].register_forward_hook(hook_for(gi, s))
+        for gi, g in enumerate(gs.groups)
+        for s in g.scales
+    ]
+    model.eval()
+
+    def outputs(ms: list[torch.Tensor], xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        masks["m"] = ms
+        emb = model.embed(xi[None])
+        return model.head(emb)[0] / T, torch.nn.functional.normalize(emb, dim=1)[0]
+
+    ones = [torch.ones(g.width) for g in gs.groups]
+    exact = [torch.zeros(g.width) for g in gs.groups]
+    for xi in x:
+        jz, je = jacrev(outputs)(ones, xi)
+        with torch.no_grad():
+            z, _ = outputs(ones, xi)
+        q = torch.softmax(z, 0)
+        hz = (torch.diag(q) - q[:, None] * q[None, :]) * T * T
+        for gi in range(len(gs.groups)):
+            a, b = jz[gi], je[gi]
+            exact[gi] += torch.einsum("cp,cd,dp->p", a, hz, a) + 2 * (b * b).sum(0)
+    masks["m"] = ones
+    for h in hooks:
+        h.remove()
+    exact = [e / len(x) for e in exact]
+    runs = [channel_fisher(model, gs, [x], logits=True, temperature=T, seed=i) for i in range(300)]
+    got = [torch.stack([r[gi] for r in runs]).mean(0) for gi in range(len(gs.groups))]
+    for w, g in zip(exact, got, strict=True):
+        torch.testing.assert_close(g, w.detach(), rtol=0.25, atol=0.02 * float(w.detach().max()))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_distillation_keeps_the_batchnorm_statistics_when_asked(freeze: bool) -> None:
+    from vitrina.data.dataset import Batch
+
+    teacher = tiny(seed=7)
+    student = copy.deepcopy(teacher)
+    task = DistillTask(teacher, logits=True, freeze_batchnorm=freeze)
+    before = student.net.stem[1].running_mean.clone()
+    task.set_train_mode(student)
+    x = torch.randn(6, 3, 24, 24) * 3 + 1  # photos unlike the statistics
+    batch = Batch(x, torch.full((6,), -1), torch.arange(6), [])
+    out = task.step(student, batch)
+    out.loss.backward()
+    assert student.training and student.net.stem[0].weight.grad is not None  # layers train
+    assert torch.equal(student.net.stem[1].running_mean, before) == freeze

@@ -42,7 +42,9 @@ def optimize(
         "(ONNX Runtime, batch --batch-size).",
     ),
     sparsify_epochs: int = typer.Option(
-        3, help="Epochs of FLOP-weighted sparsity training before channels are removed."
+        0,
+        help="Epochs of MorphNet's FLOP-weighted sparsity training before channels are chosen "
+        "(0: choose by each channel's Fisher information per FLOP, no training).",
     ),
     finetune_epochs: int = typer.Option(
         6, help="Epochs of distillation from the full model after removal (0: none)."
@@ -64,9 +66,11 @@ def optimize(
     agreement with fp32 (an embedding run: retrieval mAP and rank-1 on held-out identities,
     nearest-neighbour agreement with fp32).
 
-    The pruned variant is MorphNet's recipe: a short fine-tune that drives the batch-norm
-    scales of the channels costing the most FLOPs to zero, removal of those channels, and
-    distillation from the full model on your photos. Afterwards `--backend int8` /
+    The pruned variant: the channels whose loss (Fisher information) per FLOP is least are
+    removed until the target is met (with --sparsify-epochs, MorphNet's FLOP-weighted
+    sparsity fine-tune chooses first), the layers that read them are re-fitted by least
+    squares to answer what the full model's layers answer, and the result is distilled from
+    the full model on your photos (no labels needed). Afterwards `--backend int8` /
     `--backend pruned` use the variants, and `--backend auto` uses int8 when its agreement
     met the tolerance (>= 99%).
 

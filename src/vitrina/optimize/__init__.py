@@ -248,7 +248,7 @@ def optimize_run(
     variants: list[str] | str | None = None,
     prune_flops: float | None = None,
     prune_latency: float | None = None,
-    sparsify_epochs: int = 3,
+    sparsify_epochs: int = 0,
     finetune_epochs: int = 6,
     train_dir: str | Path | None = None,
     batch_size: int = 32,

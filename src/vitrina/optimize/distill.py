@@ -93,6 +93,9 @@ class DistillTask:
         teacher: the full model (kept in eval mode, no gradients).
         logits: distil the logits too (classifiers); False for embedding models.
         temperature, embedding_weight: see :func:`distillation_loss`.
+        freeze_batchnorm: keep the student's batch-norm statistics as they are (its layers
+            are trained, its normalisation is not): what the classifier reading its features
+            was trained against.
     """
 
     def __init__(
@@ -102,8 +105,10 @@ class DistillTask:
         logits: bool,
         temperature: float = 4.0,
         embedding_weight: float = 1.0,
+        freeze_batchnorm: bool = False,
     ) -> None:
         self.teacher = teacher.eval()
+        self.freeze_batchnorm = freeze_batchnorm
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.logits = logits
@@ -113,6 +118,10 @@ class DistillTask:
 
     def set_train_mode(self, model: nn.Module) -> None:
         model.train()
+        if self.freeze_batchnorm:
+            for m in model.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
         self.teacher.eval()
 
     def step(self, model: nn.Module, batch: Batch) -> StepOutput:

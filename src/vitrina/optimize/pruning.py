@@ -1,24 +1,41 @@
-"""Pruning that keeps accuracy: MorphNet's FLOP-weighted sparsity, removal, distillation.
+"""Pruning that keeps accuracy: channels chosen by what they cost in FLOPs against what the
+outputs lose without them, removed, and the network re-fitted and distilled from the full one.
 
-:func:`prune_model` takes a trained model and the user's photos and returns a smaller model
-that answers like it:
+:func:`prune_model` takes a trained model and the user's photos (no labels needed) and
+returns a smaller model that answers like it:
 
-1. **sparsify** — a short fine-tune in which the full model teaches a copy of itself
-   (:class:`~vitrina.optimize.distill.DistillTask`) while
-   :class:`~vitrina.optimize.sparsity.FlopRegularizer` pushes the batch-norm scales of the
-   channels that cost the most FLOPs to zero, steered until the channels left alive cost the
-   target FLOPs;
-2. **select** — :func:`select_channels`: the channels at zero go first; if the rest still
-   costs more than the target (or a latency target measured on this machine is not met),
-   the channels with the least scale per FLOP follow, until the target is met; widths are
-   kept at multiples of 8 where layers are that wide (what SIMD kernels run fastest);
-3. **remove** them through Torch-Pruning's dependency graph
-   (:class:`~vitrina.optimize.channels.ChannelGroups`);
-4. **recover** — batch-norm statistics re-estimated on the photos, distillation from the
-   full model, statistics re-estimated again.
+0. **measure** — each channel's Fisher information (:func:`~vitrina.optimize.sparsity.channel_fisher`):
+   how much the distillation loss rises when it is removed; divided by the FLOPs it costs
+   (:meth:`ChannelGroups.channel_costs`, MorphNet's per-channel cost) it is the order in
+   which channels go;
+1. **sparsify** (optional, ``sparsify_epochs``) — MorphNet's regulariser: a short fine-tune
+   in which the full model teaches a copy of itself while
+   :class:`~vitrina.optimize.sparsity.FlopRegularizer` drives the batch-norm scales of the
+   channels that cost the most FLOPs to zero, steered to the target; the channels it zeroes
+   go first;
+2. **select** — :func:`select_channels`: the fewest removals along that order that meet the
+   FLOP target (or a latency target measured on this machine); widths are kept at multiples
+   of 8 where layers are that wide (what SIMD kernels run fastest). Channels tied by a
+   residual sum are kept unless ``residual=True`` (see :class:`ChannelGroups`);
+3. **re-fit and remove** — the kept channels start from the full model's weights; every
+   pointwise layer that reads removed channels is solved again by least squares to answer
+   what the full model's layer answers (:mod:`vitrina.optimize.reconstruct`), then the
+   channels are removed through Torch-Pruning's dependency graph;
+4. **recover** — distillation from the full model on the user's photos
+   (:class:`~vitrina.optimize.distill.DistillTask`), batch-norm statistics kept (or
+   re-estimated on the photos with ``reestimate_bn=True``).
 
 The classifier keeps its classes and the embedding its width, so the pruned model is a
 drop-in for the full one (``--backend pruned``).
+
+Why this order and these defaults (measured, EfficientNet-Lite0 probe on 200 cats/dogs
+photos, half the FLOPs, 200 held-out photos; fp32 99%): removing the channels, residual
+streams included, in order of Fisher per FLOP left the model at chance (50%) and the
+least-squares re-fit did not bring it back; keeping the residual streams, the removal alone
+is at chance too, the re-fit brings it to 94%, and re-estimating batch-norm statistics on
+the 200 photos afterwards takes it down to 74%. MorphNet's regulariser, run as a fine-tune
+of 1 epoch on those photos, drove the alive FLOPs to 10% of the model (far past the target)
+with the student agreeing with the teacher on 54% of the photos.
 """
 
 from __future__ import annotations
@@ -37,15 +54,17 @@ from torch.utils.data import DataLoader
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
 from vitrina.optimize.channels import ChannelGroups, LayerWidth, NotPrunableError
-from vitrina.optimize.sparsity import FlopRegularizer, scale_curvature
+from vitrina.optimize.sparsity import FlopRegularizer, channel_fisher, scale_curvature
 from vitrina.training.loop import Callback, LoopState, fit
 
 __all__ = ["PruneResult", "count_flops", "prune_model", "protected_modules", "select_channels"]
 
 #: Widths are rounded up to multiples of this where a group has at least 2x as many channels.
 ROUND_TO = 8
-#: Photos the curvature of the distillation loss is estimated on.
+#: Photos the curvature of the distillation loss (and each channel's Fisher) is estimated on.
 CURVATURE_IMAGES = 96
+#: Photos the layers that read removed channels are re-fitted on (one batch).
+RECONSTRUCT_IMAGES = 96
 
 
 @dataclass
@@ -64,6 +83,8 @@ class PruneResult:
     removed_channels: int = 0
     target: dict[str, Any] = field(default_factory=dict)
     latency_probes: list[dict[str, float]] = field(default_factory=list)
+    refit: list[dict[str, Any]] = field(default_factory=list)  # least-squares re-fitted layers
+    reestimated_bn: bool = False
 
     def notes(self) -> dict[str, Any]:
         """JSON-ready summary (what ``variants/report.json`` keeps)."""
@@ -77,6 +98,8 @@ class PruneResult:
             "zeroed_channels": self.zeroed_channels,
             "removed_channels": self.removed_channels,
             "latency_probes": self.latency_probes,
+            "refit": self.refit,
+            "reestimated_bn": self.reestimated_bn,
             "sparsify": self.sparsify,
             "recover": self.recover,
             "widths": [vars(w) for w in self.widths],
@@ -276,9 +299,11 @@ def prune_model(
     finetune_epochs: int = 8,
     batch_size: int = 32,
     lr: float = 1e-4,
-    finetune_lr: float = 1e-3,
+    finetune_lr: float = 3e-4,
     augment: Any = None,
     round_to: int | None = ROUND_TO,
+    residual: bool = False,
+    reestimate_bn: bool = False,
     num_workers: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_epoch: Callable[[str, int, dict[str, Any]], None] | None = None,
@@ -295,10 +320,18 @@ def prune_model(
             proximal step has its own size, steered by the regulariser).
         finetune_epochs: epochs of distillation after removal (AdamW, ``finetune_lr``, cosine).
         augment: the training transform (default: ``train_transform(preprocess, "standard")``).
+        residual: also remove channels of residual streams (see :class:`ChannelGroups`).
+        reestimate_bn: re-estimate the batch-norm statistics on ``images`` after removal and
+            after distillation, and let distillation update them. Off by default: the
+            re-fitted layers match the full model's, whose statistics are what the classifier
+            was trained against — measured on a cats/dogs probe of EfficientNet-Lite0 at half
+            the FLOPs, re-estimating on the 200 training photos took the re-fitted model from
+            94% to 74% (fp32: 99%). With it off, distillation keeps them frozen.
     """
     from vitrina.data import eval_transform, train_transform
     from vitrina.engine import default_workers, torch_threads
     from vitrina.optimize.distill import DistillTask, head_reads_embedding, reestimate_batchnorm
+    from vitrina.optimize.reconstruct import reconstruct_pointwise
 
     stage = on_stage or (lambda s: None)
     for name, value in (("flops", flops), ("latency", latency)):
@@ -323,7 +356,11 @@ def prune_model(
         )
     try:
         groups = ChannelGroups(
-            student, example, forward=_forward(student), protected=protected_modules(student)
+            student,
+            example,
+            forward=_forward(student),
+            protected=protected_modules(student),
+            residual=residual,
         )
     except NotPrunableError as e:
         raise NotPrunableError(f"cannot prune {model.arch!r}: {e}") from None
@@ -345,7 +382,7 @@ def prune_model(
     train_tf = augment or train_transform(student.preprocess, "standard")
     loader = _loader(images, train_tf, batch_size, workers, shuffle=True)
     stats_loader = _loader(images, eval_transform(student.preprocess), batch_size, workers, False)
-    task = DistillTask(teacher, logits=not embedding)
+    task = DistillTask(teacher, logits=not embedding, freeze_batchnorm=not reestimate_bn)
     threads = workers if len(images) > batch_size else 0
     fwd = _forward(student)
 
@@ -358,10 +395,17 @@ def prune_model(
             if on_epoch:
                 on_epoch(self.phase, state.epoch, record)
 
+    # 0. what each channel is worth: the Fisher of its removal, per FLOP --------------------
+    stage("pruned: measuring how much the outputs depend on each channel")
+    with torch_threads(threads):
+        fisher = channel_fisher(
+            student, groups, _images(stats_loader, device, limit=CURVATURE_IMAGES),
+            logits=not embedding,
+        )  # fmt: skip
+
     # 1. sparsify ------------------------------------------------------------------------
     curvature = None
     if sparsify_epochs > 0:
-        stage("pruned: measuring how much the outputs depend on each channel")
         with torch_threads(threads):
             curvature = scale_curvature(
                 student, groups, _images(stats_loader, device, limit=CURVATURE_IMAGES),
@@ -416,12 +460,23 @@ def prune_model(
 
         target = full  # the FLOPs only order the channels; time decides how many go
     stage("pruned: choosing the channels to remove")
+    costs = groups.channel_costs()
+    importance = [f / max(c, 1e-12) for f, c in zip(fisher, costs, strict=True)]
     keep = select_channels(
-        groups, target, died=reg.died, importance=reg.saliency(), round_to=round_to, accept=accept
+        groups, target, died=reg.died, importance=importance, round_to=round_to, accept=accept
     )
     removed = int(sum(int((~k).sum()) for k in keep))
 
     # 3. remove ---------------------------------------------------------------------------
+    # The regulariser chose the structure; the channels kept start from the full model's
+    # weights (MorphNet trains the structure it found, it does not keep the shrunk scales).
+    student.load_state_dict(teacher.state_dict())
+    groups.mask(keep)
+    stage("pruned: re-fitting the layers that read removed channels (least squares)")
+    recon_batch = torch.cat(list(_images(stats_loader, device, limit=RECONSTRUCT_IMAGES)))
+    with torch_threads(threads):
+        refit = reconstruct_pointwise(student, teacher, recon_batch[:RECONSTRUCT_IMAGES], forward=fwd)
+    del recon_batch
     stage(f"pruned: removing {removed} channels")
     after_widths = [n for _, n in groups.layer_widths([int(k.sum()) for k in keep])]
     groups.remove(keep)
@@ -431,8 +486,9 @@ def prune_model(
 
     # 4. recover --------------------------------------------------------------------------
     skip = protected_modules(student)
-    with torch_threads(threads):
-        reestimate_batchnorm(student, _images(stats_loader, device), forward=fwd, skip=skip)
+    if reestimate_bn:
+        with torch_threads(threads):
+            reestimate_batchnorm(student, _images(stats_loader, device), forward=fwd, skip=skip)
     recover: list[dict[str, Any]] = []
     if finetune_epochs > 0:
         stage(f"pruned: {finetune_epochs} epochs of distillation from the full model")
@@ -445,7 +501,8 @@ def prune_model(
                 student, task, loader, None, opt, sched,
                 epochs=finetune_epochs, callbacks=[_Report("distill")], device=device,
             )  # fmt: skip
-            reestimate_batchnorm(student, _images(stats_loader, device), forward=fwd, skip=skip)
+            if reestimate_bn:
+                reestimate_batchnorm(student, _images(stats_loader, device), forward=fwd, skip=skip)
         recover = _numbers(state.history)
     student.to(memory_format=torch.contiguous_format).eval()
     widths = [
@@ -464,7 +521,9 @@ def prune_model(
         zeroed_channels=zeroed,
         removed_channels=removed,
         target={"flops": flops, "latency": latency, "target_flops": target},
+        reestimated_bn=reestimate_bn,
         latency_probes=probes,
+        refit=refit,
     )
 
 
