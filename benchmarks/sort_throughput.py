@@ -128,7 +128,8 @@ def main() -> None:
                 )
                 times[k].append(len(flat) / (time.perf_counter() - t))
             print(
-                f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in times.items())
+                f"round {r + 1}: "
+                + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in times.items() if v)
             )
 
     if args.no_naive:
