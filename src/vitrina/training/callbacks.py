@@ -17,8 +17,11 @@ __all__ = ["BestCheckpoint", "EarlyStopping", "MetricsLog", "ProgressBar", "Resu
 
 
 def score(record: dict[str, Any]) -> tuple[float, float]:
-    """Higher is better: validation mAP (embeddings; ties: rank-1) or validation accuracy
-    (ties: lower validation loss); training figures when there is no validation set."""
+    """Higher is better: mAP on ``--val-dir`` (embeddings with one: another folder of
+    identities decides), else validation mAP (embeddings; ties: rank-1) or validation
+    accuracy (ties: lower validation loss); training figures when there is no validation set."""
+    if "valdir_mAP" in record:
+        return (record["valdir_mAP"], record.get("valdir_rank1", 0.0))
     if "val_mAP" in record:
         return (record["val_mAP"], record.get("val_rank1", 0.0))
     if "val_accuracy" in record:
@@ -87,6 +90,10 @@ class ProgressBar(Callback):
             line += f"  acc {record['train_accuracy']:.3f}"
         if "val_mAP" in record:
             line += f"  val_mAP {record['val_mAP']:.3f}  val_rank1 {record['val_rank1']:.3f}"
+        if "val_mAP_combined" in record:
+            line += f"  (local {record['val_mAP_local']:.3f}, combined {record['val_mAP_combined']:.3f})"
+        if "valdir_mAP" in record:
+            line += f"  val-dir mAP {record['valdir_mAP']:.3f}"
         if "val_accuracy" in record:
             line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}"
         line += f"  {record['images_per_s']:.0f} img/s"
