@@ -211,3 +211,23 @@ def test_runs_from_before_keep_working(people, tmp_path) -> None:
         progress=False,
     )
     assert again.metrics["epochs_run"] == 3
+
+
+def test_layer_decay_slows_each_earlier_stage(people, tmp_path) -> None:
+    from vitrina.losses import build_criterion
+    from vitrina.training.embedding import _param_groups
+
+    m = EmbeddingModel(create("resnet18", weights=None), num_classes=3)
+    crit = build_criterion("softmax", num_classes=3, embedding_dim=m.num_features)
+    plan = plan_trainable(m.net, "all", identities=3, images=30)
+    c = cfg(people, tmp_path / "x", layer_decay=0.5, lr=1e-3, head_lr_mult=10.0)
+    groups = _param_groups(m, crit, plan, c)
+    n = len(plan.stages)
+    assert [g["lr"] for g in groups] == [1e-3 * 0.5 ** (n - 1 - i) for i in range(n)] + [1e-2]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))  # every parameter in one group
+    assert set(ids) >= {id(p) for p in m.net.parameters()}
+    plain = _param_groups(m, crit, plan, cfg(people, tmp_path / "x", lr=1e-3, head_lr_mult=10.0))
+    assert [g["lr"] for g in plain] == [1e-3, 1e-3 * 10.0]  # one backbone group, as before
+    with pytest.raises(Exception, match="--layer-decay"):
+        cfg(people, tmp_path / "x", layer_decay=0).resolved()
