@@ -164,7 +164,7 @@ def test_local_branch_gives_unit_stripes_and_one_aligned_tensor() -> None:
     with torch.no_grad():
         stripes = m.local_features(x)
         both = m.aligned_features(x)
-        raw, neck, s2 = m.train_features(x)
+        _, neck, _ = m.train_features(x)
     assert stripes.shape == (3, 4, 128)
     np.testing.assert_allclose(stripes.norm(dim=-1).numpy(), 1, atol=1e-5)
     torch.testing.assert_close(both[:, :16], m.embed(x))
@@ -232,7 +232,6 @@ def test_engine_task_equals_the_model_on_the_same_inputs(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def aligned_run(tmp_path_factory: pytest.TempPathFactory):
     from test_train_embedding import cfg, make_identities
-
     from vitrina.data.identities import to_market
     from vitrina.training.embedding import train_embedding
 
@@ -309,7 +308,6 @@ def test_evaluate_reid_scores_global_local_and_combined(aligned_run, capsys) -> 
 
 def test_mutual_learning_trains_two_networks_and_keeps_one(tmp_path) -> None:
     from test_train_embedding import cfg, make_identities
-
     from vitrina.runs import load_model
     from vitrina.training.embedding import train_embedding
 
