@@ -17,13 +17,15 @@ __all__ = ["BestCheckpoint", "EarlyStopping", "MetricsLog", "ProgressBar", "Resu
 
 
 def score(record: dict[str, Any]) -> tuple[float, float]:
-    """Higher is better: mAP on ``--val-dir`` (embeddings with one: another folder of
-    identities decides), else validation mAP (embeddings; ties: rank-1) or validation
-    accuracy (ties: lower validation loss); training figures when there is no validation set."""
-    if "valdir_mAP" in record:
-        return (record["valdir_mAP"], record.get("valdir_rank1", 0.0))
-    if "val_mAP" in record:
-        return (record["val_mAP"], record.get("val_rank1", 0.0))
+    """Higher is better. Embeddings: mAP on ``--val-dir`` when there is one (another folder of
+    identities decides), else on the held-out identities; of a model with local stripes the
+    combined (global + local) mAP, the distance it is used with; ties: rank-1. Classifiers:
+    validation accuracy (ties: lower validation loss). Training figures when there is no
+    validation set."""
+    for prefix in ("valdir_", "val_"):
+        if f"{prefix}mAP" in record:
+            main = record.get(f"{prefix}mAP_combined", record[f"{prefix}mAP"])
+            return (main, record.get(f"{prefix}rank1", 0.0))
     if "val_accuracy" in record:
         return (record["val_accuracy"], -record["val_loss"])
     return (record.get("train_accuracy", 0.0), -record["train_loss"])
