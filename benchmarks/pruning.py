@@ -73,7 +73,9 @@ def shifted(img: Image.Image) -> Image.Image:
 def rescaled(img: Image.Image) -> Image.Image:
     """The photo at 55% of its size, centred on a grey canvas of the original size."""
     img = img.convert("RGB")
-    small = img.resize((max(1, int(img.width * 0.55)), max(1, int(img.height * 0.55))), Image.BILINEAR)
+    small = img.resize(
+        (max(1, int(img.width * 0.55)), max(1, int(img.height * 0.55))), Image.BILINEAR
+    )
     canvas = Image.new("RGB", img.size, (128, 128, 128))
     canvas.paste(small, ((img.width - small.width) // 2, (img.height - small.height) // 2))
     return canvas

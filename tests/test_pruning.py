@@ -33,8 +33,12 @@ class TinyNet(nn.Module):
 
     def __init__(self, classes: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
-        self.expand = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
+        )
+        self.expand = nn.Sequential(
+            nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()
+        )
         self.dw = nn.Sequential(
             nn.Conv2d(32, 32, 3, 1, 1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6()
         )
@@ -231,7 +235,7 @@ def test_curvature_estimate_matches_the_exact_gauss_newton_diagonal() -> None:
     for xi in x:
         jz, je = jacrev(outputs)({n: p.detach() for n, p in scale_params.items()}, xi)
         with torch.no_grad():
-            z, e = outputs({n: p.detach() for n, p in scale_params.items()}, xi)
+            z, _ = outputs({n: p.detach() for n, p in scale_params.items()}, xi)
         q = torch.softmax(z, 0)
         hz = (torch.diag(q) - q[:, None] * q[None, :]) * T * T  # T^2 KL in z/T
         for n in exact:
@@ -320,7 +324,9 @@ def test_channels_driven_to_zero_are_the_ones_removed() -> None:
         reg.step(0.02)
     alive = [g.norms() > 0 for g in gs.groups]
     assert any(not bool(a.all()) for a in alive)
-    keep = select_channels(gs, gs.flops([int(a.sum()) for a in alive]), died=reg.died, round_to=None)
+    keep = select_channels(
+        gs, gs.flops([int(a.sum()) for a in alive]), died=reg.died, round_to=None
+    )
     for a, k in zip(alive, keep, strict=True):
         assert torch.equal(a, k)
 
@@ -558,7 +564,6 @@ def test_optimize_refuses_a_model_it_cannot_prune(
 
 def test_optimize_an_embedding_run_is_judged_by_map(tmp_path: Path) -> None:
     from test_train_embedding import cfg, make_identities
-
     from vitrina.engine import Embedding, Engine
     from vitrina.optimize import optimize_run
     from vitrina.runs import load_model

@@ -13,7 +13,9 @@ from vitrina.cli._common import CommaChoices, err, out, print_json, progress_bar
 
 
 def optimize(
-    run_dir: Path = typer.Argument(..., help="Run folder made by `vitrina train` or `train-embedding`."),
+    run_dir: Path = typer.Argument(
+        ..., help="Run folder made by `vitrina train` or `train-embedding`."
+    ),
     calib: Path = typer.Option(
         ..., "--calib", help="Folder of your own photos to calibrate int8 on (64 are used)."
     ),

@@ -169,7 +169,11 @@ def _classifier_photos(
 
 
 def _embedding_photos(
-    run: Path, info: Any, eval_dir: str | Path | None, train_dir: str | Path | None, need_train: bool
+    run: Path,
+    info: Any,
+    eval_dir: str | Path | None,
+    train_dir: str | Path | None,
+    need_train: bool,
 ) -> _Photos:
     """Training identities to distil on and held-out identities to judge by: ``--eval`` /
     ``--train`` where given, else the run's own split of its data (the identities it held
@@ -318,7 +322,9 @@ def optimize_run(
     for name in names:
         if name == "int8":
             stage(f"int8: calibrating on {len(calib_batch)} images from {calib}")
-            path = quantize_int8(model, calib_batch, variant_file(run, "int8", output), output=output)
+            path = quantize_int8(
+                model, calib_batch, variant_file(run, "int8", output), output=output
+            )
             results[name] = VariantResult(name, str(path), path.stat().st_size)
             results[name].notes["calibration_images"] = len(calib_used)
         elif name == "bf16":

@@ -191,9 +191,7 @@ class ChannelGroups:
             else:  # not offered: its layers keep their widths
                 self._forget(len(self.groups))
         if not self.groups:
-            raise NotPrunableError(
-                "no channel can be removed without changing the model's outputs"
-            )
+            raise NotPrunableError("no channel can be removed without changing the model's outputs")
 
     # ------------------------------------------------------------------ construction
     @torch.no_grad()
@@ -237,7 +235,13 @@ class ChannelGroups:
         g = self.graph
         root_dep = tg[0].dep
         width = len(tg[0].idxs)
-        group = ChannelGroup(index, names.get(root_dep.target.module, "?"), width, root_dep.target.module, root_dep.handler)
+        group = ChannelGroup(
+            index,
+            names.get(root_dep.target.module, "?"),
+            width,
+            root_dep.target.module,
+            root_dep.handler,
+        )
         filters: list[_Scale] = []
         for item in tg:
             dep, idxs = item.dep, item.idxs
@@ -253,7 +257,9 @@ class ChannelGroups:
                 layer = by_module.get(id(module))
                 ratio = len(idxs) / width
                 if out_fn:
-                    depthwise = isinstance(module, nn.Conv2d) and 1 < module.groups == module.out_channels
+                    depthwise = (
+                        isinstance(module, nn.Conv2d) and 1 < module.groups == module.out_channels
+                    )
                     group.writers += 0 if depthwise else 1
                     filters.append(_Scale(module.weight, None, plain, root))
                     if module.bias is not None:  # zeroed with the filter: the channel is 0

@@ -65,7 +65,9 @@ def distillation_loss(
     return loss, parts
 
 
-def _outputs(model: nn.Module, x: torch.Tensor, logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _outputs(
+    model: nn.Module, x: torch.Tensor, logits: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(embedding, logits or None) in one pass: the head reads the embedding."""
     emb = model.embed(x)  # type: ignore[operator]
     return emb, (model.head_module()(emb) if logits else None)  # type: ignore[operator]
@@ -77,7 +79,7 @@ def head_reads_embedding(model: nn.Module, x: torch.Tensor) -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            emb, lg = _outputs(model, x, True)
+            _, lg = _outputs(model, x, True)
             return lg is not None and torch.allclose(lg, model.classify(x), atol=1e-4, rtol=1e-4)  # type: ignore[operator]
     except Exception:
         return False

@@ -57,7 +57,7 @@ from vitrina.optimize.channels import ChannelGroups, LayerWidth, NotPrunableErro
 from vitrina.optimize.sparsity import FlopRegularizer, channel_fisher, scale_curvature
 from vitrina.training.loop import Callback, LoopState, fit
 
-__all__ = ["PruneResult", "count_flops", "prune_model", "protected_modules", "select_channels"]
+__all__ = ["PruneResult", "count_flops", "protected_modules", "prune_model", "select_channels"]
 
 #: Widths are rounded up to multiples of this where a group has at least 2x as many channels.
 ROUND_TO = 8
@@ -449,10 +449,10 @@ def prune_model(
             trial = copy.deepcopy(groups)
             trial.remove(keep)
             t = measure(trial.model)  # type: ignore[arg-type]
-            probes.append(
-                {"flops": trial_flops(keep) / full, "seconds": t, "ratio": t / base}
+            probes.append({"flops": trial_flops(keep) / full, "seconds": t, "ratio": t / base})
+            stage(
+                f"pruned: {probes[-1]['flops']:.0%} of the FLOPs takes {t / base:.0%} of the time"
             )
-            stage(f"pruned: {probes[-1]['flops']:.0%} of the FLOPs takes {t / base:.0%} of the time")
             return t <= limit
 
         def trial_flops(keep: list[torch.Tensor]) -> float:
@@ -475,7 +475,9 @@ def prune_model(
     stage("pruned: re-fitting the layers that read removed channels (least squares)")
     recon_batch = torch.cat(list(_images(stats_loader, device, limit=RECONSTRUCT_IMAGES)))
     with torch_threads(threads):
-        refit = reconstruct_pointwise(student, teacher, recon_batch[:RECONSTRUCT_IMAGES], forward=fwd)
+        refit = reconstruct_pointwise(
+            student, teacher, recon_batch[:RECONSTRUCT_IMAGES], forward=fwd
+        )
     del recon_batch
     stage(f"pruned: removing {removed} channels")
     after_widths = [n for _, n in groups.layer_widths([int(k.sum()) for k in keep])]
@@ -506,8 +508,7 @@ def prune_model(
         recover = _numbers(state.history)
     student.to(memory_format=torch.contiguous_format).eval()
     widths = [
-        LayerWidth(name, b, a)
-        for (name, b), a in zip(before_widths, after_widths, strict=True)
+        LayerWidth(name, b, a) for (name, b), a in zip(before_widths, after_widths, strict=True)
     ]
     return PruneResult(
         model=student,

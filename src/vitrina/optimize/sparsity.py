@@ -208,7 +208,6 @@ def scale_curvature(
     return [s / max(seen, 1) for s in sums]
 
 
-
 def _projected_gradients(
     model: nn.Module,
     params: Sequence[torch.Tensor],

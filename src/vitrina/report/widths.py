@@ -39,7 +39,9 @@ def plot_layer_widths(
     top = max(before) if before else 1
     for x, b, a in zip(xs, before, after, strict=True):
         if a != b and b:
-            ax.text(x, b + top * 0.01, f"{a / b:.0%}", ha="center", va="bottom", fontsize=6, rotation=90)
+            ax.text(
+                x, b + top * 0.01, f"{a / b:.0%}", ha="center", va="bottom", fontsize=6, rotation=90
+            )
     ax.set_xticks(xs)
     ax.set_xticklabels([_short(s) for s in names], rotation=90, fontsize=6)
     ax.set_ylabel("output channels")
