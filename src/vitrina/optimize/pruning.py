@@ -383,6 +383,10 @@ def prune_model(
     loader = _loader(images, train_tf, batch_size, workers, shuffle=True)
     stats_loader = _loader(images, eval_transform(student.preprocess), batch_size, workers, False)
     task = DistillTask(teacher, logits=not embedding, freeze_batchnorm=not reestimate_bn)
+    # The classifier stays the full model's: the pruned features are trained to be read by it
+    # (so the pruned embedding is the one that classifier reads).
+    for p in student.head_module().parameters():
+        p.requires_grad_(False)
     threads = workers if len(images) > batch_size else 0
     fwd = _forward(student)
 
