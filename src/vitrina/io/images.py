@@ -159,6 +159,10 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
         im = _identify(p, fh, max_pixels)
         try:
             orientation = _orientation(im)
+            fast = _turbo_decode(p, fh, im, mode, min_side)
+            if fast is not None:
+                op = _ORIENTATION_OPS.get(orientation)
+                return fast.transpose(op) if op is not None else fast
             if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
                 im.draft(im.mode, (min_side, min_side))
             try:
@@ -181,6 +185,50 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
             im.close()
     op = _ORIENTATION_OPS.get(orientation)
     return out.transpose(op) if op is not None else out
+
+
+def _turbo_decode(
+    p: Path, fh: BinaryIO, im: Image.Image, mode: str, min_side: int | None
+) -> Image.Image | None:
+    """Decode a baseline/progressive JPEG with libjpeg-turbo through simplejpeg, when it is
+    installed and the file is a plain JPEG in the requested colours (YCbCr -> RGB, grey ->
+    L); ``None`` sends everything else (CMYK, MPO, colour conversions) to Pillow.
+
+    Why: libjpeg-turbo scales in the DCT domain by any M/8 (Pillow's ``draft`` only by 1/2,
+    1/4, 1/8), so a large photo decodes straight to about the size the model needs (3/8 of
+    a 1,000-pixel side for a 256-pixel one where Pillow stops at 1/2), and simplejpeg skips
+    part of Pillow's per-image work: decoding a cats/dogs photo (~500x375) costs 0.88 ms of
+    CPU instead of Pillow's 1.35 ms. The header was already parsed and the pixel limit enforced by
+    :func:`_identify`; recoverable libjpeg errors (a truncated file) raise (``strict``), so a
+    corrupt file stays an :class:`ImageReadError`, as with Pillow."""
+    if _simplejpeg is None or im.format != "JPEG" or (im.mode, mode) not in _TURBO_MODES:
+        return None
+    try:
+        fh.seek(0)
+        data = fh.read()
+        # Scaling by a factor under 2 (7/8, 6/8, 5/8) costs more than decoding at full size
+        # (measured 1.29 vs 0.88 ms): scale only where at least 1/2 keeps min_side.
+        side = min_side if min_side and min(im.size) >= 2 * min_side else 0
+        arr = _simplejpeg.decode_jpeg(
+            data, colorspace=_TURBO_MODES[(im.mode, mode)], min_height=side, min_width=side
+        )
+    except MemoryError as exc:
+        raise ImageReadError(p, "image too large to decode (out of memory)") from exc
+    except Exception as exc:  # ValueError from libjpeg: corrupt or truncated data
+        raise ImageReadError(p, _CORRUPT) from exc
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = np.ascontiguousarray(arr[:, :, 0])
+    h, w = arr.shape[:2]
+    # frombuffer shares the decoded array (no copy); the image keeps it alive.
+    return Image.frombuffer(mode, (w, h), arr, "raw", mode, 0, 1)
+
+
+try:  # optional: the fast JPEG path (pip install simplejpeg)
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - Pillow decodes everything without it
+    _simplejpeg = None
+
+_TURBO_MODES = {("RGB", "RGB"): "RGB", ("L", "L"): "GRAY"}
 
 
 def _open_file(path: Path) -> BinaryIO:
