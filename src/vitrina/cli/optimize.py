@@ -21,8 +21,8 @@ def optimize(
     ),
     variants: str | None = typer.Option(
         None,
-        help="Comma-separated: bf16, int8, pruned (default: int8,pruned, plus bf16 where the "
-        "CPU has bf16 matrix units).",
+        help="Comma-separated: bf16, int8, openvino-int8, pruned (default: int8, openvino-int8 "
+        "where OpenVINO is installed, pruned, plus bf16 where the CPU has bf16 matrix units).",
     ),
     prune: float = typer.Option(0.3, help="Fraction of channels the pruned variant removes."),
     finetune_epochs: int = typer.Option(2, help="Epochs of fine-tuning after pruning (0: none)."),
@@ -34,10 +34,11 @@ def optimize(
 ) -> None:
     """Make smaller / faster variants of a trained model and measure each against fp32.
 
-    Writes RUN/variants/ (int8.onnx, pruned.onnx, bf16.safetensors, report.json) and prints,
-    per variant: size on disk, images/s at batch 32 on this machine, accuracy on --eval and
-    top-1 agreement with fp32. Afterwards `--backend int8` / `--backend pruned` use them, and
-    `--backend auto` uses int8 when its agreement met the tolerance (>= 99%).
+    Writes RUN/variants/ (int8.onnx, openvino-int8.xml, pruned.onnx, bf16.safetensors,
+    report.json) and prints, per variant: size on disk, images/s at batch 32 on this machine,
+    accuracy on --eval and top-1 agreement with fp32. Afterwards `--backend int8` /
+    `--backend openvino-int8` / `--backend pruned` use them, and `--backend auto` considers
+    an int8 variant when its agreement met the tolerance (>= 99%).
 
     Example: vitrina optimize runs/shop --calib photos/unsorted --eval photos/labelled
     """

@@ -480,8 +480,7 @@ class Engine:
             except BaseException as exc:  # handed to the consumer, raised there
                 put(_Failure(exc))
             finally:
-                if stop.is_set():
-                    batches.close()
+                batches.close()  # stops the decoders (a no-op once they are done)
 
         runner = threading.Thread(target=model_stage, name="vitrina-model", daemon=True)
         runner.start()
