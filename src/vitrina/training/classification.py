@@ -30,6 +30,7 @@ from vitrina.io import file_digest
 from vitrina.models import VitrinaModel, create
 from vitrina.report import plot_confusion, plot_curves
 from vitrina.runs import RunInfo, is_run_dir, read_run, save_run, write_info
+from vitrina.training.precision import choose_precision, record_precision
 from vitrina.training.callbacks import (
     BestCheckpoint,
     EarlyStopping,
@@ -388,6 +389,10 @@ def train_classifier(
         ResumePoint(save_resume),
         *(extra_callbacks or []),
     ]
+    choice = choose_precision(cfg.precision, model, device, cfg.batch_size, trainable=not cached)
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen
     workers = getattr(train_loader, "num_workers", 0)
     # A net this small spends more time waking threads than computing (and spins badly on
     # a busy machine): one thread.

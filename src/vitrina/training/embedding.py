@@ -32,6 +32,7 @@ from vitrina.models import Preprocess, VitrinaModel, create
 from vitrina.models.embedding import EmbeddingModel
 from vitrina.registry import suggest
 from vitrina.runs import RunInfo, is_run_dir, load_model, read_run, save_run
+from vitrina.training.precision import choose_precision, record_precision
 from vitrina.training.callbacks import (
     BestCheckpoint,
     EarlyStopping,
@@ -129,8 +130,8 @@ class EmbeddingConfig:
             embedding_dim=2,
             margin=c.margin,
         )
-        if c.precision not in ("fp32", "bf16"):
-            raise VitrinaError(f"--precision {c.precision!r} is not one of fp32, bf16")
+        if c.precision not in ("fp32", "bf16", "auto"):
+            raise VitrinaError(f"--precision {c.precision!r} is not one of fp32, bf16, auto")
         for name, value, ok in (
             ("epochs", c.epochs, c.epochs >= 1),
             ("p", c.p, c.p is None or c.p >= 2),
@@ -430,6 +431,10 @@ def train_embedding(
         ResumePoint(save_resume),
         *(extra_callbacks or []),
     ]
+    choice = choose_precision(cfg.precision, model, device, cfg.k * (cfg.p or 8))
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen
     try:
         with torch_threads(getattr(train_loader, "num_workers", 0)):
             state = fit(
