@@ -30,7 +30,6 @@ from vitrina.io import file_digest
 from vitrina.models import VitrinaModel, create
 from vitrina.report import plot_confusion, plot_curves
 from vitrina.runs import RunInfo, is_run_dir, read_run, save_run, write_info
-from vitrina.training.precision import choose_precision, record_precision
 from vitrina.training.callbacks import (
     BestCheckpoint,
     EarlyStopping,
@@ -41,6 +40,7 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.config import TrainConfig
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
+from vitrina.training.precision import choose_precision, record_precision
 
 __all__ = ["ClassificationTask", "TrainResult", "data_fingerprint", "train_classifier"]
 

@@ -32,7 +32,6 @@ from vitrina.models import Preprocess, VitrinaModel, create
 from vitrina.models.embedding import EmbeddingModel
 from vitrina.registry import suggest
 from vitrina.runs import RunInfo, is_run_dir, load_model, read_run, save_run
-from vitrina.training.precision import choose_precision, record_precision
 from vitrina.training.callbacks import (
     BestCheckpoint,
     EarlyStopping,
@@ -43,6 +42,7 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.classification import prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
+from vitrina.training.precision import choose_precision, record_precision
 
 __all__ = [
     "EmbeddingConfig",
