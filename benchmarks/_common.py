@@ -32,3 +32,18 @@ def link_subset(files: list[Path], dest: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(f.resolve())
     return dest
+
+
+def cpu_flags() -> str:
+    """The CPU's matrix-relevant flags (every figure is quoted with them)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    have = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            break
+    return " ".join(f for f in wanted if f in have) or "none of " + ", ".join(wanted)
