@@ -103,7 +103,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ.setdefault("VITRINA_CACHE", str(tmp / "cache"))  # a cold cache, like a user's
-        by_class = [[s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))]
+        by_class = [
+            [s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))
+        ]
         few = [p for items in by_class for p in items[:10]]
         labelled = link_subset(few, tmp / "labelled")
         run = vitrina.train(
