@@ -22,7 +22,9 @@ one stream per group of cores, each with its own infer request), so every core c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -168,7 +170,8 @@ def quantize_openvino(
         overflow_fix=OverflowFix.ENABLE if fix else OverflowFix.FIRST_LAYER
     )
     try:
-        with _quiet():
+        # NNCF draws its own progress bars on stdout; the caller has its own.
+        with _quiet(), contextlib.redirect_stdout(io.StringIO()):
             q = nncf.quantize(ov_model, data, subset_size=len(calib), advanced_parameters=params)
     except Exception as e:
         raise VitrinaError(
