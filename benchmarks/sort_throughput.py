@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="photos per round (0: all)")
     ap.add_argument("--backends", default="auto", help="vitrina backends to time")
     ap.add_argument("--no-optimize", action="store_true", help="skip `vitrina optimize`")
+    ap.add_argument("--model", help="a run folder to use as it is (no training, no optimize)")
     ap.add_argument("--in-process", action="store_true", help="time sort_folder in-process")
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
@@ -107,11 +108,18 @@ def main() -> None:
             [s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))
         ]
         few = [p for items in by_class for p in items[:10]]
-        labelled = link_subset(few, tmp / "labelled")
-        run = vitrina.train(
-            str(labelled), arch="efficientnet_lite0", mode="probe", out=str(tmp / "run"), epochs=20
-        ).run_dir
-        if not args.no_optimize:
+        if args.model:
+            run = Path(args.model)
+        else:
+            labelled = link_subset(few, tmp / "labelled")
+            run = vitrina.train(
+                str(labelled),
+                arch="efficientnet_lite0",
+                mode="probe",
+                out=str(tmp / "run"),
+                epochs=20,
+            ).run_dir
+        if not args.no_optimize and not args.model:
             from vitrina.optimize import optimize_run
 
             calib = link_subset([p for items in by_class for p in items[10:60]], tmp / "calib")
