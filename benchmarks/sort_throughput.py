@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch
-from _common import cpu_flags, data_dir, link_subset, machine
+from _common import checkout_src, cpu_flags, data_dir, env_with_src, link_subset, machine
 from PIL import Image
 
 import vitrina
@@ -62,11 +62,18 @@ def naive_sort(paths: list[Path], model, classes: list[str], out: Path) -> dict[
     return labels
 
 
-def cli_sort(photos: Path, run: Path, out: Path, backend: str) -> tuple[float, str]:
-    """Seconds from launching `vitrina sort` to its exit, and its last stderr line."""
+def cli_sort(
+    photos: Path, run: Path, out: Path, backend: str | None, src: Path | None = None
+) -> tuple[float, str]:
+    """Seconds from launching `vitrina sort` to its exit, and its last stderr line.
+    ``backend`` None: the command's default; ``src``: vitrina's code from that folder."""
     cmd = [sys.executable, "-m", "vitrina", "sort", str(photos), "--model", str(run)]
-    cmd += ["--out", str(out), "--backend", backend]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd += ["--out", str(out)] + (["--backend", backend] if backend else [])
+    env = (
+        env_with_src(src)
+        if src is not None
+        else {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t
@@ -91,6 +98,16 @@ def main() -> None:
     ap.add_argument("--model", help="a run folder to use as it is (no training, no optimize)")
     ap.add_argument("--in-process", action="store_true", help="time sort_folder in-process")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--no-naive",
+        action="store_true",
+        help="skip the naive loop (e.g. only compare --before with now)",
+    )
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        help="also time `vitrina sort` from the command line at this git revision and now",
+    )
     args = ap.parse_args()
     root = data_dir("cats_dogs", args.data)
     scan = scan_folder(root)
@@ -140,7 +157,8 @@ def main() -> None:
             (photos / f"{p.parent.name}-{p.name}").symlink_to(p.resolve())
         flat = sorted(photos.iterdir())
 
-        naive_sort(flat[:16], clf.model, clf.classes, tmp / "warm-naive")  # page cache
+        if not args.no_naive:
+            naive_sort(flat[:16], clf.model, clf.classes, tmp / "warm-naive")  # page cache
         backends = args.backends.split(",")
         if not args.in_process:
             for b in backends:  # the first run on a machine pays for the caches
@@ -148,40 +166,65 @@ def main() -> None:
                 print(f"first CLI run [{b}] (caches): {len(flat) / seconds:.1f} img/s; {said}")
         else:
             sort_folder(photos, clf, tmp / "warm-v", backend="eager")
+        cli: dict[str, Path | None] = {}
+        if args.before:  # `vitrina sort` (default backend) at another revision, and now
+            (tmp / "before").mkdir()
+            cli = {f"CLI {args.before}": checkout_src(args.before, tmp / "before"), "CLI now": None}
+            for k, src in cli.items():  # its caches too
+                cli_sort(photos, run, tmp / f"first-{k.replace(' ', '_')}", None, src)
 
         times: dict[str, list[float]] = {"naive": []}
         agreement: dict[str, list[float]] = {}
         for b in backends:
             times[f"vitrina[{b}]"] = []
             agreement[b] = []
+        for k in cli:
+            times[k] = []
+            agreement[k] = []
         said = {}
         for r in range(args.rounds):
-            t = time.perf_counter()
-            ref = naive_sort(flat, clf.model, clf.classes, tmp / f"naive-{r}")
-            times["naive"].append(len(flat) / (time.perf_counter() - t))
-            for b in backends:
-                out = tmp / f"v-{b}-{r}"
-                if args.in_process:
+            ref: dict[str, str] = {}
+            if not args.no_naive:
+                t = time.perf_counter()
+                ref = naive_sort(flat, clf.model, clf.classes, tmp / f"naive-{r}")
+                times["naive"].append(len(flat) / (time.perf_counter() - t))
+            runs = [(f"vitrina[{b}]", b, b, None) for b in backends]
+            runs += [(k, k, None, src) for k, src in cli.items()]
+            for key, name, b, src in runs:
+                out = tmp / f"v-{name.replace(' ', '_')}-{r}"
+                if args.in_process and src is None and b is not None:
                     t = time.perf_counter()
                     s = sort_folder(photos, clf, out, backend=b, batch_size=args.batch_size)
-                    seconds, said[b] = time.perf_counter() - t, s.backend
+                    seconds, said[name] = time.perf_counter() - t, s.backend
                 else:
-                    seconds, said[b] = cli_sort(photos, run, out, b)
-                times[f"vitrina[{b}]"].append(len(flat) / seconds)
-                got = manifest_labels(out)
-                agreement[b].append(sum(got.get(n) == lbl for n, lbl in ref.items()) / len(ref))
+                    seconds, said[name] = cli_sort(photos, run, out, b, src)
+                times[key].append(len(flat) / seconds)
+                if ref:
+                    got = manifest_labels(out)
+                    agreement[name].append(
+                        sum(got.get(n) == lbl for n, lbl in ref.items()) / len(ref)
+                    )
             print(
-                f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in times.items()),
+                f"round {r + 1}: "
+                + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in times.items() if v),
                 flush=True,
             )
 
     where = "in-process sort_folder" if args.in_process else "CLI, process start included"
+    if args.before:
+        now, before = (statistics.median(times[k]) for k in ("CLI now", f"CLI {args.before}"))
+        print(f"vitrina sort from the command line: now {now / before:.2f}x {args.before}")
+    if args.no_naive:
+        times.pop("naive")
+        for k, v in times.items():
+            print(f"  {k:<18} {statistics.median(v):7.1f} img/s")
+        return
     base = statistics.median(times["naive"])
     print(f"\nmedian images/s (files on disk -> sorted folders; vitrina: {where})")
     for k, v in times.items():
         med = statistics.median(v)
         print(f"  {k:<18} {med:7.1f} img/s   {med / base:4.2f}x naive")
-    for b in backends:
+    for b in agreement:
         print(f"  [{b}] {said.get(b, '')}")
         print(f"  [{b}] label agreement with eager fp32: {min(agreement[b]):.1%} (worst round)")
     target = 2.0 if args.in_process else (4.0 if "amx_bf16" in cpu_flags() else 2.5)

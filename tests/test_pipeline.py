@@ -68,7 +68,7 @@ def test_a_model_error_reaches_the_caller(toy_run: Path, mixed: list, monkeypatc
     def broken(x, output="logits"):
         raise RuntimeError("the runtime broke")
 
-    monkeypatch.setattr(eng, "backend", broken)
+    monkeypatch.setattr(type(eng.backend), "__call__", lambda self, x, output="logits": broken(x))
     with pytest.raises(RuntimeError, match="the runtime broke"):
         list(eng.run(Logits(), mixed, num_workers=2))
     time.sleep(0.1)
@@ -158,7 +158,7 @@ def test_auto_rechecks_its_choice_on_the_running_pipeline(toy_run, mixed, monkey
     again = Engine(load(toy_run).model, backend="auto", device="cpu", batch_size=2)
     assert _answers(again.run(Logits(), items, num_workers=2)) == ref
     assert again.backend_name == "quick" and not again.backend._checks
-    cache = json.loads(next((Path(auto.io_cache_dir("auto"))).glob("*.json")).read_text())
+    cache = json.loads(again.backend._cache_file("logits").read_text())
     assert "pipeline" in cache
 
 

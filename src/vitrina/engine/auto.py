@@ -107,7 +107,7 @@ def auto_candidates(
         names.append("bf16")
         if device.type == "cpu" and openvino_available():
             names.append("openvino-bf16")
-    return names
+    return [n for n in names if BACKENDS.get(n).supports(output)]
 
 
 def _time(backend: Backend, x: torch.Tensor, output: str) -> tuple[torch.Tensor, float]:

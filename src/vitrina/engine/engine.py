@@ -302,6 +302,7 @@ class Engine:
     def forward(self, task: Task, x: torch.Tensor) -> Any:
         """The backend's raw outputs for a prepared ``(B, C, H, W)`` batch (for timing and
         measurements; results come from :meth:`run` or :meth:`run_prepared`)."""
+        self.backend.check_output(task.output)
         return self.backend(x, output=task.output)
 
     def run_prepared(self, task: Task, prepared: Sequence[Prepared]) -> list[Any]:
@@ -388,21 +389,27 @@ class Engine:
     ) -> Iterator[TaskBatch]:
         """Results batch by batch, in input order. ``on_progress(n)`` is called with the number
         of items consumed (done or failed) after each batch; ``num_workers`` overrides the
-        engine's setting for this call."""
+        engine's setting for this call.
+
+        While decode worker *processes* run (heavy preparation), torch gets the cores they
+        leave free (:func:`torch_threads`): OpenMP threads that spin-wait beside busy workers
+        cost more than they compute. Decode *threads* share the cores by demand instead
+        (see :meth:`decoding`)."""
         items = list(items)
-        batches = self.prepared_batches(task, items, num_workers=num_workers)
-        mode, workers = self.decoding(task, len(items), num_workers)
-        if mode == "inline":
-            for b in batches:
-                yield TaskBatch(b.indices, self.run_prepared(task, b.prepared), b.errors)
+        with torch_threads(self._workers(task, items, num_workers)):
+            batches = self.prepared_batches(task, items, num_workers=num_workers)
+            mode, workers = self.decoding(task, len(items), num_workers)
+            if mode == "inline":
+                for b in batches:
+                    yield TaskBatch(b.indices, self.run_prepared(task, b.prepared), b.errors)
+                    if on_progress:
+                        on_progress(len(b))
+                return
+            conditions = {"decode": mode, "workers": workers, "cores": available_cores()}
+            for b, values in self._overlapped(task, batches, conditions):
+                yield TaskBatch(b.indices, values, b.errors)
                 if on_progress:
                     on_progress(len(b))
-            return
-        conditions = {"decode": mode, "workers": workers, "cores": available_cores()}
-        for b, values in self._overlapped(task, batches, conditions):
-            yield TaskBatch(b.indices, values, b.errors)
-            if on_progress:
-                on_progress(len(b))
 
     def _threaded_batches(
         self,

@@ -127,14 +127,16 @@ def openvino_ir(model: VitrinaModel, output: str = "logits") -> Path:
     """The fp32 OpenVINO IR of ``model``'s ``output``, converted from the checked ONNX export
     and cached by content (architecture, weights, input size, output, torch version)."""
     from vitrina.engine.onnx import _fingerprint, export_onnx
+    from vitrina.engine.onnx import cache_dir as onnx_cache
 
     key = f"{model.arch.replace('/', '_')}-{_fingerprint(model, output)}"
     xml = _cache("openvino") / f"{key}.xml"
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         return xml
-    with tempfile.TemporaryDirectory(prefix="vitrina-ov-") as tmp:
-        onnx_file = export_onnx(model, output, Path(tmp) / "model.onnx")
-        return save_ir(_convert(onnx_file), xml)
+    exported = onnx_cache() / f"{key}.onnx"  # shared with the onnx backend: exported once
+    if not exported.is_file():
+        export_onnx(model, output, exported)
+    return save_ir(_convert(exported), xml)
 
 
 def quantize_openvino(
@@ -189,6 +191,7 @@ class OpenVinoBackend(Backend):
     made: :meth:`trust`)."""
 
     name = "openvino"
+    outputs = ("logits", "embed")  # single-tensor outputs, converted from the ONNX export
     precision: str | None = "f32"  # INFERENCE_PRECISION_HINT (None: OpenVINO's default)
     #: what happens outside tolerance on the first batch: "fallback" to eager, or "warn"
     on_mismatch = "fallback"
