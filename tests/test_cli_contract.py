@@ -238,7 +238,9 @@ def test_comma_choices_keep_order_and_drop_repeats() -> None:
 
     parse = CommaChoices(Backend)
     assert parse(" onnx, eager,onnx ") == "onnx,eager"
-    assert parse.metavar == "[auto|eager|bf16|onnx|int8|pruned|dlib],..."
+    assert parse.metavar == (
+        "[auto|eager|bf16|onnx|int8|openvino|openvino-bf16|openvino-int8|pruned|dlib],..."
+    )
     for bad in ("", " , ", "eager,eagr"):
         with pytest.raises(typer.BadParameter):
             parse(bad)

@@ -109,8 +109,20 @@ def _setup(output: str, optimized_run, face_chips, tmp_path: Path):
     return GridDetector(), GridBoxes(), [shelf], {}
 
 
-@pytest.mark.parametrize("output", OUTPUTS)
-@pytest.mark.parametrize("name", BACKENDS.names())
+def _cases() -> list:
+    """Every (backend, output) pair. OpenVINO on dlib's face ResNet is slow (converting its
+    graph takes ~15-30 s on 2 cores, NNCF's calibration more): those run with the slow tests;
+    OpenVINO's logits and embeddings run always."""
+    cases = []
+    for name in BACKENDS.names():
+        for output in OUTPUTS:
+            slow = name.startswith("openvino") and output == "face"
+            marks = [pytest.mark.slow] if slow else []
+            cases.append(pytest.param(name, output, marks=marks, id=f"{name}-{output}"))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "output"), _cases())
 def test_every_backend_keeps_its_tolerance_or_refuses_clearly(
     name: str, output: str, optimized_run, face_chips, tmp_path: Path
 ) -> None:

@@ -144,15 +144,19 @@ def test_update_that_fails_before_commit_leaves_old_index(tmp_path: Path, monkey
     monkeypatch.setattr(faiss, "write_index", boom)
     with pytest.raises(OSError):
         idx.add_vectors(x[60:], metas(40, start=60))
+    # an HNSW removal is a tombstone in SQLite (vectors.faiss is not rewritten) ...
+    idx.remove(["/photos/p0.jpg"])
+    before = [p for p in before if p != "/photos/p0.jpg"]
+    # ... and compacting it away has to write the file: it fails, the tombstone stays
     with pytest.raises(OSError):
-        idx.remove(["/photos/p0.jpg"])
+        idx.compact()
     monkeypatch.undo()
     # the same object and a fresh open both see the old state
-    assert len(idx) == 60
-    assert [h.path for h in idx.search(x[:1], k=5)[0].hits] == before
+    assert len(idx) == 59 and idx.info()["removed_pending_compaction"] == 1
+    assert [h.path for h in idx.search(x[:1], k=5)[0].hits][:4] == before
     again = Index.open(tmp_path / "ix")
-    assert again.recovered is None and len(again) == 60
-    assert [h.path for h in again.search(x[:1], k=5)[0].hits] == before
+    assert again.recovered is None and len(again) == 59
+    assert [h.path for h in again.search(x[:1], k=5)[0].hits][:4] == before
     assert not list((tmp_path / "ix").glob("*.pending")) and not list(
         (tmp_path / "ix").glob(".vitrina-tmp-*")
     )
@@ -223,13 +227,104 @@ def test_killed_process_leaves_a_consistent_index(tmp_path: Path, stage: str, co
         assert again.recovered and again.search(x[79:80], k=1)[0].hits[0].path == "/photos/p79.jpg"
 
 
-def test_faiss_file_lost_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
+def test_format_1_folder_keeps_working_and_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
+    """Folders made before vectors were stored once (format 1: vectors also in meta.sqlite)
+    open, search, update, and a lost faiss file is rebuilt from SQLite's copy."""
+    x = clustered(60)
+    old = Index.create(tmp_path / "ix", dim=32, kind="hnsw", _format=1)
+    old.add_vectors(x[:40], metas(40))
+    old.close()
+    with sqlite3.connect(tmp_path / "ix" / "meta.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM items WHERE vector IS NOT NULL").fetchone()[0] == 40
+    idx = Index.open(tmp_path / "ix")
+    assert idx.recovered is None and idx.info()["format_version"] == 1
+    idx.add_vectors(x[40:], metas(20, start=40))
+    idx.remove(["/photos/p5.jpg"])  # a tombstone: the removed table appears when first needed
+    ids, vecs = idx.vectors()
+    assert len(ids) == 59 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    idx.close()
+    (tmp_path / "ix" / "vectors.faiss").write_bytes(b"garbage")
+    again = Index.open(tmp_path / "ix")
+    assert "rebuilt it from the 59 stored vectors" in again.recovered
+    assert again.search(x[3:4], k=1)[0].hits[0].path == "/photos/p3.jpg"
+    assert "/photos/p5.jpg" not in {h.path for h in again.search(x[5:6], k=10)[0].hits}
+    assert Index.open(tmp_path / "ix").recovered is None
+
+
+def test_vectors_are_stored_once(tmp_path: Path) -> None:
+    """Format 2: meta.sqlite holds no vector; the faiss file is the copy everything reads."""
+    x = clustered(50, d=64)
+    idx = Index.create(tmp_path / "ix", dim=64, metric="euclidean")
+    idx.add_vectors(x, metas(50))
+    with sqlite3.connect(tmp_path / "ix" / "meta.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM items WHERE vector IS NOT NULL").fetchone()[0] == 0
+    with sqlite3.connect(tmp_path / "ix" / "meta.sqlite") as c:  # no BLOB anywhere
+        assert c.execute("SELECT COUNT(*) FROM items WHERE typeof(vector) = 'blob'").fetchone() == (
+            0,
+        )
+    ids, vecs = Index.open(tmp_path / "ix").vectors()
+    assert np.array_equal(vecs[np.argsort(ids)], x)  # exactly what was added
+
+
+def test_faiss_file_lost_says_how_to_rebuild(tmp_path: Path) -> None:
     x = clustered(40)
     Index.create(tmp_path / "ix", dim=32).add_vectors(x, metas(40))
     (tmp_path / "ix" / "vectors.faiss").write_bytes(b"garbage")
+    with pytest.raises(VitrinaError) as info:
+        Index.open(tmp_path / "ix")
+    msg = str(info.value)
+    assert "\n" not in msg and "vectors.faiss: unreadable" in msg and "vitrina index build" in msg
+    (tmp_path / "ix" / "vectors.faiss").unlink()
+    with pytest.raises(VitrinaError, match="missing, and it is the only copy of this index's 40"):
+        Index.open(tmp_path / "ix")
+
+
+def test_hnsw_removal_is_a_tombstone_until_compaction(tmp_path: Path) -> None:
+    x, q = np.split(clustered(2100, d=48, centres=40), [2000])
+    idx = Index.create(tmp_path / "ix", dim=48, kind="hnsw")
+    idx.add_vectors(x, metas(2000))
+    faiss_file = tmp_path / "ix" / "vectors.faiss"
+    before = faiss_file.read_bytes()
+    gone = [f"/photos/p{i}.jpg" for i in range(0, 2000, 20)]  # 5%: below COMPACT_FRACTION
+    assert len(idx.remove(gone).removed) == 100
+    assert faiss_file.read_bytes() == before  # not rewritten
+    assert len(idx) == 1900 and idx.info()["removed_pending_compaction"] == 100
+    for searcher in (idx, Index.open(tmp_path / "ix")):
+        assert searcher.recovered is None
+        found = searcher.search_vectors(x, k=10)
+        assert (found.ids >= 0).all()  # k live results for every query, no tombstone among them
+        assert not {p for row in found.paths() for p in row} & set(gone)
+    live = np.array([i for i in range(2000) if i % 20])
+    got = idx.search_vectors(q, k=10).ids - 1  # ids are 1-based rows in insertion order
+    assert index_mod.recall_at_k(got, live[brute(x[live], q, "cosine", 10)]) >= 0.9
+    # a re-add of removed content is a new row, found again
+    idx.add_vectors(x[:1], metas(1))
+    assert idx.search(x[:1], k=1)[0].hits[0].path == "/photos/p0.jpg"
+    assert idx.compact() == 100 and idx.info()["removed_pending_compaction"] == 0
     again = Index.open(tmp_path / "ix")
-    assert "rebuilt it from the 40 stored vectors" in again.recovered
-    assert again.search(x[3:4], k=1)[0].hits[0].path == "/photos/p3.jpg"
+    assert again.recovered is None and again._faiss_index.ntotal == 1901
+    assert again.info()["recall"]["recall_at_10"] >= 0.9
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_batch_search_arrays_match_the_hits(tmp_path: Path, metric: str) -> None:
+    x = clustered(200)
+    idx = Index.create(tmp_path / "ix", dim=32, metric=metric, kind="exact")
+    idx.add_vectors(x, metas(200))
+    q = clustered(6, seed=3)
+    found = idx.search_vectors(q, k=4)
+    assert found.ids.shape == found.distances.shape == found.similarities.shape == (6, 4)
+    for row, hits, paths in zip(found.ids, idx.search(q, k=4), found.paths(), strict=True):
+        assert [h.id for h in hits.hits] == row.tolist()
+        assert [h.path for h in hits.hits] == paths
+    r = found.results()[2].hits
+    assert [h.distance for h in r] == pytest.approx(found.distances[2].tolist())
+    assert [h.similarity for h in r] == pytest.approx(found.similarities[2].tolist())
+    # fewer items than k: -1 padding, no hit for it
+    small = Index.create(tmp_path / "small", dim=32, metric=metric)
+    small.add_vectors(x[:2], metas(2))
+    few = small.search_vectors(q[:1], k=5)
+    assert few.ids.shape == (1, 2) and len(few.results()[0].hits) == 2
 
 
 def test_bad_index_folders_say_what_is_wrong(tmp_path: Path) -> None:
@@ -260,7 +355,7 @@ def test_bad_index_folders_say_what_is_wrong(tmp_path: Path) -> None:
     Index.create(tmp_path / "v9", dim=4).close()
     with sqlite3.connect(tmp_path / "v9" / "meta.sqlite") as c:
         c.execute("UPDATE info SET value = '9' WHERE key = 'format_version'")
-    with pytest.raises(VitrinaError, match="format version 9, this vitrina reads version 1"):
+    with pytest.raises(VitrinaError, match="format version 9, this vitrina reads versions 1, 2"):
         Index.open(tmp_path / "v9")
     # never written over
     (tmp_path / "busy").mkdir()

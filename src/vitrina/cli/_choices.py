@@ -43,10 +43,21 @@ __all__ = [
 ]
 
 #: vitrina.engine.BACKENDS (the registry), ``auto`` first: it is the default.
-Backend = Literal["auto", "eager", "bf16", "onnx", "int8", "pruned", "dlib"]
+Backend = Literal[
+    "auto",
+    "eager",
+    "bf16",
+    "onnx",
+    "int8",
+    "openvino",
+    "openvino-bf16",
+    "openvino-int8",
+    "pruned",
+    "dlib",
+]
 Mode = Literal["scratch", "probe", "finetune"]  # vitrina.training.MODES
 Optimizer = Literal["sgd", "adamw", "lbfgs"]  # vitrina.training.OPTIMIZERS
-Precision = Literal["fp32", "bf16"]  # vitrina.training.PRECISIONS
+Precision = Literal["fp32", "bf16", "auto"]  # vitrina.training.PRECISIONS
 Augment = Literal["none", "light", "standard"]  # vitrina.data.AUGMENTS
 EmbeddingAugment = Literal["reid", "none", "light", "standard"]  # training.embedding.EMBED_AUGMENTS
 Miner = Literal["none", "batch-hard", "semi-hard", "distance-weighted"]  # vitrina.losses.MINERS
@@ -64,7 +75,7 @@ ZooSort = Literal["size", "params", "gflops", "top1", "year", "name"]  # vitrina
 ZooPlotY = Literal["top1", "throughput"]  # vitrina.zoo.plot.PLOT_Y
 ExportFormat = Literal["onnx"]  # vitrina.classify.export.FORMATS
 #: vitrina.optimize.VARIANT_NAMES (``--variants`` takes a comma-separated list of them).
-Variant = Literal["bf16", "int8", "pruned"]
+Variant = Literal["bf16", "int8", "openvino-int8", "pruned"]
 #: vitrina.explain.METHODS (the registry), plus ``all``.
 ExplainMethodName = Literal[
     "gradcam",

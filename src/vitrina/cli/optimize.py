@@ -30,8 +30,8 @@ def optimize(
         None,
         parser=CommaChoices(Variant),
         metavar=CommaChoices(Variant).metavar,
-        help="Comma-separated variants to make (default: int8,pruned, plus bf16 where the "
-        "CPU has bf16 matrix units).",
+        help="Comma-separated variants to make (default: int8, openvino-int8 where OpenVINO "
+        "is installed, pruned, plus bf16 where the CPU has bf16 matrix units).",
     ),
     prune_flops: float | None = typer.Option(
         None,
@@ -62,7 +62,7 @@ def optimize(
 ) -> None:
     """Make smaller / faster variants of a trained model and measure each against fp32.
 
-    Writes RUN/variants/ (int8.onnx, pruned.onnx, pruned-embed.onnx, pruned-widths.png,
+    Writes RUN/variants/ (int8.onnx, openvino-int8.xml, pruned.onnx, pruned-embed.onnx, pruned-widths.png,
     bf16.safetensors, report.json) and prints, per variant: size on disk, GFLOPs and
     parameters, images/s at batch 32 on this machine, and accuracy on --eval with top-1
     agreement with fp32 (an embedding run: retrieval mAP and rank-1 on held-out identities,
@@ -73,7 +73,7 @@ def optimize(
     sparsity fine-tune chooses first), the layers that read them are re-fitted by least
     squares to answer what the full model's layers answer, and the result is distilled from
     the full model on your photos (no labels needed). Afterwards `--backend int8` /
-    `--backend pruned` use the variants, and `--backend auto` uses int8 when its agreement
+    `--backend openvino-int8` / `--backend pruned` use the variants, and `--backend auto` uses int8 when its agreement
     met the tolerance (>= 99%).
 
     Example: vitrina optimize runs/shop --calib photos/unsorted --eval photos/labelled --prune-flops 0.5

@@ -48,7 +48,11 @@ def train(
     augment: Augment | None = typer.Option(
         None, help="Training augmentation (default: none for probe, light otherwise)."
     ),
-    precision: Precision = typer.Option("fp32", help="fp32, or bf16 autocast."),
+    precision: Precision = typer.Option(
+        "fp32",
+        help="fp32, bf16 (autocast) or auto: bf16 where it measures faster on this machine "
+        "(AMX CPUs, bf16 GPUs; the measurement is saved as RUN/precision.json).",
+    ),
     seed: int = typer.Option(0, help="Seed for the split, init and shuffling."),
     out: Path | None = typer.Option(
         None, "--out", help="Run folder to create (default runs/<data>-<arch>-<mode>)."

@@ -157,6 +157,10 @@ class OnnxBackend(Backend):
         self._checked: set[str] = set()
         self._fallback: set[str] = set()
 
+    def trust(self, output: str) -> None:
+        """Skip the first-batch check (it was made, e.g. by ``auto``'s recorded trial)."""
+        self._checked.add(output)
+
     def _session(self, output: str):
         if output not in self._sessions:
             path = (

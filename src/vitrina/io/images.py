@@ -159,6 +159,10 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
         im = _identify(p, fh, max_pixels)
         try:
             orientation = _orientation(im)
+            fast = _turbo_decode(p, fh, im, mode, min_side)
+            if fast is not None:
+                op = _ORIENTATION_OPS.get(orientation)
+                return fast.transpose(op) if op is not None else fast
             if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
                 im.draft(im.mode, (min_side, min_side))
             try:
@@ -181,6 +185,57 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
             im.close()
     op = _ORIENTATION_OPS.get(orientation)
     return out.transpose(op) if op is not None else out
+
+
+def _turbo_decode(
+    p: Path, fh: BinaryIO, im: Image.Image, mode: str, min_side: int | None
+) -> Image.Image | None:
+    """Decode a baseline/progressive JPEG with libjpeg-turbo through simplejpeg, when it is
+    installed and the file is a plain JPEG in the requested colours (YCbCr -> RGB, grey ->
+    L); ``None`` sends everything else (CMYK, MPO, colour conversions) to Pillow.
+
+    Why: simplejpeg skips part of Pillow's per-image work: decoding a cats/dogs photo
+    (~500x375) costs 0.88 ms of CPU instead of Pillow's 1.35 ms. A large photo is scaled in
+    the DCT domain by the same power-of-two factors as Pillow's ``draft`` (see below for why
+    not libjpeg-turbo's other M/8 scales), so the pixels are Pillow's. The header was already parsed and the pixel limit enforced by
+    :func:`_identify`; recoverable libjpeg errors (a truncated file) raise (``strict``), so a
+    corrupt file stays an :class:`ImageReadError`, as with Pillow."""
+    if _simplejpeg is None or im.format != "JPEG" or (im.mode, mode) not in _TURBO_MODES:
+        return None
+    try:
+        fh.seek(0)
+        data = fh.read()
+        # Only the scales of Pillow's draft (1/2, 1/4, 1/8), the largest reduction that keeps
+        # min_side: scaling by 7/8..5/8 costs more than a full decode (1.29 vs 0.88 ms per
+        # photo), and the odd scales (3/8) put 3.6-4.1 grey levels of mean error into the
+        # model's input against torchvision's full-size resize (1/2: 0.45).
+        factor = 1
+        while min_side and factor < 8 and min(im.size) >= 2 * factor * min_side:
+            factor *= 2
+        w, h = im.size
+        arr = _simplejpeg.decode_jpeg(
+            data,
+            colorspace=_TURBO_MODES[(im.mode, mode)],
+            min_height=-(-h // factor) if factor > 1 else 0,
+            min_width=-(-w // factor) if factor > 1 else 0,
+        )
+    except MemoryError as exc:
+        raise ImageReadError(p, "image too large to decode (out of memory)") from exc
+    except Exception as exc:  # ValueError from libjpeg: corrupt or truncated data
+        raise ImageReadError(p, _CORRUPT) from exc
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = np.ascontiguousarray(arr[:, :, 0])
+    h, w = arr.shape[:2]
+    # frombuffer shares the decoded array (no copy); the image keeps it alive.
+    return Image.frombuffer(mode, (w, h), arr, "raw", mode, 0, 1)
+
+
+try:  # optional: the fast JPEG path (pip install simplejpeg)
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - Pillow decodes everything without it
+    _simplejpeg = None
+
+_TURBO_MODES = {("RGB", "RGB"): "RGB", ("L", "L"): "GRAY"}
 
 
 def _open_file(path: Path) -> BinaryIO:

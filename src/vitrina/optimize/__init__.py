@@ -2,7 +2,10 @@
 
 For a run folder, writes into ``RUN/variants/`` (see :mod:`vitrina.engine.variants`):
 
-* ``int8``: static int8 calibrated on ``calib`` images (:mod:`vitrina.engine.int8`);
+* ``int8``: static int8 calibrated on ``calib`` images (:mod:`vitrina.engine.int8`, run by
+  ONNX Runtime);
+* ``openvino-int8``: NNCF int8 calibrated on the same images, run by OpenVINO
+  (:mod:`vitrina.engine.openvino`; ``variants/openvino-int8.xml`` + ``.bin``);
 * ``bf16``: the weights in bfloat16 (computed with bf16 autocast);
 * ``pruned``: the channels that cost the most FLOPs and matter least removed, MorphNet's
   way, and the result distilled from the full model (:mod:`vitrina.optimize.pruning`);
@@ -34,7 +37,7 @@ from vitrina.errors import VitrinaError
 
 __all__ = ["VARIANT_NAMES", "VariantResult", "default_variants", "optimize_run"]
 
-VARIANT_NAMES = ("bf16", "int8", "pruned")
+VARIANT_NAMES = ("bf16", "int8", "openvino-int8", "pruned")
 REPORT_FILE = "report.json"
 WIDTHS_PLOT = "pruned-widths.png"
 #: The FLOP target when neither ``prune_flops`` nor ``prune_latency`` is given.
@@ -62,11 +65,13 @@ class VariantResult:
 
 
 def default_variants() -> list[str]:
-    """int8 and pruned everywhere; bf16 where this CPU has bf16 matrix units (emulated bf16
-    is several times slower than fp32, so measuring it there costs minutes for nothing)."""
+    """int8 (and OpenVINO's int8 where OpenVINO is installed) and pruned everywhere; bf16
+    where this CPU has bf16 matrix units (emulated bf16 is several times slower than fp32,
+    so measuring it there costs minutes for nothing)."""
     from vitrina.engine import bf16_supported
+    from vitrina.engine.openvino import openvino_available
 
-    names = ["int8", "pruned"]
+    names = ["int8", *(["openvino-int8"] if openvino_available() else []), "pruned"]
     if bf16_supported(torch.device("cpu")):
         names.insert(0, "bf16")
     return names
@@ -300,7 +305,7 @@ def optimize_run(
     cpu = torch.device("cpu")
     workers = default_workers() if num_workers is None else num_workers
     output = "embed" if embedding else "logits"
-    if "int8" in names:
+    if "int8" in names or "openvino-int8" in names:
         calib_batch, calib_used = calibration_tensors(calib, model)
     out_dir = run / VARIANTS_DIR
     out_dir.mkdir(exist_ok=True)
@@ -326,6 +331,16 @@ def optimize_run(
                 model, calib_batch, variant_file(run, "int8", output), output=output
             )
             results[name] = VariantResult(name, str(path), path.stat().st_size)
+            results[name].notes["calibration_images"] = len(calib_used)
+        elif name == "openvino-int8":
+            from vitrina.engine.openvino import quantize_openvino
+
+            stage(f"openvino-int8: calibrating on {len(calib_batch)} images from {calib}")
+            path = quantize_openvino(
+                model, calib_batch, variant_file(run, name, output, suffix=".xml"), output=output
+            )
+            size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+            results[name] = VariantResult(name, str(path), size)
             results[name].notes["calibration_images"] = len(calib_used)
         elif name == "bf16":
             path = variant_file(run, "bf16", suffix=".safetensors")

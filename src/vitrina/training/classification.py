@@ -40,6 +40,7 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.config import TrainConfig
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
+from vitrina.training.precision import choose_precision, record_precision
 
 __all__ = ["ClassificationTask", "TrainResult", "data_fingerprint", "train_classifier"]
 
@@ -388,6 +389,10 @@ def train_classifier(
         ResumePoint(save_resume),
         *(extra_callbacks or []),
     ]
+    choice = choose_precision(cfg.precision, model, device, cfg.batch_size, trainable=not cached)
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen
     workers = getattr(train_loader, "num_workers", 0)
     # A net this small spends more time waking threads than computing (and spins badly on
     # a busy machine): one thread.

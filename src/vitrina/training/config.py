@@ -14,7 +14,7 @@ __all__ = ["MODES", "OPTIMIZERS", "PRECISIONS", "TrainConfig"]
 
 MODES = ("scratch", "probe", "finetune")
 OPTIMIZERS = ("sgd", "adamw", "lbfgs")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass

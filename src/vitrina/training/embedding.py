@@ -52,6 +52,7 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.classification import prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
+from vitrina.training.precision import choose_precision, record_precision
 from vitrina.training.trainable import TRAINABLE, TrainablePlan, plan_trainable
 
 __all__ = [
@@ -159,8 +160,8 @@ class EmbeddingConfig:
             embedding_dim=2,
             margin=c.margin,
         )
-        if c.precision not in ("fp32", "bf16"):
-            raise VitrinaError(f"--precision {c.precision!r} is not one of fp32, bf16")
+        if c.precision not in ("fp32", "bf16", "auto"):
+            raise VitrinaError(f"--precision {c.precision!r} is not one of fp32, bf16, auto")
         if c.trainable not in TRAINABLE:
             raise VitrinaError(
                 f"--trainable {c.trainable!r} is not one of {', '.join(TRAINABLE)}"
@@ -920,6 +921,10 @@ def _train_one(
         ResumePoint(save_resume),
         *(extra or []),
     ]
+    choice = choose_precision(cfg.precision, model, device, cfg.k * (cfg.p or 8))
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen
     try:
         with torch_threads(getattr(train_loader, "num_workers", 0)):
             state = fit(
