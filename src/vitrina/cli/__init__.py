@@ -35,6 +35,7 @@ def _register() -> None:
     for mod in (train, evaluate, predict, sort, export, optimize, zoo, demo):
         mod.register(app)
     from vitrina.cli import (
+        detect,
         embed,
         evaluate_reid,
         evaluate_retrieval,
@@ -54,6 +55,7 @@ def _register() -> None:
         faces,
         explain,
         serve,
+        detect,
     ):
         mod.register(app)
 

@@ -17,10 +17,11 @@ __all__ = ["BestCheckpoint", "EarlyStopping", "MetricsLog", "ProgressBar", "Resu
 
 
 def score(record: dict[str, Any]) -> tuple[float, float]:
-    """Higher is better: validation mAP (embeddings; ties: rank-1) or validation accuracy
-    (ties: lower validation loss); training figures when there is no validation set."""
+    """Higher is better: validation mAP (embeddings, ties: rank-1; detection, ties: mAP@.5)
+    or validation accuracy (ties: lower validation loss); training figures when there is no
+    validation set."""
     if "val_mAP" in record:
-        return (record["val_mAP"], record.get("val_rank1", 0.0))
+        return (record["val_mAP"], record.get("val_rank1", record.get("val_mAP50", 0.0)))
     if "val_accuracy" in record:
         return (record["val_accuracy"], -record["val_loss"])
     return (record.get("train_accuracy", 0.0), -record["train_loss"])
@@ -86,7 +87,11 @@ class ProgressBar(Callback):
         if self.accuracy and "train_accuracy" in record:
             line += f"  acc {record['train_accuracy']:.3f}"
         if "val_mAP" in record:
-            line += f"  val_mAP {record['val_mAP']:.3f}  val_rank1 {record['val_rank1']:.3f}"
+            line += f"  val_mAP {record['val_mAP']:.3f}"
+        if "val_rank1" in record:
+            line += f"  val_rank1 {record['val_rank1']:.3f}"
+        if "val_mAP50" in record:
+            line += f"  val_mAP@.5 {record['val_mAP50']:.3f}"
         if "val_accuracy" in record:
             line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}"
         line += f"  {record['images_per_s']:.0f} img/s"
