@@ -39,9 +39,11 @@ __all__ = [
     "split_photos",
 ]
 
-#: ``none``: the letterboxed photo as it is; ``light``: horizontal flips, colour jitter and
-#: an occasional zoom-out (smaller objects); ``strong``: also random shifts and rescaling.
-BOX_AUGMENTS = ("none", "light", "strong")
+#: ``none``: the letterboxed photo as it is; ``flip``: mirrored half of the time (the only
+#: augmentation that keeps cached features valid, see :mod:`vitrina.detect.cache`); ``light``:
+#: flips, colour jitter and an occasional zoom-out (smaller objects); ``strong``: also random
+#: shifts and rescaling.
+BOX_AUGMENTS = ("none", "flip", "light", "strong")
 
 
 class BoxAugment:
@@ -54,10 +56,12 @@ class BoxAugment:
             raise ValueError(f"augment must be one of {BOX_AUGMENTS}, not {kind!r}")
         self.kind = kind
         fill = {"default": LETTERBOX_FILL, "mask": 0}
-        steps: list[Any] = [
-            v2.RandomPhotometricDistort(p=0.5),
-            v2.RandomApply([v2.RandomZoomOut(fill=fill, side_range=(1.0, 1.8))], p=0.25),
-        ]
+        steps: list[Any] = []
+        if kind in ("light", "strong"):
+            steps += [
+                v2.RandomPhotometricDistort(p=0.5),
+                v2.RandomApply([v2.RandomZoomOut(fill=fill, side_range=(1.0, 1.8))], p=0.25),
+            ]
         if kind == "strong":
             affine = v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.75, 1.25), fill=fill)
             steps.append(v2.RandomApply([affine], p=0.5))

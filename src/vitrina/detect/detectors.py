@@ -228,8 +228,11 @@ class HogPeople:
 
     People must be about 100 pixels tall or more (the window holds a 96-pixel person with a
     margin); ``upscale`` enlarges the photo first to find smaller ones (slower), and photos
-    longer than ``max_side`` are searched at that size (boxes mapped back). The score is the
-    SVM margin (0 is the classifier's own boundary)."""
+    longer than ``max_side`` are searched at that size (boxes mapped back). A box is the
+    person inside the window (``person``: the window's central share of width and height; the
+    detector was trained on 64x128 windows around 96-pixel-tall people), so crops and IoU are
+    about the person, not the margin. The score is the SVM margin (0 is the classifier's own
+    boundary)."""
 
     win_stride: int = 8
     scale: float = 1.05
@@ -237,6 +240,7 @@ class HogPeople:
     nms: float = 0.45
     upscale: float = 1.0
     max_side: int = 1280
+    person: tuple[float, float] = (0.6, 0.75)
 
     def __call__(self, rgb: np.ndarray) -> Detections:
         import cv2
@@ -262,7 +266,9 @@ class HogPeople:
         if not len(rects):
             return Detections.empty((w, h))
         r = np.asarray(rects, np.float32).reshape(-1, 4)
-        boxes = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], 1) / s
+        cx, cy = r[:, 0] + r[:, 2] / 2, r[:, 1] + r[:, 3] / 2
+        hw, hh = r[:, 2] * self.person[0] / 2, r[:, 3] * self.person[1] / 2
+        boxes = np.stack([cx - hw, cy - hh, cx + hw, cy + hh], 1) / s
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
         scores = np.asarray(weights, np.float32).reshape(-1)

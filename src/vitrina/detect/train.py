@@ -22,6 +22,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitrina.data.annotations import AnnotatedSet, read_annotated
+from vitrina.detect.cache import (
+    CACHE_LIMIT_BYTES,
+    CUT,
+    CachedBatch,
+    CachedBatches,
+    FeatureCache,
+    run_cached,
+)
 from vitrina.detect.data import (
     BOX_AUGMENTS,
     PhotoBoxes,
@@ -55,9 +63,11 @@ __all__ = [
 ]
 
 #: What stays frozen: ``stem`` (the backbone's layers before stride 8, as torchvision keeps
-#: a ResNet's stem and layer1), ``backbone`` (all of it: only the pyramid and heads learn),
-#: ``none``.
-FREEZE = ("stem", "backbone", "none")
+#: a ResNet's stem and layer1), ``lower`` (the backbone up to its stride-16 features: its
+#: last stage, the pyramid and the heads learn), ``backbone`` (all of it: only the pyramid and
+#: heads learn), ``none``. With ``lower`` or ``backbone`` and ``--augment none|flip`` the
+#: frozen features are computed once (:mod:`vitrina.detect.cache`).
+FREEZE = ("stem", "lower", "backbone", "none")
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
 
@@ -104,6 +114,8 @@ class DetectTrainConfig:
     val_dir: str | None = None
     val_fraction: float = 0.2
     patience: int = 5
+    time_budget: float | None = None  # minutes; the run ends with the epoch that passes it
+    budget_clock: str = "wall"  # or "process": this process's CPU time (benchmarks)
     format: str | None = None
     classes: str | None = None
     num_workers: int | None = None
@@ -124,6 +136,7 @@ class DetectTrainConfig:
         choice("freeze", self.freeze, FREEZE)
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("precision", self.precision, PRECISIONS)
+        choice("budget_clock", self.budget_clock, tuple(CLOCKS))
         if self.weights not in ("imagenet", "none"):
             raise VitrinaError(
                 f"--weights {self.weights!r}: the backbone starts from imagenet or none"
@@ -132,13 +145,14 @@ class DetectTrainConfig:
         h, w = parse_size(c.size)
         c.size = f"{w}x{h}" if h != w else str(h)
         if c.lr is None:
-            c.lr = {"adamw": 1e-3, "sgd": 0.02}[c.optimizer]
+            c.lr = {"adamw": 3e-4, "sgd": 0.02}[c.optimizer]
         for name, value, ok in (
             ("epochs", c.epochs, c.epochs >= 1),
             ("batch-size", c.batch_size, c.batch_size >= 1),
             ("lr", c.lr, c.lr > 0),
             ("val-fraction", c.val_fraction, 0 <= c.val_fraction < 1),
             ("fpn-channels", c.fpn_channels, c.fpn_channels >= 32 and c.fpn_channels % 32 == 0),
+            ("time-budget", c.time_budget, c.time_budget is None or c.time_budget > 0),
         ):
             if not ok:
                 raise VitrinaError(f"--{name} {value} is out of range")
@@ -170,10 +184,14 @@ class DetectTrainConfig:
 
 
 class DetectionTrainTask:
-    """torchvision's detection losses (summed) per batch; COCO mAP on a validation loader."""
+    """torchvision's detection losses (summed) per batch; COCO mAP on a validation loader.
+    Batches of cached features (:class:`~vitrina.detect.cache.CachedBatch`) run the detector
+    from the backbone's ``c<level>`` maps, through ``upper`` when part of the backbone learns."""
 
-    def __init__(self, classes: list[str]) -> None:
+    def __init__(self, classes: list[str], upper: nn.Module | None = None, level: int = 2) -> None:
         self.classes = classes
+        self.upper = upper
+        self.level = level
         self.parts: dict[str, float] = {}
         self.seen = 0
         self.last_metrics: DetectionMetrics | None = None
@@ -185,7 +203,16 @@ class DetectionTrainTask:
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         device = batch.images.device
         targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
-        losses = model.losses(batch.images, targets)  # type: ignore[operator]
+        if isinstance(batch, CachedBatch):
+            losses = run_cached(
+                model,  # type: ignore[arg-type]
+                self.upper,
+                self.level,
+                batch,
+                lambda x: model.losses(x, targets),  # type: ignore[operator]
+            )
+        else:
+            losses = model.losses(batch.images, targets)  # type: ignore[operator]
         loss = sum(v.float() for v in losses.values())
         n = len(targets)
         for k, v in losses.items():
@@ -205,11 +232,12 @@ class DetectionTrainTask:
         for batch in loader:
             if batch.images.numel() == 0:
                 continue
-            for rows, t in zip(
-                model.boxes(batch.images.to(device)),  # type: ignore[operator]
-                batch.targets,
-                strict=True,
-            ):
+            x = batch.images.to(device)
+            if isinstance(batch, CachedBatch):
+                found = run_cached(model, self.upper, self.level, batch, model.boxes)  # type: ignore[arg-type]
+            else:
+                found = model.boxes(x)  # type: ignore[operator]
+            for rows, t in zip(found, batch.targets, strict=True):
                 r = rows.float().cpu().numpy().reshape(-1, 6)
                 preds.append((r[:, :4], r[:, 4], np.rint(r[:, 5]).astype(np.int64)))
                 gts.append((t["boxes"].numpy(), t["labels"].numpy()))
@@ -258,16 +286,48 @@ class _ReseedShuffle(Callback):
 
 class WarmupCosine:
     """LR factor at iteration ``i``: linear warm-up over ``warmup`` iterations from 1/1000,
-    then a cosine to 1/100 at ``total`` (picklable, so a resume point stores its step)."""
+    then a cosine to 1/100 at ``total`` — or earlier, at the end of a time budget:
+    ``spent`` (the share of the budget used, set as training goes) advances the cosine when
+    the clock is ahead of the iterations. Picklable: a resume point stores its state."""
 
     def __init__(self, total: int, warmup: int) -> None:
         self.total, self.warmup = max(total, 1), max(warmup, 1)
+        self.spent = 0.0
 
     def __call__(self, i: int) -> float:
-        if i < self.warmup:
-            return 1e-3 + (1 - 1e-3) * i / self.warmup
-        t = min(1.0, (i - self.warmup) / max(self.total - self.warmup, 1))
+        progress = min(1.0, max(i / self.total, self.spent))
+        w = self.warmup / self.total
+        if progress < w:
+            return 1e-3 + (1 - 1e-3) * progress / w
+        t = (progress - w) / max(1.0 - w, 1e-9)
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+class _TimeBudget(Callback):
+    """Stops training at the end of the epoch in which ``seconds`` have passed on ``clock``
+    (since ``start``: feature caching counts), moving the LR cosine along with the clock."""
+
+    def __init__(self, seconds: float, clock: str, start: float, schedule: WarmupCosine) -> None:
+        self.seconds, self.clock, self.start, self.schedule = (
+            seconds,
+            CLOCKS[clock],
+            start,
+            schedule,
+        )
+
+    def spent(self) -> float:
+        return (self.clock() - self.start) / self.seconds
+
+    def on_batch_end(self, state: LoopState) -> None:
+        self.schedule.spent = min(1.0, self.spent())
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        if self.spent() >= 1.0:
+            state.stop = True
+            record["time_budget_reached"] = True
 
 
 def _loader(
@@ -304,9 +364,14 @@ def train_detector(
     resume: bool = False,
     progress: bool = True,
     extra_callbacks: list[Callback] | None = None,
+    fast_paths: bool = True,
 ) -> TrainResult:
     """Train (or resume) a detector; the run folder holds the best weights by validation
     mAP@[.5:.95] (by training loss without validation photos), plots and metrics.
+
+    Fast path (``fast_paths=False`` runs the plain loop, which gives the same weights): with
+    ``freeze`` ``lower`` or ``backbone`` and ``augment`` ``none`` or ``flip``, the frozen
+    features of every photo are computed once (:mod:`vitrina.detect.cache`).
 
     ``TrainResult.bad_files`` lists every problem met: unreadable photos (training goes on
     without them) and the boxes skipped while reading the annotations.
@@ -322,6 +387,7 @@ def train_detector(
             cfg.epochs = epochs
     cfg = cfg.resolved()
     assert cfg.lr is not None
+    clock_start = CLOCKS[cfg.budget_clock]()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     data, train_photos, val_photos, _ = _read_sets(cfg)
@@ -331,21 +397,86 @@ def train_detector(
     model = create_detector(spec, pretrained_backbone=cfg.weights == "imagenet")
     model.class_names = list(data.classes)
     frozen: list[nn.Parameter] = []
+    upper: nn.Module | None = None
+    level = CUT.get(cfg.freeze, 2)
     if cfg.freeze == "stem":
         frozen = model.stem_parameters()
-    elif cfg.freeze == "backbone":
-        frozen = list(model.net.backbone.body.parameters())
+    elif cfg.freeze in CUT:
+        _, upper = model.split_backbone(level)
+        learning = {id(p) for p in upper.parameters()} if upper is not None else set()
+        frozen = [p for p in model.net.backbone.body.parameters() if id(p) not in learning]
     for p in frozen:
         p.requires_grad_(False)
     model.to(device)
 
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = _loader(train_photos, model, cfg.augment, cfg, shuffle=True, g=shuffle_gen)
-    val_loader = (
+    cached = (
+        fast_paths
+        and cfg.freeze in CUT
+        and cfg.augment in ("none", "flip")
+        and FeatureCache.estimate_bytes(
+            model, len(train_photos) + len(val_photos), level, cfg.augment == "flip"
+        )
+        <= CACHE_LIMIT_BYTES
+    )
+    val_plain = (
         _loader(val_photos, model, "none", cfg, shuffle=False, g=torch.Generator())
         if val_photos
         else None
     )
+    cache_started = time.perf_counter()
+    if cached:
+        workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+        if progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"computing the frozen features of {len(train_photos) + len(val_photos)} photos "
+                "once (--freeze " + cfg.freeze + ")",
+                highlight=False,
+            )
+        with torch_threads(workers):
+            train_cache = FeatureCache.build(
+                model,
+                train_photos,
+                level,
+                flip=cfg.augment == "flip",
+                batch_size=cfg.batch_size,
+                num_workers=workers,
+                device=device,
+            )
+            val_cache = (
+                FeatureCache.build(
+                    model,
+                    val_photos,
+                    level,
+                    flip=False,
+                    batch_size=cfg.batch_size,
+                    num_workers=workers,
+                    device=device,
+                )
+                if val_photos
+                else None
+            )
+        cache_errors = [m for _, m in train_cache.errors] + (
+            [m for _, m in val_cache.errors] if val_cache is not None else []
+        )
+        train_loader: Any = CachedBatches(
+            train_cache,
+            cfg.batch_size,
+            shuffle=True,
+            flip=cfg.augment == "flip",
+            generator=shuffle_gen,
+        )
+        val_loader: Any = (
+            CachedBatches(val_cache, cfg.batch_size, shuffle=False, flip=False)
+            if val_cache is not None and len(val_cache)
+            else None
+        )
+    else:
+        cache_errors = []
+        train_loader = _loader(train_photos, model, cfg.augment, cfg, shuffle=True, g=shuffle_gen)
+        val_loader = val_plain
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -355,15 +486,15 @@ def train_detector(
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(train_loader)
     total = steps * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(total, min(max(steps, 50), total // 3 + 1))
-    )
+    schedule = WarmupCosine(total, min(max(steps, 50), total // 3 + 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume:
         doc = load_resume_point(out, model, optimizer, scheduler)
         start_epoch, history = int(doc["epoch"]), list(doc["history"])
-        scheduler.lr_lambdas[0] = WarmupCosine(total, scheduler.lr_lambdas[0].warmup)
+        schedule = WarmupCosine(total, scheduler.lr_lambdas[0].warmup)
+        scheduler.lr_lambdas[0] = schedule
         if start_epoch >= cfg.epochs:
             raise VitrinaError(
                 f"{out}: already trained {start_epoch} of {cfg.epochs} epochs; pass a larger "
@@ -401,8 +532,11 @@ def train_detector(
             out, model, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
         )
 
-    task = DetectionTrainTask(list(data.classes))
-    callbacks: list[Callback] = [_LossParts(task), _StepSchedule(scheduler)]
+    task = DetectionTrainTask(list(data.classes), upper, level)
+    callbacks: list[Callback] = [_LossParts(task)]
+    if cfg.time_budget is not None:
+        callbacks.append(_TimeBudget(cfg.time_budget * 60, cfg.budget_clock, clock_start, schedule))
+    callbacks.append(_StepSchedule(scheduler))
     callbacks += [ProgressBar(accuracy=False)] if progress else []
     callbacks += [
         _ReseedShuffle(shuffle_gen, cfg.seed),
@@ -429,7 +563,7 @@ def train_detector(
             precision=cfg.precision,
         )
     seconds = time.perf_counter() - started
-    bad = sorted(set(state.bad_files.values()))
+    bad = sorted(set(state.bad_files.values()) | set(cache_errors))
 
     from vitrina.runs import load_model
 
@@ -438,14 +572,20 @@ def train_detector(
     plots = out / "plots"
     plot_detection_curves(state.history, plots / "curves.png")
     metrics = dict(best_info.metrics)
-    if val_loader is not None:
-        task.evaluate(best, val_loader)
-        m = task.last_metrics
+    if val_plain is not None:
+        # The whole network on the photos (not the cache): what the saved run will do.
+        final = DetectionTrainTask(list(data.classes))
+        final.evaluate(best, val_plain)
+        m = final.last_metrics
         if m is not None:
             plot_pr_curves(m.pr50, m.ap50, plots / "pr_curves.png")
             metrics["val"] = m.to_dict()
     metrics["epochs_run"] = state.epoch
     metrics["train_seconds"] = round(seconds, 1)
+    metrics["cached_features"] = bool(cached)
+    metrics["budget_seconds"] = round(CLOCKS[cfg.budget_clock]() - clock_start, 1)
+    metrics["budget_clock"] = cfg.budget_clock
+    metrics["cache_seconds"] = round(started - cache_started, 1)
     metrics["unreadable_files"] = len(bad)
     best_info.metrics = metrics
     best_info.config = {**cfg.to_dict(), "detector": best.spec.to_dict()}

@@ -12,8 +12,8 @@ EfficientNet-Lite0's, which ship offline) joined by torchvision's
   (:class:`_Batched`): the network sees exactly the letterboxed tensor every backend sees.
 - ``boxes(x)``: per input image an ``(N, 6)`` tensor ``[x1, y1, x2, y2, score, label]`` in input
   pixels after torchvision's score threshold and per-class non-maximum suppression (so every
-  backend returns final boxes). Labels are 0-based class indices (torchvision's 0 is the
-  background, shifted away here).
+  backend returns final boxes). Labels are 0-based class indices (the background class of
+  Faster R-CNN and SSD, torchvision's 0, is shifted away here).
 - ``losses(x, targets)``: torchvision's training losses (a dict of scalars) for a batch of
   letterboxed images and their targets (``boxes`` in input pixels, 0-based ``labels``).
 - ``onnx_single_image("boxes")``: the module ONNX export traces (one image in, its ``(N, 6)``
@@ -50,9 +50,12 @@ __all__ = [
 #: The backbone strides whose feature maps feed the pyramid (C3, C4, C5).
 STRIDES = (8, 16, 32)
 
-#: Detection heads by name: ``builder(backbone_with_fpn, spec) -> torchvision detector`` whose
-#: ``num_classes`` is ``spec.num_classes + 1`` (torchvision's background class 0).
+#: Detection heads by name: ``builder(backbone_with_fpn, spec) -> torchvision detector``.
 HEADS: Registry[Callable[[nn.Module, DetectorSpec], nn.Module]] = Registry("detection head")
+#: Heads whose classifier has a background class 0 (softmax: Faster R-CNN, SSD): their
+#: labels are the object classes shifted by one. RetinaNet and FCOS score each class with a
+#: sigmoid and have none.
+WITH_BACKGROUND = {"fasterrcnn", "ssdlite"}
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,9 @@ class PyramidBackbone(nn.Module):
         )
 
         self.body = body
+        # Features computed elsewhere (training on cached features, see ``given_features``):
+        # a plain attribute, never part of the state dict.
+        self.given: dict[str, torch.Tensor] | None = None
         blocks = (
             LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
         )
@@ -196,7 +202,7 @@ class PyramidBackbone(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        feats = self.body(x)
+        feats = self.given if self.given is not None else self.body(x)
         # torchvision's names for pyramid levels: "0", "1", "2", then "pool" or "p6", "p7"
         return self.fpn(OrderedDict((str(i), feats[f"c{i}"]) for i in range(len(feats))))
 
@@ -269,15 +275,17 @@ def _fasterrcnn(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
         backbone,
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2),
-        # torchvision's box head is 1024 wide on 256-channel maps; half of it on 128 channels
-        # (a third of the training time on a CPU, measured) keeps the two-stage design.
+        # torchvision's box head is 1024 wide on 256-channel maps, trained on 512 regions a
+        # photo; on a CPU its matrix products and RoIAlign's backward pass are half of a
+        # training step, so: 512 wide on 128 channels, 64 regions a photo (a shelf photo
+        # holds a few objects; a quarter of the regions are still objects).
         box_head=TwoMLPHead(backbone.out_channels * 7 * 7, 512),
         box_predictor=FastRCNNPredictor(512, spec.num_classes + 1),
         rpn_pre_nms_top_n_train=1000,
         rpn_post_nms_top_n_train=500,
         rpn_pre_nms_top_n_test=500,
         rpn_post_nms_top_n_test=300,
-        box_batch_size_per_image=128,
+        box_batch_size_per_image=64,
         box_score_thresh=spec.score_thresh,
         box_nms_thresh=spec.nms_thresh,
         box_detections_per_img=spec.max_detections,
@@ -298,13 +306,13 @@ def _retinanet(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
     head = RetinaNetHead(
         backbone.out_channels,
         anchors.num_anchors_per_location()[0],
-        spec.num_classes + 1,
+        spec.num_classes,
         norm_layer=partial(nn.GroupNorm, 32),
     )
     head.regression_head._loss_type = "giou"
     return RetinaNet(
         backbone,
-        num_classes=spec.num_classes + 1,
+        num_classes=spec.num_classes,
         anchor_generator=anchors,
         head=head,
         score_thresh=spec.score_thresh,
@@ -324,7 +332,7 @@ def _fcos(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
     )
     return FCOS(
         backbone,
-        num_classes=spec.num_classes + 1,
+        num_classes=spec.num_classes,
         anchor_generator=anchors,
         score_thresh=spec.score_thresh,
         nms_thresh=spec.nms_thresh,
@@ -385,6 +393,13 @@ class Detector(nn.Module):
         )
         self.net = HEADS.get(spec.head)(backbone, self.spec)
         self.net.transform = _Batched()
+        self.label_offset = 1 if spec.head in WITH_BACKGROUND else 0
+        # Under bf16 autocast the convolutions run in bf16, but anchors, box decoding and NMS
+        # must not: torchvision casts anchors to the regression's dtype, and bf16 holds pixel
+        # coordinates above 256 only to whole pixels or worse. The pyramid's maps and the
+        # heads' outputs are handed on in fp32 (a no-op in fp32).
+        for module in _float_boundaries(self.net, spec.head):
+            module.register_forward_hook(_outputs_in_fp32)
         self.arch = self.spec.arch
         self.preprocess = pre
         self.num_classes = spec.num_classes
@@ -431,6 +446,62 @@ class Detector(nn.Module):
         early = {n for n, s in strides.items() if s < STRIDES[0]}
         return [p for n, p in body.named_parameters() if n.rpartition(".")[0] in early]
 
+    def split_backbone(self, level: int) -> tuple[nn.Module, nn.Module | None]:
+        """The backbone cut after its ``level``-th feature map (0: stride 8, 1: stride 16,
+        2: stride 32): ``lower(x) -> {"c0", ..., "c<level>"}`` and ``upper(c<level>) -> the
+        remaining maps`` (``None`` when ``level`` is the last). Both share this model's
+        parameters (training ``upper`` trains the detector). For caching the frozen lower part.
+
+        Raises:
+            VitrinaError: the network's later layers read earlier ones than the cut (a skip
+                across stages): it cannot be cut there.
+        """
+        from torch import fx
+
+        body = self.net.backbone.body
+        names = [f"c{i}" for i in range(len(self.spec.return_nodes))]
+        out_node = next(n for n in body.graph.nodes if n.op == "output")
+        produced = out_node.args[0]
+
+        def subgraph(cut: fx.Node | None, wanted: list[str]) -> fx.GraphModule:
+            graph = fx.Graph()
+            env: dict[fx.Node, fx.Node] = {}
+            leaks: dict[fx.Node, fx.Node] = {}  # earlier nodes read after the cut
+
+            def arg(n: fx.Node) -> fx.Node:
+                if n in env:
+                    return env[n]
+                if n not in leaks:
+                    leaks[n] = graph.placeholder(f"_before_cut_{n.name}")
+                return leaks[n]
+
+            copying = cut is None
+            if cut is not None:
+                env[cut] = graph.placeholder(names[level])
+            for node in body.graph.nodes:
+                if node is cut:
+                    copying = True
+                    continue
+                if copying and node.op != "output":
+                    env[node] = graph.node_copy(node, arg)
+            graph.output({k: env[produced[k]] for k in wanted})
+            gm = fx.GraphModule(body, graph)
+            gm.graph.eliminate_dead_code()
+            for ph in leaks.values():
+                if ph.users:
+                    raise VitrinaError(
+                        f"backbone {self.spec.backbone!r} cannot be cut after its stride "
+                        f"{STRIDES[level]} features (later layers read earlier ones)"
+                    )
+                gm.graph.erase_node(ph)
+            gm.recompile()
+            return gm
+
+        lower = subgraph(None, names[: level + 1])
+        if level == len(names) - 1:
+            return lower, None
+        return lower, subgraph(produced[names[level]], names[level + 1 :])
+
     # ------------------------------------------------------------------ outputs
     def boxes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per image of ``x`` (letterboxed, normalised ``(B, C, H, W)``) its boxes
@@ -438,12 +509,15 @@ class Detector(nn.Module):
         if self.training:
             raise RuntimeError("Detector.boxes runs in eval mode (call .eval() first)")
         found = self.net(list(x.unbind(0)))
-        return [_rows(d) for d in found]
+        return [_rows(d, self.label_offset) for d in found]
 
     def losses(self, x: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """torchvision's training losses; ``targets[i]``: ``boxes`` ``(n, 4)`` in input pixels,
         ``labels`` ``(n,)`` 0-based class indices (an image may have none)."""
-        shifted = [{"boxes": t["boxes"].float(), "labels": t["labels"].long() + 1} for t in targets]
+        shifted = [
+            {"boxes": t["boxes"].float(), "labels": t["labels"].long() + self.label_offset}
+            for t in targets
+        ]
         return self.net(list(x.unbind(0)), shifted)
 
     def onnx_single_image(self, output: str) -> nn.Module:
@@ -467,12 +541,33 @@ class Detector(nn.Module):
         return f"arch={self.arch!r}, num_classes={self.num_classes}, input={w}x{h}"
 
 
-def _rows(d: dict[str, torch.Tensor]) -> torch.Tensor:
+def _float_boundaries(net: nn.Module, head: str) -> list[nn.Module]:
+    """The modules whose outputs feed torchvision's box arithmetic."""
+    if head == "fasterrcnn":
+        return [net.backbone, net.rpn.head, net.roi_heads.box_predictor]
+    return [net.backbone, net.head]
+
+
+def _to_fp32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return type(value)((k, _to_fp32(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return type(value)(_to_fp32(v) for v in value)
+    return value
+
+
+def _outputs_in_fp32(module: nn.Module, args: Any, output: Any) -> Any:
+    return _to_fp32(output)
+
+
+def _rows(d: dict[str, torch.Tensor], offset: int) -> torch.Tensor:
     return torch.cat(
         [
             d["boxes"].float(),
             d["scores"].float().unsqueeze(1),
-            (d["labels"] - 1).float().unsqueeze(1),
+            (d["labels"] - offset).float().unsqueeze(1),
         ],
         dim=1,
     )

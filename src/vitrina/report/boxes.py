@@ -59,6 +59,7 @@ def draw_boxes(
         zip(np.asarray(boxes).reshape(-1, 4), texts, colors, strict=True)
     ):
         x1, y1, x2, y2 = (float(v) for v in box)
+        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)  # a sliver of a box is still drawn
         if dashed is not None and dashed[k]:
             _dashed_rect(draw, (x1, y1, x2 - 1, y2 - 1), color, width)
         else:
