@@ -297,6 +297,7 @@ class Engine:
     def forward(self, task: Task, x: torch.Tensor) -> Any:
         """The backend's raw outputs for a prepared ``(B, C, H, W)`` batch (for timing and
         measurements; results come from :meth:`run` or :meth:`run_prepared`)."""
+        self.backend.check_output(task.output)
         return self.backend(x, output=task.output)
 
     def run_prepared(self, task: Task, prepared: Sequence[Prepared]) -> list[Any]:
@@ -363,11 +364,17 @@ class Engine:
     ) -> Iterator[TaskBatch]:
         """Results batch by batch, in input order. ``on_progress(n)`` is called with the number
         of items consumed (done or failed) after each batch; ``num_workers`` overrides the
-        engine's setting for this call."""
-        for b in self.prepared_batches(task, items, num_workers=num_workers):
-            yield TaskBatch(b.indices, self.run_prepared(task, b.prepared), b.errors)
-            if on_progress:
-                on_progress(len(b))
+        engine's setting for this call.
+
+        While decode workers run, torch gets the cores they leave free (:func:`torch_threads`):
+        OpenMP threads that spin-wait beside busy workers cost more than they compute."""
+        items = list(items)
+        workers = self._workers(task, items, num_workers)
+        with torch_threads(workers):
+            for b in self.prepared_batches(task, items, num_workers=workers):
+                yield TaskBatch(b.indices, self.run_prepared(task, b.prepared), b.errors)
+                if on_progress:
+                    on_progress(len(b))
 
     def run(
         self,
