@@ -56,6 +56,8 @@ from vitrina.training.classification import prepare_out
 
 __all__ = [
     "FREEZE",
+    "OPTIMIZERS",
+    "WEIGHTS",
     "DetectTrainConfig",
     "DetectionTrainTask",
     "parse_size",
@@ -69,6 +71,7 @@ __all__ = [
 #: frozen features are computed once (:mod:`vitrina.detect.cache`).
 FREEZE = ("stem", "lower", "backbone", "none")
 OPTIMIZERS = ("adamw", "sgd")
+WEIGHTS = ("imagenet", "none")  # the backbone's start
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -137,7 +140,7 @@ class DetectTrainConfig:
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("precision", self.precision, PRECISIONS)
         choice("budget_clock", self.budget_clock, tuple(CLOCKS))
-        if self.weights not in ("imagenet", "none"):
+        if self.weights not in WEIGHTS:
             raise VitrinaError(
                 f"--weights {self.weights!r}: the backbone starts from imagenet or none"
             )
