@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vitrina.engine.backends import BACKENDS, Backend, model_output, onnx_available
+from vitrina.engine.geometry import BOXES
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
 
@@ -177,10 +178,11 @@ def _agrees(ref: Any, got: Any, output: str) -> tuple[bool, str]:
 
 @BACKENDS.register("onnx")
 class OnnxBackend(Backend):
-    """ONNX Runtime on the CPU (CUDA provider when the device is a GPU and it is installed)."""
+    """ONNX Runtime on the CPU (CUDA provider when the device is a GPU and it is installed).
+    Boxes: a detector exports its own one-image graph (``model.onnx_single_image``)."""
 
     name = "onnx"
-    outputs = ("logits", "embed")
+    outputs = ("logits", "embed", BOXES)
 
     def __init__(
         self,
