@@ -42,6 +42,7 @@ def _register() -> None:
     for mod in (train, evaluate, predict, sort, export, optimize, zoo, demo):
         mod.register(app)
     from vitrina.cli import (
+        detect,
         embed,
         evaluate_reid,
         evaluate_retrieval,
@@ -61,6 +62,7 @@ def _register() -> None:
         faces,
         explain,
         serve,
+        detect,
     ):
         mod.register(app)
     _registered = True

@@ -17,8 +17,13 @@ from enum import StrEnum
 from typing import Literal, get_args
 
 __all__ = [
+    "AnnotationFormat",
     "Augment",
     "Backend",
+    "BoxAugment",
+    "DetectArch",
+    "DetectOptimizer",
+    "DetectWeights",
     "Distance",
     "EmbeddingAugment",
     "ExplainMethod",
@@ -26,6 +31,7 @@ __all__ = [
     "ExportFormat",
     "FaceDetector",
     "FeatureParam",
+    "Freeze",
     "IndexKind",
     "IndexMetric",
     "Miner",
@@ -74,6 +80,12 @@ Projection = Literal["tsne", "umap"]  # vitrina.embed.projection.METHODS
 ZooSort = Literal["size", "params", "gflops", "top1", "year", "name"]  # vitrina.zoo.SORT_KEYS
 ZooPlotY = Literal["top1", "throughput"]  # vitrina.zoo.plot.PLOT_Y
 ExportFormat = Literal["onnx"]  # vitrina.classify.export.FORMATS
+DetectArch = Literal["fasterrcnn", "retinanet", "fcos", "ssdlite"]  # models.detection.HEADS
+DetectOptimizer = Literal["adamw", "sgd"]  # vitrina.detect.train.OPTIMIZERS
+DetectWeights = Literal["imagenet", "none"]  # vitrina.detect.train.WEIGHTS
+BoxAugment = Literal["none", "flip", "light", "strong"]  # vitrina.detect.data.BOX_AUGMENTS
+Freeze = Literal["stem", "lower", "backbone", "none"]  # vitrina.detect.train.FREEZE
+AnnotationFormat = Literal["coco", "yolo", "voc"]  # vitrina.data.annotations.FORMATS
 #: vitrina.optimize.VARIANT_NAMES (``--variants`` takes a comma-separated list of them).
 Variant = Literal["bf16", "int8", "openvino-int8", "pruned"]
 #: vitrina.explain.METHODS (the registry), plus ``all``.

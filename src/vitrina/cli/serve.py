@@ -20,6 +20,11 @@ def serve(
     gallery: Path | None = typer.Option(
         None, "--gallery", help="Face gallery folder (`vitrina faces enroll`): /v1/faces/*."
     ),
+    detector: str | None = typer.Option(
+        None,
+        "--detector",
+        help="Detection run folder (`vitrina detect train`) or hog_people / hog_faces: /v1/detect.",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     token: str | None = typer.Option(
@@ -45,20 +50,22 @@ def serve(
     backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
-    """Serve classification, search and face identification over HTTP, with a web page at /.
+    """Serve classification, search, face identification and detection over HTTP, with a web
+    page at /.
 
     Example: VITRINA_TOKEN=s3cret vitrina serve --model runs/shop --index shop.index
     """
     from vitrina.errors import VitrinaError
     from vitrina.service import ServiceConfig, check_exposure, create_app
 
-    if not (model or index or gallery):
-        raise VitrinaError("nothing to serve: give --model, --index and/or --gallery")
+    if not (model or index or gallery or detector):
+        raise VitrinaError("nothing to serve: give --model, --index, --gallery and/or --detector")
     check_exposure(host, token)
     config = ServiceConfig(
         model=model,
         index=str(index) if index else None,
         gallery=str(gallery) if gallery else None,
+        detector=detector,
         token=token,
         write_token=write_token,
         max_upload_mb=max_upload_mb,

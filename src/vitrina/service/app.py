@@ -24,12 +24,14 @@ from vitrina.engine import available_cores
 from vitrina.errors import VitrinaError
 from vitrina.service.auth import Auth, AuthMiddleware, read_access, write_access
 from vitrina.service.components import Classification, Search, display_name
+from vitrina.service.detect import Detection
 from vitrina.service.errors import ServiceError, install_error_handlers
 from vitrina.service.faces import Faces
 from vitrina.service.metrics import MetricsMiddleware, ServiceMetrics
 from vitrina.service.schemas import (
     ERROR_RESPONSES,
     ClassifyResponse,
+    DetectResponse,
     EnrollResponse,
     ForgetResponse,
     Health,
@@ -55,13 +57,15 @@ _Image = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, GIF
 @dataclass
 class ServiceConfig:
     """What to serve and how. ``model``: a run folder or zoo name (classification);
-    ``index``: an index folder (search); ``gallery``: a face gallery folder. ``token`` reads,
+    ``index``: an index folder (search); ``gallery``: a face gallery folder; ``detector``: a
+    detection run folder or a detector name (``hog_people``...). ``token`` reads,
     ``write_token`` reads and writes (enroll, forget); no ``token``: reads are open (serve on
     loopback only). ``max_upload_mb``: largest request body, in MB (10^6 bytes)."""
 
     model: str | None = None
     index: str | None = None
     gallery: str | None = None
+    detector: str | None = None
     token: str | None = None
     write_token: str | None = None
     max_upload_mb: float = 20
@@ -99,6 +103,7 @@ class Service:
         self.classification: Classification | None = None
         self.search: Search | None = None
         self.faces: Faces | None = None
+        self.detection: Detection | None = None
         try:
             if config.model:
                 self.classification = Classification(config.model, **batching)
@@ -106,6 +111,8 @@ class Service:
                 self.search = Search(config.index, **batching)
             if config.gallery:
                 self.faces = Faces(config.gallery, limiter=self.limiter)
+            if config.detector:
+                self.detection = Detection(config.detector, **batching)
         except BaseException:
             self.close()  # e.g. the index's thread, when the gallery is the bad one
             raise
@@ -120,12 +127,13 @@ class Service:
             "model": display_name(c.model) if c.model else None,
             "index": display_name(c.index) if c.index else None,
             "gallery": display_name(c.gallery) if c.gallery else None,
+            "detector": display_name(c.detector) if c.detector else None,
             "version": __version__,
         }
         return (503 if broken else 200), body
 
     def close(self) -> None:
-        for part in (self.classification, self.search):
+        for part in (self.classification, self.search, self.detection):
             if part is not None:
                 part.close()
 
@@ -157,7 +165,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(
         title="vitrina",
         version=__version__,
-        description="Classify photos, find similar ones, identify faces. Every endpoint but "
+        description="Classify photos, find similar ones, identify faces, detect objects. "
+        "Every endpoint but "
         "`/healthz` and the page needs `Authorization: Bearer <token>`.",
         lifespan=lifespan,
     )
@@ -257,6 +266,21 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def forget(name: str) -> dict[str, Any]:
         """Remove a person and all their templates (needs the write token)."""
         return await _need(service.faces, "face gallery", "--gallery GALLERY").forget(name)
+
+    @app.post(
+        "/v1/detect",
+        name="detect",
+        response_model=DetectResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=read,
+    )
+    async def detect(
+        image: _Image, min_score: Annotated[float | None, Query(ge=0.0)] = None
+    ) -> JSONResponse:
+        """Every object the detector finds in the photo: box (the photo's own pixels), label
+        and score, best first (needs `--detector`); `min_score` defaults to the detector's."""
+        part = _need(service.detection, "detection", "--detector RUN")
+        return JSONResponse(await part.detect(await _read(image), min_score))
 
     @app.get("/metrics", name="metrics", response_class=Response, dependencies=read)
     async def metrics() -> Response:
