@@ -158,7 +158,6 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im = _identify(p, fh, max_pixels)
         try:
-            orientation = _orientation(im)
             if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
                 im.draft(im.mode, (min_side, min_side))
             try:
@@ -171,6 +170,9 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
                 # Pillow reports bad pixel data with OSError, SyntaxError, ValueError,
                 # EOFError, struct.error, ... by plugin; for a user they all mean the same.
                 raise ImageReadError(p, _CORRUPT) from exc
+            # Only after load(): Pillow's PNG getexif() loads the pixels itself, and a decode
+            # error swallowed there left an empty (black) image that a second load() accepted.
+            orientation = _orientation(im)
             try:
                 out = _normalise(im, mode)
             except MemoryError as exc:
