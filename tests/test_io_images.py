@@ -351,7 +351,7 @@ BAD_FILES = [
     (_truncated_png, "truncated or corrupt image data"),
     (_text_as_jpg, "not an image (unrecognised format)"),
     (_missing, "file not found"),
-    (_directory, "is a directory"),
+    (_directory, "is a folder, not an image file"),
 ]
 
 

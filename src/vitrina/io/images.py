@@ -56,6 +56,7 @@ _FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
 _CORRUPT = "truncated or corrupt image data"
 _NOT_IMAGE = "not an image (unrecognised format)"
+_IS_FOLDER = "is a folder, not an image file"
 
 # EXIF orientation -> the transpose that undoes it (same table as ImageOps.exif_transpose).
 _ORIENTATION_OPS = {
@@ -190,10 +191,11 @@ def _open_file(path: Path) -> BinaryIO:
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
-            raise ImageReadError(path, "is a directory")
+            raise ImageReadError(path, _IS_FOLDER)
         if not stat.S_ISREG(st.st_mode):
             # A FIFO or device would block or never end.
-            raise ImageReadError(path, "not a regular file")
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+            raise ImageReadError(path, f"is {kind}, not an image file")
         if st.st_size == 0:
             raise ImageReadError(path, "empty file (0 bytes)")
         return open(path, "rb")  # closed by the caller's with-block
@@ -205,7 +207,7 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return "file not found"
     if exc.errno == errno.EISDIR:
-        return "is a directory"
+        return _IS_FOLDER
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return f"cannot read file ({exc.strerror or exc})"
