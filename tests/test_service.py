@@ -410,6 +410,34 @@ def test_search_equals_index_search_and_serves_thumbnails(url, index_dir, photos
     )
 
 
+def test_index_changes_reach_the_running_service(toy_run, index_dir, photos, tmp_path) -> None:
+    """Issue 13 #3: a photo removed with `vitrina index remove` while `serve --index` ran was
+    still found and its thumbnail served; added photos stayed invisible until a restart."""
+    from conftest import make_image
+    from vitrina.cli import main
+    from vitrina.search.index import Index
+
+    ix = tmp_path / "live.index"
+    shutil.copytree(index_dir, ix)
+    query = sorted(photos.rglob("*.jpg"))[3]
+    config = ServiceConfig(index=str(ix), token=READ, backend="eager", device="cpu")
+    with running_service(config) as base:
+        c = httpx.Client(base_url=base, headers=bearer(READ))
+        first = c.post("/v1/search?k=3", files=upload(query.read_bytes())).json()["hits"][0]
+        assert first["name"] == query.name and first["distance"] < 1e-5
+        with Index.open(ix, backend="eager", device="cpu") as other:  # another process's view
+            assert other.remove([str(query)]).removed == [str(query.resolve())]
+        hits = c.post("/v1/search?k=3", files=upload(query.read_bytes())).json()["hits"]
+        assert query.name not in [h["name"] for h in hits]  # the very next request
+        assert_error(c.get(f"/v1/search/items/{first['id']}/thumbnail"), 404, "unknown_item")
+        extra = make_image(tmp_path / "new" / "violet.png", (150, 30, 200), seed=77)
+        assert main(["index", "add", str(ix), str(extra.parent), "--backend", "eager"]) == 0
+        hits = c.post("/v1/search?k=1", files=upload(extra.read_bytes())).json()["hits"]
+        assert hits[0]["name"] == "violet.png" and hits[0]["distance"] < 1e-5
+        t = c.get(f"/v1/search/items/{hits[0]['id']}/thumbnail")
+        assert t.status_code == 200
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -431,6 +459,36 @@ def test_metrics_count_requests_latency_errors_and_batches(url: str, photos: Pat
     # Two apps in one process keep separate counts (a registry each).
     other = create_app(ServiceConfig())
     assert b"vitrina_requests_total{" not in other.state.service.metrics.exposition()
+
+
+def test_random_methods_do_not_grow_the_metrics(url: str) -> None:
+    """Issue 13 #10: 3,000 requests with random method names made 3,042 series."""
+    import random
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def series() -> set[tuple]:
+        text = httpx.get(f"{url}/metrics", headers=bearer(READ)).text
+        return {
+            (s.name, tuple(sorted(s.labels.items())))
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+
+    rng = random.Random(0)
+
+    def random_requests(n: int) -> None:
+        with httpx.Client(base_url=url) as c:
+            for _ in range(n):
+                method = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(8))
+                assert c.request(method, "/v1/classify").status_code == 401
+
+    random_requests(10)
+    series()  # /metrics' own series exist from here on
+    before = series()
+    random_requests(300)
+    assert series() - before == set()  # 300 more method names, not one more series
+    assert metric(url, "vitrina_requests_total", method="other", status="401") >= 310
 
 
 # --------------------------------------------------------------------------- faces

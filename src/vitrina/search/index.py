@@ -1336,6 +1336,12 @@ class Index:
     # ------------------------------------------------------------------ info / items / save
 
     @_db_guard
+    def path_of(self, item_id: int) -> str | None:
+        """The photo path of item ``item_id``, or None when no such item is indexed."""
+        row = self._rows_by_id({int(item_id)}).get(int(item_id))
+        return row[0] if row else None
+
+    @_db_guard
     def items(self) -> list[dict[str, Any]]:
         """Every indexed item's metadata (no vectors), in id order."""
         cur = self._conn.execute(
