@@ -175,6 +175,15 @@ def test_bad_inputs_are_one_line(gallery, photos, tmp_path, capsys):
     code, _, err = run_cli(capsys, "faces", "list", str(tmp_path))
     assert code == 1
     one_line_error(err, "not a face gallery")
+    # Issue 13 #9 / #13: a name too long on disk, one with a right-to-left override; nothing
+    # is created for them, not even the gallery.
+    for name, says in (("\U0001f600" * 100, "400 bytes"), ("\u202eevil", "U+202E")):
+        fresh = tmp_path / "fresh.gallery"
+        code, _, err = run_cli(
+            capsys, "faces", "enroll", str(fresh), name, str(photos / "new" / "astro.jpg")
+        )
+        assert code == 1 and not fresh.exists()
+        one_line_error(err, "person name", says)
     code, _, err = run_cli(
         capsys,
         "faces",

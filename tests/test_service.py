@@ -682,6 +682,19 @@ def test_enroll_identify_list_and_forget(face_url: str) -> None:
     assert face["name"] == "unknown"
 
 
+def test_names_bad_on_disk_are_400_and_names_are_stored_in_nfc(face_url: str) -> None:
+    """Issue 13 #9 and #13 over HTTP: a 100-emoji name (400 bytes) was a 500; "é" typed two
+    ways were two people."""
+    w = httpx.Client(base_url=face_url, headers=bearer(WRITE), timeout=30)
+    for name in ("😀" * 100, "eve\u200b", "\u202eeve"):
+        r = w.post("/v1/faces/enroll", files=upload(astronaut(2)), data={"name": name})
+        assert_error(r, 400, "bad_name")
+    r = w.post("/v1/faces/enroll", files=upload(astronaut(3)), data={"name": "Rene\u0301"})
+    assert r.status_code == 200 and r.json()["name"] == "Ren\u00e9"
+    gone = w.delete("/v1/faces/people/Ren\u00e9").json()
+    assert gone == {"name": "Ren\u00e9", "templates": 1}
+
+
 @pytest.mark.parametrize("n", [8, pytest.param(100, marks=pytest.mark.slow)])
 def test_concurrent_enrolments_of_different_people(n: int, tmp_path: Path) -> None:
     gallery = new_gallery(tmp_path / "g")

@@ -105,10 +105,13 @@ def enroll(
             groups.setdefault(scan.classes[s.label], []).append(s.path)
     else:
         groups = {name: photo_paths(photos)}
-    from vitrina.faces import check_person_name
+    from vitrina.faces import Gallery, check_person_name
 
+    # Names are checked before any photo is read or anything is written; an existing
+    # gallery also accepts the names it already holds (even those older rules let through).
+    check = Gallery(gallery).name_for if (gallery / "gallery.json").exists() else check_person_name
     for person in groups:
-        check_person_name(person)
+        check(person)
     g, pipe = _open(gallery, **_pipeline_options(detector, upsample, embedder, assume_face))
     every = [p for ps in groups.values() for p in ps]
     results = {pf.path: pf for pf in _process(pipe, every, "reading faces", as_json)}
