@@ -611,3 +611,23 @@ def test_chips_of_a_killed_writer_never_outlive_their_templates(
     )
     assert on_disk == listed and all((gallery.path / c).is_file() for c in listed)
     assert not (gallery.path / ".writing").exists()
+
+
+def test_chips_orphaned_in_a_gallery_made_before_pending_chips_are_swept_once(
+    gallery: Gallery,
+) -> None:
+    """Issue 13 #12, for galleries an older vitrina wrote: chips of enrolments killed before
+    their commit are deleted the first time the gallery is opened, then never looked for."""
+    gallery.enroll("alice", photos_of("alice", centres(1, seed=32)[0], 2, seed=32))
+    meta_path = gallery.path / "gallery.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta.pop("chips_swept") is True
+    meta_path.write_text(json.dumps(meta))  # as an older vitrina left it
+    kept = sorted(gallery.path.rglob("*.png"))
+    for orphan in ("alice/0123456789abcdef-0.png", "ghost/fedcba9876543210-0.png"):
+        (gallery.path / "chips" / orphan).parent.mkdir(exist_ok=True)
+        (gallery.path / "chips" / orphan).write_bytes(b"a face nobody can see or forget")
+    assert [p.name for p in Gallery(gallery.path).people()] == ["alice"]
+    assert sorted(gallery.path.rglob("*.png")) == kept
+    assert not (gallery.path / "chips" / "ghost").exists()
+    assert json.loads(meta_path.read_text())["chips_swept"] is True

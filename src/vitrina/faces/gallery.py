@@ -27,7 +27,9 @@ its own name only after the template's row has committed. A writer marks the gal
 (``.writing``) for the length of its change; when the next process to take the lock finds the
 mark, the writer died mid-change, and it sweeps the chips folder: a pending chip whose
 template committed gets its name, any other pending chip, and any chip without a template
-(e.g. of a forget killed between its two steps), is deleted.
+(e.g. of a forget killed between its two steps), is deleted. A gallery written before chips
+were pending (no ``chips_swept`` in gallery.json) is swept the same way once, when first
+opened by a process that may write to it.
 
 **Concurrency.** Every write takes the exclusive lock, then re-reads gallery.json and opens
 the index afresh inside it, so two processes enrolling at once serialise and both see each
@@ -111,6 +113,7 @@ INDEX_DIR = "index"
 CHIPS_DIR = "chips"
 LOCK_NAME = ".lock"
 WRITING_MARK = ".writing"
+CHIPS_SWEPT = "chips_swept"  # gallery.json: chips are pending until committed (see "Chips")
 PENDING_CHIP = ".pending-"
 RENAME_JOURNAL = "rename.json"
 
@@ -386,6 +389,7 @@ class Gallery:
             "rule": DecisionRule().to_dict(),
             "calibration": None,
             "pipeline": dict(pipeline or {}),
+            CHIPS_SWEPT: True,
         }
         # Written last: its presence is what makes the folder a gallery.
         atomic_write_text(p / META_NAME, json.dumps(meta, indent=2) + "\n")
@@ -478,7 +482,7 @@ class Gallery:
         from vitrina.search import Index
 
         with _flock(self.path / LOCK_NAME, exclusive=False) as lock:
-            if (self.path / RENAME_JOURNAL).exists() or (self.path / WRITING_MARK).exists():
+            if self._needs_recovery():
                 lock.upgrade()  # a writer died mid-change: finish or undo what it began
                 self._recover()
                 lock.downgrade()
@@ -521,18 +525,30 @@ class Gallery:
             self._rule = DecisionRule.from_dict(meta.get("rule") or {})
             self._calibration = meta.get("calibration")
 
+    def _needs_recovery(self) -> bool:
+        return (
+            (self.path / RENAME_JOURNAL).exists()
+            or (self.path / WRITING_MARK).exists()
+            or (not self._read_meta().get(CHIPS_SWEPT) and os.access(self.path, os.W_OK))
+        )
+
     def _recover(self) -> None:
         """Under the exclusive lock: finish a rename, and sweep the chips of a writer that
-        died mid-change (module docstring)."""
+        died mid-change (module docstring). A gallery made before chips were pending may hold
+        chips of enrolments killed before their commit: it is swept once."""
         from vitrina.search import Index
 
         if (self.path / RENAME_JOURNAL).exists():
             self._replay_rename()
         mark = self.path / WRITING_MARK
-        if mark.exists():
+        meta = self._read_meta()
+        if mark.exists() or not meta.get(CHIPS_SWEPT):
             with Index.open(self.path / INDEX_DIR) as idx:
                 self._sweep_chips(idx)
-            mark.unlink()
+            if not meta.get(CHIPS_SWEPT):
+                meta[CHIPS_SWEPT] = True
+                self._write_meta(meta)
+            mark.unlink(missing_ok=True)
 
     def _sweep_chips(self, idx: Any) -> tuple[int, int]:
         """Pending chips of committed templates get their names; every chip without a
