@@ -11,9 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import COLORS, make_dataset, make_image
+from conftest import COLORS, make_dataset, make_image, usage_error
 from vitrina.classify.classifier import load
-from vitrina.engine import BACKENDS, TOLERANCES, Engine, bf16_supported, compare_outputs
+from vitrina.engine import (
+    BACKENDS,
+    TOLERANCES,
+    Engine,
+    Logits,
+    bf16_supported,
+    compare_outputs,
+)
 from vitrina.errors import UnknownNameError, VitrinaError
 
 
@@ -51,7 +58,7 @@ def test_backend_matches_eager_fp32(backend: str, toy_run: Path, check_data: Pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bf16 warns on CPUs without bf16 units
         eng = Engine(model, backend=backend, device="cpu", num_workers=0, calib=calib)
-        got = eng.run_tensor(x)
+        got = eng.forward(Logits(), x)
     report = compare_outputs(ref, got)
     assert torch.equal(got.argmax(1), ref.argmax(1)), report
     tol = TOLERANCES.get(eng.backend_name, TOLERANCES["eager"])
@@ -107,7 +114,7 @@ def test_int8_needs_calibration_images() -> None:
     model.class_names = ["a", "b", "c"]
     eng = Engine(model, backend="int8", device="cpu", num_workers=0)
     with pytest.raises(VitrinaError, match=r"calibration images.*vitrina optimize"):
-        eng.run_tensor(torch.zeros(1, 3, 32, 32))
+        eng.forward(Logits(), torch.zeros(1, 3, 32, 32))
 
 
 def test_int8_calibration_folder_without_images(tmp_path: Path) -> None:
@@ -165,7 +172,7 @@ def test_auto_never_picks_a_backend_outside_tolerance(toy_run, check_data, monke
     monkeypatch.setitem(auto.TOLERANCES, "garbage", TOLERANCES["onnx"])
     model = load(toy_run).model
     eng = Engine(model, backend="auto", device="cpu", num_workers=0)
-    eng.run_tensor(_batch(model, check_data))
+    eng.forward(Logits(), _batch(model, check_data))
     d = eng.backend.decisions["logits"]
     assert d["chosen"] == "eager" and d["trials"]["garbage"]["ok"] is False
     assert "outside tolerance" in eng.describe()
@@ -177,7 +184,7 @@ def test_auto_decision_is_cached(toy_run, check_data, monkeypatch) -> None:
     model = load(toy_run).model
     x = _batch(model, check_data)
     first = Engine(model, backend="auto", device="cpu", num_workers=0)
-    first.run_tensor(x)
+    first.forward(Logits(), x)
     chosen = first.backend_name
 
     def no_timing(*a, **k):
@@ -185,7 +192,7 @@ def test_auto_decision_is_cached(toy_run, check_data, monkeypatch) -> None:
 
     monkeypatch.setattr(auto, "_time", no_timing)
     again = Engine(load(toy_run).model, backend="auto", device="cpu", num_workers=0)
-    again.run_tensor(x)
+    again.forward(Logits(), x)
     assert again.backend_name == chosen
 
 
@@ -250,10 +257,10 @@ def test_optimize_cli_errors(capsys, own_run: Path, tmp_path: Path) -> None:
                 "int4",
             ]
         )
-        == 1
+        == 2  # not a variant: a usage error, listing the variants
     )
     err = capsys.readouterr().err
-    assert "unknown variant 'int4'" in err and "Traceback" not in err
+    usage_error(err, "'int4' is not one of bf16, int8, pruned")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (

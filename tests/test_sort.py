@@ -187,7 +187,7 @@ def test_fast_backends_match_plain_fp32(toy_run: Path, photos: Path) -> None:
     import torch
 
     from vitrina.data import eval_transform
-    from vitrina.engine import Engine
+    from vitrina.engine import Embedding, Engine, Logits
     from vitrina.io import read_image
 
     clf = load(toy_run)
@@ -198,10 +198,10 @@ def test_fast_backends_match_plain_fp32(toy_run: Path, photos: Path) -> None:
         emb = clf.model.embed(x.clone())
     for backend in ("eager", "onnx"):
         eng = Engine(clf.model, backend=backend, device="cpu", num_workers=0)
-        out = eng.run_tensor(x)
+        out = eng.forward(Logits(), x)
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
         assert torch.equal(out.argmax(1), ref.argmax(1))
-        torch.testing.assert_close(eng.run_tensor(x, output="embed"), emb, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(eng.forward(Embedding(), x), emb, atol=1e-4, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- issue 13: the journal

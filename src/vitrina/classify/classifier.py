@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from vitrina.data import scan_folder
-from vitrina.engine import Engine
+from vitrina.engine import Engine, Logits
 from vitrina.errors import VitrinaError
 from vitrina.evaluate import ClassificationReport, classification_report
 from vitrina.models import VitrinaModel, create
@@ -82,23 +81,16 @@ class Classifier:
         """Predictions in input order, streamed batch by batch (unreadable files included)."""
         paths = [Path(p) for p in paths]
         names = self.classes
-        k = max(1, min(top_k, len(names)))
         eng = self.engine(
             backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
         )
         self.last_engine = eng
-        for b in eng.run(paths, output="logits", on_batch=on_progress):
-            results: dict[int, Prediction] = {}
-            if len(b.indices):
-                probs = b.outputs.float().softmax(1)
-                pv, pi = probs.topk(k, dim=1)
-                for row, idx in enumerate(b.indices):
-                    top = [(names[int(j)], float(v)) for v, j in zip(pv[row], pi[row], strict=True)]
-                    results[idx] = Prediction(paths[idx], top[0][0], top[0][1], top)
-            for idx, msg in b.errors:
-                results[idx] = Prediction(paths[idx], None, 0.0, [], msg)
-            for idx in sorted(results):
-                yield results[idx]
+        for r in eng.run(Logits(top_k=top_k), paths, on_progress=on_progress):
+            if not r.ok:
+                yield Prediction(paths[r.index], None, 0.0, [], r.error)
+                continue
+            top = [(names[j], p) for j, p in r.value.top]
+            yield Prediction(paths[r.index], top[0][0], top[0][1], top)
 
     def predict(self, paths: Sequence[str | Path], **kw: Any) -> list[Prediction]:
         """Top-k labels with probabilities for each path, in input order."""
@@ -128,12 +120,13 @@ class Classifier:
             if on_progress:
                 on_progress(done, total)
 
-        for b in eng.run([s.path for s in scan.samples], output="logits", on_batch=step):
-            if len(b.indices):
-                probs.append(b.outputs.float().softmax(1))
-                y += [scan.samples[i].label for i in b.indices]
-            bad += [m for _, m in b.errors]
-        p = torch.cat(probs).numpy() if probs else np.zeros((0, len(self.classes)))
+        for r in eng.run(Logits(), [s.path for s in scan.samples], on_progress=step):
+            if r.ok:
+                probs.append(r.value.probabilities)
+                y.append(scan.samples[r.index].label)
+            else:
+                bad.append(r.error)
+        p = np.stack(probs) if probs else np.zeros((0, len(self.classes)), dtype=np.float32)
         ks = tuple(sorted({1, top_k}))
         report = classification_report(np.array(y, dtype=np.int64), p, self.classes, ks=ks)
         report.unreadable = bad

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vitrina.classify.classifier import load
-from vitrina.data import eval_transform, iter_image_files
+from vitrina.data import iter_image_files
+from vitrina.engine import Logits, batch_inputs
 from vitrina.engine.onnx import ONNX_ATOL, export_checked
 from vitrina.errors import VitrinaError
-from vitrina.io import read_image
 from vitrina.runs import is_run_dir, read_run
 
-__all__ = ["export_model"]
+__all__ = ["FORMATS", "export_model"]
+
+#: The formats :func:`export_model` writes.
+FORMATS = ("onnx",)
 
 
 def export_model(
@@ -28,8 +29,8 @@ def export_model(
 ) -> dict[str, Any]:
     """Write ``out`` (dynamic batch) only if ONNX Runtime matches PyTorch on up to
     ``max_images`` real images from ``images`` (default: the run's training data)."""
-    if fmt != "onnx":
-        raise VitrinaError(f"--format {fmt!r} is not supported (supported: onnx)")
+    if fmt not in FORMATS:
+        raise VitrinaError(f"--format {fmt!r} is not supported (supported: {', '.join(FORMATS)})")
     clf = load(source)
     folder = Path(images) if images is not None else None
     if folder is None and is_run_dir(source):
@@ -40,16 +41,8 @@ def export_model(
             f"{source}: no images to check the export on; pass --images DIR with a few real photos"
         )
     paths, _, _ = iter_image_files(folder, recursive=True)
-    tf = eval_transform(clf.model.preprocess)
-    batch: list[torch.Tensor] = []
-    for p in paths:
-        try:
-            batch.append(tf(read_image(p)))
-        except VitrinaError:
-            continue
-        if len(batch) == max_images:
-            break
-    if not batch:
+    batch, used = batch_inputs(Logits(), clf.model.preprocess, paths, limit=max_images)
+    if not used:
         raise VitrinaError(f"{folder}: no readable image to check the export on")
-    report = export_checked(clf.model, out, torch.stack(batch), atol=atol)
-    return {"file": str(out), "images": len(batch), **report}
+    report = export_checked(clf.model, out, batch, atol=atol)
+    return {"file": str(out), "images": len(used), **report}

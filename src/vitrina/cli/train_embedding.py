@@ -5,23 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from vitrina.cli._common import DEVICE_HELP, out, print_json
+from vitrina.cli._choices import Distance, EmbeddingAugment, Miner, Precision, Trainable
+from vitrina.cli._common import DEVICE_HELP, config_from_options, parse_size, print_json
+from vitrina.cli._common import out as console
 
-
-def _size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    from vitrina.errors import VitrinaError
-
-    try:
-        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise VitrinaError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 256x128") from None
-    return h, w
+#: Options of the command that are not fields of
+#: :class:`vitrina.training.embedding.EmbeddingConfig`; every other option is the field of the
+#: same name (tests/test_cli_contract.py checks names, defaults and choices against it).
+CLI_ONLY = ("resume", "as_json")
 
 
 def train_embedding(
+    ctx: typer.Context,
     data_dir: Path = typer.Argument(
         ...,
         help="Identities: one sub-folder of images per person/product, or a Market-1501 folder "
@@ -37,14 +34,8 @@ def train_embedding(
         "softmax, triplet, triplet-batch-hard, triplet-batch-all, triplet-semi-hard, "
         "contrastive, quadruplet, center, cosface, arcface.",
     ),
-    miner: str = typer.Option(
-        "none",
-        help="Pair/triplet mining for triplet and contrastive: none, batch-hard, semi-hard, "
-        "distance-weighted.",
-    ),
-    distance: str = typer.Option(
-        "euclidean", help="Distance of the metric losses: euclidean or cosine."
-    ),
+    miner: Miner = typer.Option("none", help="Pair/triplet mining for triplet and contrastive."),
+    distance: Distance = typer.Option("euclidean", help="Distance of the metric losses."),
     margin: float | None = typer.Option(None, help="Margin of triplet/contrastive/quadruplet."),
     dim: int = typer.Option(0, help="Embedding size (0: the backbone's feature width)."),
     bnneck: bool = typer.Option(
@@ -59,35 +50,68 @@ def train_embedding(
     head_lr_mult: float = typer.Option(
         10.0, help="The neck and the loss weights learn this many times faster."
     ),
+    weight_decay: float = typer.Option(5e-4, help="AdamW weight decay."),
     freeze_backbone: bool = typer.Option(
-        False, "--freeze-backbone", help="Train only the neck and the loss weights."
+        False,
+        "--freeze-backbone",
+        help="Train only the neck and the loss weights (= --trainable neck).",
+    ),
+    trainable: Trainable = typer.Option(
+        "auto",
+        help="How much of the backbone trains: neck (frozen backbone), last (its last "
+        "stage), all; auto: by the number of training identities and photos (neck below "
+        "100 people or 2,000 photos, last below 1,000 or 20,000, else all), stated in the run.",
+    ),
+    layer_decay: float = typer.Option(
+        1.0, help="Below 1: each trained backbone stage learns this many times as fast as the next."
     ),
     input_size: str | None = typer.Option(
-        None, help="HEIGHTxWIDTH of the crops, e.g. 256x128 for people (default: the model's)."
+        None,
+        parser=parse_size,
+        metavar="HxW",
+        help="HEIGHTxWIDTH of the crops, e.g. 256x128 for people (default: the model's).",
     ),
-    augment: str = typer.Option(
-        "reid", help="reid (flip, pad-crop, random erasing), light, standard or none."
+    augment: EmbeddingAugment = typer.Option(
+        "reid", help="reid: flip, pad-crop, random erasing; or a classifier's augmentation."
     ),
-    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
+    precision: Precision = typer.Option("fp32", help="fp32, or bf16 autocast."),
     val_fraction: float = typer.Option(
         0.2, help="Share of identities held out to pick the best epoch and calibrate thresholds."
+    ),
+    val_dir: Path | None = typer.Option(
+        None,
+        help="Another folder of identities (another camera, another day): its mAP picks the "
+        "epoch, and with --trainable auto the recipe (neck, last and all each train: 3x the time).",
+    ),
+    local_stripes: int = typer.Option(
+        0,
+        help="AlignedReID: learn this many horizontal stripe features beside the global "
+        "vector (e.g. 8), matched by the shortest path at test time (0: off).",
+    ),
+    local_dim: int = typer.Option(128, help="Channels of each local stripe feature."),
+    mutual: bool = typer.Option(
+        False,
+        "--mutual",
+        help="AlignedReID's mutual learning: two networks teach each other (2x time).",
     ),
     target_far: float = typer.Option(
         0.01, help="False-accept rate the stored verification threshold is set for."
     ),
     patience: int = typer.Option(0, help="Stop after this many epochs without a better mAP."),
     seed: int = typer.Option(0, help="Seed for the split, init and sampling."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Run folder to create."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    workers: int | None = typer.Option(None, help="Image decoding processes."),
+    num_workers: int | None = typer.Option(None, "--workers", help="Image decoding processes."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train an embedding where the same identity lands close and different ones far.
 
     Batches hold P identities × K images. The best epoch is chosen by retrieval mAP on
-    held-out identities, which also calibrate the verification threshold stored in the run.
-    The run folder works with `vitrina embed`, `index`, `search` and `evaluate-reid`.
+    held-out identities (or on --val-dir), which also calibrate the verification threshold
+    stored in the run. The run reports the starting weights' mAP on the same identities and
+    says plainly when training did not beat them. The run folder works with `vitrina embed`,
+    `index`, `search` and `evaluate-reid`.
 
     Examples:
 
@@ -96,37 +120,15 @@ def train_embedding(
       vitrina train-embedding faces/ --loss arcface --dim 256 --epochs 30
 
       vitrina train-embedding market/ --loss triplet --miner semi-hard --distance cosine
+
+      vitrina train-embedding people-market/ --local-stripes 8 --input-size 256x128
+
+      vitrina train-embedding chips/ --val-dir other-camera-chips/
     """
     from vitrina.training.embedding import EmbeddingConfig
     from vitrina.training.embedding import train_embedding as run
 
-    cfg = EmbeddingConfig(
-        data_dir=str(data_dir),
-        arch=arch,
-        weights=weights,
-        loss=loss,
-        miner=miner,
-        distance=distance,
-        margin=margin,
-        dim=dim,
-        bnneck=bnneck,
-        p=p,
-        k=k,
-        epochs=epochs,
-        lr=lr,
-        head_lr_mult=head_lr_mult,
-        freeze_backbone=freeze_backbone,
-        input_size=_size(input_size),
-        augment=augment,
-        precision=precision,
-        val_fraction=val_fraction,
-        target_far=target_far,
-        patience=patience,
-        seed=seed,
-        out=str(out_dir) if out_dir else None,
-        num_workers=workers,
-        device=device,
-    )
+    cfg = config_from_options(EmbeddingConfig, ctx.params, cli_only=CLI_ONLY)
     res = run(cfg, resume=resume, progress=not as_json)
     if as_json:
         print_json(
@@ -136,23 +138,42 @@ def train_embedding(
                 "metrics": res.metrics,
                 "dropped_singletons": res.dropped_singletons,
                 "unreadable": res.bad_files,
+                "start": res.start,
+                "trainable": res.trainable,
+                "verdict": res.verdict,
+                "beat_start": res.beat_start,
+                "recipes": res.recipes,
             }
         )
         return
     m = res.metrics
     if res.dropped_singletons:
-        out.print(f"{res.dropped_singletons} identities with a single image were skipped")
+        console.print(f"{res.dropped_singletons} identities with a single image were skipped")
+    if res.trainable:
+        console.print(f"trainable: {res.trainable['choice']} ({escape(res.trainable['reason'])})")
     if "val_mAP" in m:
-        out.print(
+        line = (
             f"best epoch {res.best_epoch}: held-out identities mAP {m['val_mAP']:.3f}, "
             f"rank-1 {m['val_rank1']:.3f}"
         )
+        if "val_mAP_combined" in m:
+            line += f" (local {m['val_mAP_local']:.3f}, combined {m['val_mAP_combined']:.3f})"
+        if "valdir_mAP" in m:
+            line += f"; --val-dir mAP {m['valdir_mAP']:.3f}"
+        console.print(line)
     else:
-        out.print(f"trained {m.get('epochs_run')} epochs (no held-out identities: last kept)")
+        console.print(f"trained {m.get('epochs_run')} epochs (no held-out identities: last kept)")
+    for r, figs in res.recipes.items():
+        console.print(
+            f"  recipe {r}: val-dir mAP {figs.get('valdir_mAP', float('nan')):.3f}, held-out "
+            f"mAP {figs.get('val_mAP', float('nan')):.3f} (epoch {figs.get('best_epoch')})"
+        )
+    for line in res.verdict:
+        console.print(("[bold red]" if "did NOT" in line else "") + escape(line), highlight=False)
     if res.bad_files:
-        out.print(f"{len(res.bad_files)} unreadable images were skipped")
-    out.print(f"run folder: {res.run_dir}")
-    out.print(f"next: vitrina evaluate-reid {res.run_dir} DATA  ·  vitrina index build ...")
+        console.print(f"{len(res.bad_files)} unreadable images were skipped")
+    console.print(f"run folder: {res.run_dir}")
+    console.print(f"next: vitrina evaluate-reid {res.run_dir} DATA  ·  vitrina index build ...")
 
 
 def register(app: typer.Typer) -> None:

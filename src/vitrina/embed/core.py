@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vitrina.embed.layers import POOLS, LayerEmbedding, layer_names, resolve_layers
+from vitrina.engine.tasks import Embedding
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
 
@@ -201,11 +202,11 @@ class Embedder:
             self._engine = Engine(self.model, **self._engine_kw)
         return self._engine
 
-    def _finish(self, y: torch.Tensor) -> np.ndarray:
-        y = y.float().reshape(len(y), -1)
-        if self._post_normalize:
-            y = torch.nn.functional.normalize(y, p=2.0, dim=1, eps=1e-12)
-        return y.numpy().astype(np.float32, copy=False)
+    @property
+    def task(self) -> Embedding:
+        """The engine task this embedder runs (normalised unless the spec says raw; named
+        layers are normalised inside the layer model)."""
+        return Embedding(normalize=self._post_normalize)
 
     def embed_paths(
         self,
@@ -216,8 +217,6 @@ class Embedder:
         """Vectors for the readable files, in input order; unreadable ones in ``errors``."""
         paths = [Path(p) for p in paths]
         total, done = len(paths), 0
-        rows: dict[int, np.ndarray] = {}
-        errors: dict[int, str] = {}
 
         def step(n: int) -> None:
             nonlocal done
@@ -225,37 +224,33 @@ class Embedder:
             if on_progress:
                 on_progress(done, total)
 
-        if paths:
-            for b in self.engine.run(paths, output="embed", on_batch=step):
-                if len(b.indices):
-                    vecs = self._finish(b.outputs)
-                    for row, idx in enumerate(b.indices):
-                        rows[idx] = vecs[row]
-                for idx, msg in b.errors:
-                    errors[idx] = msg
-        order = sorted(rows)
+        rows: list[np.ndarray] = []
+        kept: list[Path] = []
+        errors: list[tuple[Path, str]] = []
+        for r in self.engine.run(self.task, paths, on_progress=step):
+            if r.ok:
+                rows.append(r.value)
+                kept.append(paths[r.index])
+            else:
+                errors.append((paths[r.index], r.error))
         vectors = (
-            np.stack([rows[i] for i in order]).astype(np.float32, copy=False)
-            if order
+            np.stack(rows).astype(np.float32, copy=False)
+            if rows
             else np.zeros((0, self.dim), dtype=np.float32)
         )
-        return EmbedResult(
-            vectors, [paths[i] for i in order], [(paths[i], errors[i]) for i in sorted(errors)]
-        )
+        return EmbedResult(vectors, kept, errors)
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
-        """(N, dim) float32 vectors for decoded PIL images (e.g. in a service)."""
+        """(N, dim) float32 vectors for images in memory (PIL images, arrays, tensors), e.g.
+        in a service. An image that is not one raises :class:`~vitrina.errors.VitrinaError`."""
         if not len(images):
             return np.zeros((0, self.dim), dtype=np.float32)
-        mode = "L" if self.model.preprocess.channels == 1 else "RGB"
-        eng = self.engine
-        out = []
-        bs = eng.batch_size
-        for i in range(0, len(images), bs):
-            chunk = [im if im.mode == mode else im.convert(mode) for im in images[i : i + bs]]
-            x = torch.stack([eng.transform(im) for im in chunk])
-            out.append(self._finish(eng.run_tensor(x, output="embed")))
-        return np.concatenate(out).astype(np.float32, copy=False)
+        eng, task = self.engine, self.task
+        out: list[np.ndarray] = []
+        for i in range(0, len(images), eng.batch_size):
+            prepared = [eng.prepare(task, im) for im in images[i : i + eng.batch_size]]
+            out += eng.run_prepared(task, prepared)
+        return np.stack(out).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         return f"Embedder({self.model_label}, dim={self.dim}, fingerprint={self.fingerprint})"

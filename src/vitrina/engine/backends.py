@@ -1,9 +1,13 @@
 """Inference backends, chosen by name: ``eager`` (fp32), ``bf16`` (autocast + channels_last)
-and ``onnx`` (ONNX Runtime fp32, in :mod:`vitrina.engine.onnx`).
+and ``onnx`` (ONNX Runtime fp32, in :mod:`vitrina.engine.onnx`), ``int8``, ``pruned``, ``auto``.
 
-Every backend takes a normalized float32 batch and returns float32 outputs on the CPU, so
-consumers never care which one ran. ``auto`` resolves to the fastest backend this machine
-supports (see :func:`resolve_backend`).
+A backend computes one *output* of a model on a normalized float32 batch: ``"logits"``
+(``model.classify``), ``"embed"`` (``model.embed``), or any other method of the model a task
+asks for (``"boxes"`` for a detector). It returns float32 on the CPU — a tensor, or a list of
+tensors for outputs of variable length per input — so tasks never care which backend ran.
+How far each backend may be from eager fp32 is its stated :data:`TOLERANCES`, checked per
+output by :func:`compare_outputs` (comparisons for new outputs register in
+:data:`OUTPUT_CHECKS`).
 """
 
 from __future__ import annotations
@@ -22,17 +26,43 @@ from vitrina.registry import Registry
 
 __all__ = [
     "BACKENDS",
+    "OUTPUT_CHECKS",
     "TOLERANCES",
     "Backend",
     "Tolerance",
     "bf16_supported",
     "compare_outputs",
     "int8_vnni",
+    "model_output",
     "onnx_available",
     "resolve_backend",
 ]
 
+#: Outputs every vitrina model has, and the contract method computing each.
 OUTPUTS = ("logits", "embed")
+_METHODS = {"logits": "classify", "embed": "embed"}
+
+
+def model_output(model: torch.nn.Module, output: str, x: torch.Tensor) -> Any:
+    """``model``'s ``output`` for the batch ``x`` (``logits`` -> ``classify``, ``embed`` ->
+    ``embed``, any other name -> the model's method of that name)."""
+    method = getattr(model, _METHODS.get(output, output), None)
+    if output.startswith("_") or not callable(method):
+        from vitrina.errors import VitrinaError
+
+        arch = getattr(model, "arch", type(model).__name__)
+        raise VitrinaError(f"model {arch!r} has no output {output!r}")
+    return method(x)
+
+
+def _to_cpu_float(y: Any) -> Any:
+    if isinstance(y, torch.Tensor):
+        return y.float().cpu()
+    if isinstance(y, list | tuple):
+        return [_to_cpu_float(v) for v in y]
+    if isinstance(y, dict):
+        return {k: _to_cpu_float(v) for k, v in y.items()}
+    return y
 
 
 @dataclass(frozen=True)
@@ -70,13 +100,22 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx": Tolerance(top1=1.0, rel=1e-3, atol=1e-3),
     "bf16": Tolerance(top1=0.99, rel=0.05),
     "int8": Tolerance(top1=0.99, rel=0.15),
+    # dlib's own C++ for its face ResNet: the same arithmetic in another order
+    "dlib": Tolerance(top1=1.0, rel=1e-4, atol=1e-4),
 }
 
 
-def compare_outputs(
-    ref: torch.Tensor, got: torch.Tensor, output: str = "logits"
-) -> dict[str, float]:
+#: How a backend's outputs are compared with eager fp32's, per output name: a function
+#: ``(ref, got) -> {"top1_agreement", "max_abs_diff", "rel_mean_diff"}`` (the keys
+#: :class:`Tolerance` checks). Outputs not listed are compared as tensors (no top-1).
+OUTPUT_CHECKS: dict[str, Any] = {}
+
+
+def compare_outputs(ref: Any, got: Any, output: str = "logits") -> dict[str, float]:
     """Differences between a backend's outputs and eager fp32's on the same batch."""
+    check = OUTPUT_CHECKS.get(output)
+    if check is not None:
+        return check(ref, got)
     ref, got = ref.float(), got.float()
     diff = (got - ref).abs()
     agree = (
@@ -93,9 +132,27 @@ def compare_outputs(
 
 
 class Backend:
-    """Runs a model on batches. Subclasses change how, never what is returned."""
+    """Runs a model on batches. Subclasses change how, never what is returned.
+
+    ``outputs``: the model outputs this backend can compute (``None``: any the model has).
+    Runtimes that execute an exported graph list the single-tensor outputs they export."""
 
     name = "base"
+    outputs: tuple[str, ...] | None = None
+
+    @classmethod
+    def supports(cls, output: str) -> bool:
+        return cls.outputs is None or output in cls.outputs
+
+    def check_output(self, output: str) -> None:
+        """One clear line when this backend cannot compute ``output``."""
+        if not self.supports(output):
+            from vitrina.errors import VitrinaError
+
+            raise VitrinaError(
+                f"the {self.name} backend computes {', '.join(self.outputs or ())} only, not "
+                f"{output!r}; choose another backend (eager computes every output)"
+            )
 
     def __init__(
         self,
@@ -116,13 +173,11 @@ class Backend:
         return x.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    def __call__(self, x: torch.Tensor, output: str = "logits") -> Any:
         x = self.prepare_input(x)
         with self.context():
-            y = self.model.classify(x) if output == "logits" else self.model.embed(x)
-        return y.float().cpu()
+            y = model_output(self.model, output, x)
+        return _to_cpu_float(y)
 
 
 BACKENDS: Registry[type[Backend]] = Registry("backend")

@@ -1,30 +1,41 @@
-"""One inference engine for every consumer (predict, sort, evaluate, index, faces).
+"""One inference engine for every consumer (predict, sort, evaluate, embed, index, faces,
+explain, the service, optimize's and the zoo's measurements).
 
-Files are decoded and transformed in worker processes, batched, and run on a backend;
-unreadable files come back as errors next to the results, never as exceptions.
+The engine runs a *task* (:mod:`vitrina.engine.tasks`) over *items*
+(:mod:`vitrina.engine.items`: files, images in memory, regions of photos): items are decoded
+and prepared in worker processes, batched, run on a backend chosen by name
+(:mod:`vitrina.engine.backends`), and the raw outputs become one result per item. A bad item
+comes back as an error next to the results, never as an exception.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from vitrina.data.dataset import ImageFiles, collate_skip_bad
 from vitrina.data.transforms import eval_transform
 from vitrina.engine.backends import BACKENDS, resolve_backend
+from vitrina.engine.items import Item, is_file_item, load_item
+from vitrina.engine.tasks import Prepared, Task, rows_per_item
+from vitrina.errors import ImageReadError, VitrinaError
 from vitrina.models import VitrinaModel
 
 __all__ = [
     "Engine",
     "EngineBatch",
+    "PreparedBatch",
+    "TaskBatch",
+    "TaskResult",
     "available_cores",
+    "batch_inputs",
     "default_workers",
     "resolve_device",
     "torch_threads",
@@ -77,27 +88,148 @@ def torch_threads(decode_workers: int, max_threads: int | None = None) -> Iterat
 
 
 @dataclass
+class TaskResult:
+    """The engine's answer for one item: ``value`` (the task's result) or ``error``.
+
+    ``error`` is one line naming the item and the problem; ``reason`` is the problem alone
+    (``"truncated or corrupt image data"``), for reports that name the item themselves."""
+
+    index: int
+    item: Item
+    value: Any = None
+    error: str | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class TaskBatch:
+    """One batch of results: ``values[j]`` belongs to item ``indices[j]`` (positions in the
+    input list); ``errors`` are ``(index, message, reason)`` for items that could not be read
+    or prepared."""
+
+    indices: list[int]
+    values: list[Any]
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices) + len(self.errors)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch of prepared items (see :meth:`Engine.prepared_batches`): ``prepared[j]`` is item
+    ``indices[j]``; ``errors`` as in :class:`TaskBatch`."""
+
+    indices: list[int]
+    prepared: list[Prepared]
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices) + len(self.errors)
+
+
+@dataclass
 class EngineBatch:
-    """``outputs[i]`` belongs to ``indices[i]`` (positions in the input list); ``errors`` are
-    ``(index, message)`` for inputs that could not be read."""
+    """Deprecated (``Engine.run(paths, output=...)``): ``outputs[i]`` belongs to
+    ``indices[i]``; ``errors`` are ``(index, message)``."""
 
     indices: list[int]
     outputs: torch.Tensor
     errors: list[tuple[int, str]]
 
 
+class _Preparation:
+    """Decode an item and run the task's preparation on it (picklable: runs in workers)."""
+
+    def __init__(self, task: Task, pre: Any) -> None:
+        self.mode = task.image_mode(pre)
+        self.side = task.decode_side(pre)
+        self.prepare = task.preparer(pre)
+
+    def __call__(self, item: Item) -> Prepared:
+        return self.prepare(load_item(item, mode=self.mode, min_side=self.side), item)
+
+
+def _describe_error(exc: VitrinaError, item: Item) -> tuple[str, str]:
+    from vitrina.engine.items import item_name
+
+    if isinstance(exc, ImageReadError):
+        return str(exc), exc.reason
+    reason = str(exc)
+    return f"{item_name(item)}: {reason}", reason
+
+
+class _Items(Dataset):
+    """Items -> ``(index, Prepared | None, (message, reason) | None)``; never raises for a bad
+    item (a batch run records it and goes on)."""
+
+    def __init__(self, items: Sequence[Item], preparation: _Preparation) -> None:
+        self.items = items
+        self.preparation = preparation
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, Prepared | None, tuple[str, str] | None]:
+        try:
+            return i, self.preparation(self.items[i]), None
+        except VitrinaError as exc:
+            return i, None, _describe_error(exc, self.items[i])
+
+
+def _as_rows(rows: list[Any]) -> list[Any]:
+    return rows
+
+
+def batch_inputs(
+    task: Task, pre: Any, items: Iterable[Item], *, limit: int | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """The prepared inputs of the readable items as one ``(N, C, H, W)`` batch, in this thread,
+    for exports checked on real photos and int8 calibration; unreadable items are skipped.
+    Returns ``(batch, indices of the items used)``; stops after ``limit`` items."""
+    prep = _Preparation(task, pre)
+    inputs, used = [], []
+    for i, item in enumerate(items):
+        try:
+            p = prep(item)
+        except VitrinaError:
+            continue
+        if len(p):
+            inputs.append(p.inputs)
+            used.append(i)
+        if limit is not None and len(used) >= limit:
+            break
+    if not inputs:
+        return torch.empty(0), []
+    return torch.cat(inputs), used
+
+
 class Engine:
-    """Batched inference of a :class:`VitrinaModel` over image files.
+    """Batched inference of a :class:`VitrinaModel`: tasks over items.
 
     Args:
-        model: any vitrina model (its ``preprocess`` defines the transform).
+        model: any vitrina model (its ``preprocess`` defines the input transform).
         backend: ``auto`` (measured: the fastest backend within tolerance), ``eager``,
-            ``bf16``, ``onnx``, ``int8`` (see ``BACKENDS``).
+            ``bf16``, ``onnx``, ``int8``, ``pruned`` (see ``BACKENDS``).
         device: ``auto``, ``cpu``, ``cuda``...
-        batch_size: images per forward pass.
-        num_workers: decode processes; ``None`` picks :func:`default_workers`, 0 decodes inline.
+        batch_size: items per forward pass.
+        num_workers: decode processes; ``None`` picks :func:`default_workers` (every core for
+            tasks whose preparation is heavy), 0 decodes inline.
         calib: images for int8 calibration (a folder or a list of files), where the model
             is not a run folder with an int8 variant.
+        threads: intra-op threads for runtimes with their own pool (ONNX Runtime); default
+            every core this process may use.
+
+    Example::
+
+        >>> from vitrina.engine import Engine, Logits
+        >>> engine = Engine(model, backend="auto")  # doctest: +SKIP
+        >>> for r in engine.run(Logits(top_k=3), ["a.jpg", "b.png"]):  # doctest: +SKIP
+        ...     print(r.item, r.value.top if r.ok else r.error)
     """
 
     def __init__(
@@ -109,6 +241,7 @@ class Engine:
         batch_size: int = 16,
         num_workers: int | None = None,
         calib: str | Path | Sequence[str | Path] | None = None,
+        threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -118,52 +251,206 @@ class Engine:
         self.requested_backend = backend
         self.model = model
         self.batch_size = batch_size
-        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.num_workers = num_workers
         # Runtimes with their own (non-spinning) pool get every core; torch backends get the
         # cores the decode workers leave free (see torch_threads).
         options = {"calib": calib} if calib is not None else {}
-        self.backend = BACKENDS.get(backend)(model, self.device, available_cores(), **options)
-        self.transform = eval_transform(model.preprocess)
+        n_threads = available_cores() if threads is None else threads
+        self.backend = BACKENDS.get(backend)(model, self.device, n_threads, **options)
+        self._preparations: dict[Task, _Preparation] = {}
 
     @property
     def backend_name(self) -> str:
         """The backend running: for ``auto``, the one it chose (``auto`` before the first batch)."""
         return getattr(self.backend, "resolved", self.backend.name)
 
+    @property
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """The model's eval transform (PIL image -> normalised tensor)."""
+        return eval_transform(self.model.preprocess)
+
     def describe(self) -> str:
         describe = getattr(self.backend, "describe", None)
         return describe() if describe else self.backend_name
 
-    def run(
+    # ------------------------------------------------------------------ the task API
+    def _preparation(self, task: Task) -> _Preparation:
+        prep = self._preparations.get(task)
+        if prep is None:
+            prep = self._preparations[task] = _Preparation(task, self.model.preprocess)
+        return prep
+
+    def prepare(self, task: Task, item: Item) -> Prepared:
+        """Decode and prepare one item in this thread (what a decode worker does).
+
+        Raises:
+            VitrinaError: the item cannot be read or prepared (one line naming it).
+        """
+        try:
+            return self._preparation(task)(item)
+        except ImageReadError:
+            raise
+        except VitrinaError as exc:
+            message, _ = _describe_error(exc, item)
+            raise type(exc)(message) from None
+
+    def forward(self, task: Task, x: torch.Tensor) -> Any:
+        """The backend's raw outputs for a prepared ``(B, C, H, W)`` batch (for timing and
+        measurements; results come from :meth:`run` or :meth:`run_prepared`)."""
+        self.backend.check_output(task.output)
+        return self.backend(x, output=task.output)
+
+    def run_prepared(self, task: Task, prepared: Sequence[Prepared]) -> list[Any]:
+        """One forward pass over prepared items (e.g. requests batched by a service): one
+        result per item, in order."""
+        if not prepared:
+            return []
+        counts = [len(p) for p in prepared]
+        inputs = [p.inputs for p in prepared if len(p)]
+        outputs = self.forward(task, torch.cat(inputs)) if inputs else torch.empty(0)
+        return task.finish(outputs, counts, [p.meta for p in prepared])
+
+    def _workers(self, task: Task, items: Sequence[Item], requested: int | None) -> int:
+        # Worker start-up costs more than it saves on a handful of items; items in memory
+        # would be pickled to the workers and back.
+        if len(items) <= self.batch_size or not all(is_file_item(i) for i in items):
+            return 0
+        if requested is not None:
+            return requested
+        if self.num_workers is not None:
+            return self.num_workers
+        return available_cores() if task.heavy_preparation else default_workers()
+
+    def prepared_batches(
         self,
-        paths: Sequence[str | Path],
+        task: Task,
+        items: Iterable[Item],
         *,
-        output: str = "logits",
-        on_batch: Callable[[int], None] | None = None,
-    ) -> Iterator[EngineBatch]:
-        """Yield results batch by batch, in input order. ``on_batch(n)`` is called with the
-        number of inputs consumed (read or failed) after each batch."""
-        h, w = self.model.preprocess.input_size
-        short = math.floor(min(h, w) / self.model.preprocess.crop_pct)
-        ds = ImageFiles(paths, transform=self.transform, min_side=short)
-        # Worker start-up costs more than it saves on a handful of files.
-        workers = self.num_workers if len(ds) > self.batch_size else 0
+        on_progress: Callable[[int], None] | None = None,
+        num_workers: int | None = None,
+    ) -> Iterator[PreparedBatch]:
+        """Items decoded and prepared by the decode workers, batch by batch, not yet run: for
+        running one decoded batch through several engines (e.g. comparing backends).
+        ``num_workers`` overrides the engine's setting for this call."""
+        items = list(items)
+        if not items:
+            return
+        workers = self._workers(task, items, num_workers)
         loader = DataLoader(
-            ds,
+            _Items(items, self._preparation(task)),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=workers,
-            collate_fn=collate_skip_bad,
-            pin_memory=self.device.type == "cuda",
+            collate_fn=_as_rows,
             prefetch_factor=4 if workers else None,
             persistent_workers=False,
         )
-        for batch in loader:
-            out = self.backend(batch.images, output=output) if len(batch.index) else torch.empty(0)
-            yield EngineBatch(batch.index.tolist(), out, batch.errors)
-            if on_batch:
-                on_batch(len(batch.index) + len(batch.errors))
+        for rows in loader:
+            yield PreparedBatch(
+                [i for i, p, _ in rows if p is not None],
+                [p for _, p, _ in rows if p is not None],
+                [(i, e[0], e[1]) for i, p, e in rows if p is None and e is not None],
+            )
+            if on_progress:
+                on_progress(len(rows))
+
+    def run_batches(
+        self,
+        task: Task,
+        items: Iterable[Item],
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        num_workers: int | None = None,
+    ) -> Iterator[TaskBatch]:
+        """Results batch by batch, in input order. ``on_progress(n)`` is called with the number
+        of items consumed (done or failed) after each batch; ``num_workers`` overrides the
+        engine's setting for this call.
+
+        While decode workers run, torch gets the cores they leave free (:func:`torch_threads`):
+        OpenMP threads that spin-wait beside busy workers cost more than they compute."""
+        items = list(items)
+        workers = self._workers(task, items, num_workers)
+        with torch_threads(workers):
+            for b in self.prepared_batches(task, items, num_workers=workers):
+                yield TaskBatch(b.indices, self.run_prepared(task, b.prepared), b.errors)
+                if on_progress:
+                    on_progress(len(b))
+
+    def run(
+        self,
+        task: Task | Sequence[str | Path],
+        items: Iterable[Item] | None = None,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        num_workers: int | None = None,
+        output: str | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Iterator[Any]:
+        """One :class:`TaskResult` per item, in input order, streamed batch by batch.
+
+        ``run(paths, output="logits"|"embed")`` (the engine before tasks) still works and
+        yields :class:`EngineBatch`; it is deprecated: use ``run(Logits(), paths)`` or
+        ``run(Embedding(normalize=False), paths)``.
+        """
+        if not isinstance(task, Task):
+            warnings.warn(
+                "Engine.run(paths, output=...) is deprecated: run a task, e.g. "
+                "engine.run(Logits(), paths) or engine.run(Embedding(normalize=False), paths)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return self._run_outputs(task, output or "logits", on_batch)
+        if items is None:
+            raise TypeError("Engine.run(task, items): items missing")
+        return self._run_results(task, items, on_progress, num_workers)
+
+    def _run_results(
+        self,
+        task: Task,
+        items: Iterable[Item],
+        on_progress: Callable[[int], None] | None,
+        num_workers: int | None,
+    ) -> Iterator[TaskResult]:
+        items = list(items)
+        batches = self.run_batches(task, items, on_progress=on_progress, num_workers=num_workers)
+        for b in batches:
+            results = {
+                i: TaskResult(i, items[i], v) for i, v in zip(b.indices, b.values, strict=True)
+            }
+            for i, message, reason in b.errors:
+                results[i] = TaskResult(i, items[i], None, message, reason)
+            for i in sorted(results):
+                yield results[i]
+
+    def _run_outputs(
+        self, paths: Sequence[str | Path], output: str, on_batch: Callable[[int], None] | None
+    ) -> Iterator[EngineBatch]:
+        from vitrina.engine.tasks import Embedding
+
+        task: Task = _RawOutputs() if output == "logits" else Embedding(normalize=False)
+        for b in self.run_batches(task, [Path(p) for p in paths], on_progress=on_batch):
+            outputs = (
+                torch.stack([torch.as_tensor(v) for v in b.values]) if b.values else torch.empty(0)
+            )
+            yield EngineBatch(b.indices, outputs, [(i, m) for i, m, _ in b.errors])
 
     def run_tensor(self, x: torch.Tensor, *, output: str = "logits") -> torch.Tensor:
-        """Run an already-normalized (B, C, H, W) tensor."""
+        """Deprecated: run an already-normalized (B, C, H, W) tensor. Use :meth:`forward`
+        (raw outputs) or :meth:`run_prepared` (results)."""
+        warnings.warn(
+            "Engine.run_tensor is deprecated: use engine.run_prepared(task, prepared) for "
+            "results or engine.forward(task, x) for raw outputs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.backend(x, output=output)
+
+
+class _RawOutputs(Task):
+    """Logits rows as they come (for the deprecated ``run(paths, output="logits")``)."""
+
+    name = "raw-logits"
+    output = "logits"
+
+    def finish(self, outputs: Any, counts: Sequence[int], metas: Sequence[Any]) -> list[Any]:
+        return [chunk[0] for chunk in rows_per_item(outputs.float(), counts)]

@@ -87,8 +87,9 @@ def calibration_tensors(
     """Up to ``max_images`` readable images (a folder, searched recursively, or a list of
     files), transformed for ``model``; evenly spread over the sorted list so every class
     folder is represented. Returns ``(batch, paths used)``."""
-    from vitrina.data import eval_transform, iter_image_files
-    from vitrina.io import read_image
+    from vitrina.data import iter_image_files
+    from vitrina.engine.engine import batch_inputs
+    from vitrina.engine.tasks import Logits
 
     if isinstance(source, (str, Path)):
         folder = Path(source)
@@ -102,17 +103,10 @@ def calibration_tensors(
     if len(paths) > max_images:
         step = len(paths) / max_images
         paths = [paths[int(i * step)] for i in range(max_images)]
-    tf = eval_transform(model.preprocess)
-    tensors, used = [], []
-    for p in paths:
-        try:
-            tensors.append(tf(read_image(p)))
-            used.append(str(p))
-        except VitrinaError:
-            continue
-    if not tensors:
+    batch, used = batch_inputs(Logits(), model.preprocess, paths)
+    if not used:
         raise VitrinaError(f"{where}: no readable image to calibrate int8 on")
-    return torch.stack(tensors), used
+    return batch, [str(paths[i]) for i in used]
 
 
 @contextmanager
@@ -217,6 +211,7 @@ class Int8Backend(Backend):
     warns when it is outside the stated int8 tolerance (it keeps running: you asked for it)."""
 
     name = "int8"
+    outputs = ("logits", "embed")
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitrina.engine.backends import BACKENDS, Backend, onnx_available
+from vitrina.engine.backends import BACKENDS, Backend, model_output, onnx_available
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
 
@@ -50,7 +50,13 @@ class _Output(nn.Module):
         self.model, self.output = model, output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.classify(x) if self.output == "logits" else self.model.embed(x)
+        y = model_output(self.model, self.output, x)
+        if not isinstance(y, torch.Tensor):
+            raise VitrinaError(
+                f"output {self.output!r} of {self.model.arch!r} is not one tensor: the ONNX "
+                "export of variable-length outputs is the task's own (see docs/architecture.md)"
+            )
+        return y
 
 
 def _fingerprint(model: VitrinaModel, output: str) -> str:
@@ -133,6 +139,7 @@ class OnnxBackend(Backend):
     """ONNX Runtime on the CPU (CUDA provider when the device is a GPU and it is installed)."""
 
     name = "onnx"
+    outputs = ("logits", "embed")
 
     def __init__(
         self,

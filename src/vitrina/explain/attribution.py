@@ -30,7 +30,6 @@ Conventions:
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 import types
@@ -45,7 +44,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vitrina.data.transforms import eval_transform
+from vitrina.data.transforms import short_side
+from vitrina.engine import Embedding, Engine, Logits
 from vitrina.errors import UnknownNameError, VitrinaError
 from vitrina.explain.targets import (
     SimilarityScore,
@@ -394,7 +394,7 @@ def crop_box(pre: Preprocess, size: tuple[int, int]) -> tuple[float, float, floa
     image when the crop is larger than the resized image (that part is padding)."""
     W, H = size
     h, w = pre.input_size
-    short = math.floor(min(h, w) / pre.crop_pct)
+    short = short_side(pre)
     if W <= H:
         nw, nh = short, int(short * H / W)
     else:
@@ -469,6 +469,11 @@ def _load(image: ImageLike) -> Image.Image:
     return image if isinstance(image, Image.Image) else read_image(image)
 
 
+def _engine(model: VitrinaModel, device: torch.device) -> Engine:
+    """The engine for the passes that need no gradient: preparing images and predicting."""
+    return Engine(model, backend="eager", device=device, batch_size=1, num_workers=0)
+
+
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -517,24 +522,25 @@ def iter_explain(
     specs = [method_spec(m) for m in methods]
     fixed = None if target is None else resolve_target(model, target)
     pre = model.preprocess
-    tf = eval_transform(pre)
     device = _device(model)
+    task = Logits(top_k=3)
     cam_layer: tuple[str, nn.Module] | None = None
     with _explaining(model):
+        engine = _engine(model, device)  # inside: the modes it sets are restored after
         for image in images:
             img = _load(image)
-            x = tf(img).unsqueeze(0).to(device)
+            prepared = engine.prepare(task, img)
+            x = prepared.inputs.to(device)
             if cam_layer is None and any(s.uses_layer for s in specs):
-                logits, probe = probe_layers(model, model.classify, x)
+                # The layer search records a forward pass with hooks: it gives the logits too.
+                out, probe = probe_layers(model, model.classify, x)
                 cam_layer = resolve_layer(model, layer, probe)
+                scores = task.finish(out.detach().float(), [1], [None])[0]
             else:
-                with torch.no_grad():
-                    logits = model.classify(x)
-            logits = logits.detach().float()[0]
-            probs = logits.softmax(0)
-            t = int(probs.argmax()) if fixed is None else fixed
-            pv, pi = probs.topk(min(3, probs.numel()))
-            top3 = [(class_label(model, int(i)), float(v)) for v, i in zip(pv, pi, strict=True)]
+                scores = engine.run_prepared(task, [prepared])[0]
+            logits, probs = scores.logits, scores.probabilities
+            t = scores.best[0] if fixed is None else fixed
+            top3 = [(class_label(model, i), p) for i, p in scores.top]
             grey = _grey(pre, x)
             row: dict[str, Explanation] = {}
             for spec in specs:
@@ -600,20 +606,19 @@ def explain_similarity(
     """
     spec = method_spec(method)
     pre = model.preprocess
-    tf = eval_transform(pre)
     device = _device(model)
+    task = Embedding(normalize=False)
     imgs = [_load(query_image), _load(result_image)]
     with _explaining(model):
-        xs = [tf(im).unsqueeze(0).to(device) for im in imgs]
+        engine = _engine(model, device)  # inside: the modes it sets are restored after
+        prepared = [engine.prepare(task, im) for im in imgs]
+        xs = [p.inputs.to(device) for p in prepared]
         cam_layer: tuple[str, nn.Module] | None = None
         if spec.uses_layer:
-            e0, probe = probe_layers(model, model.embed, xs[0])
+            _, probe = probe_layers(model, model.embed, xs[0])
             cam_layer = resolve_layer(model, layer, probe)
-        else:
-            with torch.no_grad():
-                e0 = model.embed(xs[0])
-        with torch.no_grad():
-            embs = [e0.detach().flatten(1), model.embed(xs[1]).detach().flatten(1)]
+        vectors = engine.run_prepared(task, prepared)
+        embs = [torch.from_numpy(v).reshape(1, -1).to(device) for v in vectors]
         cos = float(F.cosine_similarity(embs[0].float(), embs[1].float()))
         out = []
         for x, img, other in zip(xs, imgs, embs[::-1], strict=True):

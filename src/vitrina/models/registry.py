@@ -503,3 +503,26 @@ def _efficientnet_lite0(num_classes: int | None, pretrained: bool) -> VitrinaMod
     return VitrinaModel.wrap(
         net, arch="efficientnet_lite0", preprocess=EFFICIENTNET_LITE0_PREPROCESS
     )
+
+
+@register_model("dlib_face_resnet")
+def _dlib_face_resnet(num_classes: int | None, pretrained: bool) -> VitrinaModel:
+    """dlib's 128-d face descriptor network; ``pretrained``: the weights of the
+    ``face-recognition-models`` package (offline). Takes aligned 150x150 face chips."""
+    from vitrina.models.dlib_resnet import (
+        DlibFaceResNet,
+        dlib_face_preprocess,
+        dlib_resnet_file,
+    )
+
+    net = DlibFaceResNet(num_classes or 1)
+    if pretrained:
+        path = dlib_resnet_file()
+        mean = net.load_dat(path)
+        return VitrinaModel.wrap(
+            net,
+            arch="dlib_face_resnet",
+            preprocess=dlib_face_preprocess(mean),
+            weights_origin=f"package:face_recognition_models/{path.name}",
+        )
+    return VitrinaModel.wrap(net, arch="dlib_face_resnet", preprocess=dlib_face_preprocess())

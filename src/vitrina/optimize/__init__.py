@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from vitrina.errors import VitrinaError
 
@@ -114,8 +113,8 @@ def optimize_run(
             folder the run was trained on).
     Returns the report also written to ``RUN/variants/report.json``.
     """
-    from vitrina.data import ImageFiles, collate_skip_bad, eval_transform, scan_folder
-    from vitrina.engine import BACKENDS, available_cores, default_workers, torch_threads
+    from vitrina.data import scan_folder
+    from vitrina.engine import Engine, Logits, default_workers, torch_threads
     from vitrina.engine.int8 import calibration_tensors, quantize_int8
     from vitrina.engine.onnx import export_onnx
     from vitrina.engine.timing import time_call
@@ -187,50 +186,45 @@ def optimize_run(
 
     # ------------------------------------------------------------------ measure
     stage(f"measuring on {len(eval_scan.samples)} images from {eval_dir}")
-    threads = available_cores()  # for ONNX Runtime's own (non-spinning) pool
-    backends: dict[str, Any] = {"fp32": BACKENDS.get("eager")(model, cpu)}
-    for name in names:
-        backends[name] = BACKENDS.get(name)(model, cpu, threads)
-    ds = ImageFiles(
-        [s.path for s in eval_scan.samples],
-        [s.label for s in eval_scan.samples],
-        eval_transform(model.preprocess),
-    )
+    # One decode per image: each batch is prepared once and run by every variant's engine.
+    task = Logits(top_k=1)
     workers = default_workers() if num_workers is None else num_workers
-    workers = workers if len(ds) > batch_size else 0
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad)
-    preds: dict[str, list[torch.Tensor]] = {n: [] for n in backends}
-    labels: list[torch.Tensor] = []
-    first: torch.Tensor | None = None
-    done = 0
+    engines = {"fp32": Engine(model, backend="eager", device=cpu, batch_size=batch_size)}
+    for name in names:
+        engines[name] = Engine(model, backend=name, device=cpu, batch_size=batch_size)
+    reader = Engine(model, backend="eager", device=cpu, batch_size=batch_size, num_workers=workers)
+    preds: dict[str, list[int]] = {n: [] for n in engines}
+    labels: list[int] = []
+    first: list[Any] = []
+    done, total = 0, len(eval_scan.samples)
     with torch_threads(workers):
-        for batch in loader:
-            done += len(batch.index) + len(batch.errors)
-            if len(batch.index):
-                if first is None:
-                    first = batch.images
-                labels.append(batch.labels)
-                for n, b in backends.items():
-                    preds[n].append(b(batch.images).argmax(1))
+        paths = [s.path for s in eval_scan.samples]
+        for batch in reader.prepared_batches(task, paths):
+            done += len(batch)
+            if batch.prepared:
+                if not first:
+                    first = batch.prepared
+                labels += [eval_scan.samples[i].label for i in batch.indices]
+                for n, eng in engines.items():
+                    preds[n] += [s.best[0] for s in eng.run_prepared(task, batch.prepared)]
             if on_progress:
-                on_progress(done, len(ds))
+                on_progress(done, total)
     if not labels:
         raise VitrinaError(f"{eval_dir}: no readable image to evaluate on")
-    y = torch.cat(labels)
-    ref = torch.cat(preds["fp32"])
+    y = torch.tensor(labels)
+    ref = torch.tensor(preds["fp32"])
     for n, p in preds.items():
-        p = torch.cat(p)
-        results[n].accuracy = float((p == y).float().mean())
-        results[n].top1_agreement = float((p == ref).float().mean())
-    # Throughput: compute only, a batch of real images, median of repeated runs.
-    assert first is not None
-    x = first
-    if len(x) < batch_size:
-        x = x.repeat((batch_size + len(x) - 1) // len(x), 1, 1, 1)[:batch_size]
-    stage(f"timing each variant at batch {len(x)}")
-    for n, b in backends.items():
-        t = time_call(lambda b=b: b(x), min_runs=3, min_time=1.0, max_time=20.0)
-        results[n].images_per_s = t.per_second(len(x))
+        pt = torch.tensor(p)
+        results[n].accuracy = float((pt == y).float().mean())
+        results[n].top1_agreement = float((pt == ref).float().mean())
+    # Throughput: a batch of real images, median of repeated runs.
+    timed = (first * ((batch_size + len(first) - 1) // len(first)))[:batch_size]
+    stage(f"timing each variant at batch {len(timed)}")
+    for n, eng in engines.items():
+        t = time_call(
+            lambda e=eng: e.run_prepared(task, timed), min_runs=3, min_time=1.0, max_time=20.0
+        )
+        results[n].images_per_s = t.per_second(len(timed))
         results[n].notes["timed_runs"] = t.runs
     from vitrina.engine import TOLERANCES
 
@@ -253,7 +247,7 @@ def optimize_run(
         "calib": str(calib),
         "eval": str(eval_dir),
         "eval_images": len(y),
-        "batch_size": len(x),
+        "batch_size": len(timed),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "variants": {n: asdict(r) for n, r in results.items()},
     }

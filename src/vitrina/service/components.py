@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import math
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 
 import anyio
 import numpy as np
-import torch
 
+from vitrina.engine import Logits, Prepared, short_side
 from vitrina.errors import ImageReadError
 from vitrina.service.batching import DynamicBatcher
 from vitrina.service.errors import ServiceError
@@ -34,12 +33,6 @@ THUMBNAIL_SIDE = 256
 def display_name(source: str | Path) -> str:
     """What the service calls a model / index / gallery: its folder's name, never its path."""
     return Path(source).name or str(source)
-
-
-def _short_side(preprocess: Any) -> int:
-    """The side the transform resizes to first (JPEGs decode straight to about this size)."""
-    h, w = preprocess.input_size
-    return math.floor(min(h, w) / preprocess.crop_pct)
 
 
 class Classification:
@@ -64,9 +57,10 @@ class Classification:
         self.engine = self.classifier.engine(
             backend=backend, device=device, batch_size=max_batch, num_workers=0
         )
-        self.min_side = _short_side(self.classifier.model.preprocess)
+        self.min_side = short_side(self.classifier.model.preprocess)
+        self.task = Logits()
         self.limiter = limiter
-        self.batcher: DynamicBatcher[tuple[torch.Tensor, int], list[tuple[str, float]]] = (
+        self.batcher: DynamicBatcher[tuple[Prepared, int], list[tuple[str, float]]] = (
             DynamicBatcher(
                 self._run_batch,
                 max_batch=max_batch,
@@ -76,18 +70,17 @@ class Classification:
             )
         )
 
-    def _prepare(self, data: bytes, k: int) -> tuple[torch.Tensor, int]:
-        # As Engine.run does for a file: the safe reader, then the model's eval transform.
-        return self.engine.transform(decode_upload(data, min_side=self.min_side)), k
+    def _prepare(self, data: bytes, k: int) -> tuple[Prepared, int]:
+        # As the engine's decode workers do for a file: the safe reader (here for bytes),
+        # then the task's preparation.
+        return self.engine.prepare(self.task, decode_upload(data, min_side=self.min_side)), k
 
-    def _run_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[list[tuple[str, float]]]:
-        x = torch.stack([t for t, _ in items])
-        probs = self.engine.run_tensor(x, output="logits").float().cpu().softmax(1)
-        values, indices = probs.topk(max(k for _, k in items), dim=1)
+    def _run_batch(self, items: list[tuple[Prepared, int]]) -> list[list[tuple[str, float]]]:
+        task = Logits(top_k=max(k for _, k in items))  # preparation is the same for any k
+        scores = self.engine.run_prepared(task, [p for p, _ in items])
         names = self.classes
         return [
-            [(names[int(j)], float(v)) for v, j in zip(values[r, :k], indices[r, :k], strict=True)]
-            for r, (_, k) in enumerate(items)
+            [(names[j], p) for j, p in s.top[:k]] for s, (_, k) in zip(scores, items, strict=True)
         ]
 
     async def classify(self, data: bytes, top_k: int) -> dict[str, Any]:
@@ -131,7 +124,7 @@ class Search:
         ).result()
         self.embedder = self._executor.submit(lambda: self.index.embedder).result()
         self.name = self.index.model_label or display_name(path)
-        self.min_side = _short_side(self.embedder.model.preprocess)
+        self.min_side = short_side(self.embedder.model.preprocess)
         self.limiter = limiter
         self.batcher: DynamicBatcher[Any, np.ndarray] = DynamicBatcher(
             self.embedder.embed_images,

@@ -23,7 +23,7 @@ from vitrina.data import (
     stratified_split,
     train_transform,
 )
-from vitrina.engine import Engine, default_workers, resolve_device, torch_threads
+from vitrina.engine import Embedding, Engine, default_workers, resolve_device, torch_threads
 from vitrina.errors import RunFolderError, VitrinaError
 from vitrina.evaluate import classification_report
 from vitrina.io import file_digest
@@ -161,11 +161,13 @@ def _embed_all(
         num_workers=cfg.num_workers,
     )
     feats, labels, errors = [], [], []
-    for b in engine.run([s.path for s in samples], output="embed"):
-        feats.append(b.outputs)
-        labels += [samples[i].label for i in b.indices]
-        errors += [m for _, m in b.errors]
-    x = torch.cat(feats) if feats else torch.empty(0, model.num_features)
+    for r in engine.run(Embedding(normalize=False), [s.path for s in samples]):
+        if r.ok:
+            feats.append(torch.from_numpy(r.value))
+            labels.append(samples[r.index].label)
+        else:
+            errors.append(r.error)
+    x = torch.stack(feats) if feats else torch.empty(0, model.num_features)
     return x, torch.tensor(labels, dtype=torch.long), errors
 
 

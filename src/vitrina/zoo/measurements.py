@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vitrina.engine import BACKENDS, available_cores
+from vitrina.engine import BACKENDS, Engine, Logits, available_cores
 from vitrina.engine.timing import cpu_name, time_call
 from vitrina.engine.timing import machine_key as engine_machine_key
 from vitrina.errors import VitrinaError
@@ -24,7 +24,9 @@ from vitrina.models.registry import resolve_name
 from vitrina.zoo import catalogue
 from vitrina.zoo.catalogue import Timing, _one_line, _read_json, _slug, _write_json, cache_dir
 
-__all__ = ["is_measured", "machine_key", "measure"]
+__all__ = ["is_measured", "machine_key", "measure", "measurement_backends"]
+
+_TASK = Logits()  # the zoo times the classifier's forward pass
 
 
 def machine_key() -> str:
@@ -98,6 +100,26 @@ def is_measured(
     )
 
 
+def measurement_backends(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The backends to time for the names asked (``auto`` stands for its first guess on this
+    CPU; duplicates dropped, order kept) and the notes a user should read before waiting for
+    the timings (bf16 is emulated, and many times slower, on CPUs without bf16 units)."""
+    from vitrina.engine import bf16_supported, resolve_backend
+
+    asked = [n.strip() for n in names if n.strip()]
+    if not asked:
+        raise VitrinaError("no backends given (e.g. eager,bf16)")
+    cpu = torch.device("cpu")
+    backends = list(dict.fromkeys(resolve_backend(b, cpu) for b in asked))
+    notes = []
+    if "bf16" in backends and not bf16_supported(cpu):
+        notes.append(
+            "this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 is emulated and many "
+            "times slower than fp32 here"
+        )
+    return backends, notes
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     old = torch.get_num_threads()
@@ -168,8 +190,12 @@ def measure(
                 )
                 with _torch_threads(n_threads):
                     if runner is None:
-                        runner = BACKENDS.get(backend)(model, torch.device("cpu"), n_threads)
-                    t = time_call(lambda r=runner, x=x: r(x), min_time=min_time, max_time=max_time)
+                        runner = Engine(model, backend=backend, device="cpu", threads=n_threads)
+                    t = time_call(
+                        lambda r=runner, x=x: r.forward(_TASK, x),
+                        min_time=min_time,
+                        max_time=max_time,
+                    )
                     median, runs = t.seconds, t.runs
                 cell = {
                     "median_s": median,
