@@ -143,8 +143,7 @@ def sort_folder(
     _check_classes(clf.classes)
     photos_dir, out_dir = Path(photos_dir), Path(out_dir)
     images, _, non_images = iter_image_files(photos_dir, recursive=recursive)
-    out_abs = out_dir.resolve()
-    images = [p for p in images if not p.resolve().is_relative_to(out_abs)]
+    images = _outside(images, out_dir)
     summary = SortSummary(out_dir, method, dry_run, skipped_non_image=len(non_images))
 
     def predictions(todo: list[Path]):
@@ -218,6 +217,22 @@ def sort_folder(
             ) from None
     summary.backend = clf.last_engine.describe() if clf.last_engine else ""
     return summary
+
+
+def _outside(images: list[Path], out_dir: Path) -> list[Path]:
+    """The photos that do not lie in ``out_dir`` (a sort run again inside its own photo
+    folder must not sort its output). Each folder is resolved once, not each of its photos:
+    50,000 photos in one folder cost one ``realpath``, not 50,000."""
+    out_abs = out_dir.resolve()
+    inside: dict[Path, bool] = {}
+    kept = []
+    for p in images:
+        parent = p.parent
+        if parent not in inside:
+            inside[parent] = parent.resolve().is_relative_to(out_abs)
+        if not inside[parent]:
+            kept.append(p)
+    return kept
 
 
 def _skip_placed(
