@@ -144,19 +144,15 @@ def test_update_that_fails_before_commit_leaves_old_index(tmp_path: Path, monkey
     monkeypatch.setattr(faiss, "write_index", boom)
     with pytest.raises(OSError):
         idx.add_vectors(x[60:], metas(40, start=60))
-    # an HNSW removal is a tombstone in SQLite (vectors.faiss is not rewritten) ...
-    idx.remove(["/photos/p0.jpg"])
-    before = [p for p in before if p != "/photos/p0.jpg"]
-    # ... and compacting it away has to write the file: it fails, the tombstone stays
     with pytest.raises(OSError):
-        idx.compact()
+        idx.remove(["/photos/p0.jpg"])
     monkeypatch.undo()
     # the same object and a fresh open both see the old state
-    assert len(idx) == 59 and idx.info()["removed_pending_compaction"] == 1
-    assert [h.path for h in idx.search(x[:1], k=5)[0].hits][:4] == before
+    assert len(idx) == 60
+    assert [h.path for h in idx.search(x[:1], k=5)[0].hits] == before
     again = Index.open(tmp_path / "ix")
-    assert again.recovered is None and len(again) == 59
-    assert [h.path for h in again.search(x[:1], k=5)[0].hits][:4] == before
+    assert again.recovered is None and len(again) == 60
+    assert [h.path for h in again.search(x[:1], k=5)[0].hits] == before
     assert not list((tmp_path / "ix").glob("*.pending")) and not list(
         (tmp_path / "ix").glob(".vitrina-tmp-*")
     )
@@ -227,104 +223,13 @@ def test_killed_process_leaves_a_consistent_index(tmp_path: Path, stage: str, co
         assert again.recovered and again.search(x[79:80], k=1)[0].hits[0].path == "/photos/p79.jpg"
 
 
-def test_format_1_folder_keeps_working_and_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
-    """Folders made before vectors were stored once (format 1: vectors also in meta.sqlite)
-    open, search, update, and a lost faiss file is rebuilt from SQLite's copy."""
-    x = clustered(60)
-    old = Index.create(tmp_path / "ix", dim=32, kind="hnsw", _format=1)
-    old.add_vectors(x[:40], metas(40))
-    old.close()
-    with sqlite3.connect(tmp_path / "ix" / "meta.sqlite") as c:
-        assert c.execute("SELECT COUNT(*) FROM items WHERE vector IS NOT NULL").fetchone()[0] == 40
-    idx = Index.open(tmp_path / "ix")
-    assert idx.recovered is None and idx.info()["format_version"] == 1
-    idx.add_vectors(x[40:], metas(20, start=40))
-    idx.remove(["/photos/p5.jpg"])  # a tombstone: the removed table appears when first needed
-    ids, vecs = idx.vectors()
-    assert len(ids) == 59 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
-    idx.close()
-    (tmp_path / "ix" / "vectors.faiss").write_bytes(b"garbage")
-    again = Index.open(tmp_path / "ix")
-    assert "rebuilt it from the 59 stored vectors" in again.recovered
-    assert again.search(x[3:4], k=1)[0].hits[0].path == "/photos/p3.jpg"
-    assert "/photos/p5.jpg" not in {h.path for h in again.search(x[5:6], k=10)[0].hits}
-    assert Index.open(tmp_path / "ix").recovered is None
-
-
-def test_vectors_are_stored_once(tmp_path: Path) -> None:
-    """Format 2: meta.sqlite holds no vector; the faiss file is the copy everything reads."""
-    x = clustered(50, d=64)
-    idx = Index.create(tmp_path / "ix", dim=64, metric="euclidean")
-    idx.add_vectors(x, metas(50))
-    with sqlite3.connect(tmp_path / "ix" / "meta.sqlite") as c:
-        assert c.execute("SELECT COUNT(*) FROM items WHERE vector IS NOT NULL").fetchone()[0] == 0
-    with sqlite3.connect(tmp_path / "ix" / "meta.sqlite") as c:  # no BLOB anywhere
-        assert c.execute("SELECT COUNT(*) FROM items WHERE typeof(vector) = 'blob'").fetchone() == (
-            0,
-        )
-    ids, vecs = Index.open(tmp_path / "ix").vectors()
-    assert np.array_equal(vecs[np.argsort(ids)], x)  # exactly what was added
-
-
-def test_faiss_file_lost_says_how_to_rebuild(tmp_path: Path) -> None:
+def test_faiss_file_lost_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
     x = clustered(40)
     Index.create(tmp_path / "ix", dim=32).add_vectors(x, metas(40))
     (tmp_path / "ix" / "vectors.faiss").write_bytes(b"garbage")
-    with pytest.raises(VitrinaError) as info:
-        Index.open(tmp_path / "ix")
-    msg = str(info.value)
-    assert "\n" not in msg and "vectors.faiss: unreadable" in msg and "vitrina index build" in msg
-    (tmp_path / "ix" / "vectors.faiss").unlink()
-    with pytest.raises(VitrinaError, match="missing, and it is the only copy of this index's 40"):
-        Index.open(tmp_path / "ix")
-
-
-def test_hnsw_removal_is_a_tombstone_until_compaction(tmp_path: Path) -> None:
-    x, q = np.split(clustered(2100, d=48, centres=40), [2000])
-    idx = Index.create(tmp_path / "ix", dim=48, kind="hnsw")
-    idx.add_vectors(x, metas(2000))
-    faiss_file = tmp_path / "ix" / "vectors.faiss"
-    before = faiss_file.read_bytes()
-    gone = [f"/photos/p{i}.jpg" for i in range(0, 2000, 20)]  # 5%: below COMPACT_FRACTION
-    assert len(idx.remove(gone).removed) == 100
-    assert faiss_file.read_bytes() == before  # not rewritten
-    assert len(idx) == 1900 and idx.info()["removed_pending_compaction"] == 100
-    for searcher in (idx, Index.open(tmp_path / "ix")):
-        assert searcher.recovered is None
-        found = searcher.search_vectors(x, k=10)
-        assert (found.ids >= 0).all()  # k live results for every query, no tombstone among them
-        assert not {p for row in found.paths() for p in row} & set(gone)
-    live = np.array([i for i in range(2000) if i % 20])
-    got = idx.search_vectors(q, k=10).ids - 1  # ids are 1-based rows in insertion order
-    assert index_mod.recall_at_k(got, live[brute(x[live], q, "cosine", 10)]) >= 0.9
-    # a re-add of removed content is a new row, found again
-    idx.add_vectors(x[:1], metas(1))
-    assert idx.search(x[:1], k=1)[0].hits[0].path == "/photos/p0.jpg"
-    assert idx.compact() == 100 and idx.info()["removed_pending_compaction"] == 0
     again = Index.open(tmp_path / "ix")
-    assert again.recovered is None and again._faiss_index.ntotal == 1901
-    assert again.info()["recall"]["recall_at_10"] >= 0.9
-
-
-@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_batch_search_arrays_match_the_hits(tmp_path: Path, metric: str) -> None:
-    x = clustered(200)
-    idx = Index.create(tmp_path / "ix", dim=32, metric=metric, kind="exact")
-    idx.add_vectors(x, metas(200))
-    q = clustered(6, seed=3)
-    found = idx.search_vectors(q, k=4)
-    assert found.ids.shape == found.distances.shape == found.similarities.shape == (6, 4)
-    for row, hits, paths in zip(found.ids, idx.search(q, k=4), found.paths(), strict=True):
-        assert [h.id for h in hits.hits] == row.tolist()
-        assert [h.path for h in hits.hits] == paths
-    r = found.results()[2].hits
-    assert [h.distance for h in r] == pytest.approx(found.distances[2].tolist())
-    assert [h.similarity for h in r] == pytest.approx(found.similarities[2].tolist())
-    # fewer items than k: -1 padding, no hit for it
-    small = Index.create(tmp_path / "small", dim=32, metric=metric)
-    small.add_vectors(x[:2], metas(2))
-    few = small.search_vectors(q[:1], k=5)
-    assert few.ids.shape == (1, 2) and len(few.results()[0].hits) == 2
+    assert "rebuilt it from the 40 stored vectors" in again.recovered
+    assert again.search(x[3:4], k=1)[0].hits[0].path == "/photos/p3.jpg"
 
 
 def test_bad_index_folders_say_what_is_wrong(tmp_path: Path) -> None:
@@ -355,7 +260,7 @@ def test_bad_index_folders_say_what_is_wrong(tmp_path: Path) -> None:
     Index.create(tmp_path / "v9", dim=4).close()
     with sqlite3.connect(tmp_path / "v9" / "meta.sqlite") as c:
         c.execute("UPDATE info SET value = '9' WHERE key = 'format_version'")
-    with pytest.raises(VitrinaError, match="format version 9, this vitrina reads versions 1, 2"):
+    with pytest.raises(VitrinaError, match="format version 9, this vitrina reads version 1"):
         Index.open(tmp_path / "v9")
     # never written over
     (tmp_path / "busy").mkdir()
@@ -433,3 +338,147 @@ def test_lazy_export() -> None:
     import vitrina
 
     assert vitrina.Index is Index
+
+
+# --------------------------------------------------------------------------- issue 13: integrity
+
+
+def _file_swap(path: Path, a: bytes, b: bytes) -> None:
+    data = path.read_bytes()
+    i, j = data.index(a), data.index(b)
+    assert len(a) == len(b) and i + len(a) <= j
+    path.write_bytes(data[:i] + b + data[i + len(a) : j] + a + data[j + len(b) :])
+
+
+def _stored(ix: Path, rid: int) -> bytes:
+    with sqlite3.connect(ix / "meta.sqlite") as conn:
+        return conn.execute("SELECT vector FROM items WHERE id = ?", (rid,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("legacy", [False, True], ids=["checksum", "no-checksum"])
+def test_swapped_vector_rows_in_the_faiss_file_are_caught_and_repaired(
+    tmp_path: Path, kind: str, legacy: bool
+) -> None:
+    """Issue 13 #2: two swapped rows made a dog's nearest neighbour a cat at similarity 1.0."""
+    x = clustered(60)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32, kind=kind).add_vectors(x, metas(60))
+    if legacy:  # an index written before checksums were recorded
+        with sqlite3.connect(ix / "meta.sqlite") as conn:
+            conn.execute("DELETE FROM info WHERE key = 'faiss_sha256'")
+    _file_swap(ix / "vectors.faiss", _stored(ix, 1), _stored(ix, 40))
+    again = Index.open(ix)
+    why = "did not match the stored vectors" if legacy else "failed its checksum (damaged)"
+    assert (
+        again.recovered and why in again.recovered and "rebuilt it from the 60" in again.recovered
+    )
+    for i in (0, 39):
+        hit = again.search(x[i : i + 1], k=1)[0].hits[0]
+        assert hit.path == f"/photos/p{i}.jpg" and hit.similarity == pytest.approx(1.0, abs=1e-5)
+    fresh = Index.open(ix)
+    assert fresh.recovered is None  # repaired on disk, checksum recorded
+
+
+def test_a_damaged_float_is_caught_by_its_norm(tmp_path: Path) -> None:
+    """Issue 13 #2: one flipped exponent bit gave "cosine sim 74463821824"."""
+    x = clustered(40)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32).add_vectors(x, metas(40))
+    with sqlite3.connect(ix / "meta.sqlite") as conn:  # no checksum: only the norm can tell
+        conn.execute("DELETE FROM info WHERE key = 'faiss_sha256'")
+    data = bytearray((ix / "vectors.faiss").read_bytes())
+    at = bytes(data).index(_stored(ix, 8)) + 4 * 5 + 3  # exponent byte of float 5 of item 8
+    data[at] ^= 0x40
+    (ix / "vectors.faiss").write_bytes(bytes(data))
+    again = Index.open(ix)
+    assert "held 1 damaged vector(s) (not of unit length)" in again.recovered
+    sims = [h.similarity for r in again.search(x, k=5) for h in r.hits]
+    assert max(sims) <= 1.0 + 1e-5
+
+
+def test_damaged_stored_vectors_are_restored_from_a_verified_faiss_file(tmp_path: Path) -> None:
+    """meta.sqlite's vectors are the source of truth for rebuilds: a damaged one is restored
+    from the checksum-verified faiss file instead of spreading into the next structure."""
+    x = clustered(30)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32, kind="hnsw").add_vectors(x, metas(30))
+    good = _stored(ix, 3)
+    bad = bytearray(good)
+    bad[4 * 2 + 3] ^= 0x40
+    with sqlite3.connect(ix / "meta.sqlite") as conn:
+        conn.execute("UPDATE items SET vector = ? WHERE id = 3", (bytes(bad),))
+    idx = Index.open(ix)
+    assert idx.recovered is None  # the faiss file is fine; SQLite's copy is read on rebuild
+    idx.remove(["/photos/p0.jpg"])  # HNSW: a removal rebuilds from the stored vectors
+    assert "restored 1 damaged stored vector(s) from vectors.faiss" in idx.recovered
+    assert _stored(ix, 3) == good
+    assert idx.search(x[2:3], k=1)[0].hits[0].path == "/photos/p2.jpg"
+
+
+def test_both_copies_damaged_is_one_line_with_the_rebuild_command(tmp_path: Path) -> None:
+    x = clustered(20)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32).add_vectors(x, metas(20))
+    (ix / "vectors.faiss").write_bytes(b"garbage")
+    with sqlite3.connect(ix / "meta.sqlite") as conn:
+        conn.execute("UPDATE items SET vector = ? WHERE id = 4", (b"\xff" * 128,))
+    with pytest.raises(index_mod.IndexDamagedError) as info:
+        Index.open(ix)
+    msg = str(info.value)
+    assert "meta.sqlite: 1 stored vector(s) are damaged (items 4)" in msg
+    assert "vitrina index build" in msg and "\n" not in msg
+
+
+def _flip_bytes(db: Path, seed: int, where: str) -> None:
+    import random
+
+    data = bytearray(db.read_bytes())
+    rng = random.Random(seed)
+    for _ in range(20):
+        if where == "pages":  # b-tree page headers: "database disk image is malformed"
+            i = rng.randrange(1, len(data) // 4096) * 4096 + rng.randrange(12)
+        else:
+            i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+    db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("where", ["pages", "anywhere"])
+def test_random_byte_flips_in_meta_sqlite_never_raise_sqlite_errors(
+    tmp_path: Path, seed: int, where: str
+) -> None:
+    """Issue 13 #8: a damaged meta.sqlite gave `sqlite3.OperationalError: Could not decode to
+    UTF-8` from search and `DatabaseError: malformed` from info: one line now, or it works."""
+    x = clustered(200, d=64)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=64).add_vectors(x, metas(200))
+    _flip_bytes(ix / "meta.sqlite", seed, where)
+    try:
+        idx = Index.open(ix)
+        idx.search(x[:3], k=5)
+        idx.info()
+        idx.items()
+        idx.vectors()
+        idx.remove(["/photos/p7.jpg"])
+    except VitrinaError as exc:
+        msg = str(exc)
+        assert "\n" not in msg and str(ix) in msg, msg
+        assert "rebuild" in msg or "not a vitrina index" in msg or "try again" in msg, msg
+
+
+def test_undecodable_text_in_meta_sqlite_is_one_line(tmp_path: Path, capsys) -> None:
+    from conftest import run_cli
+
+    x = clustered(10)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32).add_vectors(x, metas(10))
+    db = ix / "meta.sqlite"
+    data = db.read_bytes()
+    db.write_bytes(data.replace(b"/photos/p3.jpg", b"/photos/p\xff.jpg"))
+    with pytest.raises(index_mod.IndexDamagedError, match=r"meta\.sqlite: damaged \(Could not"):
+        Index.open(ix).search(x[3:4], k=3)
+    _flip_bytes(db, 0, "pages")
+    code, _, err = run_cli(capsys, "index", "info", ix)
+    assert code == 1 and "Traceback" not in err and "meta.sqlite: damaged" in err

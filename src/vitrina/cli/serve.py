@@ -49,6 +49,18 @@ def serve(
     max_batch: int = typer.Option(32, help="Most images per inference batch."),
     backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    header_timeout: float = typer.Option(
+        10, help="Seconds a connection may take to send its request headers."
+    ),
+    body_timeout: float = typer.Option(
+        30, help="Seconds without upload data before a request is answered 408 (10x in all)."
+    ),
+    max_connections: int | None = typer.Option(
+        None,
+        help="Open connections at most; the oldest idle one is closed to make room "
+        "(default: what the open-file limit leaves).",
+        show_default=False,
+    ),
 ) -> None:
     """Serve classification, search, face identification and detection over HTTP, with a web
     page at /.
@@ -73,15 +85,21 @@ def serve(
         max_batch=max_batch,
         backend=backend,
         device=device,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
     )
     app = create_app(config)
     import uvicorn
+
+    from vitrina.service.server import server_settings
 
     shown = f"[{host}]" if ":" in host else host
     err.print(f"serving on http://{shown}:{port}/ (Ctrl-C stops)")
     if not token:
         err.print("[yellow]no --token:[/] reads are open to anyone on this machine")
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    limits = server_settings(config)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5, **limits)
 
 
 def register(app: typer.Typer) -> None:

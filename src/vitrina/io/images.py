@@ -56,6 +56,7 @@ _FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
 _CORRUPT = "truncated or corrupt image data"
 _NOT_IMAGE = "not an image (unrecognised format)"
+_IS_FOLDER = "is a folder, not an image file"
 
 # EXIF orientation -> the transpose that undoes it (same table as ImageOps.exif_transpose).
 _ORIENTATION_OPS = {
@@ -158,11 +159,13 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im = _identify(p, fh, max_pixels)
         try:
-            orientation = _orientation(im)
-            fast = _turbo_decode(p, fh, im, mode, min_side)
-            if fast is not None:
-                op = _ORIENTATION_OPS.get(orientation)
-                return fast.transpose(op) if op is not None else fast
+            if im.format == "JPEG":
+                # A JPEG's EXIF is in its header: reading it loads no pixels (unlike a PNG's,
+                # see below), so the fast decoder's output can be turned before returning.
+                fast = _turbo_decode(p, fh, im, mode, min_side)
+                if fast is not None:
+                    op = _ORIENTATION_OPS.get(_orientation(im))
+                    return fast.transpose(op) if op is not None else fast
             if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
                 im.draft(im.mode, (min_side, min_side))
             try:
@@ -175,6 +178,9 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
                 # Pillow reports bad pixel data with OSError, SyntaxError, ValueError,
                 # EOFError, struct.error, ... by plugin; for a user they all mean the same.
                 raise ImageReadError(p, _CORRUPT) from exc
+            # Only after load(): Pillow's PNG getexif() loads the pixels itself, and a decode
+            # error swallowed there left an empty (black) image that a second load() accepted.
+            orientation = _orientation(im)
             try:
                 out = _normalise(im, mode)
             except MemoryError as exc:
@@ -243,10 +249,11 @@ def _open_file(path: Path) -> BinaryIO:
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
-            raise ImageReadError(path, "is a directory")
+            raise ImageReadError(path, _IS_FOLDER)
         if not stat.S_ISREG(st.st_mode):
             # A FIFO or device would block or never end.
-            raise ImageReadError(path, "not a regular file")
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+            raise ImageReadError(path, f"is {kind}, not an image file")
         if st.st_size == 0:
             raise ImageReadError(path, "empty file (0 bytes)")
         return open(path, "rb")  # closed by the caller's with-block
@@ -258,7 +265,7 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return "file not found"
     if exc.errno == errno.EISDIR:
-        return "is a directory"
+        return _IS_FOLDER
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return f"cannot read file ({exc.strerror or exc})"

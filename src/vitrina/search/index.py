@@ -2,25 +2,16 @@
 
 One folder per index::
 
-    meta.sqlite    items (id, path, sha256, size, mtime, label, added) + removed (id)
-                   + info (key, value)
+    meta.sqlite    items (id, path, sha256, size, mtime, label, added, vector) + info (key, value)
     vectors.faiss  faiss.IndexIDMap2 over IndexFlat (exact), IndexHNSWFlat or IndexIVFFlat;
                    its int64 ids are the SQLite row ids
     index.json     a human-readable summary (never read back for correctness)
 
-**Each vector is stored once**, in ``vectors.faiss`` (format 2): 1M x 1,280-d float32 vectors
-are 5.1 GB on disk and in memory, not twice that. Anything that needs the vectors back (a
-rebuild after a change of kind, HNSW compaction, IVF retraining, recall measurement, exact
-ground truth) reads them from the loaded faiss structure — without a copy where faiss keeps
-them flat (exact, HNSW). Row ids are never reused (AUTOINCREMENT) and a row's vector never
-changes, so the set of ids in ``vectors.faiss`` identifies the state it was built for: on
-open, those ids are compared with the rows in SQLite (and its ``removed`` ids).
-The cost of storing once: a lost or damaged ``vectors.faiss`` cannot be rebuilt from SQLite;
-``open`` says so in one line with the command that rebuilds the index from the photos.
-
-Format 1 folders (made before; vectors also in ``meta.sqlite``, as float32 BLOBs) keep
-opening and updating as they are: there SQLite stays the source of the vectors, and a lost
-``vectors.faiss`` is rebuilt from it.
+**SQLite is the source of truth.** Each item's vector is stored as a float32 BLOB next to its
+metadata, so an add or a remove is one SQLite transaction, and the faiss file is a derived
+structure that can always be rebuilt from it. Row ids are never reused (AUTOINCREMENT) and a
+row's vector never changes, so the set of ids in ``vectors.faiss`` identifies the state it was
+built for: on open, those ids are compared with the rows in SQLite.
 
 **Commit order of an update** (add / remove):
 
@@ -35,23 +26,25 @@ sees the ids disagree, takes the pending file if its ids match, else rebuilds th
 structure from the stored vectors, and says so in :attr:`Index.recovered`. A build that never
 finished (``state = building``) is refused as half-written.
 
+**Integrity** (:mod:`vitrina.search.store`). The sha256 of the faiss file is recorded in the
+commit (``faiss_sha256``) and checked when the file is read; a cosine index's vectors must be
+of unit length. A file that fails either is rebuilt from the stored vectors, and
+:attr:`Index.recovered` says why. Stored vectors are checked the same way when they are read
+in bulk; a damaged one is restored from a verified faiss file. Any SQLite error is one line
+naming the index and what to do.
+
+**Other processes.** :meth:`Index.refresh` reloads when the generation in SQLite moved (one
+point query): a long-lived reader such as ``vitrina serve`` calls it before each request, so
+an ``index add`` / ``remove`` is visible from the next request after it commits.
+
 **Kinds.** ``exact`` = ``IndexFlatIP`` (cosine) / ``IndexFlatL2`` (euclidean). ``hnsw`` =
 ``IndexHNSWFlat`` (M=32, efConstruction=40), ``efSearch`` tuned up from 16 until recall@10
 on a sample of stored vectors reaches 0.95. ``ivf`` = ``IndexIVFFlat`` with ~4*sqrt(N) lists,
 ``nprobe`` tuned the same way. ``auto`` = exact below :data:`AUTO_HNSW_THRESHOLD` (50,000)
 vectors, HNSW from there on: below that size exact search over 1,280-d vectors costs a few ms
 per query on a laptop CPU, above it HNSW is ~10-100x faster at recall >= 0.95.
-**Removing.** exact and ivf remove in place (``remove_ids``). HNSW cannot delete in faiss, so
-a removed item becomes a *tombstone*: its row leaves ``items`` and its id goes to ``removed``
-in the same SQLite transaction (the faiss file is not rewritten), and searches skip it with a
-faiss ``IDSelector`` (faiss' filtered HNSW search: the graph still routes through it, it is
-never returned). When tombstones pass :data:`COMPACT_FRACTION` of the structure, the remove
-rebuilds the graph from the live vectors (through the pending-file protocol above) and empties
-``removed``; :meth:`Index.compact` does it on demand.
-
-**Batch queries.** :meth:`Index.search_vectors` answers an (N, dim) array with numpy arrays of
-ids, distances and similarities, and builds no Python object per result until asked
-(:meth:`Neighbours.results`, :meth:`Neighbours.paths`).
+HNSW cannot delete in faiss, so a remove rebuilds the approximate structure from the vectors
+stored in SQLite (correct, and O(N log N); removing is rare next to adding and searching).
 """
 
 from __future__ import annotations
@@ -66,11 +59,21 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, TypeVar
 
 import numpy as np
 
 from vitrina.errors import VitrinaError
+from vitrina.search.store import (
+    IndexDamagedError,
+    IndexFolderError,
+    damaged_rows,
+    database_error,
+    is_database_error,
+    read_faiss,
+    storage_vectors,
+    write_faiss,
+)
 
 __all__ = [
     "AUTO_HNSW_THRESHOLD",
@@ -80,15 +83,13 @@ __all__ = [
     "AddReport",
     "Hit",
     "Index",
+    "IndexDamagedError",
     "IndexFolderError",
-    "Neighbours",
     "QueryResult",
     "RemoveReport",
 ]
 
-FORMAT_VERSION = 2
-#: Formats this vitrina opens: 1 (vectors in meta.sqlite and vectors.faiss), 2 (vectors.faiss)
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 1
 METRICS = ("cosine", "euclidean")
 KINDS = ("auto", "exact", "hnsw", "ivf")
 AUTO_HNSW_THRESHOLD = 50_000
@@ -97,9 +98,6 @@ HNSW_EF_CONSTRUCTION = 40
 TARGET_RECALL = 0.95
 RECALL_SAMPLE = 200
 RECALL_K = 10
-#: HNSW tombstones beyond this fraction of the structure trigger a compaction at removal.
-COMPACT_FRACTION = 0.1
-_ADD_CHUNK = 16_384  # vectors normalised and handed to faiss at a time (bounded extra memory)
 
 DB_NAME = "meta.sqlite"
 FAISS_NAME = "vectors.faiss"
@@ -109,8 +107,22 @@ JSON_NAME = "index.json"
 ProgressFn = Callable[[int, int], None]
 
 
-class IndexFolderError(VitrinaError):
-    """An index folder that cannot be used (missing, foreign, half-written, other version/model)."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _db_guard(method: F) -> F:
+    """SQLite errors inside ``method`` become one line naming the index and the remedy."""
+
+    @functools.wraps(method)
+    def wrapper(self: Index, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if is_database_error(exc) and not isinstance(exc, VitrinaError):
+                raise database_error(self.path, exc) from None
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- results
@@ -140,62 +152,6 @@ class QueryResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "error": self.error, "hits": [h.to_dict() for h in self.hits]}
-
-
-@dataclass
-class Neighbours:
-    """The answer to a batch of vector queries as arrays, best first per row: ``ids`` (row ids,
-    -1 where fewer than k items exist), ``scores`` (faiss' own: inner product for cosine,
-    squared L2 for euclidean), and, computed when first asked, ``distances`` (cosine:
-    1 - similarity; euclidean: L2) and ``similarities`` (cosine similarity, or
-    1 / (1 + distance)). Nothing per result is a Python object until :meth:`results` or
-    :meth:`paths` is called."""
-
-    ids: np.ndarray
-    scores: np.ndarray
-    metric: str
-    _rows: Callable[[set[int]], dict[int, tuple[str, str, str | None]]] = field(repr=False)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @functools.cached_property
-    def distances(self) -> np.ndarray:
-        if self.metric == "cosine":
-            d = np.maximum(0.0, 1.0 - self.scores)
-        else:
-            d = np.sqrt(np.maximum(self.scores, 0.0))
-        return np.where(self.ids >= 0, d, np.inf).astype(np.float32)
-
-    @functools.cached_property
-    def similarities(self) -> np.ndarray:
-        s = self.scores if self.metric == "cosine" else 1.0 / (1.0 + self.distances)
-        return np.where(self.ids >= 0, s, -np.inf).astype(np.float32)
-
-    def paths(self) -> list[list[str]]:
-        """The indexed paths of every row's neighbours."""
-        meta = self._rows(set(np.unique(self.ids[self.ids >= 0]).tolist()))
-        return [[meta[i][0] for i in row if i in meta] for row in self.ids.tolist()]
-
-    def results(self, names: Sequence[str] | None = None) -> list[QueryResult]:
-        """One :class:`QueryResult` per query row, with :class:`Hit` objects."""
-        names = names if names is not None else [f"vector {i}" for i in range(len(self))]
-        meta = self._rows(set(np.unique(self.ids[self.ids >= 0]).tolist()))
-        out = []
-        for name, irow, drow, srow in zip(
-            names,
-            self.ids.tolist(),
-            self.distances.tolist(),
-            self.similarities.tolist(),
-            strict=True,
-        ):
-            hits: list[Hit] = []
-            for i, d, sim in zip(irow, drow, srow, strict=True):
-                if i >= 0 and i in meta:
-                    path, label, sha = meta[i]
-                    hits.append(Hit(len(hits) + 1, i, path, label, sha, d, sim))
-            out.append(QueryResult(name, hits))
-        return out
 
 
 @dataclass
@@ -247,20 +203,22 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_faiss(index: Any, dest: Path) -> None:
-    """Write a faiss index to ``dest`` via a temp file in the same folder (fsync + rename)."""
+def _write_faiss(index: Any, dest: Path) -> str:
+    """Write a faiss index to ``dest`` via a temp file in the same folder (fsync + rename);
+    returns the sha256 of its bytes."""
     from vitrina.io.files import _create_temp, _fsync_file, _unlink_quietly
 
     fd, tmp = _create_temp(dest.parent, dest)
     os.close(fd)
     try:
-        _faiss().write_index(index, str(tmp))
+        digest = write_faiss(index, tmp)
         _fsync_file(tmp)
         os.replace(tmp, dest)
     except BaseException:
         _unlink_quietly(tmp)
         raise
     _fsync_dir(dest.parent)
+    return digest
 
 
 def _ids_of(index: Any) -> np.ndarray:
@@ -270,136 +228,6 @@ def _ids_of(index: Any) -> np.ndarray:
 
 def _inner(index: Any) -> Any:
     return _faiss().downcast_index(index.index)
-
-
-def _flat_of(inner: Any) -> Any:
-    """The IndexFlat holding ``inner``'s vectors (itself, or an HNSW's storage); None (IVF)."""
-    faiss = _faiss()
-    if isinstance(inner, faiss.IndexHNSW):
-        inner = faiss.downcast_index(inner.storage)
-    return inner if isinstance(inner, faiss.IndexFlat) else None
-
-
-class _Owned:
-    """An array interface that keeps the faiss structure owning the memory alive."""
-
-    def __init__(self, view: np.ndarray, owner: Any) -> None:
-        self.__array_interface__ = view.__array_interface__
-        self.owner = owner
-
-
-def _positions_vectors(structure: Any) -> np.ndarray:
-    """Every vector in ``structure``, row i = inner position i (= ``id_map[i]``): a view of
-    faiss' own memory (no copy) for flat storage, read out of the inverted lists for IVF.
-    The view holds ``structure`` alive, but is only valid until it is next changed (an add
-    may move faiss' buffer): internal, short-lived use only."""
-    faiss = _faiss()
-    inner = _inner(structure)
-    n, d = inner.ntotal, inner.d
-    flat = _flat_of(inner)
-    if flat is not None:
-        if n == 0:
-            return np.zeros((0, d), dtype=np.float32)
-        view = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
-        return np.asarray(_Owned(view, structure))
-    out = np.empty((n, d), dtype=np.float32)
-    lists = inner.invlists
-    for lst in range(inner.nlist):
-        size = lists.list_size(lst)
-        if not size:
-            continue
-        pos = faiss.rev_swig_ptr(lists.get_ids(lst), size).copy()
-        codes = faiss.rev_swig_ptr(lists.get_codes(lst), size * d * 4)
-        out[pos] = np.frombuffer(codes.tobytes(), dtype=np.float32).reshape(size, d)
-    return out
-
-
-def _live_vectors(structure: Any, alive: _Alive) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of ``structure`` without its tombstones (a view when there are none)."""
-    ids = _faiss().vector_to_array(structure.id_map).astype(np.int64)
-    vecs = _positions_vectors(structure)
-    if len(alive.dead):
-        keep = np.ones(len(ids), dtype=bool)
-        keep[alive.dead] = False
-        return ids[keep], vecs[keep]
-    return ids, vecs
-
-
-class _NewRows(NamedTuple):
-    """Rows ``rows`` of the caller's array ``x``, to be added: handed to faiss a chunk at a
-    time, L2-normalised on the way for cosine, so no normalised copy of the whole batch is
-    ever held (the caller's array is not touched)."""
-
-    x: np.ndarray
-    rows: np.ndarray
-    normalize: bool
-
-    @classmethod
-    def none(cls, dim: int) -> _NewRows:
-        return cls(np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.int64), False)
-
-    def chunks(self) -> Iterable[np.ndarray]:
-        for s in range(0, len(self.rows), _ADD_CHUNK):
-            chunk = self.x[self.rows[s : s + _ADD_CHUNK]]
-            yield _l2_normalize(chunk) if self.normalize else np.ascontiguousarray(chunk)
-
-    def whole(self) -> np.ndarray | None:
-        """The caller's array itself when it is exactly what is to be added (every row, and
-        already of unit length where cosine asks for it): faiss then takes it in one call,
-        with no copy (HNSW orders a single add by level, which builds a better graph than
-        chunk after chunk: measured recall@10 0.975 vs 0.945 at 50k x 1,280-d, same efSearch)."""
-        if len(self.rows) != len(self.x) or not np.array_equal(self.rows, np.arange(len(self.x))):
-            return None
-        if self.normalize:
-            for s in range(0, len(self.x), _ADD_CHUNK):
-                norms = np.linalg.norm(self.x[s : s + _ADD_CHUNK], axis=1)
-                if not np.allclose(norms, 1.0, rtol=0, atol=1e-6):
-                    return None
-        return self.x
-
-    def materialize(self) -> np.ndarray:
-        parts = list(self.chunks())
-        return np.concatenate(parts) if parts else self.x[:0]
-
-
-def _add(structure: Any, ids: np.ndarray, vecs: np.ndarray | _NewRows) -> None:
-    """Add ``vecs`` under ``ids``: in one call where no copy is needed (a view, or new rows
-    that are already what is stored), else a normalised chunk at a time."""
-    if not len(ids):
-        return
-    whole = vecs.whole() if isinstance(vecs, _NewRows) else vecs
-    if whole is not None and whole.flags.c_contiguous:
-        structure.add_with_ids(whole, np.ascontiguousarray(ids))
-        return
-    chunks = (
-        vecs.chunks()
-        if isinstance(vecs, _NewRows)
-        else (vecs[s : s + _ADD_CHUNK] for s in range(0, len(ids), _ADD_CHUNK))
-    )
-    for s, chunk in zip(range(0, len(ids), _ADD_CHUNK), chunks, strict=True):
-        structure.add_with_ids(
-            np.ascontiguousarray(chunk), np.ascontiguousarray(ids[s : s + _ADD_CHUNK])
-        )
-
-
-class _Alive(NamedTuple):
-    """Which inner positions of a structure are live (HNSW tombstones are not)."""
-
-    dead: np.ndarray  # sorted inner positions of tombstones (empty: none)
-    selector: Any  # faiss IDSelector over inner positions, None without tombstones
-
-    @classmethod
-    def of(cls, id_map: np.ndarray, removed: np.ndarray) -> _Alive:
-        if not len(removed):
-            return cls(np.zeros(0, dtype=np.int64), None)
-        faiss = _faiss()
-        dead = np.flatnonzero(np.isin(id_map, removed)).astype(np.int64)
-        bitmap = np.ones(len(id_map), dtype=bool)
-        bitmap[dead] = False
-        packed = np.packbits(bitmap, bitorder="little")
-        sel = faiss.IDSelectorBitmap(len(id_map), faiss.swig_ptr(packed))
-        sel.referenced_objects = [packed]  # the selector reads this buffer: keep it alive
-        return cls(dead, sel)
 
 
 def _label_for(path: Path, root: Path | None) -> str:
@@ -448,7 +276,7 @@ def _as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def _drop_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
@@ -494,13 +322,10 @@ class Index:
         self.batch_size = 32
         self.recovered: str | None = None  # what open() repaired, if anything
         self.build_report: AddReport | None = None
-        self._alive = _Alive(np.zeros(0, dtype=np.int64), None)  # HNSW tombstones
-        self._view: tuple[Any, np.ndarray] | None = None  # see _search_view
-
-    @property
-    def _vectors_in_db(self) -> bool:
-        """Format 1: every vector is also a BLOB in meta.sqlite (the source for rebuilds)."""
-        return int(self._info.get("format_version", FORMAT_VERSION)) == 1
+        self._identity: tuple[int, int] | None = None  # meta.sqlite's (device, inode)
+        # The loaded faiss structure passed the checks or was built here from checked
+        # vectors: it may restore a damaged stored vector.
+        self._structure_verified = False
 
     # ------------------------------------------------------------------ properties
 
@@ -555,7 +380,6 @@ class Index:
         model_label: str | None = None,
         root: str | None = None,
         _building: bool = False,
-        _format: int = FORMAT_VERSION,
     ) -> Index:
         """An empty index in a new (or empty) folder ``out``; nothing existing is touched."""
         if metric not in METRICS:
@@ -571,8 +395,8 @@ class Index:
                 "(an index is never written over existing files)"
             )
         p.mkdir(parents=True, exist_ok=True)
-        info = {
-            "format_version": int(_format),
+        info: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
             "state": "building" if _building else "ready",
             "spec": spec.to_dict() if spec is not None else None,
             "fingerprint": fingerprint,
@@ -588,17 +412,20 @@ class Index:
             "root": root,
             "created": _now(),
             "updated": _now(),
+            "faiss_sha256": None,
         }
         conn = _connect(p / DB_NAME)
+        idx = cls(p, conn, info)
+        idx._faiss_index = idx._empty_structure(info["resolved_kind"])
+        idx._structure_verified = True
+        info["faiss_sha256"] = _write_faiss(idx._faiss_index, p / FAISS_NAME)
         with conn:
-            conn.executescript(_SCHEMA if _format != 1 else _SCHEMA_V1)
+            conn.executescript(_SCHEMA)
             conn.executemany(
                 "INSERT INTO info(key, value) VALUES (?, ?)",
                 [(k, json.dumps(v)) for k, v in info.items()],
             )
-        idx = cls(p, conn, info)
-        idx._faiss_index = idx._empty_structure(info["resolved_kind"])
-        _write_faiss(idx._faiss_index, p / FAISS_NAME)
+        idx._identity = _file_identity(p / DB_NAME)
         idx._write_summary()
         return idx
 
@@ -712,17 +539,26 @@ class Index:
             )
         try:
             conn = _connect(db)
+            identity = _file_identity(db)
             rows = conn.execute("SELECT key, value FROM info").fetchall()
             conn.execute("SELECT id, path, sha256, label, vector FROM items LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise IndexFolderError(f"{p}: not a vitrina index ({DB_NAME}: {exc})") from None
-        info = {k: json.loads(v) for k, v in rows}
+            info = {k: json.loads(v) for k, v in rows}
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            with suppress(Exception):
+                conn.close()
+            ours = (p / FAISS_NAME).exists() or (p / JSON_NAME).exists()
+            foreign = "no such table" in str(exc) or "not a database" in str(exc)
+            if isinstance(exc, sqlite3.DatabaseError) and foreign and not ours:
+                raise IndexFolderError(f"{p}: not a vitrina index ({DB_NAME}: {exc})") from None
+            raise database_error(p, exc) from None
         version = info.get("format_version")
-        if version not in READABLE_VERSIONS:
+        if version != FORMAT_VERSION:
             conn.close()
             raise IndexFolderError(
-                f"{p}: index format version {version}, this vitrina reads versions "
-                f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild it with `vitrina index build`"
+                f"{p}: index format version {version}, this vitrina reads version "
+                f"{FORMAT_VERSION}; rebuild it with `vitrina index build`"
             )
         if info.get("state") != "ready":
             conn.close()
@@ -731,8 +567,15 @@ class Index:
                 "delete the folder and run `vitrina index build` again"
             )
         idx = cls(p, conn, info)
+        idx._identity = identity
         idx.backend, idx.device, idx.batch_size = backend, device, batch_size
-        idx._load_structure()
+        try:
+            idx._load_structure()
+        except BaseException as exc:
+            idx.close()
+            if is_database_error(exc) and not isinstance(exc, VitrinaError):
+                raise database_error(p, exc) from None
+            raise
         return idx
 
     def close(self) -> None:
@@ -751,106 +594,197 @@ class Index:
         rows = self._conn.execute("SELECT id FROM items ORDER BY id").fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    def _read_structure(self, file: Path) -> Any:
-        try:
-            return _faiss().read_index(str(file))
-        except Exception:
-            return None
-
-    def _removed_ids(self) -> np.ndarray:
-        """Ids of HNSW tombstones: in vectors.faiss, no longer in ``items``."""
-        try:
-            rows = self._conn.execute("SELECT id FROM removed ORDER BY id").fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):  # a format 1 folder that never had one
-                return np.zeros(0, dtype=np.int64)
-            raise
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-
-    def _load_structure(self) -> None:
-        """Load vectors.faiss; if it does not match SQLite, take the pending file; failing that
-        rebuild it from SQLite's vectors (format 1) or refuse in one line (format 2: the
-        faiss file is the only copy of the vectors)."""
+    def _load_structure(self, *, repair: bool = True) -> None:
+        """Load vectors.faiss, checked (module docstring); if it is not the state SQLite
+        records, take the pending file or rebuild from the stored vectors. ``repair=False``
+        (a reader beside a live writer): fix it in memory only, never touch the files."""
         db_ids = self._db_ids()
         if len(db_ids) != len(self):
             raise IndexFolderError(
                 f"index half-written: {self.path}: {DB_NAME} lists {len(db_ids)} items but "
                 f"records {len(self)}; rebuild it with `vitrina index build`"
             )
-        removed = self._removed_ids()
-        expected = np.union1d(db_ids, removed) if len(removed) else db_ids
-        current = self._read_structure(self.path / FAISS_NAME)
-        if current is not None and self._matches(current, expected):
+        recorded = self._info.get("faiss_sha256")
+        current, digest = read_faiss(self.path / FAISS_NAME)
+        why = self._distrust(current, digest, recorded, db_ids, FAISS_NAME)
+        if why is None:
             self._faiss_index = current
+            self._structure_verified = True
             self._apply_search_params()
-            with suppress(FileNotFoundError):
-                (self.path / PENDING_NAME).unlink()  # an update that never committed
-            return
-        pending = self._read_structure(self.path / PENDING_NAME)
-        if pending is not None and self._matches(pending, expected):
-            self._faiss_index = pending
-            how = f"completed an interrupted update from {PENDING_NAME}"
-            try:
-                os.replace(self.path / PENDING_NAME, self.path / FAISS_NAME)
-                _fsync_dir(self.path)
-            except OSError as exc:
-                how += f" (could not save it: {exc.strerror or exc})"
-        else:
-            state = "missing" if not (self.path / FAISS_NAME).exists() else "out of date"
-            if current is None and state != "missing":
-                state = "unreadable"
-            if not self._vectors_in_db:
-                raise IndexFolderError(
-                    f"{self.path / FAISS_NAME}: {state}, and it is the only copy of this "
-                    f"index's {len(db_ids)} vectors ({DB_NAME} holds the metadata); rebuild "
-                    "the index from the photos with `vitrina index build`"
-                )
-            self._faiss_index = self._build_structure(self.kind, self._stored_vectors())
-            how = f"{FAISS_NAME} was {state}; rebuilt it from the {len(db_ids)} stored vectors"
-            try:
-                with self._conn:
-                    if len(removed):
-                        self._conn.execute("DELETE FROM removed")
-                _write_faiss(self._faiss_index, self.path / FAISS_NAME)
+            if repair:
                 with suppress(FileNotFoundError):
-                    (self.path / PENDING_NAME).unlink()
-            except (OSError, sqlite3.Error) as exc:
-                how += f" (in memory only: could not save it: {getattr(exc, 'strerror', exc)})"
+                    (self.path / PENDING_NAME).unlink()  # an update that never committed
+                if recorded is None and digest:  # made before checksums: record it now
+                    self._stored_vectors()  # and restore SQLite's damaged copies from it
+                    with suppress(sqlite3.Error):
+                        self._record_digest(digest)
+            return
+        pending, pending_digest = read_faiss(self.path / PENDING_NAME)
+        if self._distrust(pending, pending_digest, recorded, db_ids, PENDING_NAME) is None:
+            self._faiss_index = pending
+            self._structure_verified = True
+            how = f"completed an interrupted update from {PENDING_NAME}"
+            if repair:
+                try:
+                    os.replace(self.path / PENDING_NAME, self.path / FAISS_NAME)
+                    _fsync_dir(self.path)
+                except FileNotFoundError:
+                    pass  # the writer finished it at the same moment
+                except OSError as exc:
+                    how += f" (could not save it: {exc.strerror or exc})"
+        else:
+            self._structure_verified = False  # its vectors cannot vouch for SQLite's
+            # A stored vector that is itself damaged may still be taken from the file it
+            # replaces, where that one's copy passes the checks (row by row).
+            usable = current if why == "did not match the stored vectors" else None
+            self._faiss_index = self._build_structure(
+                self.kind, self._stored_vectors(fallback=usable)
+            )
+            how = f"{FAISS_NAME} {why}; rebuilt it from the {len(db_ids)} stored vectors"
+            if repair:
+                how += self._save_repair()
+            else:
+                how += " (in memory)"
         self._apply_search_params()
-        with suppress(OSError):
-            self._write_summary()
+        if repair:
+            with suppress(OSError):
+                self._write_summary()
         self.recovered = f"{self.path}: {how}"
 
-    def _matches(self, structure: Any, expected_ids: np.ndarray) -> bool:
+    def _distrust(
+        self, structure: Any, digest: str | None, recorded: str | None, db_ids: Any, name: str
+    ) -> str | None:
+        """Why ``structure`` (read from ``name``) is not the committed state, or None."""
+        if structure is None:
+            return "was missing" if not (self.path / name).exists() else "could not be read"
+        if not self._matches(structure, db_ids):
+            return "was out of date"
+        if recorded is not None and digest != recorded:
+            return "failed its checksum (damaged)"
+        stored = storage_vectors(structure)
+        if stored is not None:
+            bad = damaged_rows(stored, self.metric)
+            if len(bad):
+                what = "not of unit length" if self.metric == "cosine" else "not finite"
+                return f"held {len(bad)} damaged vector(s) ({what})"
+            if recorded is None and not self._agrees_with_stored(structure, stored):
+                return "did not match the stored vectors"
+        return None
+
+    def _agrees_with_stored(self, structure: Any, stored: np.ndarray) -> bool:
+        """A file without a recorded checksum (older vitrina) against SQLite's vectors: equal,
+        or different only where SQLite's copy is itself damaged (restored after loading)."""
+        ids = _faiss().vector_to_array(structure.id_map).astype(np.int64)
+        want_ids, want = self._stored_vectors(check=False)
+        order = np.argsort(ids, kind="stable")
+        if not np.array_equal(ids[order], want_ids):
+            return False
+        with np.errstate(invalid="ignore"):
+            differ = np.flatnonzero(~np.isclose(stored[order], want, atol=1e-6).all(axis=1))
+        return not len(differ) or bool(np.isin(differ, damaged_rows(want, self.metric)).all())
+
+    def _save_repair(self) -> str:
+        """Write the rebuilt structure and record its checksum, under SQLite's write lock so
+        that no writer commits in between; the text added to the repair message."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return f" (in memory only: {DB_NAME} is not writable: {exc})"
+        try:
+            if self._generation_on_disk() != self._info["generation"]:
+                conn.execute("ROLLBACK")
+                return " (in memory only: another process changed the index meanwhile)"
+            digest = _write_faiss(self._faiss_index, self.path / FAISS_NAME)
+            self._set_info({"faiss_sha256": digest})
+            conn.execute("COMMIT")
+        except (OSError, sqlite3.Error) as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return f" (in memory only: could not save it: {getattr(exc, 'strerror', None) or exc})"
+        with suppress(FileNotFoundError):
+            (self.path / PENDING_NAME).unlink()
+        return ""
+
+    def _record_digest(self, digest: str) -> None:
+        """Record the checksum of a verified file that predates checksums (same generation)."""
+        self._conn.execute(
+            "INSERT OR REPLACE INTO info(key, value) SELECT 'faiss_sha256', ? WHERE "
+            "(SELECT value FROM info WHERE key = 'generation') = ?",
+            (json.dumps(digest), json.dumps(self._info["generation"])),
+        )
+        self._info["faiss_sha256"] = digest
+
+    def _generation_on_disk(self) -> int:
+        row = self._conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
+        return int(json.loads(row[0]))
+
+    def _matches(self, structure: Any, db_ids: np.ndarray) -> bool:
         faiss = _faiss()
         if not isinstance(structure, faiss.IndexIDMap2) or structure.d != self.dim:
             return False
         if _structure_kind(_inner(structure)) != self.kind:
             return False
         ids = _ids_of(structure)
-        return len(ids) == len(expected_ids) and bool(np.array_equal(ids, expected_ids))
+        return len(ids) == len(db_ids) and bool(np.array_equal(ids, db_ids))
 
-    def _stored_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of the live items: from SQLite in id order (format 1), else from
-        the loaded faiss structure in its order (a view of faiss' memory, no copy, when no
-        tombstones are in the way)."""
-        if not self._vectors_in_db:
-            return _live_vectors(self._faiss_index, self._alive)
-        rows = self._conn.execute(
-            "SELECT id, vector FROM items WHERE vector IS NOT NULL ORDER BY id"
-        ).fetchall()
+    def _stored_vectors(
+        self, ids: np.ndarray | None = None, *, check: bool = True, fallback: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) from SQLite, in id order (the source of truth). ``check``: a vector
+        that is damaged (wrong length, not finite, not unit length in a cosine index) is
+        restored from the loaded faiss structure when that was verified (or from
+        ``fallback``'s copy when that one passes the checks), else refused."""
+        rows = self._conn.execute("SELECT id, vector FROM items ORDER BY id").fetchall()
         out_ids = np.empty(len(rows), dtype=np.int64)
-        vecs = np.empty((len(rows), self.dim), dtype=np.float32)
+        vecs = np.zeros((len(rows), self.dim), dtype=np.float32)
+        wrong_size = []
         for i, (rid, blob) in enumerate(rows):
-            v = np.frombuffer(blob, dtype=np.float32)
-            if v.shape[0] != self.dim:
-                raise IndexFolderError(
-                    f"{self.path}: item {rid} has a {v.shape[0]}-d vector, the index is "
-                    f"{self.dim}-d ({DB_NAME} is damaged); rebuild the index"
-                )
             out_ids[i] = rid
-            vecs[i] = v
+            v = np.frombuffer(blob, dtype=np.float32) if isinstance(blob, bytes) else None
+            if v is None or v.shape[0] != self.dim:
+                wrong_size.append(i)
+                vecs[i] = np.nan
+            else:
+                vecs[i] = v
+        if check:
+            bad = damaged_rows(vecs, self.metric) if len(vecs) else np.zeros(0, np.int64)
+            if len(bad):
+                self._restore_stored(out_ids, vecs, bad, fallback)
         return out_ids, vecs
+
+    def _restore_stored(
+        self, ids: np.ndarray, vecs: np.ndarray, bad: np.ndarray, fallback: Any = None
+    ) -> None:
+        """Damaged rows of ``vecs`` from a faiss structure, written back to SQLite."""
+        structure = self._faiss_index if self._structure_verified else fallback
+        stored = storage_vectors(structure) if structure is not None else None
+        pos = {}
+        if stored is not None:
+            pos = {int(i): p for p, i in enumerate(_faiss().vector_to_array(structure.id_map))}
+            copies = stored[[pos.get(int(ids[i]), 0) for i in bad]] if len(stored) else stored
+            fine = np.ones(len(bad), bool)
+            fine[damaged_rows(copies, self.metric)] = False
+            fine &= np.array([int(ids[i]) in pos for i in bad], bool)
+        if stored is None or not fine.all():
+            from vitrina.search.store import rebuild_hint
+
+            lost = bad if stored is None else bad[~fine]
+            shown = ", ".join(str(int(ids[i])) for i in lost[:5]) + (
+                " ..." if len(lost) > 5 else ""
+            )
+            raise IndexDamagedError(
+                f"{self.path / DB_NAME}: {len(lost)} stored vector(s) are damaged (items "
+                f"{shown}) and {FAISS_NAME} cannot restore them; {rebuild_hint(self.path)}"
+            )
+        for i in bad:
+            vecs[i] = stored[pos[int(ids[i])]]
+        self._conn.executemany(
+            "UPDATE items SET vector = ? WHERE id = ?",
+            [(vecs[i].tobytes(), int(ids[i])) for i in bad],
+        )
+        note = f"{self.path}: restored {len(bad)} damaged stored vector(s) from {FAISS_NAME}"
+        self.recovered = f"{self.recovered}; {note}" if self.recovered else note
 
     # ------------------------------------------------------------------ faiss structures
 
@@ -880,22 +814,11 @@ class Index:
             raise ValueError(kind)
         return faiss.IndexIDMap2(inner)  # the python wrapper keeps ``inner`` alive
 
-    def _build_structure(
-        self,
-        kind: str,
-        *parts: tuple[np.ndarray, np.ndarray | _NewRows],
-        train: np.ndarray | None = None,
-    ) -> Any:
-        """A new structure holding every ``(ids, vectors)`` part, added a chunk at a time (the
-        parts may be views of another structure's memory or rows still to be normalised: no
-        full copy is made; IVF's training sample excepted)."""
-        if kind == "ivf" and train is None:
-            train = np.concatenate(
-                [v.materialize() if isinstance(v, _NewRows) else v for _, v in parts]
-            )
-        structure = self._empty_structure(kind, train=train if kind == "ivf" else None)
-        for ids, vecs in parts:
-            _add(structure, ids, vecs)
+    def _build_structure(self, kind: str, data: tuple[np.ndarray, np.ndarray]) -> Any:
+        ids, vecs = data
+        structure = self._empty_structure(kind, train=vecs if kind == "ivf" else None)
+        if len(ids):
+            structure.add_with_ids(vecs, ids)
         return structure
 
     def _apply_search_params(self, k: int = RECALL_K) -> None:
@@ -905,22 +828,17 @@ class Index:
             inner.hnsw.efSearch = max(int(params.get("efSearch", 64)), k)
         elif self.kind == "ivf":
             inner.nprobe = int(params.get("nprobe", 8))
-        id_map = _faiss().vector_to_array(self._faiss_index.id_map).astype(np.int64)
-        self._alive = _Alive.of(id_map, self._removed_ids())
-        self._view = None  # the search view is rebuilt on the next search
 
     def _tune_and_measure(
-        self, structure: Any, alive: _Alive | None = None
+        self, structure: Any, data: tuple[np.ndarray, np.ndarray] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Tune efSearch / nprobe to reach TARGET_RECALL on a sample; return (params, recall).
 
-        The queries are a seeded sample of live stored vectors; the truth is exact search over
-        all live vectors, read where faiss keeps them (no second copy of the data)."""
-        faiss = _faiss()
+        The queries are a seeded sample of stored vectors; the truth is exact search over all
+        stored vectors (``faiss.knn``, no second copy of the data)."""
         inner = _inner(structure)
         kind = _structure_kind(inner)
-        alive = alive or _Alive(np.zeros(0, dtype=np.int64), None)
-        n = structure.ntotal - len(alive.dead)
+        n = structure.ntotal
         if kind == "exact":
             return {}, None
         params: dict[str, Any] = {}
@@ -928,28 +846,19 @@ class Index:
             params.update(M=HNSW_M, efConstruction=HNSW_EF_CONSTRUCTION)
         else:
             params.update(nlist=int(inner.nlist))
-        if n <= 0:
+        if n == 0:
             params["efSearch" if kind == "hnsw" else "nprobe"] = 64 if kind == "hnsw" else 8
             return params, None
-        id_map = faiss.vector_to_array(structure.id_map).astype(np.int64)
-        live = np.setdiff1d(np.arange(structure.ntotal), alive.dead, assume_unique=True)
+        ids, vecs = data if data is not None else self._stored_vectors()
         rng = np.random.default_rng(12345)
-        take = np.sort(live[rng.choice(n, min(n, RECALL_SAMPLE), replace=False)])
-        vectors = _positions_vectors(structure)
-        queries = np.ascontiguousarray(vectors[take])
+        take = np.sort(rng.choice(n, min(n, RECALL_SAMPLE), replace=False))
+        queries = np.ascontiguousarray(vecs[take])
         k = min(RECALL_K, n - 1) if n > 1 else 1
         # Leave-one-out: each sampled vector's own entry is dropped from both lists, so the
         # trivial self-match does not inflate the recall of the approximate structure.
-        flat = _flat_of(inner)
-        if flat is not None:
-            exact = faiss.SearchParameters()
-            exact.sel = alive.selector
-            _, pos = flat.search(queries, k + 1, params=exact if alive.selector else None)
-        else:
-            _, pos = faiss.knn(queries, vectors, k + 1, metric=self._metric_const())
-        del vectors
-        own = id_map[take]
-        truth = _drop_self(np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1), own, k)
+        _, pos = _faiss().knn(queries, vecs, k + 1, metric=self._metric_const())
+        truth = _drop_self(np.where(pos >= 0, ids[np.clip(pos, 0, None)], -1), ids[take], k)
+        del vecs
         if kind == "hnsw":
             knob, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
         else:
@@ -960,15 +869,11 @@ class Index:
         chosen = values[-1]
         for v in values:
             if kind == "hnsw":
-                search = faiss.SearchParametersHNSW()
-                search.efSearch = max(v, k + 1)
-                search.sel = alive.selector
-                _, got = inner.search(queries, k + 1, params=search)
+                inner.hnsw.efSearch = max(v, k + 1)
             else:
                 inner.nprobe = v
-                _, got = inner.search(queries, k + 1)
-            got = np.where(got >= 0, id_map[np.clip(got, 0, None)], -1)
-            recall = recall_at_k(_drop_self(got, own, k), truth)
+            _, got = structure.search(queries, k + 1)
+            recall = recall_at_k(_drop_self(got, ids[take], k), truth)
             chosen = v
             if recall >= TARGET_RECALL:
                 break
@@ -1026,6 +931,7 @@ class Index:
             )
         return embedder
 
+    @_db_guard
     def add(
         self,
         paths: Sequence[str | os.PathLike[str]],
@@ -1106,6 +1012,7 @@ class Index:
             known.update(dict(self._conn.execute(q, chunk).fetchall()))
         return known
 
+    @_db_guard
     def add_vectors(
         self, vectors: Any, metas: Sequence[dict[str, Any] | str], *, fingerprint: str | None = None
     ) -> AddReport:
@@ -1120,19 +1027,12 @@ class Index:
         x = _as_matrix(vectors, self.dim, "add_vectors")
         if len(metas) != len(x):
             raise VitrinaError(f"add_vectors: {len(x)} vectors but {len(metas)} metadata entries")
-        cosine = self.metric == "cosine"
-        in_db = self._vectors_in_db
+        if self.metric == "cosine":
+            x = _l2_normalize(x)
         rows = [_meta_row(m) for m in metas]
         report = AddReport()
 
-        def blob(vec: np.ndarray) -> bytes | None:
-            if not in_db:
-                return None  # format 2: the vector lives in vectors.faiss only
-            if cosine:
-                vec = (vec / max(float(np.linalg.norm(vec)), 1e-12)).astype(np.float32)
-            return vec.tobytes()
-
-        def change(conn: sqlite3.Connection) -> tuple[list[int], list[int], _NewRows]:
+        def change(conn: sqlite3.Connection) -> tuple[list[int], list[int], np.ndarray]:
             new_ids: list[int] = []
             keep: list[int] = []
             dropped: list[int] = []
@@ -1167,26 +1067,27 @@ class Index:
                         row["mtime"],
                         row["label"],
                         now,
-                        blob(vec),
+                        vec.tobytes(),
                     ),
                 )
                 new_ids.append(int(cur.lastrowid))
                 keep.append(pos)
                 if row["path"] not in report.updated:
                     report.added.append(row["path"])
-            return new_ids, dropped, _NewRows(x, np.asarray(keep, dtype=np.int64), cosine)
+            return new_ids, dropped, x[keep]
 
         self._update(change)
         return report
 
     # ------------------------------------------------------------------ removing
 
+    @_db_guard
     def remove(self, items: Sequence[str | os.PathLike[str]]) -> RemoveReport:
         """Remove by path (a folder: everything indexed under it) or by sha256 (or a unique
         prefix of at least 8 hex digits)."""
         report = RemoveReport()
 
-        def change(conn: sqlite3.Connection) -> tuple[list[int], list[int], _NewRows]:
+        def change(conn: sqlite3.Connection) -> tuple[list[int], list[int], np.ndarray]:
             dropped: dict[int, str] = {}
             for item in items:
                 rows = _match_rows(conn, str(item))
@@ -1197,27 +1098,17 @@ class Index:
                     dropped.setdefault(rid, path)
             conn.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in dropped])
             report.removed.extend(dropped.values())
-            return [], list(dropped), _NewRows.none(self.dim)
+            return [], list(dropped), np.zeros((0, self.dim), dtype=np.float32)
 
         if items:
             self._update(change)
         return report
 
-    def compact(self) -> int:
-        """Rebuild an HNSW structure without its tombstones now (removal does it by itself
-        beyond :data:`COMPACT_FRACTION`); returns how many tombstones were dropped."""
-        n = len(self._alive.dead)
-        if n:
-            self._update(lambda conn: ([], [], _NewRows.none(self.dim)), compact=True)
-        return n
-
     # ------------------------------------------------------------------ the update protocol
 
     def _update(
         self,
-        change: Callable[[sqlite3.Connection], tuple[list[int], list[int], _NewRows]],
-        *,
-        compact: bool = False,
+        change: Callable[[sqlite3.Connection], tuple[list[int], list[int], np.ndarray]],
     ) -> None:
         """Run ``change`` in one SQLite transaction and bring the faiss file along (see the
         module docstring for the commit order). On any failure the old state stays."""
@@ -1225,7 +1116,6 @@ class Index:
         pending = self.path / PENDING_NAME
         generation = int(self._info["generation"])
         conn.execute("BEGIN IMMEDIATE")
-        wrote = False
         try:
             on_disk = json.loads(
                 conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()[0]
@@ -1234,51 +1124,43 @@ class Index:
                 raise IndexFolderError(
                     f"{self.path}: changed by another process since it was opened; open it again"
                 )
-            new_ids, dropped, new = change(conn)
-            if not new_ids and not dropped and not compact:
+            new_ids, dropped, new_vecs = change(conn)
+            if not new_ids and not dropped:
                 conn.execute("ROLLBACK")
                 return
             count = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
             kind = _resolve_kind(self._info["kind"], count)
             structure = self._faiss_index
-            tombstones = kind == "hnsw" and self.kind == "hnsw" and bool(dropped)
-            dead = len(self._alive.dead) + (len(dropped) if tombstones else 0)
-            compact = compact or (
-                tombstones and dead > COMPACT_FRACTION * (structure.ntotal + len(new_ids))
-            )
-            rebuild = kind != self.kind or compact or (dropped and kind == "ivf")
+            rebuild = kind != self.kind or (dropped and kind != "exact")
             if kind == "ivf" and not rebuild:
                 trained = int((self._info.get("params") or {}).get("trained_on", 0))
                 rebuild = count > 4 * max(trained, 1) or not _inner(structure).is_trained
-            new_arr = np.asarray(new_ids, dtype=np.int64)
+            data = None
             if rebuild:
-                structure = self._rebuilt(kind, structure, dropped, new_arr, new)
-                if len(self._alive.dead):  # the rebuild leaves every tombstone out
-                    conn.execute("DELETE FROM removed")
+                data = self._stored_vectors()
+                structure = self._build_structure(kind, data)
             else:
-                if dropped and kind == "exact":  # IDMap2 over a flat index removes in place
+                if dropped:  # exact: IDMap2 over a flat index removes in place
                     structure.remove_ids(np.asarray(dropped, dtype=np.int64))
-                if tombstones:
-                    conn.execute(_REMOVED_TABLE)  # format 1 folders get it when first needed
-                    conn.executemany(
-                        "INSERT INTO removed(id) VALUES (?)", [(int(i),) for i in dropped]
-                    )
-                _add(structure, new_arr, new)
+                if new_ids:
+                    structure.add_with_ids(new_vecs, np.asarray(new_ids, dtype=np.int64))
             self._info["resolved_kind"] = kind
-            changed = rebuild or bool(new_ids) or (bool(dropped) and kind == "exact")
-            values: dict[str, Any] = {"count": int(count), "generation": generation + 1}
-            if changed:  # an HNSW removal alone leaves the graph (and its tuning) as it was
-                removed = np.zeros(0, dtype=np.int64) if rebuild else self._removed_ids()
-                id_map = _faiss().vector_to_array(structure.id_map).astype(np.int64)
-                params, recall = self._tune_and_measure(structure, _Alive.of(id_map, removed))
-                if kind == "ivf":
-                    prev = (self._info.get("params") or {}).get("trained_on", 0)
-                    params["trained_on"] = int(count if rebuild else prev)
-                _write_faiss(structure, pending)
-                wrote = True
-                values.update(resolved_kind=kind, params=params, recall=recall)
-            values["updated"] = _now()
-            self._set_info(values)
+            params, recall = self._tune_and_measure(structure, data)
+            if kind == "ivf":
+                prev = (self._info.get("params") or {}).get("trained_on", 0)
+                params["trained_on"] = int(count if rebuild else prev)
+            digest = _write_faiss(structure, pending)
+            self._set_info(
+                {
+                    "resolved_kind": kind,
+                    "params": params,
+                    "recall": recall,
+                    "count": int(count),
+                    "generation": generation + 1,
+                    "updated": _now(),
+                    "faiss_sha256": digest,
+                }
+            )
             conn.execute("COMMIT")  # the commit point
         except BaseException:
             with suppress(sqlite3.Error):
@@ -1288,33 +1170,57 @@ class Index:
             self._reload()
             raise
         self._faiss_index = structure
+        self._structure_verified = True
         self._apply_search_params()
-        if wrote:
+        with suppress(FileNotFoundError):  # a reader's open() may have completed it already
             os.replace(pending, self.path / FAISS_NAME)
-            _fsync_dir(self.path)
+        _fsync_dir(self.path)
         self._write_summary()
 
-    def _rebuilt(
-        self, kind: str, old: Any, dropped: list[int], new_ids: np.ndarray, new: _NewRows
-    ) -> Any:
-        """A new ``kind`` structure of the live vectors after a change: from SQLite (format 1,
-        which already holds the change) or from ``old`` (without ``dropped`` and tombstones)
-        plus the new rows."""
-        if self._vectors_in_db:
-            return self._build_structure(kind, self._stored_vectors())
-        ids, vecs = _live_vectors(old, self._alive)
-        if dropped:
-            keep = ~np.isin(ids, np.asarray(dropped, dtype=np.int64))
-            ids, vecs = ids[keep], vecs[keep]
-        return self._build_structure(kind, (ids, vecs), (new_ids, new))
-
-    def _reload(self) -> None:
-        """Back to what is on disk after a failed update."""
+    def _reload(self, *, repair: bool = True) -> None:
+        """Back to what is on disk (after a failed update, or when another process changed
+        it: ``repair=False``, nothing is written)."""
         rows = self._conn.execute("SELECT key, value FROM info").fetchall()
         self._info = {k: json.loads(v) for k, v in rows}
         self._faiss_index = None
-        with suppress(Exception):
-            self._load_structure()
+        self._structure_verified = False
+        self.recovered = None
+        if repair:
+            with suppress(Exception):
+                self._load_structure()
+        else:
+            self._load_structure(repair=False)
+
+    @_db_guard
+    def refresh(self) -> bool:
+        """Catch up with changes other processes committed since this index was opened (or
+        last refreshed): one SQLite point query when nothing changed. Returns True when it
+        reloaded. A long-lived reader (``vitrina serve``) calls this before each request."""
+        identity = _file_identity(self.path / DB_NAME)
+        if identity is None:
+            raise IndexFolderError(f"{self.path}: index folder is gone ({DB_NAME} not found)")
+        if identity != self._identity:  # deleted and built again at the same path
+            self._reopen()
+            return True
+        if self._generation_on_disk() == self._info["generation"]:
+            return False
+        self._reload(repair=False)
+        return True
+
+    def _reopen(self) -> None:
+        fresh = Index.open(
+            self.path, backend=self.backend, device=self.device, batch_size=self.batch_size
+        )
+        if self._embedder is not None and fresh.fingerprint != self.fingerprint:
+            fresh.close()
+            raise IndexFolderError(
+                f"{self.path}: was rebuilt with another model ({fresh.model_label}); open it "
+                "again (restart the service)"
+            )
+        self._conn.close()
+        self._conn, self._info, self._identity = fresh._conn, fresh._info, fresh._identity
+        self._faiss_index, self._structure_verified = fresh._faiss_index, True
+        self.recovered = fresh.recovered
 
     def _set_info(self, values: dict[str, Any]) -> None:
         self._conn.executemany(
@@ -1325,6 +1231,7 @@ class Index:
 
     # ------------------------------------------------------------------ searching
 
+    @_db_guard
     def search(
         self,
         queries: Any,
@@ -1361,61 +1268,44 @@ class Index:
             x = res.vectors
         if not len(x) or len(self) == 0:
             return results
-        found = self._neighbours(x, k)
-        for qi, r in zip(order, found.results(), strict=True):
-            results[qi].hits = r.hits
-        return results
-
-    def search_vectors(self, vectors: Any, k: int = 10) -> Neighbours:
-        """The ``k`` nearest items of each row of an (N, dim) array, as arrays (see
-        :class:`Neighbours`): the batch path, with no Python object per result."""
-        if int(k) < 1:
-            raise VitrinaError(f"k must be at least 1, got {k}")
-        return self._neighbours(_as_matrix(vectors, self.dim, "search"), int(k))
-
-    def _neighbours(self, x: np.ndarray, k: int) -> Neighbours:
-        """:meth:`search_vectors` for a checked float32 (N, dim) matrix ``x``."""
-        n = len(x)
-        kk = min(int(k), len(self))
-        if not n or kk == 0:
-            empty = np.full((n, 0), -1, dtype=np.int64)
-            return Neighbours(empty, empty.astype(np.float32), self.metric, self._rows_by_id)
         if self.metric == "cosine":
             x = _l2_normalize(x)
-        inner, id_map, params = self._search_view(kk)
+        kk = min(k, len(self))
+        inner, id_map = self._search_view()
+        if self.kind == "hnsw":
+            inner.hnsw.efSearch = max(self._ef_search, kk)
         # Search the inner structure and map positions to ids ourselves: IndexIDMap2.search
         # translates labels in an OpenMP loop whose thread wake-up costs ~8 ms per call on
         # 2 cores, 15-30x the HNSW search of a single query.
-        scores, pos = inner.search(x, kk, params=params)
-        ids = id_map[pos]
-        ids[pos < 0] = -1
-        return Neighbours(ids, scores, self.metric, self._rows_by_id)
+        dist, pos = inner.search(np.ascontiguousarray(x, dtype=np.float32), kk)
+        ids = np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
+        meta = self._rows_by_id({int(i) for i in ids.ravel() if i >= 0})
+        for qi, drow, irow in zip(order, dist, ids, strict=True):
+            hits = []
+            for d, i in zip(drow, irow, strict=True):
+                if i < 0 or int(i) not in meta:
+                    continue
+                path, label, sha = meta[int(i)]
+                if self.metric == "cosine":
+                    sim = float(d)
+                    distance = max(0.0, 1.0 - sim)
+                else:
+                    distance = float(math.sqrt(max(float(d), 0.0)))
+                    sim = 1.0 / (1.0 + distance)
+                hits.append(Hit(len(hits) + 1, int(i), path, label, sha, distance, sim))
+            results[qi].hits = hits
+        return results
 
-    def _search_view(self, k: int) -> tuple[Any, np.ndarray, Any]:
-        """(inner structure, position -> id, faiss search parameters or None), cached until
-        the structure is loaded or changed (:meth:`_apply_search_params` drops it); the
-        parameters skip HNSW tombstones."""
-        if self._view is None:
-            structure = self._faiss_index
+    def _search_view(self) -> tuple[Any, np.ndarray]:
+        """(inner structure, position -> id), cached per loaded structure."""
+        structure = self._faiss_index
+        key = (id(structure), self._info["generation"], structure.ntotal)
+        if getattr(self, "_view_key", None) != key:  # an exact update changes it in place
             ids = _faiss().vector_to_array(structure.id_map).astype(np.int64)
             self._view = (_inner(structure), ids)
+            self._view_key = key
             self._ef_search = int((self._info.get("params") or {}).get("efSearch", 64))
-            self._view_ef = -1
-            self._params: dict[int, Any] = {}
-        inner, ids = self._view
-        if self.kind != "hnsw":
-            return inner, ids, None
-        if self._alive.selector is None:
-            ef = max(self._ef_search, k)
-            if ef != self._view_ef:
-                inner.hnsw.efSearch = self._view_ef = ef
-            return inner, ids, None
-        params = self._params.get(k)
-        if params is None:
-            params = self._params[k] = _faiss().SearchParametersHNSW()
-            params.efSearch = max(self._ef_search, k)
-            params.sel = self._alive.selector  # kept alive by self._alive
-        return inner, ids, params
+        return self._view
 
     def _rows_by_id(self, ids: set[int]) -> dict[int, tuple[str, str, str | None]]:
         """Metadata of ``ids``: from an in-memory table of every row, loaded once per index
@@ -1445,6 +1335,13 @@ class Index:
 
     # ------------------------------------------------------------------ info / items / save
 
+    @_db_guard
+    def path_of(self, item_id: int) -> str | None:
+        """The photo path of item ``item_id``, or None when no such item is indexed."""
+        row = self._rows_by_id({int(item_id)}).get(int(item_id))
+        return row[0] if row else None
+
+    @_db_guard
     def items(self) -> list[dict[str, Any]]:
         """Every indexed item's metadata (no vectors), in id order."""
         cur = self._conn.execute(
@@ -1453,12 +1350,12 @@ class Index:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur]
 
+    @_db_guard
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of the live items as stored (L2-normalized for cosine): a copy,
-        yours to keep (the index's own memory moves as it changes)."""
-        ids, vecs = self._stored_vectors()
-        return ids.copy(), np.array(vecs, dtype=np.float32, copy=True)
+        """(ids, vectors) as stored (L2-normalized for cosine)."""
+        return self._stored_vectors()
 
+    @_db_guard
     def info(self) -> dict[str, Any]:
         i = self._info
         size = sum(
@@ -1488,13 +1385,10 @@ class Index:
             "created": i.get("created"),
             "updated": i.get("updated"),
             "bytes_on_disk": size,
-            "vectors_stored_in": (
-                f"{DB_NAME} and {FAISS_NAME} (format 1)" if self._vectors_in_db else FAISS_NAME
-            ),
-            "removed_pending_compaction": len(self._alive.dead),
             "auto_rule": f"exact below {AUTO_HNSW_THRESHOLD:,} vectors, hnsw from there on",
         }
 
+    @_db_guard
     def save(self) -> None:
         """Every change is saved when it is made; this rewrites ``index.json``."""
         self._write_summary()
@@ -1509,27 +1403,7 @@ class Index:
 
 # --------------------------------------------------------------------------- module helpers
 
-_REMOVED_TABLE = "CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY)"
-
-#: Format 2: no vectors in SQLite (``vector`` stays, always NULL, so both formats read alike).
-_SCHEMA = f"""
-CREATE TABLE items (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL,
-    sha256 TEXT UNIQUE,
-    size INTEGER,
-    mtime REAL,
-    label TEXT NOT NULL DEFAULT '',
-    added REAL NOT NULL,
-    vector BLOB
-);
-CREATE INDEX items_path ON items(path);
-CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-{_REMOVED_TABLE};
-"""
-
-#: Format 1 (kept to open and test folders made before): every vector also a BLOB here.
-_SCHEMA_V1 = """
+_SCHEMA = """
 CREATE TABLE items (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL,
@@ -1543,6 +1417,14 @@ CREATE TABLE items (
 CREATE INDEX items_path ON items(path);
 CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _connect(db: Path) -> sqlite3.Connection:

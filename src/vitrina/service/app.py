@@ -60,7 +60,15 @@ class ServiceConfig:
     ``index``: an index folder (search); ``gallery``: a face gallery folder; ``detector``: a
     detection run folder or a detector name (``hog_people``...). ``token`` reads,
     ``write_token`` reads and writes (enroll, forget); no ``token``: reads are open (serve on
-    loopback only). ``max_upload_mb``: largest request body, in MB (10^6 bytes)."""
+    loopback only). ``max_upload_mb``: largest request body, in MB (10^6 bytes).
+
+    Limits against slow or hostile clients (see :mod:`vitrina.service.server`):
+    ``header_timeout_s``: a connection must complete its request head this soon after it
+    opens (or after its previous answer); ``body_timeout_s``: the longest wait for the next
+    piece of a request body (and the whole body must arrive within 10x that);
+    ``max_connections``: open connections at most (None: the file limit less a reserve),
+    the oldest idle one is closed to make room; ``keep_alive_s``: idle time between requests
+    on one connection; ``log_interval_s``: a repeated error is logged once per interval."""
 
     model: str | None = None
     index: str | None = None
@@ -73,6 +81,11 @@ class ServiceConfig:
     max_batch: int = 32
     backend: str = "auto"
     device: str = "auto"
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int | None = None
+    keep_alive_s: float = 5.0
+    log_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.max_upload_mb > 0:
@@ -81,6 +94,15 @@ class ServiceConfig:
             raise VitrinaError(f"--batch-window-ms must be 0 or more, got {self.batch_window_ms}")
         if self.max_batch < 1:
             raise VitrinaError(f"--max-batch must be at least 1, got {self.max_batch}")
+        for flag, value in (
+            ("--header-timeout", self.header_timeout_s),
+            ("--body-timeout", self.body_timeout_s),
+            ("--keep-alive", self.keep_alive_s),
+        ):
+            if not value > 0:
+                raise VitrinaError(f"{flag} must be above 0 seconds, got {value}")
+        if self.max_connections is not None and self.max_connections < 2:
+            raise VitrinaError(f"--max-connections must be at least 2, got {self.max_connections}")
 
 
 class Service:
@@ -299,7 +321,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     max_bytes = round(config.max_upload_mb * 1_000_000)
-    app.add_middleware(UploadLimitMiddleware, max_bytes=max_bytes)  # innermost
+    app.add_middleware(  # innermost
+        UploadLimitMiddleware, max_bytes=max_bytes, body_timeout=config.body_timeout_s
+    )
     app.add_middleware(AuthMiddleware, auth=service.auth)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost
     return app
