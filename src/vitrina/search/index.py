@@ -821,10 +821,10 @@ class Index:
 
     def _known_hashes(self, digests: Sequence[str]) -> dict[str, str]:
         known: dict[str, str] = {}
+        q = "SELECT sha256, path FROM items WHERE sha256 IN (SELECT value FROM json_each(?))"
         for i in range(0, len(digests), 500):
             chunk = list(digests[i : i + 500])
-            q = f"SELECT sha256, path FROM items WHERE sha256 IN ({','.join('?' * len(chunk))})"
-            known.update(dict(self._conn.execute(q, chunk).fetchall()))
+            known.update(dict(self._conn.execute(q, (json.dumps(chunk),)).fetchall()))
         return known
 
     def add_vectors(
@@ -1098,10 +1098,10 @@ class Index:
             return {i: meta[i] for i in ids if i in meta}
         out: dict[int, tuple[str, str, str | None]] = {}
         idl = list(ids)
+        q = "SELECT id, path, label, sha256 FROM items WHERE id IN (SELECT value FROM json_each(?))"
         for i in range(0, len(idl), 500):
             chunk = idl[i : i + 500]
-            q = f"SELECT id, path, label, sha256 FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-            for rid, path, label, sha in self._conn.execute(q, chunk):
+            for rid, path, label, sha in self._conn.execute(q, (json.dumps(chunk),)):
                 out[rid] = (path, label, sha)
         return out
 
