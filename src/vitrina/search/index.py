@@ -864,13 +864,20 @@ class Index:
                         continue
                     seen.add(sha)
                     old = conn.execute(
-                        "SELECT id FROM items WHERE path = ? AND sha256 IS NOT NULL",
+                        "SELECT id, sha256 FROM items WHERE path = ? AND sha256 IS NOT NULL",
                         (row["path"],),
                     ).fetchall()
                     if old:
-                        dropped.extend(r[0] for r in old)
-                        conn.executemany("DELETE FROM items WHERE id = ?", old)
-                        report.updated.append(row["path"])
+                        conn.executemany("DELETE FROM items WHERE id = ?", [(r,) for r, _ in old])
+                        for rid, old_sha in old:
+                            if rid in new_ids:  # the same path earlier in this call: it never
+                                j = new_ids.index(rid)  # reaches faiss (no orphan vector), and
+                                del new_ids[j], keep[j]  # its content may come again later
+                                seen.discard(old_sha)
+                            else:
+                                dropped.append(rid)
+                                if row["path"] not in report.updated:
+                                    report.updated.append(row["path"])
                 cur = conn.execute(
                     "INSERT INTO items(path, sha256, size, mtime, label, added, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -886,7 +893,7 @@ class Index:
                 )
                 new_ids.append(int(cur.lastrowid))
                 keep.append(pos)
-                if row["path"] not in report.updated:
+                if row["path"] not in report.updated and row["path"] not in report.added:
                     report.added.append(row["path"])
             return new_ids, dropped, x[keep]
 
