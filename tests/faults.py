@@ -23,14 +23,15 @@ FAULT_CALLS = ("replace", "fsync", "unlink", "link")
 class InjectedFault(OSError):
     """The error the test injected (an OSError, like the real thing: EIO)."""
 
-    def __init__(self, where: str) -> None:
-        super().__init__(errno.EIO, f"injected failure at {where}")
+    def __init__(self, where: str, code: int = errno.EIO) -> None:
+        super().__init__(code, f"injected failure at {where}")
 
 
 @dataclass
 class Fault:
     call: str  # one of FAULT_CALLS
     nth: int  # 1-based: the n-th such call of the operation fails
+    code: int = errno.EIO  # errno.ENOSPC: a full disk
     fired: bool = False
 
 
@@ -48,7 +49,7 @@ def inject(fault: Fault | None) -> Iterator[Fault | None]:
         count += 1
         if count == fault.nth and not fault.fired:
             fault.fired = True
-            raise InjectedFault(f"os.{fault.call} call {count}")
+            raise InjectedFault(f"os.{fault.call} call {count}", fault.code)
         return real(*args, **kwargs)
 
     setattr(os, fault.call, failing)
