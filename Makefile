@@ -42,5 +42,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sort_throughput.py
 	$(BIN)/python benchmarks/transfer_accuracy.py
 
+# Coverage-guided fuzzing (atheris) of the image reader, the upload decoder and the name
+# parsers, FUZZ_SECONDS each (default 60); findings land in fuzz/findings/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/run.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
