@@ -15,6 +15,7 @@ give them. After every step:
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -193,14 +194,24 @@ def test_failed_enroll_leaves_no_chip(tmp_path: Path) -> None:
 def test_forget_that_cannot_delete_a_chip_says_so(tmp_path: Path) -> None:
     g = Gallery.create(tmp_path / "g", dim=DIM, fingerprint="fp", embedder_label="synthetic")
     g.enroll("ana", [photo("t1"), photo("t2")])
-    # unlinks of a forget: only rmtree's (the index and gallery.json are replaced, not unlinked)
-    with inject(Fault("unlink", 1)) as fault:
-        try:
-            g.forget("ana")
-            raised = False
-        except OSError:
-            raised = True
-    assert fault.fired
+    real_unlink = os.unlink
+    fired = []
+
+    def unlink(path, *a, **kw):  # the first chip file (rmtree unlinks by name + dir_fd)
+        if str(path).endswith(".png") and not fired:
+            fired.append(path)
+            raise InjectedFault("os.unlink of a chip")
+        return real_unlink(path, *a, **kw)
+
+    os.unlink = unlink
+    try:
+        g.forget("ana")
+        raised = False
+    except OSError:
+        raised = True
+    finally:
+        os.unlink = real_unlink
+    assert fired
     left = list((tmp_path / "g").glob("chips/ana/*.png"))
     assert raised or not left, f"forget reported success, {len(left)} chip(s) of ana remain"
 
