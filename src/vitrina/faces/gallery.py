@@ -777,7 +777,15 @@ class Gallery:
             rows = list(snap.rows_of(name))
             idx.remove([snap.chips[r] for r in rows])
             n_chips = sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
-            shutil.rmtree(folder, ignore_errors=True)
+            failed: list[str] = []
+            if folder.is_dir():  # privacy: a chip that stays must be reported, not ignored
+                shutil.rmtree(folder, onerror=lambda _f, path, exc: failed.append(f"{exc[1]}"))
+        if failed:
+            raise GalleryError(
+                f"{folder}: {name!r} is forgotten ({len(rows)} template(s)), but "
+                f"{len(failed)} of the chip files could not be deleted ({failed[0]}); run "
+                "forget again to delete them"
+            )
         return Forgotten(name, len(rows), n_chips)
 
     def rename(self, old: str, new: str, *, merge: bool = False) -> Person:

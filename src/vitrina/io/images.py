@@ -313,7 +313,8 @@ def _unchecked_header_size(fh: BinaryIO) -> tuple[int, int] | None:
             fh.seek(0)
             try:
                 return factory(fh, "").size  # header parse only; no pixels allocated
-            except Exception:
+            # A decoder that cannot parse it: try the next (this only words an error message).
+            except Exception:  # nosec B112
                 continue
     except Exception:
         return None

@@ -55,6 +55,7 @@ import math
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
@@ -1006,10 +1007,10 @@ class Index:
 
     def _known_hashes(self, digests: Sequence[str]) -> dict[str, str]:
         known: dict[str, str] = {}
+        q = "SELECT sha256, path FROM items WHERE sha256 IN (SELECT value FROM json_each(?))"
         for i in range(0, len(digests), 500):
             chunk = list(digests[i : i + 500])
-            q = f"SELECT sha256, path FROM items WHERE sha256 IN ({','.join('?' * len(chunk))})"
-            known.update(dict(self._conn.execute(q, chunk).fetchall()))
+            known.update(dict(self._conn.execute(q, (json.dumps(chunk),)).fetchall()))
         return known
 
     @_db_guard
@@ -1050,13 +1051,20 @@ class Index:
                         continue
                     seen.add(sha)
                     old = conn.execute(
-                        "SELECT id FROM items WHERE path = ? AND sha256 IS NOT NULL",
+                        "SELECT id, sha256 FROM items WHERE path = ? AND sha256 IS NOT NULL",
                         (row["path"],),
                     ).fetchall()
                     if old:
-                        dropped.extend(r[0] for r in old)
-                        conn.executemany("DELETE FROM items WHERE id = ?", old)
-                        report.updated.append(row["path"])
+                        conn.executemany("DELETE FROM items WHERE id = ?", [(r,) for r, _ in old])
+                        for rid, old_sha in old:
+                            if rid in new_ids:  # the same path earlier in this call: it never
+                                j = new_ids.index(rid)  # reaches faiss (no orphan vector), and
+                                del new_ids[j], keep[j]  # its content may come again later
+                                seen.discard(old_sha)
+                            else:
+                                dropped.append(rid)
+                                if row["path"] not in report.updated:
+                                    report.updated.append(row["path"])
                 cur = conn.execute(
                     "INSERT INTO items(path, sha256, size, mtime, label, added, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1072,7 +1080,7 @@ class Index:
                 )
                 new_ids.append(int(cur.lastrowid))
                 keep.append(pos)
-                if row["path"] not in report.updated:
+                if row["path"] not in report.updated and row["path"] not in report.added:
                     report.added.append(row["path"])
             return new_ids, dropped, x[keep]
 
@@ -1172,10 +1180,19 @@ class Index:
         self._faiss_index = structure
         self._structure_verified = True
         self._apply_search_params()
-        with suppress(FileNotFoundError):  # a reader's open() may have completed it already
-            os.replace(pending, self.path / FAISS_NAME)
-        _fsync_dir(self.path)
-        self._write_summary()
+        # Past the commit point: the change is made (in memory and in SQLite) and the next
+        # open completes the rename, so a failure here is a warning, not a failed update.
+        try:
+            with suppress(FileNotFoundError):  # a reader's open() may have completed it
+                os.replace(pending, self.path / FAISS_NAME)
+            _fsync_dir(self.path)
+            self._write_summary()
+        except OSError as exc:
+            warnings.warn(
+                f"{self.path}: the change is committed, but {FAISS_NAME} could not be put in "
+                f"place yet ({exc.strerror or exc}); the next open of the index completes it",
+                stacklevel=3,
+            )
 
     def _reload(self, *, repair: bool = True) -> None:
         """Back to what is on disk (after a failed update, or when another process changed
@@ -1326,10 +1343,10 @@ class Index:
             return {i: meta[i] for i in ids if i in meta}
         out: dict[int, tuple[str, str, str | None]] = {}
         idl = list(ids)
+        q = "SELECT id, path, label, sha256 FROM items WHERE id IN (SELECT value FROM json_each(?))"
         for i in range(0, len(idl), 500):
             chunk = idl[i : i + 500]
-            q = f"SELECT id, path, label, sha256 FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-            for rid, path, label, sha in self._conn.execute(q, chunk):
+            for rid, path, label, sha in self._conn.execute(q, (json.dumps(chunk),)):
                 out[rid] = (path, label, sha)
         return out
 
