@@ -51,9 +51,7 @@ _DEFECT_1 = "issue 13 defect 1: a PNG whose pixel data Pillow refuses becomes a 
 
 @pytest.mark.parametrize(
     "name",
-    [
-        p.name for p in sorted(FOUND.glob("defect01-*"))
-    ],
+    [p.name for p in sorted(FOUND.glob("defect01-*"))],
 )
 def test_corrupt_image_found_by_fuzzing_is_refused(targets, name: str) -> None:
     mods, _ = targets
