@@ -66,6 +66,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
     from vitrina.search.index import METRICS as INDEX_METRICS
     from vitrina.training import MODES, OPTIMIZERS, PRECISIONS
     from vitrina.training.embedding import DISTANCES, EMBED_AUGMENTS
+    from vitrina.training.trainable import TRAINABLE
     from vitrina.zoo import SORT_KEYS
     from vitrina.zoo.plot import PLOT_Y
 
@@ -79,6 +80,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
         ("train-embedding", "distance"): set(DISTANCES),
         ("train-embedding", "augment"): set(EMBED_AUGMENTS),
         ("train-embedding", "precision"): set(PRECISIONS),
+        ("train-embedding", "trainable"): set(TRAINABLE),
         ("embed", "pool"): set(POOLS),
         ("evaluate-retrieval", "pool"): set(POOLS),
         ("evaluate-retrieval", "metric"): set(RETRIEVAL_METRICS),
@@ -87,6 +89,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
         ("index build", "kind"): set(KINDS),
         ("search", "metric"): set(INDEX_METRICS),
         ("faces enroll", "detector"): set(DETECTORS.names()),
+        ("faces chips", "detector"): set(DETECTORS.names()),
         ("explain image", "method"): {*EXPLAIN_METHODS.names(), "all"},
         ("explain neuron", "param"): set(PARAMS),
         ("plot-embeddings", "method"): set(PROJECTIONS),
@@ -258,6 +261,7 @@ def _api_functions() -> dict[str, Any]:
     from vitrina.explain.files import write_dream, write_layers, write_neuron
     from vitrina.explain.folder import explain_photos
     from vitrina.faces.calibrate import calibrate_gallery
+    from vitrina.faces.chips import write_face_chips
     from vitrina.faces.enroll import enroll_photos
     from vitrina.faces.identify import identify_photos, verify_photos
     from vitrina.faces.sort import sort_faces
@@ -282,6 +286,7 @@ def _api_functions() -> dict[str, Any]:
         "explain neuron": write_neuron,
         "export": export_model,
         "faces calibrate": calibrate_gallery,
+        "faces chips": write_face_chips,
         "faces enroll": enroll_photos,
         "faces identify": identify_photos,
         "faces sort": sort_faces,
@@ -323,6 +328,7 @@ def _training_cases() -> list[tuple[str, Any, tuple[str, ...], dict[str, set[str
     from vitrina.losses import MINERS
     from vitrina.training import MODES, OPTIMIZERS, PRECISIONS, TrainConfig
     from vitrina.training.embedding import DISTANCES, EMBED_AUGMENTS, EmbeddingConfig
+    from vitrina.training.trainable import TRAINABLE
 
     return [
         (
@@ -345,6 +351,7 @@ def _training_cases() -> list[tuple[str, Any, tuple[str, ...], dict[str, set[str
                 "distance": set(DISTANCES),
                 "augment": set(EMBED_AUGMENTS),
                 "precision": set(PRECISIONS),
+                "trainable": set(TRAINABLE),
             },
         ),
     ]

@@ -173,6 +173,8 @@ def build_model(info: RunInfo) -> VitrinaModel:
             dim=int(emb.get("dim", 0)),
             bnneck=bool(emb.get("bnneck", True)),
             num_classes=info.num_classes,
+            local_stripes=int(emb.get("local_stripes", 0)),
+            local_dim=int(emb.get("local_dim", 128)),
         )
     return create(info.arch, weights=None, num_classes=info.num_classes)
 

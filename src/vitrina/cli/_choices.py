@@ -36,6 +36,7 @@ __all__ = [
     "Projection",
     "ReidMetric",
     "RetrievalMetric",
+    "Trainable",
     "Variant",
     "ZooPlotY",
     "ZooSort",
@@ -50,6 +51,7 @@ Augment = Literal["none", "light", "standard"]  # vitrina.data.AUGMENTS
 EmbeddingAugment = Literal["reid", "none", "light", "standard"]  # training.embedding.EMBED_AUGMENTS
 Miner = Literal["none", "batch-hard", "semi-hard", "distance-weighted"]  # vitrina.losses.MINERS
 Distance = Literal["euclidean", "cosine"]  # vitrina.training.embedding.DISTANCES
+Trainable = Literal["auto", "neck", "last", "all"]  # vitrina.training.trainable.TRAINABLE
 Pool = Literal["avg", "max", "gem"]  # vitrina.embed.POOLS
 IndexMetric = Literal["cosine", "euclidean"]  # vitrina.search.index.METRICS
 IndexKind = Literal["auto", "exact", "hnsw", "ivf"]  # vitrina.search.index.KINDS
