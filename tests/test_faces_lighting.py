@@ -124,10 +124,13 @@ def test_blank_photo_runs_the_whole_cascade_and_finds_nothing(monkeypatch):
     assert ran == [name for name, _ in stages]
 
 
-def test_assumed_faces_say_so():
-    finder = FaceFinder("hog", assume_face=True)
-    (face,) = finder.faces(Image.new("RGB", (92, 112), (128, 128, 128)))
+def test_assumed_faces_say_so(crop):
+    # min_score 10: HOG finds nothing, so the face of a cropped-face photo is assumed
+    finder = FaceFinder("hog", min_score=10.0, assume_face=True)
+    (face,) = finder.faces(Image.fromarray(crop))
     assert face.detector == "assumed"
+    # a flat photo is assumed to hold no face at all (issue 13, defect 11)
+    assert finder.faces(Image.new("RGB", (92, 112), (128, 128, 128))) == []
 
 
 def test_galleries_keep_their_recorded_detector(tmp_path, crop):

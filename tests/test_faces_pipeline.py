@@ -318,6 +318,20 @@ def test_process_reports_bad_files_and_goes_on(photo_files):
     assert calls == [(i, len(photo_files)) for i in range(1, len(photo_files) + 1)]
 
 
+def test_no_workers_are_forked_once_dlibs_cnn_ran(monkeypatch):
+    """dlib's CNN thread pool does not survive a fork: a worker forked after it ran would hang
+    on the first photo HOG misses; the pipeline detects in-process instead."""
+    from vitrina.faces import detection
+
+    monkeypatch.setattr(detection, "_cnn_started", False)
+    assert FacePipeline("cascade", workers=2)._worker_count(10) == 2
+    detection._detect_cnn(np.zeros((64, 64, 3), np.uint8), 0, 0.0)
+    assert detection.cnn_started()
+    assert FacePipeline("cascade", workers=2)._worker_count(10) == 0
+    assert FacePipeline("cnn", workers=2)._worker_count(10) == 0
+    assert FacePipeline("hog", workers=2)._worker_count(10) == 2
+
+
 def test_worker_processes_give_the_same_results_as_in_process(photo_files, monkeypatch):
     import vitrina.engine.engine as engine_module
 
@@ -328,9 +342,10 @@ def test_worker_processes_give_the_same_results_as_in_process(photo_files, monke
             loaders.append(kwargs["num_workers"])
             super().__init__(*args, **kwargs)
 
-    plain = list(FacePipeline(workers=0).process(photo_files))
+    # HOG: with the cascade, a process where dlib's CNN already ran never forks (next test)
+    plain = list(FacePipeline("hog", workers=0).process(photo_files))
     monkeypatch.setattr(engine_module, "DataLoader", CountingLoader)
-    fast = list(FacePipeline(workers=2).process(photo_files))
+    fast = list(FacePipeline("hog", workers=2).process(photo_files))
     assert loaders == [2]  # the engine's decode workers really read, detected and aligned
     assert [r.path for r in fast] == photo_files
     for a, b in zip(plain, fast, strict=True):
@@ -347,7 +362,10 @@ def test_worker_processes_give_the_same_results_as_in_process(photo_files, monke
 
 
 def test_default_workers_follow_photo_count(monkeypatch):
+    from vitrina.faces import detection
+
     monkeypatch.setattr(fp, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(detection, "_cnn_started", False)  # a fresh process
     p = FacePipeline()
     assert [p._worker_count(n) for n in (0, 3, 7, 8, 400)] == [0, 0, 0, 2, 2]
     assert FacePipeline(workers=0)._worker_count(400) == 0

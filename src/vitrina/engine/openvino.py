@@ -61,10 +61,19 @@ _INSTALL = "the openvino backends need openvino (and nncf for int8): pip install
 
 
 def openvino_available() -> bool:
-    """Whether OpenVINO Runtime (and the ONNX exporter it converts from) is installed."""
+    """Whether OpenVINO Runtime (and the ONNX exporter it converts from) is installed, and
+    usable in this process (see :func:`forked_after_use`)."""
     import importlib.util
 
+    if forked_after_use():
+        return False
     return all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnx"))
+
+
+def forked_after_use() -> bool:
+    """Whether this process was forked from one that had started OpenVINO: its thread pool
+    does not survive a fork, and compiling a model here would wait forever."""
+    return _CORE is not None and os.getpid() != _CORE_PID
 
 
 def _cache(name: str) -> Path:
@@ -75,7 +84,7 @@ def _cache(name: str) -> Path:
 
 def _core() -> Any:
     """One OpenVINO ``Core`` per process, with compiled-blob caching on."""
-    global _CORE
+    global _CORE, _CORE_PID
     with _CORE_LOCK:
         if _CORE is None:
             import openvino as ov
@@ -88,10 +97,12 @@ def _core() -> Any:
             except (OSError, RuntimeError):  # a read-only cache only costs compile time
                 pass
             _CORE = core
+            _CORE_PID = os.getpid()
         return _CORE
 
 
 _CORE: Any = None
+_CORE_PID: int | None = None  # the process that started it
 _CORE_LOCK = threading.Lock()
 
 
@@ -208,6 +219,11 @@ class OpenVinoBackend(Backend):
                 f"the {self.name} backend runs on the CPU; on a GPU use --backend bf16 or eager"
             )
         super().__init__(model, device, threads, **options)
+        if forked_after_use():
+            raise VitrinaError(
+                f"the {self.name} backend cannot run in a process forked after OpenVINO "
+                "started (its threads do not survive a fork): use --backend onnx or eager here"
+            )
         if not openvino_available():
             raise VitrinaError(_INSTALL)
         self._compiled: dict[str, tuple[Any, Any, int]] = {}

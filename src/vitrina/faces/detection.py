@@ -45,6 +45,7 @@ __all__ = [
     "MIN_PHOTO_SIDE",
     "FaceFinder",
     "FoundFace",
+    "cnn_started",
 ]
 
 DLIB_CHIP_SIZE = 150  # the chip size dlib's ResNet takes
@@ -80,9 +81,21 @@ def _detect_hog(img: np.ndarray, upsample: int, min_score: float) -> list[Detect
     return [(r, float(s)) for r, s in zip(rects, scores, strict=True)]
 
 
+_cnn_started = False  # dlib's CNN ran in this process (or in the one it was forked from)
+
+
+def cnn_started() -> bool:
+    """Whether dlib's CNN detector has run in this process. Its thread pool (dlib's
+    ``parallel_for``) does not survive a fork: a worker forked afterwards that runs the CNN
+    waits forever, so such a process detects in-process instead of forking workers."""
+    return _cnn_started
+
+
 @DETECTORS.register("cnn")
 def _detect_cnn(img: np.ndarray, upsample: int, min_score: float) -> list[Detection]:
     """MMOD CNN: seconds per photo on a CPU; finds turned faces down to ~40 pixels."""
+    global _cnn_started
+    _cnn_started = True
     found = models.cnn_detector()(img, upsample)
     return [(d.rect, float(d.confidence)) for d in found if d.confidence > min_score]
 

@@ -337,6 +337,10 @@ class FacePipeline:
             yield result
 
     def _worker_count(self, n: int) -> int:
+        from vitrina.faces.detection import cnn_started
+
+        if self.detector in ("cnn", "cascade") and cnn_started():
+            return 0  # a worker forked now would hang in dlib's CNN (see cnn_started)
         if self.workers is not None:
             return min(self.workers, max(n, 1)) if n else 0
         auto = min(_cpu_count(), n // 4)
