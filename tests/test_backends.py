@@ -48,7 +48,7 @@ def own_run(toy_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(toy_run, tmp_path / "run"))
 
 
-@pytest.mark.parametrize("backend", ["eager", "onnx", "bf16", "int8", "auto"])
+@pytest.mark.parametrize("backend", ["eager", "onnx", "bf16", "fp64", "int8", "auto"])
 def test_backend_matches_eager_fp32(backend: str, toy_run: Path, check_data: Path) -> None:
     model = load(toy_run).model
     x = _batch(model, check_data)

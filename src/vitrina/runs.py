@@ -118,8 +118,18 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def state_dict_bytes(model: torch.nn.Module) -> bytes:
+    """The model's state dict as safetensors bytes. float64 tensors (a model trained with
+    ``--precision fp64``) are stored as float32: a run folder holds what every backend reads,
+    and inference precision is the backend's choice."""
     # clone() breaks storage sharing, which safetensors refuses.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {
+        k: v.detach()
+        .cpu()
+        .to(torch.float32 if v.dtype == torch.float64 else v.dtype)
+        .contiguous()
+        .clone()
+        for k, v in model.state_dict().items()
+    }
     return st_save(tensors)
 
 
@@ -174,7 +184,11 @@ def build_model(info: RunInfo) -> VitrinaModel:
             bnneck=bool(emb.get("bnneck", True)),
             num_classes=info.num_classes,
         )
-    return create(info.arch, weights=None, num_classes=info.num_classes)
+    model = create(info.arch, weights=None, num_classes=info.num_classes)
+    settings = info.config.get("classic")
+    if settings is not None and hasattr(model, "configure"):
+        model.configure(settings)  # a classic model: its recorded feature settings
+    return model
 
 
 def load_model(run_dir: str | Path, *, verify: bool = True) -> VitrinaModel:

@@ -302,12 +302,21 @@ class Engine:
     def run_prepared(self, task: Task, prepared: Sequence[Prepared]) -> list[Any]:
         """One forward pass over prepared items (e.g. requests batched by a service): one
         result per item, in order."""
+        return self._run_prepared(task, prepared)[0]
+
+    def _run_prepared(
+        self, task: Task, prepared: Sequence[Prepared]
+    ) -> tuple[list[Any], list[int]]:
+        """Results of one forward pass, and the positions of items whose outputs are not
+        finite (a model that cannot describe an input, e.g. SIFT finding no keypoint in a
+        flat photo, answers NaN for it: the item is a bad item, not a result)."""
         if not prepared:
-            return []
+            return [], []
         counts = [len(p) for p in prepared]
         inputs = [p.inputs for p in prepared if len(p)]
         outputs = self.forward(task, torch.cat(inputs)) if inputs else torch.empty(0)
-        return task.finish(outputs, counts, [p.meta for p in prepared])
+        values = task.finish(outputs, counts, [p.meta for p in prepared])
+        return values, _nonfinite_items(outputs, counts)
 
     def _workers(self, task: Task, items: Sequence[Item], requested: int | None) -> int:
         # Worker start-up costs more than it saves on a handful of items; items in memory
@@ -364,8 +373,19 @@ class Engine:
         """Results batch by batch, in input order. ``on_progress(n)`` is called with the number
         of items consumed (done or failed) after each batch; ``num_workers`` overrides the
         engine's setting for this call."""
+        from vitrina.engine.items import item_name
+
+        items = list(items)
+        reason = getattr(self.model, "nonfinite_reason", None) or NONFINITE_REASON
         for b in self.prepared_batches(task, items, num_workers=num_workers):
-            yield TaskBatch(b.indices, self.run_prepared(task, b.prepared), b.errors)
+            values, failed = self._run_prepared(task, b.prepared)
+            errors = list(b.errors)
+            for j in failed:
+                i = b.indices[j]
+                errors.append((i, f"{item_name(items[i])}: {reason}", reason))
+            dropped = set(failed)
+            keep = [j for j in range(len(values)) if j not in dropped]
+            yield TaskBatch([b.indices[j] for j in keep], [values[j] for j in keep], errors)
             if on_progress:
                 on_progress(len(b))
 
@@ -437,6 +457,26 @@ class Engine:
             stacklevel=2,
         )
         return self.backend(x, output=output)
+
+
+#: Why an item whose outputs are NaN or infinite is a bad item (a model may say more in its
+#: ``nonfinite_reason`` attribute, e.g. "no SIFT keypoints").
+NONFINITE_REASON = "the model's output is not finite (NaN or inf) for this image"
+
+
+def _nonfinite_items(outputs: Any, counts: Sequence[int]) -> list[int]:
+    """Positions of the items with a non-finite output row (tensor outputs only)."""
+    if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
+        return []
+    rows = torch.isfinite(outputs.reshape(len(outputs), -1)).all(1) if len(outputs) else None
+    if rows is None or bool(rows.all()):
+        return []
+    bad, start = [], 0
+    for j, n in enumerate(counts):
+        if n and not bool(rows[start : start + n].all()):
+            bad.append(j)
+        start += n
+    return bad
 
 
 class _RawOutputs(Task):

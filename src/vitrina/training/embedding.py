@@ -42,6 +42,7 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.classification import prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
+from vitrina.training.precision import check_precision, loss_dtype, model_dtype, param_dtype
 
 __all__ = [
     "EmbeddingConfig",
@@ -95,7 +96,10 @@ class EmbeddingConfig:
     freeze_backbone: bool = False
     input_size: tuple[int, int] | None = None
     augment: str = "reid"
-    precision: str = "fp32"
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "fp64, fp32, or bf16 (autocast); the run stores fp32 weights."},
+    )
     val_fraction: float = 0.2
     target_far: float = 1e-2
     patience: int = 0
@@ -129,8 +133,7 @@ class EmbeddingConfig:
             embedding_dim=2,
             margin=c.margin,
         )
-        if c.precision not in ("fp32", "bf16"):
-            raise VitrinaError(f"--precision {c.precision!r} is not one of fp32, bf16")
+        check_precision(c.precision)
         for name, value, ok in (
             ("epochs", c.epochs, c.epochs >= 1),
             ("p", c.p, c.p is None or c.p >= 2),
@@ -198,7 +201,7 @@ class EmbeddingTask:
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         self.batch += 1
         raw, neck = model.features(batch.images)  # type: ignore[operator]
-        total, parts = self.criterion(raw.float(), neck.float(), batch.labels)
+        total, parts = self.criterion(loss_dtype(raw), loss_dtype(neck), batch.labels)
         if not torch.isfinite(total):
             shown = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in parts.items())
             raise NonFiniteLossError(
@@ -212,11 +215,13 @@ class EmbeddingTask:
     def evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
         model.eval()
         device = next(model.parameters()).device
+        dtype = model_dtype(model)
         feats, labels = [], []
         for batch in loader:
             if batch.images.numel() == 0:
                 continue
-            feats.append(model.embed(batch.images.to(device)).float().cpu())  # type: ignore[operator]
+            x = batch.images.to(device, dtype=dtype)
+            feats.append(model.embed(x).float().cpu())  # type: ignore[operator]
             labels.append(batch.labels)
         if not feats:
             return {}
@@ -342,8 +347,8 @@ def train_embedding(
         embedding_dim=model.num_features,
         margin=cfg.margin,
     )
-    model.to(device)
-    criterion.to(device)
+    model.to(device=device, dtype=param_dtype(cfg.precision))
+    criterion.to(device=device, dtype=param_dtype(cfg.precision))
     if cfg.freeze_backbone:
         for prm in model.net.parameters():
             prm.requires_grad_(False)
