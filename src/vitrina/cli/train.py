@@ -37,7 +37,9 @@ def train(
     augment: str | None = typer.Option(
         None, help="none, light or standard (default: none for probe, light otherwise)."
     ),
-    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
+    precision: str = typer.Option(
+        "fp32", help="fp64, fp32 or bf16 (autocast); the run stores fp32 weights."
+    ),
     seed: int = typer.Option(0, help="Seed for the split, init and shuffling."),
     out_dir: Path | None = typer.Option(
         None, "--out", help="Run folder to create (default runs/<data>-<arch>-<mode>)."

@@ -35,7 +35,8 @@ def train_embedding(
         "softmax+triplet-batch-hard",
         help="A loss or a weighted sum, e.g. arcface, triplet+0.5*center. Names: "
         "softmax, triplet, triplet-batch-hard, triplet-batch-all, triplet-semi-hard, "
-        "contrastive, quadruplet, center, cosface, arcface.",
+        "contrastive, quadruplet, center, cosface, arcface; with --sampler pairs: "
+        "siamese-contrastive, siamese-binary.",
     ),
     miner: str = typer.Option(
         "none",
@@ -54,6 +55,11 @@ def train_embedding(
         None, "--p", help="Identities per batch (P of P×K; default 8, fewer if fewer exist)."
     ),
     k: int = typer.Option(4, "--k", help="Images per identity in a batch (K of P×K)."),
+    sampler: str = typer.Option(
+        "pk",
+        help="pk: P identities x K images per batch; pairs: balanced same/different Siamese "
+        "pairs (P*K/2 per batch) for the siamese-* losses.",
+    ),
     epochs: int = typer.Option(20, help="Epochs (one epoch ≈ every training image once)."),
     lr: float = typer.Option(3e-4, help="Learning rate of the backbone (AdamW, cosine decay)."),
     head_lr_mult: float = typer.Option(
@@ -68,7 +74,7 @@ def train_embedding(
     augment: str = typer.Option(
         "reid", help="reid (flip, pad-crop, random erasing), light, standard or none."
     ),
-    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
+    precision: str = typer.Option("fp32", help="fp64, fp32 or bf16 (autocast)."),
     val_fraction: float = typer.Option(
         0.2, help="Share of identities held out to pick the best epoch and calibrate thresholds."
     ),
@@ -112,6 +118,7 @@ def train_embedding(
         bnneck=bnneck,
         p=p,
         k=k,
+        sampler=sampler,
         epochs=epochs,
         lr=lr,
         head_lr_mult=head_lr_mult,

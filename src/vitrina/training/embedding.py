@@ -54,6 +54,9 @@ __all__ = [
 
 DISTANCES = ("euclidean", "cosine")
 EMBED_AUGMENTS = ("reid", *AUGMENTS)
+#: Batch samplers: ``pk`` (P identities x K images: every pair and triplet of the batch) or
+#: ``pairs`` (balanced same / different Siamese pairs, for the siamese-* losses).
+SAMPLERS = ("pk", "pairs")
 
 
 class NonFiniteLossError(VitrinaError):
@@ -76,6 +79,8 @@ class EmbeddingConfig:
         ``head_lr_mult`` times faster.
     val_fraction: share of identities held out for model selection and threshold calibration
         (at least 2 identities, else no validation: the last epoch is kept).
+    sampler: ``pk`` or ``pairs`` (Siamese pairs, ``p * k / 2`` of them per batch: the same
+        number of images); the ``siamese-*`` losses need ``pairs``.
     """
 
     data_dir: str
@@ -89,6 +94,14 @@ class EmbeddingConfig:
     bnneck: bool = True
     p: int | None = None
     k: int = 4
+    sampler: str = field(
+        default="pk",
+        metadata={
+            "help": "pk: P identities x K images per batch (every pair and triplet in it); "
+            "pairs: balanced same/different Siamese pairs (p*k/2 per batch), for the "
+            "siamese-contrastive and siamese-binary losses."
+        },
+    )
     epochs: int = 20
     lr: float = 3e-4
     head_lr_mult: float = 10.0
@@ -122,8 +135,23 @@ class EmbeddingConfig:
                 f"--augment {c.augment!r} is not one of {', '.join(EMBED_AUGMENTS)}"
                 f"{suggest(c.augment, list(EMBED_AUGMENTS))}"
             )
-        from vitrina.losses import build_criterion
+        if c.sampler not in SAMPLERS:
+            raise VitrinaError(
+                f"--sampler {c.sampler!r} is not one of {', '.join(SAMPLERS)}"
+                f"{suggest(c.sampler, list(SAMPLERS))}"
+            )
+        from vitrina.losses import LOSSES, build_criterion, parse_loss_spec
 
+        pair_losses = [t.name for t in parse_loss_spec(c.loss) if LOSSES.get(t.name).pairs]
+        if pair_losses and c.sampler != "pairs":
+            raise VitrinaError(
+                f"--loss {pair_losses[0]} learns from Siamese pairs: add --sampler pairs"
+            )
+        if c.sampler == "pairs" and not pair_losses:
+            raise VitrinaError(
+                "--sampler pairs gives Siamese pair batches: use a pair loss "
+                "(--loss siamese-contrastive or siamese-binary)"
+            )
         # Fail on a bad loss spec, miner or margin now, not after reading the data.
         build_criterion(
             c.loss,
@@ -299,7 +327,7 @@ def train_embedding(
 ) -> EmbeddingResult:
     """Train (or resume) an embedding; return the run folder and what it reached."""
     from vitrina.data.identities import scan_identities
-    from vitrina.data.samplers import PKSampler
+    from vitrina.data.samplers import PairSampler, PKSampler
     from vitrina.losses import build_criterion
 
     if resume:
@@ -326,7 +354,11 @@ def train_embedding(
     names = [ids.names[old] for old in sorted(train_ids)]
     train_labels = [remap[im.label] for im in train_imgs]
     p = cfg.p or max(2, min(8, len(train_ids)))
-    sampler = PKSampler(train_labels, p=p, k=cfg.k, seed=cfg.seed)
+    sampler: PKSampler | PairSampler = (
+        PairSampler(train_labels, pairs=max(2, p * cfg.k // 2), seed=cfg.seed)
+        if cfg.sampler == "pairs"
+        else PKSampler(train_labels, p=p, k=cfg.k, seed=cfg.seed)
+    )
 
     out = prepare_out(Path(cfg.out or "runs/run"), resume)
     base, previous = _backbone(cfg)
