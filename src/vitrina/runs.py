@@ -172,7 +172,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
 
 
 def build_model(info: RunInfo) -> VitrinaModel:
-    """The run's architecture with random weights (an embedding run gets its neck and head)."""
+    """The run's architecture with random weights (an embedding run gets its neck and head,
+    an encoder run loses its classifier, a classic model its recorded feature settings)."""
     if info.task == "embedding":
         from vitrina.models.embedding import EmbeddingModel
 
@@ -184,6 +185,10 @@ def build_model(info: RunInfo) -> VitrinaModel:
             bnneck=bool(emb.get("bnneck", True)),
             num_classes=info.num_classes,
         )
+    if info.task == "encoder":  # an autoencoder's encoder: the backbone, no classifier
+        from vitrina.models.autoencoder import as_encoder
+
+        return as_encoder(create(info.arch, weights=None))
     model = create(info.arch, weights=None, num_classes=info.num_classes)
     settings = info.config.get("classic")
     if settings is not None and hasattr(model, "configure"):

@@ -42,6 +42,7 @@ def _register() -> None:
         faces,
         plot_embeddings,
         serve,
+        train_autoencoder,
         train_embedding,
     )
 
@@ -49,6 +50,7 @@ def _register() -> None:
         embed,
         evaluate_retrieval,
         train_embedding,
+        train_autoencoder,
         evaluate_reid,
         plot_embeddings,
         faces,

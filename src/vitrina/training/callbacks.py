@@ -18,11 +18,14 @@ __all__ = ["BestCheckpoint", "EarlyStopping", "MetricsLog", "ProgressBar", "Resu
 
 def score(record: dict[str, Any]) -> tuple[float, float]:
     """Higher is better: validation mAP (embeddings; ties: rank-1) or validation accuracy
-    (ties: lower validation loss); training figures when there is no validation set."""
+    (ties: lower validation loss), or the lower validation loss for tasks without accuracy;
+    training figures when there is no validation set."""
     if "val_mAP" in record:
         return (record["val_mAP"], record.get("val_rank1", 0.0))
     if "val_accuracy" in record:
         return (record["val_accuracy"], -record["val_loss"])
+    if "val_loss" in record:  # no accuracy (an autoencoder): the lower held-out loss
+        return (-record["val_loss"], -record["train_loss"])
     return (record.get("train_accuracy", 0.0), -record["train_loss"])
 
 
@@ -89,6 +92,8 @@ class ProgressBar(Callback):
             line += f"  val_mAP {record['val_mAP']:.3f}  val_rank1 {record['val_rank1']:.3f}"
         if "val_accuracy" in record:
             line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}"
+        elif "val_loss" in record:
+            line += f"  val_loss {record['val_loss']:.4f}"
         line += f"  {record['images_per_s']:.0f} img/s"
         if record.get("best"):
             line += "  [green]* best[/]"
