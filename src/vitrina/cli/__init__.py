@@ -39,6 +39,7 @@ def _register() -> None:
         evaluate_reid,
         evaluate_retrieval,
         explain,
+        explain_atlas,
         faces,
         plot_embeddings,
         serve,
@@ -55,6 +56,7 @@ def _register() -> None:
         plot_embeddings,
         faces,
         explain,
+        explain_atlas,
         serve,
     ):
         mod.register(app)
