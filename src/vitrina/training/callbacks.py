@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vitrina.training.loop import Callback, LoopState
 
-__all__ = ["BestCheckpoint", "EarlyStopping", "MetricsLog", "ProgressBar", "ResumePoint", "score"]
+__all__ = [
+    "BestCheckpoint",
+    "EarlyStopping",
+    "MetricsLog",
+    "ProgressBar",
+    "ResumePoint",
+    "TimeBudget",
+    "score",
+]
 
 
 def score(record: dict[str, Any]) -> tuple[float, float]:
@@ -165,3 +174,26 @@ class ResumePoint(Callback):
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         self.save(state)
+
+
+class TimeBudget(Callback):
+    """Stop before an epoch that would end past ``seconds`` of training (the last epoch's
+    duration is the estimate): a fixed CPU budget, e.g. to compare models trained for the
+    same time. Marks the record that stopped with ``time_budget``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.start = 0.0
+        self.epoch_start = 0.0
+
+    def on_fit_start(self, state: LoopState) -> None:
+        self.start = time.perf_counter()
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if now - self.start + (now - self.epoch_start) > self.seconds:
+            state.stop = True
+            record["time_budget"] = True
