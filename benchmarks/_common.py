@@ -17,12 +17,35 @@ def data_dir(sub: str, given: str | None) -> Path:
     return root
 
 
+def cpu_flags() -> str:
+    """The CPU's vector and matrix units that decide which fast path wins (from /proc/cpuinfo)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in wanted if f in have) or "none of " + "/".join(wanted)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {cores} cores, {gpu}, torch {torch.__version__}"
+    return f"{cpu_name()} (flags: {cpu_flags()}), {cores} cores, {gpu}, torch {torch.__version__}"
 
 
 def link_subset(files: list[Path], dest: Path) -> Path:
@@ -32,3 +55,24 @@ def link_subset(files: list[Path], dest: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(f.resolve())
     return dest
+
+
+def checkout_src(rev: str, into: Path) -> Path:
+    """``src/`` of git revision ``rev`` of this repository unpacked into ``into`` (for timing
+    the code before a change in the same run; no worktree or branch is touched)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def env_with_src(src: Path | None) -> dict[str, str]:
+    """The environment for a subprocess importing vitrina from ``src`` (None: this checkout)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    return env

@@ -16,7 +16,14 @@ pkg_resources, so setuptools<81, and it is installed with --no-deps so pip never
 Target: FAR on unknowns <= 1% while naming >= 97% of known probes, better than face_recognition
 on both; faces/s >= 2x face_recognition's.
 
+Engine backends: each of ``--backends`` (default ``auto,eager``) describes the faces through
+the engine, in a fresh process each; ``--before REV`` also runs the code of git revision REV
+(the face pipeline before it ran on the engine: ``82c0ce3``) in the same run, so the speed of
+the change is a ratio measured side by side. Decisions of every vitrina run are compared
+probe by probe with the eager backend's (identical within the backend's tolerance).
+
     python benchmarks/faces_openset.py [--data DIR] [--seed 0] [--assume-face]
+        [--backends auto,eager,onnx] [--before 82c0ce3]
 """
 
 from __future__ import annotations
@@ -32,9 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import data_dir, machine
-
-from vitrina.faces import FacePipeline, Gallery
+from _common import checkout_src, data_dir, env_with_src, machine
 
 HERE = Path(__file__).resolve().parent
 FR_VENV = HERE / ".venv-face-recognition"
@@ -84,8 +89,13 @@ def figures(answers: list[tuple[str | None, str | None, str]]) -> dict[str, floa
     }
 
 
-def run_vitrina(enroll, probes, work: Path, assume_face: bool) -> dict:
-    pipe = FacePipeline(assume_face=assume_face)
+def run_vitrina(enroll, probes, work: Path, assume_face: bool, backend: str | None) -> dict:
+    from vitrina.faces import FacePipeline, Gallery
+
+    options = {"assume_face": assume_face}
+    if backend is not None:  # the code before the engine had only torch/dlib
+        options["backend"] = backend
+    pipe = FacePipeline(**options)
     paths = [p for ps in enroll.values() for p in ps] + [p for p, _ in probes]
     t0 = time.perf_counter()
     results = {pf.path: pf for pf in pipe.process(paths)}
@@ -109,6 +119,8 @@ def run_vitrina(enroll, probes, work: Path, assume_face: bool) -> dict:
     return {
         "calibrated": figures(answers(ids)),
         "default": figures(answers(default)),
+        "decisions": [a[2] for a in answers(ids)],
+        "backend": getattr(pipe, "backend_name", "torch (before the engine)"),
         "faces_per_s": n_faces / secs,
         "faces": n_faces,
         "no_face": sum(1 for pf in results.values() if not pf.faces),
@@ -146,6 +158,20 @@ def run_face_recognition(enroll, probes) -> dict:
     }
 
 
+def vitrina_in_subprocess(args: argparse.Namespace, backend: str | None, src: Path | None) -> dict:
+    """One vitrina run in a fresh process (``src``: another checkout's source to import)."""
+    env = env_with_src(src)
+    cmd = [sys.executable, __file__, "--one", backend or "", "--seed", str(args.seed)]
+    if args.data:
+        cmd += ["--data", args.data]
+    if args.assume_face:
+        cmd.append("--assume-face")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:
+        sys.exit(f"vitrina run ({backend or 'before'}) failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", help="folder per person (default ../shared/data/orl_faces)")
@@ -155,30 +181,46 @@ def main() -> None:
         action="store_true",
         help="vitrina only: take the photo centre as the face where HOG finds none",
     )
+    ap.add_argument("--backends", default="auto,eager", help="engine backends to run (comma list)")
+    ap.add_argument("--before", metavar="REV", help="also run the code of this git revision")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one vitrina run, JSON out
     args = ap.parse_args()
     root = data_dir("orl_faces", args.data)
     enroll, probes = split(root, args.seed)
+    if args.one is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = run_vitrina(enroll, probes, Path(tmp), args.assume_face, args.one or None)
+        print(json.dumps(res))
+        return
     print(f"machine: {machine()}")
     n_known = sum(t is not None for _, t in probes)
     print(
         f"data: {root}; 30 people x 3 photos enrolled, {n_known} known and "
         f"{len(probes) - n_known} unknown probes (seed {args.seed})\n"
     )
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fr = run_face_recognition(enroll, probes)
-        vi = run_vitrina(enroll, probes, Path(tmp), args.assume_face)
+        if args.before:
+            runs[f"before ({args.before})"] = vitrina_in_subprocess(
+                args, None, checkout_src(args.before, Path(tmp))
+            )
+        for b in backends:
+            runs[b] = vitrina_in_subprocess(args, b, None)
+    vi = runs[backends[0]]
     for line in vi["calibration"]:
         print(line)
-    print(f"vitrina decision rule: {vi['rule']}\n")
+    print(f"vitrina decision rule ({backends[0]}): {vi['rule']}\n")
     print(
         "| system | rank-1 (known) | unknowns accepted (FAR) | known named correctly | faces/s | photos without a face |"
     )
     print("|---|---|---|---|---|---|")
-    rows = [
-        (f"face_recognition {fr['version']}, tolerance 0.6", fr["default"], fr),
-        ("vitrina, dlib default 0.6 (uncalibrated)", vi["default"], vi),
-        ("vitrina, calibrated (FAR 1% on enrolled people)", vi["calibrated"], vi),
-    ]
+    rows = [(f"face_recognition {fr['version']}, tolerance 0.6", fr["default"], fr)]
+    rows.append(("vitrina, dlib default 0.6 (uncalibrated)", vi["default"], vi))
+    for name, r in runs.items():
+        label = name if name.startswith("before") else f"backend {name} -> {r['backend']}"
+        rows.append((f"vitrina calibrated, {label}", r["calibrated"], r))
     for name, f, r in rows:
         print(
             f"| {name} | {f['rank1']:.1%} | {f['far']:.1%} | {f['named']:.1%} | "
@@ -196,9 +238,20 @@ def main() -> None:
         f"{'met' if c['far'] < b['far'] and c['named'] > b['named'] else 'MISSED'}"
     )
     print(
-        f"faces/s: {vi['faces_per_s']:.1f} vs {fr['faces_per_s']:.1f} = {speed:.2f}x "
-        f"(target 2x): {'met' if speed >= 2 else 'MISSED'}"
+        f"faces/s ({backends[0]}): {vi['faces_per_s']:.1f} vs face_recognition "
+        f"{fr['faces_per_s']:.1f} = {speed:.2f}x (target 2x): {'met' if speed >= 2 else 'MISSED'}"
     )
+    ref = runs.get("eager")
+    for name, r in runs.items():
+        if ref is not None and r is not ref:
+            same = sum(a == e for a, e in zip(r["decisions"], ref["decisions"], strict=True))
+            print(f"decisions of {name} equal eager's on {same} of {len(ref['decisions'])} probes")
+        if args.before and not name.startswith("before"):
+            before = runs[f"before ({args.before})"]
+            print(
+                f"faces/s {name}: {r['faces_per_s']:.1f} vs before {before['faces_per_s']:.1f} = "
+                f"{r['faces_per_s'] / before['faces_per_s']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

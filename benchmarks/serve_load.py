@@ -41,10 +41,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
-from _common import data_dir, link_subset, machine
+from _common import checkout_src, data_dir, env_with_src, link_subset, machine
 
 import vitrina
 from vitrina.data import scan_folder
+from vitrina.engine import Logits
 
 WARMUP_S = 2.0
 
@@ -114,12 +115,10 @@ def in_process(clf, photos: list[Path], clients: int, seconds: float, **kw) -> d
 
     engine = clf.engine(batch_size=max(clients, 1), num_workers=0, **kw)
 
+    task = Logits(top_k=1)
+
     def run(batch: list[Path]) -> list[str]:
-        out = []
-        for b in engine.run(batch, output="logits"):
-            b.outputs.float().softmax(1).topk(1, dim=1)  # the answer, as predict computes it
-            out += [msg for _, msg in b.errors]
-        return out
+        return [r.error for r in engine.run(task, batch) if not r.ok]
 
     run(photos[: max(clients, 2)])  # warm-up: this batch size, weight packing
     return {
@@ -231,10 +230,13 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
 
-def start_service(config: dict, port: int) -> subprocess.Popen:
-    """The service in a process of its own, as a deployment runs it; waits for /healthz."""
+def start_service(config: dict, port: int, src: Path | None = None) -> subprocess.Popen:
+    """The service in a process of its own, as a deployment runs it; waits for /healthz.
+    ``src``: import vitrina from there (another revision's code)."""
     cmd = [sys.executable, "-c", LAUNCH, json.dumps(config), str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env_with_src(src)
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -275,6 +277,9 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,32", help="concurrency levels")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--before", metavar="REV", help="also serve the code of this git revision (HTTP only)"
+    )
     args = ap.parse_args()
     root = data_dir("cats_dogs", args.data)
     levels = [int(c) for c in args.clients.split(",")]
@@ -294,15 +299,19 @@ def main() -> None:
         local = {c: in_process(clf, photos, c, args.seconds, **kw) for c in levels}
         del clf
 
-        token, port = secrets.token_urlsafe(16), free_port()
-        config = {"model": str(run), "token": token, **kw}
-        proc = start_service(config, port)
-        try:
-            requests = [multipart_request(port, token, p) for p in photos]
-            served = {c: asyncio.run(_http_load(port, requests, c, args.seconds)) for c in levels}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        def serve(src: Path | None) -> dict[int, Load]:
+            token, port = secrets.token_urlsafe(16), free_port()
+            config = {"model": str(run), "token": token, **kw}
+            proc = start_service(config, port, src)
+            try:
+                requests = [multipart_request(port, token, p) for p in photos]
+                return {c: asyncio.run(_http_load(port, requests, c, args.seconds)) for c in levels}
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+        served = serve(None)
+        before = serve(checkout_src(args.before, Path(tmp))) if args.before else None
 
     print(f"service backend: {served[levels[0]].backend}")
     print("\n/v1/classify over loopback HTTP vs the Python API in-process")
@@ -319,6 +328,12 @@ def main() -> None:
         for load in (*local[level].values(), served[level]):
             for e in load.errors[:3]:
                 print(f"  error ({level} clients): {e}")
+    if before is not None:
+        print(f"the service at {args.before} (before) against this checkout, HTTP:")
+        for c in levels:
+            print(before[c].line("before", c))
+            ratio = served[c].rate / before[c].rate if before[c].rate else 0.0
+            print(f"  {'':<9} now = {ratio:.2f}x before")
     top = max(levels)
     errors = sum(len(x.errors) for x in served.values())
     best = max(local[top], key=lambda name: local[top][name].rate)

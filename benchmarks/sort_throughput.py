@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch
-from _common import data_dir, link_subset, machine
+from _common import checkout_src, data_dir, env_with_src, link_subset, machine
 from PIL import Image
 
 import vitrina
@@ -50,6 +51,16 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="photos per round (0: all)")
     ap.add_argument("--backends", default="auto", help="vitrina backends to time")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--no-naive",
+        action="store_true",
+        help="skip the naive loop (e.g. only compare --before with now)",
+    )
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        help="also time `vitrina sort` from the command line at this git revision and now",
+    )
     args = ap.parse_args()
     root = data_dir("cats_dogs", args.data)
     scan = scan_folder(root)
@@ -80,16 +91,24 @@ def main() -> None:
         flat = sorted(photos.iterdir())
 
         # warm-up both paths (page cache, thread pools, weight packing)
-        naive_sort(flat[:16], clf.model, clf.classes, tmp / "warm-naive")
+        if not args.no_naive:
+            naive_sort(flat[:16], clf.model, clf.classes, tmp / "warm-naive")
         sort_folder(photos, clf, tmp / "warm-v", backend="eager")
 
         times: dict[str, list[float]] = {"naive": []}
         for b in args.backends.split(","):
             times[f"vitrina[{b}]"] = []
+        cli: dict[str, Path | None] = {}
+        if args.before:
+            (tmp / "before").mkdir()
+            cli = {f"CLI {args.before}": checkout_src(args.before, tmp / "before"), "CLI now": None}
+            for k in cli:
+                times[k] = []
         for r in range(args.rounds):
-            t = time.perf_counter()
-            naive_sort(flat, clf.model, clf.classes, tmp / f"naive-{r}")
-            times["naive"].append(len(flat) / (time.perf_counter() - t))
+            if not args.no_naive:
+                t = time.perf_counter()
+                naive_sort(flat, clf.model, clf.classes, tmp / f"naive-{r}")
+                times["naive"].append(len(flat) / (time.perf_counter() - t))
             for b in args.backends.split(","):
                 t = time.perf_counter()
                 s = sort_folder(
@@ -97,16 +116,39 @@ def main() -> None:
                 )
                 times[f"vitrina[{b}]"].append(len(flat) / (time.perf_counter() - t))
                 assert len(s.items) == len(flat)
+            for k, src in cli.items():  # process start included
+                out = tmp / f"cli-{len(times[k])}-{k.replace(' ', '_')}"
+                cmd = [sys.executable, "-m", "vitrina", "sort", str(photos), "--model", str(run)]
+                t = time.perf_counter()
+                subprocess.run(
+                    [*cmd, "--out", str(out)],
+                    env=env_with_src(src),
+                    check=True,
+                    capture_output=True,
+                )
+                times[k].append(len(flat) / (time.perf_counter() - t))
             print(
-                f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in times.items())
+                f"round {r + 1}: "
+                + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in times.items() if v)
             )
 
+    if args.no_naive:
+        times.pop("naive")
+        for k, v in times.items():
+            print(f"  {k:<16} {statistics.median(v):7.1f} img/s")
+        if args.before:
+            now, before = (statistics.median(times[k]) for k in ("CLI now", f"CLI {args.before}"))
+            print(f"vitrina sort from the command line: now {now / before:.2f}x {args.before}")
+        return
     base = statistics.median(times["naive"])
     print("\nmedian images/s (end to end: files on disk -> sorted folders)")
     for k, v in times.items():
         med = statistics.median(v)
         print(f"  {k:<16} {med:7.1f} img/s   {med / base:4.2f}x naive")
-    best = max(statistics.median(v) for k, v in times.items() if k != "naive")
+    if args.before:
+        now, before = (statistics.median(times[k]) for k in ("CLI now", f"CLI {args.before}"))
+        print(f"vitrina sort from the command line: now {now / before:.2f}x {args.before}")
+    best = max(statistics.median(v) for k, v in times.items() if k.startswith("vitrina"))
     verdict = "met" if best / base >= 2 else "MISSED"
     print(f"target >= 2.0x naive: {verdict} ({best / base:.2f}x)")
 

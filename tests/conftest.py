@@ -112,6 +112,15 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, o, e
 
 
+def usage_error(err: str, *needles: str) -> None:
+    """A usage error (exit 2) as typer prints it: a box on stderr, no traceback. The box wraps
+    long lines, so the needles are looked for in the text with the box and line breaks gone."""
+    assert "Traceback" not in err
+    flat = " ".join(err.replace("│", " ").split())
+    for n in needles:
+        assert n in flat, flat
+
+
 def one_line_error(err: str, *needles: str) -> None:
     """The CLI's promise for bad input: one line, no traceback, naming what is wrong."""
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]

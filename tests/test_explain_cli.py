@@ -7,7 +7,7 @@ import re
 
 from PIL import Image
 
-from conftest import COLORS, make_image, one_line_error, run_cli
+from conftest import COLORS, make_image, one_line_error, run_cli, usage_error
 
 
 def test_heat_maps_and_page_for_a_folder_with_a_bad_photo(toy_run, tmp_path, capsys):
@@ -54,8 +54,8 @@ def test_heat_maps_and_page_for_a_folder_with_a_bad_photo(toy_run, tmp_path, cap
 def test_unknown_method_target_or_layer_is_one_line(toy_run, tmp_path, capsys):
     img = make_image(tmp_path / "red.png", COLORS["red"])
     code, _, err = run_cli(capsys, "explain", str(toy_run), str(img), "-m", "gradcam+")
-    assert code == 1
-    one_line_error(err, "gradcam+", "gradcam")
+    assert code == 2  # a method outside the registry is a usage error, listing the methods
+    usage_error(err, "'gradcam+' is not one of", "'gradcam++'")
     code, _, err = run_cli(capsys, "explain", str(toy_run), str(img), "--target", "purple")
     assert code == 1
     one_line_error(err, "purple")

@@ -298,3 +298,10 @@ def test_pk_sampler_too_few_identities() -> None:
     msg = str(e.value)
     assert "only 2 identities" in msg and "P must be <= 2" in msg and "2 with a single image" in msg
     assert "--p" in msg
+
+
+def test_to_market_takes_train_ids_or_a_fraction_not_both(tmp_path: Path) -> None:
+    src = people(tmp_path / "src", SIZES)
+    with pytest.raises(VitrinaError, match="not both"):
+        to_market(src, tmp_path / "new", train_ids=2, train_fraction=0.5)
+    assert not (tmp_path / "new").exists()

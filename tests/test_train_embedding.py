@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import one_line_error, run_cli
+from conftest import one_line_error, run_cli, usage_error
 from vitrina.errors import VitrinaError
 from vitrina.evaluate.retrieval import loo_retrieval
 from vitrina.models.embedding import EmbeddingModel
@@ -270,8 +270,8 @@ def test_plot_embeddings_writes_a_map_with_its_map_score(reid_setup, tmp_path, c
         "--out",
         str(tmp_path / "x.png"),
     )
-    assert code == 1
-    one_line_error(err, "tnse", "tsne")
+    assert code == 2  # a projection outside tsne/umap is a usage error, listing both
+    usage_error(err, "'tnse' is not one of 'tsne', 'umap'")
 
 
 def test_layers_of_an_embedding_run_are_named_like_its_backbone(reid_setup):

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from conftest import one_line_error
+from conftest import one_line_error, usage_error
 from conftest import run_cli as run
 from vitrina.errors import UnknownNameError, VitrinaError
 from vitrina.models import create, list_models
@@ -401,8 +401,8 @@ def test_cli_errors_are_one_line(capsys) -> None:
     assert code == 1
     one_line_error(e, "unknown family 'resnets'", "ResNet", "GhostNet")
     code, _, e = run(capsys, "zoo", "lenet*", "--measure", "--backends", "eagr")
-    assert code == 1
-    one_line_error(e, "eagr", "did you mean")
+    assert code == 2  # not a backend: a usage error, with the closest names
+    usage_error(e, "'eagr' is not one of", "did you mean: eager")
     code, _, e = run(capsys, "zoo", "resnet1O")
     assert code == 1
     one_line_error(e, "resnet1O", "did you mean")
@@ -442,3 +442,19 @@ def test_cli_help_has_the_example(capsys) -> None:
     assert "vitrina zoo --max-mb 20 --pretrained-only" in o
     code, o, _ = run(capsys, "--help")
     assert "zoo" in o
+
+
+def test_measurement_backends_resolve_auto_and_warn_about_emulated_bf16(monkeypatch) -> None:
+    import vitrina.engine as engine
+    from vitrina.zoo import measurement_backends
+
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: False)
+    backends, notes = measurement_backends(["eager", " bf16", "eager"])
+    assert backends == ["eager", "bf16"]
+    assert len(notes) == 1 and "emulated" in notes[0]
+    first_guess = engine.resolve_backend("auto", torch.device("cpu"))
+    assert measurement_backends(["auto", first_guess]) == ([first_guess], [])
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
+    assert measurement_backends(["bf16"]) == (["bf16"], [])
+    with pytest.raises(VitrinaError, match="no backends"):
+        measurement_backends([" "])

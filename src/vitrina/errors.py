@@ -7,16 +7,19 @@ the CLI prints it and exits with code 1, never a traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 __all__ = [
     "DataError",
     "DiskFullError",
     "ImageReadError",
+    "OutputExistsError",
     "RunFolderError",
     "UnknownNameError",
     "VitrinaError",
     "WeightsNotFoundError",
+    "refuse_existing",
 ]
 
 
@@ -54,3 +57,15 @@ class RunFolderError(VitrinaError):
 
 class DiskFullError(VitrinaError):
     """The disk filled up while writing; nothing half-written is left behind."""
+
+
+class OutputExistsError(VitrinaError):
+    """An output file is already there: vitrina never overwrites what the user owns."""
+
+
+def refuse_existing(*paths: str | os.PathLike[str]) -> None:
+    """Raise :class:`OutputExistsError` naming the first of ``paths`` that exists. Call it
+    before any work: a run that would fail at the end should fail at the start."""
+    for p in map(Path, paths):
+        if p.exists() or p.is_symlink():
+            raise OutputExistsError(f"{p}: file exists; choose another --out (nothing was written)")

@@ -12,7 +12,10 @@ from vitrina.engine.onnx import ONNX_ATOL, export_checked
 from vitrina.errors import VitrinaError
 from vitrina.runs import is_run_dir, read_run
 
-__all__ = ["export_model"]
+__all__ = ["FORMATS", "export_model"]
+
+#: The formats :func:`export_model` writes.
+FORMATS = ("onnx",)
 
 
 def export_model(
@@ -26,8 +29,8 @@ def export_model(
 ) -> dict[str, Any]:
     """Write ``out`` (dynamic batch) only if ONNX Runtime matches PyTorch on up to
     ``max_images`` real images from ``images`` (default: the run's training data)."""
-    if fmt != "onnx":
-        raise VitrinaError(f"--format {fmt!r} is not supported (supported: onnx)")
+    if fmt not in FORMATS:
+        raise VitrinaError(f"--format {fmt!r} is not supported (supported: {', '.join(FORMATS)})")
     clf = load(source)
     folder = Path(images) if images is not None else None
     if folder is None and is_run_dir(source):

@@ -23,7 +23,14 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
+    """Add every command to ``app`` (once: ``main`` may be called many times in a process)."""
+    global _registered
+    if _registered:
+        return
     from vitrina.cli import data, demo, evaluate, export, optimize, predict, sort, train, zoo
 
     app.add_typer(data.app, name="data")
@@ -60,6 +67,7 @@ def _register() -> None:
         serve,
     ):
         mod.register(app)
+    _registered = True
 
 
 def main(argv: list[str] | None = None) -> int:

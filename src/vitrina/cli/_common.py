@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -60,30 +62,54 @@ def progress_bar(
         yield update
 
 
-def photo_paths(items: Any, recursive: bool = True) -> list[Any]:
-    """Files as given; folders expanded to the images inside them (sorted)."""
-    from pathlib import Path
+class CommaChoices:
+    """Parser of an option that takes a comma-separated list from a fixed set (``eager,bf16``).
 
-    from vitrina.data import iter_image_files
-    from vitrina.errors import DataError
+    Returns the names, stripped and de-duplicated, joined by commas; an empty list or a name
+    outside the set is a usage error (exit 2) naming the closest valid names. ``choices`` is a
+    tuple or a ``Literal`` type; ``metavar`` shows them in ``--help``."""
 
-    found: list[Path] = []
-    for p in map(Path, items):
-        if p.is_dir():
-            found += iter_image_files(p, recursive=recursive)[0]
-        elif p.exists():
-            found.append(p)
-        else:
-            raise DataError(f"{p}: no such photo or folder")
-    return found
+    def __init__(self, choices: Any) -> None:
+        self.choices: tuple[str, ...] = tuple(get_args(choices) or choices)
+        self.metavar = "[" + "|".join(self.choices) + "],..."
+
+    def __call__(self, text: str) -> str:
+        from vitrina.registry import suggest
+
+        names = list(dict.fromkeys(v.strip() for v in str(text).split(",") if v.strip()))
+        if not names:
+            raise typer.BadParameter(f"give one or more of {', '.join(self.choices)}")
+        for n in names:
+            if n not in self.choices:
+                raise typer.BadParameter(
+                    f"{n!r} is not one of {', '.join(self.choices)}{suggest(n, list(self.choices))}"
+                )
+        return ",".join(names)
 
 
-def refuse_existing(*paths: Any) -> None:
-    """One-line error if any output file already exists: nothing is ever overwritten."""
-    from pathlib import Path
+def parse_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` (``256x128``; ``×`` also accepted) -> ``(256, 128)``; else exit 2."""
+    try:
+        h, w = (int(v) for v in str(text).lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected HEIGHTxWIDTH, e.g. 256x128") from None
+    return h, w
 
-    from vitrina.errors import VitrinaError
 
-    for p in map(Path, paths):
-        if p.exists():
-            raise VitrinaError(f"{p}: file exists; choose another --out (nothing was written)")
+def config_from_options(
+    cls: Any, options: Mapping[str, Any], *, cli_only: Collection[str] = ()
+) -> Any:
+    """The config dataclass ``cls`` built from a command's parsed options (``ctx.params``).
+
+    Each option is the field of the same name (paths become text, as the configs store
+    them); ``cli_only`` options (``--json``, ``--resume``) are left out. An option that is
+    neither is a mistake in the command, caught by ``tests/test_cli_contract.py``."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(options) - fields - set(cli_only)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field for option(s) {sorted(unknown)}")
+    return cls(
+        **{k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k not in cli_only}
+    )

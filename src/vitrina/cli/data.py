@@ -78,16 +78,13 @@ def to_market_cmd(
     Example: vitrina data to-market people/ people-market/ --train-fraction 0.6
     """
     from vitrina.data import to_market
-    from vitrina.errors import VitrinaError
 
-    if train_ids is not None and train_fraction is not None:
-        raise VitrinaError("give --train-ids or --train-fraction, not both")
     with progress_bar("copying", None) as update:
         r = to_market(
             src,
             dst,
             train_ids=train_ids,
-            train_fraction=0.5 if train_fraction is None else train_fraction,
+            train_fraction=train_fraction,
             cameras=cameras,
             seed=seed,
             on_progress=update,

@@ -8,8 +8,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from vitrina.cli._choices import Backend
 from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
-from vitrina.search.dedupe import DEFAULT_THRESHOLD
+
+#: vitrina.search.dedupe.DEFAULT_THRESHOLD (written out: importing vitrina.search costs every
+#: command's start-up; tests/test_cli_contract.py holds the two equal).
+DEFAULT_THRESHOLD = 0.88
 
 
 def dedupe(
@@ -34,7 +38,7 @@ def dedupe(
         "--move-to",
         help="Move all but the first photo of each group here (verified, never overwrites).",
     ),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -45,7 +49,7 @@ def dedupe(
 
     Example: vitrina dedupe photos --model efficientnet_lite0 --out dupes.csv --sheet dupes.png
     """
-    from vitrina.search.dedupe import find_duplicates, move_duplicates, write_csv
+    from vitrina.search.dedupe import find_duplicates, move_duplicates, write_csv, write_sheet
 
     with progress_bar("embedding", None, enabled=not as_json) as update:
         report = find_duplicates(
@@ -62,22 +66,7 @@ def dedupe(
     if csv_out:
         write_csv(report, csv_out)
     if sheet:
-        from vitrina.report.sheets import SheetRow, Tile, write_contact_sheet
-
-        rows = [
-            SheetRow(
-                f"group {gi}: {len(g)} photos",
-                [Tile(g[0].path, "kept")]
-                + [
-                    Tile(
-                        m.moved_to or m.path, "same bytes" if m.exact else f"sim {m.similarity:.3f}"
-                    )
-                    for m in g[1:]
-                ],
-            )
-            for gi, g in enumerate(report.groups, 1)
-        ]
-        write_contact_sheet(rows, sheet)
+        write_sheet(report, sheet)
     if as_json:
         print_json(report.to_dict())
     else:

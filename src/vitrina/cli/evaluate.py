@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from vitrina.cli._choices import Backend
 from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, out, print_json, progress_bar
 
 
@@ -15,7 +16,7 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="Run folder made by `vitrina train`."),
     data_dir: Path = typer.Argument(..., help="Labelled class-folder tree to test on."),
     top_k: int = typer.Option(5, help="Also report top-k accuracy."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import (
-    BACKEND_HELP,
-    DEVICE_HELP,
-    err,
-    out,
-    print_json,
-    progress_bar,
-    refuse_existing,
-)
+from vitrina.cli._choices import Backend, ReidMetric
+from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
 
 RANKS = (1, 5, 10)
 
@@ -37,12 +29,12 @@ def evaluate_reid(
     lambda_value: float = typer.Option(
         0.3, "--lambda", help="Re-ranking: weight of the original distance."
     ),
-    metric: str = typer.Option("euclidean", help="euclidean or cosine (L2-normalised vectors)."),
+    metric: ReidMetric = typer.Option("euclidean", help="Distance of the L2-normalised vectors."),
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Folder for report.json, cmc.png and ranked.png."
     ),
     sheet_rows: int = typer.Option(20, help="Queries on the ranked-results sheet."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -57,12 +49,7 @@ def evaluate_reid(
     Example: vitrina evaluate-reid runs/people-triplet market/ --rerank --out eval/
     """
     from vitrina.embed.reid import evaluate_reid as run
-    from vitrina.embed.reid import reid_contact_sheet
 
-    files: list[Path] = []
-    if out_dir is not None:
-        files = [out_dir / "report.json", out_dir / "cmc.png", out_dir / "ranked.png"]
-        refuse_existing(*files)
     with progress_bar("embedding", None, enabled=not as_json) as update:
         ev = run(
             data_dir,
@@ -75,22 +62,11 @@ def evaluate_reid(
             backend=backend,
             device=device,
             batch_size=batch_size,
+            out_dir=out_dir,
+            sheet_rows=sheet_rows,
             on_progress=update,
         )
-    reports = {"plain": ev.plain, "re-ranked": ev.report} if ev.plain else {metric: ev.report}
-    if out_dir is not None:
-        from vitrina.io import atomic_write_text
-        from vitrina.report.plots import plot_cmc
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        doc = {name: r.to_dict() for name, r in reports.items()}  # type: ignore[union-attr]
-        atomic_write_text(files[0], json.dumps(doc, indent=2) + "\n")
-        plot_cmc(
-            {f"{n}, mAP {r.mAP:.3f}": r.cmc_curve for n, r in reports.items()},  # type: ignore[union-attr]
-            files[1],
-            title=f"CMC: {ev.report.info['model']}",
-        )
-        reid_contact_sheet(ev, files[2], rows=sheet_rows)
+    reports = ev.reports
     for m in ev.unreadable:
         err.print(f"[red]unreadable[/] {escape(m)}")
     if as_json:
@@ -107,13 +83,12 @@ def evaluate_reid(
     t.add_column("mAP", justify="right")
     t.add_column("mINP", justify="right")
     for name, r in reports.items():
-        assert r is not None
         t.add_row(name, *(f"{r.cmc[k]:.4f}" for k in RANKS), f"{r.mAP:.4f}", f"{r.mINP:.4f}")
     out.print(t)
     if rep.no_match:
         out.print(f"{rep.no_match} queries have no valid match in the gallery (not scored)")
-    if files:
-        out.print("wrote " + ", ".join(escape(str(f)) for f in files))
+    if ev.files:
+        out.print("wrote " + ", ".join(escape(str(f)) for f in ev.files))
 
 
 def _summary(r) -> dict:  # type: ignore[no-untyped-def]

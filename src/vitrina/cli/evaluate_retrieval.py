@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import (
-    BACKEND_HELP,
-    DEVICE_HELP,
-    err,
-    out,
-    print_json,
-    progress_bar,
-    refuse_existing,
-)
+from vitrina.cli._choices import Backend, Pool, RetrievalMetric
+from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
 
 KS = (1, 5, 10)
 
@@ -34,13 +26,15 @@ def evaluate_retrieval(
         help="Layer to embed (repeatable; `vitrina embed MODEL "
         "--list-layers`). Default: the input of the classifier.",
     ),
-    pool: str = typer.Option("avg", help="Pooling of feature maps: avg, max, gem."),
+    pool: Pool = typer.Option("avg", help="Pooling of feature maps (gem: generalized mean)."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalize."),
-    metric: str = typer.Option("cosine", help="cosine (similarity) or euclidean (distance)."),
+    metric: RetrievalMetric = typer.Option(
+        "cosine", help="cosine (similarity) or euclidean (distance)."
+    ),
     out_dir: Path = typer.Option(
         None, "--out", "-o", help="Folder for report.json and retrieval.png."
     ),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -51,13 +45,9 @@ def evaluate_retrieval(
     Example: vitrina evaluate-retrieval photos/ --model efficientnet_lite0 --layer blocks.5 --out eval/
     """
     from vitrina.embed import EmbeddingSpec
+    from vitrina.embed.evaluate import REPORT_FILES
     from vitrina.embed.evaluate import evaluate_retrieval as run
-    from vitrina.embed.evaluate import plot_retrieval
 
-    files = []
-    if out_dir is not None:
-        files = [out_dir / "report.json", out_dir / "retrieval.png"]
-        refuse_existing(*files)
     spec = EmbeddingSpec(model, tuple(layer or ()), pool=pool, normalize=normalize)
     with progress_bar("embedding", None, enabled=not as_json) as update:
         rep = run(
@@ -68,18 +58,10 @@ def evaluate_retrieval(
             backend=backend,
             device=device,
             batch_size=batch_size,
+            out_dir=out_dir,
             on_progress=update,
         )
-    if out_dir is not None:
-        from vitrina.io import atomic_write_text
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(files[0], json.dumps(rep.to_dict(), indent=2) + "\n")
-        plot_retrieval(
-            rep,
-            files[1],
-            title=f"{rep.info['model']}: mAP {rep.mAP:.3f} ({rep.n_queries} queries, {metric})",
-        )
+    files = [out_dir / name for name in REPORT_FILES] if out_dir is not None else []
     for m in rep.unreadable:
         err.print(f"[red]unreadable[/] {escape(m)}")
     if as_json:

@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from vitrina.cli._common import err, out, progress_bar, refuse_existing
+from vitrina.cli._choices import ExplainMethod, FeatureParam
+from vitrina.cli._common import err, out, progress_bar
 
 
 class _ImageByDefault(TyperGroup):
@@ -34,23 +35,17 @@ app = typer.Typer(
 )
 
 
-def _model(name: str):  # type: ignore[no-untyped-def]
-    from vitrina.embed.core import load_source
-
-    model, _, origin = load_source(name)
-    return model.eval(), origin
-
-
 @app.command("image", hidden=True)
 def image(
     model: str = typer.Argument(..., help="Run folder or zoo name."),
     images: list[Path] = typer.Argument(..., help="Photos or folders of photos."),
-    method: list[str] = typer.Option(
+    method: list[ExplainMethod] = typer.Option(
         ["gradcam"],
         "--method",
         "-m",
-        help="Repeatable, or `all`: gradcam, gradcam++, scorecam, eigencam, layercam (CAMs); "
-        "saliency, smoothgrad, integrated-gradients, guided-backprop, occlusion.",
+        help="Repeatable, or `all`: gradcam, gradcam++, scorecam, eigencam, layercam are CAMs; "
+        "saliency, smoothgrad, integrated-gradients, guided-backprop, occlusion attribute "
+        "by gradients or masking.",
     ),
     target: str | None = typer.Option(
         None, help="Class to explain (name or index); default: the predicted one."
@@ -63,32 +58,21 @@ def image(
 ) -> None:
     """Heat maps of what made the model answer, one overlay PNG per photo and method, and
     `index.html` comparing the methods side by side with the model's top-3."""
-    from vitrina.cli._common import photo_paths
-    from vitrina.errors import VitrinaError
     from vitrina.explain.folder import explain_photos
 
-    paths = photo_paths(images)
-    if not paths:
-        raise VitrinaError("no photos given")
-    net, origin = _model(model)
-    with progress_bar("explaining", len(paths), unit="photos/s") as update:
-
-        def on_photo(done: int, error: str | None) -> None:
-            if error:
-                err.print(f"[yellow]skipped[/] {escape(error)}")
-            update(done)
-
+    with progress_bar("explaining", None, unit="photos/s") as update:
         res = explain_photos(
-            net,
-            paths,
+            model,
+            images,
             out_dir,
-            method,
+            [m.value for m in method],
             target=target,
             layer=layer,
             seed=seed,
-            title=f"explanations: {net.arch} ({origin})",
-            on_photo=on_photo,
+            on_progress=update,
         )
+    for error in res.unreadable:
+        err.print(f"[yellow]skipped[/] {escape(error)}")
     out.print(
         f"{res.explained} photos x {len(res.methods)} methods -> {escape(str(res.overlays))}/"
     )
@@ -107,11 +91,9 @@ def layers(
 ) -> None:
     """First-layer filters as a grid, and the strongest feature maps of layers from early
     (edges, colours) to late (parts of objects) for one photo."""
-    from vitrina.explain.layers import write_layer_views
+    from vitrina.explain.files import write_layers
 
-    refuse_existing(out_dir / "filters.png", out_dir / "feature_maps.png")
-    net, _ = _model(model)
-    files = write_layer_views(net, photo, out_dir, layers=layer or None, top=top)
+    files = write_layers(model, photo, out_dir, layers=layer or None, top=top)
     out.print("wrote " + ", ".join(escape(str(p)) for p in files.values()))
 
 
@@ -125,7 +107,7 @@ def neuron(
     ),
     steps: int = typer.Option(256, help="Optimisation steps."),
     size: int | None = typer.Option(None, help="Image side in pixels."),
-    param: str = typer.Option(
+    param: FeatureParam = typer.Option(
         "fourier", help="fourier (decorrelated, readable) or pixel (the plain baseline)."
     ),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same image."),
@@ -134,37 +116,29 @@ def neuron(
 ) -> None:
     """Synthesise an image that excites a channel (or a class), with jitter, scale and
     rotation robustness and a decorrelated Fourier parameterisation (Olah et al., 2017)."""
-    from vitrina.explain.featureviz import visualize
-    from vitrina.explain.layers import save_png
-
-    net, _ = _model(model)
     if list_layers:
-        from vitrina.embed.layers import layer_names
+        from vitrina.embed import list_layers as layer_names
 
-        out.print("\n".join(layer_names(net)))
+        out.print("\n".join(layer_names(model)))
         return
-    refuse_existing(out_path)
-    class_index = None
-    if class_name is not None:
-        from vitrina.explain.targets import resolve_target
+    from vitrina.explain.files import write_neuron
 
-        class_index = resolve_target(net, int(class_name) if class_name.isdigit() else class_name)
     with progress_bar("optimising", steps, unit=None) as update:
-        res = visualize(
-            net,
+        res = write_neuron(
+            model,
+            out_path,
             layer=layer,
             channel=channel,
-            class_index=class_index,
+            target=class_name,
             steps=steps,
             size=size,
             seed=seed,
             param=param,
             on_progress=lambda done, total: update(done),
         )
-    save_png(res.image, out_path)
     what = (
         f"class {class_name}"
-        if class_index is not None
+        if res.class_index is not None
         else f"{res.layer} channel {res.channel}"
         if res.channel is not None
         else f"{res.layer} (all channels)"
@@ -186,16 +160,13 @@ def dream(
     out_path: Path = typer.Option(Path("dream.png"), "--out", "-o", help="PNG to write."),
 ) -> None:
     """DeepDream: amplify what a layer sees in a photo, over octaves (seeded)."""
-    from vitrina.explain.featureviz import dream as run
-    from vitrina.explain.layers import save_png
+    from vitrina.explain.files import write_dream
 
-    refuse_existing(out_path)
-    net, _ = _model(model)
-    total = octaves * steps
-    with progress_bar("dreaming", total, unit=None) as update:
-        img = run(
-            net,
+    with progress_bar("dreaming", octaves * steps, unit=None) as update:
+        write_dream(
+            model,
             photo,
+            out_path,
             layer=layer,
             octaves=octaves,
             octave_scale=octave_scale,
@@ -203,7 +174,6 @@ def dream(
             seed=seed,
             on_progress=lambda done, total_now: update(done, total_now),
         )
-    save_png(img, out_path)
     out.print(f"wrote {escape(str(out_path))}")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from vitrina.cli._choices import AtlasLayout
 from vitrina.cli._common import err, out
 
 
@@ -21,17 +22,17 @@ def atlas(
     min_count: int = typer.Option(3, help="Activations a cell needs to be drawn."),
     size: int = typer.Option(48, help="Side of each cell's feature visualisation (pixels)."),
     steps: int = typer.Option(64, help="Optimisation steps of each visualisation."),
-    max_photos: int = typer.Option(1000, help="Use at most this many photos (a seeded sample)."),
-    layout: str = typer.Option(
+    layout: AtlasLayout = typer.Option(
         "umap", help="2-D layout: umap (the paper's; compiles ~1 min on first use) or tsne."
     ),
+    max_photos: int = typer.Option(1000, help="Use at most this many photos (a seeded sample)."),
     seed: int = typer.Option(0, help="Seed: the same photos and seed give the same atlas."),
-    workers: int | None = typer.Option(None, help="Image decoding processes."),
+    num_workers: int | None = typer.Option(None, "--workers", help="Image decoding processes."),
     out_path: Path = typer.Option(
         Path("atlas.png"), "--out", "-o", help="PNG to write (and a .json beside it)."
     ),
 ) -> None:
-    """The activation atlas (Carter et al., 2019): activations of LAYER over many photos,
+    """The activation atlas (Carter et al., 2019): activations of a layer over many photos,
     laid out in 2-D with UMAP; a grid over the layout; for each cell the feature
     visualisation of its mean activation direction, with the cell's most typical photo
     patches beside it.
@@ -47,7 +48,7 @@ def atlas(
 
     labels = {
         "activations": "reading activations",
-        "layout": "UMAP layout",
+        "layout": "UMAP layout" if layout == "umap" else "t-SNE layout",
         "icons": "drawing cells",
     }
     with Progress(
@@ -69,16 +70,16 @@ def atlas(
             photos,
             layer,
             out_path,
-            max_photos=max_photos,
-            seed=seed,
-            on_progress=step,
             grid=grid,
             positions=positions,
             min_count=min_count,
             size=size,
             steps=steps,
             layout=layout,
-            num_workers=workers,
+            max_photos=max_photos,
+            seed=seed,
+            num_workers=num_workers,
+            on_progress=step,
         )
     for line in result.bad:
         err.print(f"skipped {escape(line)}")

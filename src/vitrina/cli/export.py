@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from vitrina.cli._choices import ExportFormat
 from vitrina.cli._common import out, print_json
 
 
@@ -14,7 +15,7 @@ def export(
     out_file: Path = typer.Option(
         ..., "--out", "-o", help="The .onnx file to write (must not exist)."
     ),
-    fmt: str = typer.Option("onnx", "--format", help="Export format: onnx."),
+    fmt: ExportFormat = typer.Option("onnx", "--format", help="Export format."),
     images: Path | None = typer.Option(
         None,
         help="Folder of real images to check the export on (default: the run's training data).",

@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import err, out, photo_paths, print_json, progress_bar
+from vitrina.cli._choices import Backend, FaceDetector
+from vitrina.cli._common import err, out, print_json, progress_bar
 
 app = typer.Typer(
     help="Face recognition against a gallery: enroll, identify (or say unknown), calibrate, "
@@ -16,6 +17,11 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+FACE_BACKEND_HELP = (
+    "Engine backend describing the faces: auto (measured: the fastest within tolerance), eager, "
+    "bf16, onnx, int8 (with a calibrated model), dlib (dlib's own code: the reference, slow). "
+    "Default: the gallery's (auto for a new gallery)."
+)
 DETECTOR_HELP = "Face detector: hog (fast, frontal faces) or cnn (dlib's MMOD: more poses, slow)."
 EMBEDDER_HELP = (
     "A run folder from `vitrina train-embedding` to embed the aligned faces (default: dlib's "
@@ -31,35 +37,10 @@ def _short(p: Path) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def _pipeline_options(
-    detector: str | None, upsample: int | None, embedder: str | None, assume_face: bool
-) -> dict:
-    return {
-        "detector": detector,
-        "upsample": upsample,
-        "embedder": embedder,
-        "assume_face": assume_face or None,
-    }
-
-
-def _open(gallery: Path, **options):  # type: ignore[no-untyped-def]
-    """The gallery (created for these pipeline options when missing) and its pipeline."""
-    from vitrina.faces import FacePipeline, Gallery
-
-    if (gallery / "gallery.json").exists():
-        g = Gallery(gallery)
-        return g, g.pipeline(**options)  # a different --embedder is refused
-    pipe = FacePipeline(**{k: v for k, v in options.items() if v is not None})
-    return Gallery.for_pipeline(gallery, pipe), pipe
-
-
-def _process(pipe, paths: list[Path], what: str, quiet: bool):  # type: ignore[no-untyped-def]
-    with progress_bar(what, len(paths), enabled=not quiet, unit="photos/s") as update:
-        results = list(pipe.process(paths, on_progress=update))
-    for pf in results:
+def _report_unreadable(photos) -> None:  # type: ignore[no-untyped-def]
+    for pf in photos:
         if pf.error:
             err.print(f"[yellow]unreadable[/] {escape(str(pf.path))}: {escape(pf.error)}")
-    return results
 
 
 @app.command("enroll")
@@ -72,12 +53,13 @@ def enroll(
     folders: Path | None = typer.Option(
         None, "--folders", help="A folder with one sub-folder of photos per person."
     ),
-    detector: str | None = typer.Option(None, help=DETECTOR_HELP),
+    detector: FaceDetector | None = typer.Option(None, help=DETECTOR_HELP),
     upsample: int | None = typer.Option(
         None, help="Times the photo is doubled before detection (1 finds faces down to ~40 px)."
     ),
     embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),
     assume_face: bool = typer.Option(False, "--assume-face", help=ASSUME_HELP),
+    backend: Backend | None = typer.Option(None, help=FACE_BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Add photos of a person to a gallery (one face per photo: the largest).
@@ -91,28 +73,23 @@ def enroll(
 
       vitrina faces enroll staff.gallery --folders people/
     """
-    from vitrina.data import scan_folder
-    from vitrina.errors import VitrinaError
+    from vitrina.faces.enroll import enroll_photos
 
-    if folders is None and (not name or not photos):
-        raise VitrinaError("give NAME and PHOTOS, or --folders DIR with a sub-folder per person")
-    if folders is not None and (name or photos):
-        raise VitrinaError("give either NAME PHOTOS... or --folders DIR, not both")
-    if folders is not None:
-        scan = scan_folder(folders, min_classes=1)
-        groups: dict[str, list[Path]] = {}
-        for s in scan.samples:
-            groups.setdefault(scan.classes[s.label], []).append(s.path)
-    else:
-        groups = {name: photo_paths(photos)}
-    from vitrina.faces import check_person_name
-
-    for person in groups:
-        check_person_name(person)
-    g, pipe = _open(gallery, **_pipeline_options(detector, upsample, embedder, assume_face))
-    every = [p for ps in groups.values() for p in ps]
-    results = {pf.path: pf for pf in _process(pipe, every, "reading faces", as_json)}
-    reports = [g.enroll(person, [results[p] for p in ps]) for person, ps in groups.items()]
+    with progress_bar("reading faces", None, enabled=not as_json, unit="photos/s") as update:
+        run = enroll_photos(
+            gallery,
+            name,
+            photos,
+            folders=folders,
+            detector=detector,
+            upsample=upsample,
+            embedder=embedder,
+            assume_face=assume_face,
+            backend=backend,
+            on_progress=update,
+        )
+    _report_unreadable(run.photos)
+    g, reports = run.gallery, run.reports
     if as_json:
         print_json([r.to_dict() for r in reports])
         return
@@ -199,6 +176,7 @@ def identify(
         None, "--annotate", help="Write each photo with boxes and names into this folder."
     ),
     assume_face: bool = typer.Option(False, "--assume-face", help=ASSUME_HELP),
+    backend: Backend | None = typer.Option(None, help=FACE_BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Name every face in the photos, or say "unknown".
@@ -208,24 +186,29 @@ def identify(
 
     Example: vitrina faces identify staff.gallery door-camera/ --annotate annotated/
     """
-    from vitrina.faces import Gallery
-    from vitrina.faces.annotate import write_annotated
+    from vitrina.faces.identify import identify_photos
 
-    g = Gallery(gallery)
-    pipe = g.pipeline(assume_face=assume_face or None)
-    results = _process(pipe, photo_paths(photos), "reading faces", as_json)
-    rows = []
-    t = Table(title=f"faces in {len(results)} photos ({escape(g.threshold_source)})")
+    with progress_bar("reading faces", None, enabled=not as_json, unit="photos/s") as update:
+        run = identify_photos(
+            gallery,
+            photos,
+            enroll_unknown=enroll_unknown,
+            annotate_dir=annotate_dir,
+            assume_face=assume_face,
+            backend=backend,
+            on_progress=update,
+        )
+    _report_unreadable(p.photo for p in run.photos)
+    rows: list[dict] = []
+    t = Table(title=f"faces in {len(run.photos)} photos ({escape(run.threshold_source)})")
     for col in ("photo", "face", "name", "distance", "runner-up", "why"):
         t.add_column(col)
-    for pf in results:
-        ids = g.identify(pf, enroll_unknown=enroll_unknown) if pf.faces else []
-        if annotate_dir is not None and not pf.error:
-            write_annotated(pf, ids, annotate_dir)
+    for p in run.photos:
+        pf = p.photo
         if not pf.faces and not pf.error:
             rows.append({"photo": str(pf.path), "faces": 0})
             t.add_row(escape(_short(pf.path)), "—", "[dim]no face[/]", "", "", "")
-        for i in ids:
+        for i in p.faces:
             rows.append(i.to_dict())
             name = escape(i.name) if i.known else "[red]unknown[/]"
             if i.enrolled:
@@ -254,39 +237,20 @@ def verify(
         None, help="Use this gallery's embedder and calibrated threshold."
     ),
     assume_face: bool = typer.Option(False, "--assume-face", help=ASSUME_HELP),
+    backend: Backend | None = typer.Option(None, help=FACE_BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Same person or not: the distance of the two faces and the threshold used."""
-    from vitrina.errors import DataError
-    from vitrina.faces import FacePipeline, Gallery
-    from vitrina.faces.decision import DEFAULT_THRESHOLD, verify_distance
+    from vitrina.faces.identify import verify_photos
 
-    g = Gallery(gallery) if gallery is not None else None
-    pipe = (
-        g.pipeline(assume_face=assume_face or None)
-        if g
-        else FacePipeline(assume_face=assume_face, workers=0)
-    )
-    faces = []
-    for pf in pipe.process([a, b]):
-        if pf.error:
-            raise DataError(f"{pf.path}: {pf.error}")
-        if not pf.faces:
-            raise DataError(f"{pf.path}: no face found")
-        faces.append(max(pf.faces, key=lambda f: f.box.width * f.box.height))
-    if g is not None:
-        v = g.verify(faces[0], faces[1])
-        same, d, t, source = v.same, v.distance, v.threshold, g.threshold_source
-    else:
-        d = verify_distance(faces[0].vector, faces[1].vector)
-        t = DEFAULT_THRESHOLD
-        same, source = d <= t, f"default: dlib's {DEFAULT_THRESHOLD} (no --gallery)"
+    v = verify_photos(a, b, gallery=gallery, assume_face=assume_face, backend=backend)
     if as_json:
-        print_json({"same": bool(same), "distance": d, "threshold": t, "source": source})
+        print_json(v.to_dict())
         return
-    verdict = "[green]same person[/]" if same else "[red]different people[/]"
+    verdict = "[green]same person[/]" if v.same else "[red]different people[/]"
     out.print(
-        f"{verdict}: distance {d:.4f} {'<=' if same else '>'} threshold {t:.4f} ({escape(source)})"
+        f"{verdict}: distance {v.distance:.4f} {'<=' if v.same else '>'} threshold "
+        f"{v.threshold:.4f} ({escape(v.source)})"
     )
 
 
@@ -309,21 +273,16 @@ def calibrate(
 
     Example: vitrina faces calibrate staff.gallery labelled-staff/ --far 0.01
     """
-    from vitrina.faces import Gallery
+    from vitrina.faces.calibrate import calibrate_gallery
 
-    g = Gallery(gallery)
-    report = g.calibrate(labelled, far=far)
-    from vitrina.report.plots import plot_roc
-
-    roc = gallery / "calibration-roc.png"
-    if report.verification is not None:
-        plot_roc({"calibration pairs": report.verification}, roc, target_far=far)
+    run = calibrate_gallery(gallery, labelled, far=far)
     if as_json:
-        print_json(report.to_dict())
+        print_json(run.report.to_dict())
         return
-    for line in report.lines():
+    for line in run.report.lines():
         out.print(escape(line))
-    out.print(f"stored in {escape(str(gallery / 'gallery.json'))}; ROC: {escape(str(roc))}")
+    roc = f"; ROC: {escape(str(run.roc))}" if run.roc else ""
+    out.print(f"stored in {escape(str(run.stored_in))}{roc}")
 
 
 @app.command("sort")

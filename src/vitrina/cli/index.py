@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from vitrina.cli._choices import Backend, IndexKind, IndexMetric
 from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
 
 app = typer.Typer(
@@ -77,9 +78,9 @@ def build_cmd(
     layer: list[str] = typer.Option(
         [], "--layer", help="Embed these layers (repeatable); default: the model's embedding."
     ),
-    metric: str = typer.Option("cosine", help="cosine or euclidean (fixed for the index's life)."),
-    kind: str = typer.Option("auto", help=KIND_HELP),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    metric: IndexMetric = typer.Option("cosine", help="Fixed for the index's life."),
+    kind: IndexKind = typer.Option("auto", help=KIND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print the index info as JSON."),
@@ -119,7 +120,7 @@ def build_cmd(
 def add_cmd(
     index: Path = typer.Argument(..., help="Index folder."),
     paths: list[Path] = typer.Argument(..., help="Photos or folders to add."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import err, out, print_json, progress_bar
+from vitrina.cli._choices import Variant
+from vitrina.cli._common import CommaChoices, err, out, print_json, progress_bar
 
 
 def optimize(
@@ -21,7 +22,9 @@ def optimize(
     ),
     variants: str | None = typer.Option(
         None,
-        help="Comma-separated: bf16, int8, pruned (default: int8,pruned, plus bf16 where the "
+        parser=CommaChoices(Variant),
+        metavar=CommaChoices(Variant).metavar,
+        help="Comma-separated variants to make (default: int8,pruned, plus bf16 where the "
         "CPU has bf16 matrix units).",
     ),
     prune: float = typer.Option(0.3, help="Fraction of channels the pruned variant removes."),

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from vitrina.cli._choices import Backend
 from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json
 
 
@@ -16,7 +17,7 @@ def predict(
     ),
     images: list[Path] = typer.Argument(..., help="Image files."),
     top_k: int = typer.Option(3, help="How many labels per image."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from vitrina.cli._choices import Backend, IndexMetric
 from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
 
 
@@ -20,7 +21,7 @@ def search(
         None, "--sheet", help="Write a contact sheet PNG (a row per query)."
     ),
     html_out: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML page."),
-    metric: str | None = typer.Option(
+    metric: IndexMetric | None = typer.Option(
         None, "--metric", help="Only a check: the metric is fixed when the index is built."
     ),
     model: str | None = typer.Option(
@@ -33,7 +34,7 @@ def search(
         "regions that drive their similarity (Grad-CAM on the embedding) side by side.",
     ),
     explain_top: int = typer.Option(3, help="Results per query explained with --explain."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Find the K photos in INDEX most like each query photo.
@@ -42,30 +43,22 @@ def search(
 
     Why do they match? vitrina search photos.index query.jpg --explain why/
     """
-    from vitrina.errors import VitrinaError
-    from vitrina.search.index import Index
+    from vitrina.search.query import search_photos, write_result_pages
 
-    if k < 1:
-        raise VitrinaError(f"-k must be at least 1, got {k}")
-    idx = Index.open(index, backend=backend, device=device)
+    with progress_bar("embedding", len(queries), enabled=not as_json) as update:
+        run = search_photos(
+            index,
+            queries,
+            k=k,
+            model=model,
+            metric=metric,
+            backend=backend,
+            device=device,
+            on_progress=update,
+        )
+    idx, results = run.index, run.results
     if idx.recovered:
         err.print(f"[yellow]repaired:[/] {escape(idx.recovered)}")
-    if metric is not None and metric != idx.metric:
-        raise VitrinaError(
-            f"{index}: built with the {idx.metric} metric; the metric is fixed when an index is "
-            f"built (the vectors and structure depend on it): drop --metric, or build another "
-            f"index with --metric {metric}"
-        )
-    embedder = None
-    if model is not None:
-        from vitrina.embed import Embedder, EmbeddingSpec
-
-        spec = idx.spec
-        embedder = Embedder(
-            EmbeddingSpec(model, layers=spec.layers if spec else ()), backend=backend, device=device
-        )
-    with progress_bar("embedding", len(queries), enabled=not as_json) as update:
-        results = idx.search(queries, k=k, embedder=embedder, on_progress=update)
     if as_json:
         print_json(
             {
@@ -103,43 +96,18 @@ def search(
                 f"[dim]{idx.kind} index: measured recall@10 {rec:.3f} against exact search[/]"
             )
     if sheet or html_out:
-        from vitrina.report.sheets import SheetRow, Tile, write_contact_sheet, write_html
-
-        dist = "d" if idx.metric == "cosine" else "L2"
-        rows = [
-            SheetRow(
-                Path(r.query).name,
-                [Tile(r.query, "query")]
-                + [Tile(h.path, f"#{h.rank} {dist}={h.distance:.3f}\n{h.label}") for h in r.hits],
-            )
-            for r in results
-            if not r.error
-        ]
-        if sheet:
-            write_contact_sheet(rows, sheet)
-            err.print(f"contact sheet: {escape(str(sheet))}")
-        if html_out:
-            write_html(
-                rows,
-                html_out,
-                title=f"search in {index}",
-                errors=[r.error for r in results if r.error],
-            )
-            err.print(f"html: {escape(str(html_out))}")
+        written = write_result_pages(run, sheet=sheet, html=html_out)
+        for key, what in (("sheet", "contact sheet"), ("html", "html")):
+            if key in written:
+                err.print(f"{what}: {escape(str(written[key]))}")
     if explain_dir is not None:
-        from vitrina.explain.similarity import write_match_explanations
+        from vitrina.explain.similarity import explain_matches
 
-        model = (embedder or idx.embedder).model
-        n = 0
         with progress_bar("explaining", None, enabled=not as_json, unit=None) as update:
-            for r in results:
-                if r.error:
-                    continue
-                for h in r.hits[:explain_top]:
-                    write_match_explanations(model, r.query, h.path, h.rank, explain_dir)
-                    n += 1
-                    update(n)
-        err.print(f"why they match: {n} pairs in {escape(str(explain_dir))}")
+            figures = explain_matches(
+                run.embedder.model, results, explain_dir, top=explain_top, on_progress=update
+            )
+        err.print(f"why they match: {len(figures)} pairs in {escape(str(explain_dir))}")
     if any(r.error for r in results):
         raise typer.Exit(1)
 

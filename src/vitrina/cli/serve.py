@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from vitrina.cli._choices import Backend
 from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err
 
 
@@ -41,7 +42,7 @@ def serve(
         5, help="Longest wait for concurrent requests to batch together."
     ),
     max_batch: int = typer.Option(32, help="Most images per inference batch."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Serve classification, search and face identification over HTTP, with a web page at /.

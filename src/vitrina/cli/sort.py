@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from vitrina.cli._choices import Backend
 from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
-
-
-class Method(StrEnum):
-    copy = "copy"
-    move = "move"
-    link = "link"
 
 
 def sort(
@@ -34,7 +28,7 @@ def sort(
         False, "--dry-run", help="Show where each photo would go; change nothing."
     ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print every placement as JSON."),

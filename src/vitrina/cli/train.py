@@ -6,10 +6,18 @@ from pathlib import Path
 
 import typer
 
-from vitrina.cli._common import DEVICE_HELP, out, print_json
+from vitrina.cli._choices import Augment, Mode, Optimizer, Precision
+from vitrina.cli._common import DEVICE_HELP, config_from_options, print_json
+from vitrina.cli._common import out as console
+
+#: Options of the command that are not fields of :class:`vitrina.training.TrainConfig`;
+#: every other option is the field of the same name (tests/test_cli_contract.py checks
+#: names, defaults and choices against the dataclass).
+CLI_ONLY = ("resume", "as_json")
 
 
 def train(
+    ctx: typer.Context,
     data_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
     arch: str = typer.Option(
         "efficientnet_lite0", help="Architecture name (see vitrina.list_models)."
@@ -19,7 +27,7 @@ def train(
         help="Starting weights: imagenet (default for probe/finetune), a weights file, or a run "
         "folder. Not used with --mode scratch.",
     ),
-    mode: str = typer.Option(
+    mode: Mode = typer.Option(
         "finetune",
         help="scratch: all weights from random init; probe: train only the head on frozen "
         "features; finetune: train everything from pretrained weights.",
@@ -29,19 +37,22 @@ def train(
     ),
     batch_size: int = typer.Option(32, help="Images per step."),
     lr: float | None = typer.Option(None, help="Learning rate (default by optimizer and mode)."),
-    optimizer: str | None = typer.Option(
+    optimizer: Optimizer | None = typer.Option(
         None,
-        help="sgd, adamw or lbfgs (default: full-batch lbfgs for --mode probe with --augment "
-        "none, the classic linear probe; adamw otherwise).",
+        help="Default: full-batch lbfgs for --mode probe with --augment none, the classic "
+        "linear probe; adamw otherwise.",
     ),
-    augment: str | None = typer.Option(
-        None, help="none, light or standard (default: none for probe, light otherwise)."
+    weight_decay: float | None = typer.Option(
+        None, help="L2 / weight decay (default: 1e-2 with lbfgs, 1e-4 otherwise)."
     ),
-    precision: str = typer.Option(
+    augment: Augment | None = typer.Option(
+        None, help="Training augmentation (default: none for probe, light otherwise)."
+    ),
+    precision: Precision = typer.Option(
         "fp32", help="fp64, fp32 or bf16 (autocast); the run stores fp32 weights."
     ),
     seed: int = typer.Option(0, help="Seed for the split, init and shuffling."),
-    out_dir: Path | None = typer.Option(
+    out: Path | None = typer.Option(
         None, "--out", help="Run folder to create (default runs/<data>-<arch>-<mode>)."
     ),
     val_dir: Path | None = typer.Option(
@@ -54,8 +65,8 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last epoch."
     ),
-    workers: int | None = typer.Option(
-        None, help="Image decoding processes (default: one per spare core)."
+    num_workers: int | None = typer.Option(
+        None, "--workers", help="Image decoding processes (default: one per spare core)."
     ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -73,25 +84,7 @@ def train(
     """
     from vitrina.training import TrainConfig, train_classifier
 
-    cfg = TrainConfig(
-        data_dir=str(data_dir),
-        arch=arch,
-        weights=weights,
-        mode=mode,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        augment=augment,
-        precision=precision,
-        seed=seed,
-        out=str(out_dir) if out_dir else None,
-        val_dir=str(val_dir) if val_dir else None,
-        val_fraction=val_fraction,
-        patience=patience,
-        num_workers=workers,
-        device=device,
-    )
+    cfg = config_from_options(TrainConfig, ctx.params, cli_only=CLI_ONLY)
     res = train_classifier(cfg, resume=resume, progress=not as_json)
     if as_json:
         print_json(
@@ -105,7 +98,7 @@ def train(
         return
     m = res.metrics
     acc = m.get("val_accuracy")
-    out.print(
+    console.print(
         f"best epoch {res.best_epoch}: "
         + (
             f"validation accuracy {acc:.3f}"
@@ -114,9 +107,9 @@ def train(
         )
     )
     if res.bad_files:
-        out.print(f"{len(res.bad_files)} unreadable images were skipped (listed above)")
-    out.print(f"run folder: {res.run_dir}  (plots in {res.run_dir / 'plots'})")
-    out.print(f"next: vitrina sort NEW_PHOTOS --model {res.run_dir} --out sorted")
+        console.print(f"{len(res.bad_files)} unreadable images were skipped (listed above)")
+    console.print(f"run folder: {res.run_dir}  (plots in {res.run_dir / 'plots'})")
+    console.print(f"next: vitrina sort NEW_PHOTOS --model {res.run_dir} --out sorted")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,20 +6,18 @@ from pathlib import Path
 
 import typer
 
-from vitrina.cli._common import DEVICE_HELP, out, print_json
+from vitrina.cli._choices import Augment, Precision
+from vitrina.cli._common import DEVICE_HELP, config_from_options, parse_size, print_json
+from vitrina.cli._common import out as console
 
-
-def _size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected HEIGHTxWIDTH, e.g. 64x64") from None
-    return h, w
+#: Options of the command that are not fields of
+#: :class:`vitrina.training.autoencoder.AutoencoderConfig`; every other option is the field of
+#: the same name (tests/test_cli_contract.py checks names, defaults and choices against it).
+CLI_ONLY = ("resume", "as_json")
 
 
 def train_autoencoder(
+    ctx: typer.Context,
     data_dir: Path = typer.Argument(
         ..., help="Folder of photos (sub-folders included); no labels needed."
     ),
@@ -31,6 +29,7 @@ def train_autoencoder(
     ),
     input_size: str | None = typer.Option(
         None,
+        parser=parse_size,
         metavar="HxW",
         help="HEIGHTxWIDTH the photos are resized and center-cropped to (default: the "
         "encoder's; 64x64 trains a ResNet-18 in minutes on a CPU).",
@@ -40,8 +39,8 @@ def train_autoencoder(
     batch_size: int = typer.Option(32, help="Photos per step."),
     lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine decay)."),
     weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
-    augment: str = typer.Option("light", help="Input augmentation: none, light or standard."),
-    precision: str = typer.Option("fp32", help="fp64, fp32 or bf16 (autocast)."),
+    augment: Augment = typer.Option("light", help="Augmentation of the inputs (and targets)."),
+    precision: Precision = typer.Option("fp32", help="fp64, fp32 or bf16 (autocast)."),
     val_fraction: float = typer.Option(
         0.1, help="Share of photos held out to pick the best epoch and to draw."
     ),
@@ -49,9 +48,9 @@ def train_autoencoder(
         0, help="Stop after this many epochs without a lower held-out error (0: never)."
     ),
     seed: int = typer.Option(0, help="Seed for the split, init and shuffling."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Run folder to create."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    workers: int | None = typer.Option(None, help="Image decoding processes."),
+    num_workers: int | None = typer.Option(None, "--workers", help="Image decoding processes."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -72,25 +71,7 @@ def train_autoencoder(
     from vitrina.training.autoencoder import AutoencoderConfig
     from vitrina.training.autoencoder import train_autoencoder as run
 
-    cfg = AutoencoderConfig(
-        data_dir=str(data_dir),
-        arch=arch,
-        weights=weights,
-        input_size=_size(input_size),
-        width=width,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        augment=augment,
-        precision=precision,
-        val_fraction=val_fraction,
-        patience=patience,
-        seed=seed,
-        out=str(out_dir) if out_dir else None,
-        num_workers=workers,
-        device=device,
-    )
+    cfg = config_from_options(AutoencoderConfig, ctx.params, cli_only=CLI_ONLY)
     res = run(cfg, resume=resume, progress=not as_json)
     if as_json:
         print_json(
@@ -105,11 +86,11 @@ def train_autoencoder(
     m = res.metrics
     err = m.get("val_loss", m.get("train_loss"))
     where = "held-out" if "val_loss" in m else "training"
-    out.print(f"best epoch {res.best_epoch}: {where} reconstruction error (MSE) {err:.4f}")
+    console.print(f"best epoch {res.best_epoch}: {where} reconstruction error (MSE) {err:.4f}")
     if res.bad_files:
-        out.print(f"{len(res.bad_files)} unreadable images were skipped")
-    out.print(f"run folder: {res.run_dir}  (reconstructions in {res.run_dir / 'plots'})")
-    out.print(
+        console.print(f"{len(res.bad_files)} unreadable images were skipped")
+    console.print(f"run folder: {res.run_dir}  (reconstructions in {res.run_dir / 'plots'})")
+    console.print(
         f"next: vitrina index build PHOTOS --model {res.run_dir} --out index  ·  "
         f"vitrina train LABELLED --arch {cfg.arch} --weights {res.run_dir} --mode probe"
     )

@@ -6,22 +6,18 @@ from pathlib import Path
 
 import typer
 
-from vitrina.cli._common import DEVICE_HELP, out, print_json
+from vitrina.cli._choices import Distance, EmbeddingAugment, Miner, Precision, Sampler
+from vitrina.cli._common import DEVICE_HELP, config_from_options, parse_size, print_json
+from vitrina.cli._common import out as console
 
-
-def _size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    from vitrina.errors import VitrinaError
-
-    try:
-        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise VitrinaError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 256x128") from None
-    return h, w
+#: Options of the command that are not fields of
+#: :class:`vitrina.training.embedding.EmbeddingConfig`; every other option is the field of the
+#: same name (tests/test_cli_contract.py checks names, defaults and choices against it).
+CLI_ONLY = ("resume", "as_json")
 
 
 def train_embedding(
+    ctx: typer.Context,
     data_dir: Path = typer.Argument(
         ...,
         help="Identities: one sub-folder of images per person/product, or a Market-1501 folder "
@@ -38,14 +34,8 @@ def train_embedding(
         "contrastive, quadruplet, center, cosface, arcface; with --sampler pairs: "
         "siamese-contrastive, siamese-binary.",
     ),
-    miner: str = typer.Option(
-        "none",
-        help="Pair/triplet mining for triplet and contrastive: none, batch-hard, semi-hard, "
-        "distance-weighted.",
-    ),
-    distance: str = typer.Option(
-        "euclidean", help="Distance of the metric losses: euclidean or cosine."
-    ),
+    miner: Miner = typer.Option("none", help="Pair/triplet mining for triplet and contrastive."),
+    distance: Distance = typer.Option("euclidean", help="Distance of the metric losses."),
     margin: float | None = typer.Option(None, help="Margin of triplet/contrastive/quadruplet."),
     dim: int = typer.Option(0, help="Embedding size (0: the backbone's feature width)."),
     bnneck: bool = typer.Option(
@@ -55,7 +45,7 @@ def train_embedding(
         None, "--p", help="Identities per batch (P of P×K; default 8, fewer if fewer exist)."
     ),
     k: int = typer.Option(4, "--k", help="Images per identity in a batch (K of P×K)."),
-    sampler: str = typer.Option(
+    sampler: Sampler = typer.Option(
         "pk",
         help="pk: P identities x K images per batch; pairs: balanced same/different Siamese "
         "pairs (P*K/2 per batch) for the siamese-* losses.",
@@ -65,16 +55,20 @@ def train_embedding(
     head_lr_mult: float = typer.Option(
         10.0, help="The neck and the loss weights learn this many times faster."
     ),
+    weight_decay: float = typer.Option(5e-4, help="AdamW weight decay."),
     freeze_backbone: bool = typer.Option(
         False, "--freeze-backbone", help="Train only the neck and the loss weights."
     ),
     input_size: str | None = typer.Option(
-        None, help="HEIGHTxWIDTH of the crops, e.g. 256x128 for people (default: the model's)."
+        None,
+        parser=parse_size,
+        metavar="HxW",
+        help="HEIGHTxWIDTH of the crops, e.g. 256x128 for people (default: the model's).",
     ),
-    augment: str = typer.Option(
-        "reid", help="reid (flip, pad-crop, random erasing), light, standard or none."
+    augment: EmbeddingAugment = typer.Option(
+        "reid", help="reid: flip, pad-crop, random erasing; or a classifier's augmentation."
     ),
-    precision: str = typer.Option("fp32", help="fp64, fp32 or bf16 (autocast)."),
+    precision: Precision = typer.Option("fp32", help="fp64, fp32 or bf16 (autocast)."),
     val_fraction: float = typer.Option(
         0.2, help="Share of identities held out to pick the best epoch and calibrate thresholds."
     ),
@@ -83,9 +77,9 @@ def train_embedding(
     ),
     patience: int = typer.Option(0, help="Stop after this many epochs without a better mAP."),
     seed: int = typer.Option(0, help="Seed for the split, init and sampling."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Run folder to create."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    workers: int | None = typer.Option(None, help="Image decoding processes."),
+    num_workers: int | None = typer.Option(None, "--workers", help="Image decoding processes."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -106,34 +100,7 @@ def train_embedding(
     from vitrina.training.embedding import EmbeddingConfig
     from vitrina.training.embedding import train_embedding as run
 
-    cfg = EmbeddingConfig(
-        data_dir=str(data_dir),
-        arch=arch,
-        weights=weights,
-        loss=loss,
-        miner=miner,
-        distance=distance,
-        margin=margin,
-        dim=dim,
-        bnneck=bnneck,
-        p=p,
-        k=k,
-        sampler=sampler,
-        epochs=epochs,
-        lr=lr,
-        head_lr_mult=head_lr_mult,
-        freeze_backbone=freeze_backbone,
-        input_size=_size(input_size),
-        augment=augment,
-        precision=precision,
-        val_fraction=val_fraction,
-        target_far=target_far,
-        patience=patience,
-        seed=seed,
-        out=str(out_dir) if out_dir else None,
-        num_workers=workers,
-        device=device,
-    )
+    cfg = config_from_options(EmbeddingConfig, ctx.params, cli_only=CLI_ONLY)
     res = run(cfg, resume=resume, progress=not as_json)
     if as_json:
         print_json(
@@ -148,18 +115,18 @@ def train_embedding(
         return
     m = res.metrics
     if res.dropped_singletons:
-        out.print(f"{res.dropped_singletons} identities with a single image were skipped")
+        console.print(f"{res.dropped_singletons} identities with a single image were skipped")
     if "val_mAP" in m:
-        out.print(
+        console.print(
             f"best epoch {res.best_epoch}: held-out identities mAP {m['val_mAP']:.3f}, "
             f"rank-1 {m['val_rank1']:.3f}"
         )
     else:
-        out.print(f"trained {m.get('epochs_run')} epochs (no held-out identities: last kept)")
+        console.print(f"trained {m.get('epochs_run')} epochs (no held-out identities: last kept)")
     if res.bad_files:
-        out.print(f"{len(res.bad_files)} unreadable images were skipped")
-    out.print(f"run folder: {res.run_dir}")
-    out.print(f"next: vitrina evaluate-reid {res.run_dir} DATA  ·  vitrina index build ...")
+        console.print(f"{len(res.bad_files)} unreadable images were skipped")
+    console.print(f"run folder: {res.run_dir}")
+    console.print(f"next: vitrina evaluate-reid {res.run_dir} DATA  ·  vitrina index build ...")
 
 
 def register(app: typer.Typer) -> None:

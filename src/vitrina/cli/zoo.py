@@ -12,11 +12,9 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from vitrina.cli._common import err, out, print_json, progress_bar
+from vitrina.cli._choices import Backend, ZooPlotY, ZooSort
+from vitrina.cli._common import CommaChoices, err, out, print_json, progress_bar
 from vitrina.errors import VitrinaError
-
-SORT_KEYS = ("size", "params", "gflops", "top1", "year", "name")  # vitrina.zoo.SORT_KEYS
-PLOT_Y = ("top1", "throughput")
 
 
 def zoo(
@@ -45,8 +43,10 @@ def zoo(
     backends: str = typer.Option(
         "eager,bf16",
         "--backends",
-        help="Comma-separated inference backends for --measure (eager, bf16, onnx...; "
-        "auto stands for its first guess on this machine).",
+        parser=CommaChoices(Backend),
+        metavar=CommaChoices(Backend).metavar,
+        help="Comma-separated inference backends for --measure (auto stands for its first "
+        "guess on this machine).",
     ),
     threads: int | None = typer.Option(
         None,
@@ -59,15 +59,17 @@ def zoo(
     plot: Path | None = typer.Option(
         None, "--plot", help="Also write a PNG scatter: fp32 size against --plot-y."
     ),
-    plot_y: str | None = typer.Option(
+    plot_y: ZooPlotY | None = typer.Option(
         None,
         "--plot-y",
-        help="top1 or throughput (default: throughput when measured, else top1).",
+        help="What to draw against size (default: throughput when measured, else top1).",
     ),
     limit: int = typer.Option(
         60, "--limit", help="Describe at most this many of the names a PATTERN matches."
     ),
-    sort: str = typer.Option("size", "--sort", help=f"Order by {', '.join(SORT_KEYS)}."),
+    sort: ZooSort = typer.Option(
+        "size", "--sort", help="Order (top1: best first; year: oldest first)."
+    ),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     as_markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
@@ -88,13 +90,13 @@ def zoo(
 
     if sum((as_csv, as_json, as_markdown)) > 1:
         raise VitrinaError("choose one of --csv, --json, --markdown")
-    if plot_y is not None and plot_y not in PLOT_Y:
-        raise VitrinaError(f"unknown --plot-y {plot_y!r} (choose {', '.join(PLOT_Y)})")
     if plot_y == "throughput" and not do_measure:
         raise VitrinaError("--plot-y throughput needs --measure")
-    chosen = _backends(backends) if do_measure else []
-    if "bf16" in chosen:
-        _note_bf16()
+    chosen: list[str] = []
+    if do_measure:
+        chosen, notes = Z.measurement_backends(backends.split(","))
+        for note in notes:
+            err.print(f"note: {note}")
 
     bars: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
@@ -147,30 +149,6 @@ def zoo(
 
 
 # ---------------------------------------------------------------------------- helpers
-def _backends(spec: str) -> list[str]:
-    import torch
-
-    from vitrina.engine import resolve_backend
-
-    names = [b.strip() for b in spec.split(",") if b.strip()]
-    if not names:
-        raise VitrinaError("--backends is empty (e.g. --backends eager,bf16)")
-    cpu = torch.device("cpu")
-    return list(dict.fromkeys(resolve_backend(b, cpu) for b in names))
-
-
-def _note_bf16() -> None:
-    import torch
-
-    from vitrina.engine import bf16_supported
-
-    if not bf16_supported(torch.device("cpu")):
-        err.print(
-            "note: this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 is "
-            "emulated and many times slower than fp32 here"
-        )
-
-
 def _criteria(pattern: str | None, max_mb: float | None, family: str | None, pre: bool) -> str:
     parts = [repr(pattern) if pattern else "the classic list"]
     if family:

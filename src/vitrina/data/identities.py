@@ -222,7 +222,7 @@ def to_market(
     dst: str | Path,
     *,
     train_ids: int | None = None,
-    train_fraction: float = 0.5,
+    train_fraction: float | None = None,
     cameras: int = 6,
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
@@ -232,7 +232,8 @@ def to_market(
     Rules (deterministic for the same input and ``seed``):
 
     * Identities are split, never images: ``train_ids`` people (else ``round(N *
-      train_fraction)``, kept within 1..N-1) go to ``bounding_box_train``, the rest are test.
+      train_fraction)``, default 0.5, kept within 1..N-1) go to ``bounding_box_train``, the
+      rest are test. Give one of the two, not both.
     * pid = 1..N in sorted order of identity folder name (as ``scan_identities`` numbers them).
     * Cameras: an identity's images (sorted by path) are shuffled with seed ``f"{seed}:{name}"``;
       the i-th gets camera ``i % cameras + 1``, frame ``i``, sequence 1, box 0.
@@ -317,7 +318,11 @@ def _check_dst(src: Path, dst: Path) -> None:
         )
 
 
-def _train_count(src: Path, n: int, train_ids: int | None, fraction: float) -> int:
+def _train_count(src: Path, n: int, train_ids: int | None, fraction: float | None) -> int:
+    if train_ids is not None and fraction is not None:
+        raise VitrinaError("give --train-ids or --train-fraction, not both")
+    if fraction is None:
+        fraction = 0.5
     if train_ids is not None:
         if not 1 <= train_ids <= n - 1:
             raise VitrinaError(

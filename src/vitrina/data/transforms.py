@@ -93,6 +93,13 @@ class ResizeCenterCrop(torch.nn.Module):
         return img.resize((self.w, self.h), self.resample, box=box)
 
 
+def short_side(pre: InputSpec) -> int:
+    """The side the eval transform resizes a photo's short side to, before its centre crop
+    (``input size / crop_pct``); JPEGs may decode straight to about this size."""
+    h, w = pre.input_size
+    return math.floor(min(h, w) / pre.crop_pct)
+
+
 def _to_tensor(pre: InputSpec) -> list[T.Transform]:
     return [ToNormalizedTensor(pre.mean, pre.std)]
 
@@ -100,7 +107,7 @@ def _to_tensor(pre: InputSpec) -> list[T.Transform]:
 def plain_eval_transform(pre: InputSpec) -> T.Compose:
     """The torchvision reference of :func:`eval_transform` (kept for tests and benchmarks)."""
     h, w = pre.input_size
-    short = math.floor(min(h, w) / pre.crop_pct)
+    short = short_side(pre)
     steps: list[T.Transform] = [
         T.Resize(short, interpolation=_INTERP[pre.interpolation], antialias=True),
         T.CenterCrop((h, w)),
@@ -123,8 +130,9 @@ def eval_transform(pre: InputSpec) -> T.Compose:
     Matches :func:`plain_eval_transform` to a fraction of a grey level, faster.
     """
     h, w = pre.input_size
-    short = math.floor(min(h, w) / pre.crop_pct)
-    return T.Compose([ResizeCenterCrop((h, w), short, pre.interpolation), *_to_tensor(pre)])
+    return T.Compose(
+        [ResizeCenterCrop((h, w), short_side(pre), pre.interpolation), *_to_tensor(pre)]
+    )
 
 
 def train_transform(pre: InputSpec, augment: str = "light") -> T.Compose:

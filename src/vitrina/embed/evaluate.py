@@ -3,15 +3,20 @@ all the others; relevant = same folder."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from vitrina.embed.core import Embedder, EmbeddingSpec
-from vitrina.evaluate.retrieval import RetrievalReport, retrieval_report
+from vitrina.errors import refuse_existing
+from vitrina.evaluate.retrieval import METRICS, RetrievalReport, retrieval_report
 
-__all__ = ["evaluate_retrieval", "plot_retrieval"]
+__all__ = ["REPORT_FILES", "evaluate_retrieval", "plot_retrieval", "write_retrieval_report"]
+
+#: What :func:`write_retrieval_report` writes into its folder.
+REPORT_FILES = ("report.json", "retrieval.png")
 
 
 def evaluate_retrieval(
@@ -24,16 +29,21 @@ def evaluate_retrieval(
     device: str = "auto",
     batch_size: int = 32,
     num_workers: int | None = None,
+    out_dir: str | Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RetrievalReport:
     """Embed every image of ``data_dir/<class>/...`` and score leave-one-out retrieval.
 
-    Unreadable images are skipped and listed in ``report.unreadable``."""
+    Unreadable images are skipped and listed in ``report.unreadable``. ``out_dir``: also
+    write the report there (:func:`write_retrieval_report`); files already there are refused
+    before anything is embedded."""
     from vitrina.data import scan_folder
     from vitrina.errors import VitrinaError
 
-    if metric not in ("cosine", "euclidean"):
+    if metric not in METRICS:
         raise VitrinaError(f"unknown metric {metric!r}; choose cosine or euclidean")
+    if out_dir is not None:
+        refuse_existing(*(Path(out_dir) / name for name in REPORT_FILES))
     scan = scan_folder(data_dir)
     emb = Embedder(
         spec, backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
@@ -56,7 +66,26 @@ def evaluate_retrieval(
         "dim": emb.dim,
         "backend": emb.engine.backend_name,
     }
+    if out_dir is not None:
+        write_retrieval_report(rep, out_dir)
     return rep
+
+
+def write_retrieval_report(report: RetrievalReport, out_dir: str | Path) -> list[Path]:
+    """Write ``report.json`` and ``retrieval.png`` (:func:`plot_retrieval`) into ``out_dir``,
+    never over existing files; returns them."""
+    from vitrina.io import atomic_write_text
+
+    files = [Path(out_dir) / name for name in REPORT_FILES]
+    refuse_existing(*files)
+    files[0].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(files[0], json.dumps(report.to_dict(), indent=2) + "\n")
+    title = (
+        f"{report.info['model']}: mAP {report.mAP:.3f} ({report.n_queries} queries, "
+        f"{report.metric})"
+    )
+    plot_retrieval(report, files[1], title=title)
+    return files
 
 
 def plot_retrieval(report: RetrievalReport, path: str | Path, title: str = "") -> Path:

@@ -4,6 +4,7 @@ image against ``bounding_box_test/`` under the benchmark's protocol (see
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,10 +12,22 @@ from pathlib import Path
 import numpy as np
 
 from vitrina.embed.core import Embedder, EmbeddingSpec
-from vitrina.errors import DataError, VitrinaError
+from vitrina.errors import DataError, VitrinaError, refuse_existing
 from vitrina.evaluate.reid import ReidReport, reid_distances, reid_report
 
-__all__ = ["ReidEvaluation", "evaluate_reid", "reid_contact_sheet"]
+__all__ = [
+    "METRICS",
+    "REPORT_FILES",
+    "ReidEvaluation",
+    "evaluate_reid",
+    "reid_contact_sheet",
+    "write_reid_report",
+]
+
+#: Distances between the (L2-normalised) embeddings that :func:`evaluate_reid` measures.
+METRICS = ("euclidean", "cosine")
+#: What :func:`write_reid_report` writes into its folder.
+REPORT_FILES = ("report.json", "cmc.png", "ranked.png")
 
 
 @dataclass
@@ -30,6 +43,15 @@ class ReidEvaluation:
     gallery_pids: np.ndarray
     unreadable: list[str] = field(default_factory=list)
     plain: ReidReport | None = None
+    files: list[Path] = field(default_factory=list)  # written by write_reid_report
+
+    @property
+    def reports(self) -> dict[str, ReidReport]:
+        """The reports by name: ``plain`` and ``re-ranked`` with re-ranking, else the one
+        report under its metric's name."""
+        if self.plain is not None:
+            return {"plain": self.plain, "re-ranked": self.report}
+        return {self.report.metric: self.report}
 
 
 def evaluate_reid(
@@ -45,17 +67,23 @@ def evaluate_reid(
     device: str = "auto",
     batch_size: int = 32,
     num_workers: int | None = None,
+    out_dir: str | Path | None = None,
+    sheet_rows: int = 20,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ReidEvaluation:
     """Embed ``query/`` and ``bounding_box_test/`` and score them (rank-k, mAP, mINP).
 
     ``metric``: distance between the (L2-normalised) embeddings, ``euclidean`` or ``cosine``.
     ``rerank``: k-reciprocal re-ranking (Zhong et al. 2017) with ``k1``, ``k2``, ``lambda_value``.
+    ``out_dir``: also write the report there (:func:`write_reid_report`, ``sheet_rows`` queries
+    on the sheet); files already there are refused before anything is embedded.
     """
     from vitrina.data.identities import scan_identities
 
-    if metric not in ("euclidean", "cosine"):
+    if metric not in METRICS:
         raise VitrinaError(f"unknown metric {metric!r}; choose euclidean or cosine")
+    if out_dir is not None:
+        refuse_existing(*(Path(out_dir) / name for name in REPORT_FILES))
     ids = scan_identities(data_dir)
     if ids.layout != "market1501":
         raise DataError(
@@ -108,7 +136,7 @@ def evaluate_reid(
     }
     unreadable = [msg if str(p) in msg else f"{p}: {msg}" for p, msg in res.errors]
     plain.info = report.info
-    return ReidEvaluation(
+    ev = ReidEvaluation(
         report,
         [im.path for im in q],
         [im.path for im in g],
@@ -117,6 +145,33 @@ def evaluate_reid(
         unreadable,
         plain if rerank else None,
     )
+    if out_dir is not None:
+        write_reid_report(ev, out_dir, sheet_rows=sheet_rows)
+    return ev
+
+
+def write_reid_report(
+    ev: ReidEvaluation, out_dir: str | Path, *, sheet_rows: int = 20
+) -> list[Path]:
+    """Write ``report.json`` (every report's figures), ``cmc.png`` (the CMC curves) and
+    ``ranked.png`` (:func:`reid_contact_sheet`) into ``out_dir``, never over existing files;
+    returns them (also kept in ``ev.files``)."""
+    from vitrina.io import atomic_write_text
+    from vitrina.report.plots import plot_cmc
+
+    files = [Path(out_dir) / name for name in REPORT_FILES]
+    refuse_existing(*files)
+    files[0].parent.mkdir(parents=True, exist_ok=True)
+    doc = {name: r.to_dict() for name, r in ev.reports.items()}
+    atomic_write_text(files[0], json.dumps(doc, indent=2) + "\n")
+    plot_cmc(
+        {f"{n}, mAP {r.mAP:.3f}": r.cmc_curve for n, r in ev.reports.items()},
+        files[1],
+        title=f"CMC: {ev.report.info['model']}",
+    )
+    reid_contact_sheet(ev, files[2], rows=sheet_rows)
+    ev.files = files
+    return files
 
 
 def reid_contact_sheet(

@@ -75,7 +75,7 @@ def auto_candidates(
             names.append("int8")
     if bf16_supported(device):
         names.append("bf16")
-    return names
+    return [n for n in names if BACKENDS.get(n).supports(output)]
 
 
 def _time(backend: Backend, x: torch.Tensor, output: str) -> tuple[torch.Tensor, float]:

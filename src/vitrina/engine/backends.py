@@ -100,6 +100,8 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx": Tolerance(top1=1.0, rel=1e-3, atol=1e-3),
     "bf16": Tolerance(top1=0.99, rel=0.05),
     "int8": Tolerance(top1=0.99, rel=0.15),
+    # dlib's own C++ for its face ResNet: the same arithmetic in another order
+    "dlib": Tolerance(top1=1.0, rel=1e-4, atol=1e-4),
 }
 
 
@@ -130,9 +132,27 @@ def compare_outputs(ref: Any, got: Any, output: str = "logits") -> dict[str, flo
 
 
 class Backend:
-    """Runs a model on batches. Subclasses change how, never what is returned."""
+    """Runs a model on batches. Subclasses change how, never what is returned.
+
+    ``outputs``: the model outputs this backend can compute (``None``: any the model has).
+    Runtimes that execute an exported graph list the single-tensor outputs they export."""
 
     name = "base"
+    outputs: tuple[str, ...] | None = None
+
+    @classmethod
+    def supports(cls, output: str) -> bool:
+        return cls.outputs is None or output in cls.outputs
+
+    def check_output(self, output: str) -> None:
+        """One clear line when this backend cannot compute ``output``."""
+        if not self.supports(output):
+            from vitrina.errors import VitrinaError
+
+            raise VitrinaError(
+                f"the {self.name} backend computes {', '.join(self.outputs or ())} only, not "
+                f"{output!r}; choose another backend (eager computes every output)"
+            )
 
     def __init__(
         self,

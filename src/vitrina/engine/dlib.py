@@ -39,6 +39,7 @@ class DlibBackend(Backend):
     (its weights are the package's file, so a fine-tuned model is refused)."""
 
     name = "dlib"
+    outputs = ("embed",)
 
     def __init__(
         self,

@@ -297,6 +297,7 @@ class Engine:
     def forward(self, task: Task, x: torch.Tensor) -> Any:
         """The backend's raw outputs for a prepared ``(B, C, H, W)`` batch (for timing and
         measurements; results come from :meth:`run` or :meth:`run_prepared`)."""
+        self.backend.check_output(task.output)
         return self.backend(x, output=task.output)
 
     def run_prepared(self, task: Task, prepared: Sequence[Prepared]) -> list[Any]:
@@ -372,22 +373,28 @@ class Engine:
     ) -> Iterator[TaskBatch]:
         """Results batch by batch, in input order. ``on_progress(n)`` is called with the number
         of items consumed (done or failed) after each batch; ``num_workers`` overrides the
-        engine's setting for this call."""
+        engine's setting for this call.
+
+        While decode workers run, torch gets the cores they leave free (:func:`torch_threads`):
+        OpenMP threads that spin-wait beside busy workers cost more than they compute. An item
+        whose outputs are not finite is a bad item (see :data:`NONFINITE_REASON`)."""
         from vitrina.engine.items import item_name
 
         items = list(items)
+        workers = self._workers(task, items, num_workers)
         reason = getattr(self.model, "nonfinite_reason", None) or NONFINITE_REASON
-        for b in self.prepared_batches(task, items, num_workers=num_workers):
-            values, failed = self._run_prepared(task, b.prepared)
-            errors = list(b.errors)
-            for j in failed:
-                i = b.indices[j]
-                errors.append((i, f"{item_name(items[i])}: {reason}", reason))
-            dropped = set(failed)
-            keep = [j for j in range(len(values)) if j not in dropped]
-            yield TaskBatch([b.indices[j] for j in keep], [values[j] for j in keep], errors)
-            if on_progress:
-                on_progress(len(b))
+        with torch_threads(workers):
+            for b in self.prepared_batches(task, items, num_workers=workers):
+                values, failed = self._run_prepared(task, b.prepared)
+                errors = list(b.errors)
+                for j in failed:
+                    i = b.indices[j]
+                    errors.append((i, f"{item_name(items[i])}: {reason}", reason))
+                dropped = set(failed)
+                keep = [j for j in range(len(values)) if j not in dropped]
+                yield TaskBatch([b.indices[j] for j in keep], [values[j] for j in keep], errors)
+                if on_progress:
+                    on_progress(len(b))
 
     def run(
         self,

@@ -211,6 +211,7 @@ class Int8Backend(Backend):
     warns when it is outside the stated int8 tolerance (it keeps running: you asked for it)."""
 
     name = "int8"
+    outputs = ("logits", "embed")
 
     def __init__(
         self,

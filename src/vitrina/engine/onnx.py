@@ -147,6 +147,7 @@ class OnnxBackend(Backend):
     """ONNX Runtime on the CPU (CUDA provider when the device is a GPU and it is installed)."""
 
     name = "onnx"
+    outputs = ("logits", "embed")
 
     def __init__(
         self,

@@ -25,7 +25,6 @@ frozen dataclasses, so they pickle into decode workers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitrina.data.transforms import InputSpec, eval_transform
+from vitrina.data.transforms import InputSpec, eval_transform, short_side
 from vitrina.registry import Registry
 
 __all__ = [
@@ -63,12 +62,6 @@ class Prepared:
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
-
-
-def short_side(pre: InputSpec) -> int:
-    """The side an eval transform resizes a photo's short side to (JPEGs decode to about it)."""
-    h, w = pre.input_size
-    return math.floor(min(h, w) / pre.crop_pct)
 
 
 class ImagePreparer:

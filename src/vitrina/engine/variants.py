@@ -46,6 +46,7 @@ class PrunedBackend(Backend):
     a tolerance around fp32."""
 
     name = "pruned"
+    outputs = ("logits",)
 
     def __init__(
         self,

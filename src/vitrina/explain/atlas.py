@@ -35,7 +35,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from vitrina.errors import VitrinaError
+from vitrina.data import expand_image_paths
+from vitrina.errors import VitrinaError, refuse_existing
 from vitrina.explain.layers import frozen, layer_extractor, model_device, resolve_layer, save_png
 from vitrina.models import VitrinaModel
 
@@ -436,42 +437,47 @@ def write_atlas(atlas: Atlas, out: str | Path) -> tuple[Path, Path]:
 
 def atlas_files(
     model: str,
-    inputs: Sequence[str | Path],
+    photos: Sequence[str | Path],
     layer: str,
-    out: str | Path,
+    out: str | Path = "atlas.png",
     *,
+    grid: int = 20,
+    positions: int = 16,
+    min_count: int = 3,
+    size: int = 48,
+    steps: int = 64,
+    layout: str = "umap",
     max_photos: int | None = 1000,
     seed: int = 0,
+    num_workers: int | None = None,
     on_progress: Progress | None = None,
-    **options: Any,
 ) -> tuple[Atlas, Path, Path]:
     """The atlas of ``layer`` of ``model`` (a run folder or a zoo name with ImageNet weights)
-    over the photos in ``inputs`` (files and folders, searched recursively; at most
-    ``max_photos``, a seeded sample), written to ``out`` and its ``.json``; nothing is
-    overwritten. ``options`` go to :func:`activation_atlas`."""
+    over ``photos`` (files and folders, searched recursively; at most ``max_photos``, a seeded
+    sample), written to ``out`` and its ``.json``; nothing is overwritten (checked before any
+    work). The other options are :func:`activation_atlas`'s."""
     from vitrina.embed.core import load_source
-    from vitrina.errors import DataError
 
     out = Path(out)
-    for p in (out, out.with_suffix(".json")):
-        if p.exists():
-            raise VitrinaError(f"{p}: file exists; choose another --out (nothing was overwritten)")
-    photos: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            from vitrina.data import iter_image_files
-
-            photos += iter_image_files(item, recursive=True)[0]
-        elif item.exists():
-            photos.append(item)
-        else:
-            raise DataError(f"{item}: no such photo or folder")
-    if max_photos is not None and len(photos) > max_photos:
-        keep = np.sort(np.random.default_rng(seed).choice(len(photos), max_photos, replace=False))
-        photos = [photos[i] for i in keep]
+    refuse_existing(out, out.with_suffix(".json"))
+    paths = expand_image_paths(photos)
+    if max_photos is not None and len(paths) > max_photos:
+        keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_photos, replace=False))
+        paths = [paths[i] for i in keep]
     net, _, _ = load_source(model)
     atlas = activation_atlas(
-        net.eval(), photos, layer, seed=seed, on_progress=on_progress, **options
+        net.eval(),
+        paths,
+        layer,
+        grid=grid,
+        positions=positions,
+        min_count=min_count,
+        size=size,
+        steps=steps,
+        layout=layout,
+        seed=seed,
+        num_workers=num_workers,
+        on_progress=on_progress,
     )
     png, meta = write_atlas(atlas, out)
     return atlas, png, meta

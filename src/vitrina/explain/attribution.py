@@ -30,7 +30,6 @@ Conventions:
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 import types
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vitrina.data.transforms import short_side
 from vitrina.engine import Embedding, Engine, Logits
 from vitrina.errors import UnknownNameError, VitrinaError
 from vitrina.explain.targets import (
@@ -394,7 +394,7 @@ def crop_box(pre: Preprocess, size: tuple[int, int]) -> tuple[float, float, floa
     image when the crop is larger than the resized image (that part is padding)."""
     W, H = size
     h, w = pre.input_size
-    short = math.floor(min(h, w) / pre.crop_pct)
+    short = short_side(pre)
     if W <= H:
         nw, nh = short, int(short * H / W)
     else:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitrina.errors import ImageReadError
+from vitrina.errors import ImageReadError, VitrinaError
 from vitrina.explain.attribution import METHODS, explain_batch, method_spec, overlay
 from vitrina.models import VitrinaModel
 from vitrina.report.explain_page import ExplainRow, write_explain_page
@@ -33,8 +34,8 @@ class FolderExplanation:
 
 
 def explain_photos(
-    model: VitrinaModel,
-    paths: Sequence[Path],
+    model: VitrinaModel | str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]],
     out_dir: str | Path,
     methods: Sequence[str] = ("gradcam",),
     *,
@@ -43,15 +44,30 @@ def explain_photos(
     seed: int = 0,
     title: str = "",
     on_photo: Callable[[int, str | None], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> FolderExplanation:
     """Explain each photo with each method (``["all"]``: every method); write
     ``out_dir/overlays/<stem>-<method>.jpg`` and ``out_dir/index.html`` (never overwriting).
-    An unreadable photo is recorded and skipped; ``on_photo(done, error)`` after each photo."""
+
+    ``model``: a loaded model, or a run folder / zoo name (loaded in eval mode; the page's
+    default title then says where its weights come from). ``paths``: photos, or folders of
+    photos (searched recursively). An unreadable photo is recorded and skipped. After each
+    photo: ``on_photo(done, error)`` and ``on_progress(done, total)``."""
+    from vitrina.data import expand_image_paths
     from vitrina.io import read_image, save_new_image, unique_path
 
     chosen = METHODS.names() if list(methods) == ["all"] else list(dict.fromkeys(methods))
     for m in chosen:
         method_spec(m)  # unknown -> the valid names, before any work
+    paths = expand_image_paths(paths)
+    if not paths:
+        raise VitrinaError("no photos given")
+    if not isinstance(model, VitrinaModel):
+        from vitrina.explain.files import load_model
+
+        model, origin = load_model(model)
+        title = title or f"explanations: {model.arch} ({origin})"
+    total = len(paths)
     out_dir = Path(out_dir)
     res = FolderExplanation(unique_path(out_dir / "index.html"), out_dir / "overlays", chosen)
     for k, path in enumerate(map(Path, paths), 1):
@@ -61,6 +77,8 @@ def explain_photos(
             res.rows.append(ExplainRow(str(path), "", [], "", error=str(e)))
             if on_photo:
                 on_photo(k, str(e))
+            if on_progress:
+                on_progress(k, total)
             continue
         (maps,) = explain_batch(model, [img], chosen, target=target, layer=layer, seed=seed)
         first = next(iter(maps.values()))
@@ -77,5 +95,7 @@ def explain_photos(
         res.rows.append(row)
         if on_photo:
             on_photo(k, None)
+        if on_progress:
+            on_progress(k, total)
     write_explain_page(res.rows, chosen, res.page, title=title or f"explanations: {model.arch}")
     return res

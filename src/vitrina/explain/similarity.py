@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from vitrina.explain.attribution import explain_similarity, overlay
 
-__all__ = ["match_figure", "write_match_explanations"]
+__all__ = ["explain_matches", "match_figure", "write_match_explanations"]
 
 SIDE = 320
 
@@ -56,3 +58,30 @@ def write_match_explanations(  # type: ignore[no-untyped-def]
     figure = match_figure(model, query, result, method=method)
     name = f"rank-{rank:02d}-{Path(result).stem}.jpg"
     return save_new_image(figure, Path(out_dir) / Path(query).stem / name)
+
+
+def explain_matches(  # type: ignore[no-untyped-def]
+    model,
+    results: Iterable[Any],
+    out_dir: str | Path,
+    *,
+    top: int = 3,
+    method: str = "gradcam",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Why the best hits match their query: for each search result (anything with ``query``,
+    ``hits`` of ``path`` and ``rank``, and ``error``, like
+    :class:`vitrina.search.QueryResult`), the first ``top`` hits are drawn beside the query
+    with :func:`write_match_explanations`; queries with an error are skipped.
+
+    ``model`` is the embedding model the index was searched with. Returns the figures written;
+    ``on_progress(done, total)`` after each."""
+    pairs = [(r.query, h) for r in results if not r.error for h in r.hits[: max(0, top)]]
+    written = []
+    for n, (query, hit) in enumerate(pairs, 1):
+        written.append(
+            write_match_explanations(model, query, hit.path, hit.rank, out_dir, method=method)
+        )
+        if on_progress:
+            on_progress(n, len(pairs))
+    return written

@@ -11,9 +11,14 @@
 * :mod:`vitrina.faces.gallery` — the persistent gallery (the shared faiss + SQLite index, the
   chips kept for review, a lock for concurrent writers);
 * :mod:`vitrina.faces.decision` — the open-set decision rule and its calibration;
+* :mod:`vitrina.faces.enroll`, :mod:`~vitrina.faces.identify`, :mod:`~vitrina.faces.calibrate`
+  — the workflows on photo files that ``vitrina faces enroll / identify / verify / calibrate``
+  run (``enroll_photos``, ``identify_photos``, ``verify_photos``, ``calibrate_gallery``);
 * :mod:`vitrina.faces.sort` — sort photos into a folder per person.
 """
 
+from vitrina.faces.calibrate import CalibrationRun, calibrate_gallery
+from vitrina.faces.enroll import EnrollRun, enroll_photos, enrollment_groups
 from vitrina.faces.gallery import (
     UNKNOWN,
     CalibrationReport,
@@ -24,22 +29,41 @@ from vitrina.faces.gallery import (
     Person,
     check_person_name,
 )
+from vitrina.faces.identify import (
+    IdentifyRun,
+    PairVerification,
+    PhotoIdentification,
+    identify_photos,
+    largest_face,
+    verify_photos,
+)
 from vitrina.faces.types import Box, Face, PhotoFaces
 
 __all__ = [
     "UNKNOWN",
     "Box",
     "CalibrationReport",
+    "CalibrationRun",
     "EnrollReport",
+    "EnrollRun",
     "Face",
     "FacePipeline",
     "Gallery",
     "GalleryError",
     "Identification",
+    "IdentifyRun",
+    "PairVerification",
     "Person",
     "PhotoFaces",
+    "PhotoIdentification",
+    "calibrate_gallery",
     "check_person_name",
+    "enroll_photos",
+    "enrollment_groups",
+    "identify_photos",
+    "largest_face",
     "sort_faces",
+    "verify_photos",
 ]
 
 

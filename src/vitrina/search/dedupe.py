@@ -48,6 +48,7 @@ __all__ = [
     "find_duplicates",
     "move_duplicates",
     "write_csv",
+    "write_sheet",
 ]
 
 DEFAULT_THRESHOLD = 0.88
@@ -239,6 +240,25 @@ def write_csv(report: DedupeReport, out: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, buf.getvalue())
     return path
+
+
+def write_sheet(report: DedupeReport, out: str | os.PathLike[str]) -> Path:
+    """A contact sheet PNG with a row per group: the photo kept first, then each duplicate
+    (where it was moved, if it was) captioned "same bytes" or its similarity to the first."""
+    from vitrina.report.sheets import SheetRow, Tile, write_contact_sheet
+
+    rows = [
+        SheetRow(
+            f"group {gi}: {len(g)} photos",
+            [Tile(g[0].path, "kept")]
+            + [
+                Tile(m.moved_to or m.path, "same bytes" if m.exact else f"sim {m.similarity:.3f}")
+                for m in g[1:]
+            ],
+        )
+        for gi, g in enumerate(report.groups, 1)
+    ]
+    return write_contact_sheet(rows, out)
 
 
 def move_duplicates(

@@ -24,7 +24,7 @@ from vitrina.zoo.catalogue import (
     is_described,
 )
 from vitrina.zoo.find import SORT_KEYS, ZooQuery, find, resolve_family, sort_entries
-from vitrina.zoo.measurements import is_measured, machine_key, measure
+from vitrina.zoo.measurements import is_measured, machine_key, measure, measurement_backends
 from vitrina.zoo.plot import plot_zoo
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "is_measured",
     "machine_key",
     "measure",
+    "measurement_backends",
     "plot_zoo",
     "resolve_family",
     "sort_entries",

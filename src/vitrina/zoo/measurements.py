@@ -24,7 +24,7 @@ from vitrina.models.registry import resolve_name
 from vitrina.zoo import catalogue
 from vitrina.zoo.catalogue import Timing, _one_line, _read_json, _slug, _write_json, cache_dir
 
-__all__ = ["is_measured", "machine_key", "measure"]
+__all__ = ["is_measured", "machine_key", "measure", "measurement_backends"]
 
 _TASK = Logits()  # the zoo times the classifier's forward pass
 
@@ -108,6 +108,26 @@ def _backends_of(name: str) -> tuple[str, ...]:
     if name.removeprefix("vitrina/") in FITTED_ARCHS:
         return ClassicModel.backends
     return tuple(BACKENDS.names())
+
+
+def measurement_backends(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The backends to time for the names asked (``auto`` stands for its first guess on this
+    CPU; duplicates dropped, order kept) and the notes a user should read before waiting for
+    the timings (bf16 is emulated, and many times slower, on CPUs without bf16 units)."""
+    from vitrina.engine import bf16_supported, resolve_backend
+
+    asked = [n.strip() for n in names if n.strip()]
+    if not asked:
+        raise VitrinaError("no backends given (e.g. eager,bf16)")
+    cpu = torch.device("cpu")
+    backends = list(dict.fromkeys(resolve_backend(b, cpu) for b in asked))
+    notes = []
+    if "bf16" in backends and not bf16_supported(cpu):
+        notes.append(
+            "this CPU has no bf16 matrix units (AMX / AVX-512-BF16): bf16 is emulated and many "
+            "times slower than fp32 here"
+        )
+    return backends, notes
 
 
 @contextlib.contextmanager

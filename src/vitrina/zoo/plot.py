@@ -9,7 +9,10 @@ from vitrina.errors import VitrinaError
 from vitrina.report.plots import plot_size_scatter
 from vitrina.zoo.catalogue import ZooEntry
 
-__all__ = ["plot_zoo"]
+__all__ = ["PLOT_Y", "plot_zoo"]
+
+#: What :func:`plot_zoo` can draw against size.
+PLOT_Y = ("top1", "throughput")
 
 
 def plot_zoo(
@@ -23,8 +26,8 @@ def plot_zoo(
     throughput (``y="throughput"``, of ``backend``, default the first one measured), each
     point labelled with its name; written atomically as PNG. Entries without that value are
     left out; none at all raises :class:`VitrinaError`."""
-    if y not in ("top1", "throughput"):
-        raise VitrinaError(f"plot y must be top1 or throughput, not {y!r}")
+    if y not in PLOT_Y:
+        raise VitrinaError(f"plot y must be one of {', '.join(PLOT_Y)}, not {y!r}")
     points: list[tuple[str, float, float]] = []
     label = "ImageNet-1k top-1 (%)"
     for e in entries:
