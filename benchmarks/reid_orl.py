@@ -6,7 +6,9 @@ with cameras assigned deterministically. Then, in the same run:
 
 * the frozen ImageNet EfficientNet-Lite0 embedding (no training) — the baseline;
 * EfficientNet-Lite0 fine-tuned with each loss (softmax, triplet batch-hard, ArcFace,
-  triplet + center), same data, epochs and seed;
+  triplet + center), same data, epochs and seed; the whole backbone trains
+  (``trainable="all"``: this compares losses; ``--trainable auto`` would train the neck only
+  for 16 people, see ``benchmarks/embedding_transfer.py``);
 
 each evaluated with the Market-1501 protocol (rank-1, mAP). Target: the best loss lifts mAP
 by at least 8 points over the frozen baseline, within 10 minutes of CPU training per loss.
@@ -126,6 +128,7 @@ def compare(args: argparse.Namespace, market: Path, h: int, w: int, work: Path) 
             input_size=(h, w),
             p=8,
             k=4,
+            trainable="all",
             out=str(work / f"run-{loss.replace('*', 'x').replace('+', '_')}"),
             seed=0,
         )

@@ -67,6 +67,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
     from vitrina.search.index import METRICS as INDEX_METRICS
     from vitrina.training import MODES, OPTIMIZERS, PRECISIONS
     from vitrina.training.embedding import DISTANCES, EMBED_AUGMENTS, SAMPLERS
+    from vitrina.training.trainable import TRAINABLE
     from vitrina.zoo import SORT_KEYS
     from vitrina.zoo.plot import PLOT_Y
 
@@ -84,6 +85,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
         ("train-autoencoder", "augment"): set(AUGMENTS),
         ("train-autoencoder", "precision"): set(PRECISIONS),
         ("explain atlas", "layout"): set(LAYOUTS),
+        ("train-embedding", "trainable"): set(TRAINABLE),
         ("embed", "pool"): set(POOLS),
         ("evaluate-retrieval", "pool"): set(POOLS),
         ("evaluate-retrieval", "metric"): set(RETRIEVAL_METRICS),
@@ -92,6 +94,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
         ("index build", "kind"): set(KINDS),
         ("search", "metric"): set(INDEX_METRICS),
         ("faces enroll", "detector"): set(DETECTORS.names()),
+        ("faces chips", "detector"): set(DETECTORS.names()),
         ("explain image", "method"): {*EXPLAIN_METHODS.names(), "all"},
         ("explain neuron", "param"): set(PARAMS),
         ("plot-embeddings", "method"): set(PROJECTIONS),
@@ -264,6 +267,7 @@ def _api_functions() -> dict[str, Any]:
     from vitrina.explain.files import write_dream, write_layers, write_neuron
     from vitrina.explain.folder import explain_photos
     from vitrina.faces.calibrate import calibrate_gallery
+    from vitrina.faces.chips import write_face_chips
     from vitrina.faces.enroll import enroll_photos
     from vitrina.faces.identify import identify_photos, verify_photos
     from vitrina.faces.sort import sort_faces
@@ -289,6 +293,7 @@ def _api_functions() -> dict[str, Any]:
         "explain neuron": write_neuron,
         "export": export_model,
         "faces calibrate": calibrate_gallery,
+        "faces chips": write_face_chips,
         "faces enroll": enroll_photos,
         "faces identify": identify_photos,
         "faces sort": sort_faces,
@@ -331,6 +336,7 @@ def _training_cases() -> list[tuple[str, Any, tuple[str, ...], dict[str, set[str
     from vitrina.training import MODES, OPTIMIZERS, PRECISIONS, TrainConfig
     from vitrina.training.autoencoder import AutoencoderConfig
     from vitrina.training.embedding import DISTANCES, EMBED_AUGMENTS, SAMPLERS, EmbeddingConfig
+    from vitrina.training.trainable import TRAINABLE
 
     return [
         (
@@ -354,6 +360,7 @@ def _training_cases() -> list[tuple[str, Any, tuple[str, ...], dict[str, set[str
                 "augment": set(EMBED_AUGMENTS),
                 "precision": set(PRECISIONS),
                 "sampler": set(SAMPLERS),
+                "trainable": set(TRAINABLE),
             },
         ),
         (

@@ -211,3 +211,71 @@ def test_a_run_folder_can_be_the_embedder_and_is_remembered(photos, toy_run, tmp
     )
     assert code == 0, err
     assert json.loads(out)[0]["person"] == "eileen"
+
+
+def test_chips_writes_the_aligned_faces_of_a_folder_of_people(photos, tmp_path, capsys):
+    """`faces chips`: one aligned chip per photo with a face, named after the photo, in a
+    folder per person; photos without a face or unreadable are listed; OUT is then a
+    training set for train-embedding."""
+    import shutil
+
+    people = tmp_path / "people"
+    shutil.copytree(photos / "people", people)
+    shutil.copy(photos / "new" / "wall.jpg", people / "eileen" / "wall.jpg")
+    shutil.copy(photos / "new" / "broken.jpg", people / "camera" / "broken.jpg")
+    shutil.copy(photos / "new" / "both.png", people / "camera" / "both.png")
+    before = {p: p.read_bytes() for p in people.rglob("*") if p.is_file()}
+    out_dir = tmp_path / "chips"
+    code, out, err = run_cli(capsys, "faces", "chips", str(people), str(out_dir), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["written"] == 6 and doc["identities"] == 2 and doc["photos"] == 8
+    assert [Path(p).name for p in doc["no_face"]] == ["wall.jpg"]
+    assert [Path(u["path"]).name for u in doc["unreadable"]] == ["broken.jpg"]
+    assert [Path(p).name for p in doc["several_faces"]] == ["both.png"]
+    chips = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
+    assert chips == [
+        "camera/both.png",
+        "camera/c0.png",
+        "camera/c1.png",
+        "eileen/e0.png",
+        "eileen/e1.png",
+        "eileen/e2.png",
+    ]
+    for c in chips:
+        assert Image.open(out_dir / c).size == (150, 150)
+    manifest = json.loads((out_dir / "chips.json").read_text())
+    assert manifest["chips"]["eileen/e0.png"]["source"] == "eileen/e0.jpg"
+    assert manifest["chips"]["camera/both.png"]["faces_in_photo"] == 2
+    assert {p: p.read_bytes() for p in people.rglob("*") if p.is_file()} == before  # only read
+    # the chips are the gallery's: what enroll stores for the same photo
+    from vitrina.faces.pipeline import FacePipeline
+
+    face = FacePipeline().faces_in(Image.open(people / "eileen" / "e0.jpg"))[0]
+    assert (
+        np.abs(np.asarray(Image.open(out_dir / "eileen/e0.png"), np.int16) - face.chip).max() == 0
+    )
+    # OUT must be new or empty, and outside PHOTOS
+    code, _, err = run_cli(capsys, "faces", "chips", str(people), str(out_dir))
+    assert code == 1
+    one_line_error(err, "not empty")
+    code, _, err = run_cli(capsys, "faces", "chips", str(people), str(people / "chips"))
+    assert code == 1
+    one_line_error(err, "outside the photos folder")
+    code, _, err = run_cli(capsys, "faces", "chips", str(tmp_path / "nope"), str(tmp_path / "o"))
+    assert code == 1
+    one_line_error(err, "nope")
+    # chip size and a detector that finds nothing on crops: assume-face takes the centre
+    code, out, err = run_cli(
+        capsys,
+        "faces",
+        "chips",
+        str(people),
+        str(tmp_path / "small"),
+        "--chip-size",
+        "64",
+        "--assume-face",
+    )
+    assert code == 0, err
+    assert "7 chips of 2 people from 8 photos" in out  # the wall's centre too
+    assert Image.open(tmp_path / "small" / "eileen" / "wall.png").size == (64, 64)

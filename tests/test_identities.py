@@ -176,15 +176,20 @@ def test_to_market_round_trip(tmp_path: Path) -> None:
     assert (r.train_ids, r.train_images) == (len(train_pids), len(s.train))
     assert (r.query_images, r.gallery_images) == (len(s.query), len(s.gallery))
 
-    # each test identity with >= 2 images has one query, on camera 1, with a gallery match
-    # from another camera; a single-image test identity is in the gallery only
-    assert len(s.query) == len({q.pid for q in s.query})
+    # each test identity with n >= 2 images has every image of the query camera as a query
+    # (ceil(n / 3) of them with 3 cameras), on camera 1, with gallery matches from other
+    # cameras only; a single-image test identity is in the gallery only
+    for pid in {q.pid for q in s.query}:
+        n = SIZES[name_of[pid]]
+        assert sum(q.pid == pid for q in s.query) == min(n - 1, -(-n // 3))
+    assert any(sum(q.pid == p for q in s.query) > 1 for p in test_pids)  # fox: 6 -> 2 queries
     for q in s.query:
         assert q.camid == 1
         assert any(g.pid == q.pid and g.camid != q.camid for g in s.gallery)
+    assert all(g.camid != 1 for g in s.gallery)
     for pid in test_pids - {q.pid for q in s.query}:
         assert SIZES[name_of[pid]] == 1
-    assert r.gallery_only_singletons == len(test_pids) - len(s.query)
+    assert r.gallery_only_singletons == len(test_pids - {q.pid for q in s.query})
     assert all(1 <= im.camid <= 3 for im in s.train + s.query + s.gallery)
 
     # every file is a byte copy of its recorded source, keeping the extension
@@ -194,6 +199,23 @@ def test_to_market_round_trip(tmp_path: Path) -> None:
         assert out.read_bytes() == origin.read_bytes() and out.suffix == origin.suffix
         assert name_of[parse_market_name(out).pid] == Path(source).parts[0]
     assert seen[-1] == (len(meta["files"]),) * 2
+
+
+def test_to_market_queries_per_id(tmp_path: Path) -> None:
+    src = people(tmp_path / "src", {"a": 6, "b": 6, "c": 2, "d": 5, "e": 1})
+    to_market(src, tmp_path / "dst", train_ids=1, cameras=3, queries_per_id=3, seed=0)
+    s = scan_identities(tmp_path / "dst")
+    sizes = {}
+    for im in s.query + s.gallery:
+        sizes[im.pid] = sizes.get(im.pid, 0) + 1
+    for pid, n in sizes.items():
+        queries = [q for q in s.query if q.pid == pid]
+        assert len(queries) == (min(3, n - 1) if n > 1 else 0)  # never every image
+        assert all(q.camid == 1 for q in queries)
+    assert {g.camid for g in s.gallery} == {2, 3}
+    with pytest.raises(VitrinaError, match="--queries-per-id 0"):
+        to_market(src, tmp_path / "new", queries_per_id=0)
+    assert not (tmp_path / "new").exists()
 
 
 def test_to_market_is_deterministic(tmp_path: Path) -> None:

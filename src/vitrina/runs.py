@@ -184,6 +184,8 @@ def build_model(info: RunInfo) -> VitrinaModel:
             dim=int(emb.get("dim", 0)),
             bnneck=bool(emb.get("bnneck", True)),
             num_classes=info.num_classes,
+            local_stripes=int(emb.get("local_stripes", 0)),
+            local_dim=int(emb.get("local_dim", 128)),
         )
     if info.task == "encoder":  # an autoencoder's encoder: the backbone, no classifier
         from vitrina.models.autoencoder import as_encoder

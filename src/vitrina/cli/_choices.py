@@ -38,6 +38,7 @@ __all__ = [
     "ReidMetric",
     "RetrievalMetric",
     "Sampler",
+    "Trainable",
     "Variant",
     "ZooPlotY",
     "ZooSort",
@@ -53,6 +54,7 @@ EmbeddingAugment = Literal["reid", "none", "light", "standard"]  # training.embe
 Miner = Literal["none", "batch-hard", "semi-hard", "distance-weighted"]  # vitrina.losses.MINERS
 Distance = Literal["euclidean", "cosine"]  # vitrina.training.embedding.DISTANCES
 Sampler = Literal["pk", "pairs"]  # vitrina.training.embedding.SAMPLERS
+Trainable = Literal["auto", "neck", "last", "all"]  # vitrina.training.trainable.TRAINABLE
 Pool = Literal["avg", "max", "gem"]  # vitrina.embed.POOLS
 IndexMetric = Literal["cosine", "euclidean"]  # vitrina.search.index.METRICS
 IndexKind = Literal["auto", "exact", "hnsw", "ivf"]  # vitrina.search.index.KINDS

@@ -69,11 +69,17 @@ def to_market_cmd(
         None, "--train-fraction", help="Share of people in the train split (default 0.5)."
     ),
     cameras: int = typer.Option(6, "--cameras", help="Pseudo-cameras to spread images over."),
+    queries_per_id: int | None = typer.Option(
+        None,
+        "--queries-per-id",
+        help="Query images per test person (default: every image of the query camera, "
+        "1 in --cameras; at most all but one).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and camera assignment."),
 ) -> None:
     """Copy a folder-per-person set into the Market-1501 layout for re-id training/evaluation.
 
-    People (never images) are split into train and test; each test person's first image is the query, the rest the gallery (always one on another camera). Sources are only read; DST/identities.json maps the new names back.
+    People (never images) are split into train and test. Each test person's images on the query camera (camera 1: one image in --cameras, or --queries-per-id N) are queries, the rest the gallery on the other cameras, so every query has matches and a small set gives stable figures. Sources are only read; DST/identities.json maps the new names back.
 
     Example: vitrina data to-market people/ people-market/ --train-fraction 0.6
     """
@@ -86,6 +92,7 @@ def to_market_cmd(
             train_ids=train_ids,
             train_fraction=train_fraction,
             cameras=cameras,
+            queries_per_id=queries_per_id,
             seed=seed,
             on_progress=update,
         )

@@ -30,6 +30,11 @@ def evaluate_reid(
         0.3, "--lambda", help="Re-ranking: weight of the original distance."
     ),
     metric: ReidMetric = typer.Option("euclidean", help="Distance of the L2-normalised vectors."),
+    local_weight: float = typer.Option(
+        1.0,
+        help="Runs with local stripes (AlignedReID): weight of the local distance in the "
+        "combined one, global + w x local.",
+    ),
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Folder for report.json, cmc.png and ranked.png."
     ),
@@ -46,6 +51,9 @@ def evaluate_reid(
     rank-1/5/10, mAP and mINP; --out also draws the CMC curve and a sheet of ranked results
     (right answers framed green, wrong red; the worst queries first).
 
+    A run trained with --local-stripes is scored with the global distance, the local
+    (stripe-aligned) distance and their combination, with what each costs per query.
+
     Example: vitrina evaluate-reid runs/people-triplet market/ --rerank --out eval/
     """
     from vitrina.embed.reid import evaluate_reid as run
@@ -59,6 +67,7 @@ def evaluate_reid(
             k1=k1,
             k2=k2,
             lambda_value=lambda_value,
+            local_weight=local_weight,
             backend=backend,
             device=device,
             batch_size=batch_size,
@@ -82,9 +91,19 @@ def evaluate_reid(
         t.add_column(f"rank-{k}", justify="right")
     t.add_column("mAP", justify="right")
     t.add_column("mINP", justify="right")
+    if ev.parts:
+        t.add_column("ms / query", justify="right")
     for name, r in reports.items():
-        t.add_row(name, *(f"{r.cmc[k]:.4f}" for k in RANKS), f"{r.mAP:.4f}", f"{r.mINP:.4f}")
+        cost = (
+            [f"{ev.ms_per_query[name]:.2f}" if name in ev.ms_per_query else ""] if ev.parts else []
+        )
+        t.add_row(name, *(f"{r.cmc[k]:.4f}" for k in RANKS), f"{r.mAP:.4f}", f"{r.mINP:.4f}", *cost)
     out.print(t)
+    if ev.parts:
+        out.print(
+            f"combined = {escape(rep.info['local']['combined'])}; ms / query: computing and "
+            "ranking that distance (the embedding pass is shared)"
+        )
     if rep.no_match:
         out.print(f"{rep.no_match} queries have no valid match in the gallery (not scored)")
     if ev.files:
@@ -94,7 +113,8 @@ def evaluate_reid(
 def _summary(r) -> dict:  # type: ignore[no-untyped-def]
     d = r.to_dict()
     return {
-        k: d[k] for k in ("mAP", "mINP", "cmc", "n_queries", "no_match", "gallery_size", "info")
+        k: d[k]
+        for k in ("mAP", "mINP", "cmc", "metric", "n_queries", "no_match", "gallery_size", "info")
     }
 
 

@@ -338,5 +338,58 @@ def sort(
     out.print(f"manifest: {escape(str(s.manifest))}")
 
 
+@app.command("chips")
+def chips(
+    photos: Path = typer.Argument(..., help="A folder with one sub-folder of photos per person."),
+    out_dir: Path = typer.Argument(..., help="New or empty folder for the chips."),
+    detector: FaceDetector | None = typer.Option(
+        None, help=DETECTOR_HELP + " Default: the face pipeline's."
+    ),
+    upsample: int | None = typer.Option(
+        None, help="Times the photo is doubled before detection (default: the pipeline's)."
+    ),
+    chip_size: int | None = typer.Option(
+        None, help="Side of the aligned chips in pixels (default: the pipeline's, 150)."
+    ),
+    assume_face: bool = typer.Option(False, "--assume-face", help=ASSUME_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Write the aligned face chip of every photo: OUT/<person>/<photo>.png.
+
+    The largest face of each photo is aligned on its 5 landmarks (the chips a gallery stores),
+    so OUT is a folder of identities for `vitrina train-embedding`. Photos without a face or
+    unreadable are listed, not fatal; OUT/chips.json maps each chip to its photo and box.
+
+    Example: vitrina faces chips staff-photos/ staff-chips/ && vitrina train-embedding staff-chips/
+    """
+    from vitrina.faces.chips import write_face_chips
+
+    with progress_bar("aligning faces", None, enabled=not as_json, unit="photos/s") as update:
+        r = write_face_chips(
+            photos,
+            out_dir,
+            detector=detector,
+            upsample=upsample,
+            chip_size=chip_size,
+            assume_face=assume_face,
+            on_progress=update,
+        )
+    if as_json:
+        print_json(r.to_dict())
+        return
+    for p, why in r.unreadable:
+        err.print(f"[yellow]unreadable[/] {escape(str(p))}: {escape(why)}")
+    for p in r.no_face:
+        err.print(f"[yellow]no face found[/] {escape(str(p))}")
+    out.print(
+        f"{r.written} chips of {r.identities} people from {r.photos} photos in "
+        f"{escape(str(out_dir))}"
+        + (f"; {len(r.no_face)} without a face" if r.no_face else "")
+        + (f"; {len(r.unreadable)} unreadable" if r.unreadable else "")
+        + (f"; {len(r.several_faces)} with several faces (largest kept)" if r.several_faces else "")
+    )
+    out.print(f"next: vitrina train-embedding {escape(str(out_dir))}")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="faces")

@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from vitrina.cli._choices import Distance, EmbeddingAugment, Miner, Precision, Sampler
+from vitrina.cli._choices import (
+    Distance,
+    EmbeddingAugment,
+    Miner,
+    Precision,
+    Sampler,
+    Trainable,
+)
 from vitrina.cli._common import DEVICE_HELP, config_from_options, parse_size, print_json
 from vitrina.cli._common import out as console
 
@@ -57,7 +65,18 @@ def train_embedding(
     ),
     weight_decay: float = typer.Option(5e-4, help="AdamW weight decay."),
     freeze_backbone: bool = typer.Option(
-        False, "--freeze-backbone", help="Train only the neck and the loss weights."
+        False,
+        "--freeze-backbone",
+        help="Train only the neck and the loss weights (= --trainable neck).",
+    ),
+    trainable: Trainable = typer.Option(
+        "auto",
+        help="How much of the backbone trains: neck (frozen backbone), last (its last "
+        "stage), all; auto: by the number of training identities and photos (neck below "
+        "100 people or 2,000 photos, last below 1,000 or 20,000, else all), stated in the run.",
+    ),
+    layer_decay: float = typer.Option(
+        1.0, help="Below 1: each trained backbone stage learns this many times as fast as the next."
     ),
     input_size: str | None = typer.Option(
         None,
@@ -71,6 +90,22 @@ def train_embedding(
     precision: Precision = typer.Option("fp32", help="fp64, fp32 or bf16 (autocast)."),
     val_fraction: float = typer.Option(
         0.2, help="Share of identities held out to pick the best epoch and calibrate thresholds."
+    ),
+    val_dir: Path | None = typer.Option(
+        None,
+        help="Another folder of identities (another camera, another day): its mAP picks the "
+        "epoch, and with --trainable auto the recipe (neck, last and all each train: 3x the time).",
+    ),
+    local_stripes: int = typer.Option(
+        0,
+        help="AlignedReID: learn this many horizontal stripe features beside the global "
+        "vector (e.g. 8), matched by the shortest path at test time (0: off).",
+    ),
+    local_dim: int = typer.Option(128, help="Channels of each local stripe feature."),
+    mutual: bool = typer.Option(
+        False,
+        "--mutual",
+        help="AlignedReID's mutual learning: two networks teach each other (2x time).",
     ),
     target_far: float = typer.Option(
         0.01, help="False-accept rate the stored verification threshold is set for."
@@ -86,8 +121,10 @@ def train_embedding(
     """Train an embedding where the same identity lands close and different ones far.
 
     Batches hold P identities × K images. The best epoch is chosen by retrieval mAP on
-    held-out identities, which also calibrate the verification threshold stored in the run.
-    The run folder works with `vitrina embed`, `index`, `search` and `evaluate-reid`.
+    held-out identities (or on --val-dir), which also calibrate the verification threshold
+    stored in the run. The run reports the starting weights' mAP on the same identities and
+    says plainly when training did not beat them. The run folder works with `vitrina embed`,
+    `index`, `search` and `evaluate-reid`.
 
     Examples:
 
@@ -96,6 +133,10 @@ def train_embedding(
       vitrina train-embedding faces/ --loss arcface --dim 256 --epochs 30
 
       vitrina train-embedding market/ --loss triplet --miner semi-hard --distance cosine
+
+      vitrina train-embedding people-market/ --local-stripes 8 --input-size 256x128
+
+      vitrina train-embedding chips/ --val-dir other-camera-chips/
     """
     from vitrina.training.embedding import EmbeddingConfig
     from vitrina.training.embedding import train_embedding as run
@@ -110,19 +151,38 @@ def train_embedding(
                 "metrics": res.metrics,
                 "dropped_singletons": res.dropped_singletons,
                 "unreadable": res.bad_files,
+                "start": res.start,
+                "trainable": res.trainable,
+                "verdict": res.verdict,
+                "beat_start": res.beat_start,
+                "recipes": res.recipes,
             }
         )
         return
     m = res.metrics
     if res.dropped_singletons:
         console.print(f"{res.dropped_singletons} identities with a single image were skipped")
+    if res.trainable:
+        console.print(f"trainable: {res.trainable['choice']} ({escape(res.trainable['reason'])})")
     if "val_mAP" in m:
-        console.print(
+        line = (
             f"best epoch {res.best_epoch}: held-out identities mAP {m['val_mAP']:.3f}, "
             f"rank-1 {m['val_rank1']:.3f}"
         )
+        if "val_mAP_combined" in m:
+            line += f" (local {m['val_mAP_local']:.3f}, combined {m['val_mAP_combined']:.3f})"
+        if "valdir_mAP" in m:
+            line += f"; --val-dir mAP {m['valdir_mAP']:.3f}"
+        console.print(line)
     else:
         console.print(f"trained {m.get('epochs_run')} epochs (no held-out identities: last kept)")
+    for r, figs in res.recipes.items():
+        console.print(
+            f"  recipe {r}: val-dir mAP {figs.get('valdir_mAP', float('nan')):.3f}, held-out "
+            f"mAP {figs.get('val_mAP', float('nan')):.3f} (epoch {figs.get('best_epoch')})"
+        )
+    for line in res.verdict:
+        console.print(("[bold red]" if "did NOT" in line else "") + escape(line), highlight=False)
     if res.bad_files:
         console.print(f"{len(res.bad_files)} unreadable images were skipped")
     console.print(f"run folder: {res.run_dir}")

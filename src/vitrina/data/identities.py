@@ -224,6 +224,7 @@ def to_market(
     train_ids: int | None = None,
     train_fraction: float | None = None,
     cameras: int = 6,
+    queries_per_id: int | None = None,
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ToMarketReport:
@@ -236,11 +237,14 @@ def to_market(
       rest are test. Give one of the two, not both.
     * pid = 1..N in sorted order of identity folder name (as ``scan_identities`` numbers them).
     * Cameras: an identity's images (sorted by path) are shuffled with seed ``f"{seed}:{name}"``;
-      the i-th gets camera ``i % cameras + 1``, frame ``i``, sequence 1, box 0.
-    * Query: the first image (camera 1) of every test identity; its other images go to
-      ``bounding_box_test``. Image 2 is on camera 2, so every query has a gallery match from
-      another camera. A test identity with one image goes to the gallery only; a train
-      identity with one image is skipped (it cannot form a positive pair).
+      the i-th gets frame ``i``, sequence 1, box 0. Train images get camera ``i % cameras + 1``.
+    * Query: camera 1 is the query camera. A test identity with n images has q queries, its
+      first q images, on camera 1: ``queries_per_id`` (at most n - 1), by default every image
+      camera 1 would get, ``ceil(n / cameras)`` (so small sets give several queries per
+      person and stable figures). Its other images go to ``bounding_box_test`` on cameras
+      2..``cameras`` in turn, so every query has gallery matches from other cameras only. A
+      test identity with one image goes to the gallery only; a train identity with one image
+      is skipped (it cannot form a positive pair).
     * Files are byte copies named ``{pid:04d}_c{cam}s1_{frame:06d}_00{original suffix}``,
       written atomically; the source is only read. ``dst/identities.json`` maps pid -> folder
       name and each written file (relative to ``dst``) -> its source (relative to ``src``).
@@ -248,6 +252,8 @@ def to_market(
     src, dst = Path(src), Path(dst)
     if cameras < 2:
         raise VitrinaError(f"--cameras {cameras}: need at least 2 (queries match across cameras)")
+    if queries_per_id is not None and queries_per_id < 1:
+        raise VitrinaError(f"--queries-per-id {queries_per_id}: must be at least 1")
     ids = scan_identities(src)
     if ids.layout != "folders":
         raise DataError(f"{src}: already in the Market-1501 layout; nothing to convert")
@@ -273,13 +279,19 @@ def to_market(
             continue
         if label not in train_labels and len(paths) < 2:
             gallery_only += 1
+        n = len(paths)
+        q = 0
+        if label not in train_labels and n > 1:
+            q = min(n - 1, queries_per_id or -(-n // cameras))
         for i, path in enumerate(paths):
             if label in train_labels:
-                split = "train"
+                split, cam = "train", i % cameras + 1
+            elif i < q:
+                split, cam = "query", 1
             else:
-                split = "query" if i == 0 and len(paths) > 1 else "gallery"
+                split, cam = "gallery", (i - q) % (cameras - 1) + 2
             counts[split].add(pid)
-            fname = f"{pid:04d}_c{i % cameras + 1}s1_{i:06d}_00{path.suffix}"
+            fname = f"{pid:04d}_c{cam}s1_{i:06d}_00{path.suffix}"
             plan.append((MARKET_SPLITS[split], path, fname))
 
     files = _write_market(dst, plan, on_progress)
@@ -288,6 +300,7 @@ def to_market(
         "source": str(src.resolve()),
         "seed": seed,
         "cameras": cameras,
+        "queries_per_id": queries_per_id,
         "identities": {str(i + 1): n for i, n in enumerate(ids.names)},
         "files": {rel: str(p.relative_to(src)) for rel, p in files.items()},
     }

@@ -4,6 +4,7 @@ Every network vitrina builds (its own small CNNs, torchvision and timm models) i
 that the rest of the code sees the same interface::
 
     model.embed(x)     -> (B, model.num_features)   pooled features before the classifier
+    model.embed_and_map(x) -> (embed(x), (B, C, h, w))  and the last feature map, same pass
     model.classify(x)  -> (B, model.num_classes)    logits (== model(x))
     model.reset_classifier(n)                        fresh n-class head, features kept
     model.head_parameters() / model.backbone_parameters()   disjoint, cover all parameters
@@ -117,6 +118,38 @@ class VitrinaModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(x)
+
+    def embed_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embed(x), feature map)`` in one pass: the map is the last spatial feature map
+        of the network, ``(B, C, h, w)``, before global pooling (part-based features, e.g.
+        AlignedReID's horizontal stripes, pool it themselves).
+
+        This generic version runs :meth:`embed` and keeps the last 4-D module output larger
+        than 1 x 1 (a ResNet's ``layer4``, torchvision's ``features``, a small CNN's last
+        pooling); subclasses with a feature API (timm) override it. Raises
+        :class:`VitrinaError` for a network without a spatial map (an MLP)."""
+        found: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, args: Any, output: Any) -> None:
+            if (
+                isinstance(output, torch.Tensor)
+                and output.dim() == 4
+                and output.shape[-2:].numel() > 1
+            ):
+                found[:] = [output]
+
+        handles = [m.register_forward_hook(keep) for m in self.net.modules() if m is not self.net]
+        try:
+            pooled = self.embed(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if not found:
+            raise VitrinaError(
+                f"{self.arch}: no spatial feature map found (no 4-D output larger than 1x1); "
+                "part-based features need a convolutional backbone or larger inputs"
+            )
+        return pooled, found[0]
 
     def head_module(self) -> nn.Module:
         """The final classifier module (what linear probing trains)."""
@@ -283,6 +316,11 @@ class TimmModel(VitrinaModel):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x)).flatten(1)
 
+    def embed_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.net.forward_features(x)
+        pooled = self.net.forward_head(feats, pre_logits=True).flatten(1)
+        return pooled, _timm_map(self.net, feats, x, self.arch)
+
     def head_module(self) -> nn.Module:
         clf = self.net.get_classifier()
         if isinstance(clf, tuple | list):  # distilled models: (head, head_dist)
@@ -291,6 +329,27 @@ class TimmModel(VitrinaModel):
 
     def _replace_head(self, num_classes: int) -> None:
         self.net.reset_classifier(num_classes)
+
+
+def _timm_map(net: nn.Module, feats: torch.Tensor, x: torch.Tensor, arch: str) -> torch.Tensor:
+    """timm's ``forward_features`` output as ``(B, C, h, w)``: NCHW as is, NHWC permuted,
+    a vision transformer's tokens (prefix tokens dropped) laid back on the patch grid."""
+    if feats.dim() == 4:
+        if str(getattr(net, "output_fmt", "NCHW")).upper() == "NHWC":
+            return feats.permute(0, 3, 1, 2)
+        return feats
+    patch = getattr(net, "patch_embed", None)
+    if feats.dim() == 3 and patch is not None:
+        if hasattr(patch, "dynamic_feat_size"):
+            h, w = patch.dynamic_feat_size(tuple(x.shape[-2:]))
+        else:
+            h, w = patch.grid_size
+        tokens = feats[:, int(getattr(net, "num_prefix_tokens", 0)) :]
+        if tokens.shape[1] == h * w:
+            return tokens.transpose(1, 2).reshape(len(tokens), -1, h, w)
+    raise VitrinaError(
+        f"{arch}: cannot lay its features {tuple(feats.shape)} out as a (B, C, h, w) map"
+    )
 
 
 def _timm_num_features(net: nn.Module) -> int:
@@ -363,6 +422,10 @@ class SqueezeNetModel(VitrinaModel):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.net.features(x), 1), 1)
+
+    def embed_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.net.features(x)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, 1), 1), fmap
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten(1)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import numpy as np
 
 from vitrina.errors import DataError, UnknownNameError
 from vitrina.faces.gallery import Gallery, GalleryError, check_person_name
@@ -26,6 +27,7 @@ __all__ = ["Faces"]
 
 T = TypeVar("T")
 
+_WARM_SIDE = 64  # a blank photo big enough to be searched for faces
 _UPLOAD = Path("upload")  # what the gallery records as a template's source photo
 
 
@@ -38,6 +40,9 @@ class Faces:
         self.pipeline = self.gallery.pipeline(workers=0)
         self.limiter = limiter
         self._lock = threading.Lock()
+        # Load the detector, landmarks and describer now, not on the first request (about a
+        # second idle, several on a busy machine: long enough for a client to give up).
+        self.pipeline.faces_in(np.zeros((_WARM_SIDE, _WARM_SIDE, 3), np.uint8))
 
     def available(self) -> bool:
         """The gallery folder is still there and readable."""

@@ -6,14 +6,24 @@ embedding neck (:class:`~vitrina.models.embedding.EmbeddingModel`), P×K batches
 of losses — built by name by :func:`vitrina.losses.build_criterion`.
 
 Model selection is by retrieval mAP on held-out *identities* (never images of a training
-identity: the job is to embed people the model has not seen). After training, the run folder
-also gets verification figures (ROC, EER, TAR@FAR) on those identities and the distance
-threshold for a target false-accept rate, in ``vitrina.json`` → ``thresholds``.
+identity: the job is to embed people the model has not seen), or, with ``val_dir``, on another
+folder of identities (another camera, another day), which then also picks the recipe (how
+much of the backbone trains, :mod:`vitrina.training.trainable`). The run always measures the
+*starting* weights on the same identities and says plainly when training did not beat them.
+After training, the run folder also gets verification figures (ROC, EER, TAR@FAR) on the
+held-out identities and the distance threshold for a target false-accept rate, in
+``vitrina.json`` → ``thresholds``.
+
+With ``local_stripes`` the model also learns AlignedReID's local stripe features (the local
+triplet loss on triplets mined by the global distance, :mod:`vitrina.losses.aligned`), and
+with ``mutual`` two networks learn together (mutual learning), the first one kept.
 """
 
 from __future__ import annotations
 
+import copy
 import random
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +53,7 @@ from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume
 from vitrina.training.classification import prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import check_precision, loss_dtype, model_dtype, param_dtype
+from vitrina.training.trainable import TRAINABLE, TrainablePlan, plan_trainable
 
 __all__ = [
     "EmbeddingConfig",
@@ -81,6 +92,19 @@ class EmbeddingConfig:
         (at least 2 identities, else no validation: the last epoch is kept).
     sampler: ``pk`` or ``pairs`` (Siamese pairs, ``p * k / 2`` of them per batch: the same
         number of images); the ``siamese-*`` losses need ``pairs``.
+    trainable: how much of the backbone trains: ``neck`` (backbone frozen), ``last`` (its last
+        stage(s)), ``all``, or ``auto``: chosen from the number of training identities and
+        photos (:func:`vitrina.training.trainable.choose_trainable`; the run says which and
+        why). ``freeze_backbone`` is the older spelling of ``trainable="neck"``.
+    layer_decay: < 1: each trained backbone stage learns ``layer_decay`` x as fast as the next.
+    val_dir: another folder of identities (another camera, another day); its leave-one-out
+        mAP picks the epoch and, with ``trainable="auto"``, the recipe (neck, last and all are
+        each trained, the best kept).
+    local_stripes: > 0 adds AlignedReID's local branch with this many horizontal stripes of
+        ``local_dim`` channels, learned jointly (the local triplet loss on the triplets the
+        global distance mines); ``evaluate-reid`` then scores global, local and combined.
+    mutual: mutual learning (AlignedReID): a second network trains beside the first, each
+        learning from the other's identity probabilities and distance matrices (2x the cost).
     """
 
     data_dir: str
@@ -107,6 +131,8 @@ class EmbeddingConfig:
     head_lr_mult: float = 10.0
     weight_decay: float = 5e-4
     freeze_backbone: bool = False
+    trainable: str = "auto"
+    layer_decay: float = 1.0
     input_size: tuple[int, int] | None = None
     augment: str = "reid"
     precision: str = field(
@@ -114,6 +140,10 @@ class EmbeddingConfig:
         metadata={"help": "fp64, fp32, or bf16 (autocast); the run stores fp32 weights."},
     )
     val_fraction: float = 0.2
+    val_dir: str | None = None
+    local_stripes: int = 0
+    local_dim: int = 128
+    mutual: bool = False
     target_far: float = 1e-2
     patience: int = 0
     seed: int = 0
@@ -162,6 +192,20 @@ class EmbeddingConfig:
             margin=c.margin,
         )
         check_precision(c.precision)
+        if c.trainable not in TRAINABLE:
+            raise VitrinaError(
+                f"--trainable {c.trainable!r} is not one of {', '.join(TRAINABLE)}"
+                f"{suggest(c.trainable, list(TRAINABLE))}"
+            )
+        if c.freeze_backbone:
+            if c.trainable not in ("auto", "neck"):
+                raise VitrinaError(
+                    f"--freeze-backbone trains the neck only; it contradicts --trainable "
+                    f"{c.trainable} (give one of the two)"
+                )
+            c.trainable = "neck"
+        if c.val_dir in ("", "none"):
+            c.val_dir = None
         for name, value, ok in (
             ("epochs", c.epochs, c.epochs >= 1),
             ("p", c.p, c.p is None or c.p >= 2),
@@ -170,6 +214,9 @@ class EmbeddingConfig:
             ("dim", c.dim, c.dim >= 0),
             ("val-fraction", c.val_fraction, 0 <= c.val_fraction < 1),
             ("target-far", c.target_far, 0 < c.target_far < 1),
+            ("layer-decay", c.layer_decay, 0 < c.layer_decay <= 1),
+            ("local-stripes", c.local_stripes, 0 <= c.local_stripes <= 64),
+            ("local-dim", c.local_dim, c.local_dim >= 1),
         ):
             if not ok:
                 raise VitrinaError(f"--{name} {value} is out of range")
@@ -189,7 +236,13 @@ class EmbeddingConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EmbeddingConfig:
+        """A config as stored in a run's ``vitrina.json``; fields it lacks get their defaults,
+        except ``trainable``: a run from before it existed trained what ``freeze_backbone``
+        said (the neck, or everything), and resuming it must train the same."""
         known = {f.name for f in fields(cls)}
+        d = dict(d)
+        if "trainable" not in d:
+            d["trainable"] = "neck" if d.get("freeze_backbone") else "all"
         c = cls(**{k: v for k, v in d.items() if k in known})
         if c.input_size is not None:
             c.input_size = (int(c.input_size[0]), int(c.input_size[1]))
@@ -205,14 +258,41 @@ class EmbeddingResult:
     history: list[dict[str, Any]]
     dropped_singletons: int = 0
     bad_files: list[str] = field(default_factory=list)
+    #: the starting weights' figures on the same identities (``val_mAP``, ``valdir_mAP``...)
+    start: dict[str, float] = field(default_factory=dict)
+    #: what trained and why (:meth:`vitrina.training.trainable.TrainablePlan.to_dict`)
+    trainable: dict[str, Any] = field(default_factory=dict)
+    #: one line per comparison of trained vs starting weights; plain about a loss
+    verdict: list[str] = field(default_factory=list)
+    #: with ``val_dir`` and ``trainable="auto"``: each recipe's best figures
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def beat_start(self) -> bool:
+        """Whether training beat the starting weights on every set both were measured on."""
+        return bool(self.metrics.get("beat_start", True))
 
 
 class EmbeddingTask:
-    """Loss of a P×K batch through the criterion; validation = leave-one-out retrieval."""
+    """Loss of a P×K batch through the criterion; validation = leave-one-out retrieval.
 
-    def __init__(self, criterion: nn.Module, *, freeze_backbone: bool = False) -> None:
+    With a local branch the local triplet loss (triplets mined by the global distance) is
+    added; with a ``peer`` (mutual learning) both networks' losses and their mutual terms."""
+
+    def __init__(
+        self,
+        criterion: nn.Module,
+        *,
+        freeze_backbone: bool = False,
+        frozen: list[nn.Module] | None = None,
+        local_loss: nn.Module | None = None,
+        peer: _Peer | None = None,
+    ) -> None:
         self.criterion = criterion
         self.freeze_backbone = freeze_backbone
+        self.frozen = list(frozen or [])
+        self.local_loss = local_loss
+        self.peer = peer
         self.epoch = 0
         self.batch = 0
         self.last_parts: dict[str, float] = {}
@@ -223,13 +303,38 @@ class EmbeddingTask:
         self.criterion.train()
         if self.freeze_backbone:
             model.net.eval()  # type: ignore[union-attr]
+        for m in self.frozen:
+            m.eval()
+        if self.peer is not None:
+            self.peer.train()
         self.epoch += 1
         self.batch = 0
 
+    def _losses(
+        self, model: nn.Module, criterion: nn.Module, batch: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], _Outputs]:
+        raw, neck, stripes = model.train_features(batch.images)  # type: ignore[operator]
+        raw, neck = loss_dtype(raw), loss_dtype(neck)
+        total, parts = criterion(raw, neck, batch.labels)
+        parts = dict(parts)
+        local_dist = None
+        if stripes is not None and self.local_loss is not None:
+            from vitrina.losses.aligned import local_distance_matrix
+
+            local_dist = local_distance_matrix(loss_dtype(stripes))
+            parts["local"] = self.local_loss(raw.detach(), stripes, batch.labels, local_dist)
+            total = total + parts["local"]
+        return total, parts, _Outputs(raw, neck, local_dist)
+
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         self.batch += 1
-        raw, neck = model.features(batch.images)  # type: ignore[operator]
-        total, parts = self.criterion(loss_dtype(raw), loss_dtype(neck), batch.labels)
+        total, parts, mine = self._losses(model, self.criterion, batch)
+        if self.peer is not None:
+            p_total, p_parts, theirs = self._losses(self.peer.model, self.peer.criterion, batch)
+            mutual = _mutual_loss(self.criterion, mine, self.peer.criterion, theirs)
+            parts.update({f"peer_{k}": v for k, v in p_parts.items()})
+            parts["mutual"] = mutual
+            total = total + p_total + mutual
         if not torch.isfinite(total):
             shown = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in parts.items())
             raise NonFiniteLossError(
@@ -241,22 +346,115 @@ class EmbeddingTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        """Leave-one-out retrieval on ``loader``'s identities: ``val_mAP``, ``val_rank1``,
+        ``val_rank5`` (global vectors); with stripes also ``val_mAP_local`` and
+        ``val_mAP_combined``."""
         model.eval()
         device = next(model.parameters()).device
-        dtype = model_dtype(model)
-        feats, labels = [], []
-        for batch in loader:
-            if batch.images.numel() == 0:
-                continue
-            x = batch.images.to(device, dtype=dtype)
-            feats.append(model.embed(x).float().cpu())  # type: ignore[operator]
-            labels.append(batch.labels)
-        if not feats:
-            return {}
-        x = torch.cat(feats).numpy()
-        y = torch.cat(labels).numpy()
-        self.val_embeddings = (x, y)
-        return loo_retrieval(x, y)
+        return _loo_figures(_aligned_embed(model), loader, device, self)
+
+
+@dataclass
+class _Outputs:
+    raw: torch.Tensor
+    neck: torch.Tensor
+    local_dist: torch.Tensor | None
+
+
+class _Peer(nn.Module):
+    """The second network of mutual learning, its criterion and what stays frozen in it."""
+
+    def __init__(self, model: EmbeddingModel, criterion: nn.Module, frozen: list[nn.Module]):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.frozen = frozen
+
+    def train(self, mode: bool = True) -> _Peer:
+        super().train(mode)
+        if mode:
+            for m in self.frozen:
+                m.eval()
+        return self
+
+
+def _identity_logits(criterion: nn.Module, class_emb: torch.Tensor) -> torch.Tensor | None:
+    """Identity logits of the criterion's first classification term (softmax, CosFace,
+    ArcFace), or ``None`` when it has none."""
+    for term in getattr(criterion, "terms", []):
+        if term.input != "class":
+            continue
+        for name in ("logits", "get_logits"):
+            fn = getattr(term.loss, name, None)
+            if callable(fn):
+                return fn(class_emb)
+    return None
+
+
+def _mutual_loss(crit_a: nn.Module, a: _Outputs, crit_b: nn.Module, b: _Outputs) -> torch.Tensor:
+    """AlignedReID's mutual learning, both directions: KL of the identity probabilities (when
+    the loss has an identity classifier), and the metric mutual loss on the global distance
+    matrices (and the local ones with stripes)."""
+    from vitrina.losses.aligned import mutual_metric_loss, mutual_probability_loss
+
+    total = mutual_metric_loss(torch.cdist(a.raw, a.raw), torch.cdist(b.raw, b.raw))
+    total = total + mutual_metric_loss(torch.cdist(b.raw, b.raw), torch.cdist(a.raw, a.raw))
+    la, lb = _identity_logits(crit_a, a.neck), _identity_logits(crit_b, b.neck)
+    if la is not None and lb is not None:
+        total = total + mutual_probability_loss(la, lb) + mutual_probability_loss(lb, la)
+    if a.local_dist is not None and b.local_dist is not None:
+        total = total + mutual_metric_loss(a.local_dist, b.local_dist)
+        total = total + mutual_metric_loss(b.local_dist, a.local_dist)
+    return total
+
+
+def _aligned_embed(model: nn.Module) -> Any:
+    """``x -> (global (B, D), stripes (B, S, Dl) or None)`` of an embedding model."""
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = x.to(model_dtype(model))  # fp64 runs take float64 inputs
+        if getattr(model, "local", None) is None:
+            return model.embed(x), None  # type: ignore[operator]
+        _, neck, stripes = model.train_features(x)  # type: ignore[operator]
+        return neck, stripes
+
+    return run
+
+
+def _loo_figures(
+    embed: Any, loader: Any, device: torch.device, task: EmbeddingTask | None = None
+) -> dict[str, float]:
+    """Leave-one-out retrieval figures of ``embed`` over ``loader`` (see
+    :meth:`EmbeddingTask.evaluate`)."""
+    feats, stripes, labels = [], [], []
+    for batch in loader:
+        if batch.images.numel() == 0:
+            continue
+        g, s = embed(batch.images.to(device))
+        feats.append(g.float().cpu())
+        if s is not None:
+            stripes.append(s.float().cpu())
+        labels.append(batch.labels)
+    if not feats:
+        return {}
+    x = torch.cat(feats).numpy()
+    y = torch.cat(labels).numpy()
+    if task is not None:
+        task.val_embeddings = (x, y)
+    out = loo_retrieval(x, y)
+    if stripes:
+        from vitrina.evaluate.aligned import combined_distances, local_distances
+        from vitrina.evaluate.reid import reid_distances
+        from vitrina.evaluate.retrieval import relevance, retrieval_metrics
+
+        xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        local = local_distances(torch.cat(stripes).numpy(), torch.cat(stripes).numpy())
+        glob = reid_distances(xn, xn, "euclidean")
+        eye = np.eye(len(y), dtype=bool)
+        for name, d in (("local", local), ("combined", combined_distances(glob, local))):
+            rep = retrieval_metrics(d, relevance(y, y), higher_is_better=False, exclude=eye)
+            out[f"val_mAP_{name}"] = rep.mAP
+    return out
 
 
 class _Shuffle(Callback):
@@ -267,6 +465,27 @@ class _Shuffle(Callback):
 
     def on_epoch_start(self, state: LoopState) -> None:
         self.sampler.set_epoch(state.epoch)
+
+
+class _ValDir(Callback):
+    """After each epoch, leave-one-out retrieval on ``--val-dir``: ``valdir_mAP``... in the
+    epoch's record (before :class:`BestCheckpoint` reads it: it then picks by them)."""
+
+    def __init__(self, task: EmbeddingTask, model: nn.Module, loader: Any) -> None:
+        self.task, self.model, self.loader = task, model, loader
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        kept = self.task.val_embeddings
+        figures = self.task.evaluate(self.model, _recorded(self.loader, state))
+        self.task.val_embeddings = kept  # the held-out identities' vectors, for calibration
+        record.update({f"valdir_{k[4:]}": v for k, v in figures.items()})
+
+
+def _recorded(loader: Any, state: LoopState) -> Any:
+    for batch in loader:
+        for idx, msg in batch.errors:
+            state.bad_files.setdefault(msg.split(":", 1)[0] if ":" in msg else str(idx), msg)
+        yield batch
 
 
 def _split_identities(labels: list[int], fraction: float, seed: int) -> tuple[set[int], set[int]]:
@@ -318,6 +537,114 @@ def _loader(
     )
 
 
+@dataclass
+class _Data:
+    """The identities a run trains and validates on, read once for every recipe."""
+
+    root: Path
+    ids: Any
+    images: list[Any]
+    train_ids: set[int]
+    val_ids: set[int]
+    train_imgs: list[Any]
+    val_imgs: list[Any]
+    names: list[str]
+    train_labels: list[int]
+    valdir_imgs: list[Any]
+
+    @classmethod
+    def read(cls, cfg: EmbeddingConfig) -> _Data:
+        from vitrina.data.identities import scan_identities
+
+        root = Path(cfg.data_dir)
+        ids = scan_identities(root)
+        images = ids.train
+        if not images:
+            raise DataError(f"{root}: no training images found")
+        train_ids, val_ids = _split_identities(
+            [im.label for im in images], cfg.val_fraction, cfg.seed
+        )
+        train_imgs = [im for im in images if im.label in train_ids]
+        val_imgs = [im for im in images if im.label in val_ids]
+        # Training labels 0..n-1 over the training identities only.
+        remap = {old: new for new, old in enumerate(sorted(train_ids))}
+        names = [ids.names[old] for old in sorted(train_ids)]
+        train_labels = [remap[im.label] for im in train_imgs]
+        valdir = _read_val_dir(Path(cfg.val_dir), root) if cfg.val_dir else []
+        return cls(
+            root, ids, images, train_ids, val_ids, train_imgs, val_imgs, names, train_labels, valdir
+        )
+
+
+def _read_val_dir(folder: Path, data_root: Path) -> list[Any]:
+    """Every image of a folder of identities (folders or Market-1501: all splits), labelled by
+    identity; at least 2 identities with 2 photos, else :class:`DataError`."""
+    from vitrina.data.identities import IdentityImage, scan_identities
+
+    if folder.resolve() == data_root.resolve():
+        raise DataError(f"--val-dir {folder}: is the training folder itself; give other people")
+    ids = scan_identities(folder)
+    every = ids.train + ids.query + [im for im in ids.gallery if im.pid > 0]
+    images = [IdentityImage(im.path, im.pid, im.camid, im.pid) for im in every]
+    counts: dict[int, int] = {}
+    for im in images:
+        counts[im.label] = counts.get(im.label, 0) + 1
+    if sum(1 for n in counts.values() if n >= 2) < 2:
+        raise DataError(
+            f"--val-dir {folder}: needs at least 2 identities with 2 or more photos each "
+            "(every photo queries the others)"
+        )
+    return images
+
+
+def _apply_plan(model: EmbeddingModel, plan: TrainablePlan) -> list[nn.Module]:
+    """Freeze what the plan does not train; return the modules to keep in eval mode while
+    training (the frozen backbone, or the batch norms of its frozen stages)."""
+    trained = plan.trained_names
+    for name, prm in model.net.named_parameters():
+        prm.requires_grad_(name in trained)
+    if plan.trained_stages == 0:
+        return [model.net]
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return [
+        m
+        for m in model.net.modules()
+        if isinstance(m, _BatchNorm)
+        and not any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+
+
+def _param_groups(
+    model: EmbeddingModel, criterion: nn.Module, plan: TrainablePlan, cfg: EmbeddingConfig
+) -> list[dict[str, Any]]:
+    """Backbone groups first (one, or one per stage with layer decay), then the new layers."""
+    params = dict(model.net.named_parameters())
+    groups: list[dict[str, Any]] = []
+    n = plan.trained_stages
+    stages = plan.stages[-n:] if n else []
+    if stages and cfg.layer_decay < 1:
+        for i, stage in enumerate(stages):
+            scale = cfg.layer_decay ** (len(stages) - 1 - i)
+            groups.append({"params": [params[k] for k in stage], "lr": cfg.lr * scale})
+    elif stages:
+        groups.append({"params": [params[k] for s in stages for k in s], "lr": cfg.lr})
+    new = [prm for prm in model.neck.parameters() if prm.requires_grad]
+    if model.local is not None:
+        new += list(model.local.parameters())
+    new += [prm for prm in criterion.parameters() if prm.requires_grad]
+    groups.append({"params": new, "lr": cfg.lr * cfg.head_lr_mult})
+    return groups
+
+
+def _recipes(cfg: EmbeddingConfig, data: _Data) -> list[str]:
+    """The recipes (``trainable`` values) to train: one, or, with ``--val-dir`` and ``auto``,
+    every one, the val-dir picking."""
+    if cfg.trainable == "auto" and cfg.val_dir:
+        return ["neck", "last", "all"]
+    return [cfg.trainable]
+
+
 def train_embedding(
     cfg: EmbeddingConfig,
     *,
@@ -325,13 +652,14 @@ def train_embedding(
     progress: bool = True,
     extra_callbacks: list[Callback] | None = None,
 ) -> EmbeddingResult:
-    """Train (or resume) an embedding; return the run folder and what it reached."""
-    from vitrina.data.identities import scan_identities
-    from vitrina.data.samplers import PairSampler, PKSampler
-    from vitrina.losses import build_criterion
+    """Train (or resume) an embedding; return the run folder and what it reached.
 
-    if resume:
-        out = Path(cfg.out or "")
+    With ``val_dir`` and ``trainable="auto"`` each recipe (neck, last, all) trains into
+    ``out/recipes/<recipe>/`` and the one with the best ``--val-dir`` mAP becomes the run in
+    ``out`` (its figures and the others' in ``metrics["recipes"]``)."""
+    out = Path(cfg.out or "")
+    multi = resume and (out / "recipes").is_dir()
+    if resume and not multi:
         if not (out / CKPT_DIR).is_dir():
             raise RunFolderError(f"{out}: nothing to resume (no {CKPT_DIR}/ there)")
         if is_run_dir(out):
@@ -339,80 +667,219 @@ def train_embedding(
             cfg = EmbeddingConfig.from_dict(read_run(out).config)
             cfg.epochs = epochs
     cfg = cfg.resolved()
+    data = _Data.read(cfg)
+    recipes = _recipes(cfg, data)
+    if len(recipes) == 1 and not multi:
+        return _train_one(cfg, data, resume=resume, progress=progress, extra=extra_callbacks)
+    out = Path(cfg.out or "")
+    if not resume:
+        prepare_out(out, False)
+    results: dict[str, EmbeddingResult] = {}
+    for recipe in recipes:
+        sub = out / "recipes" / recipe
+        sub_cfg = EmbeddingConfig(**{**asdict(cfg), "trainable": recipe, "out": str(sub)})
+        finished = is_run_dir(sub) and "epochs_run" in read_run(sub).metrics
+        if finished:
+            results[recipe] = _finished_result(sub)
+            continue
+        again = resume and (sub / CKPT_DIR / "state.json").is_file()
+        if progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold]recipe {recipe}[/] (--val-dir picks the best)")
+        results[recipe] = _train_one(
+            sub_cfg, data, resume=again, progress=progress, extra=extra_callbacks
+        )
+    best = max(recipes, key=lambda r: _best_score(results[r]))
+    return _promote(out, best, results, cfg)
+
+
+def _best_score(res: EmbeddingResult) -> tuple[float, float]:
+    from vitrina.training.callbacks import score
+
+    return score(res.metrics)
+
+
+def _finished_result(run: Path) -> EmbeddingResult:
+    info = read_run(run)
+    m = dict(info.metrics)
+    return EmbeddingResult(
+        run_dir=run,
+        identities=len(info.classes),
+        best_epoch=int(m.get("best_epoch", 0)),
+        metrics=m,
+        history=[],
+        dropped_singletons=int(info.data.get("dropped_singletons", 0)),
+        start=dict(m.get("start", {})),
+        trainable=dict(m.get("trainable", {})),
+        verdict=list(m.get("verdict", [])),
+    )
+
+
+def _promote(
+    out: Path, best: str, results: dict[str, EmbeddingResult], cfg: EmbeddingConfig
+) -> EmbeddingResult:
+    """Make the best recipe's run the run in ``out`` (weights, vitrina.json, plots, metrics)."""
+    won = results[best]
+    info = read_run(won.run_dir)
+    summary = {
+        r: {
+            k: res.metrics.get(k)
+            for k in ("best_epoch", "val_mAP", "val_rank1", "valdir_mAP", "valdir_rank1")
+            if k in res.metrics
+        }
+        for r, res in results.items()
+    }
+    info.metrics = {**info.metrics, "recipes": summary, "recipe": best}
+    shown = ", ".join(f"{r} {s.get('valdir_mAP', float('nan')):.3f}" for r, s in summary.items())
+    info.metrics["trainable"] = {
+        **info.metrics.get("trainable", {}),
+        "reason": f"--val-dir {cfg.val_dir} picked {best} among {', '.join(results)} "
+        f"(val-dir mAP {shown})",
+    }
+    info.config = {**info.config, "trainable": cfg.trainable, "out": str(out)}
+    save_run(out, load_model(won.run_dir), info)
+    for name in ("plots", "metrics.jsonl"):
+        src = won.run_dir / name
+        if src.is_dir():
+            shutil.copytree(src, out / name, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copyfile(src, out / name)
+    m = info.metrics
+    return EmbeddingResult(
+        run_dir=out,
+        identities=won.identities,
+        best_epoch=won.best_epoch,
+        metrics=m,
+        history=won.history,
+        dropped_singletons=won.dropped_singletons,
+        bad_files=won.bad_files,
+        start=won.start,
+        trainable=m["trainable"],
+        verdict=won.verdict,
+        recipes=summary,
+    )
+
+
+def _train_one(
+    cfg: EmbeddingConfig,
+    data: _Data,
+    *,
+    resume: bool,
+    progress: bool,
+    extra: list[Callback] | None,
+) -> EmbeddingResult:
+    from vitrina.data.samplers import PairSampler, PKSampler
+    from vitrina.losses import build_criterion
+    from vitrina.losses.aligned import AlignedLocalLoss
+
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    data_root = Path(cfg.data_dir)
-    ids = scan_identities(data_root)
-    images = ids.train
-    if not images:
-        raise DataError(f"{data_root}: no training images found")
-    train_ids, val_ids = _split_identities([im.label for im in images], cfg.val_fraction, cfg.seed)
-    train_imgs = [im for im in images if im.label in train_ids]
-    val_imgs = [im for im in images if im.label in val_ids]
-    # Training labels 0..n-1 over the training identities only.
-    remap = {old: new for new, old in enumerate(sorted(train_ids))}
-    names = [ids.names[old] for old in sorted(train_ids)]
-    train_labels = [remap[im.label] for im in train_imgs]
-    p = cfg.p or max(2, min(8, len(train_ids)))
+    names, train_imgs, val_imgs = data.names, data.train_imgs, data.val_imgs
+    p = cfg.p or max(2, min(8, len(data.train_ids)))
     sampler: PKSampler | PairSampler = (
-        PairSampler(train_labels, pairs=max(2, p * cfg.k // 2), seed=cfg.seed)
+        PairSampler(data.train_labels, pairs=max(2, p * cfg.k // 2), seed=cfg.seed)
         if cfg.sampler == "pairs"
-        else PKSampler(train_labels, p=p, k=cfg.k, seed=cfg.seed)
+        else PKSampler(data.train_labels, p=p, k=cfg.k, seed=cfg.seed)
     )
 
     out = prepare_out(Path(cfg.out or "runs/run"), resume)
     base, previous = _backbone(cfg)
     pre = _preprocess(base, cfg.input_size)
     base.preprocess = pre
-    if previous is not None and previous.num_features == (cfg.dim or base.num_features):
+    same_shape = previous is not None and (
+        previous.num_features == (cfg.dim or base.num_features)
+        and previous.local_stripes == cfg.local_stripes
+        and (not cfg.local_stripes or previous.local_dim == cfg.local_dim)
+    )
+    start_model: nn.Module = previous if previous is not None else base
+    start_copy = copy.deepcopy(start_model)  # the starting weights, measured before training
+    if same_shape:
+        assert previous is not None
         model = previous
         model.reset_classifier(len(names))
     else:
-        model = EmbeddingModel(base, dim=cfg.dim, bnneck=cfg.bnneck, num_classes=len(names))
+        model = EmbeddingModel(
+            base,
+            dim=cfg.dim,
+            bnneck=cfg.bnneck,
+            num_classes=len(names),
+            local_stripes=cfg.local_stripes,
+            local_dim=cfg.local_dim,
+        )
     model.preprocess = pre
     model.class_names = names
-    criterion = build_criterion(
-        cfg.loss,
-        miner=cfg.miner,
-        distance=cfg.distance,
-        num_classes=len(names),
-        embedding_dim=model.num_features,
-        margin=cfg.margin,
+    plan = plan_trainable(
+        model.net,
+        cfg.trainable,
+        identities=len(data.train_ids),
+        images=len(train_imgs),
+        pretrained=cfg.weights is not None,
     )
+
+    def criterion_for(m: EmbeddingModel) -> nn.Module:
+        return build_criterion(
+            cfg.loss,
+            miner=cfg.miner,
+            distance=cfg.distance,
+            num_classes=len(names),
+            embedding_dim=m.num_features,
+            margin=cfg.margin,
+        )
+
+    peer: _Peer | None = None
+    if cfg.mutual:
+        twin = copy.deepcopy(model)
+        torch.manual_seed(cfg.seed + 1)  # another start for the new layers of the peer
+        for module in (twin.neck, twin.local):
+            for layer in module.modules() if module is not None else ():
+                if hasattr(layer, "reset_parameters") and layer is not module:
+                    layer.reset_parameters()
+        peer = _Peer(twin, criterion_for(twin), [])
+        torch.manual_seed(cfg.seed)
+    criterion = criterion_for(model)
     model.to(device=device, dtype=param_dtype(cfg.precision))
     criterion.to(device=device, dtype=param_dtype(cfg.precision))
-    if cfg.freeze_backbone:
-        for prm in model.net.parameters():
-            prm.requires_grad_(False)
-    backbone = [prm for prm in model.net.parameters() if prm.requires_grad]
-    new = [prm for prm in model.neck.parameters() if prm.requires_grad]
-    new += [prm for prm in criterion.parameters() if prm.requires_grad]
-    groups = [{"params": new, "lr": cfg.lr * cfg.head_lr_mult}]
-    if backbone:
-        groups.insert(0, {"params": backbone, "lr": cfg.lr})
+    frozen = _apply_plan(model, plan)
+    groups = _param_groups(model, criterion, plan, cfg)
+    if peer is not None:
+        peer.to(device=device, dtype=param_dtype(cfg.precision))
+        peer.frozen = _apply_plan(peer.model, plan)
+        groups += _param_groups(peer.model, peer.criterion, plan, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    trainable = nn.ModuleDict({"model": model, "loss": criterion})
+    parts: dict[str, nn.Module] = {"model": model, "loss": criterion}
+    if peer is not None:
+        parts["peer"] = peer
+    trainable = nn.ModuleDict(parts)
 
     train_loader = _loader(
         [im.path for im in train_imgs],
-        train_labels,
+        data.train_labels,
         reid_train_transform(pre, cfg.augment),
         cfg,
         batch_sampler=sampler,
     )
-    val_loader = (
-        _loader(
-            [im.path for im in val_imgs],
-            [im.label for im in val_imgs],
+
+    def eval_loader(images: list[Any]) -> DataLoader | None:
+        if not images:
+            return None
+        return _loader(
+            [im.path for im in images],
+            [im.label for im in images],
             eval_transform(pre),
             cfg,
             batch_size=64,
             shuffle=False,
         )
-        if val_imgs
-        else None
-    )
+
+    val_loader = eval_loader(val_imgs)
+    valdir_loader = eval_loader(data.valdir_imgs)
+
+    # The starting weights on the same identities, before any step (and before a resume
+    # point replaces them): the figure training has to beat.
+    start = _start_figures(start_copy, val_loader, valdir_loader, device)
+    del start_copy
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -433,22 +900,32 @@ def train_embedding(
         task="embedding",
         weights_origin=model.weights_origin,
         data={
-            "root": str(data_root.resolve()),
-            "layout": ids.layout,
-            "fingerprint": _fingerprint(data_root, images),
-            "identities": len(ids.names),
-            "train_identities": len(train_ids),
-            "validation_identities": len(val_ids),
+            "root": str(data.root.resolve()),
+            "layout": data.ids.layout,
+            "fingerprint": _fingerprint(data.root, data.images),
+            "identities": len(data.ids.names),
+            "train_identities": len(data.train_ids),
+            "validation_identities": len(data.val_ids),
             "train_images": len(train_imgs),
             "validation_images": len(val_imgs),
             "dropped_singletons": sampler.dropped_singletons,
+            **(
+                {
+                    "val_dir": str(Path(cfg.val_dir).resolve()),
+                    "val_dir_images": len(data.valdir_imgs),
+                }
+                if cfg.val_dir
+                else {}
+            ),
         },
         config={**cfg.to_dict(), "embedding": model.embedding_config()},
     )
+    plan_doc = plan.to_dict()
 
     def save_best(record: dict[str, Any]) -> None:
         info.metrics = {"best_epoch": record["epoch"], **record}
         info.metrics.pop("best", None)
+        info.metrics.update(start=start, trainable=plan_doc)
         save_run(out, model, info)
 
     def save_resume(state: LoopState) -> None:
@@ -456,16 +933,28 @@ def train_embedding(
             out, trainable, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
         )
 
-    task = EmbeddingTask(criterion, freeze_backbone=cfg.freeze_backbone)
+    task = EmbeddingTask(
+        criterion,
+        frozen=frozen,
+        local_loss=AlignedLocalLoss() if cfg.local_stripes else None,
+        peer=peer,
+    )
     task.epoch = start_epoch
-    callbacks: list[Callback] = [ProgressBar(accuracy=False)] if progress else []
+    callbacks: list[Callback] = []
+    if valdir_loader is not None:
+        callbacks.append(_ValDir(task, model, valdir_loader))
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"trainable: {plan.choice} ({plan.reason})", highlight=False)
+        callbacks.append(ProgressBar(accuracy=False))
     callbacks += [
         _Shuffle(sampler),
         BestCheckpoint(save_best),
         EarlyStopping(cfg.patience),
         MetricsLog(out / "metrics.jsonl"),
         ResumePoint(save_resume),
-        *(extra_callbacks or []),
+        *(extra or []),
     ]
     try:
         with torch_threads(getattr(train_loader, "num_workers", 0)):
@@ -504,7 +993,7 @@ def train_embedding(
     for r in engine.run(Embedding(normalize=False), [im.path for im in train_imgs]):
         if r.ok:
             feats.append(r.value)
-            labels.append(train_labels[r.index])
+            labels.append(data.train_labels[r.index])
         else:
             bad.append(r.error)
     if feats:
@@ -514,6 +1003,8 @@ def train_embedding(
     best_info.thresholds = thresholds
     metrics["epochs_run"] = state.epoch
     metrics["unreadable_files"] = len(set(bad))
+    verdict, beat = _verdict(metrics, start, cfg)
+    metrics.update(start=start, trainable=plan_doc, verdict=verdict, beat_start=beat)
     best_info.metrics = metrics
     best_info.config = {**cfg.to_dict(), "embedding": best.embedding_config()}
     save_run(out, best.cpu(), best_info)
@@ -528,7 +1019,61 @@ def train_embedding(
         history=state.history,
         dropped_singletons=sampler.dropped_singletons,
         bad_files=sorted(set(bad)),
+        start=start,
+        trainable=plan_doc,
+        verdict=verdict,
     )
+
+
+@torch.no_grad()
+def _start_figures(
+    start: nn.Module, val_loader: Any, valdir_loader: Any, device: torch.device
+) -> dict[str, float]:
+    """The starting weights' leave-one-out figures on the held-out identities (``val_*``)
+    and on ``--val-dir`` (``valdir_*``): their own embedding (a backbone's pooled features,
+    or the embedding run training starts from)."""
+    if val_loader is None and valdir_loader is None:
+        return {}
+    start = start.to(device).eval()
+
+    def embed(x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return start.embed(x.to(model_dtype(start))), None  # type: ignore[operator]
+
+    out: dict[str, float] = {}
+    if val_loader is not None:
+        out.update(_loo_figures(embed, val_loader, device))
+    if valdir_loader is not None:
+        figs = _loo_figures(embed, valdir_loader, device)
+        out.update({f"valdir_{k[4:]}": v for k, v in figs.items()})
+    return out
+
+
+def _verdict(
+    metrics: dict[str, Any], start: dict[str, float], cfg: EmbeddingConfig
+) -> tuple[list[str], bool]:
+    """Lines comparing the kept epoch with the starting weights, and whether it beat them
+    everywhere they were both measured."""
+    lines: list[str] = []
+    beat = True
+    sets = (("val_mAP", "held-out identities"), ("valdir_mAP", f"--val-dir {cfg.val_dir}"))
+    for key, where in sets:
+        if key not in metrics or key not in start:
+            continue
+        got, was = float(metrics[key]), float(start[key])
+        diff = (got - was) * 100
+        if got > was:
+            lines.append(
+                f"{where}: mAP {got:.3f} trained vs {was:.3f} with the starting weights "
+                f"({diff:+.1f} points)"
+            )
+        else:
+            beat = False
+            lines.append(
+                f"{where}: training did NOT beat the starting weights (mAP {got:.3f} trained vs "
+                f"{was:.3f}, {diff:+.1f} points): use the starting weights ({cfg.weights or cfg.arch}) "
+                "as they are, or train less of the backbone (--trainable neck) or fewer epochs"
+            )
+    return lines, beat
 
 
 def _fingerprint(root: Path, images: list[Any]) -> str:
