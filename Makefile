@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format bench fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,10 +25,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m ''
 
+# bandit: skips and their reasons are in [tool.bandit] of pyproject.toml. pip-audit: the exact
+# pins of constraints.txt; one line and no failure when the vulnerability service is unreachable.
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools fuzz
 	$(BIN)/lint-imports
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks tools fuzz
+	$(BIN)/bandit -c pyproject.toml -r src -q
+	$(BIN)/python tools/audit_constraints.py constraints.txt
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
@@ -37,6 +41,12 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sort_throughput.py
 	$(BIN)/python benchmarks/transfer_accuracy.py
+
+# Coverage-guided fuzzing (atheris) of the image reader, the upload decoder and the name
+# parsers, FUZZ_SECONDS each (default 60); findings land in fuzz/findings/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

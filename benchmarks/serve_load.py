@@ -16,8 +16,8 @@ For each number of concurrent clients (1, 8, 32), for a bounded time each:
     python benchmarks/serve_load.py [--model RUN] [--data ../shared/data/cats_dogs] [--seconds 10]
 
 Without --model, EfficientNet-Lite0 is trained as a probe on 10 photos per class of --data.
-Target (issue 8): at 32 clients the service reaches at least 80% of the in-process throughput,
-with no errors; judged against ``predict`` (the issue's baseline) and against the fastest
+Target (issue 8: 80%, raised by issue 17 to 90%): at 32 clients the service reaches at least
+90% of the in-process throughput, with no errors; judged against ``predict`` (the issue's baseline) and against the fastest
 in-process way.
 Throughput counts the requests that complete inside the measured window (after a warm-up).
 """
@@ -47,6 +47,7 @@ import vitrina
 from vitrina.data import scan_folder
 from vitrina.engine import Logits
 
+TARGET = 0.9  # issue 17 (issue 8 asked 0.8)
 WARMUP_S = 2.0
 
 
@@ -343,9 +344,9 @@ def main() -> None:
     ):
         base = local[top][name].rate
         ratio = served[top].rate / base if base else 0.0
-        verdict = "met" if ratio >= 0.8 and errors == 0 else "MISSED"
+        verdict = "met" if ratio >= TARGET and errors == 0 else "MISSED"
         print(
-            f"target at {top} clients >= 0.80x {what}, {name}, no errors: "
+            f"target at {top} clients >= {TARGET:.2f}x {what}, {name}, no errors: "
             f"{verdict} ({ratio:.2f}x, {errors} errors)"
         )
 

@@ -128,3 +128,31 @@ def one_line_error(err: str, *needles: str) -> None:
     assert "Traceback" not in err
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def killed_after_delete(fn, *, after: int = 1) -> int:
+    """Run ``fn()`` in a forked child that is SIGKILLed right after its ``after``-th deleted
+    source (between "source deleted" and "manifest row written": the worst moment of a move).
+    Returns the child's exit signal (9) once it is dead."""
+    import multiprocessing as mp
+    import signal
+
+    def child() -> None:
+        import vitrina.io.files as files
+
+        real = files._delete_source
+        count = {"n": 0}
+
+        def delete_then_die(*args, **kwargs):
+            real(*args, **kwargs)
+            count["n"] += 1
+            if count["n"] == after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        files._delete_source = delete_then_die
+        fn()
+
+    proc = mp.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(120)
+    return -proc.exitcode if proc.exitcode is not None else 0

@@ -29,14 +29,22 @@ def running_service(config: Any, *, startup_timeout: float = 60.0) -> Iterator[s
     import uvicorn
 
     from vitrina.service import ServiceConfig, create_app
+    from vitrina.service.server import server_settings
 
+    settings = config if isinstance(config, ServiceConfig) else ServiceConfig()
     app = create_app(config) if isinstance(config, ServiceConfig) else config
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # bound here: no race for the port with other tests
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            **server_settings(settings),  # the limits `vitrina serve` runs with
+        )
     )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True

@@ -48,7 +48,20 @@ def own_run(toy_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(toy_run, tmp_path / "run"))
 
 
-@pytest.mark.parametrize("backend", ["eager", "onnx", "bf16", "fp64", "int8", "auto"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "eager",
+        "onnx",
+        "bf16",
+        "fp64",
+        "int8",
+        "openvino",
+        "openvino-bf16",
+        "openvino-int8",
+        "auto",
+    ],
+)
 def test_backend_matches_eager_fp32(backend: str, toy_run: Path, check_data: Path) -> None:
     model = load(toy_run).model
     x = _batch(model, check_data)
@@ -64,7 +77,7 @@ def test_backend_matches_eager_fp32(backend: str, toy_run: Path, check_data: Pat
     tol = TOLERANCES.get(eng.backend_name, TOLERANCES["eager"])
     assert tol.ok(report), (eng.backend_name, report, tol.describe())
     if backend == "auto":
-        assert eng.backend_name in ("eager", "onnx", "int8", "bf16")
+        assert eng.backend_name in BACKENDS.names() and eng.backend_name != "auto"
 
 
 def test_int8_is_really_int8(toy_run: Path, tmp_path: Path) -> None:
@@ -206,7 +219,8 @@ def test_optimize_writes_measured_variants(own_run: Path, check_data: Path) -> N
         calib=calib,
         eval_dir=check_data,
         variants="bf16,int8,pruned",
-        prune=0.3,
+        prune_flops=0.3,
+        sparsify_epochs=1,
         finetune_epochs=1,
         batch_size=8,
         num_workers=0,
@@ -260,7 +274,7 @@ def test_optimize_cli_errors(capsys, own_run: Path, tmp_path: Path) -> None:
         == 2  # not a variant: a usage error, listing the variants
     )
     err = capsys.readouterr().err
-    usage_error(err, "'int4' is not one of bf16, int8, pruned")
+    usage_error(err, "'int4' is not one of bf16, int8, openvino-int8, pruned")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (

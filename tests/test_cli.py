@@ -138,3 +138,33 @@ def test_diverging_export_is_refused(capsys, toy_run: Path, tmp_path: Path, monk
     assert code == 1
     one_line_error(e, "diverges", "max |diff| 0.5")
     assert not target.exists() and not list(tmp_path.glob(".vitrina-tmp-*"))
+
+
+def test_progress_off_a_terminal_is_a_line_every_few_seconds(capsys) -> None:
+    """Issue 13: `sort --dry-run` over 50,000 photos showed nothing in a log for minutes."""
+    from vitrina.cli._common import progress_bar
+
+    with progress_bar("sorting", None) as update:  # stderr is captured: not a terminal
+        update.every = 0.0  # type: ignore[attr-defined]  (5 s in real use)
+        for done in range(1, 4):
+            update(done, 3)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("sorting: 1 of 3 (33%)")
+    assert lines[-1].startswith("sorting: 3 of 3 (100%)") and "done in" in lines[-1]
+    with progress_bar("sorting", 3) as update:
+        update(1)  # a short job logs nothing at all
+    assert capsys.readouterr().err == ""
+
+
+def test_predict_takes_a_folder_and_names_a_fifo(capsys, toy_run: Path, photos: Path) -> None:
+    """Issue 13 #14: a folder given to predict was "unreadable ... is a directory"."""
+    import os
+
+    code, o, e = run(capsys, "predict", toy_run, photos)
+    assert code == 1  # broken.jpg is in there: exit 1, but every other photo is answered
+    assert "is a directory" not in e and "broken.jpg: truncated or corrupt" in e
+    assert sum(1 for line in o.splitlines() if ".png:" in line) == 6
+    os.mkfifo(photos / "pipe.jpg")
+    code, _, e = run(capsys, "predict", toy_run, photos / "pipe.jpg")
+    assert code == 1
+    one_line_error(e, "pipe.jpg: is a FIFO (named pipe), not an image file")

@@ -45,6 +45,9 @@ FREE_TEXT = {
     "items",  # paths or sha256 prefixes
     "target",  # a class name or index of the model at hand
     "class_name",
+    "detector",  # a detection run folder or a detector name (DETECTORS, listed by `detect list`)
+    "backbone",  # any zoo classifier name
+    "size",  # 320 or WIDTHxHEIGHT, parsed by vitrina.detect.train.parse_size
 }
 
 
@@ -52,6 +55,10 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
     """(command, option) -> the values the API accepts, read from the API's own definitions."""
     from vitrina.classify.export import FORMATS
     from vitrina.data import AUGMENTS
+    from vitrina.data.annotations import FORMATS as ANNOTATION_FORMATS
+    from vitrina.detect.data import BOX_AUGMENTS
+    from vitrina.detect.train import FREEZE, WEIGHTS
+    from vitrina.detect.train import OPTIMIZERS as DETECT_OPTIMIZERS
     from vitrina.embed import POOLS
     from vitrina.embed.projection import METHODS as PROJECTIONS
     from vitrina.embed.reid import METRICS as REID_METRICS
@@ -62,6 +69,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
     from vitrina.explain.featureviz import PARAMS
     from vitrina.faces.pipeline import DETECTORS
     from vitrina.losses import MINERS
+    from vitrina.models.detection import HEADS
     from vitrina.optimize import VARIANT_NAMES
     from vitrina.search.index import KINDS
     from vitrina.search.index import METRICS as INDEX_METRICS
@@ -103,6 +111,16 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
         ("zoo", "backends"): backends,
         ("export", "fmt"): set(FORMATS),
         ("optimize", "variants"): set(VARIANT_NAMES),
+        ("detect train", "arch"): set(HEADS.names()),
+        ("detect train", "weights"): set(WEIGHTS),
+        ("detect train", "optimizer"): set(DETECT_OPTIMIZERS),
+        ("detect train", "augment"): set(BOX_AUGMENTS),
+        ("detect train", "freeze"): set(FREEZE),
+        ("detect train", "precision"): set(PRECISIONS),
+        ("detect train", "fmt"): set(ANNOTATION_FORMATS),
+        ("detect evaluate", "fmt"): set(ANNOTATION_FORMATS),
+        ("data convert", "to"): set(ANNOTATION_FORMATS),
+        ("data convert", "fmt"): set(ANNOTATION_FORMATS),
     }
     for command, _ in list(_commands().items()):
         if "backend" in _params(command):
@@ -243,7 +261,9 @@ def test_comma_choices_keep_order_and_drop_repeats() -> None:
 
     parse = CommaChoices(Backend)
     assert parse(" onnx, eager,onnx ") == "onnx,eager"
-    assert parse.metavar == "[auto|eager|fp64|bf16|onnx|int8|pruned|dlib],..."
+    assert parse.metavar == (
+        "[auto|eager|fp64|bf16|onnx|int8|openvino|openvino-bf16|openvino-int8|pruned|dlib],..."
+    )
     for bad in ("", " , ", "eager,eagr"):
         with pytest.raises(typer.BadParameter):
             parse(bad)

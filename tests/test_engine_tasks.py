@@ -172,6 +172,20 @@ class GridDetector(nn.Module):
             out.append(rows.float())
         return out
 
+    def onnx_single_image(self, output: str) -> nn.Module:
+        """One image's boxes as one graph (how the onnx backend exports variable-length
+        outputs; the real detectors do the same)."""
+
+        class One(nn.Module):
+            def __init__(self, grid: GridDetector) -> None:
+                super().__init__()
+                self.grid = grid
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.grid.boxes(x)[0]
+
+        return One(self)
+
 
 @dataclass(frozen=True)
 class GridBoxes(Task):

@@ -450,3 +450,184 @@ def test_calibrating_on_the_gallery_itself_and_bad_inputs(gallery: Gallery) -> N
         gallery.enroll(f"g{i}", photos_of(f"g{i}", c[i], 3, seed=60 + i))
     rep = gallery.calibrate(None, far=0.05)
     assert rep.source == "gallery" and rep.n_faces == 12 and rep.openset.far <= 0.05
+
+
+# --------------------------------------------------------------------------- issue 13: names, chips
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("😀" * 100, "400 bytes in UTF-8"),  # 100 characters: passed the length check
+        ("bob\udc80", "not valid text"),  # a lone surrogate (bytes of another encoding)
+    ],
+    ids=["100-emoji", "lone-surrogate"],
+)
+def test_names_that_would_fail_on_disk_are_refused_before_touching_it(
+    gallery: Gallery, name: str, says: str
+) -> None:
+    """Issue 13 #9: `File name too long` (a 500 from the service), and an empty chips/ folder
+    left behind by a name that could not be stored."""
+    from conftest import one_line_error
+
+    with pytest.raises(GalleryError) as e:
+        gallery.enroll(name, photos_of("p", centres(1, seed=4)[0], 1, seed=4))
+    one_line_error(str(e.value), "person name", says)
+    assert gallery.people() == [] and list((gallery.path / "chips").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, char",
+    [
+        ("bob\u200b", "U+200B ZERO WIDTH SPACE"),
+        ("\u202eevil", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("an\u200dna", "U+200D ZERO WIDTH JOINER"),
+        ("x\u2066y\u2069", "U+2066 LEFT-TO-RIGHT ISOLATE"),
+        ("ma\u00adria", "U+00AD SOFT HYPHEN"),
+    ],
+)
+def test_invisible_and_bidi_control_characters_are_refused(
+    gallery: Gallery, name: str, char: str
+) -> None:
+    """Issue 13 #13: right-to-left overrides and zero-width characters were accepted."""
+    with pytest.raises(GalleryError) as e:
+        gallery.enroll(name, photos_of("p", centres(1, seed=4)[0], 1, seed=4))
+    msg = str(e.value)
+    assert char.lower() in msg.lower() and "\n" not in msg
+    assert all(c not in msg for c in "\u200b\u202e\u200d\u2066\u00ad")  # shown escaped
+
+
+def test_a_name_is_one_person_however_it_is_typed(gallery: Gallery) -> None:
+    """Issue 13 #13: "é" as one character and as e + combining accent enrolled two people."""
+    c = centres(2, seed=20)
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    gallery.enroll(composed, photos_of("jose-a", c[0], 1, seed=20))
+    report = gallery.enroll(decomposed, photos_of("jose-b", c[0], 1, seed=21))
+    assert report.name == composed and not report.new_person
+    assert [(p.name, p.templates) for p in gallery.people()] == [(composed, 2)]
+    assert [f.name for f in (gallery.path / "chips").iterdir()] == [composed]
+    assert gallery.person(decomposed).templates == 2
+    assert gallery.rename(decomposed, "Jos\u00e9 Mar\u00eda").name == "Jos\u00e9 Mar\u00eda"
+    assert gallery.forget("Jose\u0301 Mari\u0301a").templates == 2
+
+
+def test_look_alike_names_are_refused(gallery: Gallery) -> None:
+    c = centres(2, seed=22)
+    gallery.enroll("Ann Lee", photos_of("ann", c[0], 1, seed=22))
+    for other in ("Ann\u00a0Lee", "ＡＮＮ LEE"):  # a no-break space; full-width letters
+        with pytest.raises(GalleryError, match=r"only by (look-alike characters|case)"):
+            gallery.enroll(other, photos_of("ann2", c[1], 1, seed=23))
+    assert [p.name for p in gallery.people()] == ["Ann Lee"]
+
+
+def test_names_enrolled_before_the_rules_keep_working(gallery: Gallery) -> None:
+    """Galleries made before names were normalised may hold a decomposed "é" or a zero-width
+    space: such people stay listed, identified, enrollable, renamable and forgettable."""
+    from vitrina.faces.gallery import _Snapshot
+
+    c = centres(3, seed=24)
+    legacy = {"Jose\u0301": c[0], "bob\u200b": c[1]}
+    for name, centre in legacy.items():  # as an older vitrina stored them
+        with gallery._writing() as (idx, _meta):
+            chosen = [(pf, pf.faces[0]) for pf in photos_of(name, centre, 1, 24)]
+            gallery._add_faces(idx, _Snapshot.read(idx, -1), name, chosen)
+    assert sorted(p.name for p in gallery.people()) == sorted(legacy)
+    assert gallery.identify(photos_of("q", c[1], 1, seed=25))[0].name == "bob\u200b"
+    for given in ("Jose\u0301", "Jos\u00e9"):  # either form reaches the enrolled person
+        report = gallery.enroll(given, photos_of(f"more-{given}", c[0], 1, seed=26))
+        assert report.name == "Jose\u0301" and not report.new_person and report.added
+    assert gallery.enroll("bob\u200b", photos_of("bob-2", c[1], 1, seed=27)).added
+    assert {p.name: p.templates for p in gallery.people()} == {"Jose\u0301": 3, "bob\u200b": 2}
+    assert gallery.rename("bob\u200b", "Bob").templates == 2
+    assert gallery.forget("Jos\u00e9").templates == 3
+    assert [p.name for p in gallery.people()] == ["Bob"]
+    with pytest.raises(GalleryError, match="do not show"):  # new people follow the rules
+        gallery.enroll("bob\u200b", photos_of("bob-3", c[2], 1, seed=28))
+
+
+KILLED_WRITER = """
+import os, sys, hashlib
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_faces_gallery import centres, photos_of
+from vitrina.faces.gallery import Gallery
+from vitrina.search import Index
+import vitrina.faces.gallery as gm
+stage = {stage!r}
+g = Gallery({path!r})
+if stage == "before-commit":
+    Index.add_vectors = lambda *a, **k: os._exit(9)
+elif stage == "after-commit":
+    real = os.replace
+    def die(src, dst, *a, **k):
+        if Path(src).name.startswith(gm.PENDING_CHIP):
+            os._exit(9)
+        return real(src, dst, *a, **k)
+    gm.os.replace = die
+else:  # forget: rows removed, chips not yet deleted
+    gm.shutil.rmtree = lambda *a, **k: os._exit(9)
+if stage == "forget":
+    g.forget("alice")
+else:
+    g.enroll("zoe", photos_of("zoe", centres(1, seed=31)[0], 2, seed=31))
+"""
+
+
+@pytest.mark.parametrize(
+    "stage, people",
+    [
+        ("before-commit", {"alice": 2}),
+        ("after-commit", {"alice": 2, "zoe": 2}),
+        ("forget", {}),
+    ],
+)
+def test_chips_of_a_killed_writer_never_outlive_their_templates(
+    gallery: Gallery, stage: str, people: dict
+) -> None:
+    """Issue 13 #12: chips left by a killed enroll were invisible to `faces list` but stayed
+    on disk. Whatever moment the writer dies at, the next user leaves exactly the chips of
+    the templates there are."""
+    import subprocess
+    import sys
+    import textwrap
+
+    gallery.enroll("alice", photos_of("alice", centres(1, seed=30)[0], 2, seed=30))
+    script = KILLED_WRITER.format(
+        tests=str(Path(__file__).parent), path=str(gallery.path), stage=stage
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, timeout=120
+    )
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    assert (gallery.path / ".writing").exists()  # the dead writer's mark
+    found = {p.name: p.templates for p in Gallery(gallery.path).people()}
+    assert found == people
+    on_disk = sorted(p.relative_to(gallery.path).as_posix() for p in gallery.path.rglob("*.png"))
+    listed = sorted(
+        ch.relative_to(gallery.path).as_posix()
+        for p in Gallery(gallery.path).people()
+        for ch in p.chips
+    )
+    assert on_disk == listed and all((gallery.path / c).is_file() for c in listed)
+    assert not (gallery.path / ".writing").exists()
+
+
+def test_chips_orphaned_in_a_gallery_made_before_pending_chips_are_swept_once(
+    gallery: Gallery,
+) -> None:
+    """Issue 13 #12, for galleries an older vitrina wrote: chips of enrolments killed before
+    their commit are deleted the first time the gallery is opened, then never looked for."""
+    gallery.enroll("alice", photos_of("alice", centres(1, seed=32)[0], 2, seed=32))
+    meta_path = gallery.path / "gallery.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta.pop("chips_swept") is True
+    meta_path.write_text(json.dumps(meta))  # as an older vitrina left it
+    kept = sorted(gallery.path.rglob("*.png"))
+    for orphan in ("alice/0123456789abcdef-0.png", "ghost/fedcba9876543210-0.png"):
+        (gallery.path / "chips" / orphan).parent.mkdir(exist_ok=True)
+        (gallery.path / "chips" / orphan).write_bytes(b"a face nobody can see or forget")
+    assert [p.name for p in Gallery(gallery.path).people()] == ["alice"]
+    assert sorted(gallery.path.rglob("*.png")) == kept
+    assert not (gallery.path / "chips" / "ghost").exists()
+    assert json.loads(meta_path.read_text())["chips_swept"] is True

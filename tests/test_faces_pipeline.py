@@ -19,7 +19,6 @@ from vitrina.errors import DataError, UnknownNameError, VitrinaError, WeightsNot
 from vitrina.faces import models
 from vitrina.faces import pipeline as fp
 from vitrina.faces.pipeline import FacePipeline, to_rgb8
-from vitrina.faces.types import Box
 from vitrina.io import file_digest
 
 skdata = pytest.importorskip("skimage.data")
@@ -98,13 +97,45 @@ def test_blank_and_noise_photos_have_no_face():
     assert p.detect(noise) == []
 
 
-def test_tiny_photo_is_refused_and_assume_face_takes_a_centred_square():
+def test_tiny_photo_is_refused_and_assume_face_takes_a_centred_square(astro, astro_face):
     with pytest.raises(DataError, match="too small to hold a face"):
         FacePipeline().detect(np.zeros((12, 300, 3), np.uint8))
-    blank = np.full((112, 92, 3), 128, np.uint8)
-    faces = FacePipeline(assume_face=True).faces_in(blank)
-    assert [f.box for f in faces] == [Box(9, 19, 83, 93, 0.0)]
-    assert faces[0].vector.shape == (128,)
+    # min_score 10: the detector finds nothing, so the face is assumed (a cropped-face set)
+    p = FacePipeline(assume_face=True, min_score=10)
+    camera = np.repeat(skdata.camera()[:, :, None], 3, axis=2)
+    for crop in (astro[70:190, 165:280], astro[30:230, 120:320], camera[70:190, 180:290]):
+        (f,) = p.faces_in(crop)
+        h, w = crop.shape[:2]
+        side = round(0.8 * min(w, h))
+        left, top = (w - side) // 2, (h - side) // 2
+        assert (f.box.left, f.box.top, f.box.right, f.box.bottom) == (
+            left,
+            top,
+            left + side,
+            top + side,
+        )
+        assert fp.ASSUMED_FACE_MIN_SCORE <= f.box.score < 10 and f.vector.shape == (128,)
+    (f,) = p.faces_in(astro[70:190, 165:280])
+    assert dist(f.vector, astro_face.vector) < SAME
+
+
+def test_assume_face_finds_no_face_in_photos_without_face_like_content(tmp_path):
+    """Issue 13 #11: a 1x1 GIF, an all-black photo and a flat float TIFF were named as an
+    enrolled person in a gallery made with --assume-face (the flat TIFF at distance 0.597)."""
+    rng = np.random.default_rng(0)
+    Image.new("P", (1, 1)).save(tmp_path / "dot.gif")
+    Image.new("RGB", (92, 112)).save(tmp_path / "black.png")
+    Image.fromarray(np.full((112, 92), 0.5, np.float32), "F").save(tmp_path / "flat.tif")
+    Image.new("L", (92, 112), 128).save(tmp_path / "grey.png")
+    noise = rng.integers(0, 256, (112, 92, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    ramp = np.tile(np.linspace(0, 255, 92).astype(np.uint8), (112, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    names = ["dot.gif", "black.png", "flat.tif", "grey.png", "noise.png", "ramp.png"]
+    found = FacePipeline(assume_face=True, workers=0).process([tmp_path / n for n in names])
+    by = {r.path.name: r for r in found}
+    assert by["dot.gif"].error == "too small to hold a face (1x1 pixels)"
+    assert all(by[n].faces == [] and by[n].error is None for n in names[1:])
 
 
 @pytest.mark.parametrize("variant", ["flip", "jpeg", "half-size", "grayscale"])

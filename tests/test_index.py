@@ -338,3 +338,147 @@ def test_lazy_export() -> None:
     import vitrina
 
     assert vitrina.Index is Index
+
+
+# --------------------------------------------------------------------------- issue 13: integrity
+
+
+def _file_swap(path: Path, a: bytes, b: bytes) -> None:
+    data = path.read_bytes()
+    i, j = data.index(a), data.index(b)
+    assert len(a) == len(b) and i + len(a) <= j
+    path.write_bytes(data[:i] + b + data[i + len(a) : j] + a + data[j + len(b) :])
+
+
+def _stored(ix: Path, rid: int) -> bytes:
+    with sqlite3.connect(ix / "meta.sqlite") as conn:
+        return conn.execute("SELECT vector FROM items WHERE id = ?", (rid,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("legacy", [False, True], ids=["checksum", "no-checksum"])
+def test_swapped_vector_rows_in_the_faiss_file_are_caught_and_repaired(
+    tmp_path: Path, kind: str, legacy: bool
+) -> None:
+    """Issue 13 #2: two swapped rows made a dog's nearest neighbour a cat at similarity 1.0."""
+    x = clustered(60)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32, kind=kind).add_vectors(x, metas(60))
+    if legacy:  # an index written before checksums were recorded
+        with sqlite3.connect(ix / "meta.sqlite") as conn:
+            conn.execute("DELETE FROM info WHERE key = 'faiss_sha256'")
+    _file_swap(ix / "vectors.faiss", _stored(ix, 1), _stored(ix, 40))
+    again = Index.open(ix)
+    why = "did not match the stored vectors" if legacy else "failed its checksum (damaged)"
+    assert (
+        again.recovered and why in again.recovered and "rebuilt it from the 60" in again.recovered
+    )
+    for i in (0, 39):
+        hit = again.search(x[i : i + 1], k=1)[0].hits[0]
+        assert hit.path == f"/photos/p{i}.jpg" and hit.similarity == pytest.approx(1.0, abs=1e-5)
+    fresh = Index.open(ix)
+    assert fresh.recovered is None  # repaired on disk, checksum recorded
+
+
+def test_a_damaged_float_is_caught_by_its_norm(tmp_path: Path) -> None:
+    """Issue 13 #2: one flipped exponent bit gave "cosine sim 74463821824"."""
+    x = clustered(40)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32).add_vectors(x, metas(40))
+    with sqlite3.connect(ix / "meta.sqlite") as conn:  # no checksum: only the norm can tell
+        conn.execute("DELETE FROM info WHERE key = 'faiss_sha256'")
+    data = bytearray((ix / "vectors.faiss").read_bytes())
+    at = bytes(data).index(_stored(ix, 8)) + 4 * 5 + 3  # exponent byte of float 5 of item 8
+    data[at] ^= 0x40
+    (ix / "vectors.faiss").write_bytes(bytes(data))
+    again = Index.open(ix)
+    assert "held 1 damaged vector(s) (not of unit length)" in again.recovered
+    sims = [h.similarity for r in again.search(x, k=5) for h in r.hits]
+    assert max(sims) <= 1.0 + 1e-5
+
+
+def test_damaged_stored_vectors_are_restored_from_a_verified_faiss_file(tmp_path: Path) -> None:
+    """meta.sqlite's vectors are the source of truth for rebuilds: a damaged one is restored
+    from the checksum-verified faiss file instead of spreading into the next structure."""
+    x = clustered(30)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32, kind="hnsw").add_vectors(x, metas(30))
+    good = _stored(ix, 3)
+    bad = bytearray(good)
+    bad[4 * 2 + 3] ^= 0x40
+    with sqlite3.connect(ix / "meta.sqlite") as conn:
+        conn.execute("UPDATE items SET vector = ? WHERE id = 3", (bytes(bad),))
+    idx = Index.open(ix)
+    assert idx.recovered is None  # the faiss file is fine; SQLite's copy is read on rebuild
+    idx.remove(["/photos/p0.jpg"])  # HNSW: a removal rebuilds from the stored vectors
+    assert "restored 1 damaged stored vector(s) from vectors.faiss" in idx.recovered
+    assert _stored(ix, 3) == good
+    assert idx.search(x[2:3], k=1)[0].hits[0].path == "/photos/p2.jpg"
+
+
+def test_both_copies_damaged_is_one_line_with_the_rebuild_command(tmp_path: Path) -> None:
+    x = clustered(20)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32).add_vectors(x, metas(20))
+    (ix / "vectors.faiss").write_bytes(b"garbage")
+    with sqlite3.connect(ix / "meta.sqlite") as conn:
+        conn.execute("UPDATE items SET vector = ? WHERE id = 4", (b"\xff" * 128,))
+    with pytest.raises(index_mod.IndexDamagedError) as info:
+        Index.open(ix)
+    msg = str(info.value)
+    assert "meta.sqlite: 1 stored vector(s) are damaged (items 4)" in msg
+    assert "vitrina index build" in msg and "\n" not in msg
+
+
+def _flip_bytes(db: Path, seed: int, where: str) -> None:
+    import random
+
+    data = bytearray(db.read_bytes())
+    rng = random.Random(seed)
+    for _ in range(20):
+        if where == "pages":  # b-tree page headers: "database disk image is malformed"
+            i = rng.randrange(1, len(data) // 4096) * 4096 + rng.randrange(12)
+        else:
+            i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+    db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("where", ["pages", "anywhere"])
+def test_random_byte_flips_in_meta_sqlite_never_raise_sqlite_errors(
+    tmp_path: Path, seed: int, where: str
+) -> None:
+    """Issue 13 #8: a damaged meta.sqlite gave `sqlite3.OperationalError: Could not decode to
+    UTF-8` from search and `DatabaseError: malformed` from info: one line now, or it works."""
+    x = clustered(200, d=64)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=64).add_vectors(x, metas(200))
+    _flip_bytes(ix / "meta.sqlite", seed, where)
+    try:
+        idx = Index.open(ix)
+        idx.search(x[:3], k=5)
+        idx.info()
+        idx.items()
+        idx.vectors()
+        idx.remove(["/photos/p7.jpg"])
+    except VitrinaError as exc:
+        msg = str(exc)
+        assert "\n" not in msg and str(ix) in msg, msg
+        assert "rebuild" in msg or "not a vitrina index" in msg or "try again" in msg, msg
+
+
+def test_undecodable_text_in_meta_sqlite_is_one_line(tmp_path: Path, capsys) -> None:
+    from conftest import run_cli
+
+    x = clustered(10)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32).add_vectors(x, metas(10))
+    db = ix / "meta.sqlite"
+    data = db.read_bytes()
+    db.write_bytes(data.replace(b"/photos/p3.jpg", b"/photos/p\xff.jpg"))
+    with pytest.raises(index_mod.IndexDamagedError, match=r"meta\.sqlite: damaged \(Could not"):
+        Index.open(ix).search(x[3:4], k=3)
+    _flip_bytes(db, 0, "pages")
+    code, _, err = run_cli(capsys, "index", "info", ix)
+    assert code == 1 and "Traceback" not in err and "meta.sqlite: damaged" in err

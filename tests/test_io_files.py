@@ -348,3 +348,60 @@ def test_copy_leaves_no_temp_when_interrupted(
         place_file(src, dst, method="move")
     assert src.read_bytes() == PHOTO
     assert list(dst.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+def test_move_whose_source_cannot_be_deleted_is_undone_and_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only source: the copy made by this move is removed again (the photo is never
+    left twice) and the error says nothing was moved, instead of "cannot move"."""
+    src = _src(tmp_path)
+    real_unlink = os.unlink
+
+    def read_only(path, *a, **k):
+        if Path(path) == src:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(files_mod.os, "unlink", read_only)
+    with pytest.raises(VitrinaError) as info:
+        place_file(src, tmp_path / "out", method="move")
+    msg = str(info.value)
+    assert "not moved: the source cannot be deleted: read-only file system" in msg
+    assert "nothing was moved" in msg and "\n" not in msg
+    assert src.read_bytes() == PHOTO
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failing_intent_leaves_no_copy_behind(tmp_path: Path) -> None:
+    src = _src(tmp_path)
+
+    def journal_full(final: Path) -> None:
+        assert final.read_bytes() == PHOTO  # verified copy in place before the intent
+        raise DiskFullError("manifest.csv.pending: disk full while writing")
+
+    with pytest.raises(DiskFullError):
+        place_file(src, tmp_path / "out", method="move", before_delete=journal_full)
+    assert src.read_bytes() == PHOTO
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_is_named_not_missing(tmp_path: Path) -> None:
+    fifo = tmp_path / "card" / "pipe.jpg"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    with pytest.raises(VitrinaError, match=r"pipe\.jpg: is a FIFO \(named pipe\), not a photo"):
+        place_file(fifo, tmp_path / "out", method="copy")
+    assert fifo.exists()
+
+
+def test_disk_full_names_the_disk(tmp_path: Path) -> None:
+    from vitrina.io import disk_full_error
+
+    e = disk_full_error(tmp_path / "o" / "manifest.csv")
+    assert e.disk and Path(e.disk).is_dir() and f"the disk at {e.disk}" in str(e)
+    assert "free" in str(e)

@@ -351,7 +351,7 @@ BAD_FILES = [
     (_truncated_png, "truncated or corrupt image data"),
     (_text_as_jpg, "not an image (unrecognised format)"),
     (_missing, "file not found"),
-    (_directory, "is a directory"),
+    (_directory, "is a folder, not an image file"),
 ]
 
 
@@ -422,3 +422,47 @@ def test_100_megapixel_photo_is_within_default_limit_and_silent(tmp_path: Path) 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert image_size(p) == (11_648, 8_736)
+
+
+def _damaged_png(tmp: Path, offset: int = 20) -> Path:
+    """A real photo-like PNG with one byte of its pixel data flipped ``offset`` bytes after
+    ``IDAT`` (issue 13, defect 1: Pillow refuses it, vitrina decoded it as a black image)."""
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    data = bytearray(_save(Image.fromarray(arr), tmp / "clean.png").read_bytes())
+    at = data.index(b"IDAT") + offset
+    data[at] ^= 0xFF
+    p = tmp / f"damaged-{offset}.png"
+    p.write_bytes(bytes(data))
+    return p
+
+
+def _pillow_refuses(p: Path) -> bool:
+    try:
+        with Image.open(p) as im:
+            im.load()
+    except Exception:
+        return True
+    return False
+
+
+def test_damaged_png_pixel_data_is_unreadable_not_black(tmp_path: Path) -> None:
+    p = _damaged_png(tmp_path)
+    assert _pillow_refuses(p)
+    with pytest.raises(ImageReadError, match=r"damaged-20\.png: truncated or corrupt"):
+        read_image(p)
+    with pytest.raises(ImageReadError, match="truncated or corrupt"):
+        images_mod.read_image_bytes(p.read_bytes(), name="upload.png")
+
+
+def test_every_byte_flip_pillow_refuses_is_refused(tmp_path: Path) -> None:
+    """Against the plain reference (Pillow's own full load): whenever it fails on a damaged
+    file, read_image must fail too, never return pixels."""
+    refused = 0
+    for offset in range(8, 200, 7):
+        p = _damaged_png(tmp_path, offset)
+        if _pillow_refuses(p):
+            refused += 1
+            with pytest.raises(ImageReadError):
+                read_image(p)
+    assert refused >= 5  # the sweep did exercise damaged files

@@ -92,14 +92,71 @@ def test_fp64_embedding_training(tmp_path: Path) -> None:
 
 
 def test_precision_choices_and_helpers(data: Path) -> None:
-    assert PRECISIONS == ("fp64", "fp32", "bf16")
-    assert [inference_backend(p) for p in PRECISIONS] == ["fp64", "eager", "bf16"]
+    assert PRECISIONS == ("fp64", "fp32", "bf16", "auto")
+    assert [inference_backend(p) for p in ("fp64", "fp32", "bf16")] == ["fp64", "eager", "bf16"]
+    with pytest.raises(ValueError, match="resolved by choose_precision"):
+        inference_backend("auto")  # auto is fp32 or bf16 once measured, never a backend
     assert param_dtype("fp64") == torch.float64 and param_dtype("bf16") == torch.float32
+    assert param_dtype("auto") == torch.float32
     assert loss_dtype(torch.zeros(1, dtype=torch.bfloat16)).dtype == torch.float32
     assert loss_dtype(torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
     with pytest.raises(VitrinaError, match="did you mean: fp64"):
         TrainConfig(data_dir=str(data), precision="fp46").resolved()
     from vitrina.training.embedding import EmbeddingConfig
 
-    with pytest.raises(VitrinaError, match="--precision 'fp16' is not one of fp64, fp32, bf16"):
+    with pytest.raises(
+        VitrinaError, match="--precision 'fp16' is not one of fp64, fp32, bf16, auto"
+    ):
         EmbeddingConfig(data_dir=str(data), precision="fp16").resolved()
+
+
+def test_auto_precision_for_an_autoencoder(tmp_path: Path, monkeypatch) -> None:
+    """train-autoencoder --precision auto resolves like train's: fp32 without bf16 units
+    (said in precision.json, recorded in the run's config); with them, the trial steps time
+    the whole autoencoder (it has no ``embed``: its reconstruction is timed)."""
+    import json
+
+    import vitrina.engine as engine
+    from vitrina.models import create
+    from vitrina.models.autoencoder import Autoencoder
+    from vitrina.training import precision
+    from vitrina.training.autoencoder import AutoencoderConfig, train_autoencoder
+
+    photos = make_dataset(tmp_path / "photos", per_class=3)
+    cfg = AutoencoderConfig(
+        data_dir=str(photos),
+        arch="tutorial_cnn",
+        epochs=1,
+        batch_size=4,
+        width=16,
+        augment="none",
+        precision="auto",
+        out=str(tmp_path / "ae"),
+        num_workers=0,
+        device="cpu",
+    )
+    if not engine.bf16_supported(torch.device("cpu")):
+        res = train_autoencoder(cfg, progress=False)
+        saved = json.loads((res.run_dir / "precision.json").read_text())
+        assert saved["chosen"] == "fp32" and "no bf16 matrix units" in saved["reason"]
+        config = json.loads((res.run_dir / "vitrina.json").read_text())["config"]
+        assert config["precision"] == "fp32"
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
+    timed: list[tuple[int, ...]] = []
+    real = precision._steps_per_s
+
+    def spy(model, x, bf16):
+        timed.append(tuple(x.shape))
+        assert real(model, x, bf16) > 0  # the real trial steps run on the autoencoder
+        return 3.0 if bf16 else 1.0  # bf16 faked 3x faster (it is emulated on most CPUs)
+
+    monkeypatch.setattr(precision, "_steps_per_s", spy)
+    encoder = create("tutorial_cnn")
+    model = Autoencoder(encoder, width=16)
+    pre = encoder.preprocess
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    choice = precision.choose_precision("auto", model, torch.device("cpu"), 4, preprocess=pre)
+    assert choice.chosen == "bf16" and choice.bf16_steps_per_s > choice.fp32_steps_per_s
+    assert timed == [(4, pre.channels, *pre.input_size)] * 2
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # timed on a copy

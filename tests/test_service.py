@@ -272,6 +272,7 @@ def test_refuses_to_listen_beyond_loopback_without_a_token(toy_run: Path, monkey
     assert result.exit_code == 0, result.output
     assert served["host"] == "0.0.0.0" and served["port"] == 8123
     assert served["app"].state.auth.token == "from-env"
+    assert served["http"].__name__ == "GuardedH11Protocol"  # the header timeout and the cap
 
 
 # --------------------------------------------------------------------------- bad input
@@ -379,7 +380,159 @@ def test_slow_client_does_not_hold_up_others(url: str, photos: Path) -> None:
     assert b'"label"' in reply
 
 
-# --------------------------------------------------------------------------- search
+# --------------------------------------------------------------------------- issue 13: limits
+
+
+def _half_requests(url: str, n: int) -> list[socket.socket]:
+    """``n`` connections that send part of a request head and then nothing (slowloris)."""
+    host, port = url.removeprefix("http://").split(":")
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        socks.append(s)
+    return socks
+
+
+def _closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        return s.recv(1024) == b""  # EOF: the server closed it
+    except TimeoutError:
+        return False  # still open after ``within``
+    except ConnectionResetError:
+        return True
+    finally:
+        s.close()
+
+
+def test_unfinished_headers_are_timed_out_and_cannot_crowd_out_others(
+    toy_run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13 #4: connections that never finished their headers stayed open forever and,
+    by the thousand, stalled /healthz and classify."""
+    config = ServiceConfig(model=str(toy_run), header_timeout_s=0.6, max_connections=12)
+    with running_service(config) as base, caplog.at_level("WARNING", "vitrina.service"):
+        socks = _half_requests(base, 40)  # over the cap of 12
+        start = time.monotonic()
+        r = httpx.get(f"{base}/healthz", timeout=5)
+        assert r.status_code == 200 and time.monotonic() - start < 2
+        time.sleep(1.0)  # past the header timeout
+        assert sum(_closed_by_server(s, 2.0) for s in socks) == 40
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    said = [r.getMessage() for r in caplog.records if r.name == "vitrina.service"]
+    assert any("over the limit of 12" in m for m in said)
+    assert any("no complete request head within 0.6s" in m for m in said)
+    assert len(said) <= 4  # once per interval, not once per connection
+
+
+def test_a_stalled_upload_is_answered_408(toy_run: Path, photos: Path) -> None:
+    data = next(photos.rglob("*.png")).read_bytes()
+    config = ServiceConfig(model=str(toy_run), body_timeout_s=0.5)
+    with running_service(config) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: multipart/form-data; boundary=xx\r\n"
+                + f"Content-Length: {len(data) + 200}\r\n\r\n".encode()
+                + b"--xx\r\nContent-Disposition: form-data; name=image; filename=a.png\r\n\r\n"
+            )  # ... and the photo never comes
+            start = time.monotonic()
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert time.monotonic() - start < 5
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b'"code":"body_timeout"' in reply.replace(b" ", b"")
+        ok = httpx.post(f"{base}/v1/classify", files=upload(data), timeout=10)
+        assert ok.status_code == 200  # the service is fine
+
+
+def test_repeated_errors_are_logged_once_per_interval() -> None:
+    import logging
+
+    from vitrina.service.server import OncePerInterval
+
+    flt = OncePerInterval(interval=0.3)
+    logger = logging.getLogger("vitrina.test.flood")
+    logger.propagate = False
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.addFilter(flt)
+    try:
+        for _ in range(1000):
+            try:
+                raise OSError(24, "Too many open files")
+            except OSError:
+                logger.exception("socket.accept() out of system resource")
+        logger.error("something else")
+        time.sleep(0.35)
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            logger.exception("socket.accept() out of system resource")
+    finally:
+        logger.removeHandler(handler)
+        logger.removeFilter(flt)
+    assert seen == [
+        "socket.accept() out of system resource",
+        "something else",
+        "socket.accept() out of system resource (999 more like this in the last 0.3 s)",
+    ]
+
+
+def test_a_flood_of_idle_sockets_under_a_small_file_limit(toy_run: Path, tmp_path: Path) -> None:
+    """Issue 13 #4 as reported: `vitrina serve` under a usual file limit, more half-open
+    connections than it allows: /healthz and classify keep answering and the log does not
+    fill with a traceback per refused accept() (it grew 165 MB in 40 s)."""
+    import resource
+    import subprocess
+    import sys
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    log = tmp_path / "serve.log"
+
+    def small_file_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    cmd = [sys.executable, "-c", "from vitrina.cli import entry; entry()", "serve"]
+    cmd += ["--model", str(toy_run)]
+    cmd += ["--port", str(port), "--backend", "eager", "--device", "cpu"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=small_file_limit
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        socks = _half_requests(base, 400)
+        time.sleep(1.0)
+        for _ in range(3):
+            start = time.monotonic()
+            try:
+                assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                raise AssertionError(log.read_text()[-3000:]) from None
+            assert time.monotonic() - start < 2
+        time.sleep(3.0)
+        assert log.stat().st_size < 20_000, log.read_text()[-2000:]
+        for s in socks:
+            s.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def test_search_equals_index_search_and_serves_thumbnails(url, index_dir, photos) -> None:
@@ -410,6 +563,34 @@ def test_search_equals_index_search_and_serves_thumbnails(url, index_dir, photos
     )
 
 
+def test_index_changes_reach_the_running_service(toy_run, index_dir, photos, tmp_path) -> None:
+    """Issue 13 #3: a photo removed with `vitrina index remove` while `serve --index` ran was
+    still found and its thumbnail served; added photos stayed invisible until a restart."""
+    from conftest import make_image
+    from vitrina.cli import main
+    from vitrina.search.index import Index
+
+    ix = tmp_path / "live.index"
+    shutil.copytree(index_dir, ix)
+    query = sorted(photos.rglob("*.jpg"))[3]
+    config = ServiceConfig(index=str(ix), token=READ, backend="eager", device="cpu")
+    with running_service(config) as base:
+        c = httpx.Client(base_url=base, headers=bearer(READ))
+        first = c.post("/v1/search?k=3", files=upload(query.read_bytes())).json()["hits"][0]
+        assert first["name"] == query.name and first["distance"] < 1e-5
+        with Index.open(ix, backend="eager", device="cpu") as other:  # another process's view
+            assert other.remove([str(query)]).removed == [str(query.resolve())]
+        hits = c.post("/v1/search?k=3", files=upload(query.read_bytes())).json()["hits"]
+        assert query.name not in [h["name"] for h in hits]  # the very next request
+        assert_error(c.get(f"/v1/search/items/{first['id']}/thumbnail"), 404, "unknown_item")
+        extra = make_image(tmp_path / "new" / "violet.png", (150, 30, 200), seed=77)
+        assert main(["index", "add", str(ix), str(extra.parent), "--backend", "eager"]) == 0
+        hits = c.post("/v1/search?k=1", files=upload(extra.read_bytes())).json()["hits"]
+        assert hits[0]["name"] == "violet.png" and hits[0]["distance"] < 1e-5
+        t = c.get(f"/v1/search/items/{hits[0]['id']}/thumbnail")
+        assert t.status_code == 200
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -431,6 +612,36 @@ def test_metrics_count_requests_latency_errors_and_batches(url: str, photos: Pat
     # Two apps in one process keep separate counts (a registry each).
     other = create_app(ServiceConfig())
     assert b"vitrina_requests_total{" not in other.state.service.metrics.exposition()
+
+
+def test_random_methods_do_not_grow_the_metrics(url: str) -> None:
+    """Issue 13 #10: 3,000 requests with random method names made 3,042 series."""
+    import random
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def series() -> set[tuple]:
+        text = httpx.get(f"{url}/metrics", headers=bearer(READ)).text
+        return {
+            (s.name, tuple(sorted(s.labels.items())))
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+
+    rng = random.Random(0)
+
+    def random_requests(n: int) -> None:
+        with httpx.Client(base_url=url) as c:
+            for _ in range(n):
+                method = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(8))
+                assert c.request(method, "/v1/classify").status_code == 401
+
+    random_requests(10)
+    series()  # /metrics' own series exist from here on
+    before = series()
+    random_requests(300)
+    assert series() - before == set()  # 300 more method names, not one more series
+    assert metric(url, "vitrina_requests_total", method="other", status="401") >= 310
 
 
 # --------------------------------------------------------------------------- faces
@@ -469,6 +680,19 @@ def test_enroll_identify_list_and_forget(face_url: str) -> None:
     assert "staff.gallery" not in err["message"]  # no server paths in answers
     [face] = w.post("/v1/faces/identify", files=upload(astronaut(37))).json()["faces"]
     assert face["name"] == "unknown"
+
+
+def test_names_bad_on_disk_are_400_and_names_are_stored_in_nfc(face_url: str) -> None:
+    """Issue 13 #9 and #13 over HTTP: a 100-emoji name (400 bytes) was a 500; "é" typed two
+    ways were two people."""
+    w = httpx.Client(base_url=face_url, headers=bearer(WRITE), timeout=30)
+    for name in ("😀" * 100, "eve\u200b", "\u202eeve"):
+        r = w.post("/v1/faces/enroll", files=upload(astronaut(2)), data={"name": name})
+        assert_error(r, 400, "bad_name")
+    r = w.post("/v1/faces/enroll", files=upload(astronaut(3)), data={"name": "Rene\u0301"})
+    assert r.status_code == 200 and r.json()["name"] == "Ren\u00e9"
+    gone = w.delete("/v1/faces/people/Ren\u00e9").json()
+    assert gone == {"name": "Ren\u00e9", "templates": 1}
 
 
 @pytest.mark.parametrize("n", [8, pytest.param(100, marks=pytest.mark.slow)])

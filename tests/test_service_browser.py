@@ -297,3 +297,39 @@ def test_sections_follow_what_the_service_serves(browser, toy_run: Path, tmp_pat
             assert v.script_errors == [] and v.foreign_requests() == []
         finally:
             v.context.close()
+
+
+def test_detected_objects_are_drawn_on_the_photo(browser, tmp_path: Path) -> None:
+    """A service with only a detector (OpenCV's HOG people detector: no training): the page
+    draws a box per person, in the photo's place, and lists them."""
+    from playwright.sync_api import expect
+
+    from service_util import running_service
+    from test_detect import street_photo
+    from vitrina.service import ServiceConfig
+
+    path, truth = street_photo(tmp_path / "street.png")
+    config = ServiceConfig(detector="hog_people", token=READ, backend="eager", device="cpu")
+    with running_service(config) as url:
+        v = Visit(browser, url)
+        try:
+            v.open()
+            page = v.page
+            expect(page.locator("#service-status")).to_contain_text("detector hog_people")
+            for hidden in ("#classify-section", "#search-section", "#faces-section"):
+                expect(page.locator(hidden)).to_be_hidden()
+            page.set_input_files("#photo", str(path))
+            expect(page.locator("#detect-status")).to_contain_text("2 object(s): 2 person")
+            boxes = page.locator("#stage .det-box")
+            expect(boxes).to_have_count(2)
+            expect(page.locator("#objects li")).to_have_count(2)
+            img = page.locator("#preview-img").bounding_box()
+            scale = img["width"] / 420
+            drawn = sorted(
+                (b["x"] - img["x"]) / scale for b in (boxes.nth(i).bounding_box() for i in range(2))
+            )
+            lefts = sorted(t[0] for t in truth)
+            assert abs(drawn[0] - lefts[0]) < 30 and abs(drawn[1] - lefts[1]) < 30, (drawn, lefts)
+            assert v.script_errors == [] and v.foreign_requests() == []
+        finally:
+            v.context.close()

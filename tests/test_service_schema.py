@@ -63,6 +63,7 @@ OPERATIONS = [
     ("POST", "/v1/faces/enroll"),
     ("GET", "/v1/faces/people"),
     ("DELETE", "/v1/faces/people/{name}"),
+    ("POST", "/v1/detect"),
     ("GET", "/metrics"),
 ]
 

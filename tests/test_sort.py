@@ -152,11 +152,11 @@ def test_full_disk_stops_cleanly(toy_run: Path, photos: Path, tmp_path: Path, mo
     real = sort_mod.place_file
     calls = {"n": 0}
 
-    def filling(src, dst_dir, *, method, name=None):
+    def filling(src, dst_dir, *, method, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
             raise DiskFullError(f"{dst_dir}: disk full while writing")
-        return real(src, dst_dir, method=method, name=name)
+        return real(src, dst_dir, method=method, **kw)
 
     monkeypatch.setattr(sort_mod, "place_file", filling)
     before = {p.name: p.read_bytes() for p in photos.iterdir()}
@@ -202,3 +202,182 @@ def test_fast_backends_match_plain_fp32(toy_run: Path, photos: Path) -> None:
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
         assert torch.equal(out.argmax(1), ref.argmax(1))
         torch.testing.assert_close(eng.forward(Embedding(), x), emb, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- issue 13: the journal
+
+
+def _one_row_per_photo(out: Path, originals: dict[str, bytes]) -> None:
+    """Every photo exists exactly once (byte for byte) and has exactly one row naming it."""
+    placed = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".png", ".jpg")]
+    assert sorted(p.name for p in placed) == sorted(originals)
+    for p in placed:
+        assert p.read_bytes() == originals[p.name]
+    rows = manifest(out)
+    assert all(None not in r.values() and len(r) == 7 for r in rows)  # no glued or cut row
+    by_dest = {r["destination"]: r for r in rows if r["destination"]}
+    assert sorted(Path(d).name for d in by_dest) == sorted(originals)
+    assert all(Path(d).is_file() for d in by_dest)
+    assert not (out / "manifest.csv.pending").exists()
+
+
+def test_rerun_cuts_a_half_written_row_instead_of_gluing_onto_it(
+    toy_run: Path, photos: Path, tmp_path: Path
+) -> None:
+    """Issue 13 #5: a full disk (or a kill) left half a row; the re-run appended to it."""
+    originals = {p.name: p.read_bytes() for p in photos.iterdir() if p.suffix != ".txt"}
+    out = tmp_path / "o"
+    (photos / "notes.txt").unlink()
+    first = sorted(photos.iterdir())[:3]
+    hold = tmp_path / "later"
+    hold.mkdir()
+    for p in sorted(photos.iterdir())[3:]:
+        p.rename(hold / p.name)
+    sort_folder(photos, toy_run, out, method="move", backend="eager", num_workers=0)
+    assert len(manifest(out)) == len(first)
+    with open(out / "manifest.csv", "ab") as f:
+        f.write(str(photos / "zz.png").encode() + b",/half/a/ro")  # what the crash left
+    for p in hold.iterdir():
+        p.rename(photos / p.name)
+    sort_folder(photos, toy_run, out, method="move", backend="eager", num_workers=0)
+    _one_row_per_photo(out, originals)
+
+
+def test_disk_full_writing_the_manifest_stops_in_one_line_and_the_rerun_finishes(
+    toy_run: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Issue 13 #5: disk full at a manifest row -> one line naming the disk, exit 1, whole rows;
+    the same command run again finishes without a duplicate or a lost photo."""
+    import errno
+    import os
+
+    from conftest import one_line_error, run_cli
+    from vitrina.io import journal as journal_mod
+
+    originals = {p.name: p.read_bytes() for p in photos.iterdir() if p.suffix != ".txt"}
+    out = tmp_path / "o"
+    real_write = os.write
+    writes = {"n": 0}
+
+    def full_after_three_rows(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("manifest.csv"):
+            writes["n"] += 1
+            if writes["n"] > 4:  # the header and three rows fit
+                real_write(fd, bytes(data[:7]))  # half a row, then the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(journal_mod.os, "write", full_after_three_rows)
+    code, _, err = run_cli(
+        capsys, "sort", photos, "--model", toy_run, "--out", out, "--move", "--backend", "eager"
+    )
+    assert code == 1
+    one_line_error(err.split("backend:")[0], "manifest.csv: disk full", "the disk at /", "again")
+    assert len(manifest(out)) == 3
+    monkeypatch.undo()
+    code, _, err = run_cli(
+        capsys, "sort", photos, "--model", toy_run, "--out", out, "--move", "--backend", "eager"
+    )
+    assert code == 0, err
+    _one_row_per_photo(out, originals)
+    assert sorted(p.name for p in photos.iterdir()) == ["notes.txt"]
+
+
+def test_a_kill_between_delete_and_row_loses_no_row(
+    toy_run: Path, photos: Path, tmp_path: Path
+) -> None:
+    """Issue 13 #6: SIGKILL after the source was deleted, before its row was written."""
+    from conftest import killed_after_delete
+
+    originals = {p.name: p.read_bytes() for p in photos.iterdir() if p.suffix != ".txt"}
+    out = tmp_path / "o"
+    clf = load(toy_run)
+
+    def run() -> None:
+        sort_folder(photos, clf, out, method="move", backend="eager", num_workers=0)
+
+    for after in (2, 4):  # two kills at two moments, then a clean re-run
+        assert killed_after_delete(run, after=after) == 9
+    sort_folder(photos, clf, out, method="move", backend="eager", num_workers=0)
+    _one_row_per_photo(out, originals)
+
+
+def test_read_only_destination_is_one_line(
+    toy_run: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Issue 13 #7: `Errno 30` came out as a traceback."""
+    import errno
+    import os
+
+    from conftest import one_line_error, run_cli
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkdir = os.mkdir
+
+    def read_only_fs(path, *a, **k):  # chmod does not stop root: simulate the mount
+        if str(path).startswith(str(ro)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", read_only_fs)
+    code, _, err = run_cli(capsys, "sort", photos, "--model", toy_run, "--out", ro / "out")
+    assert code == 1
+    one_line_error(err, "ro/out", "read-only file system", "choose another --out")
+
+
+def test_move_out_of_a_read_only_folder_moves_nothing_and_says_so(
+    toy_run: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Issue 13 #14: it copied every photo, said "not placed", recorded nothing, exit 0."""
+    import vitrina.io.files as files_mod
+    from conftest import one_line_error, run_cli
+
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    real = files_mod._writable  # a read-only card; chmod would not stop root
+    monkeypatch.setattr(files_mod, "_writable", lambda p: Path(p) != photos and real(p))
+    monkeypatch.setattr(files_mod, "_read_only_fs", lambda p: True)
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "sort", photos, "--model", toy_run, "--out", out, "--move")
+    assert code == 1
+    one_line_error(err, str(photos), "read-only file system", "nothing was moved", "--copy")
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+    assert not out.exists()
+
+
+def test_a_fifo_is_named_as_such_and_the_sort_exits_1(
+    toy_run: Path, photos: Path, tmp_path: Path, capsys
+) -> None:
+    """Issue 13 #14: a FIFO named .jpg was "source file not found" and the sort exited 0."""
+    import os
+
+    from conftest import run_cli
+
+    os.mkfifo(photos / "camera-pipe.jpg")
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "sort", photos, "--model", toy_run, "--out", out)
+    assert code == 1
+    assert "camera-pipe.jpg: is a FIFO (named pipe), not a photo file; left where it is" in err
+    assert "not found" not in err
+    assert (photos / "camera-pipe.jpg").exists() and len(list(out.rglob("*.png"))) == 6
+    row = next(r for r in manifest(out) if r["source"].endswith("camera-pipe.jpg"))
+    assert row["status"] == "error" and "FIFO" in row["error"]
+
+
+def test_items_stream_and_need_not_be_kept(toy_run: Path, photos: Path, tmp_path: Path) -> None:
+    """The dry run of 50,000 photos held every item (1.27 GB): ``keep_items=False`` keeps
+    counts and problems only, and ``on_item`` sees every plan as it is made."""
+    seen = []
+    s = sort_folder(
+        photos,
+        toy_run,
+        tmp_path / "o",
+        dry_run=True,
+        backend="eager",
+        on_item=seen.append,
+        keep_items=False,
+    )
+    assert s.items == [] and len(seen) == 7 and sum(s.counts.values()) == 7
+    assert len(s.unreadable) == 1 and not (tmp_path / "o").exists()
+    full = sort_folder(photos, toy_run, tmp_path / "o", dry_run=True, backend="eager")
+    assert [it.row() for it in full.items] == [it.row() for it in seen]

@@ -232,7 +232,9 @@ def test_evaluate_reid_cli_writes_report_curve_and_sheet(reid_setup, tmp_path, c
     doc = json.loads((out / "report.json").read_text())
     assert set(doc) == {"plain", "re-ranked"}
     plain = doc["plain"]
-    assert plain["n_queries"] == 5 and 0 <= plain["mAP"] <= 1
+    # every photo of the query camera is a query: 5 test people x 2 photos on that camera
+    assert plain["n_queries"] == len(list((market / "query").iterdir())) == 10
+    assert 0 <= plain["mAP"] <= 1
     assert plain["info"]["model"].startswith("tutorial_cnn (run")
     for name in ("cmc.png", "ranked.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

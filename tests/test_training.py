@@ -222,3 +222,35 @@ def test_probe_defaults_to_full_batch_lbfgs(toy_run: Path, toy_data: Path, tmp_p
     assert len(res.history) == 3 and res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     with pytest.raises(VitrinaError, match="needs --mode probe and --augment none"):
         train_classifier(cfg(toy_data, tmp_path / "q", optimizer="lbfgs"), progress=False)
+
+
+def test_precision_auto_is_fp32_without_bf16_units_and_measured_with_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Without bf16 units auto trains in fp32 (and says why); with them it times both and
+    keeps bf16 only when it is faster: here bf16 is faked 3x slower, so fp32 wins."""
+    import vitrina.engine as engine
+    from vitrina.training import precision
+
+    data = make_dataset(tmp_path / "data", per_class=4)
+    cfg = toy_config(data, tmp_path / "run", epochs=1, precision="auto")
+    if not engine.bf16_supported(torch.device("cpu")):
+        result = train_classifier(cfg, progress=False)
+        saved = json.loads((result.run_dir / "precision.json").read_text())
+        assert saved["chosen"] == "fp32" and "no bf16 matrix units" in saved["reason"]
+        assert (
+            json.loads((result.run_dir / "vitrina.json").read_text())["config"]["precision"]
+            == "fp32"
+        )
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
+    real = precision._steps_per_s
+    monkeypatch.setattr(
+        precision,
+        "_steps_per_s",
+        lambda model, x, bf16: real(model, x, bf16) / (3.0 if bf16 else 1.0),
+    )
+    model = vitrina.create("tutorial_cnn", num_classes=3)
+    choice = precision.choose_precision("auto", model, torch.device("cpu"), 8)
+    assert choice.chosen == "fp32" and choice.bf16_steps_per_s < choice.fp32_steps_per_s
+    assert "measured" in choice.reason
+    assert TrainConfig(data_dir="x", precision="auto").resolved().precision == "auto"

@@ -56,7 +56,15 @@ class RunFolderError(VitrinaError):
 
 
 class DiskFullError(VitrinaError):
-    """The disk filled up while writing; nothing half-written is left behind."""
+    """The disk filled up while writing; nothing half-written is left behind.
+
+    ``path``: what was being written; ``disk``: the mount point it lives on (when known), so
+    a message can say where to free space."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, disk: str = "") -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+        self.disk = disk
 
 
 class OutputExistsError(VitrinaError):

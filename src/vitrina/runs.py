@@ -173,7 +173,18 @@ def read_run(run_dir: str | Path) -> RunInfo:
 
 def build_model(info: RunInfo) -> VitrinaModel:
     """The run's architecture with random weights (an embedding run gets its neck and head,
-    an encoder run loses its classifier, a classic model its recorded feature settings)."""
+    an encoder run loses its classifier, a classic model its recorded feature settings; a
+    detection run its detector, from ``config.detector``)."""
+    if info.task == "detection":
+        from vitrina.models.detection import DetectorSpec, create_detector
+
+        try:
+            spec = DetectorSpec.from_dict(info.config["detector"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunFolderError(
+                f"detection run without a valid config.detector in {RUN_JSON} ({e})"
+            ) from None
+        return create_detector(spec)  # type: ignore[return-value]
     if info.task == "embedding":
         from vitrina.models.embedding import EmbeddingModel
 

@@ -1,16 +1,15 @@
 """Sort a folder of photos into ``OUT/<class>/``, ``OUT/unsure/`` and ``OUT/unreadable/``.
 
 Nothing the user owns is lost: files are copied (or moved: copy, sync, verify, then delete)
-under names that never overwrite, and every placed file is journalled in ``manifest.csv``
-as it happens. Running the same command again finishes an interrupted job without
-duplicating anything.
+under names that never overwrite, and every placement is journalled in ``manifest.csv`` by
+:class:`vitrina.io.ManifestJournal` (whole rows only; a move's row is intended and synced
+before its source is deleted). Running the same command again finishes an interrupted job
+without duplicating or losing anything. Memory does not grow with the number of photos when
+``keep_items=False`` (items go to ``on_item`` as they are placed).
 """
 
 from __future__ import annotations
 
-import csv
-import os
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,13 @@ from pathlib import Path
 from vitrina.classify.classifier import Classifier, Prediction, load
 from vitrina.data import check_class_name, iter_image_files
 from vitrina.errors import DataError, DiskFullError, VitrinaError
-from vitrina.io import place_file, remove_stale_temps
+from vitrina.io import (
+    ManifestJournal,
+    check_movable,
+    make_output_dir,
+    place_file,
+    remove_stale_temps,
+)
 
 __all__ = ["METHODS", "SortItem", "SortSummary", "sort_folder"]
 
@@ -53,6 +58,9 @@ class SortItem:
 
 @dataclass
 class SortSummary:
+    """What a sort did. ``items`` holds every placement unless the sort ran with
+    ``keep_items=False``; ``counts``, ``unreadable`` and ``errors`` are always complete."""
+
     out_dir: Path
     method: str
     dry_run: bool
@@ -60,30 +68,35 @@ class SortSummary:
     skipped_done: int = 0  # already sorted by an earlier run
     skipped_non_image: int = 0
     backend: str = ""  # the backend that ran (what ``auto`` chose, with its measurements)
+    repaired: list[str] = field(default_factory=list)  # what the manifest journal repaired
+    counts: dict[str, int] = field(default_factory=dict)  # photos per folder
+    unreadable: list[SortItem] = field(default_factory=list)
+    errors: list[SortItem] = field(default_factory=list)  # not placed: the error says why
+
+    def add(self, item: SortItem, *, keep: bool = True) -> None:
+        if keep:
+            self.items.append(item)
+        if item.destination is not None:
+            folder = item.destination.parent.name
+            self.counts[folder] = self.counts.get(folder, 0) + 1
+            self.counts = dict(sorted(self.counts.items()))
+        if item.status == UNREADABLE or (item.status == "planned" and item.error):
+            self.unreadable.append(item)
+        if item.status == "error":
+            self.errors.append(item)
 
     @property
-    def counts(self) -> dict[str, int]:
-        c: Counter[str] = Counter()
-        for it in self.items:
-            if it.destination is not None:
-                c[it.destination.parent.name] += 1
-        return dict(sorted(c.items()))
+    def placed(self) -> int:
+        return sum(self.counts.values())
 
     @property
-    def unreadable(self) -> list[SortItem]:
-        return [it for it in self.items if it.status == UNREADABLE]
+    def problems(self) -> list[str]:
+        """One line per photo that was not placed (empty: everything asked was done)."""
+        return [f"not placed: {it.error}" for it in self.errors]
 
     @property
     def manifest(self) -> Path:
         return self.out_dir / MANIFEST
-
-
-def _read_manifest(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        # A run killed mid-write may leave a partial last line; it is simply not trusted.
-        return [r for r in csv.DictReader(f) if r.get("status") and r.get("source")]
 
 
 def _check_classes(classes: list[str]) -> None:
@@ -111,12 +124,16 @@ def sort_folder(
     batch_size: int = 16,
     num_workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_item: Callable[[SortItem], None] | None = None,
+    keep_items: bool = True,
 ) -> SortSummary:
     """Put each photo of ``photos_dir`` into ``out_dir/<predicted class>/``.
 
     A photo whose top probability is below ``min_confidence`` goes to ``unsure/``; one that
     cannot be decoded goes to ``unreadable/``. ``method`` is ``copy``, ``move`` or ``link``.
-    ``on_progress(done, total)`` is called as photos are placed.
+    ``on_progress(done, total)`` is called as photos are placed, ``on_item(item)`` with each
+    placement (or plan, for ``dry_run``); ``keep_items=False`` keeps only counts and problems
+    in the summary, so memory stays flat over any number of photos.
     """
     if method not in METHODS:
         raise VitrinaError(f"method {method!r} is not one of {', '.join(METHODS)}")
@@ -126,90 +143,108 @@ def sort_folder(
     _check_classes(clf.classes)
     photos_dir, out_dir = Path(photos_dir), Path(out_dir)
     images, _, non_images = iter_image_files(photos_dir, recursive=recursive)
-    out_abs = out_dir.resolve()
-    images = [p for p in images if not p.resolve().is_relative_to(out_abs)]
+    images = _outside(images, out_dir)
     summary = SortSummary(out_dir, method, dry_run, skipped_non_image=len(non_images))
 
-    done_rows = _read_manifest(out_dir / MANIFEST)
-    journalled = {(r["source"], r["destination"]) for r in done_rows}
-    if method in ("copy", "link"):
-        # Already placed by an earlier run and still there: nothing to do for these.
-        placed = {
-            r["source"] for r in done_rows if r["destination"] and Path(r["destination"]).exists()
-        }
-        todo = [p for p in images if str(p) not in placed]
-        summary.skipped_done = len(images) - len(todo)
-        images = todo
-    if not images:
-        return summary
+    def predictions(todo: list[Path]):
+        return clf.iter_predict(
+            todo,
+            top_k=3,
+            backend=backend,
+            device=device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
 
-    total = len(images)
-    preds = clf.iter_predict(
-        images,
-        top_k=3,
-        backend=backend,
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-    )
+    def emit(item: SortItem, k: int, total: int) -> None:
+        summary.add(item, keep=keep_items)
+        if on_item:
+            on_item(item)
+        if on_progress:
+            on_progress(k, total)
+
     if dry_run:
-        for k, p in enumerate(preds, 1):
+        done = ManifestJournal.read(out_dir / MANIFEST, FIELDS)
+        images = _skip_placed(images, done, method, summary)
+        for k, p in enumerate(predictions(images), 1):
             folder = _folder_for(p, min_confidence)
-            summary.items.append(
-                SortItem(
-                    p.path,
-                    out_dir / folder / p.path.name,
-                    p.label,
-                    p.confidence,
-                    _top3(p),
-                    "planned",
-                    p.error or "",
-                )
-            )
-            if on_progress:
-                on_progress(k, total)
+            dest = out_dir / folder / p.path.name
+            item = SortItem(p.path, dest, p.label, p.confidence, _top3(p), "planned", p.error or "")
+            emit(item, k, len(images))
         summary.backend = clf.last_engine.describe() if clf.last_engine else ""
         return summary
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
-    manifest = out_dir / MANIFEST
-    new_file = not manifest.exists() or manifest.stat().st_size == 0
-    with open(manifest, "a", newline="", encoding="utf-8") as mf:
-        writer = csv.DictWriter(mf, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
+    if not images and not (out_dir / MANIFEST).exists():
+        return summary
+    if method == "move":
+        check_movable(images)
+    make_output_dir(out_dir)
+    with ManifestJournal.open(out_dir / MANIFEST, FIELDS) as journal:
+        summary.repaired = journal.repair.lines(journal.path)
+        images = _skip_placed(images, journal, method, summary)
+        if not images:
+            return summary
+        remove_stale_temps(out_dir)
+        total = len(images)
         try:
-            for k, p in enumerate(preds, 1):
+            for k, p in enumerate(predictions(images), 1):
                 folder = _folder_for(p, min_confidence)
                 status = UNREADABLE if p.error else (UNSURE if folder == UNSURE else "sorted")
                 item = SortItem(
                     p.path, None, p.label, p.confidence, _top3(p), status, p.error or ""
                 )
+
+                def intend(final: Path, item: SortItem = item) -> None:
+                    journal.intend([SortItem(**{**vars(item), "destination": final}).row()])
+
                 try:
-                    dest, _ = place_file(p.path, out_dir / folder, method=method)
-                    item.destination = dest
+                    item.destination, _ = place_file(
+                        p.path, out_dir / folder, method=method, before_delete=intend
+                    )
                 except DiskFullError:
                     raise
                 except (VitrinaError, OSError) as e:
                     item.status, item.error = "error", str(e).splitlines()[0]
-                summary.items.append(item)
-                if (str(item.source), str(item.destination or "")) not in journalled:
-                    writer.writerow(item.row())
-                    mf.flush()
-                if on_progress:
-                    on_progress(k, total)
+                journal.record([item.row()])
+                emit(item, k, total)
         except DiskFullError as e:
-            placed_n = sum(1 for it in summary.items if it.destination is not None)
+            where = f" on {e.disk}" if e.disk else ""
             raise DiskFullError(
-                f"{e}; stopped after placing {placed_n} of {total} photos, nothing half-moved "
-                "(free space and run the same command again to finish)"
+                f"{e}; stopped after placing {summary.placed} of {total} photos, nothing "
+                f"half-moved: free space{where} and run the same command again to finish",
+                path=e.path,
+                disk=e.disk,
             ) from None
-        finally:
-            mf.flush()
-            os.fsync(mf.fileno())
     summary.backend = clf.last_engine.describe() if clf.last_engine else ""
     return summary
+
+
+def _outside(images: list[Path], out_dir: Path) -> list[Path]:
+    """The photos that do not lie in ``out_dir`` (a sort run again inside its own photo
+    folder must not sort its output). Each folder is resolved once, not each of its photos:
+    50,000 photos in one folder cost one ``realpath``, not 50,000."""
+    out_abs = out_dir.resolve()
+    inside: dict[Path, bool] = {}
+    kept = []
+    for p in images:
+        parent = p.parent
+        if parent not in inside:
+            inside[parent] = parent.resolve().is_relative_to(out_abs)
+        if not inside[parent]:
+            kept.append(p)
+    return kept
+
+
+def _skip_placed(
+    images: list[Path], journal: ManifestJournal, method: str, summary: SortSummary
+) -> list[Path]:
+    """Copies and links that an earlier run placed (and that are still there) are done; a
+    moved photo is no longer in the folder, and a half-moved one is placed again."""
+    if method == "move":
+        return images
+    todo = [p for p in images if not journal.placed(p)]
+    summary.skipped_done = len(images) - len(todo)
+    return todo
 
 
 def _folder_for(p: Prediction, min_confidence: float) -> str:

@@ -42,6 +42,7 @@ def _register() -> None:
     for mod in (train, evaluate, predict, sort, export, optimize, zoo, demo):
         mod.register(app)
     from vitrina.cli import (
+        detect,
         embed,
         evaluate_reid,
         evaluate_retrieval,
@@ -65,6 +66,7 @@ def _register() -> None:
         explain,
         explain_atlas,
         serve,
+        detect,
     ):
         mod.register(app)
     _registered = True

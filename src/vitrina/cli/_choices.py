@@ -17,9 +17,14 @@ from enum import StrEnum
 from typing import Literal, get_args
 
 __all__ = [
+    "AnnotationFormat",
     "AtlasLayout",
     "Augment",
     "Backend",
+    "BoxAugment",
+    "DetectArch",
+    "DetectOptimizer",
+    "DetectWeights",
     "Distance",
     "EmbeddingAugment",
     "ExplainMethod",
@@ -27,6 +32,7 @@ __all__ = [
     "ExportFormat",
     "FaceDetector",
     "FeatureParam",
+    "Freeze",
     "IndexKind",
     "IndexMetric",
     "Miner",
@@ -45,10 +51,22 @@ __all__ = [
 ]
 
 #: vitrina.engine.BACKENDS (the registry), ``auto`` first: it is the default.
-Backend = Literal["auto", "eager", "fp64", "bf16", "onnx", "int8", "pruned", "dlib"]
+Backend = Literal[
+    "auto",
+    "eager",
+    "fp64",
+    "bf16",
+    "onnx",
+    "int8",
+    "openvino",
+    "openvino-bf16",
+    "openvino-int8",
+    "pruned",
+    "dlib",
+]
 Mode = Literal["scratch", "probe", "finetune"]  # vitrina.training.MODES
 Optimizer = Literal["sgd", "adamw", "lbfgs"]  # vitrina.training.OPTIMIZERS
-Precision = Literal["fp64", "fp32", "bf16"]  # vitrina.training.PRECISIONS
+Precision = Literal["fp64", "fp32", "bf16", "auto"]  # vitrina.training.PRECISIONS
 Augment = Literal["none", "light", "standard"]  # vitrina.data.AUGMENTS
 EmbeddingAugment = Literal["reid", "none", "light", "standard"]  # training.embedding.EMBED_AUGMENTS
 Miner = Literal["none", "batch-hard", "semi-hard", "distance-weighted"]  # vitrina.losses.MINERS
@@ -67,8 +85,14 @@ AtlasLayout = Literal["umap", "tsne"]  # vitrina.explain.atlas.LAYOUTS
 ZooSort = Literal["size", "params", "gflops", "top1", "year", "name"]  # vitrina.zoo.SORT_KEYS
 ZooPlotY = Literal["top1", "throughput"]  # vitrina.zoo.plot.PLOT_Y
 ExportFormat = Literal["onnx"]  # vitrina.classify.export.FORMATS
+DetectArch = Literal["fasterrcnn", "retinanet", "fcos", "ssdlite"]  # models.detection.HEADS
+DetectOptimizer = Literal["adamw", "sgd"]  # vitrina.detect.train.OPTIMIZERS
+DetectWeights = Literal["imagenet", "none"]  # vitrina.detect.train.WEIGHTS
+BoxAugment = Literal["none", "flip", "light", "strong"]  # vitrina.detect.data.BOX_AUGMENTS
+Freeze = Literal["stem", "lower", "backbone", "none"]  # vitrina.detect.train.FREEZE
+AnnotationFormat = Literal["coco", "yolo", "voc"]  # vitrina.data.annotations.FORMATS
 #: vitrina.optimize.VARIANT_NAMES (``--variants`` takes a comma-separated list of them).
-Variant = Literal["bf16", "int8", "pruned"]
+Variant = Literal["bf16", "int8", "openvino-int8", "pruned"]
 #: vitrina.explain.METHODS (the registry), plus ``all``.
 ExplainMethodName = Literal[
     "gradcam",

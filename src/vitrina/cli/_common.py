@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,8 @@ out = Console(highlight=False, soft_wrap=True)
 
 BACKEND_HELP = (
     "Inference backend: auto (measured: the fastest that keeps accuracy), eager (fp32), "
-    "fp64, bf16, onnx, int8 (after `vitrina optimize`), pruned."
+    "fp64, bf16, onnx, openvino, openvino-bf16, int8 and openvino-int8 (after `vitrina optimize`), "
+    "pruned."
 )
 DEVICE_HELP = "Where to run: auto (GPU if present), cpu, cuda, cuda:1..."
 
@@ -40,8 +42,13 @@ def progress_bar(
     """Yield ``update(done, total=None)``; draws a bar on stderr (nothing when disabled).
 
     ``unit`` labels the rate column (``None``: no rate, for steps of very unequal cost)."""
-    if not enabled or not err.is_terminal:  # logs and pipes get results, not bar frames
+    if not enabled:
         yield lambda done, total=None: None
+        return
+    if not err.is_terminal:  # logs and pipes get a line every few seconds, not bar frames
+        lines = ProgressLines(description, total, unit)
+        yield lines
+        lines.finish()
         return
     with Progress(
         TextColumn(f"[bold]{description}"),
@@ -60,6 +67,43 @@ def progress_bar(
             p.update(task, completed=done, total=total if total is not None else t.total, rate=rate)
 
         yield update
+
+
+class ProgressLines:
+    """``update(done, total=None)`` for stderr that is not a terminal (a log, a pipe): one
+    plain line every ``every`` seconds (``sorting: 1,200 of 50,000 (2%), 310 img/s``) and a
+    last one when the work took long enough to log at all."""
+
+    def __init__(
+        self, description: str, total: int | None, unit: str | None, every: float = 5.0
+    ) -> None:
+        self.description, self.total, self.unit, self.every = description, total, unit, every
+        self.start = time.monotonic()
+        self.last = self.start
+        self.done = 0
+        self.logged = False
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.done = done
+        if total is not None:
+            self.total = total
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._line(now)
+
+    def _line(self, now: float, end: str = "") -> None:
+        self.logged = True
+        of = f" of {self.total:,}" if self.total else ""
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        elapsed = now - self.start
+        rate = f", {self.done / elapsed:.0f} {self.unit}" if self.unit and elapsed > 0 else ""
+        sys.stderr.write(f"{self.description}: {self.done:,}{of}{pct}{rate}{end}\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.logged:
+            self._line(time.monotonic(), f", done in {time.monotonic() - self.start:.0f} s")
 
 
 class CommaChoices:

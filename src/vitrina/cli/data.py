@@ -15,15 +15,24 @@ app = typer.Typer(help="Inspect dataset folders.", no_args_is_help=True)
 
 @app.command("inspect")
 def inspect_cmd(
-    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
+    data_dir: Path = typer.Argument(
+        ...,
+        help="Folder with one sub-folder of images per class, or annotated photos (COCO, YOLO, "
+        "Pascal VOC).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead of tables."),
 ) -> None:
-    """Count images per class; list unreadable files, exact duplicates and image sizes.
+    """Count images per class; list unreadable files, exact duplicates and image sizes. For
+    annotated photos: boxes per class, box sizes, empty photos, and every box outside its
+    photo, of zero size or of an unknown class (named, skipped, counted).
 
-    Example: vitrina data inspect photos/
+    Examples: vitrina data inspect photos/    vitrina data inspect shelves-voc/
     """
+    from vitrina.cli.detect import inspect_annotated
     from vitrina.data import inspect_folder
 
+    if inspect_annotated(data_dir, as_json):  # COCO / YOLO / VOC: the detection report
+        return
     with progress_bar("reading", None, enabled=not as_json) as update:
         report = inspect_folder(data_dir, on_progress=update)
     if as_json:
@@ -108,3 +117,12 @@ def to_market_cmd(
         out.print(f"skipped {r.skipped_train_singletons} train identities with a single image")
     if r.gallery_only_singletons:
         out.print(f"{r.gallery_only_singletons} test identities with a single image: gallery only")
+
+
+def _register_convert() -> None:
+    from vitrina.cli.detect import register_data
+
+    register_data(app)
+
+
+_register_convert()

@@ -323,7 +323,11 @@ def sort(
                 "errors": [{"photo": str(i.source), "error": i.error} for i in s.items if i.error],
             }
         )
+        if s.problems:
+            raise typer.Exit(1)
         return
+    for line in s.repaired:
+        err.print(f"[yellow]repaired[/] {escape(line)}")
     t = Table(title=f"{escape(str(out_dir))} ({escape(s.threshold_source)})")
     t.add_column("folder")
     t.add_column("photos", justify="right")
@@ -331,11 +335,15 @@ def sort(
         t.add_row(escape(folder), str(n))
     out.print(t)
     for i in s.items:
-        if i.error:
-            err.print(f"[red]{i.status}[/] {escape(str(i.source))}: {escape(i.error)}")
+        if i.error and i.status != "error":
+            err.print(f"[yellow]{i.status}[/] {escape(str(i.source))}: {escape(i.error)}")
+    for line in s.problems:
+        err.print(f"[red]{escape(line)}[/]")
     if s.skipped_done:
         out.print(f"{s.skipped_done} photos were already sorted by an earlier run")
     out.print(f"manifest: {escape(str(s.manifest))}")
+    if s.problems:
+        raise typer.Exit(1)
 
 
 @app.command("chips")

@@ -20,6 +20,11 @@ def serve(
     gallery: Path | None = typer.Option(
         None, "--gallery", help="Face gallery folder (`vitrina faces enroll`): /v1/faces/*."
     ),
+    detector: str | None = typer.Option(
+        None,
+        "--detector",
+        help="Detection run folder (`vitrina detect train`) or hog_people / hog_faces: /v1/detect.",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     token: str | None = typer.Option(
@@ -44,21 +49,35 @@ def serve(
     max_batch: int = typer.Option(32, help="Most images per inference batch."),
     backend: Backend = typer.Option("auto", help=BACKEND_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    header_timeout: float = typer.Option(
+        10, help="Seconds a connection may take to send its request headers."
+    ),
+    body_timeout: float = typer.Option(
+        30, help="Seconds without upload data before a request is answered 408 (10x in all)."
+    ),
+    max_connections: int | None = typer.Option(
+        None,
+        help="Open connections at most; the oldest idle one is closed to make room "
+        "(default: what the open-file limit leaves).",
+        show_default=False,
+    ),
 ) -> None:
-    """Serve classification, search and face identification over HTTP, with a web page at /.
+    """Serve classification, search, face identification and detection over HTTP, with a web
+    page at /.
 
     Example: VITRINA_TOKEN=s3cret vitrina serve --model runs/shop --index shop.index
     """
     from vitrina.errors import VitrinaError
     from vitrina.service import ServiceConfig, check_exposure, create_app
 
-    if not (model or index or gallery):
-        raise VitrinaError("nothing to serve: give --model, --index and/or --gallery")
+    if not (model or index or gallery or detector):
+        raise VitrinaError("nothing to serve: give --model, --index, --gallery and/or --detector")
     check_exposure(host, token)
     config = ServiceConfig(
         model=model,
         index=str(index) if index else None,
         gallery=str(gallery) if gallery else None,
+        detector=detector,
         token=token,
         write_token=write_token,
         max_upload_mb=max_upload_mb,
@@ -66,15 +85,21 @@ def serve(
         max_batch=max_batch,
         backend=backend,
         device=device,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
     )
     app = create_app(config)
     import uvicorn
+
+    from vitrina.service.server import server_settings
 
     shown = f"[{host}]" if ":" in host else host
     err.print(f"serving on http://{shown}:{port}/ (Ctrl-C stops)")
     if not token:
         err.print("[yellow]no --token:[/] reads are open to anyone on this machine")
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    limits = server_settings(config)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5, **limits)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from vitrina.cli._choices import Backend
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
+from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, progress_bar
+
+if TYPE_CHECKING:
+    from vitrina.classify.sort import SortItem, SortSummary
 
 
 def sort(
@@ -48,32 +54,54 @@ def sort(
         err.print("error: choose one of --copy, --move, --link")
         raise typer.Exit(2)
     method = chosen[0] if chosen else "copy"
-    with progress_bar("sorting", None, enabled=not as_json) as update:
-        summary = sort_folder(
-            photos_dir,
-            model,
-            out_dir,
-            min_confidence=min_confidence,
-            method=method,
-            dry_run=dry_run,
-            recursive=recursive,
-            backend=backend,
-            device=device,
-            batch_size=batch_size,
-            on_progress=lambda d, n: update(d, n),
-        )
-    if as_json:
-        print_json([it.row() for it in summary.items])
-        return
-    if dry_run:
-        for it in summary.items:
-            out.print(
-                f"{escape(str(it.source))} -> {escape(str(it.destination))}  ({it.confidence:.2f})"
+    rows = _JsonList() if as_json else None
+
+    def show(item: SortItem) -> None:  # streamed: memory stays flat over any folder
+        if rows is not None:
+            rows.add(item.row())
+        elif dry_run:
+            print(f"{item.source} -> {item.destination}  ({item.confidence:.2f})", flush=False)
+
+    try:
+        with progress_bar("sorting", None, enabled=not as_json) as update:
+            summary = sort_folder(
+                photos_dir,
+                model,
+                out_dir,
+                min_confidence=min_confidence,
+                method=method,
+                dry_run=dry_run,
+                recursive=recursive,
+                backend=backend,
+                device=device,
+                batch_size=batch_size,
+                on_progress=lambda d, n: update(d, n),
+                on_item=show,
+                keep_items=False,
             )
+    finally:
+        if rows is not None:
+            rows.close()  # valid JSON even when the sort stopped on an error
+    for line in summary.repaired:
+        err.print(f"[yellow]repaired[/] {escape(line)}")
+    if rows is None:
+        _print_table(summary, out_dir, method, dry_run)
+    for it in summary.unreadable:
+        err.print(f"[yellow]unreadable[/] {escape(it.error)}")
+    for line in summary.problems:
+        err.print(f"[red]{escape(line)}[/]")
+    if summary.backend:
+        err.print(f"[dim]backend: {escape(summary.backend)}[/]")
+    if summary.problems:
+        err.print(f"[red]{len(summary.problems)} photo(s) not placed[/] (listed above)")
+        raise typer.Exit(1)
+
+
+def _print_table(summary: SortSummary, out_dir: Path, method: str, dry_run: bool) -> None:
     verb = (
         "would place" if dry_run else {"copy": "copied", "move": "moved", "link": "linked"}[method]
     )
-    t = Table(title=f"{verb} {len(summary.items)} photos into {out_dir}")
+    t = Table(title=f"{verb} {summary.placed} photos into {out_dir}")
     t.add_column("folder")
     t.add_column("photos", justify="right")
     for folder, n in summary.counts.items():
@@ -81,15 +109,22 @@ def sort(
     out.print(t)
     if summary.skipped_done:
         out.print(f"{summary.skipped_done} photos were already sorted by an earlier run")
-    for it in summary.unreadable:
-        err.print(f"[yellow]unreadable[/] {escape(it.error)}")
-    errors = [it for it in summary.items if it.status == "error"]
-    for it in errors:
-        err.print(f"[red]not placed[/] {escape(str(it.source))}: {escape(it.error)}")
-    if not dry_run and summary.items:
+    if not dry_run and (summary.placed or summary.errors):
         out.print(f"manifest: {summary.manifest}")
-    if summary.backend:
-        err.print(f"[dim]backend: {escape(summary.backend)}[/]")
+
+
+class _JsonList:
+    """A JSON list written item by item (the output of --json, without holding it)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, obj: object) -> None:
+        sys.stdout.write(("[\n" if not self.n else ",\n") + json.dumps(obj, default=str))
+        self.n += 1
+
+    def close(self) -> None:
+        sys.stdout.write("[]\n" if not self.n else "\n]\n")
 
 
 def register(app: typer.Typer) -> None:

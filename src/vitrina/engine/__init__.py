@@ -12,6 +12,7 @@ import vitrina.engine.fp64
 import vitrina.engine.geometry
 import vitrina.engine.int8
 import vitrina.engine.onnx
+import vitrina.engine.openvino
 import vitrina.engine.variants  # noqa: F401  (register backends, box checks)
 from vitrina.engine.backends import (
     BACKENDS,

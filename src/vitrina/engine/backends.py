@@ -100,6 +100,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx": Tolerance(top1=1.0, rel=1e-3, atol=1e-3),
     "bf16": Tolerance(top1=0.99, rel=0.05),
     "int8": Tolerance(top1=0.99, rel=0.15),
+    "openvino": Tolerance(top1=1.0, rel=1e-3, atol=1e-3),
+    "openvino-bf16": Tolerance(top1=0.99, rel=0.05),
+    "openvino-int8": Tolerance(top1=0.99, rel=0.15),
     # dlib's own C++ for its face ResNet: the same arithmetic in another order
     "dlib": Tolerance(top1=1.0, rel=1e-4, atol=1e-4),
 }

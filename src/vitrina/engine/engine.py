@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
+import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,16 +324,32 @@ class Engine:
         values = task.finish(outputs, counts, [p.meta for p in prepared])
         return values, _nonfinite_items(outputs, counts)
 
+    def decoding(self, task: Task, n_items: int, requested: int | None = None) -> tuple[str, int]:
+        """How items of ``task`` are decoded: ``("inline", 0)``, ``("threads", n)`` or
+        ``("processes", n)``.
+
+        Light preparation (decode + resize + normalise: libjpeg, Pillow and numpy release the
+        GIL) runs in decode *threads*, one per core, feeding a bounded queue two batches
+        deep: they start in no time, pass tensors without pickling, and share the cores
+        with the model by demand — while the queue is full they sleep and the model's
+        own threads (ONNX Runtime, OpenVINO: every core, not spinning) get the CPU; while
+        the model waits for input they have it. Heavy preparation (face detection and
+        alignment in Python-held dlib code) runs in worker *processes*, every core."""
+        if n_items <= self.batch_size:
+            return "inline", 0  # start-up would cost more than it saves
+        n = requested if requested is not None else self.num_workers
+        if task.heavy_preparation:
+            return ("processes", available_cores() if n is None else n) if n != 0 else ("inline", 0)
+        if n == 0:
+            return "inline", 0
+        return "threads", available_cores() if n is None else n
+
     def _workers(self, task: Task, items: Sequence[Item], requested: int | None) -> int:
-        # Worker start-up costs more than it saves on a handful of items; items in memory
-        # would be pickled to the workers and back.
-        if len(items) <= self.batch_size or not all(is_file_item(i) for i in items):
+        # Items in memory would be pickled to worker processes and back.
+        mode, n = self.decoding(task, len(items), requested)
+        if mode != "processes" or not all(is_file_item(i) for i in items):
             return 0
-        if requested is not None:
-            return requested
-        if self.num_workers is not None:
-            return self.num_workers
-        return available_cores() if task.heavy_preparation else default_workers()
+        return n
 
     def prepared_batches(
         self,
@@ -343,6 +364,10 @@ class Engine:
         ``num_workers`` overrides the engine's setting for this call."""
         items = list(items)
         if not items:
+            return
+        mode, n = self.decoding(task, len(items), num_workers)
+        if mode == "threads":
+            yield from self._threaded_batches(task, items, n, on_progress)
             return
         workers = self._workers(task, items, num_workers)
         loader = DataLoader(
@@ -375,26 +400,136 @@ class Engine:
         of items consumed (done or failed) after each batch; ``num_workers`` overrides the
         engine's setting for this call.
 
-        While decode workers run, torch gets the cores they leave free (:func:`torch_threads`):
-        OpenMP threads that spin-wait beside busy workers cost more than they compute. An item
-        whose outputs are not finite is a bad item (see :data:`NONFINITE_REASON`)."""
-        from vitrina.engine.items import item_name
-
+        While decode worker *processes* run (heavy preparation), torch gets the cores they
+        leave free (:func:`torch_threads`): OpenMP threads that spin-wait beside busy workers
+        cost more than they compute. Decode *threads* share the cores by demand instead
+        (see :meth:`decoding`). An item whose outputs are not finite is a bad item (see
+        :data:`NONFINITE_REASON`)."""
         items = list(items)
-        workers = self._workers(task, items, num_workers)
-        reason = getattr(self.model, "nonfinite_reason", None) or NONFINITE_REASON
-        with torch_threads(workers):
-            for b in self.prepared_batches(task, items, num_workers=workers):
-                values, failed = self._run_prepared(task, b.prepared)
-                errors = list(b.errors)
-                for j in failed:
-                    i = b.indices[j]
-                    errors.append((i, f"{item_name(items[i])}: {reason}", reason))
-                dropped = set(failed)
-                keep = [j for j in range(len(values)) if j not in dropped]
-                yield TaskBatch([b.indices[j] for j in keep], [values[j] for j in keep], errors)
+        with torch_threads(self._workers(task, items, num_workers)):
+            batches = self.prepared_batches(task, items, num_workers=num_workers)
+            mode, workers = self.decoding(task, len(items), num_workers)
+            if mode == "inline":
+                for b in batches:
+                    values, failed = self._run_prepared(task, b.prepared)
+                    yield self._finite_batch(b, values, failed, items)
+                    if on_progress:
+                        on_progress(len(b))
+                return
+            conditions = {"decode": mode, "workers": workers, "cores": available_cores()}
+            for b, values, failed in self._overlapped(task, batches, conditions):
+                yield self._finite_batch(b, values, failed, items)
                 if on_progress:
                     on_progress(len(b))
+
+    def _finite_batch(
+        self, b: PreparedBatch, values: list[Any], failed: list[int], items: Sequence[Item]
+    ) -> TaskBatch:
+        """``b``'s results with the items whose outputs are not finite moved to its errors."""
+        if not failed:
+            return TaskBatch(b.indices, values, b.errors)
+        from vitrina.engine.items import item_name
+
+        reason = getattr(self.model, "nonfinite_reason", None) or NONFINITE_REASON
+        errors = list(b.errors)
+        for j in failed:
+            i = b.indices[j]
+            errors.append((i, f"{item_name(items[i])}: {reason}", reason))
+        dropped = set(failed)
+        keep = [j for j in range(len(values)) if j not in dropped]
+        return TaskBatch([b.indices[j] for j in keep], [values[j] for j in keep], errors)
+
+    def _threaded_batches(
+        self,
+        task: Task,
+        items: list[Item],
+        workers: int,
+        on_progress: Callable[[int], None] | None,
+    ) -> Iterator[PreparedBatch]:
+        """Prepared batches from ``workers`` decode threads, two batches ahead, in order."""
+        dataset = _Items(items, self._preparation(task))
+        starts = iter(range(0, len(items), self.batch_size))
+        ahead: deque[list[Future]] = deque()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="vitrina-decode")
+
+        def submit() -> None:
+            start = next(starts, None)
+            if start is not None:
+                stop = min(start + self.batch_size, len(items))
+                ahead.append([pool.submit(dataset.__getitem__, i) for i in range(start, stop)])
+
+        try:
+            for _ in range(_DECODE_AHEAD + 1):
+                submit()
+            while ahead:
+                rows = [f.result() for f in ahead.popleft()]
+                submit()
+                yield PreparedBatch(
+                    [i for i, p, _ in rows if p is not None],
+                    [p for _, p, _ in rows if p is not None],
+                    [(i, e[0], e[1]) for i, p, e in rows if p is None and e is not None],
+                )
+                if on_progress:
+                    on_progress(len(rows))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _overlapped(
+        self, task: Task, batches: Iterator[PreparedBatch], conditions: dict[str, Any]
+    ) -> Iterator[tuple[PreparedBatch, list[Any], list[int]]]:
+        """Run the model in a thread of its own, one batch ahead of the consumer: while the
+        caller handles batch k (copies files, writes vectors), the model computes batch
+        k+1 and the decoders prepare the ones after it.
+
+        The backend is told it runs in a pipeline (``auto`` then times its candidates on
+        the running pipeline, see :meth:`vitrina.engine.auto.AutoBackend.observe`): each
+        batch's cost is the model stage's cycle, waiting for decoded input included."""
+        results: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        observe = getattr(self.backend, "observe", None)
+        start_pipeline = getattr(self.backend, "start_pipeline", None)
+        if start_pipeline is not None:
+            start_pipeline(task.output, {**conditions, "task": task.name})
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    results.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def model_stage() -> None:
+            try:
+                t0 = time.perf_counter()
+                for b in batches:
+                    values, failed = self._run_prepared(task, b.prepared)
+                    if observe is not None and b.prepared:
+                        n = sum(len(p) for p in b.prepared)
+                        observe(task.output, n, time.perf_counter() - t0)
+                    if not put((b, values, failed)):
+                        return
+                    t0 = time.perf_counter()
+                put(_DONE)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(_Failure(exc))
+            finally:
+                batches.close()  # stops the decoders (a no-op once they are done)
+
+        runner = threading.Thread(target=model_stage, name="vitrina-model", daemon=True)
+        runner.start()
+        try:
+            while True:
+                item = results.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield item
+        finally:
+            stop.set()
+            runner.join()
 
     def run(
         self,
@@ -484,6 +619,15 @@ def _nonfinite_items(outputs: Any, counts: Sequence[int]) -> list[int]:
             bad.append(j)
         start += n
     return bad
+
+
+_DECODE_AHEAD = 2  # batches decoded ahead of the model (bounds memory and idle decoding)
+_DONE = object()
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
 
 
 class _RawOutputs(Task):

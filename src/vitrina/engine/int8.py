@@ -50,6 +50,7 @@ from vitrina.models import VitrinaModel
 __all__ = [
     "CALIB_IMAGES",
     "Int8Backend",
+    "calibration_source",
     "calibration_tensors",
     "quantize_int8",
     "shape_arithmetic_nodes",
@@ -107,6 +108,28 @@ def calibration_tensors(
     if not used:
         raise VitrinaError(f"{where}: no readable image to calibrate int8 on")
     return batch, [str(paths[i]) for i in used]
+
+
+def calibration_source(
+    model: VitrinaModel,
+    calib: str | Path | Sequence[str | Path] | None,
+    backend: str = "int8",
+) -> str | Path | Sequence[str | Path]:
+    """Where an int8 backend calibrates: ``calib`` when given, else the folder a run was
+    trained on (when it is still there); raises with what to do otherwise."""
+    if calib is not None:
+        return calib
+    run = run_dir_of(model)
+    if run is not None:
+        from vitrina.runs import read_run
+
+        root = read_run(run).data.get("root")
+        if root and Path(root).is_dir():
+            return Path(root)
+    raise VitrinaError(
+        f"the {backend} backend needs calibration images for {model.arch!r}: run "
+        f"`vitrina optimize RUN_DIR --calib DIR` (or pass calib=DIR in Python)"
+    )
 
 
 @contextmanager
@@ -244,17 +267,7 @@ class Int8Backend(Backend):
             v = variant_file(run, "int8", output)
             if v.is_file():
                 return v
-        source = self.calib
-        if source is None and run is not None:
-            from vitrina.runs import read_run
-
-            root = read_run(run).data.get("root")
-            source = Path(root) if root and Path(root).is_dir() else None
-        if source is None:
-            raise VitrinaError(
-                f"the int8 backend needs calibration images for {self.model.arch!r}: run "
-                f"`vitrina optimize RUN_DIR --calib DIR` (or pass calib=DIR in Python)"
-            )
+        source = calibration_source(self.model, self.calib, self.name)
         batch, used = calibration_tensors(source, self.model)
         digest = hashlib.sha256("\n".join(used).encode())
         digest.update(batch.numpy().tobytes())

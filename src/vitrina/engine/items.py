@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,22 +92,37 @@ def item_name(item: Item) -> str:
     return f"<{type(item).__name__}>"
 
 
-# The last photo decoded in this process: consecutive regions of one photo (the boxes a
-# detector found in it) decode it once.
-_last: dict[str, Any] = {}
+# The last few photos decoded in this process: regions of one photo (the boxes a detector
+# found in it) decode it once, also when several decode threads take its regions at once
+# (the first decodes, the others wait for it: one lock per photo being decoded).
+_RECENT = 4
+_recent: OrderedDict[tuple[Any, ...], Image.Image] = OrderedDict()
+_decoding: dict[tuple[Any, ...], threading.Lock] = {}
+_recent_lock = threading.Lock()
 
 
 def _read_path(path: Path, mode: str, min_side: int | None) -> Image.Image:
     try:
         st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size, mode, min_side)
+        key: tuple[Any, ...] = (str(path), st.st_mtime_ns, st.st_size, mode, min_side)
     except OSError:
-        key = None
-    if key is not None and _last.get("key") == key:
-        return _last["image"]
-    image = read_image(path, mode=mode, min_side=min_side)
-    if key is not None:
-        _last.update(key=key, image=image)
+        return read_image(path, mode=mode, min_side=min_side)  # raises the precise error
+    with _recent_lock:
+        photo_lock = _decoding.setdefault(key, threading.Lock())
+    with photo_lock:
+        with _recent_lock:
+            if key in _recent:
+                _recent.move_to_end(key)
+                return _recent[key]
+        try:
+            image = read_image(path, mode=mode, min_side=min_side)
+            with _recent_lock:
+                _recent[key] = image
+                while len(_recent) > _RECENT:
+                    _recent.popitem(last=False)
+        finally:
+            with _recent_lock:
+                _decoding.pop(key, None)
     return image
 
 

@@ -3,7 +3,14 @@
 Exports are cached by content (architecture, weights, input size, output) under
 ``$VITRINA_CACHE`` (default ``~/.cache/vitrina``)/onnx, written atomically. On the first
 batch the backend checks itself against eager fp32 and falls back to eager, with a warning,
-if the two disagree (top-1 differs or logits further apart than ``ONNX_ATOL``).
+if the two disagree (top-1 differs or logits further apart than ``ONNX_ATOL``; for outputs
+with a comparison of their own in ``OUTPUT_CHECKS``, such as boxes, outside the ``onnx``
+tolerance).
+
+Outputs of variable length per image (a detector's boxes) export one image at a time: a
+model that has them provides ``onnx_single_image(output)``, a module taking one image
+``(1, C, H, W)`` and returning that image's output tensor; the backend runs the exported
+graph image by image and returns a list, as the model does.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch
 from torch import nn
 
 from vitrina.engine.backends import BACKENDS, Backend, model_output, onnx_available
+from vitrina.engine.geometry import BOXES
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
 
@@ -32,6 +40,8 @@ __all__ = [
     "onnx_available",
     "ort_session",
     "run_session",
+    "run_session_per_image",
+    "single_image_module",
 ]
 
 ONNX_ATOL = 1e-3  # fp32 graph vs fp32 eager: only summation order differs
@@ -59,6 +69,13 @@ class _Output(nn.Module):
         return y
 
 
+def single_image_module(model: VitrinaModel, output: str) -> nn.Module | None:
+    """The model's own module for exporting a variable-length ``output`` one image at a time
+    (``model.onnx_single_image(output)``), or ``None`` for outputs that are one tensor."""
+    make = getattr(model, "onnx_single_image", None)
+    return make(output) if callable(make) else None
+
+
 def _fingerprint(model: VitrinaModel, output: str) -> str:
     h = hashlib.sha256(
         f"{model.arch}|{model.preprocess.input_size}|{output}|{torch.__version__}".encode()
@@ -70,7 +87,9 @@ def _fingerprint(model: VitrinaModel, output: str) -> str:
 
 
 def export_onnx(model: VitrinaModel, output: str, path: Path) -> Path:
-    """Export ``model.classify`` or ``model.embed`` with a dynamic batch axis, atomically.
+    """Export ``model.classify`` or ``model.embed`` with a dynamic batch axis, atomically; an
+    output of variable length per image (see :func:`single_image_module`) for one image,
+    its first axis dynamic.
 
     A model computed partly outside PyTorch (classic HOG / SIFT features: OpenCV) says why it
     cannot be exported in ``export_refusal``; tracing it would freeze those features into
@@ -85,18 +104,21 @@ def export_onnx(model: VitrinaModel, output: str, path: Path) -> Path:
     dummy = torch.zeros(1, model.preprocess.channels, h, w)
     was_training = model.training
     model.eval()
+    single = single_image_module(model, output)
+    module = single if single is not None else _Output(model, output)
+    axes = {"y": {0: "n"}} if single is not None else {"x": {0: "batch"}, "y": {0: "batch"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with atomic_writer(path, "wb") as f:
                 torch.onnx.export(
-                    _Output(model, output),
+                    module,
                     dummy,
                     f,
                     input_names=["x"],
                     output_names=["y"],
-                    dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+                    dynamic_axes=axes,
                     opset_version=17,
                     dynamo=False,
                 )
@@ -142,12 +164,33 @@ def run_session(sess: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(sess.run(None, {"x": x.cpu().float().numpy()})[0])).float()
 
 
+def run_session_per_image(sess: Any, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run a one-image session (a variable-length output) on each image of a batch."""
+    return [run_session(sess, x[i : i + 1]) for i in range(len(x))]
+
+
+def _agrees(ref: Any, got: Any, output: str) -> tuple[bool, str]:
+    """Whether an ONNX output matches eager fp32's, and how far apart they are (for the
+    warning): outputs with their own comparison use it and the onnx tolerance."""
+    from vitrina.engine.backends import OUTPUT_CHECKS, TOLERANCES, compare_outputs
+
+    if output in OUTPUT_CHECKS or not isinstance(ref, torch.Tensor):
+        report = compare_outputs(ref, got, output)
+        return TOLERANCES["onnx"].ok(report), (
+            f"agreement {report['top1_agreement']:.1%}, max diff {report['max_abs_diff']:.2e}"
+        )
+    same_top = output != "logits" or bool((ref.argmax(1) == got.argmax(1)).all())
+    close = torch.allclose(got, ref, atol=ONNX_ATOL, rtol=1e-3)
+    return same_top and close, f"max diff {float((got - ref).abs().max()):.2e}"
+
+
 @BACKENDS.register("onnx")
 class OnnxBackend(Backend):
-    """ONNX Runtime on the CPU (CUDA provider when the device is a GPU and it is installed)."""
+    """ONNX Runtime on the CPU (CUDA provider when the device is a GPU and it is installed).
+    Boxes: a detector exports its own one-image graph (``model.onnx_single_image``)."""
 
     name = "onnx"
-    outputs = ("logits", "embed")
+    outputs = ("logits", "embed", BOXES)
 
     def __init__(
         self,
@@ -168,6 +211,10 @@ class OnnxBackend(Backend):
         self._checked: set[str] = set()
         self._fallback: set[str] = set()
 
+    def trust(self, output: str) -> None:
+        """Skip the first-batch check (it was made, e.g. by ``auto``'s recorded trial)."""
+        self._checked.add(output)
+
     def _session(self, output: str):
         if output not in self._sessions:
             path = (
@@ -180,33 +227,46 @@ class OnnxBackend(Backend):
         return self._sessions[output]
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, output: str = "logits") -> Any:
         if output in self._fallback:
             return super().__call__(x, output)
-        y = run_session(self._session(output), x)
+        sess = self._session(output)
+        if single_image_module(self.model, output) is not None:
+            y: Any = run_session_per_image(sess, x)
+        else:
+            y = run_session(sess, x)
         if output not in self._checked:
             self._checked.add(output)
             ref = super().__call__(x, output)
-            same_top = output != "logits" or bool((ref.argmax(1) == y.argmax(1)).all())
-            if not same_top or not torch.allclose(y, ref, atol=ONNX_ATOL, rtol=1e-3):
+            ok, how = _agrees(ref, y, output)
+            if not ok:
                 warnings.warn(
                     f"onnx backend disagrees with eager fp32 for {self.model.arch!r} "
-                    f"(max diff {float((y - ref).abs().max()):.2e}); using eager",
+                    f"({how}); using eager",
                     stacklevel=2,
                 )
                 self._fallback.add(output)
                 return ref
-        return y.float()
+        return y
 
 
 def compare_onnx(
     model: VitrinaModel, path: Path, x: torch.Tensor, output: str = "logits"
 ) -> dict[str, float]:
-    """Run the ONNX file and the PyTorch model on the same batch; report the differences."""
-    got = run_session(ort_session(path), x)
+    """Run the ONNX file and the PyTorch model on the same batch; report the differences
+    (variable-length outputs: ``compare_outputs``'s report, e.g. boxes paired by IoU)."""
     model.eval()
+    device = next(model.parameters()).device
+    if single_image_module(model, output) is not None:
+        from vitrina.engine.backends import compare_outputs, model_output
+
+        got_list = run_session_per_image(ort_session(path), x)
+        with torch.inference_mode():
+            ref_list = [t.float().cpu() for t in model_output(model, output, x.to(device))]
+        return compare_outputs(ref_list, got_list, output)
+    got = run_session(ort_session(path), x)
     with torch.inference_mode():
-        ref = _Output(model, output)(x.to(next(model.parameters()).device)).float().cpu()
+        ref = _Output(model, output)(x.to(device)).float().cpu()
     agree = float((got.argmax(1) == ref.argmax(1)).float().mean()) if output == "logits" else 1.0
     return {"max_abs_diff": float((got - ref).abs().max()), "top1_agreement": agree}
 
@@ -220,7 +280,8 @@ def export_checked(
     atol: float = ONNX_ATOL,
 ) -> dict[str, float]:
     """Export to ``out`` and refuse (leaving no file) if ONNX Runtime disagrees with PyTorch
-    on the batch ``x`` (normalized inputs): top-1 must match and outputs stay within ``atol``."""
+    on the batch ``x`` (normalized inputs): top-1 must match and outputs stay within ``atol``
+    (boxes: the same count per image, paired at IoU >= 0.9, scores within ``atol``)."""
     out = Path(out)
     if out.exists():
         raise VitrinaError(f"{out}: file exists; choose another --out (nothing was overwritten)")
@@ -228,7 +289,8 @@ def export_checked(
     try:
         export_onnx(model, output, tmp)
         report = compare_onnx(model, tmp, x, output)
-        if report["top1_agreement"] < 1.0 or report["max_abs_diff"] > atol:
+        boxes_apart = report.get("rel_mean_diff", 0.0) > ONNX_ATOL  # mean (1 - IoU), boxes
+        if report["top1_agreement"] < 1.0 or report["max_abs_diff"] > atol or boxes_apart:
             raise VitrinaError(
                 f"{out}: ONNX export diverges from PyTorch on output 'y' ({output}): max |diff| "
                 f"{report['max_abs_diff']:.3g} (tolerance {atol:g}), top-1 agreement "

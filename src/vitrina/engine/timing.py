@@ -67,11 +67,19 @@ def machine_key() -> str:
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = "-"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu_name()}|{cores} cores|{gpu}|torch {torch.__version__}|ort {ort_version}"
+    return (
+        f"{cpu_name()}|{cores} cores|{gpu}|torch {torch.__version__}|ort "
+        f"{_version('onnxruntime')}|openvino {_version('openvino')}"
+    )
+
+
+@cache
+def _version(package: str) -> str:
+    """A package's installed version without importing it ("-" when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "-"

@@ -4,7 +4,8 @@
 (channels removed and fine-tuned, used by the ``pruned`` backend), ``variants/bf16.safetensors``
 (the weights in bfloat16: half the disk space; the ``bf16`` backend computes the same results
 from either file) and ``variants/report.json`` (what each variant measured). Variants of the
-``embed`` output carry an ``-embed`` suffix.
+``embed`` output carry an ``-embed`` suffix (``pruned-embed.onnx``: pruning keeps the
+embedding's width, so the pruned model serves embeddings too).
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ def variant_file(run_dir: Path, name: str, output: str = "logits", suffix: str =
 
 @BACKENDS.register("pruned")
 class PrunedBackend(Backend):
-    """The run's pruned variant (fewer channels, fine-tuned), run by ONNX Runtime.
+    """The run's pruned variant (fewer channels, distilled from the full model), run by ONNX
+    Runtime: ``variants/pruned.onnx`` for logits, ``variants/pruned-embed.onnx`` for
+    embeddings.
 
     It is a different, smaller model: its accuracy is what ``vitrina optimize`` measured, not
     a tolerance around fp32."""
 
     name = "pruned"
-    outputs = ("logits",)
+    outputs = ("logits", "embed")
 
     def __init__(
         self,
@@ -68,13 +71,18 @@ class PrunedBackend(Backend):
             raise VitrinaError(
                 "the pruned backend needs onnx and onnxruntime: pip install onnx onnxruntime"
             )
-        self._session = ort_session(self.file, threads, device)
+        self.run = run
+        self._sessions = {"logits": ort_session(self.file, threads, device)}
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
-        if output != "logits":
-            raise VitrinaError(
-                f"{self.file}: the pruned variant has logits only (its embedding has fewer "
-                f"features than the model's); use another backend for {output}"
-            )
-        return run_session(self._session, x)
+        if output not in self._sessions:
+            path = variant_file(self.run, "pruned", output) if self.run is not None else None
+            if output not in self.outputs or path is None or not path.is_file():
+                raise VitrinaError(
+                    f"{path or self.file}: the pruned variant has no {output} output (made "
+                    f"before pruning kept the embedding); run `vitrina optimize "
+                    f"{self.run} --variants pruned` again"
+                )
+            self._sessions[output] = ort_session(path, self.threads, self.device)
+        return run_session(self._sessions[output], x)

@@ -24,6 +24,7 @@ from vitrina.faces.types import Box
 from vitrina.registry import Registry
 
 __all__ = [
+    "ASSUMED_FACE_MIN_SCORE",
     "CHIP_PADDING",
     "DETECTORS",
     "DLIB_CHIP_SIZE",
@@ -35,6 +36,12 @@ __all__ = [
 DLIB_CHIP_SIZE = 150  # the chip size dlib's ResNet takes
 CHIP_PADDING = 0.25  # dlib's default: the chip shows the face plus 25% on each side
 MIN_PHOTO_SIDE = 20  # below this no detector finds anything
+# A box assumed by ``assume_face`` is a face only when dlib's HOG face detector, run on its
+# aligned 150-px chip with a lowered threshold, scores a window there at least this high.
+# Measured (dlib 19.24 frontal detector, upsample 0): the assumed chips of all 400 ORL photos
+# score -0.85 at the lowest (1st percentile 0.49); black, grey and gradient photos -2.2 or no
+# window at all, uniform noise -1.2; centre crops of cats and dogs -0.99 (median).
+ASSUMED_FACE_MIN_SCORE = -1.0
 
 Detection = tuple[Any, float]  # (dlib.rectangle in the detector's pixels, score)
 
@@ -95,6 +102,8 @@ class FaceFinder:
     def load_models(self) -> None:
         """Load (and cache in this process) the dlib models this finder uses."""
         (models.hog_detector if self.detector == "hog" else models.cnn_detector)()
+        if self.assume_face:
+            models.hog_detector()  # judges whether an assumed face holds a face
         models.shape_predictor()
 
     def faces(self, rgb: Image.Image) -> list[FoundFace]:
@@ -141,10 +150,22 @@ class FaceFinder:
             # (mean) from those of the detector's box; the whole photo, hair included, 0.25.
             side = max(1, round(0.8 * min(w, h)))
             left, top = (w - side) // 2, (h - side) // 2
-            box = Box(left, top, left + side, top + side, 0.0)
-            found.append((box, dlib.rectangle(left, top, left + side - 1, top + side - 1)))
+            rect = dlib.rectangle(left, top, left + side - 1, top + side - 1)
+            score = self._face_likeness(photo, rect)
+            if score >= ASSUMED_FACE_MIN_SCORE:  # blank, flat and noise photos hold no face
+                found.append((Box(left, top, left + side, top + side, score), rect))
         found.sort(key=lambda item: (item[0].left, item[0].top))
         return found
+
+    def _face_likeness(self, photo: _Photo, rect: Any) -> float:
+        """The HOG face detector's best score on the aligned chip of ``rect`` (-inf when no
+        window scores above -3: a flat chip has no gradients at all)."""
+        _, chip = self._align(photo, rect)
+        if chip.shape[0] != DLIB_CHIP_SIZE:  # the detector's 80-px window fits a face at 150
+            size = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)
+            chip = np.asarray(Image.fromarray(chip).resize(size, Image.Resampling.BICUBIC))
+        _, scores, _ = models.hog_detector().run(chip, 0, -3.0)
+        return float(max(scores)) if len(scores) else float("-inf")
 
     def _align(self, photo: _Photo, rect: Any) -> tuple[np.ndarray, np.ndarray]:
         dlib = models.dlib_module()

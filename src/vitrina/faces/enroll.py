@@ -47,12 +47,14 @@ def enrollment_groups(
     photos: Sequence[PathLike] | None = None,
     *,
     folders: PathLike | None = None,
+    check: Callable[[str], str] = check_person_name,
 ) -> dict[str, list[Path]]:
     """``{person: photo paths}``: ``name`` with ``photos`` (files or folders of photos), or
     ``folders``, a folder with one sub-folder of photos per person (its name is the person's).
 
-    Exactly one of the two forms must be given; every name must be a valid person name
-    (:func:`~vitrina.faces.gallery.check_person_name`). Raises :class:`VitrinaError` otherwise,
+    Exactly one of the two forms must be given; every name must pass ``check`` (by default
+    :func:`~vitrina.faces.gallery.check_person_name`; an existing gallery's
+    :meth:`~vitrina.faces.gallery.Gallery.name_for` also accepts the names it holds). Raises :class:`VitrinaError` otherwise,
     before any photo is read."""
     from vitrina.data import expand_image_paths, scan_folder
 
@@ -69,7 +71,7 @@ def enrollment_groups(
         assert name is not None and photos is not None
         groups[name] = expand_image_paths(photos)
     for person in groups:
-        check_person_name(person)
+        check(person)
     return groups
 
 
@@ -124,7 +126,10 @@ def enroll_photos(
     One face per photo (the largest); a photo enrolled before is not added again; unreadable
     photos and photos without a face are reported, not fatal. ``on_progress(done, total)``
     counts photos read."""
-    groups = enrollment_groups(name, photos, folders=folders)
+    # Names are checked before any photo is read or anything is written (even the gallery).
+    existing = (Path(gallery) / META_NAME).exists()
+    check = Gallery(gallery).name_for if existing else check_person_name
+    groups = enrollment_groups(name, photos, folders=folders, check=check)
     g, pipe = open_gallery(
         gallery,
         detector=detector,

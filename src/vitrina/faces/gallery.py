@@ -12,6 +12,7 @@ Folder layout::
                             the aligned chip of every template, kept for review (its PNG text
                             holds the source photo, the box and the key)
     GALLERY/.lock           fcntl.flock: exclusive around every write, shared around reads
+    GALLERY/.writing        only while a write is in progress (see "Chips" below)
     GALLERY/rename.json     only while a rename is in progress (see below)
 
 **Enrolling.** A person's templates are the faces of their photos, one per photo: a photo with
@@ -19,6 +20,16 @@ several faces contributes its largest face (the report says so); a photo with no
 unreadable one, is reported and skipped. The face key is the photo's sha256 (the digest of the
 face vector when the photo has none) plus the face index, so enrolling the same photo again --
 under any name -- is a no-op that the report lists with the person it already belongs to.
+
+**Chips** are private data: none may outlive its template. A new chip is written under a
+pending name (``chips/<person>/.pending-<name>.png``, hidden from listings) and renamed to
+its own name only after the template's row has committed. A writer marks the gallery
+(``.writing``) for the length of its change; when the next process to take the lock finds the
+mark, the writer died mid-change, and it sweeps the chips folder: a pending chip whose
+template committed gets its name, any other pending chip, and any chip without a template
+(e.g. of a forget killed between its two steps), is deleted. A gallery written before chips
+were pending (no ``chips_swept`` in gallery.json) is swept the same way once, when first
+opened by a process that may write to it.
 
 **Concurrency.** Every write takes the exclusive lock, then re-reads gallery.json and opens
 the index afresh inside it, so two processes enrolling at once serialise and both see each
@@ -45,6 +56,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -92,6 +104,7 @@ FORMAT = "vitrina-face-gallery"
 FORMAT_VERSION = 1
 RESERVED_NAMES = (UNKNOWN, "no-face")  # folders of `vitrina faces sort`
 MAX_NAME = 100
+MAX_NAME_BYTES = 255  # a folder name on every common file system
 NEW_PERSON = "person-{:04d}"
 _NEW_PERSON_RE = re.compile(r"person-(\d{4,})")
 
@@ -99,6 +112,9 @@ META_NAME = "gallery.json"
 INDEX_DIR = "index"
 CHIPS_DIR = "chips"
 LOCK_NAME = ".lock"
+WRITING_MARK = ".writing"
+CHIPS_SWEPT = "chips_swept"  # gallery.json: chips are pending until committed (see "Chips")
+PENDING_CHIP = ".pending-"
 RENAME_JOURNAL = "rename.json"
 
 
@@ -107,28 +123,76 @@ class GalleryError(VitrinaError):
 
 
 def check_person_name(name: str) -> str:
-    """Refuse names that could escape the chips folder or clash with the decision values:
-    empty, longer than 100 characters, with '/', '\\', NUL or another control character, a
-    leading dot (so '..' too), surrounding spaces, or 'unknown' / 'no-face'."""
+    """The name as it is stored (Unicode NFC: "é" typed as one character or as e + accent is
+    one person), or :class:`GalleryError` for names that could escape the chips folder, fail
+    on disk or deceive: empty; over 100 characters or 255 bytes of UTF-8 (a folder name); not
+    encodable (a lone surrogate); with '/', '\\', control, invisible (zero-width) or bidi
+    control characters; a leading dot (so '..' too); surrounding spaces; 'unknown' /
+    'no-face'. Checked before anything touches the disk."""
     if not isinstance(name, str):
         raise GalleryError(f"person name must be text, got {type(name).__name__}")
+    cut = name if len(name) <= 40 else name[:40] + "..."
+    shown = repr(cut)
+    try:
+        name = unicodedata.normalize("NFC", name)
+        size = len(name.encode("utf-8"))
+    except UnicodeError:
+        raise GalleryError(
+            f"person name {cut!a} is not valid text (it holds a lone surrogate, e.g. bytes of "
+            "another encoding); type the name again"
+        ) from None
+    hidden = [c for c in name if unicodedata.category(c) in _HIDDEN_CATEGORIES]
+    if hidden:
+        shown = ascii(cut)  # escaped: the message must show what the name hides
+        what = ", ".join(sorted({f"U+{ord(c):04X} {_char_name(c)}" for c in hidden}))
+        raise GalleryError(
+            f"person name {shown} holds characters that do not show or that reorder text "
+            f"({what}); type it without them"
+        )
     bad = (
         not name
         or len(name) > MAX_NAME
         or name.startswith(".")
         or name != name.strip()
         or any(c in name for c in "/\\")
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
     )
     if bad:
-        shown = name if len(name) <= 40 else name[:40] + "..."
         raise GalleryError(
-            f"person name {shown!r} is not allowed: 1-{MAX_NAME} characters, no '/', '\\', "
+            f"person name {shown} is not allowed: 1-{MAX_NAME} characters, no '/', '\\', "
             "control characters, leading dot or surrounding spaces"
+        )
+    if size > MAX_NAME_BYTES:
+        raise GalleryError(
+            f"person name {shown} is {size} bytes in UTF-8; a name is a folder name and may be "
+            f"at most {MAX_NAME_BYTES} bytes (about {MAX_NAME_BYTES // 4} emoji or "
+            f"{MAX_NAME_BYTES // 2} accented letters)"
         )
     if name.lower() in RESERVED_NAMES:
         raise GalleryError(f"person name {name!r} is reserved; choose another")
     return name
+
+
+# Control (Cc), format (Cf: zero-width spaces and joiners, bidi marks and overrides, soft
+# hyphen...), surrogate (Cs), unassigned (Cn), line and paragraph separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
+
+
+def _char_name(c: str) -> str:
+    return unicodedata.name(c, "control character").lower()
+
+
+def _lookalike_key(name: str) -> str:
+    """Names that read the same (case, compatibility forms: 'ﬁ' and 'fi', a no-break space
+    and a space, full-width letters) share a key."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _stored_name(name: str) -> str:
+    """A name as given to a lookup, in the form names are stored in."""
+    try:
+        return unicodedata.normalize("NFC", name)
+    except (TypeError, UnicodeError):
+        return name
 
 
 # --------------------------------------------------------------------------- helpers
@@ -325,6 +389,7 @@ class Gallery:
             "rule": DecisionRule().to_dict(),
             "calibration": None,
             "pipeline": dict(pipeline or {}),
+            CHIPS_SWEPT: True,
         }
         # Written last: its presence is what makes the folder a gallery.
         atomic_write_text(p / META_NAME, json.dumps(meta, indent=2) + "\n")
@@ -417,9 +482,9 @@ class Gallery:
         from vitrina.search import Index
 
         with _flock(self.path / LOCK_NAME, exclusive=False) as lock:
-            if (self.path / RENAME_JOURNAL).exists():
-                lock.upgrade()
-                self._replay_rename()
+            if self._needs_recovery():
+                lock.upgrade()  # a writer died mid-change: finish or undo what it began
+                self._recover()
                 lock.downgrade()
             meta = self._read_meta()
             self._rule = DecisionRule.from_dict(meta.get("rule") or {})
@@ -436,18 +501,76 @@ class Gallery:
         from vitrina.search import Index
 
         with _flock(self.path / LOCK_NAME, exclusive=True):
-            if (self.path / RENAME_JOURNAL).exists():
-                self._replay_rename()
+            self._recover()
             meta = self._read_meta()
             self._rule = DecisionRule.from_dict(meta.get("rule") or {})
             self._calibration = meta.get("calibration")
             meta["revision"] = int(meta.get("revision", 0)) + 1
             self._write_meta(meta)  # before any change: readers reload from here on
             self._cache = None
+            mark = self.path / WRITING_MARK
+            os.close(os.open(mark, os.O_WRONLY | os.O_CREAT, 0o644))
             with Index.open(self.path / INDEX_DIR) as idx:
-                yield idx, meta
+                try:
+                    yield idx, meta
+                except BaseException:
+                    # Undo now what the next user would undo, unless a rename journal still
+                    # owns chips that no row names yet (the next user replays it first).
+                    if not (self.path / RENAME_JOURNAL).exists():
+                        with suppress(Exception):
+                            self._sweep_chips(idx)
+                            mark.unlink()
+                    raise
+            mark.unlink()
             self._rule = DecisionRule.from_dict(meta.get("rule") or {})
             self._calibration = meta.get("calibration")
+
+    def _needs_recovery(self) -> bool:
+        return (
+            (self.path / RENAME_JOURNAL).exists()
+            or (self.path / WRITING_MARK).exists()
+            or (not self._read_meta().get(CHIPS_SWEPT) and os.access(self.path, os.W_OK))
+        )
+
+    def _recover(self) -> None:
+        """Under the exclusive lock: finish a rename, and sweep the chips of a writer that
+        died mid-change (module docstring). A gallery made before chips were pending may hold
+        chips of enrolments killed before their commit: it is swept once."""
+        from vitrina.search import Index
+
+        if (self.path / RENAME_JOURNAL).exists():
+            self._replay_rename()
+        mark = self.path / WRITING_MARK
+        meta = self._read_meta()
+        if mark.exists() or not meta.get(CHIPS_SWEPT):
+            with Index.open(self.path / INDEX_DIR) as idx:
+                self._sweep_chips(idx)
+            if not meta.get(CHIPS_SWEPT):
+                meta[CHIPS_SWEPT] = True
+                self._write_meta(meta)
+            mark.unlink(missing_ok=True)
+
+    def _sweep_chips(self, idx: Any) -> tuple[int, int]:
+        """Pending chips of committed templates get their names; every chip without a
+        template is deleted. Returns (named, deleted)."""
+        referenced = {str(it["path"]) for it in idx.items()}
+        named = deleted = 0
+        chips = self.path / CHIPS_DIR
+        for folder in sorted(chips.iterdir()) if chips.is_dir() else []:
+            if not folder.is_dir():
+                continue
+            for f in sorted(folder.iterdir()):
+                own = f.name[len(PENDING_CHIP) :] if f.name.startswith(PENDING_CHIP) else f.name
+                rel = f"{CHIPS_DIR}/{folder.name}/{own}"
+                if f.name != own and rel in referenced and not (folder / own).exists():
+                    os.replace(f, folder / own)
+                    named += 1
+                elif f.name != own or rel not in referenced:
+                    f.unlink()
+                    deleted += 1
+            with suppress(OSError):
+                folder.rmdir()  # only when empty
+        return named, deleted
 
     # ------------------------------------------------------------------ people
 
@@ -458,12 +581,14 @@ class Gallery:
 
     def person(self, name: str) -> Person:
         with self._reading() as snap:
+            name = self._known(snap, name)
             self._require(snap, name)
             return self._person(snap, name)
 
     def templates(self, name: str) -> np.ndarray:
         """(n, dim) float32: the person's template vectors."""
         with self._reading() as snap:
+            name = self._known(snap, name)
             self._require(snap, name)
             return snap.vectors[list(snap.rows_of(name))].copy()
 
@@ -477,6 +602,37 @@ class Gallery:
             chips=[self.path / snap.chips[r] for r in rows],
             spread=None if np.isnan(spread) else float(spread),
         )
+
+    @staticmethod
+    def _known(snap: _Snapshot, name: str) -> str:
+        """``name`` as enrolled: as given, or the enrolled name it equals once both are in NFC
+        (galleries made before names were normalised may hold other forms); else ``name`` in
+        NFC."""
+        if name in snap.names:
+            return name
+        stored = _stored_name(name)
+        if stored in snap.names:
+            return stored
+        for other in snap.names:
+            if _stored_name(other) == stored:
+                return other
+        return stored
+
+    def _resolve(self, snap: _Snapshot, name: str) -> str:
+        """The name to enroll under: an enrolled person's name as stored (kept usable even
+        when it predates today's rules), else a new name that passes
+        :func:`check_person_name`."""
+        if isinstance(name, str):
+            known = self._known(snap, name)
+            if known in snap.names:
+                return known
+        return check_person_name(name)
+
+    def name_for(self, name: str) -> str:
+        """``name`` as :meth:`enroll` would store it, or :class:`GalleryError` when it is not
+        an enrolled name and not allowed as a new one (checked before anything is written)."""
+        with self._reading() as snap:
+            return self._resolve(snap, name)
 
     def _require(self, snap: _Snapshot, name: str) -> None:
         if name not in snap.names:
@@ -499,7 +655,8 @@ class Gallery:
         pipeline) as templates of ``name`` (a new or existing person). One face per photo: the
         largest when there are several. ``fingerprint`` (the embedder's), when given, must
         match the gallery's."""
-        check_person_name(name)
+        given = name
+        name = self.name_for(given)  # a bad name fails before any photo is read
         self._check_embedder(fingerprint)
         photos = self._photos(photo_faces)
         report = EnrollReport(name)
@@ -517,6 +674,7 @@ class Gallery:
                 chosen.append((pf, face))
         with self._writing() as (idx, _meta):
             snap = _Snapshot.read(idx, -1)
+            name = report.name = self._resolve(snap, given)
             self._check_new_name(snap, name)
             report.new_person = name not in snap.names
             added, already = self._add_faces(idx, snap, name, chosen)
@@ -536,14 +694,17 @@ class Gallery:
             raise GalleryError(f"{pf.path}: face {face.index} has NaN or infinite values")
 
     def _check_new_name(self, snap: _Snapshot, name: str) -> None:
-        """A new name may not differ from an existing one only by case (chip folders would
-        clash on case-insensitive file systems)."""
+        """A new name may not differ from an existing one only by case or by look-alike
+        characters (chip folders would clash on case-insensitive file systems, and people
+        could not tell the two apart)."""
         if name in snap.names:
             return
+        key = _lookalike_key(name)
         for other in snap.names:
-            if other.casefold() == name.casefold():
+            if _lookalike_key(other) == key:
+                how = "case" if other.casefold() == name.casefold() else "look-alike characters"
                 raise GalleryError(
-                    f"{self.path}: {name!r} differs from the enrolled {other!r} only by case; "
+                    f"{self.path}: {name!r} differs from the enrolled {other!r} only by {how}; "
                     f"use {other!r}"
                 )
 
@@ -551,9 +712,10 @@ class Gallery:
         self, idx: Any, snap: _Snapshot, name: str, chosen: Sequence[tuple[PhotoFaces, Face]]
     ) -> tuple[list[str], list[tuple[str, str]]]:
         """Write the chips, then add the vectors (inside the exclusive lock)."""
-        from vitrina.io.files import atomic_write_bytes
+        from vitrina.io.files import atomic_write_bytes, fsync_dir
 
         owner = {k: snap.names[self._owner_index(snap, r)] for r, k in enumerate(snap.keys)}
+        written: list[tuple[Path, Path]] = []
         taken = set(snap.chips)
         added: list[str] = []
         already: list[tuple[str, str]] = []
@@ -575,14 +737,21 @@ class Gallery:
                 "key": key,
                 "person": name,
             }
-            atomic_write_bytes(self.path / rel, _png_bytes(face.chip, text))
+            final = self.path / rel
+            pending = final.with_name(PENDING_CHIP + final.name)  # named once committed
+            atomic_write_bytes(pending, _png_bytes(face.chip, text))
+            written.append((pending, final))
             owner[key] = name
             taken.add(rel)
             vectors.append(_as_vector(face))
             metas.append({"path": rel, "sha256": key, "label": name})
             added.append(str(pf.path))
         if vectors:
-            idx.add_vectors(np.stack(vectors), metas, fingerprint=None)
+            idx.add_vectors(np.stack(vectors), metas, fingerprint=None)  # the commit point
+        for pending, final in written:
+            os.replace(pending, final)
+        if written:
+            fsync_dir(folder)
         return added, already
 
     @staticmethod
@@ -595,9 +764,11 @@ class Gallery:
         """Remove every template of ``name`` and every chip stored for them."""
         with self._writing() as (idx, _meta):
             snap = _Snapshot.read(idx, -1)
+            name = self._known(snap, name)
+            if name not in snap.names:
+                name = check_person_name(name)  # never rmtree a path made from a bad name
             folder = self.path / CHIPS_DIR / name
             if name not in snap.names:
-                check_person_name(name)  # never rmtree a path made from a bad name
                 if folder.is_dir():  # chips left by an interrupted forget
                     n = sum(1 for _ in folder.glob("*.png"))
                     shutil.rmtree(folder)
@@ -606,15 +777,26 @@ class Gallery:
             rows = list(snap.rows_of(name))
             idx.remove([snap.chips[r] for r in rows])
             n_chips = sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
-            shutil.rmtree(folder, ignore_errors=True)
+            failed: list[str] = []
+            if folder.is_dir():  # privacy: a chip that stays must be reported, not ignored
+                shutil.rmtree(folder, onerror=lambda _f, path, exc: failed.append(f"{exc[1]}"))
+        if failed:
+            raise GalleryError(
+                f"{folder}: {name!r} is forgotten ({len(rows)} template(s)), but "
+                f"{len(failed)} of the chip files could not be deleted ({failed[0]}); run "
+                "forget again to delete them"
+            )
         return Forgotten(name, len(rows), n_chips)
 
     def rename(self, old: str, new: str, *, merge: bool = False) -> Person:
         """Rename a person (their chips move to the new folder). Refused when ``new`` is
         already enrolled unless ``merge=True``, which adds ``old``'s templates to ``new``."""
-        check_person_name(new)
+        given = new
+        new = self.name_for(given)
         with self._writing() as (idx, _meta):
             snap = _Snapshot.read(idx, -1)
+            new = self._resolve(snap, given)
+            old = self._known(snap, old)
             self._require(snap, old)
             if old == new:
                 return self._person(snap, old)
@@ -623,7 +805,7 @@ class Gallery:
                     f"{self.path}: {new!r} is already enrolled; pass merge=True (--merge) to "
                     f"add {old!r}'s templates to {new!r}"
                 )
-            if old.casefold() != new.casefold():
+            if _lookalike_key(old) != _lookalike_key(new):
                 self._check_new_name(snap, new)
             rows = list(snap.rows_of(old))
             journal = {

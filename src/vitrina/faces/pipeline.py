@@ -27,6 +27,7 @@ from PIL import Image
 from vitrina.errors import VitrinaError
 from vitrina.faces import models
 from vitrina.faces.detection import (
+    ASSUMED_FACE_MIN_SCORE,
     CHIP_PADDING,
     DETECTORS,
     DLIB_CHIP_SIZE,
@@ -38,6 +39,7 @@ from vitrina.faces.types import Box, Face, PhotoFaces
 from vitrina.io.arrays import _uint8, to_rgb8
 
 __all__ = [
+    "ASSUMED_FACE_MIN_SCORE",
     "CHIP_PADDING",
     "DETECTORS",
     "DLIB_CHIP_SIZE",
@@ -82,7 +84,10 @@ class FacePipeline:
         min_score: detector score threshold (dlib's default 0; negative finds more, and more
             false faces).
         assume_face: a photo in which the detector finds nothing holds one face, in a centred
-            square of 0.8 x its short side (box score 0): for datasets of cropped faces.
+            square of 0.8 x its short side: for datasets of cropped faces. The square counts
+            only when it holds face-like content: dlib's HOG detector, on its aligned chip with
+            a lowered threshold, must score at least ``ASSUMED_FACE_MIN_SCORE`` (-1.0) there
+            (the box's score); blank, flat or noise photos have no face.
         backend: the engine backend describing the chips (``auto`` measures; ``eager``,
             ``bf16``, ``onnx``, ``int8``; ``dlib``: dlib's own code, the reference;
             ``torch``: the eager backend, as stored by galleries made before).

@@ -10,8 +10,6 @@ happens; running the same command again finishes an interrupted job without dupl
 
 from __future__ import annotations
 
-import csv
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +19,13 @@ from vitrina.data import iter_image_files
 from vitrina.errors import DiskFullError, VitrinaError
 from vitrina.faces.gallery import UNKNOWN, Gallery, Identification
 from vitrina.faces.types import PhotoFaces
-from vitrina.io import place_file, remove_stale_temps
+from vitrina.io import (
+    ManifestJournal,
+    check_movable,
+    make_output_dir,
+    place_file,
+    remove_stale_temps,
+)
 
 __all__ = ["FaceSortItem", "FaceSortSummary", "folders_for", "sort_faces"]
 
@@ -40,6 +44,23 @@ class FaceSortItem:
     distances: list[float]
     status: str  # sorted | unknown | no-face | unreadable | error
     error: str = ""
+    faces: int = 0
+
+    def rows(self, destinations: list[Path] | None = None) -> list[dict[str, str]]:
+        """Its manifest rows: one per destination (one with no destination when none)."""
+        dests = self.destinations if destinations is None else destinations
+        return [
+            {
+                "source": str(self.source),
+                "destination": str(dest or ""),
+                "people": ";".join(self.people),
+                "distances": ";".join(f"{d:.4f}" for d in self.distances),
+                "faces": str(self.faces),
+                "status": self.status,
+                "error": self.error,
+            }
+            for dest in dests or [None]
+        ]
 
 
 @dataclass
@@ -49,6 +70,7 @@ class FaceSortSummary:
     items: list[FaceSortItem] = field(default_factory=list)
     skipped_done: int = 0
     threshold_source: str = ""
+    repaired: list[str] = field(default_factory=list)  # what the manifest journal repaired
 
     @property
     def counts(self) -> dict[str, int]:
@@ -57,6 +79,11 @@ class FaceSortSummary:
             for d in it.destinations:
                 c[d.parent.name] += 1
         return dict(sorted(c.items()))
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per photo that was not (completely) placed."""
+        return [f"not placed: {it.error}" for it in self.items if it.status == "error"]
 
     @property
     def manifest(self) -> Path:
@@ -73,11 +100,12 @@ def folders_for(pf: PhotoFaces, ids: list[Identification]) -> list[str]:
     return known + ([UNKNOWN] if any(i.name == UNKNOWN for i in ids) else [])
 
 
-def _read_manifest(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if r.get("status") and r.get("source")]
+def _status(pf: PhotoFaces, folders: list[str]) -> str:
+    if pf.error:
+        return UNREADABLE
+    if not pf.faces:
+        return NO_FACE
+    return "sorted" if folders[0] != UNKNOWN else UNKNOWN
 
 
 def sort_faces(
@@ -98,80 +126,60 @@ def sort_faces(
     out_abs = out_dir.resolve()
     images = [p for p in images if not p.resolve().is_relative_to(out_abs)]
     summary = FaceSortSummary(out_dir, method, threshold_source=g.threshold_source)
-    done = _read_manifest(out_dir / MANIFEST)
-    if method == "copy":
-        placed = {r["source"] for r in done if r["destination"] and Path(r["destination"]).exists()}
-        todo = [p for p in images if str(p) not in placed]
-        summary.skipped_done = len(images) - len(todo)
-        images = todo
-    if not images:
+    if not images and not (out_dir / MANIFEST).exists():
         return summary
-    journalled = {(r["source"], r["destination"]) for r in done}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
-    manifest = out_dir / MANIFEST
-    new_file = not manifest.exists() or manifest.stat().st_size == 0
-    total = len(images)
-    with open(manifest, "a", newline="", encoding="utf-8") as mf:
-        writer = csv.DictWriter(mf, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
+    if method == "move":
+        check_movable(images)
+    make_output_dir(out_dir)
+    with ManifestJournal.open(out_dir / MANIFEST, FIELDS) as journal:
+        summary.repaired = journal.repair.lines(journal.path)
+        if method == "copy":
+            todo = [p for p in images if not journal.placed(p)]
+            summary.skipped_done = len(images) - len(todo)
+            images = todo
+        if not images:
+            return summary
+        remove_stale_temps(out_dir)
+        total = len(images)
         try:
             for k, pf in enumerate(g.pipeline().process(images), 1):
                 ids = g.identify(pf) if pf.faces else []
                 folders = folders_for(pf, ids)
-                status = (
-                    UNREADABLE
-                    if pf.error
-                    else NO_FACE
-                    if not pf.faces
-                    else "sorted"
-                    if folders[0] != UNKNOWN
-                    else UNKNOWN
-                )
                 item = FaceSortItem(
                     pf.path,
                     [],
                     [i.name for i in ids],
                     [round(float(i.distance), 4) for i in ids if i.distance is not None],
-                    status,
+                    _status(pf, folders),
                     pf.error or "",
+                    len(pf.faces),
                 )
+
+                def intend(final: Path, item: FaceSortItem = item) -> None:
+                    journal.intend(item.rows([*item.destinations, final]))
+
                 try:
                     for n, folder in enumerate(folders):
                         last = n == len(folders) - 1
                         how = method if last else "copy"
-                        dest, _ = place_file(pf.path, out_dir / folder, method=how)
+                        dest, _ = place_file(
+                            pf.path, out_dir / folder, method=how, before_delete=intend
+                        )
                         item.destinations.append(dest)
                 except DiskFullError:
-                    raise
+                    raise  # nothing recorded: the re-run places this photo again, whole
                 except (VitrinaError, OSError) as e:
                     item.status, item.error = "error", str(e).splitlines()[0]
                 summary.items.append(item)
-                for dest in item.destinations or [None]:
-                    key = (str(item.source), str(dest or ""))
-                    if key in journalled:
-                        continue
-                    writer.writerow(
-                        {
-                            "source": str(item.source),
-                            "destination": str(dest or ""),
-                            "people": ";".join(item.people),
-                            "distances": ";".join(f"{d:.4f}" for d in item.distances),
-                            "faces": len(pf.faces),
-                            "status": item.status,
-                            "error": item.error,
-                        }
-                    )
-                mf.flush()
+                journal.record(item.rows())
                 if on_progress:
                     on_progress(k, total)
         except DiskFullError as e:
+            where = f" on {e.disk}" if e.disk else ""
             raise DiskFullError(
-                f"{e}; stopped after {len(summary.items)} of {total} photos, nothing half-moved "
-                "(free space and run the same command again to finish)"
+                f"{e}; stopped after {len(summary.items)} of {total} photos, nothing "
+                f"half-moved: free space{where} and run the same command again to finish",
+                path=e.path,
+                disk=e.disk,
             ) from None
-        finally:
-            mf.flush()
-            os.fsync(mf.fileno())
     return summary

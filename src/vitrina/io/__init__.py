@@ -1,4 +1,5 @@
-"""Safe image decoding and file operations that never lose or overwrite user files."""
+"""Safe image decoding, file operations that never lose or overwrite user files, and the
+manifest journal of the sorts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ from vitrina.io.files import (
     atomic_write_text,
     atomic_writer,
     cache_dir,
+    check_movable,
+    disk_full_error,
+    disk_of,
+    fsync_dir,
+    is_disk_full,
+    make_output_dir,
+    os_error_line,
     place_file,
     remove_stale_temps,
     save_new_image,
@@ -22,19 +30,29 @@ from vitrina.io.images import (
     is_image_path,
     read_image,
 )
+from vitrina.io.journal import JournalRepair, ManifestJournal
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "PLACE_METHODS",
     "TEMP_PREFIX",
+    "JournalRepair",
+    "ManifestJournal",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_writer",
     "cache_dir",
+    "check_movable",
+    "disk_full_error",
+    "disk_of",
     "file_digest",
+    "fsync_dir",
     "image_size",
+    "is_disk_full",
     "is_image_path",
+    "make_output_dir",
+    "os_error_line",
     "place_file",
     "read_image",
     "remove_stale_temps",

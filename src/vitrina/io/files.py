@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +28,13 @@ __all__ = [
     "atomic_write_text",
     "atomic_writer",
     "cache_dir",
+    "check_movable",
+    "disk_full_error",
+    "disk_of",
+    "fsync_dir",
+    "is_disk_full",
+    "make_output_dir",
+    "os_error_line",
     "place_file",
     "remove_stale_temps",
     "save_new_image",
@@ -71,7 +78,7 @@ def atomic_writer(
             raise
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            raise DiskFullError(f"{target}: disk full while writing") from exc
+            raise disk_full_error(target) from exc
         raise
     _fsync_dir(target.parent)
 
@@ -86,6 +93,109 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
     """Replace ``path`` with ``text`` atomically (old content kept if anything fails)."""
     with atomic_writer(path, "w", encoding=encoding) as fh:
         fh.write(text)
+
+
+# --------------------------------------------------------------------------- errors in one line
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or an exhausted quota."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
+def disk_of(path: str | os.PathLike[str]) -> tuple[str, int | None]:
+    """(mount point, free bytes) of the file system holding ``path`` (or its nearest existing
+    parent); free is None when the OS will not say."""
+    p = Path(os.path.abspath(path))
+    while not os.path.exists(p) and p != p.parent:
+        p = p.parent
+    try:
+        dev = os.stat(p).st_dev
+        while p != p.parent and os.stat(p.parent).st_dev == dev:
+            p = p.parent
+        st = os.statvfs(p)
+        return str(p), st.f_bavail * st.f_frsize
+    except OSError:
+        return str(p), None
+
+
+def disk_full_error(path: str | os.PathLike[str]) -> DiskFullError:
+    """The one-line error for a full disk: what was being written and which disk is full."""
+    mount, free = disk_of(path)
+    left = f", {_size(free)} free" if free is not None else ""
+    return DiskFullError(
+        f"{path}: disk full while writing (the disk at {mount}{left})", path=path, disk=mount
+    )
+
+
+def os_error_line(path: str | os.PathLike[str], exc: OSError, doing: str) -> str:
+    """``PATH: DOING: reason`` in words (read-only file system, permission denied...)."""
+    if exc.errno == errno.EROFS:
+        reason = "read-only file system"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        reason = "permission denied"
+    elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        reason = "folder not found"
+    elif exc.errno == errno.ENAMETOOLONG:
+        reason = "name too long for the file system"
+    else:
+        reason = (exc.strerror or str(exc)).lower()
+    return f"{path}: {doing}: {reason}"
+
+
+def make_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the output folder ``path`` (and parents); a folder that cannot be written is
+    one line naming it and why, not a traceback."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        if not _writable(p):  # e.g. a read-only mount that the folder is already on
+            raise PermissionError(
+                errno.EROFS if _read_only_fs(p) else errno.EACCES, "not writable", str(p)
+            )
+    except FileExistsError:
+        raise VitrinaError(f"{p}: exists and is not a folder; choose another --out") from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(p) from None
+        raise VitrinaError(
+            os_error_line(p, exc, "cannot write the output folder") + "; choose another --out"
+        ) from None
+    return p
+
+
+def check_movable(photos: Iterable[str | os.PathLike[str]]) -> None:
+    """Before moving ``photos``: one line, with nothing done yet, when a folder they are in
+    cannot be written (a read-only card or mount), since no photo could leave it."""
+    for folder in sorted({Path(p).parent for p in photos}):
+        if not _writable(folder):
+            why = "read-only file system" if _read_only_fs(folder) else "permission denied"
+            raise VitrinaError(
+                f"{folder}: cannot move photos out of it ({why}): nothing was moved; "
+                "use --copy, or make it writable"
+            )
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)  # False on a read-only mount even for root
+
+
+def _read_only_fs(p: Path) -> bool:
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KB", "MB", "GB"):
+        value /= 1000
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1000:.1f} TB"
 
 
 # --------------------------------------------------------------------------- naming
@@ -133,12 +243,16 @@ def place_file(
     *,
     method: str,
     name: str | None = None,
+    before_delete: Callable[[Path], None] | None = None,
 ) -> tuple[Path, bool]:
     """Copy, move or symlink ``src`` into ``dst_dir`` without ever overwriting.
 
     Returns ``(final_path, already_there)``; ``already_there`` is True when an identical file
     (same name or a ``stem-N.ext`` variant) was found and nothing was written. A moved source
-    is deleted only after its copy is on disk and verified.
+    is deleted only after its copy is on disk and verified, and after ``before_delete(final)``
+    returned (a journal records its intent there). When the source cannot be deleted (a
+    read-only card), the copy made by this call is removed again and the error says so:
+    a move happens completely or not at all.
     """
     if method not in PLACE_METHODS:
         raise ValueError(f"method must be one of {', '.join(PLACE_METHODS)}, not {method!r}")
@@ -149,8 +263,7 @@ def place_file(
     wanted = folder / (name or source.name)
     tmp: Path | None = None
     try:
-        if not source.is_file():
-            raise VitrinaError(f"{source}: source file not found")
+        _check_source(source)
         folder.mkdir(parents=True, exist_ok=True)
         if method == "link":
             return _place_link(source, wanted)
@@ -159,7 +272,11 @@ def place_file(
         existing = _find_identical(source, wanted, src_size, src_digest)
         if existing is not None:
             if method == "move" and not _same_path(existing, source):
-                _delete_source(source)  # finishes a move that crashed after its copy
+                # Finishes a move that crashed after its copy; the copy was there before
+                # this call, so a failed delete leaves it (it is not ours to remove now).
+                if before_delete is not None:
+                    before_delete(existing)
+                _delete_source(source, None)
             return existing, True
 
         tmp = _copy_to_temp(source, folder)
@@ -172,15 +289,44 @@ def place_file(
         tmp = None  # now owned by the final name
         _fsync_dir(folder)
         if method == "move":
-            _delete_source(source)
+            if before_delete is not None:
+                try:
+                    before_delete(final)
+                except BaseException:
+                    _unlink_quietly(final)  # the move did not happen: no second copy left
+                    raise
+            _delete_source(source, final)
         return final, False
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            raise DiskFullError(f"{wanted}: disk full while writing") from exc
-        raise VitrinaError(f"{source}: cannot {method} to {folder}: {exc.strerror or exc}") from exc
+            raise disk_full_error(wanted) from exc
+        raise VitrinaError(os_error_line(source, exc, f"cannot {method} to {folder}")) from exc
     finally:
         if tmp is not None:
             _unlink_quietly(tmp)
+
+
+def _check_source(source: Path) -> None:
+    """A regular file, or one line saying what it is instead."""
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise VitrinaError(
+            f"{source}: source file not found (moved or deleted meanwhile)"
+        ) from None
+    if stat.S_ISREG(st.st_mode):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        what = "a folder"
+    elif stat.S_ISFIFO(st.st_mode):
+        what = "a FIFO (named pipe)"
+    elif stat.S_ISSOCK(st.st_mode):
+        what = "a socket"
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        what = "a device"
+    else:
+        what = "not a regular file"
+    raise VitrinaError(f"{source}: is {what}, not a photo file; left where it is")
 
 
 def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
@@ -280,9 +426,38 @@ def _claim_name(tmp: Path, wanted: Path) -> Path:
     return final
 
 
-def _delete_source(source: Path) -> None:
-    os.unlink(source)
+def _delete_source(source: Path, copy: Path | None) -> None:
+    """Delete a moved source; if it cannot be deleted, remove ``copy`` (made by this move) so
+    that the photo is not left twice, and say what happened."""
+    try:
+        os.unlink(source)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT,):
+            raise
+        undone = copy is not None
+        if copy is not None:
+            try:
+                os.unlink(copy)
+                _fsync_dir(copy.parent)
+            except OSError:
+                undone = False
+        where = (
+            "nothing was moved (its copy was removed again)"
+            if undone
+            else f"it was copied to {copy}"
+            if copy is not None
+            else "the copy there was kept"
+        )
+        raise VitrinaError(
+            os_error_line(source, exc, "not moved: the source cannot be deleted")
+            + f"; {where}; use --copy, or make {source.parent} writable"
+        ) from None
     _fsync_dir(source.parent)
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a rename/unlink in ``folder`` durable (a no-op where the OS cannot)."""
+    _fsync_dir(Path(folder))
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -56,6 +56,7 @@ _FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
 _CORRUPT = "truncated or corrupt image data"
 _NOT_IMAGE = "not an image (unrecognised format)"
+_IS_FOLDER = "is a folder, not an image file"
 
 # EXIF orientation -> the transpose that undoes it (same table as ImageOps.exif_transpose).
 _ORIENTATION_OPS = {
@@ -158,7 +159,13 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im = _identify(p, fh, max_pixels)
         try:
-            orientation = _orientation(im)
+            if im.format == "JPEG":
+                # A JPEG's EXIF is in its header: reading it loads no pixels (unlike a PNG's,
+                # see below), so the fast decoder's output can be turned before returning.
+                fast = _turbo_decode(p, fh, im, mode, min_side)
+                if fast is not None:
+                    op = _ORIENTATION_OPS.get(_orientation(im))
+                    return fast.transpose(op) if op is not None else fast
             if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
                 im.draft(im.mode, (min_side, min_side))
             try:
@@ -171,6 +178,9 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
                 # Pillow reports bad pixel data with OSError, SyntaxError, ValueError,
                 # EOFError, struct.error, ... by plugin; for a user they all mean the same.
                 raise ImageReadError(p, _CORRUPT) from exc
+            # Only after load(): Pillow's PNG getexif() loads the pixels itself, and a decode
+            # error swallowed there left an empty (black) image that a second load() accepted.
+            orientation = _orientation(im)
             try:
                 out = _normalise(im, mode)
             except MemoryError as exc:
@@ -183,15 +193,67 @@ def _decode(p: Path, fh: BinaryIO, mode: str, max_pixels: int, min_side: int | N
     return out.transpose(op) if op is not None else out
 
 
+def _turbo_decode(
+    p: Path, fh: BinaryIO, im: Image.Image, mode: str, min_side: int | None
+) -> Image.Image | None:
+    """Decode a baseline/progressive JPEG with libjpeg-turbo through simplejpeg, when it is
+    installed and the file is a plain JPEG in the requested colours (YCbCr -> RGB, grey ->
+    L); ``None`` sends everything else (CMYK, MPO, colour conversions) to Pillow.
+
+    Why: simplejpeg skips part of Pillow's per-image work: decoding a cats/dogs photo
+    (~500x375) costs 0.88 ms of CPU instead of Pillow's 1.35 ms. A large photo is scaled in
+    the DCT domain by the same power-of-two factors as Pillow's ``draft`` (see below for why
+    not libjpeg-turbo's other M/8 scales), so the pixels are Pillow's. The header was already parsed and the pixel limit enforced by
+    :func:`_identify`; recoverable libjpeg errors (a truncated file) raise (``strict``), so a
+    corrupt file stays an :class:`ImageReadError`, as with Pillow."""
+    if _simplejpeg is None or im.format != "JPEG" or (im.mode, mode) not in _TURBO_MODES:
+        return None
+    try:
+        fh.seek(0)
+        data = fh.read()
+        # Only the scales of Pillow's draft (1/2, 1/4, 1/8), the largest reduction that keeps
+        # min_side: scaling by 7/8..5/8 costs more than a full decode (1.29 vs 0.88 ms per
+        # photo), and the odd scales (3/8) put 3.6-4.1 grey levels of mean error into the
+        # model's input against torchvision's full-size resize (1/2: 0.45).
+        factor = 1
+        while min_side and factor < 8 and min(im.size) >= 2 * factor * min_side:
+            factor *= 2
+        w, h = im.size
+        arr = _simplejpeg.decode_jpeg(
+            data,
+            colorspace=_TURBO_MODES[(im.mode, mode)],
+            min_height=-(-h // factor) if factor > 1 else 0,
+            min_width=-(-w // factor) if factor > 1 else 0,
+        )
+    except MemoryError as exc:
+        raise ImageReadError(p, "image too large to decode (out of memory)") from exc
+    except Exception as exc:  # ValueError from libjpeg: corrupt or truncated data
+        raise ImageReadError(p, _CORRUPT) from exc
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = np.ascontiguousarray(arr[:, :, 0])
+    h, w = arr.shape[:2]
+    # frombuffer shares the decoded array (no copy); the image keeps it alive.
+    return Image.frombuffer(mode, (w, h), arr, "raw", mode, 0, 1)
+
+
+try:  # optional: the fast JPEG path (pip install simplejpeg)
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - Pillow decodes everything without it
+    _simplejpeg = None
+
+_TURBO_MODES = {("RGB", "RGB"): "RGB", ("L", "L"): "GRAY"}
+
+
 def _open_file(path: Path) -> BinaryIO:
     """Open a regular, non-empty file for reading or raise :class:`ImageReadError`."""
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
-            raise ImageReadError(path, "is a directory")
+            raise ImageReadError(path, _IS_FOLDER)
         if not stat.S_ISREG(st.st_mode):
             # A FIFO or device would block or never end.
-            raise ImageReadError(path, "not a regular file")
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+            raise ImageReadError(path, f"is {kind}, not an image file")
         if st.st_size == 0:
             raise ImageReadError(path, "empty file (0 bytes)")
         return open(path, "rb")  # closed by the caller's with-block
@@ -203,7 +265,7 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return "file not found"
     if exc.errno == errno.EISDIR:
-        return "is a directory"
+        return _IS_FOLDER
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return f"cannot read file ({exc.strerror or exc})"
@@ -251,7 +313,8 @@ def _unchecked_header_size(fh: BinaryIO) -> tuple[int, int] | None:
             fh.seek(0)
             try:
                 return factory(fh, "").size  # header parse only; no pixels allocated
-            except Exception:
+            # A decoder that cannot parse it: try the next (this only words an error message).
+            except Exception:  # nosec B112
                 continue
     except Exception:
         return None

@@ -26,6 +26,17 @@ sees the ids disagree, takes the pending file if its ids match, else rebuilds th
 structure from the stored vectors, and says so in :attr:`Index.recovered`. A build that never
 finished (``state = building``) is refused as half-written.
 
+**Integrity** (:mod:`vitrina.search.store`). The sha256 of the faiss file is recorded in the
+commit (``faiss_sha256``) and checked when the file is read; a cosine index's vectors must be
+of unit length. A file that fails either is rebuilt from the stored vectors, and
+:attr:`Index.recovered` says why. Stored vectors are checked the same way when they are read
+in bulk; a damaged one is restored from a verified faiss file. Any SQLite error is one line
+naming the index and what to do.
+
+**Other processes.** :meth:`Index.refresh` reloads when the generation in SQLite moved (one
+point query): a long-lived reader such as ``vitrina serve`` calls it before each request, so
+an ``index add`` / ``remove`` is visible from the next request after it commits.
+
 **Kinds.** ``exact`` = ``IndexFlatIP`` (cosine) / ``IndexFlatL2`` (euclidean). ``hnsw`` =
 ``IndexHNSWFlat`` (M=32, efConstruction=40), ``efSearch`` tuned up from 16 until recall@10
 on a sample of stored vectors reaches 0.95. ``ivf`` = ``IndexIVFFlat`` with ~4*sqrt(N) lists,
@@ -38,20 +49,32 @@ stored in SQLite (correct, and O(N log N); removing is rare next to adding and s
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from vitrina.errors import VitrinaError
+from vitrina.search.store import (
+    IndexDamagedError,
+    IndexFolderError,
+    damaged_rows,
+    database_error,
+    is_database_error,
+    read_faiss,
+    storage_vectors,
+    write_faiss,
+)
 
 __all__ = [
     "AUTO_HNSW_THRESHOLD",
@@ -61,6 +84,7 @@ __all__ = [
     "AddReport",
     "Hit",
     "Index",
+    "IndexDamagedError",
     "IndexFolderError",
     "QueryResult",
     "RemoveReport",
@@ -84,8 +108,22 @@ JSON_NAME = "index.json"
 ProgressFn = Callable[[int, int], None]
 
 
-class IndexFolderError(VitrinaError):
-    """An index folder that cannot be used (missing, foreign, half-written, other version/model)."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _db_guard(method: F) -> F:
+    """SQLite errors inside ``method`` become one line naming the index and the remedy."""
+
+    @functools.wraps(method)
+    def wrapper(self: Index, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if is_database_error(exc) and not isinstance(exc, VitrinaError):
+                raise database_error(self.path, exc) from None
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- results
@@ -166,20 +204,22 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_faiss(index: Any, dest: Path) -> None:
-    """Write a faiss index to ``dest`` via a temp file in the same folder (fsync + rename)."""
+def _write_faiss(index: Any, dest: Path) -> str:
+    """Write a faiss index to ``dest`` via a temp file in the same folder (fsync + rename);
+    returns the sha256 of its bytes."""
     from vitrina.io.files import _create_temp, _fsync_file, _unlink_quietly
 
     fd, tmp = _create_temp(dest.parent, dest)
     os.close(fd)
     try:
-        _faiss().write_index(index, str(tmp))
+        digest = write_faiss(index, tmp)
         _fsync_file(tmp)
         os.replace(tmp, dest)
     except BaseException:
         _unlink_quietly(tmp)
         raise
     _fsync_dir(dest.parent)
+    return digest
 
 
 def _ids_of(index: Any) -> np.ndarray:
@@ -283,6 +323,10 @@ class Index:
         self.batch_size = 32
         self.recovered: str | None = None  # what open() repaired, if anything
         self.build_report: AddReport | None = None
+        self._identity: tuple[int, int] | None = None  # meta.sqlite's (device, inode)
+        # The loaded faiss structure passed the checks or was built here from checked
+        # vectors: it may restore a damaged stored vector.
+        self._structure_verified = False
 
     # ------------------------------------------------------------------ properties
 
@@ -352,7 +396,7 @@ class Index:
                 "(an index is never written over existing files)"
             )
         p.mkdir(parents=True, exist_ok=True)
-        info = {
+        info: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "state": "building" if _building else "ready",
             "spec": spec.to_dict() if spec is not None else None,
@@ -369,17 +413,20 @@ class Index:
             "root": root,
             "created": _now(),
             "updated": _now(),
+            "faiss_sha256": None,
         }
         conn = _connect(p / DB_NAME)
+        idx = cls(p, conn, info)
+        idx._faiss_index = idx._empty_structure(info["resolved_kind"])
+        idx._structure_verified = True
+        info["faiss_sha256"] = _write_faiss(idx._faiss_index, p / FAISS_NAME)
         with conn:
             conn.executescript(_SCHEMA)
             conn.executemany(
                 "INSERT INTO info(key, value) VALUES (?, ?)",
                 [(k, json.dumps(v)) for k, v in info.items()],
             )
-        idx = cls(p, conn, info)
-        idx._faiss_index = idx._empty_structure(info["resolved_kind"])
-        _write_faiss(idx._faiss_index, p / FAISS_NAME)
+        idx._identity = _file_identity(p / DB_NAME)
         idx._write_summary()
         return idx
 
@@ -493,11 +540,20 @@ class Index:
             )
         try:
             conn = _connect(db)
+            identity = _file_identity(db)
             rows = conn.execute("SELECT key, value FROM info").fetchall()
             conn.execute("SELECT id, path, sha256, label, vector FROM items LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise IndexFolderError(f"{p}: not a vitrina index ({DB_NAME}: {exc})") from None
-        info = {k: json.loads(v) for k, v in rows}
+            info = {k: json.loads(v) for k, v in rows}
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            with suppress(Exception):
+                conn.close()
+            ours = (p / FAISS_NAME).exists() or (p / JSON_NAME).exists()
+            foreign = "no such table" in str(exc) or "not a database" in str(exc)
+            if isinstance(exc, sqlite3.DatabaseError) and foreign and not ours:
+                raise IndexFolderError(f"{p}: not a vitrina index ({DB_NAME}: {exc})") from None
+            raise database_error(p, exc) from None
         version = info.get("format_version")
         if version != FORMAT_VERSION:
             conn.close()
@@ -512,8 +568,15 @@ class Index:
                 "delete the folder and run `vitrina index build` again"
             )
         idx = cls(p, conn, info)
+        idx._identity = identity
         idx.backend, idx.device, idx.batch_size = backend, device, batch_size
-        idx._load_structure()
+        try:
+            idx._load_structure()
+        except BaseException as exc:
+            idx.close()
+            if is_database_error(exc) and not isinstance(exc, VitrinaError):
+                raise database_error(p, exc) from None
+            raise
         return idx
 
     def close(self) -> None:
@@ -532,50 +595,130 @@ class Index:
         rows = self._conn.execute("SELECT id FROM items ORDER BY id").fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    def _read_structure(self, file: Path) -> Any:
-        try:
-            return _faiss().read_index(str(file))
-        except Exception:
-            return None
-
-    def _load_structure(self) -> None:
-        """Load vectors.faiss; if it does not match SQLite, repair it (pending file or rebuild)."""
+    def _load_structure(self, *, repair: bool = True) -> None:
+        """Load vectors.faiss, checked (module docstring); if it is not the state SQLite
+        records, take the pending file or rebuild from the stored vectors. ``repair=False``
+        (a reader beside a live writer): fix it in memory only, never touch the files."""
         db_ids = self._db_ids()
         if len(db_ids) != len(self):
             raise IndexFolderError(
                 f"index half-written: {self.path}: {DB_NAME} lists {len(db_ids)} items but "
                 f"records {len(self)}; rebuild it with `vitrina index build`"
             )
-        current = self._read_structure(self.path / FAISS_NAME)
-        if current is not None and self._matches(current, db_ids):
+        recorded = self._info.get("faiss_sha256")
+        current, digest = read_faiss(self.path / FAISS_NAME)
+        why = self._distrust(current, digest, recorded, db_ids, FAISS_NAME)
+        if why is None:
             self._faiss_index = current
+            self._structure_verified = True
             self._apply_search_params()
-            with suppress(FileNotFoundError):
-                (self.path / PENDING_NAME).unlink()  # an update that never committed
-            return
-        pending = self._read_structure(self.path / PENDING_NAME)
-        if pending is not None and self._matches(pending, db_ids):
-            self._faiss_index = pending
-            how = f"completed an interrupted update from {PENDING_NAME}"
-            try:
-                os.replace(self.path / PENDING_NAME, self.path / FAISS_NAME)
-                _fsync_dir(self.path)
-            except OSError as exc:
-                how += f" (could not save it: {exc.strerror or exc})"
-        else:
-            state = "missing" if not (self.path / FAISS_NAME).exists() else "out of date"
-            self._faiss_index = self._build_structure(self.kind, self._stored_vectors(db_ids))
-            how = f"{FAISS_NAME} was {state}; rebuilt it from the {len(db_ids)} stored vectors"
-            try:
-                _write_faiss(self._faiss_index, self.path / FAISS_NAME)
+            if repair:
                 with suppress(FileNotFoundError):
-                    (self.path / PENDING_NAME).unlink()
-            except OSError as exc:
-                how += f" (in memory only: could not save it: {exc.strerror or exc})"
+                    (self.path / PENDING_NAME).unlink()  # an update that never committed
+                if recorded is None and digest:  # made before checksums: record it now
+                    self._stored_vectors()  # and restore SQLite's damaged copies from it
+                    with suppress(sqlite3.Error):
+                        self._record_digest(digest)
+            return
+        pending, pending_digest = read_faiss(self.path / PENDING_NAME)
+        if self._distrust(pending, pending_digest, recorded, db_ids, PENDING_NAME) is None:
+            self._faiss_index = pending
+            self._structure_verified = True
+            how = f"completed an interrupted update from {PENDING_NAME}"
+            if repair:
+                try:
+                    os.replace(self.path / PENDING_NAME, self.path / FAISS_NAME)
+                    _fsync_dir(self.path)
+                except FileNotFoundError:
+                    pass  # the writer finished it at the same moment
+                except OSError as exc:
+                    how += f" (could not save it: {exc.strerror or exc})"
+        else:
+            self._structure_verified = False  # its vectors cannot vouch for SQLite's
+            # A stored vector that is itself damaged may still be taken from the file it
+            # replaces, where that one's copy passes the checks (row by row).
+            usable = current if why == "did not match the stored vectors" else None
+            self._faiss_index = self._build_structure(
+                self.kind, self._stored_vectors(fallback=usable)
+            )
+            how = f"{FAISS_NAME} {why}; rebuilt it from the {len(db_ids)} stored vectors"
+            if repair:
+                how += self._save_repair()
+            else:
+                how += " (in memory)"
         self._apply_search_params()
-        with suppress(OSError):
-            self._write_summary()
+        if repair:
+            with suppress(OSError):
+                self._write_summary()
         self.recovered = f"{self.path}: {how}"
+
+    def _distrust(
+        self, structure: Any, digest: str | None, recorded: str | None, db_ids: Any, name: str
+    ) -> str | None:
+        """Why ``structure`` (read from ``name``) is not the committed state, or None."""
+        if structure is None:
+            return "was missing" if not (self.path / name).exists() else "could not be read"
+        if not self._matches(structure, db_ids):
+            return "was out of date"
+        if recorded is not None and digest != recorded:
+            return "failed its checksum (damaged)"
+        stored = storage_vectors(structure)
+        if stored is not None:
+            bad = damaged_rows(stored, self.metric)
+            if len(bad):
+                what = "not of unit length" if self.metric == "cosine" else "not finite"
+                return f"held {len(bad)} damaged vector(s) ({what})"
+            if recorded is None and not self._agrees_with_stored(structure, stored):
+                return "did not match the stored vectors"
+        return None
+
+    def _agrees_with_stored(self, structure: Any, stored: np.ndarray) -> bool:
+        """A file without a recorded checksum (older vitrina) against SQLite's vectors: equal,
+        or different only where SQLite's copy is itself damaged (restored after loading)."""
+        ids = _faiss().vector_to_array(structure.id_map).astype(np.int64)
+        want_ids, want = self._stored_vectors(check=False)
+        order = np.argsort(ids, kind="stable")
+        if not np.array_equal(ids[order], want_ids):
+            return False
+        with np.errstate(invalid="ignore"):
+            differ = np.flatnonzero(~np.isclose(stored[order], want, atol=1e-6).all(axis=1))
+        return not len(differ) or bool(np.isin(differ, damaged_rows(want, self.metric)).all())
+
+    def _save_repair(self) -> str:
+        """Write the rebuilt structure and record its checksum, under SQLite's write lock so
+        that no writer commits in between; the text added to the repair message."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return f" (in memory only: {DB_NAME} is not writable: {exc})"
+        try:
+            if self._generation_on_disk() != self._info["generation"]:
+                conn.execute("ROLLBACK")
+                return " (in memory only: another process changed the index meanwhile)"
+            digest = _write_faiss(self._faiss_index, self.path / FAISS_NAME)
+            self._set_info({"faiss_sha256": digest})
+            conn.execute("COMMIT")
+        except (OSError, sqlite3.Error) as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return f" (in memory only: could not save it: {getattr(exc, 'strerror', None) or exc})"
+        with suppress(FileNotFoundError):
+            (self.path / PENDING_NAME).unlink()
+        return ""
+
+    def _record_digest(self, digest: str) -> None:
+        """Record the checksum of a verified file that predates checksums (same generation)."""
+        self._conn.execute(
+            "INSERT OR REPLACE INTO info(key, value) SELECT 'faiss_sha256', ? WHERE "
+            "(SELECT value FROM info WHERE key = 'generation') = ?",
+            (json.dumps(digest), json.dumps(self._info["generation"])),
+        )
+        self._info["faiss_sha256"] = digest
+
+    def _generation_on_disk(self) -> int:
+        row = self._conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
+        return int(json.loads(row[0]))
 
     def _matches(self, structure: Any, db_ids: np.ndarray) -> bool:
         faiss = _faiss()
@@ -586,21 +729,63 @@ class Index:
         ids = _ids_of(structure)
         return len(ids) == len(db_ids) and bool(np.array_equal(ids, db_ids))
 
-    def _stored_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) from SQLite, in id order (the source of truth)."""
+    def _stored_vectors(
+        self, ids: np.ndarray | None = None, *, check: bool = True, fallback: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) from SQLite, in id order (the source of truth). ``check``: a vector
+        that is damaged (wrong length, not finite, not unit length in a cosine index) is
+        restored from the loaded faiss structure when that was verified (or from
+        ``fallback``'s copy when that one passes the checks), else refused."""
         rows = self._conn.execute("SELECT id, vector FROM items ORDER BY id").fetchall()
         out_ids = np.empty(len(rows), dtype=np.int64)
-        vecs = np.empty((len(rows), self.dim), dtype=np.float32)
+        vecs = np.zeros((len(rows), self.dim), dtype=np.float32)
+        wrong_size = []
         for i, (rid, blob) in enumerate(rows):
-            v = np.frombuffer(blob, dtype=np.float32)
-            if v.shape[0] != self.dim:
-                raise IndexFolderError(
-                    f"{self.path}: item {rid} has a {v.shape[0]}-d vector, the index is "
-                    f"{self.dim}-d ({DB_NAME} is damaged); rebuild the index"
-                )
             out_ids[i] = rid
-            vecs[i] = v
+            v = np.frombuffer(blob, dtype=np.float32) if isinstance(blob, bytes) else None
+            if v is None or v.shape[0] != self.dim:
+                wrong_size.append(i)
+                vecs[i] = np.nan
+            else:
+                vecs[i] = v
+        if check:
+            bad = damaged_rows(vecs, self.metric) if len(vecs) else np.zeros(0, np.int64)
+            if len(bad):
+                self._restore_stored(out_ids, vecs, bad, fallback)
         return out_ids, vecs
+
+    def _restore_stored(
+        self, ids: np.ndarray, vecs: np.ndarray, bad: np.ndarray, fallback: Any = None
+    ) -> None:
+        """Damaged rows of ``vecs`` from a faiss structure, written back to SQLite."""
+        structure = self._faiss_index if self._structure_verified else fallback
+        stored = storage_vectors(structure) if structure is not None else None
+        pos = {}
+        if stored is not None:
+            pos = {int(i): p for p, i in enumerate(_faiss().vector_to_array(structure.id_map))}
+            copies = stored[[pos.get(int(ids[i]), 0) for i in bad]] if len(stored) else stored
+            fine = np.ones(len(bad), bool)
+            fine[damaged_rows(copies, self.metric)] = False
+            fine &= np.array([int(ids[i]) in pos for i in bad], bool)
+        if stored is None or not fine.all():
+            from vitrina.search.store import rebuild_hint
+
+            lost = bad if stored is None else bad[~fine]
+            shown = ", ".join(str(int(ids[i])) for i in lost[:5]) + (
+                " ..." if len(lost) > 5 else ""
+            )
+            raise IndexDamagedError(
+                f"{self.path / DB_NAME}: {len(lost)} stored vector(s) are damaged (items "
+                f"{shown}) and {FAISS_NAME} cannot restore them; {rebuild_hint(self.path)}"
+            )
+        for i in bad:
+            vecs[i] = stored[pos[int(ids[i])]]
+        self._conn.executemany(
+            "UPDATE items SET vector = ? WHERE id = ?",
+            [(vecs[i].tobytes(), int(ids[i])) for i in bad],
+        )
+        note = f"{self.path}: restored {len(bad)} damaged stored vector(s) from {FAISS_NAME}"
+        self.recovered = f"{self.recovered}; {note}" if self.recovered else note
 
     # ------------------------------------------------------------------ faiss structures
 
@@ -747,6 +932,7 @@ class Index:
             )
         return embedder
 
+    @_db_guard
     def add(
         self,
         paths: Sequence[str | os.PathLike[str]],
@@ -821,12 +1007,13 @@ class Index:
 
     def _known_hashes(self, digests: Sequence[str]) -> dict[str, str]:
         known: dict[str, str] = {}
+        q = "SELECT sha256, path FROM items WHERE sha256 IN (SELECT value FROM json_each(?))"
         for i in range(0, len(digests), 500):
             chunk = list(digests[i : i + 500])
-            q = f"SELECT sha256, path FROM items WHERE sha256 IN ({','.join('?' * len(chunk))})"
-            known.update(dict(self._conn.execute(q, chunk).fetchall()))
+            known.update(dict(self._conn.execute(q, (json.dumps(chunk),)).fetchall()))
         return known
 
+    @_db_guard
     def add_vectors(
         self, vectors: Any, metas: Sequence[dict[str, Any] | str], *, fingerprint: str | None = None
     ) -> AddReport:
@@ -864,13 +1051,20 @@ class Index:
                         continue
                     seen.add(sha)
                     old = conn.execute(
-                        "SELECT id FROM items WHERE path = ? AND sha256 IS NOT NULL",
+                        "SELECT id, sha256 FROM items WHERE path = ? AND sha256 IS NOT NULL",
                         (row["path"],),
                     ).fetchall()
                     if old:
-                        dropped.extend(r[0] for r in old)
-                        conn.executemany("DELETE FROM items WHERE id = ?", old)
-                        report.updated.append(row["path"])
+                        conn.executemany("DELETE FROM items WHERE id = ?", [(r,) for r, _ in old])
+                        for rid, old_sha in old:
+                            if rid in new_ids:  # the same path earlier in this call: it never
+                                j = new_ids.index(rid)  # reaches faiss (no orphan vector), and
+                                del new_ids[j], keep[j]  # its content may come again later
+                                seen.discard(old_sha)
+                            else:
+                                dropped.append(rid)
+                                if row["path"] not in report.updated:
+                                    report.updated.append(row["path"])
                 cur = conn.execute(
                     "INSERT INTO items(path, sha256, size, mtime, label, added, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -886,7 +1080,7 @@ class Index:
                 )
                 new_ids.append(int(cur.lastrowid))
                 keep.append(pos)
-                if row["path"] not in report.updated:
+                if row["path"] not in report.updated and row["path"] not in report.added:
                     report.added.append(row["path"])
             return new_ids, dropped, x[keep]
 
@@ -895,6 +1089,7 @@ class Index:
 
     # ------------------------------------------------------------------ removing
 
+    @_db_guard
     def remove(self, items: Sequence[str | os.PathLike[str]]) -> RemoveReport:
         """Remove by path (a folder: everything indexed under it) or by sha256 (or a unique
         prefix of at least 8 hex digits)."""
@@ -962,7 +1157,7 @@ class Index:
             if kind == "ivf":
                 prev = (self._info.get("params") or {}).get("trained_on", 0)
                 params["trained_on"] = int(count if rebuild else prev)
-            _write_faiss(structure, pending)
+            digest = _write_faiss(structure, pending)
             self._set_info(
                 {
                     "resolved_kind": kind,
@@ -971,6 +1166,7 @@ class Index:
                     "count": int(count),
                     "generation": generation + 1,
                     "updated": _now(),
+                    "faiss_sha256": digest,
                 }
             )
             conn.execute("COMMIT")  # the commit point
@@ -982,18 +1178,66 @@ class Index:
             self._reload()
             raise
         self._faiss_index = structure
+        self._structure_verified = True
         self._apply_search_params()
-        os.replace(pending, self.path / FAISS_NAME)
-        _fsync_dir(self.path)
-        self._write_summary()
+        # Past the commit point: the change is made (in memory and in SQLite) and the next
+        # open completes the rename, so a failure here is a warning, not a failed update.
+        try:
+            with suppress(FileNotFoundError):  # a reader's open() may have completed it
+                os.replace(pending, self.path / FAISS_NAME)
+            _fsync_dir(self.path)
+            self._write_summary()
+        except OSError as exc:
+            warnings.warn(
+                f"{self.path}: the change is committed, but {FAISS_NAME} could not be put in "
+                f"place yet ({exc.strerror or exc}); the next open of the index completes it",
+                stacklevel=3,
+            )
 
-    def _reload(self) -> None:
-        """Back to what is on disk after a failed update."""
+    def _reload(self, *, repair: bool = True) -> None:
+        """Back to what is on disk (after a failed update, or when another process changed
+        it: ``repair=False``, nothing is written)."""
         rows = self._conn.execute("SELECT key, value FROM info").fetchall()
         self._info = {k: json.loads(v) for k, v in rows}
         self._faiss_index = None
-        with suppress(Exception):
-            self._load_structure()
+        self._structure_verified = False
+        self.recovered = None
+        if repair:
+            with suppress(Exception):
+                self._load_structure()
+        else:
+            self._load_structure(repair=False)
+
+    @_db_guard
+    def refresh(self) -> bool:
+        """Catch up with changes other processes committed since this index was opened (or
+        last refreshed): one SQLite point query when nothing changed. Returns True when it
+        reloaded. A long-lived reader (``vitrina serve``) calls this before each request."""
+        identity = _file_identity(self.path / DB_NAME)
+        if identity is None:
+            raise IndexFolderError(f"{self.path}: index folder is gone ({DB_NAME} not found)")
+        if identity != self._identity:  # deleted and built again at the same path
+            self._reopen()
+            return True
+        if self._generation_on_disk() == self._info["generation"]:
+            return False
+        self._reload(repair=False)
+        return True
+
+    def _reopen(self) -> None:
+        fresh = Index.open(
+            self.path, backend=self.backend, device=self.device, batch_size=self.batch_size
+        )
+        if self._embedder is not None and fresh.fingerprint != self.fingerprint:
+            fresh.close()
+            raise IndexFolderError(
+                f"{self.path}: was rebuilt with another model ({fresh.model_label}); open it "
+                "again (restart the service)"
+            )
+        self._conn.close()
+        self._conn, self._info, self._identity = fresh._conn, fresh._info, fresh._identity
+        self._faiss_index, self._structure_verified = fresh._faiss_index, True
+        self.recovered = fresh.recovered
 
     def _set_info(self, values: dict[str, Any]) -> None:
         self._conn.executemany(
@@ -1004,6 +1248,7 @@ class Index:
 
     # ------------------------------------------------------------------ searching
 
+    @_db_guard
     def search(
         self,
         queries: Any,
@@ -1098,15 +1343,22 @@ class Index:
             return {i: meta[i] for i in ids if i in meta}
         out: dict[int, tuple[str, str, str | None]] = {}
         idl = list(ids)
+        q = "SELECT id, path, label, sha256 FROM items WHERE id IN (SELECT value FROM json_each(?))"
         for i in range(0, len(idl), 500):
             chunk = idl[i : i + 500]
-            q = f"SELECT id, path, label, sha256 FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-            for rid, path, label, sha in self._conn.execute(q, chunk):
+            for rid, path, label, sha in self._conn.execute(q, (json.dumps(chunk),)):
                 out[rid] = (path, label, sha)
         return out
 
     # ------------------------------------------------------------------ info / items / save
 
+    @_db_guard
+    def path_of(self, item_id: int) -> str | None:
+        """The photo path of item ``item_id``, or None when no such item is indexed."""
+        row = self._rows_by_id({int(item_id)}).get(int(item_id))
+        return row[0] if row else None
+
+    @_db_guard
     def items(self) -> list[dict[str, Any]]:
         """Every indexed item's metadata (no vectors), in id order."""
         cur = self._conn.execute(
@@ -1115,10 +1367,12 @@ class Index:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur]
 
+    @_db_guard
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) as stored (L2-normalized for cosine)."""
         return self._stored_vectors()
 
+    @_db_guard
     def info(self) -> dict[str, Any]:
         i = self._info
         size = sum(
@@ -1151,6 +1405,7 @@ class Index:
             "auto_rule": f"exact below {AUTO_HNSW_THRESHOLD:,} vectors, hnsw from there on",
         }
 
+    @_db_guard
     def save(self) -> None:
         """Every change is saved when it is made; this rewrites ``index.json``."""
         self._write_summary()
@@ -1179,6 +1434,14 @@ CREATE TABLE items (
 CREATE INDEX items_path ON items(path);
 CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _connect(db: Path) -> sqlite3.Connection:

@@ -24,12 +24,14 @@ from vitrina.engine import available_cores
 from vitrina.errors import VitrinaError
 from vitrina.service.auth import Auth, AuthMiddleware, read_access, write_access
 from vitrina.service.components import Classification, Search, display_name
+from vitrina.service.detect import Detection
 from vitrina.service.errors import ServiceError, install_error_handlers
 from vitrina.service.faces import Faces
 from vitrina.service.metrics import MetricsMiddleware, ServiceMetrics
 from vitrina.service.schemas import (
     ERROR_RESPONSES,
     ClassifyResponse,
+    DetectResponse,
     EnrollResponse,
     ForgetResponse,
     Health,
@@ -55,13 +57,23 @@ _Image = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, GIF
 @dataclass
 class ServiceConfig:
     """What to serve and how. ``model``: a run folder or zoo name (classification);
-    ``index``: an index folder (search); ``gallery``: a face gallery folder. ``token`` reads,
+    ``index``: an index folder (search); ``gallery``: a face gallery folder; ``detector``: a
+    detection run folder or a detector name (``hog_people``...). ``token`` reads,
     ``write_token`` reads and writes (enroll, forget); no ``token``: reads are open (serve on
-    loopback only). ``max_upload_mb``: largest request body, in MB (10^6 bytes)."""
+    loopback only). ``max_upload_mb``: largest request body, in MB (10^6 bytes).
+
+    Limits against slow or hostile clients (see :mod:`vitrina.service.server`):
+    ``header_timeout_s``: a connection must complete its request head this soon after it
+    opens (or after its previous answer); ``body_timeout_s``: the longest wait for the next
+    piece of a request body (and the whole body must arrive within 10x that);
+    ``max_connections``: open connections at most (None: the file limit less a reserve),
+    the oldest idle one is closed to make room; ``keep_alive_s``: idle time between requests
+    on one connection; ``log_interval_s``: a repeated error is logged once per interval."""
 
     model: str | None = None
     index: str | None = None
     gallery: str | None = None
+    detector: str | None = None
     token: str | None = None
     write_token: str | None = None
     max_upload_mb: float = 20
@@ -69,6 +81,11 @@ class ServiceConfig:
     max_batch: int = 32
     backend: str = "auto"
     device: str = "auto"
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int | None = None
+    keep_alive_s: float = 5.0
+    log_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.max_upload_mb > 0:
@@ -77,6 +94,15 @@ class ServiceConfig:
             raise VitrinaError(f"--batch-window-ms must be 0 or more, got {self.batch_window_ms}")
         if self.max_batch < 1:
             raise VitrinaError(f"--max-batch must be at least 1, got {self.max_batch}")
+        for flag, value in (
+            ("--header-timeout", self.header_timeout_s),
+            ("--body-timeout", self.body_timeout_s),
+            ("--keep-alive", self.keep_alive_s),
+        ):
+            if not value > 0:
+                raise VitrinaError(f"{flag} must be above 0 seconds, got {value}")
+        if self.max_connections is not None and self.max_connections < 2:
+            raise VitrinaError(f"--max-connections must be at least 2, got {self.max_connections}")
 
 
 class Service:
@@ -99,6 +125,7 @@ class Service:
         self.classification: Classification | None = None
         self.search: Search | None = None
         self.faces: Faces | None = None
+        self.detection: Detection | None = None
         try:
             if config.model:
                 self.classification = Classification(config.model, **batching)
@@ -106,6 +133,8 @@ class Service:
                 self.search = Search(config.index, **batching)
             if config.gallery:
                 self.faces = Faces(config.gallery, limiter=self.limiter)
+            if config.detector:
+                self.detection = Detection(config.detector, **batching)
         except BaseException:
             self.close()  # e.g. the index's thread, when the gallery is the bad one
             raise
@@ -120,12 +149,13 @@ class Service:
             "model": display_name(c.model) if c.model else None,
             "index": display_name(c.index) if c.index else None,
             "gallery": display_name(c.gallery) if c.gallery else None,
+            "detector": display_name(c.detector) if c.detector else None,
             "version": __version__,
         }
         return (503 if broken else 200), body
 
     def close(self) -> None:
-        for part in (self.classification, self.search):
+        for part in (self.classification, self.search, self.detection):
             if part is not None:
                 part.close()
 
@@ -157,7 +187,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(
         title="vitrina",
         version=__version__,
-        description="Classify photos, find similar ones, identify faces. Every endpoint but "
+        description="Classify photos, find similar ones, identify faces, detect objects. "
+        "Every endpoint but "
         "`/healthz` and the page needs `Authorization: Bearer <token>`.",
         lifespan=lifespan,
     )
@@ -258,6 +289,21 @@ def create_app(config: ServiceConfig) -> FastAPI:
         """Remove a person and all their templates (needs the write token)."""
         return await _need(service.faces, "face gallery", "--gallery GALLERY").forget(name)
 
+    @app.post(
+        "/v1/detect",
+        name="detect",
+        response_model=DetectResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=read,
+    )
+    async def detect(
+        image: _Image, min_score: Annotated[float | None, Query(ge=0.0)] = None
+    ) -> JSONResponse:
+        """Every object the detector finds in the photo: box (the photo's own pixels), label
+        and score, best first (needs `--detector`); `min_score` defaults to the detector's."""
+        part = _need(service.detection, "detection", "--detector RUN")
+        return JSONResponse(await part.detect(await _read(image), min_score))
+
     @app.get("/metrics", name="metrics", response_class=Response, dependencies=read)
     async def metrics() -> Response:
         """Prometheus text exposition."""
@@ -275,7 +321,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     max_bytes = round(config.max_upload_mb * 1_000_000)
-    app.add_middleware(UploadLimitMiddleware, max_bytes=max_bytes)  # innermost
+    app.add_middleware(  # innermost
+        UploadLimitMiddleware, max_bytes=max_bytes, body_timeout=config.body_timeout_s
+    )
     app.add_middleware(AuthMiddleware, auth=service.auth)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost
     return app

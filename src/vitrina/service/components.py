@@ -123,8 +123,6 @@ class Search:
             partial(Index.open, path, backend=backend, device=device, batch_size=max_batch)
         ).result()
         self.embedder = self._executor.submit(lambda: self.index.embedder).result()
-        rows = self._executor.submit(self.index.items).result()
-        self.paths: dict[int, str] = {int(r["id"]): str(r["path"]) for r in rows}
         self.name = self.index.model_label or display_name(path)
         self.min_side = short_side(self.embedder.model.preprocess)
         self.limiter = limiter
@@ -143,10 +141,7 @@ class Search:
         vector = await self.batcher.run(
             partial(decode_upload, data, min_side=self.min_side), limiter=self.limiter
         )
-        loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(
-            self._executor, partial(self.index.search, np.asarray(vector)[None, :], int(k))
-        )
+        found = await self._on_index(lambda: self.index.search(np.asarray(vector)[None, :], int(k)))
         hits = [
             {
                 "rank": h.rank,
@@ -160,8 +155,24 @@ class Search:
         ]
         return {"hits": hits, "model": self.name}
 
+    async def _on_index(self, operation: Any) -> Any:
+        """Run ``operation`` in the index's thread after catching up with changes that other
+        processes committed (`vitrina index add/remove`): one SQLite query when there are
+        none, so a change is visible from the next request after it commits."""
+        from vitrina.search.index import IndexFolderError
+
+        def call() -> Any:
+            try:
+                self.index.refresh()
+                return operation()
+            except IndexFolderError as exc:
+                message = str(exc).replace(str(self.path), "index")
+                raise ServiceError(503, "index_unavailable", message) from None
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
     async def thumbnail(self, item_id: int) -> bytes:
-        path = self.paths.get(int(item_id))
+        path = await self._on_index(lambda: self.index.path_of(int(item_id)))
         if path is None:
             raise ServiceError(404, "unknown_item", f"no item {item_id} in the index")
         try:

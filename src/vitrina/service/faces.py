@@ -75,10 +75,7 @@ class Faces:
         return {"faces": faces, "threshold_source": found[0].threshold_source}
 
     async def enroll(self, data: bytes, name: str) -> dict[str, Any]:
-        try:
-            check_person_name(name)
-        except GalleryError as exc:
-            raise ServiceError(400, "bad_name", str(exc)) from None
+        name = await self._name(name)
         photo = await anyio.to_thread.run_sync(self._photo, data, limiter=self.limiter)
         if not photo.faces:
             why = f" ({photo.error})" if photo.error else ""
@@ -87,7 +84,7 @@ class Faces:
             lambda: self.gallery.enroll(name, photo, fingerprint=self.pipeline.fingerprint)
         )
         return {
-            "name": name,
+            "name": report.name,  # as stored (NFC)
             "added": len(report.added),
             "already": len(report.already),
             "new_person": report.new_person,
@@ -98,14 +95,24 @@ class Faces:
         return {"people": [{"name": p.name, "templates": p.templates} for p in people]}
 
     async def forget(self, name: str) -> dict[str, Any]:
-        try:
-            check_person_name(name)
-        except GalleryError as exc:
-            raise ServiceError(400, "bad_name", str(exc)) from None
+        name = await self._name(name)
         gone = await self._gallery(lambda: self.gallery.forget(name))
         return {"name": gone.name, "templates": gone.templates}
 
     # ------------------------------------------------------------------ internals
+
+    async def _name(self, name: str) -> str:
+        """A name a client sent, checked before anything touches the disk: 400 ``bad_name``
+        unless it is allowed, or is the name of someone already enrolled (galleries made
+        before today's rules may hold names they now refuse)."""
+        try:
+            return check_person_name(name)
+        except GalleryError as exc:
+            refused = ServiceError(400, "bad_name", str(exc))
+        people = await self._gallery(self.gallery.people)
+        if any(p.name == name for p in people):
+            return name
+        raise refused
 
     def _photo(self, data: bytes) -> PhotoFaces:
         image = decode_upload(data)

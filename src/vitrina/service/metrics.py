@@ -2,9 +2,10 @@
 
 ``vitrina_requests_total{endpoint,method,status}``, ``vitrina_request_duration_seconds
 {endpoint}``, ``vitrina_errors_total{endpoint,code}``, ``vitrina_batch_size{component}``
-(requests per inference batch) and ``vitrina_batch_duration_seconds{component}``. ``endpoint``
-is the route's path template (``/v1/search/items/{id}/thumbnail``), ``unmatched`` for unknown
-paths, so clients cannot grow the label set.
+(requests per inference batch) and ``vitrina_batch_duration_seconds{component}``. Clients
+cannot grow the label set: ``endpoint`` is the route's path template
+(``/v1/search/items/{id}/thumbnail``) or ``unmatched``, ``method`` one of the HTTP methods
+of RFC 9110 or ``other``, ``status`` a number from 100 to 599 or ``other``.
 
 :class:`MetricsMiddleware` is the outermost layer: it also turns any unexpected exception into
 a JSON 500, so every answer has the error shape and is counted.
@@ -22,9 +23,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vitrina.service.auth import match_route
 from vitrina.service.errors import ERROR_CODE_KEY, error_response
 
-__all__ = ["MetricsMiddleware", "ServiceMetrics"]
+__all__ = ["KNOWN_METHODS", "MetricsMiddleware", "ServiceMetrics"]
 
 log = logging.getLogger("vitrina.service")
+
+# Anything else a client sends as a method (any token is valid HTTP) is counted as "other".
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -116,7 +122,9 @@ class MetricsMiddleware:
                 await response(scope, receive, send_status)
         finally:
             m = self.metrics
-            m.requests.labels(endpoint, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            code = str(status) if 100 <= status <= 599 else "other"
+            m.requests.labels(endpoint, method, code).inc()
             m.latency.labels(endpoint).observe(time.perf_counter() - start)
             if status >= 400:
                 m.errors.labels(endpoint, scope.get(ERROR_CODE_KEY) or str(status)).inc()

@@ -9,6 +9,9 @@ from pydantic import BaseModel, Field
 __all__ = [
     "ERROR_RESPONSES",
     "ClassifyResponse",
+    "DetectBox",
+    "DetectResponse",
+    "DetectedObject",
     "EnrollResponse",
     "ErrorResponse",
     "FaceBox",
@@ -39,6 +42,7 @@ class Health(BaseModel):
     model: str | None = None
     index: str | None = None
     gallery: str | None = None
+    detector: str | None = None
     version: str
 
 
@@ -87,6 +91,29 @@ class IdentifiedFace(BaseModel):
 class IdentifyResponse(BaseModel):
     faces: list[IdentifiedFace]
     threshold_source: str
+
+
+class DetectBox(BaseModel):
+    left: float
+    top: float
+    right: float = Field(description="Exclusive, like bottom: the box is right - left wide.")
+    bottom: float
+
+
+class DetectedObject(BaseModel):
+    label: str
+    class_index: int
+    score: float
+    box: DetectBox = Field(description="In the uploaded photo's own pixels.")
+
+
+class DetectResponse(BaseModel):
+    boxes: list[DetectedObject] = Field(description="Best score first.")
+    width: int = Field(description="The photo's width, as displayed (EXIF rotation applied).")
+    height: int
+    min_score: float = Field(description="The floor applied to the scores.")
+    detector: str
+    backend: str
 
 
 class EnrollResponse(BaseModel):

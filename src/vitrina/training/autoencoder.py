@@ -45,7 +45,14 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.classification import data_fingerprint, prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
-from vitrina.training.precision import check_precision, loss_dtype, model_dtype, param_dtype
+from vitrina.training.precision import (
+    check_precision,
+    choose_precision,
+    loss_dtype,
+    model_dtype,
+    param_dtype,
+    record_precision,
+)
 
 __all__ = ["AutoencoderConfig", "AutoencoderResult", "ReconstructionTask", "train_autoencoder"]
 
@@ -90,7 +97,10 @@ class AutoencoderConfig:
     )
     precision: str = field(
         default="fp32",
-        metadata=_help("fp64, fp32 or bf16 (autocast); the run stores fp32 weights."),
+        metadata=_help(
+            "fp64, fp32, bf16 (autocast) or auto (bf16 where it measures faster, else fp32); "
+            "the run stores fp32 weights."
+        ),
     )
     val_fraction: float = field(
         default=0.1,
@@ -304,6 +314,10 @@ def train_autoencoder(
     pre = encoder.preprocess
     model = Autoencoder(encoder, width=cfg.width)
     model.to(device=device, dtype=param_dtype(cfg.precision))
+    choice = choose_precision(cfg.precision, model, device, cfg.batch_size, preprocess=pre)
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)

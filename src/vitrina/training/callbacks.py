@@ -28,13 +28,15 @@ __all__ = [
 def score(record: dict[str, Any]) -> tuple[float, float]:
     """Higher is better. Embeddings: mAP on ``--val-dir`` when there is one (another folder of
     identities decides), else on the held-out identities; of a model with local stripes the
-    combined (global + local) mAP, the distance it is used with; ties: rank-1. Classifiers:
-    validation accuracy (ties: lower validation loss); the lower validation loss for tasks
-    without accuracy (an autoencoder). Training figures when there is no validation set."""
+    combined (global + local) mAP, the distance it is used with; ties: rank-1. Detection:
+    validation mAP@[.5:.95] (ties: mAP@.5). Classifiers: validation accuracy (ties: lower
+    validation loss); the lower validation loss for tasks without accuracy (an autoencoder).
+    Training figures when there is no validation set."""
     for prefix in ("valdir_", "val_"):
         if f"{prefix}mAP" in record:
             main = record.get(f"{prefix}mAP_combined", record[f"{prefix}mAP"])
-            return (main, record.get(f"{prefix}rank1", 0.0))
+            tie = record.get(f"{prefix}rank1", record.get(f"{prefix}mAP50", 0.0))
+            return (main, tie)
     if "val_accuracy" in record:
         return (record["val_accuracy"], -record["val_loss"])
     if "val_loss" in record:  # no accuracy (an autoencoder): the lower held-out loss
@@ -102,7 +104,11 @@ class ProgressBar(Callback):
         if self.accuracy and "train_accuracy" in record:
             line += f"  acc {record['train_accuracy']:.3f}"
         if "val_mAP" in record:
-            line += f"  val_mAP {record['val_mAP']:.3f}  val_rank1 {record['val_rank1']:.3f}"
+            line += f"  val_mAP {record['val_mAP']:.3f}"
+        if "val_rank1" in record:
+            line += f"  val_rank1 {record['val_rank1']:.3f}"
+        if "val_mAP50" in record:
+            line += f"  val_mAP@.5 {record['val_mAP50']:.3f}"
         if "val_mAP_combined" in record:
             line += f"  (local {record['val_mAP_local']:.3f}, combined {record['val_mAP_combined']:.3f})"
         if "valdir_mAP" in record:

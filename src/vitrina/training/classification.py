@@ -40,7 +40,14 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.config import TrainConfig
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
-from vitrina.training.precision import inference_backend, loss_dtype, model_dtype, param_dtype
+from vitrina.training.precision import (
+    choose_precision,
+    inference_backend,
+    loss_dtype,
+    model_dtype,
+    param_dtype,
+    record_precision,
+)
 
 __all__ = ["ClassificationTask", "TrainResult", "data_fingerprint", "train_classifier"]
 
@@ -321,6 +328,12 @@ def train_classifier(
             p.requires_grad_(False)
     head = model.head_module()
     cached = fast_paths and frozen and cfg.augment == "none" and isinstance(head, nn.Linear)
+    # ``auto`` resolved before anything computes (the cached features are computed at the
+    # chosen precision's backend).
+    choice = choose_precision(cfg.precision, model, device, cfg.batch_size, trainable=not cached)
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen
 
     bad: list[str] = []
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)

@@ -15,7 +15,8 @@ __all__ = ["MODES", "OPTIMIZERS", "PRECISIONS", "TrainConfig", "is_fitted_arch"]
 MODES = ("scratch", "probe", "finetune")
 OPTIMIZERS = ("sgd", "adamw", "lbfgs")
 #: Training precisions (``--precision``); see :mod:`vitrina.training.precision`.
-PRECISIONS = ("fp64", "fp32", "bf16")
+#: ``auto`` is resolved to fp32 or bf16 by measurement before training starts.
+PRECISIONS = ("fp64", "fp32", "bf16", "auto")
 
 
 def is_fitted_arch(arch: str) -> bool:
@@ -46,8 +47,9 @@ class TrainConfig:
     precision: str = field(
         default="fp32",
         metadata={
-            "help": "fp64 (float64 weights and arithmetic), fp32, or bf16 (autocast mixed "
-            "precision; fast only on CPUs/GPUs with bf16 units). The run stores fp32 weights."
+            "help": "fp64 (float64 weights and arithmetic), fp32, bf16 (autocast mixed "
+            "precision; fast only on CPUs/GPUs with bf16 units) or auto (bf16 where it measures "
+            "faster, else fp32). The run stores fp32 weights."
         },
     )
     seed: int = 0

@@ -52,7 +52,14 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.classification import prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
-from vitrina.training.precision import check_precision, loss_dtype, model_dtype, param_dtype
+from vitrina.training.precision import (
+    check_precision,
+    choose_precision,
+    loss_dtype,
+    model_dtype,
+    param_dtype,
+    record_precision,
+)
 from vitrina.training.trainable import TRAINABLE, TrainablePlan, plan_trainable
 
 __all__ = [
@@ -137,7 +144,10 @@ class EmbeddingConfig:
     augment: str = "reid"
     precision: str = field(
         default="fp32",
-        metadata={"help": "fp64, fp32, or bf16 (autocast); the run stores fp32 weights."},
+        metadata={
+            "help": "fp64, fp32, bf16 (autocast) or auto (bf16 where it measures faster, else "
+            "fp32); the run stores fp32 weights."
+        },
     )
     val_fraction: float = 0.2
     val_dir: str | None = None
@@ -956,6 +966,10 @@ def _train_one(
         ResumePoint(save_resume),
         *(extra or []),
     ]
+    choice = choose_precision(cfg.precision, model, device, cfg.k * (cfg.p or 8))
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen
     try:
         with torch_threads(getattr(train_loader, "num_workers", 0)):
             state = fit(

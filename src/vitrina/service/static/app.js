@@ -126,11 +126,13 @@
     $("search-section").hidden = !body.index;
     $("faces-section").hidden = !body.gallery;
     $("people-section").hidden = !body.gallery;
+    $("detect-section").hidden = !body.detector;
     const parts = [];
     if (body.model) parts.push(`classifier ${body.model}`);
     if (body.index) parts.push(`search index ${body.index}`);
     if (body.gallery) parts.push(`face gallery ${body.gallery}`);
-    const what = parts.length ? `Serving: ${parts.join(" · ")}` : "No model, index or gallery configured.";
+    if (body.detector) parts.push(`detector ${body.detector}`);
+    const what = parts.length ? `Serving: ${parts.join(" · ")}` : "No model, index, gallery or detector configured.";
     setStatus("service-status", degraded ? `Degraded (${body.status}). ${what}` : what, degraded ? "error" : "");
     if (body.version) $("version").textContent = `vitrina ${body.version}`;
     if (body.gallery && token()) loadPeople();
@@ -211,13 +213,15 @@
     $("preview-caption").textContent = `${file.name} · ${(file.size / 1024).toFixed(0)} KiB`;
     $("preview").hidden = false;
     clearBoxes();
+    clearObjects();
 
     const health = state.health || {};
     const jobs = [];
     if (health.model) jobs.push(classify(file, generation));
     if (health.index) jobs.push(search(file, generation));
     if (health.gallery) jobs.push(identify(file, generation));
-    if (!jobs.length) showAlert("This service has no model, index or gallery to try the photo on.");
+    if (health.detector) jobs.push(detect(file, generation));
+    if (!jobs.length) showAlert("This service has no model, index, gallery or detector to try the photo on.");
     await Promise.all(jobs);
   }
 
@@ -437,6 +441,80 @@
     return new Promise((resolve, reject) =>
       canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("could not crop the face"))), "image/png"),
     );
+  }
+
+  // ------------------------------------------------------------------ objects
+
+  // One hue per class (golden-ratio steps), as the annotated copies of `vitrina detect` draw them.
+  const classColor = (index) => `hsl(${Math.round(((index * 0.618033988749895) % 1) * 360)}, 85%, 42%)`;
+
+  function clearObjects() {
+    for (const box of $("stage").querySelectorAll(".det-box")) box.remove();
+  }
+
+  async function detect(file, generation) {
+    setStatus("detect-status", "Looking for objects…");
+    $("objects").replaceChildren();
+    busy("detect-section", true);
+    try {
+      const r = await api("v1/detect", { method: "POST", form: photoForm(file, file.name) });
+      if (!current(generation)) return;
+      await drawObjects(r);
+      const counts = {};
+      for (const b of r.boxes) counts[b.label] = (counts[b.label] || 0) + 1;
+      const summary = Object.entries(counts).map(([label, n]) => `${n} ${label}`).join(", ");
+      setStatus(
+        "detect-status",
+        r.boxes.length
+          ? `${r.boxes.length} object(s): ${summary} · scores ≥ ${r.min_score} · ${r.detector}, backend ${r.backend}`
+          : `Nothing found scoring ${r.min_score} or more.`,
+        "ok",
+      );
+      $("objects").replaceChildren(
+        ...r.boxes.map((b) => {
+          const item = el(
+            "li",
+            {},
+            el("span", { class: "swatch", "aria-hidden": "true" }),
+            el("span", { class: "name", text: b.label }),
+            el("span", {
+              class: "muted",
+              text: ` · score ${b.score.toFixed(2)} · (${Math.round(b.box.left)}, ${Math.round(b.box.top)}) – (${Math.round(b.box.right)}, ${Math.round(b.box.bottom)})`,
+            }),
+          );
+          item.style.color = classColor(b.class_index);
+          return item;
+        }),
+      );
+    } catch (err) {
+      if (current(generation)) setStatus("detect-status", explain(err), "error");
+    } finally {
+      if (current(generation)) busy("detect-section", false);
+    }
+  }
+
+  // Placed in percent of the photo's own size (the service answers in its pixels).
+  async function drawObjects(r) {
+    clearObjects();
+    const img = $("preview-img");
+    try {
+      await img.decode();
+    } catch (_) {
+      return; // the browser cannot show this photo: the list says what was found
+    }
+    const w = r.width || img.naturalWidth;
+    const h = r.height || img.naturalHeight;
+    r.boxes.forEach((b, i) => {
+      const box = el("div", { class: "det-box", "aria-hidden": "true", "data-label": b.label });
+      box.style.left = `${(100 * b.box.left) / w}%`;
+      box.style.top = `${(100 * b.box.top) / h}%`;
+      box.style.width = `${(100 * (b.box.right - b.box.left)) / w}%`;
+      box.style.height = `${(100 * (b.box.bottom - b.box.top)) / h}%`;
+      box.style.color = classColor(b.class_index);
+      const label = el("span", { class: "box-label" }, el("span", { text: `${i + 1}. ${b.label} ${b.score.toFixed(2)}` }));
+      box.append(label);
+      $("stage").append(box);
+    });
   }
 
   // ------------------------------------------------------------------ people

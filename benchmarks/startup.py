@@ -1,0 +1,96 @@
+"""The fixed start-up cost of `vitrina sort` before its first batch, step by step.
+
+A fresh interpreter does what ``vitrina sort`` does, marking wall and CPU time after each
+step: the command line's imports, the sort module, the run folder (model and weights), the
+engine with ``--backend auto``, and the first result (decode threads, the backend built
+from its caches — the IR, the compiled blob, ``auto``'s decision — and one batch). The
+first launch fills the caches (as a user's first run); the next ones count.
+
+    python benchmarks/startup.py --model RUN --photos DIR [--launches 3]
+
+Target (issue 17): under 1.5 s before the first batch (imports, workers, the auto trial when
+cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import cpu_flags, machine
+
+TARGET = 1.5
+
+CHILD = r"""
+import json, sys, time
+t0w, t0c = time.perf_counter(), time.process_time()
+marks = []
+def mark(step):
+    marks.append((step, time.perf_counter() - t0w, time.process_time() - t0c))
+import vitrina.cli
+vitrina.cli._register()
+mark("command line imports")
+from vitrina.classify.sort import sort_folder
+from vitrina.engine import Engine, Logits
+mark("sort and engine imports")
+import vitrina
+clf = vitrina.load(sys.argv[1])
+mark("run folder loaded")
+eng = Engine(clf.model, backend="auto", batch_size=16)
+mark("engine built")
+from pathlib import Path
+photos = sorted(p for p in Path(sys.argv[2]).iterdir() if p.is_file())[:48]
+results = eng.run(Logits(), photos)
+next(results)
+mark("first batch done")
+for _ in results:
+    pass
+print(json.dumps({"marks": marks, "backend": eng.describe()}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="a run folder")
+    ap.add_argument("--photos", required=True, help="a folder of photos (48 are used)")
+    ap.add_argument("--launches", type=int, default=3, help="timed launches after the first")
+    args = ap.parse_args()
+    print(f"machine: {machine()}; CPU flags: {cpu_flags()}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = []
+    for i in range(args.launches + 1):
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, args.model, args.photos],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if done.returncode:
+            sys.exit(done.stderr)
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        if i == 0:
+            print(
+                f"first launch (fills the caches): {out['marks'][-1][1]:.2f} s to the first batch"
+            )
+            continue
+        runs.append(out)
+    print(f"backend: {runs[-1]['backend']}")
+    print(f"\nmedian of {len(runs)} launches, cumulative seconds:   wall    cpu")
+    for k, (step, _, _) in enumerate(runs[0]["marks"]):
+        wall = statistics.median(r["marks"][k][1] for r in runs)
+        cpu = statistics.median(r["marks"][k][2] for r in runs)
+        print(f"  {step:<28} {wall:7.2f} {cpu:7.2f}")
+    total = statistics.median(r["marks"][-1][1] for r in runs)
+    verdict = "met" if total < TARGET else "MISSED"
+    print(f"target: first batch within {TARGET} s of launch: {verdict} ({total:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Annotated photos as training batches: box-aware augmentation, the engine's letterbox.
+
+Each photo is decoded with the safe reader, augmented together with its boxes by
+``torchvision.transforms.v2`` (``tv_tensors.BoundingBoxes``: a flip moves the boxes, a zoom-out
+shrinks them, boxes cut away are dropped by ``SanitizeBoundingBoxes``), then letterboxed by
+the same :class:`~vitrina.engine.Letterbox` the engine uses at inference (same scale, padding
+and fill), its boxes mapped into input pixels with the recorded
+:class:`~vitrina.engine.Placement`. An unreadable photo is an error of its batch (recorded
+once by the training loop, the run goes on).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vitrina.data import Batch
+from vitrina.data.annotations import AnnotatedPhoto
+from vitrina.data.transforms import InputSpec
+from vitrina.detect.task import LETTERBOX_FILL
+from vitrina.engine import Letterbox
+from vitrina.errors import ImageReadError
+from vitrina.io import read_image
+
+__all__ = [
+    "BOX_AUGMENTS",
+    "BoxAugment",
+    "DetectionBatch",
+    "PhotoBoxes",
+    "collate_boxes",
+    "split_photos",
+]
+
+#: ``none``: the letterboxed photo as it is; ``flip``: mirrored half of the time (the only
+#: augmentation that keeps cached features valid, see :mod:`vitrina.detect.cache`); ``light``:
+#: flips, colour jitter and an occasional zoom-out (smaller objects); ``strong``: also random
+#: shifts and rescaling.
+BOX_AUGMENTS = ("none", "flip", "light", "strong")
+
+
+class BoxAugment:
+    """Box-aware augmentation of a PIL photo with its boxes (picklable for loader workers)."""
+
+    def __init__(self, kind: str) -> None:
+        from torchvision.transforms import v2
+
+        if kind not in BOX_AUGMENTS:
+            raise ValueError(f"augment must be one of {BOX_AUGMENTS}, not {kind!r}")
+        self.kind = kind
+        fill = {"default": LETTERBOX_FILL, "mask": 0}
+        steps: list[Any] = []
+        if kind in ("light", "strong"):
+            steps += [
+                v2.RandomPhotometricDistort(p=0.5),
+                v2.RandomApply([v2.RandomZoomOut(fill=fill, side_range=(1.0, 1.8))], p=0.25),
+            ]
+        if kind == "strong":
+            affine = v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.75, 1.25), fill=fill)
+            steps.append(v2.RandomApply([affine], p=0.5))
+        steps += [
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.ClampBoundingBoxes(),
+            v2.SanitizeBoundingBoxes(min_size=2.0),
+        ]
+        self.transform = v2.Compose(steps)
+
+    def __call__(
+        self, image: Image.Image, boxes: np.ndarray, labels: np.ndarray
+    ) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+        from torchvision import tv_tensors
+
+        w, h = image.size
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                format="XYXY",
+                canvas_size=(h, w),
+            ),
+            "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+        }
+        out, t = self.transform(image, target)
+        return out, t["boxes"].numpy().reshape(-1, 4), t["labels"].numpy().reshape(-1)
+
+
+class PhotoBoxes(Dataset):
+    """Annotated photos -> ``(index, input (C, H, W), target, error)`` with the target's
+    ``boxes`` in input pixels and ``labels``; an unreadable photo gives ``(index, None, None,
+    message)``."""
+
+    def __init__(
+        self, photos: Sequence[AnnotatedPhoto], pre: InputSpec, augment: str = "none"
+    ) -> None:
+        self.photos = list(photos)
+        self.letterbox = Letterbox(pre, fill=LETTERBOX_FILL)
+        self.augment = BoxAugment(augment) if augment != "none" else None
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, dict | None, str | None]:
+        p = self.photos[i]
+        try:
+            image = read_image(p.path)
+        except ImageReadError as e:
+            return i, None, None, str(e)
+        boxes, labels = p.boxes, p.labels
+        if self.augment is not None:
+            image, boxes, labels = self.augment(image, boxes, labels)
+        prepared = self.letterbox(image)
+        placed = prepared.meta.to_input(np.asarray(boxes, np.float32).reshape(-1, 4))
+        target = {
+            "boxes": torch.from_numpy(placed).float().reshape(-1, 4),
+            "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+        }
+        return i, prepared.inputs[0], target, None
+
+
+@dataclass
+class DetectionBatch(Batch):
+    """A batch of letterboxed photos with their targets (``labels`` is -1: no class per
+    image; the classes are in ``targets``)."""
+
+    targets: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+def collate_boxes(items: list[tuple[int, Any, Any, str | None]]) -> DetectionBatch:
+    good = [it for it in items if it[1] is not None]
+    errors = [(it[0], it[3] or "unreadable") for it in items if it[1] is None]
+    images = torch.stack([it[1] for it in good]) if good else torch.empty(0)
+    return DetectionBatch(
+        images,
+        torch.full((len(good),), -1, dtype=torch.long),
+        torch.tensor([it[0] for it in good], dtype=torch.long),
+        errors,
+        [it[2] for it in good],
+    )
+
+
+def split_photos(
+    photos: Sequence[AnnotatedPhoto], fraction: float, seed: int
+) -> tuple[list[AnnotatedPhoto], list[AnnotatedPhoto]]:
+    """(train, validation): ``fraction`` of the photos held out, seeded, stratified by each
+    photo's most frequent class (photos without boxes are a group of their own), at least one
+    validation photo per group of two or more."""
+    if fraction <= 0:
+        return list(photos), []
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(photos):
+        key = int(np.bincount(p.labels).argmax()) if len(p.labels) else -1
+        groups[key].append(i)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for key in sorted(groups):
+        idx = groups[key]
+        rng.shuffle(idx)
+        n = round(len(idx) * fraction)
+        if len(idx) >= 2:
+            n = min(max(n, 1), len(idx) - 1)
+        held.update(idx[:n])
+    train = [p for i, p in enumerate(photos) if i not in held]
+    val = [p for i, p in enumerate(photos) if i in held]
+    return train, val

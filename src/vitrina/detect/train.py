@@ -1,0 +1,603 @@
+"""``vitrina detect train``: a detector trained on annotated photos, left as a run folder.
+
+The same loop as classification (:func:`vitrina.training.fit` with its progress bar,
+resume point, best checkpoint, early stopping — here by validation mAP@[.5:.95] — and bf16),
+driven by :class:`DetectionTrainTask`: torchvision's losses on letterboxed batches, COCO mAP
+on the validation photos. The run folder is a run like any other (``task: "detection"`` in
+``vitrina.json``, the network in ``config.detector``), so ``vitrina.runs.load_model`` rebuilds
+it and the engine runs it with every backend.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vitrina.data.annotations import AnnotatedSet, read_annotated
+from vitrina.detect.cache import (
+    CACHE_LIMIT_BYTES,
+    CUT,
+    CachedBatch,
+    CachedBatches,
+    FeatureCache,
+    run_cached,
+)
+from vitrina.detect.data import (
+    BOX_AUGMENTS,
+    PhotoBoxes,
+    collate_boxes,
+    split_photos,
+)
+from vitrina.engine import default_workers, resolve_device, torch_threads
+from vitrina.errors import DataError, RunFolderError, VitrinaError
+from vitrina.evaluate.detection import DetectionMetrics, coco_metrics
+from vitrina.models.detection import HEADS, Detector, DetectorSpec, create_detector
+from vitrina.registry import suggest
+from vitrina.report.boxes import plot_detection_curves, plot_pr_curves
+from vitrina.runs import RunInfo, is_run_dir, read_run, save_run, write_info
+from vitrina.training import Callback, LoopState, StepOutput, TrainResult, fit
+from vitrina.training.callbacks import (
+    BestCheckpoint,
+    EarlyStopping,
+    MetricsLog,
+    ProgressBar,
+    ResumePoint,
+)
+from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
+from vitrina.training.classification import prepare_out
+
+__all__ = [
+    "FREEZE",
+    "OPTIMIZERS",
+    "WEIGHTS",
+    "DetectTrainConfig",
+    "DetectionTrainTask",
+    "parse_size",
+    "train_detector",
+]
+
+#: What stays frozen: ``stem`` (the backbone's layers before stride 8, as torchvision keeps
+#: a ResNet's stem and layer1), ``lower`` (the backbone up to its stride-16 features: its
+#: last stage, the pyramid and the heads learn), ``backbone`` (all of it: only the pyramid and
+#: heads learn), ``none``. With ``lower`` or ``backbone`` and ``--augment none|flip`` the
+#: frozen features are computed once (:mod:`vitrina.detect.cache`).
+FREEZE = ("stem", "lower", "backbone", "none")
+OPTIMIZERS = ("adamw", "sgd")
+WEIGHTS = ("imagenet", "none")  # the backbone's start
+PRECISIONS = ("fp32", "bf16")
+
+
+def parse_size(text: str | int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``"320"`` -> (320, 320); ``"416x320"`` (width x height) -> (320, 416) as (h, w)."""
+    if isinstance(text, int):
+        return (text, text)
+    if isinstance(text, tuple | list):
+        h, w = (int(v) for v in text)
+        return (h, w)
+    try:
+        parts = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        return (parts[0], parts[0])
+    if len(parts) == 2:
+        return (parts[1], parts[0])
+    raise VitrinaError(f"--size {text!r}: give one number (320) or width x height (416x320)")
+
+
+@dataclass
+class DetectTrainConfig:
+    """Options of ``vitrina detect train`` (defined once: the CLI, the API and the run read
+    this). ``None`` means "choose" (see :meth:`resolved`)."""
+
+    data_dir: str
+    arch: str = "fasterrcnn"
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"  # the backbone's: imagenet or none
+    size: str = "320"
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    augment: str = "light"
+    freeze: str = "stem"
+    precision: str = "fp32"
+    fpn_channels: int = 128
+    seed: int = 0
+    out: str | None = None
+    val_dir: str | None = None
+    val_fraction: float = 0.2
+    patience: int = 5
+    time_budget: float | None = None  # minutes; the run ends with the epoch that passes it
+    budget_clock: str = "wall"  # or "process": this process's CPU time (benchmarks)
+    format: str | None = None
+    classes: str | None = None
+    num_workers: int | None = None
+    device: str = "auto"
+
+    def resolved(self) -> DetectTrainConfig:
+        """Check every choice and fill defaults; raise :class:`VitrinaError` if bad."""
+
+        def choice(name: str, value: str, options: tuple[str, ...]) -> None:
+            if value not in options:
+                raise VitrinaError(
+                    f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(options)}"
+                    f"{suggest(value, list(options))}"
+                )
+
+        choice("arch", self.arch, tuple(HEADS.names()))
+        choice("augment", self.augment, BOX_AUGMENTS)
+        choice("freeze", self.freeze, FREEZE)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("precision", self.precision, PRECISIONS)
+        choice("budget_clock", self.budget_clock, tuple(CLOCKS))
+        if self.weights not in WEIGHTS:
+            raise VitrinaError(
+                f"--weights {self.weights!r}: the backbone starts from imagenet or none"
+            )
+        c = DetectTrainConfig(**asdict(self))
+        h, w = parse_size(c.size)
+        c.size = f"{w}x{h}" if h != w else str(h)
+        if c.lr is None:
+            c.lr = {"adamw": 3e-4, "sgd": 0.02}[c.optimizer]
+        for name, value, ok in (
+            ("epochs", c.epochs, c.epochs >= 1),
+            ("batch-size", c.batch_size, c.batch_size >= 1),
+            ("lr", c.lr, c.lr > 0),
+            ("val-fraction", c.val_fraction, 0 <= c.val_fraction < 1),
+            ("fpn-channels", c.fpn_channels, c.fpn_channels >= 32 and c.fpn_channels % 32 == 0),
+            ("time-budget", c.time_budget, c.time_budget is None or c.time_budget > 0),
+        ):
+            if not ok:
+                raise VitrinaError(f"--{name} {value} is out of range")
+        if c.weights == "none" and c.freeze != "none":
+            raise VitrinaError(
+                "--weights none trains the backbone from scratch: it cannot be frozen "
+                "(use --freeze none)"
+            )
+        if c.out is None:
+            c.out = str(Path("runs") / f"{Path(c.data_dir).resolve().name}-{c.arch}-{c.backbone}")
+        return c
+
+    def spec(self, num_classes: int) -> DetectorSpec:
+        return DetectorSpec(
+            head=self.arch,
+            backbone=self.backbone,
+            num_classes=num_classes,
+            input_size=parse_size(self.size),
+            fpn_channels=self.fpn_channels,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectTrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class DetectionTrainTask:
+    """torchvision's detection losses (summed) per batch; COCO mAP on a validation loader.
+    Batches of cached features (:class:`~vitrina.detect.cache.CachedBatch`) run the detector
+    from the backbone's ``c<level>`` maps, through ``upper`` when part of the backbone learns."""
+
+    def __init__(self, classes: list[str], upper: nn.Module | None = None, level: int = 2) -> None:
+        self.classes = classes
+        self.upper = upper
+        self.level = level
+        self.parts: dict[str, float] = {}
+        self.seen = 0
+        self.last_metrics: DetectionMetrics | None = None
+
+    def set_train_mode(self, model: nn.Module) -> None:
+        model.train()  # the Detector keeps its backbone's batch norms in eval mode
+        self.parts, self.seen = {}, 0
+
+    def step(self, model: nn.Module, batch: Any) -> StepOutput:
+        device = batch.images.device
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
+        if isinstance(batch, CachedBatch):
+            losses = run_cached(
+                model,  # type: ignore[arg-type]
+                self.upper,
+                self.level,
+                batch,
+                lambda x: model.losses(x, targets),  # type: ignore[operator]
+            )
+        else:
+            losses = model.losses(batch.images, targets)  # type: ignore[operator]
+        loss = sum(v.float() for v in losses.values())
+        n = len(targets)
+        for k, v in losses.items():
+            name = k if k.startswith("loss_") else f"loss_{k}"
+            self.parts[name] = self.parts.get(name, 0.0) + float(v.detach()) * n
+        self.seen += n
+        return StepOutput(loss, n, None)
+
+    def epoch_parts(self) -> dict[str, float]:
+        return {k: v / max(self.seen, 1) for k, v in self.parts.items()}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, loader: Any) -> tuple[list, list]:
+        model.eval()
+        device = next(model.parameters()).device
+        gts, preds = [], []
+        for batch in loader:
+            if batch.images.numel() == 0:
+                continue
+            x = batch.images.to(device)
+            if isinstance(batch, CachedBatch):
+                found = run_cached(model, self.upper, self.level, batch, model.boxes)  # type: ignore[arg-type]
+            else:
+                found = model.boxes(x)  # type: ignore[operator]
+            for rows, t in zip(found, batch.targets, strict=True):
+                r = rows.float().cpu().numpy().reshape(-1, 6)
+                preds.append((r[:, :4], r[:, 4], np.rint(r[:, 5]).astype(np.int64)))
+                gts.append((t["boxes"].numpy(), t["labels"].numpy()))
+        return gts, preds
+
+    def evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        gts, preds = self.predict(model, loader)
+        if not gts:
+            return {}
+        m = coco_metrics(gts, preds, self.classes)
+        self.last_metrics = m
+        return {"val_mAP": _finite(m.mAP), "val_mAP50": _finite(m.mAP50)}
+
+
+def _finite(v: float) -> float:
+    return 0.0 if v != v else float(v)
+
+
+class _LossParts(Callback):
+    """Adds each loss term's epoch mean (``loss_classifier``...) to the epoch's record."""
+
+    def __init__(self, task: DetectionTrainTask) -> None:
+        self.task = task
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        record.update(self.task.epoch_parts())
+
+
+class _StepSchedule(Callback):
+    """Steps a per-iteration LR schedule (linear warm-up, then cosine) after each batch."""
+
+    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.scheduler = scheduler
+
+    def on_batch_end(self, state: LoopState) -> None:
+        self.scheduler.step()
+
+
+class _ReseedShuffle(Callback):
+    def __init__(self, generator: torch.Generator, seed: int) -> None:
+        self.generator, self.seed = generator, seed
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + state.epoch)
+
+
+class WarmupCosine:
+    """LR factor at iteration ``i``: linear warm-up over ``warmup`` iterations from 1/1000,
+    then a cosine to 1/100 at ``total`` — or earlier, at the end of a time budget:
+    ``spent`` (the share of the budget used, set as training goes) advances the cosine when
+    the clock is ahead of the iterations. Picklable: a resume point stores its state."""
+
+    def __init__(self, total: int, warmup: int) -> None:
+        self.total, self.warmup = max(total, 1), max(warmup, 1)
+        self.spent = 0.0
+
+    def __call__(self, i: int) -> float:
+        progress = min(1.0, max(i / self.total, self.spent))
+        w = self.warmup / self.total
+        if progress < w:
+            return 1e-3 + (1 - 1e-3) * progress / w
+        t = (progress - w) / max(1.0 - w, 1e-9)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+class _TimeBudget(Callback):
+    """Stops training at the end of the epoch in which ``seconds`` have passed on ``clock``
+    (since ``start``: feature caching counts), moving the LR cosine along with the clock."""
+
+    def __init__(self, seconds: float, clock: str, start: float, schedule: WarmupCosine) -> None:
+        self.seconds, self.clock, self.start, self.schedule = (
+            seconds,
+            CLOCKS[clock],
+            start,
+            schedule,
+        )
+
+    def spent(self) -> float:
+        return (self.clock() - self.start) / self.seconds
+
+    def on_batch_end(self, state: LoopState) -> None:
+        self.schedule.spent = min(1.0, self.spent())
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        if self.spent() >= 1.0:
+            state.stop = True
+            record["time_budget_reached"] = True
+
+
+def _loader(
+    photos: list, model: Detector, augment: str, cfg: DetectTrainConfig, *, shuffle: bool, g: Any
+) -> DataLoader:
+    ds = PhotoBoxes(photos, model.preprocess, augment)
+    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=shuffle,
+        num_workers=workers if len(ds) > cfg.batch_size else 0,
+        collate_fn=collate_boxes,
+        generator=g,
+        persistent_workers=False,
+        drop_last=shuffle and len(ds) > cfg.batch_size,
+    )
+
+
+def _read_sets(cfg: DetectTrainConfig) -> tuple[AnnotatedSet, list, list, AnnotatedSet | None]:
+    data = read_annotated(cfg.data_dir, fmt=cfg.format, classes=cfg.classes)
+    if not data.num_boxes:
+        raise DataError(f"{cfg.data_dir}: no valid box in any photo; nothing to learn from")
+    if cfg.val_dir:
+        val_set = read_annotated(cfg.val_dir, classes=data.classes)
+        return data, data.photos, val_set.photos, val_set
+    train, val = split_photos(data.photos, cfg.val_fraction, cfg.seed)
+    return data, train, val, None
+
+
+def train_detector(
+    cfg: DetectTrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    extra_callbacks: list[Callback] | None = None,
+    fast_paths: bool = True,
+) -> TrainResult:
+    """Train (or resume) a detector; the run folder holds the best weights by validation
+    mAP@[.5:.95] (by training loss without validation photos), plots and metrics.
+
+    Fast path (``fast_paths=False`` runs the plain loop, which gives the same weights): with
+    ``freeze`` ``lower`` or ``backbone`` and ``augment`` ``none`` or ``flip``, the frozen
+    features of every photo are computed once (:mod:`vitrina.detect.cache`).
+
+    ``TrainResult.bad_files`` lists every problem met: unreadable photos (training goes on
+    without them) and the boxes skipped while reading the annotations.
+    """
+    if resume:
+        out = Path(cfg.out or "")
+        if not is_run_dir(out) and not (out / CKPT_DIR).is_dir():
+            raise RunFolderError(f"{out}: nothing to resume (no run there)")
+        saved = read_run(out).config if is_run_dir(out) else {}
+        if saved:
+            epochs = cfg.epochs
+            cfg = DetectTrainConfig.from_dict(saved)
+            cfg.epochs = epochs
+    cfg = cfg.resolved()
+    assert cfg.lr is not None
+    clock_start = CLOCKS[cfg.budget_clock]()
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    data, train_photos, val_photos, _ = _read_sets(cfg)
+    out = prepare_out(Path(cfg.out or "runs/detect"), resume)
+
+    spec = cfg.spec(len(data.classes))
+    model = create_detector(spec, pretrained_backbone=cfg.weights == "imagenet")
+    model.class_names = list(data.classes)
+    frozen: list[nn.Parameter] = []
+    upper: nn.Module | None = None
+    level = CUT.get(cfg.freeze, 2)
+    if cfg.freeze == "stem":
+        frozen = model.stem_parameters()
+    elif cfg.freeze in CUT:
+        _, upper = model.split_backbone(level)
+        learning = {id(p) for p in upper.parameters()} if upper is not None else set()
+        frozen = [p for p in model.net.backbone.body.parameters() if id(p) not in learning]
+    for p in frozen:
+        p.requires_grad_(False)
+    model.to(device)
+
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    cached = (
+        fast_paths
+        and cfg.freeze in CUT
+        and cfg.augment in ("none", "flip")
+        and FeatureCache.estimate_bytes(
+            model, len(train_photos) + len(val_photos), level, cfg.augment == "flip"
+        )
+        <= CACHE_LIMIT_BYTES
+    )
+    val_plain = (
+        _loader(val_photos, model, "none", cfg, shuffle=False, g=torch.Generator())
+        if val_photos
+        else None
+    )
+    cache_started = time.perf_counter()
+    if cached:
+        workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+        if progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"computing the frozen features of {len(train_photos) + len(val_photos)} photos "
+                "once (--freeze " + cfg.freeze + ")",
+                highlight=False,
+            )
+        with torch_threads(workers):
+            train_cache = FeatureCache.build(
+                model,
+                train_photos,
+                level,
+                flip=cfg.augment == "flip",
+                batch_size=cfg.batch_size,
+                num_workers=workers,
+                device=device,
+            )
+            val_cache = (
+                FeatureCache.build(
+                    model,
+                    val_photos,
+                    level,
+                    flip=False,
+                    batch_size=cfg.batch_size,
+                    num_workers=workers,
+                    device=device,
+                )
+                if val_photos
+                else None
+            )
+        cache_errors = [m for _, m in train_cache.errors] + (
+            [m for _, m in val_cache.errors] if val_cache is not None else []
+        )
+        train_loader: Any = CachedBatches(
+            train_cache,
+            cfg.batch_size,
+            shuffle=True,
+            flip=cfg.augment == "flip",
+            generator=shuffle_gen,
+        )
+        val_loader: Any = (
+            CachedBatches(val_cache, cfg.batch_size, shuffle=False, flip=False)
+            if val_cache is not None and len(val_cache)
+            else None
+        )
+    else:
+        cache_errors = []
+        train_loader = _loader(train_photos, model, cfg.augment, cfg, shuffle=True, g=shuffle_gen)
+        val_loader = val_plain
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay
+        )
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = len(train_loader)
+    total = steps * cfg.epochs
+    schedule = WarmupCosine(total, min(max(steps, 50), total // 3 + 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume:
+        doc = load_resume_point(out, model, optimizer, scheduler)
+        start_epoch, history = int(doc["epoch"]), list(doc["history"])
+        schedule = WarmupCosine(total, scheduler.lr_lambdas[0].warmup)
+        scheduler.lr_lambdas[0] = schedule
+        if start_epoch >= cfg.epochs:
+            raise VitrinaError(
+                f"{out}: already trained {start_epoch} of {cfg.epochs} epochs; pass a larger "
+                "--epochs to go on"
+            )
+
+    info = RunInfo(
+        arch=spec.arch,
+        classes=list(data.classes),
+        preprocess=model.preprocess,
+        task="detection",
+        weights_origin=model.weights_origin,
+        data={
+            "root": str(Path(cfg.data_dir).resolve()),
+            "format": data.format,
+            "num_images": len(data.photos),
+            "num_boxes": data.num_boxes,
+            "boxes_per_class": data.boxes_per_class(),
+            "train": len(train_photos),
+            "validation": len(val_photos),
+            "problems": data.problem_counts(),
+        },
+        config={**cfg.to_dict(), "detector": model.spec.to_dict()},
+    )
+
+    def save_best(record: dict[str, Any]) -> None:
+        info.metrics = {
+            "best_epoch": record["epoch"],
+            **{k: v for k, v in record.items() if k != "best"},
+        }
+        save_run(out, model, info)
+
+    def save_resume(state: LoopState) -> None:
+        save_resume_point(
+            out, model, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
+        )
+
+    task = DetectionTrainTask(list(data.classes), upper, level)
+    callbacks: list[Callback] = [_LossParts(task)]
+    if cfg.time_budget is not None:
+        callbacks.append(_TimeBudget(cfg.time_budget * 60, cfg.budget_clock, clock_start, schedule))
+    callbacks.append(_StepSchedule(scheduler))
+    callbacks += [ProgressBar(accuracy=False)] if progress else []
+    callbacks += [
+        _ReseedShuffle(shuffle_gen, cfg.seed),
+        BestCheckpoint(save_best),
+        EarlyStopping(cfg.patience if val_loader is not None else 0),
+        MetricsLog(out / "metrics.jsonl"),
+        ResumePoint(save_resume),
+        *(extra_callbacks or []),
+    ]
+    started = time.perf_counter()
+    with torch_threads(getattr(train_loader, "num_workers", 0)):
+        state = fit(
+            model,
+            task,
+            train_loader,
+            val_loader,
+            optimizer,
+            None,
+            epochs=cfg.epochs,
+            start_epoch=start_epoch,
+            history=history,
+            callbacks=callbacks,
+            device=device,
+            precision=cfg.precision,
+        )
+    seconds = time.perf_counter() - started
+    bad = sorted(set(state.bad_files.values()) | set(cache_errors))
+
+    from vitrina.runs import load_model
+
+    best = load_model(out).to(device)
+    best_info = read_run(out)
+    plots = out / "plots"
+    plot_detection_curves(state.history, plots / "curves.png")
+    metrics = dict(best_info.metrics)
+    if val_plain is not None:
+        # The whole network on the photos (not the cache): what the saved run will do.
+        final = DetectionTrainTask(list(data.classes))
+        final.evaluate(best, val_plain)
+        m = final.last_metrics
+        if m is not None:
+            plot_pr_curves(m.pr50, m.ap50, plots / "pr_curves.png")
+            metrics["val"] = m.to_dict()
+    metrics["epochs_run"] = state.epoch
+    metrics["train_seconds"] = round(seconds, 1)
+    metrics["cached_features"] = bool(cached)
+    metrics["budget_seconds"] = round(CLOCKS[cfg.budget_clock]() - clock_start, 1)
+    metrics["budget_clock"] = cfg.budget_clock
+    metrics["cache_seconds"] = round(started - cache_started, 1)
+    metrics["unreadable_files"] = len(bad)
+    best_info.metrics = metrics
+    best_info.config = {**cfg.to_dict(), "detector": best.spec.to_dict()}
+    write_info(out, best_info)
+    return TrainResult(
+        run_dir=out,
+        classes=list(data.classes),
+        best_epoch=int(metrics.get("best_epoch", 0)),
+        metrics=metrics,
+        history=state.history,
+        bad_files=bad + [p.message for p in data.problems],
+    )

@@ -1,0 +1,546 @@
+"""Detection: the detectors over zoo backbones, the engine task, training (plain loop and the
+cached-feature fast path), backends on boxes, predict / evaluate, and the detectors that need
+no training. Photos are generated (coloured shapes, 320x240 and 500x700), never shared data."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+from torch import nn
+
+from conftest import one_line_error, run_cli
+from detect_util import CLASSES, make_shapes, write_voc
+from vitrina.detect import (
+    Detections,
+    DetectionTask,
+    DetectTrainConfig,
+    evaluate_detector,
+    load_detector,
+    train_detector,
+)
+from vitrina.engine import BOXES, TOLERANCES, Engine, compare_outputs
+from vitrina.errors import RunFolderError, UnknownNameError, VitrinaError
+from vitrina.models import Preprocess
+from vitrina.models.detection import HEADS, DetectorSpec, create_detector, feature_nodes
+from vitrina.runs import RunInfo, load_model, read_run, save_run
+
+
+def _voc_set(root: Path, n: int, seed: int = 0) -> Path:
+    shots = make_shapes(root / "images", n, seed=seed)
+    write_voc(shots, root / "annotations")
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shelf_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _voc_set(tmp_path_factory.mktemp("shelves"), 24, seed=7)
+
+
+def _config(data: Path, out: Path, **kw) -> DetectTrainConfig:
+    base = dict(
+        data_dir=str(data),
+        arch="fasterrcnn",
+        size="128",
+        epochs=3,
+        batch_size=4,
+        freeze="lower",
+        augment="flip",
+        val_fraction=0.25,
+        out=str(out),
+        num_workers=0,
+        device="cpu",
+    )
+    base.update(kw)
+    return DetectTrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def shelf_run(shelf_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Faster R-CNN trained for a few steps on the generated shelves."""
+    out = tmp_path_factory.mktemp("shelfrun") / "run"
+    return train_detector(_config(shelf_set, out), progress=False).run_dir
+
+
+# ---------------------------------------------------------------------------- the network
+# Faster R-CNN and FCOS (two stages; one, anchor-free) in the fast suite, all four in the slow.
+HEAD_CASES = [
+    h if h in ("fasterrcnn", "fcos") else pytest.param(h, marks=pytest.mark.slow)
+    for h in HEADS.names()
+]
+
+
+@pytest.mark.parametrize("head", HEAD_CASES)
+def test_every_head_on_a_zoo_backbone_any_input_size(head: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    spec = DetectorSpec(
+        head=head, backbone="efficientnet_lite0", num_classes=3, input_size=(64, 96)
+    )
+    model = create_detector(spec)
+    assert model.spec.return_nodes and len(model.spec.in_channels) == 3
+    assert model.preprocess.input_size == (64, 96)
+    x = torch.randn(2, 3, 64, 96)
+    model.train()
+    targets = [
+        {"boxes": torch.tensor([[10.0, 8.0, 60.0, 50.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},  # nothing
+    ]
+    losses = model.losses(x, targets)
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model.boxes(x)
+    assert isinstance(out, list) and len(out) == 2
+    for rows in out:
+        assert rows.shape[1] == 6
+        if len(rows):
+            assert rows[:, 5].min() >= 0 and rows[:, 5].max() <= 2  # 0-based classes
+            assert (rows[:, 4] >= spec.score_thresh).all()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.train().boxes(x)
+    # A run folder rebuilds the same network (vitrina.runs.build_model).
+    model.eval()
+    info = RunInfo(
+        arch=model.arch,
+        classes=list(CLASSES),
+        preprocess=model.preprocess,
+        task="detection",
+        config={"detector": model.spec.to_dict()},
+    )
+    save_run(tmp_path / "run", model, info)
+    again = load_model(tmp_path / "run")
+    assert again.arch == model.arch and again.class_names == list(CLASSES)
+    with torch.no_grad():
+        for a, b in zip(model.boxes(x), again.boxes(x), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_backbones_of_both_libraries_give_strides_8_16_32() -> None:
+    import torchvision
+
+    nodes, channels = feature_nodes(torchvision.models.resnet18())
+    assert channels == (128, 256, 512) and nodes[-1].startswith("layer4")
+    _, channels = feature_nodes(torchvision.models.mobilenet_v3_small())
+    assert len(channels) == 3
+    model = create_detector(DetectorSpec(head="fcos", backbone="resnet18", input_size=(64, 64)))
+    lower, upper = model.split_backbone(1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        whole = model.net.backbone.body(x)
+        parts = lower(x)
+        parts.update(upper(parts["c1"]))
+    for k in whole:
+        torch.testing.assert_close(whole[k], parts[k])
+    with pytest.raises(VitrinaError, match="multiple of 32"):
+        DetectorSpec(input_size=(100, 128))
+    with pytest.raises(UnknownNameError, match="did you mean"):
+        create_detector(DetectorSpec(head="fasterrcn"))
+
+
+# ---------------------------------------------------------------------------- the engine task
+class _FixedBoxes(nn.Module):
+    """Returns the same boxes (input pixels) for every image: the task's mapping is what is
+    tested."""
+
+    def __init__(self, rows: list[list[float]]) -> None:
+        super().__init__()
+        self.arch = "fixed_boxes"
+        self.preprocess = Preprocess(
+            input_size=(128, 160), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0
+        )
+        self.rows = torch.tensor(rows, dtype=torch.float32)
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def boxes(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.rows.clone() + self.w for _ in range(len(x))]
+
+
+def test_detection_task_maps_boxes_back_to_each_photo(tmp_path: Path) -> None:
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (320, 240), (90, 90, 90)).save(wide)
+    tall = tmp_path / "tall.png"
+    Image.new("RGB", (500, 700), (90, 90, 90)).save(tall)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff nope")
+    # In input pixels (160 wide, 128 high): a box, a weak box, a box in the padding only.
+    model = _FixedBoxes([[20, 8, 100, 88, 0.9, 1], [0, 0, 10, 10, 0.2, 0], [0, 0, 12, 3, 0.8, 2]])
+    eng = Engine(model, backend="eager", num_workers=0)
+    results = list(eng.run(DetectionTask(min_score=0.5), [wide, tall, broken]))
+    assert [r.ok for r in results] == [True, True, False]
+    assert "broken.jpg" in results[2].error
+    # wide 320x240 -> scale 0.5 (160x120), padded 4 px top: box (40, 8, 200, 168) in the photo
+    d = results[0].value
+    assert isinstance(d, Detections) and d.size == (320, 240)
+    np.testing.assert_allclose(d.boxes, [[40, 8, 200, 168]], atol=1e-4)
+    assert d.labels.tolist() == [1] and d.scores.tolist() == pytest.approx([0.9])
+    # tall 500x700 -> scale 128/700, padded (160 - 91) // 2 = 34 px left
+    s = 91 / 500
+    t = results[1].value
+    assert t.size == (500, 700) and len(t) == 1  # the padding-only box has no area in the photo
+    np.testing.assert_allclose(t.boxes[0, [1, 3]], [8 / (128 / 700), 88 / (128 / 700)], rtol=1e-4)
+    np.testing.assert_allclose(t.boxes[0, [0, 2]], [0, (100 - 34) / s], rtol=1e-4)
+    assert len(next(iter(eng.run(DetectionTask(), [wide]))).value) == 2  # min_score 0 keeps it
+
+
+# ---------------------------------------------------------------------------- training
+def test_a_tiny_detector_trains_and_leaves_a_run(shelf_run: Path, shelf_set: Path) -> None:
+    info = read_run(shelf_run)
+    assert info.task == "detection" and info.classes == list(CLASSES)
+    assert info.config["detector"]["head"] == "fasterrcnn"
+    assert info.metrics["cached_features"] is True
+    assert info.metrics["epochs_run"] == 3 and "val" in info.metrics
+    history = [json.loads(line) for line in (shelf_run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert all("val_mAP" in h and "val_mAP50" in h and "loss_classifier" in h for h in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    for plot in ("curves.png", "pr_curves.png"):
+        assert (shelf_run / "plots" / plot).stat().st_size > 1000
+    det = load_detector(shelf_run, backend="eager", num_workers=0)
+    assert det.classes == list(CLASSES)
+    photos = sorted((shelf_set / "images").glob("*.png"))[:4]
+    found = [r.value for r in det.detect(photos, min_score=0.0)]
+    assert sum(len(f) for f in found) > 0  # it has learned to put boxes somewhere
+
+
+def test_cached_features_give_the_same_weights_as_the_plain_loop(
+    shelf_set: Path, tmp_path: Path
+) -> None:
+    kw = dict(arch="fcos", epochs=1, augment="none", freeze="lower")
+    fast = train_detector(_config(shelf_set, tmp_path / "fast", **kw), progress=False)
+    plain = train_detector(
+        _config(shelf_set, tmp_path / "plain", **kw), progress=False, fast_paths=False
+    )
+    assert fast.metrics["cached_features"] and not plain.metrics["cached_features"]
+    a, b = load_model(fast.run_dir).state_dict(), load_model(plain.run_dir).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert fast.history[-1]["train_loss"] == pytest.approx(
+        plain.history[-1]["train_loss"], rel=1e-4
+    )
+
+
+def test_training_resumes_and_refuses_to_overwrite(shelf_set: Path, tmp_path: Path) -> None:
+    cfg = _config(shelf_set, tmp_path / "run", arch="ssdlite", epochs=1, freeze="backbone")
+    first = train_detector(cfg, progress=False)
+    assert len(first.history) == 1
+    with pytest.raises(RunFolderError, match="not empty"):
+        train_detector(cfg, progress=False)
+    more = _config(shelf_set, tmp_path / "run", epochs=2)  # the run's own settings are kept
+    again = train_detector(more, resume=True, progress=False)
+    assert [h["epoch"] for h in again.history] == [1, 2]
+    assert read_run(tmp_path / "run").config["arch"] == "ssdlite"
+
+
+def test_a_time_budget_ends_the_run_and_the_learning_rate(shelf_set: Path, tmp_path: Path) -> None:
+    cfg = _config(
+        shelf_set, tmp_path / "run", arch="ssdlite", epochs=5, freeze="backbone",
+        time_budget=1e-4, budget_clock="process",
+    )  # fmt: skip
+    res = train_detector(cfg, progress=False)
+    assert len(res.history) == 1 and res.history[0]["time_budget_reached"]
+    assert res.history[0]["lr"] == pytest.approx(3e-4 * 0.01)  # the cosine ran to its end
+    assert res.metrics["budget_clock"] == "process" and res.metrics["budget_seconds"] > 0
+
+
+def test_bad_photos_and_boxes_do_not_stop_training(tmp_path: Path) -> None:
+    root = _voc_set(tmp_path / "set", 10, seed=2)
+    first = sorted((root / "images").glob("*.png"))[0]
+    first.write_bytes(first.read_bytes()[:400])  # the header reads, the pixels do not
+    ann = sorted((root / "annotations").glob("*.xml"))[1]
+    ann.write_text(
+        ann.read_text().replace(
+            "</annotation>",
+            "<object><name>crate</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax>"
+            "<ymax>9</ymax></bndbox></object></annotation>",
+        )
+    )
+    res = train_detector(
+        _config(root, tmp_path / "run", epochs=1, freeze="backbone", augment="light"),
+        progress=False,
+    )
+    assert any(first.name in m for m in res.bad_files), res.bad_files  # met while training
+    assert any("'crate' is not in the class list" in m for m in res.bad_files)
+    assert (res.run_dir / "model.safetensors").is_file()
+
+
+def test_train_command(shelf_set: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = run_cli(
+        capsys, "detect", "train", shelf_set, "--arch", "ssdlite", "--size", "160x128",
+        "--epochs", "1", "--freeze", "backbone", "--augment", "none", "--batch-size", "4",
+        "--workers", "0", "--device", "cpu", "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "validation mAP@[.5:.95]" in out and "run folder" in out
+    assert read_run(tmp_path / "run").preprocess.input_size == (128, 160)
+    code, _, err = run_cli(capsys, "detect", "train", shelf_set, "--arch", "yolo")
+    assert code == 2 and "yolo" in err  # a choice: the usage error lists the architectures
+    code, _, err = run_cli(capsys, "detect", "train", shelf_set, "--size", "100")
+    assert code == 1
+    one_line_error(err, "multiple of 32")
+
+
+# ---------------------------------------------------------------------------- backends
+def _batch(run: Path, photos: Sequence[Path]) -> tuple[Engine, torch.Tensor]:
+    eng = Engine(load_model(run), backend="eager", num_workers=0)
+    x = torch.cat([eng.prepare(DetectionTask(), p).inputs for p in photos])
+    return eng, x
+
+
+def test_backends_agree_with_eager_on_boxes(
+    shelf_run: Path, shelf_set: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = sorted((shelf_set / "images").glob("*.png"))[:6]
+    eager, x = _batch(shelf_run, photos)
+    ref = eager.forward(DetectionTask(), x)
+    assert sum(len(r) for r in ref) > 0, "nothing to compare: the test run found no box"
+    onnx = Engine(load_model(shelf_run), backend="onnx", num_workers=0)
+    got = onnx.forward(DetectionTask(), x)
+    assert BOXES not in onnx.backend._fallback  # the exported graph ran, image by image
+    report = compare_outputs(ref, got, BOXES)
+    assert TOLERANCES["onnx"].ok(report) and report["max_abs_diff"] < 1e-3, report
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # emulated bf16 on CPUs without bf16 units
+        bf16 = Engine(load_model(shelf_run), backend="bf16", num_workers=0)
+        low = bf16.forward(DetectionTask(), x)
+    assert len(low) == len(ref) and all(r.dtype == torch.float32 for r in low)
+    # auto tries every backend this machine could use (bf16 too, as on a CPU with AMX) and
+    # keeps the fastest whose boxes meet its stated tolerance: never degraded boxes.
+    import vitrina.engine.auto as auto_mod
+
+    monkeypatch.setattr(auto_mod, "bf16_supported", lambda device: True)
+    auto = Engine(load_model(shelf_run), backend="auto", num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto.forward(DetectionTask(), x)
+    decision = auto.backend.decisions[BOXES]
+    assert set(decision["trials"]) == {"eager", "onnx", "bf16"}
+    assert decision["trials"][decision["chosen"]]["ok"]
+    bf16_ok = TOLERANCES["bf16"].ok(compare_outputs(ref, low, BOXES))
+    assert decision["trials"]["bf16"]["ok"] == bf16_ok
+    want = [
+        r.value for r in load_detector(shelf_run, backend="eager", num_workers=0).detect(photos)
+    ]
+    got = [r.value for r in load_detector(shelf_run, backend="auto", num_workers=0).detect(photos)]
+    for a, b in zip(want, got, strict=True):
+        assert len(a) == len(b)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.01)
+
+
+def test_onnx_export_of_a_detector_is_checked(
+    shelf_run: Path, shelf_set: Path, tmp_path: Path, capsys
+) -> None:
+    from vitrina.engine.onnx import export_checked, ort_session, run_session
+
+    photos = sorted((shelf_set / "images").glob("*.png"))[:3]
+    eng, x = _batch(shelf_run, photos)
+    model = load_model(shelf_run)
+    report = export_checked(model, tmp_path / "det.onnx", x, output=BOXES)
+    assert report["top1_agreement"] == 1.0 and report["max_abs_diff"] < 1e-3
+    rows = run_session(ort_session(tmp_path / "det.onnx"), x[:1])  # one image in, its boxes out
+    assert rows.ndim == 2 and rows.shape[1] == 6
+    assert len(rows) == len(eng.forward(DetectionTask(), x[:1])[0])
+    code, out, err = run_cli(capsys, "detect", "export", shelf_run, "--out", tmp_path / "cli.onnx")
+    assert code == 0, err
+    assert "same boxes on 100%" in out and (tmp_path / "cli.onnx").stat().st_size > 10_000
+    code, _, err = run_cli(capsys, "detect", "export", shelf_run, "--out", tmp_path / "cli.onnx")
+    assert code == 1
+    one_line_error(err, "cli.onnx", "exists")
+
+
+# ---------------------------------------------------------------------------- predict, evaluate
+def test_predict_writes_boxes_copies_and_crops(
+    shelf_run: Path, shelf_set: Path, tmp_path: Path, capsys
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((shelf_set / "images").glob("*.png"))[:3]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    args = ("detect", "predict", shelf_run, photos, "--backend", "eager", "--workers", "0")
+    code, _out, err = run_cli(capsys, *args, "--min-score", "0.0", "--out", tmp_path / "b.json",
+                             "--annotate", tmp_path / "ann", "--crops", tmp_path / "crops")  # fmt: skip
+    assert code == 0, err
+    assert "broken.jpg" in err and "skipped" in err
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["classes"] == list(CLASSES)
+    rows = {Path(r["photo"]).name: r for r in doc["photos"]}
+    assert rows["broken.jpg"]["error"] and not rows["broken.jpg"]["boxes"]
+    boxes = [b for r in doc["photos"] for b in r["boxes"]]
+    assert boxes, "no box at min score 0"
+    for r in doc["photos"]:
+        for b in r["boxes"]:
+            x1, y1, x2, y2 = b["box"]
+            assert 0 <= x1 < x2 <= r["width"] and 0 <= y1 < y2 <= r["height"]  # photo pixels
+            assert b["label"] in CLASSES
+    assert len(list((tmp_path / "ann").glob("*.jpg"))) == 3
+    crops = list((tmp_path / "crops").rglob("*.png"))
+    assert len(crops) == len(boxes)
+    assert {c.parent.name for c in crops} <= set(CLASSES)
+    first = next(b for r in doc["photos"] for b in r["boxes"])
+    x1, y1, x2, y2 = first["box"]
+    sizes = {Image.open(c).size for c in crops}
+    assert (int(np.ceil(x2)) - int(np.floor(x1)), int(np.ceil(y2)) - int(np.floor(y1))) in sizes
+    # CSV, a higher floor, and nothing overwritten.
+    code, _, err = run_cli(capsys, *args, "--min-score", "0.99", "--out", tmp_path / "b.csv")
+    assert code == 0, err
+    lines = (tmp_path / "b.csv").read_text().splitlines()
+    assert lines[0] == "photo,width,height,label,score,x1,y1,x2,y2"
+    assert all(float(line.split(",")[4]) >= 0.99 for line in lines[1:])
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "b.csv")
+    assert code == 1
+    one_line_error(err, "b.csv", "exists")
+    code, _, err = run_cli(capsys, "detect", "predict", tmp_path / "nowhere", photos)
+    assert code == 1
+    one_line_error(err, "nowhere", "neither a run folder nor a detector name")
+
+
+def test_evaluate_reports_coco_metrics_and_worst_photos(
+    shelf_run: Path, tmp_path: Path, capsys
+) -> None:
+    held_out = _voc_set(tmp_path / "held", 6, seed=99)
+    det = load_detector(shelf_run, backend="eager", num_workers=0)
+    ev = evaluate_detector(det, held_out, out=tmp_path / "ev", worst=4)
+    m = ev.metrics
+    assert m.photos == 6 and m.boxes == sum(m.gt.values()) > 0
+    assert 0.0 <= m.mAP <= m.mAP50 <= 1.0
+    assert set(m.ap) == set(CLASSES)
+    for name in ("metrics", "worst", "pr_curves"):
+        assert ev.files[name].stat().st_size > 500
+    saved = json.loads(ev.files["metrics"].read_text())
+    assert saved["mAP50"] == pytest.approx(m.mAP50, abs=1e-6) and "per_class" in saved
+    code, out, err = run_cli(capsys, "detect", "evaluate", shelf_run, held_out, "--backend",
+                             "eager", "--workers", "0", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["mAP50"] == pytest.approx(m.mAP50, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- no training
+def _person(draw: ImageDraw.ImageDraw, x: float, y: float, s: float, color) -> tuple[float, ...]:
+    """A standing figure of height ``s`` (head, torso, arms, legs); returns its box."""
+    cx = x + s * 0.25
+    draw.ellipse((cx - s * 0.07, y, cx + s * 0.07, y + s * 0.15), fill=color)
+    draw.rectangle((cx - s * 0.11, y + s * 0.16, cx + s * 0.11, y + s * 0.55), fill=color)
+    draw.rectangle((cx - s * 0.16, y + s * 0.17, cx - s * 0.12, y + s * 0.5), fill=color)
+    draw.rectangle((cx + s * 0.12, y + s * 0.17, cx + s * 0.16, y + s * 0.5), fill=color)
+    draw.polygon([(cx - s * 0.1, y + s * 0.55), (cx - s * 0.02, y + s * 0.55),
+                  (cx - s * 0.06, y + s), (cx - s * 0.13, y + s)], fill=color)  # fmt: skip
+    draw.polygon([(cx + s * 0.02, y + s * 0.55), (cx + s * 0.1, y + s * 0.55),
+                  (cx + s * 0.13, y + s), (cx + s * 0.06, y + s)], fill=color)  # fmt: skip
+    return (cx - s * 0.16, y, cx + s * 0.16, y + s)
+
+
+def street_photo(path: Path) -> tuple[Path, list[tuple[float, ...]]]:
+    """A 420x300 photo of two standing figures (what HOG's people detector finds) and their
+    true boxes."""
+    rng = np.random.default_rng(0)
+    street = Image.fromarray(
+        np.clip(170 + rng.normal(0, 8, (300, 420, 3)), 0, 255).astype(np.uint8)
+    )
+    truth = [
+        _person(ImageDraw.Draw(street), 60, 40, 200, (40, 40, 50)),
+        _person(ImageDraw.Draw(street), 260, 80, 160, (60, 30, 30)),
+    ]
+    street.filter(ImageFilter.GaussianBlur(1.2)).save(path)
+    return path, truth
+
+
+def test_hog_people_needs_no_training(tmp_path: Path, capsys) -> None:
+    _, truth = street_photo(tmp_path / "street.png")
+    rng = np.random.default_rng(1)
+    Image.fromarray(np.clip(170 + rng.normal(0, 8, (300, 420, 3)), 0, 255).astype(np.uint8)).save(
+        tmp_path / "empty.png"
+    )
+    det = load_detector("hog_people")
+    found = {Path(r.item).name: r.value for r in det.detect(sorted(tmp_path.glob("*.png")))}
+    assert len(found["empty.png"].above(det.default_min_score)) == 0
+    people = found["street.png"].above(det.default_min_score)
+    from vitrina.engine import box_iou
+
+    iou = box_iou(np.array(truth), people.boxes)
+    assert len(people) == 2 and (iou.max(axis=1) > 0.5).all(), (people.boxes, truth)
+    code, out, err = run_cli(
+        capsys, "detect", "predict", "hog_people", tmp_path, "--crops", tmp_path / "crops"
+    )
+    assert code == 0, err
+    assert len(list((tmp_path / "crops" / "person").glob("*.png"))) == 2
+    code, out, _ = run_cli(capsys, "detect", "list")
+    assert code == 0 and "hog_people" in out and "hog_faces" in out and "fasterrcnn" in out
+
+
+def test_dlib_faces_in_the_same_interface(tmp_path: Path) -> None:
+    skimage = pytest.importorskip("skimage.data")
+    Image.fromarray(skimage.astronaut()).save(tmp_path / "astronaut.png")
+    det = load_detector("hog_faces")
+    (r,) = list(det.detect([tmp_path / "astronaut.png"], min_score=0.5))  # one strong face
+    assert r.ok and len(r.value) == 1 and det.classes == ["face"]
+    x1, y1, x2, y2 = r.value.boxes[0]
+    assert 150 < (x1 + x2) / 2 < 260 and 50 < (y1 + y2) / 2 < 160  # her face, upper middle
+
+
+# ---------------------------------------------------------------------------- the service
+def test_detect_endpoint_answers_like_predict(
+    shelf_run: Path, shelf_set: Path, tmp_path: Path
+) -> None:
+    import httpx
+
+    from service_util import bearer, running_service
+    from vitrina.service import ServiceConfig
+
+    photo = sorted((shelf_set / "images").glob("*.png"))[1]
+    want = next(iter(load_detector(shelf_run, backend="eager", num_workers=0).detect([photo])))
+    want = want.value.above(0.0)
+    config = ServiceConfig(detector=str(shelf_run), token="t", backend="eager", device="cpu")
+    with running_service(config) as url:
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["detector"] == shelf_run.name and health["model"] is None
+        r = httpx.post(
+            f"{url}/v1/detect?min_score=0",
+            files={"image": ("p.png", photo.read_bytes(), "image/png")},
+            headers=bearer("t"),
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["width"], body["height"]) == want.size and body["backend"] == "eager"
+        assert len(body["boxes"]) == len(want) > 0
+        for b, box, label in zip(body["boxes"], want.boxes, want.labels, strict=True):
+            got = [b["box"][k] for k in ("left", "top", "right", "bottom")]
+            np.testing.assert_allclose(got, box, atol=0.11)  # answers are rounded to 0.1 px
+            assert b["label"] == CLASSES[label]
+        strict = httpx.post(
+            f"{url}/v1/detect",  # the run's own floor (0.5)
+            files={"image": ("p.png", photo.read_bytes(), "image/png")},
+            headers=bearer("t"),
+            timeout=120,
+        ).json()
+        assert strict["min_score"] == 0.5 and all(b["score"] >= 0.5 for b in strict["boxes"])
+        bad = httpx.post(
+            f"{url}/v1/detect",
+            files={"image": ("x.png", b"not a photo", "image/png")},
+            headers=bearer("t"),
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["code"]
+        assert httpx.post(f"{url}/v1/detect", files={"image": ("p.png", b"x")}).status_code == 401
+        assert (
+            httpx.post(
+                f"{url}/v1/classify",
+                files={"image": ("p.png", photo.read_bytes(), "image/png")},
+                headers=bearer("t"),
+            ).status_code
+            == 404
+        )  # no --model: not configured
+
+
+def test_serve_refuses_a_classifier_as_detector(toy_run: Path) -> None:
+    from vitrina.service import ServiceConfig, create_app
+
+    with pytest.raises(RunFolderError, match="not a detector"):
+        create_app(ServiceConfig(detector=str(toy_run)))
