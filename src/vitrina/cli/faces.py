@@ -22,7 +22,11 @@ FACE_BACKEND_HELP = (
     "bf16, onnx, int8 (with a calibrated model), dlib (dlib's own code: the reference, slow). "
     "Default: the gallery's (auto for a new gallery)."
 )
-DETECTOR_HELP = "Face detector: hog (fast, frontal faces) or cnn (dlib's MMOD: more poses, slow)."
+DETECTOR_HELP = (
+    "Face detector: cascade (HOG, and only where it finds nothing dlib's MMOD CNN, then "
+    "equalised and rotated retries; the default for a new gallery), hog (fast, frontal faces) "
+    "or cnn (dlib's MMOD on every photo: more poses, slow)."
+)
 EMBEDDER_HELP = (
     "A run folder from `vitrina train-embedding` to embed the aligned faces (default: dlib's "
     "128-d ResNet). Fixed when the gallery is created."
@@ -201,13 +205,13 @@ def identify(
     _report_unreadable(p.photo for p in run.photos)
     rows: list[dict] = []
     t = Table(title=f"faces in {len(run.photos)} photos ({escape(run.threshold_source)})")
-    for col in ("photo", "face", "name", "distance", "runner-up", "why"):
+    for col in ("photo", "face", "found by", "name", "distance", "runner-up", "why"):
         t.add_column(col)
     for p in run.photos:
         pf = p.photo
         if not pf.faces and not pf.error:
             rows.append({"photo": str(pf.path), "faces": 0})
-            t.add_row(escape(_short(pf.path)), "—", "[dim]no face[/]", "", "", "")
+            t.add_row(escape(_short(pf.path)), "—", "", "[dim]no face[/]", "", "", "")
         for i in p.faces:
             rows.append(i.to_dict())
             name = escape(i.name) if i.known else "[red]unknown[/]"
@@ -216,6 +220,7 @@ def identify(
             t.add_row(
                 escape(_short(pf.path)),
                 str(i.face),
+                escape(i.detector),
                 name,
                 "" if i.distance is None else f"{i.distance:.3f}",
                 "" if i.runner_up is None else f"{escape(i.runner_up)} {i.runner_up_distance:.3f}",

@@ -42,6 +42,21 @@ then the smaller margin and weight), but a margin or spread term is kept only wh
 at least 2% more known probes than the plain threshold calibrated the same way; the report
 gives both, and dlib's 0.6, on the same simulation.
 
+**How little it saw** (:class:`Uncertainty`). One leave-one-identity-out split of a small
+gallery (11 people with 3 photos: 33 stranger trials) cannot resolve a 1% false-accept rate,
+and a margin term that names 3 more of its 66 known probes may be luck of who was enrolled.
+So the identities are resampled with replacement (:data:`BOOTSTRAP_ROUNDS`, seeded, so a
+calibration is repeatable): on each resample both thresholds (the term's and the plain one)
+are solved again on the people drawn, and the term is kept only when it names more known
+probes than the plain threshold on at least :data:`KEEP_SHARE` of the resamples, not only on
+the one split. The chosen rule's threshold is also solved on each resample and applied to the
+people left out of it (out of bag), which gives the 90% intervals of its false-accept and
+naming rates for people it was not calibrated on. The report warns, plainly, that the FAR
+asked cannot be promised when fewer than ``3 / far`` stranger trials measured it (with none
+accepted, the 95% upper bound on the rate is ``3 / trials``) or when the median out-of-bag
+rate exceeds it (the interval's upper end is reported: a threshold solved at exactly ``far``
+scatters around it on new people).
+
 **Measured** (held-out probes; calibrated on the enrolled faces only, ``far = 0.01``):
 
 * ORL faces, dlib ResNet vectors, 30 people enrolled with 3 photos, their other 210 photos
@@ -79,6 +94,7 @@ __all__ = [
     "OpenSetCalibration",
     "OpenSetFigures",
     "OpenSetTrials",
+    "Uncertainty",
     "calibrate_rule",
     "euclidean",
     "evaluate_rule",
@@ -94,6 +110,10 @@ MARGIN_GRID = tuple(round(0.02 * i, 2) for i in range(21))  # x the median impos
 SPREAD_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 MIN_GAIN = 0.02  # share of known probes a margin/spread term must add to be kept
 MIN_TAIL_EVENTS = 10  # below far * unknown trials, the FAR tail is extrapolated
+BOOTSTRAP_ROUNDS = 200  # resamples of the identities
+KEEP_SHARE = 0.9  # share of resamples on which a margin/spread term must name more
+INTERVAL = 0.9  # the reported intervals: 5th to 95th percentile
+BOOTSTRAP_SEED = 0
 _BLOCK = 512
 
 
@@ -238,8 +258,9 @@ class OpenSetTrials:
     """Decision inputs of every simulated probe (see :func:`simulate_open_set`).
 
     Each row: ``d1``, ``d2``, the spread of the best person in that temporary gallery,
-    whether the best person is right (known probes), whether the probe is an unknown, and
-    its ``weight`` (how many of the leave-one-identity-out galleries give it these inputs)."""
+    whether the best person is right (known probes), whether the probe is an unknown, its
+    ``weight`` (how many of the leave-one-identity-out galleries give it these inputs) and
+    the probe's ``person`` (an integer code: what the bootstrap resamples)."""
 
     d1: np.ndarray
     d2: np.ndarray
@@ -249,8 +270,10 @@ class OpenSetTrials:
     weight: np.ndarray
     n_people: int
     n_faces: int
+    person: np.ndarray | None = None
 
     def select(self, keep: np.ndarray) -> OpenSetTrials:
+        """The rows ``keep`` (a mask, or indices: repeated ones repeat the row)."""
         return OpenSetTrials(
             self.d1[keep],
             self.d2[keep],
@@ -260,6 +283,7 @@ class OpenSetTrials:
             self.weight[keep],
             self.n_people,
             self.n_faces,
+            None if self.person is None else self.person[keep],
         )
 
 
@@ -284,9 +308,43 @@ class OpenSetFigures:
 
 
 @dataclass
+class Uncertainty:
+    """What the calibration set can and cannot promise (module docstring).
+
+    ``far`` / ``named``: (median, low, high) over the bootstrap resamples of the chosen rule,
+    its threshold solved on the people drawn and applied to the people left out (the interval
+    covers :data:`INTERVAL`); ``term_support``: share of resamples on which the best margin /
+    spread term named more known probes than the plain threshold (None: the grid's best was
+    the plain threshold); ``term_kept``; ``promised``: the FAR asked is backed by enough
+    stranger trials and the out-of-bag interval; ``warning``: a plain sentence when not."""
+
+    rounds: int
+    n_people: int
+    n_unknown: int
+    far: tuple[float, float, float]
+    named: tuple[float, float, float]
+    term_support: float | None
+    term_kept: bool
+    promised: bool
+    warning: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["far"] = [round(float(v), 6) for v in self.far]
+        d["named"] = [round(float(v), 6) for v in self.named]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Uncertainty:
+        d = dict(d)
+        d["far"], d["named"] = tuple(d["far"]), tuple(d["named"])
+        return cls(**d)
+
+
+@dataclass
 class OpenSetCalibration:
     """The chosen rule and, on the same simulation, the plain global threshold calibrated to
-    the same FAR and dlib's uncalibrated 0.6."""
+    the same FAR and dlib's uncalibrated 0.6; the bootstrap's :class:`Uncertainty`."""
 
     rule: DecisionRule
     chosen: OpenSetFigures
@@ -294,6 +352,7 @@ class OpenSetCalibration:
     default: OpenSetFigures
     target_far: float
     grid: dict[str, list[float]] = field(default_factory=dict)
+    uncertainty: Uncertainty | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -303,6 +362,7 @@ class OpenSetCalibration:
             "plain": self.plain.to_dict(),
             "default": self.default.to_dict(),
             "grid": self.grid,
+            "uncertainty": None if self.uncertainty is None else self.uncertainty.to_dict(),
         }
 
 
@@ -366,7 +426,7 @@ def simulate_open_set(vectors: np.ndarray, labels: Sequence[Any] | np.ndarray) -
         mine = b == codes[i]
         spread = np.where(mine, spread_without[i], spread_all[np.maximum(b, 0)])
         spread = np.where(b < 0, np.nan, spread)
-        return d1, d2, spread, mine, np.full(len(i), unknown), weight
+        return d1, d2, spread, mine, np.full(len(i), unknown), weight, codes[i]
 
     parts = []
     # Unknown probes: every face, against the gallery of everyone else.
@@ -382,8 +442,8 @@ def simulate_open_set(vectors: np.ndarray, labels: Sequence[Any] | np.ndarray) -
     parts.append(rows_for(known, np.full(len(known), -1), False, base_w.astype(float)))
     parts.append(rows_for(known[moved0], t0[moved0], False, np.ones(int(moved0.sum()))))
     parts.append(rows_for(known[moved1], t1[moved1], False, np.ones(int(moved1.sum()))))
-    cols = [np.concatenate([p[j] for p in parts]) for j in range(6)]
-    trials = OpenSetTrials(*cols, n_people=n_people, n_faces=n)  # type: ignore[arg-type]
+    cols = [np.concatenate([p[j] for p in parts]) for j in range(7)]
+    trials = OpenSetTrials(*cols[:6], n_people=n_people, n_faces=n, person=cols[6])  # type: ignore[arg-type]
     return trials.select(trials.weight > 0)
 
 
@@ -417,10 +477,12 @@ def _solve_threshold(
     eligible = passes_margin & (trials.d1 <= cap)
     n_unk = float(trials.weight[trials.unknown].sum())
     allowed = math.floor(far * n_unk + 1e-9)
-    bad = np.sort(u[eligible & trials.unknown])
+    bad_rows = eligible & trials.unknown
+    order = np.argsort(u[bad_rows], kind="stable")
+    bad, bad_w = u[bad_rows][order], trials.weight[bad_rows][order]
     t = cap
-    if len(bad) > allowed:
-        bound = bad[allowed]
+    if bad_w.sum() > allowed:  # the first unknown whose acceptance would pass the allowance
+        bound = bad[int(np.searchsorted(np.cumsum(bad_w), allowed, side="right"))]
         below = u[eligible & (u < bound)]
         t = (bound + below.max()) / 2.0 if below.size else float(np.nextafter(bound, -np.inf))
     if far * n_unk < MIN_TAIL_EVENTS:  # too few unknowns to measure far: extrapolate the tail
@@ -444,11 +506,14 @@ def calibrate_rule(
     scale: float,
     margins: Sequence[float] = MARGIN_GRID,
     spread_weights: Sequence[float] = SPREAD_WEIGHTS,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = BOOTSTRAP_SEED,
 ) -> OpenSetCalibration:
     """Choose the :class:`DecisionRule` for open-set identification (module docstring).
 
     ``cap``: the pairwise verification threshold at ``far``; ``scale``: the median impostor
-    distance (``margins`` are fractions of it, so the grid suits any embedder's scale)."""
+    distance (``margins`` are fractions of it, so the grid suits any embedder's scale);
+    ``rounds``: bootstrap resamples of the identities (0: none, no uncertainty figures)."""
     if not 0 < far < 1:
         raise DataError(f"far must be between 0 and 1, got {far}")
     _, codes = _codes(labels)
@@ -491,8 +556,26 @@ def calibrate_rule(
 
     chosen = best_for(margins, weights)
     plain = best_for([0.0], [0.0])
-    if chosen.named < plain.named + MIN_GAIN:  # within the noise: keep the simpler rule
+    has_term = chosen.rule.margin > 0 or chosen.rule.spread_weight > 0
+    resamples = _identity_resamples(trials, rounds, seed)
+
+    def solved(sub: OpenSetTrials, rule: DecisionRule) -> DecisionRule:
+        t = _solve_threshold(sub, rule.margin, rule.spread_weight, rule.spread_ref, cap, far)
+        return DecisionRule(t, rule.margin, rule.spread_weight, rule.spread_ref, cap)
+
+    support = None
+    if has_term and resamples:
+        wins = 0
+        for inbag, _ in resamples:
+            sub = trials.select(inbag)
+            term = evaluate_rule(solved(sub, chosen.rule), sub).named
+            wins += term > evaluate_rule(solved(sub, plain.rule), sub).named
+        support = wins / len(resamples)
+    kept = has_term and chosen.named >= plain.named + MIN_GAIN
+    kept = kept and (support is None or support >= KEEP_SHARE)
+    if not kept:  # within the noise, or not on other draws of the people: the simpler rule
         chosen = plain
+    uncertainty = _uncertainty(trials, chosen.rule, resamples, solved, far, support, kept)
     plain = copy.copy(plain)
     plain.rule = DecisionRule(threshold=plain.rule.threshold)  # a plain threshold has no cap
     default = evaluate_rule(DecisionRule(), trials)
@@ -503,4 +586,92 @@ def calibrate_rule(
         default=default,
         target_far=far,
         grid={"margins": [float(m) * scale for m in margins], "spread_weights": weights},
+        uncertainty=uncertainty,
+    )
+
+
+def _identity_resamples(
+    trials: OpenSetTrials, rounds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``rounds`` bootstrap draws of the probe identities: (rows of the people drawn, with
+    repeats; rows of the people not drawn). Empty without identities to resample."""
+    if trials.person is None or rounds <= 0:
+        return []
+    people = np.unique(trials.person)
+    if len(people) < 3:
+        return []
+    order = np.argsort(trials.person, kind="stable")
+    bounds = np.searchsorted(trials.person[order], people)
+    rows = np.split(order, bounds[1:])
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(rounds):
+        drawn = rng.integers(0, len(people), len(people))
+        inbag = np.concatenate([rows[i] for i in drawn])
+        left = np.setdiff1d(np.arange(len(people)), drawn)
+        oob = np.concatenate([rows[i] for i in left]) if len(left) else np.zeros(0, np.int64)
+        out.append((inbag, oob))
+    return out
+
+
+def _interval(values: Sequence[float]) -> tuple[float, float, float]:
+    if not len(values):
+        return (math.nan, math.nan, math.nan)
+    lo, hi = (1 - INTERVAL) / 2, 1 - (1 - INTERVAL) / 2
+    v = np.asarray(values, dtype=np.float64)
+    return (float(np.median(v)), float(np.quantile(v, lo)), float(np.quantile(v, hi)))
+
+
+def _uncertainty(
+    trials: OpenSetTrials,
+    rule: DecisionRule,
+    resamples: list[tuple[np.ndarray, np.ndarray]],
+    solved: Any,
+    far: float,
+    support: float | None,
+    kept: bool,
+) -> Uncertainty:
+    """Out-of-bag figures of ``rule`` (its threshold re-solved on each resample) and whether
+    the set can promise ``far``."""
+    fars, named = [], []
+    for inbag, oob in resamples:
+        out = trials.select(oob)
+        if not len(oob) or not out.unknown.any():
+            continue
+        fig = evaluate_rule(solved(trials.select(inbag), rule), out)
+        fars.append(fig.far)
+        if (~out.unknown).any():
+            named.append(fig.named)
+    n_people = len(np.unique(trials.person)) if trials.person is not None else trials.n_people
+    n_unknown = int(trials.weight[trials.unknown].sum())
+    far_iv, named_iv = _interval(fars), _interval(named)
+    needed = math.ceil(3.0 / far)  # the rule of three: none accepted in n -> rate < 3/n (95%)
+    reasons = []
+    if n_unknown < needed:
+        reasons.append(
+            f"{n_unknown} stranger trials from {n_people} people can show a rate below "
+            f"{min(3.0 / max(n_unknown, 1), 1.0):.1%} at best (showing {far:.1%} takes "
+            f"{needed} or more)"
+        )
+    if math.isfinite(far_iv[0]) and far_iv[0] > far:
+        reasons.append(
+            f"on people left out of resamples it accepted {far_iv[0]:.1%} of strangers "
+            f"(median; {INTERVAL:.0%} interval {far_iv[1]:.1%}-{far_iv[2]:.1%})"
+        )
+    warning = None
+    if reasons:
+        warning = (
+            f"too small to promise FAR {far:g}: " + "; ".join(reasons) + ". Calibrate on "
+            "photos of more people before relying on the false-accept rate."
+        )
+    return Uncertainty(
+        rounds=len(resamples),
+        n_people=n_people,
+        n_unknown=n_unknown,
+        far=far_iv,
+        named=named_iv,
+        term_support=support,
+        term_kept=kept,
+        promised=not reasons,
+        warning=warning,
     )

@@ -75,6 +75,7 @@ from vitrina.faces.decision import (
     top_two,
     verify_distance,
 )
+from vitrina.faces.detection import DEFAULT_DETECTOR, LEGACY_DETECTOR
 from vitrina.faces.reports import (
     UNKNOWN,
     CalibrationReport,
@@ -388,7 +389,7 @@ class Gallery:
             "revision": 0,
             "rule": DecisionRule().to_dict(),
             "calibration": None,
-            "pipeline": dict(pipeline or {}),
+            "pipeline": {"detector": DEFAULT_DETECTOR, **dict(pipeline or {})},
             CHIPS_SWEPT: True,
         }
         # Written last: its presence is what makes the folder a gallery.
@@ -413,6 +414,9 @@ class Gallery:
         from vitrina.faces.pipeline import FacePipeline
 
         settings = dict(self._read_meta().get("pipeline") or {})
+        # Galleries made before the cascade recorded no detector when made with the defaults:
+        # theirs was HOG, and they keep it.
+        settings.setdefault("detector", LEGACY_DETECTOR)
         settings.update({k: v for k, v in overrides.items() if v is not None})
         pipe = FacePipeline(**settings)
         self._check_embedder(pipe.fingerprint, pipe.dim)
@@ -734,6 +738,7 @@ class Gallery:
             text = {
                 "source": str(pf.path),
                 "box": json.dumps(face.box.to_dict()),
+                "detector": face.detector,
                 "key": key,
                 "person": name,
             }
@@ -890,10 +895,14 @@ class Gallery:
                 f"default: dlib's {DEFAULT_THRESHOLD} (not calibrated; run `vitrina faces "
                 "calibrate`)"
             )
-        return (
+        text = (
             f"calibrated {c['date'][:10]} for FAR {c['far']:g} on {c['n_faces']} faces of "
             f"{c['n_people']} people"
         )
+        u = c.get("uncertainty")  # absent in galleries calibrated before it was measured
+        if u and not u.get("promised", True):
+            text += " (too few to promise that FAR: see `vitrina faces calibrate`)"
+        return text
 
     def _refresh_meta(self) -> None:
         with _flock(self.path / LOCK_NAME, exclusive=False):
@@ -996,6 +1005,7 @@ class Gallery:
                     ),
                     calibrated=calibrated,
                     threshold_source=source,
+                    detector=f.detector,
                 )
             )
         return out
@@ -1085,6 +1095,7 @@ class Gallery:
             plain=osc.plain,
             default=osc.default,
             verification=ver,
+            uncertainty=osc.uncertainty,
         )
         stored = report.to_dict()
         stored["verification"] = th

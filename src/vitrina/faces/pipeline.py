@@ -72,7 +72,10 @@ class FacePipeline:
     """Detect, align and describe faces; one object per configuration, reused across photos.
 
     Args:
-        detector: ``"hog"`` (fast, frontal) or ``"cnn"`` (dlib's MMOD; slow on a CPU).
+        detector: ``"cascade"`` (HOG, then dlib's MMOD CNN and equalised/rotated retries only
+            where HOG finds nothing: see :mod:`vitrina.faces.detection`), ``"hog"`` (fast,
+            frontal; what galleries made before the cascade store) or ``"cnn"`` (dlib's MMOD
+            on every photo; slow on a CPU).
         upsample: times the photo is doubled before detection (1 finds faces down to ~40 px).
         embedder: ``None`` for dlib's ResNet (128-d), or a run folder trained by
             ``vitrina train-embedding`` / an :class:`~vitrina.embed.EmbeddingSpec` (or its
@@ -88,6 +91,10 @@ class FacePipeline:
             only when it holds face-like content: dlib's HOG detector, on its aligned chip with
             a lowered threshold, must score at least ``ASSUMED_FACE_MIN_SCORE`` (-1.0) there
             (the box's score); blank, flat or noise photos have no face.
+        equalise_chips: equalise the contrast of each aligned chip (CLAHE on its luminance,
+            :func:`~vitrina.faces.lighting.equalise`) before describing it; its vectors are
+            another embedder's (the fingerprint says so). Off by default: see the README's
+            measurement on relit faces.
         backend: the engine backend describing the chips (``auto`` measures; ``eager``,
             ``bf16``, ``onnx``, ``int8``; ``dlib``: dlib's own code, the reference;
             ``torch``: the eager backend, as stored by galleries made before).
@@ -99,7 +106,7 @@ class FacePipeline:
 
     def __init__(
         self,
-        detector: str = "hog",
+        detector: str = "cascade",
         upsample: int = 1,
         embedder: Any = None,
         workers: int | None = None,
@@ -109,6 +116,7 @@ class FacePipeline:
         min_score: float = 0.0,
         assume_face: bool = False,
         backend: str = "auto",
+        equalise_chips: bool = False,
     ) -> None:
         DETECTORS.get(detector)  # unknown name -> closest names
         if backend not in _backends():
@@ -133,6 +141,7 @@ class FacePipeline:
         self.chip_size = int(chip_size)
         self.min_score = float(min_score)
         self.assume_face = bool(assume_face)
+        self.equalise_chips = bool(equalise_chips)
         self.backend = backend
         self._embedder = _as_embedder(embedder)
         if self._embedder is None:
@@ -144,7 +153,13 @@ class FacePipeline:
         if backend == "dlib" and self._embedder is not None:
             raise VitrinaError("backend 'dlib' runs dlib's own face ResNet: give no embedder")
         self.finder = FaceFinder(
-            detector, upsample, self.max_side, self.chip_size, self.min_score, self.assume_face
+            detector,
+            upsample,
+            self.max_side,
+            self.chip_size,
+            self.min_score,
+            self.assume_face,
+            self.equalise_chips,
         )
         self._fingerprint: str | None = None
         self._engine: Any = None
@@ -160,6 +175,8 @@ class FacePipeline:
                 key = {"embedder": str(self._embedder.fingerprint)}
                 chip = self.chip_size
             key["chip"] = f"dlib-5pt-{chip}-pad{CHIP_PADDING}"
+            if self.equalise_chips:  # other pixels, other vectors (absent: as before)
+                key["chip"] += "-clahe"
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
             self._fingerprint = digest[:16]
         return self._fingerprint
@@ -187,6 +204,7 @@ class FacePipeline:
             "min_score": self.min_score,
             "assume_face": self.assume_face,
             "backend": self.backend,
+            "equalise_chips": self.equalise_chips,
         }
 
     def __repr__(self) -> str:

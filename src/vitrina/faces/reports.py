@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vitrina.faces.decision import DecisionRule, OpenSetFigures
+from vitrina.faces.decision import DecisionRule, OpenSetFigures, Uncertainty
 from vitrina.faces.types import Box
 
 __all__ = [
@@ -94,6 +94,7 @@ class Identification:
     calibrated: bool
     threshold_source: str
     enrolled: bool = False
+    detector: str = ""  # what found the face: "hog", "cnn", a cascade stage, "assumed"
 
     @property
     def known(self) -> bool:
@@ -107,6 +108,7 @@ class Identification:
             "photo": self.photo,
             "face": self.face,
             "box": self.box.to_dict() if self.box is not None else None,
+            "detector": self.detector,
             "name": self.name,
             "person": self.person,
             "distance": r(self.distance),
@@ -147,6 +149,7 @@ class CalibrationReport:
     plain: OpenSetFigures
     default: OpenSetFigures
     verification: Any = None  # the VerificationReport (ROC), not stored in gallery.json
+    uncertainty: Uncertainty | None = None  # bootstrap over identities; None: not measured
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,7 +167,13 @@ class CalibrationReport:
             "openset": self.openset.to_dict(),
             "plain": self.plain.to_dict(),
             "default": self.default.to_dict(),
+            "uncertainty": None if self.uncertainty is None else self.uncertainty.to_dict(),
         }
+
+    @property
+    def warning(self) -> str | None:
+        """A plain sentence when the calibration set is too small to promise ``far``."""
+        return None if self.uncertainty is None else self.uncertainty.warning
 
     def lines(self) -> list[str]:
         """Human-readable summary, one figure per line."""
@@ -175,7 +184,7 @@ class CalibrationReport:
                 f"misnamed {f.misnamed:6.2%}   ({f.rule.describe()})"
             )
 
-        return [
+        out = [
             f"calibrated on {self.n_faces} faces of {self.n_people} people ({self.source}), "
             f"{self.n_genuine} genuine / {self.n_impostor} impostor pairs",
             f"verification: threshold {self.threshold:.4f} at FAR {self.far:g}: "
@@ -186,3 +195,19 @@ class CalibrationReport:
             fig("  plain threshold, same FAR", self.plain),
             fig("  dlib default 0.6", self.default),
         ]
+        u = self.uncertainty
+        if u is not None and u.rounds:
+            out.append(
+                f"on people left out ({u.rounds} resamples of the {u.n_people} people, "
+                f"90% intervals): unknowns accepted {u.far[0]:.2%} ({u.far[1]:.2%}-"
+                f"{u.far[2]:.2%}), known named {u.named[0]:.2%} ({u.named[1]:.2%}-"
+                f"{u.named[2]:.2%})"
+            )
+            if u.term_support is not None:
+                verdict = "kept" if u.term_kept else "not kept"
+                out.append(
+                    f"margin/spread term: named more than the plain threshold on "
+                    f"{u.term_support:.0%} of the resamples: {verdict}"
+                )
+            out.append(f"WARNING: {u.warning}" if u.warning else f"FAR {self.far:g}: supported")
+        return out

@@ -103,7 +103,14 @@ class FaceTask(Task):
             vectors = chunk.numpy().astype(np.float32, copy=False) if len(chunk) else None
             empty = np.zeros(0, dtype=np.float32)
             faces = [
-                Face(f.box, f.landmarks, f.chip, vectors[i] if vectors is not None else empty, i)
+                Face(
+                    f.box,
+                    f.landmarks,
+                    f.chip,
+                    vectors[i] if vectors is not None else empty,
+                    i,
+                    f.detector,
+                )
                 for i, f in enumerate(meta["faces"])
             ]
             results.append(

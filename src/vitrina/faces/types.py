@@ -47,6 +47,7 @@ class Face:
     chip: np.ndarray  # (S, S, 3) uint8 RGB, aligned (eyes level, fixed scale)
     vector: np.ndarray  # (D,) float32 (128-d for dlib's ResNet; a run's size otherwise)
     index: int = 0  # position of the face in its photo (left to right)
+    detector: str = ""  # what found it: "hog", "cnn", a cascade stage, or "assumed"
 
 
 @dataclass

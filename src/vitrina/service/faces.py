@@ -65,6 +65,7 @@ class Faces:
         faces = [
             {
                 "box": {k: getattr(i.box, k) for k in ("left", "top", "right", "bottom")},
+                "detector": i.detector,
                 "name": i.name,
                 "distance": i.distance,
                 "threshold": i.threshold,

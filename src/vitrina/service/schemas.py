@@ -82,6 +82,9 @@ class FaceBox(BaseModel):
 
 class IdentifiedFace(BaseModel):
     box: FaceBox
+    detector: str = Field(
+        default="", description='What found the face: "hog", "cnn" or a cascade stage.'
+    )
     name: str = Field(description='The person, or "unknown".')
     distance: float | None = Field(description="Distance to the nearest enrolled person.")
     threshold: float

@@ -1,0 +1,159 @@
+"""Faces in hard light: the detector cascade (HOG, then dlib's CNN and equalised/rotated
+retries only where HOG finds nothing), relighting, and what each answer says found it.
+
+The relit face is scikit-image's astronaut (Eileen Collins), its left half darkened by a hard
+one-sided light: HOG's gradients break at the shadow's edge down the middle of the face.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitrina.faces import detection
+from vitrina.faces.detection import FaceFinder
+from vitrina.faces.gallery import META_NAME, Gallery
+from vitrina.faces.lighting import equalise, relight
+from vitrina.faces.pipeline import FacePipeline
+from vitrina.faces.types import Box
+
+skdata = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def crop() -> np.ndarray:
+    """The astronaut's face in a 200x200 photo (a ~90-pixel face)."""
+    return np.ascontiguousarray(skdata.astronaut()[30:230, 120:320])
+
+
+@pytest.fixture(scope="module")
+def relit(crop) -> np.ndarray:
+    return relight(crop, 0.9, "left")
+
+
+@pytest.fixture(scope="module")
+def cascade() -> FacePipeline:
+    return FacePipeline(backend="eager")
+
+
+def iou(a: Box, b: Box) -> float:
+    w = max(0, min(a.right, b.right) - max(a.left, b.left))
+    h = max(0, min(a.bottom, b.bottom) - max(a.top, b.top))
+    return w * h / (a.width * a.height + b.width * b.height - w * h)
+
+
+def test_relight_keeps_size_and_darkens_the_side_asked(crop):
+    for kind in ("left", "right", "centre"):
+        out = relight(crop, 0.8, kind)
+        assert out.shape == crop.shape and out.dtype == np.uint8
+    left, right = relight(crop, 0.8, "left"), relight(crop, 0.8, "right")
+    assert left[:, :60].mean() < 0.4 * crop[:, :60].mean()
+    assert left[:, -60:].mean() > crop[:, -60:].mean()
+    assert right[:, -60:].mean() < 0.4 * crop[:, -60:].mean()
+    centre = relight(crop, 0.8, "centre")
+    assert centre[80:120, 80:120].mean() > crop[80:120, 80:120].mean()
+    assert centre[:20, :20].mean() < crop[:20, :20].mean()
+    np.testing.assert_array_equal(relight(crop, 0.0), crop)
+    with pytest.raises(ValueError, match="strength"):
+        relight(crop, 1.0)
+    with pytest.raises(ValueError, match="kind"):
+        relight(crop, 0.5, "top")  # type: ignore[arg-type]
+
+
+def test_equalise_restores_contrast_in_the_shadow(crop):
+    dark = relight(crop, 0.8, "left")
+    eq = equalise(dark)
+    assert eq.shape == dark.shape and eq.dtype == np.uint8
+    assert eq[:, :80].std() > 1.3 * dark[:, :80].std()
+
+
+def test_cascade_finds_the_side_lit_face_hog_misses(crop, relit, cascade):
+    """The relit face: HOG finds nothing, the cascade finds the face where HOG found it in
+    the original light, and says which detector did."""
+    hog = FaceFinder("hog")
+    (before,) = hog.detect(Image.fromarray(crop))
+    assert hog.detect(Image.fromarray(relit)) == []  # the premise: HOG misses it
+    (face,) = cascade.faces_in(relit)
+    assert face.detector == "cnn" and iou(face.box, before) > 0.6
+    assert face.chip.shape == (150, 150, 3) and face.vector.shape == (128,)
+
+
+def test_cascade_gives_hogs_faces_where_hog_finds_them(crop, cascade):
+    left = crop
+    right = np.repeat(skdata.camera()[60:260, 130:330, None], 3, axis=2)
+    two = np.ascontiguousarray(np.concatenate([left, right], axis=1))
+    for photo in (crop, two):
+        h = FacePipeline("hog", backend="eager").faces_in(photo)
+        c = cascade.faces_in(photo)
+        assert len(h) == len(c) >= 1
+        for fh, fc in zip(h, c, strict=True):
+            assert fc.box == fh.box and fc.detector == "hog" and fh.detector == "hog"
+            np.testing.assert_array_equal(fc.landmarks, fh.landmarks)
+            np.testing.assert_array_equal(fc.chip, fh.chip)
+            np.testing.assert_allclose(fc.vector, fh.vector, atol=1e-6)
+
+
+def test_rotated_retry_maps_the_box_back_upright(crop):
+    """HOG on a copy turned by the opposite angle finds a 15-degree tilted face; the box is
+    mapped back around the face's centre in the photo's pixels."""
+    import cv2
+
+    (upright,) = FaceFinder("hog").detect(Image.fromarray(crop))
+    m = cv2.getRotationMatrix2D((100.0, 100.0), 15.0, 1.0)
+    tilted = cv2.warpAffine(crop, m, (200, 200), flags=cv2.INTER_LINEAR)
+    found = detection._hog_rotated(tilted, 1, 0.0)
+    assert found
+    r = found[0][0]
+    cx, cy = m @ np.array(
+        [(upright.left + upright.right) / 2, (upright.top + upright.bottom) / 2, 1]
+    )
+    assert abs((r.left() + r.right()) / 2 - cx) < 10 and abs((r.top() + r.bottom()) / 2 - cy) < 10
+
+
+def test_blank_photo_runs_the_whole_cascade_and_finds_nothing(monkeypatch):
+    ran = []
+    stages = [
+        (name, lambda img, up, ms, name=name, f=f: ran.append(name) or f(img, up, ms))
+        for name, f in detection.CASCADE_STAGES
+    ]
+    monkeypatch.setattr(detection, "CASCADE_STAGES", tuple(stages))
+    assert FaceFinder().detect_with_source(Image.new("RGB", (64, 64), (128, 128, 128))) == []
+    assert ran == [name for name, _ in stages]
+
+
+def test_assumed_faces_say_so():
+    finder = FaceFinder("hog", assume_face=True)
+    (face,) = finder.faces(Image.new("RGB", (92, 112), (128, 128, 128)))
+    assert face.detector == "assumed"
+
+
+def test_galleries_keep_their_recorded_detector(tmp_path, crop):
+    """A gallery made before the cascade (``"detector": "hog"`` recorded, or nothing recorded
+    with the defaults of then) still opens with HOG; a new one gets the cascade."""
+    new = Gallery.for_pipeline(tmp_path / "new", FacePipeline())
+    assert new.pipeline().detector == "cascade"
+    for name, stored in (("hog", {"detector": "hog", "upsample": 1}), ("none", None)):
+        p = FacePipeline()
+        g = Gallery.create(
+            tmp_path / name, dim=p.dim, fingerprint=p.fingerprint, embedder_label="x"
+        )
+        meta = json.loads((g.path / META_NAME).read_text())
+        meta["pipeline"] = stored
+        (g.path / META_NAME).write_text(json.dumps(meta))
+        assert Gallery(g.path).pipeline().detector == "hog"
+
+
+def test_identifications_say_which_detector_found_the_face(tmp_path, crop, relit, cascade):
+    g = Gallery.for_pipeline(tmp_path / "g", cascade)
+    lit = cascade.faces_in(crop)
+    from vitrina.faces.types import PhotoFaces
+
+    g.enroll("eileen", PhotoFaces(tmp_path / "astro.png", lit, sha256="a" * 64))
+    dark = PhotoFaces(tmp_path / "relit.png", cascade.faces_in(relit), sha256="b" * 64)
+    (i,) = g.identify(dark)
+    assert i.detector == "cnn" and i.to_dict()["detector"] == "cnn"
+    (j,) = g.identify(PhotoFaces(tmp_path / "again.png", lit, sha256="c" * 64))
+    assert j.detector == "hog" and j.name == "eileen"
