@@ -50,7 +50,17 @@ def own_run(toy_run: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     "backend",
-    ["eager", "onnx", "bf16", "int8", "openvino", "openvino-bf16", "openvino-int8", "auto"],
+    [
+        "eager",
+        "onnx",
+        "bf16",
+        "fp64",
+        "int8",
+        "openvino",
+        "openvino-bf16",
+        "openvino-int8",
+        "auto",
+    ],
 )
 def test_backend_matches_eager_fp32(backend: str, toy_run: Path, check_data: Path) -> None:
     model = load(toy_run).model

@@ -65,6 +65,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
     from vitrina.engine import BACKENDS
     from vitrina.evaluate.retrieval import METRICS as RETRIEVAL_METRICS
     from vitrina.explain import METHODS as EXPLAIN_METHODS
+    from vitrina.explain.atlas import LAYOUTS
     from vitrina.explain.featureviz import PARAMS
     from vitrina.faces.pipeline import DETECTORS
     from vitrina.losses import MINERS
@@ -73,7 +74,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
     from vitrina.search.index import KINDS
     from vitrina.search.index import METRICS as INDEX_METRICS
     from vitrina.training import MODES, OPTIMIZERS, PRECISIONS
-    from vitrina.training.embedding import DISTANCES, EMBED_AUGMENTS
+    from vitrina.training.embedding import DISTANCES, EMBED_AUGMENTS, SAMPLERS
     from vitrina.training.trainable import TRAINABLE
     from vitrina.zoo import SORT_KEYS
     from vitrina.zoo.plot import PLOT_Y
@@ -88,6 +89,10 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
         ("train-embedding", "distance"): set(DISTANCES),
         ("train-embedding", "augment"): set(EMBED_AUGMENTS),
         ("train-embedding", "precision"): set(PRECISIONS),
+        ("train-embedding", "sampler"): set(SAMPLERS),
+        ("train-autoencoder", "augment"): set(AUGMENTS),
+        ("train-autoencoder", "precision"): set(PRECISIONS),
+        ("explain atlas", "layout"): set(LAYOUTS),
         ("train-embedding", "trainable"): set(TRAINABLE),
         ("embed", "pool"): set(POOLS),
         ("evaluate-retrieval", "pool"): set(POOLS),
@@ -257,7 +262,7 @@ def test_comma_choices_keep_order_and_drop_repeats() -> None:
     parse = CommaChoices(Backend)
     assert parse(" onnx, eager,onnx ") == "onnx,eager"
     assert parse.metavar == (
-        "[auto|eager|bf16|onnx|int8|openvino|openvino-bf16|openvino-int8|pruned|dlib],..."
+        "[auto|eager|fp64|bf16|onnx|int8|openvino|openvino-bf16|openvino-int8|pruned|dlib],..."
     )
     for bad in ("", " , ", "eager,eagr"):
         with pytest.raises(typer.BadParameter):
@@ -278,6 +283,7 @@ def _api_functions() -> dict[str, Any]:
     from vitrina.embed.files import embed_files
     from vitrina.embed.projection import plot_embeddings
     from vitrina.embed.reid import evaluate_reid
+    from vitrina.explain.atlas import atlas_files
     from vitrina.explain.files import write_dream, write_layers, write_neuron
     from vitrina.explain.folder import explain_photos
     from vitrina.faces.calibrate import calibrate_gallery
@@ -300,6 +306,7 @@ def _api_functions() -> dict[str, Any]:
         "evaluate": Classifier.evaluate,
         "evaluate-reid": evaluate_reid,
         "evaluate-retrieval": evaluate_retrieval,
+        "explain atlas": atlas_files,
         "explain dream": write_dream,
         "explain image": explain_photos,
         "explain layers": write_layers,
@@ -343,11 +350,12 @@ def test_options_have_the_defaults_of_the_api_they_call() -> None:
 
 
 def _training_cases() -> list[tuple[str, Any, tuple[str, ...], dict[str, set[str]]]]:
-    from vitrina.cli import train, train_embedding
+    from vitrina.cli import train, train_autoencoder, train_embedding
     from vitrina.data import AUGMENTS
     from vitrina.losses import MINERS
     from vitrina.training import MODES, OPTIMIZERS, PRECISIONS, TrainConfig
-    from vitrina.training.embedding import DISTANCES, EMBED_AUGMENTS, EmbeddingConfig
+    from vitrina.training.autoencoder import AutoencoderConfig
+    from vitrina.training.embedding import DISTANCES, EMBED_AUGMENTS, SAMPLERS, EmbeddingConfig
     from vitrina.training.trainable import TRAINABLE
 
     return [
@@ -371,13 +379,20 @@ def _training_cases() -> list[tuple[str, Any, tuple[str, ...], dict[str, set[str
                 "distance": set(DISTANCES),
                 "augment": set(EMBED_AUGMENTS),
                 "precision": set(PRECISIONS),
+                "sampler": set(SAMPLERS),
                 "trainable": set(TRAINABLE),
             },
+        ),
+        (
+            "train-autoencoder",
+            AutoencoderConfig,
+            train_autoencoder.CLI_ONLY,
+            {"augment": set(AUGMENTS), "precision": set(PRECISIONS)},
         ),
     ]
 
 
-@pytest.mark.parametrize("case", range(2), ids=["train", "train-embedding"])
+@pytest.mark.parametrize("case", range(3), ids=["train", "train-embedding", "train-autoencoder"])
 def test_training_options_are_the_config_fields_with_their_defaults(case: int) -> None:
     command, config, cli_only, choices = _training_cases()[case]
     params = _params(command)

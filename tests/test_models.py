@@ -190,7 +190,15 @@ def test_list_models_covers_both_libraries() -> None:
     tv = torchvision.models.list_models(module=torchvision.models)
     tm = timm.list_models()
     own = list_models(source="vitrina")
-    assert own == ["dlib_face_resnet", "efficientnet_lite0", "lenet5", "tutorial_cnn"]
+    assert own == [
+        "dlib_face_resnet",
+        "efficientnet_lite0",
+        "hog_svm",  # the Classic family (models before CNNs)
+        "lenet5",
+        "mlp_pixels",
+        "sift_bovw_svm",
+        "tutorial_cnn",
+    ]
     assert len(names) == len(own) + len(tv) + len(tm) + len(ALIASES)
     assert set(tv) <= set(names)
     assert all(n in names or f"timm/{n}" in names for n in tm)

@@ -272,3 +272,38 @@ def test_normalisation_is_torchvision_s(jpegs) -> None:
     assert torch.allclose(ToNormalizedTensor(mean, std)(im), ref, atol=1e-5)
     grey = ToNormalizedTensor((0.5,), (0.5,))(im.convert("L"))
     assert grey.shape == (1, 512, 512) and float(grey.min()) >= -1 and float(grey.max()) <= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nonfinite_outputs_are_bad_items_inline_and_overlapped(
+    workers: int, tmp_path: Path
+) -> None:
+    """An item whose output is NaN (a classic model that cannot describe a flat photo) is a
+    bad item naming the file, whether the batch ran inline or in the overlapped pipeline
+    (decode threads + model stage); the other items keep their results, in order."""
+    import vitrina
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(40):
+        flat = i % 2 == 1
+        a = np.zeros((40, 40, 3), np.uint8) if flat else rng.integers(0, 255, (40, 40, 3))
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(a.astype(np.uint8)).save(paths[-1])
+    model = vitrina.create("tutorial_cnn", num_classes=3)
+    classify = model.classify
+
+    def nan_for_flat(x: torch.Tensor) -> torch.Tensor:
+        y = classify(x)
+        flat = x.flatten(1).std(1) < 1e-6
+        return torch.where(flat[:, None], torch.full_like(y, float("nan")), y)
+
+    model.classify = nan_for_flat  # type: ignore[method-assign]
+    eng = Engine(model, backend="eager", device="cpu", batch_size=8, num_workers=workers)
+    assert eng.decoding(Logits(), len(paths))[0] == ("inline" if workers == 0 else "threads")
+    results = list(eng.run(Logits(), paths))
+    assert [r.index for r in results] == list(range(40))
+    bad = [r for r in results if not r.ok]
+    assert [r.index for r in bad] == list(range(1, 40, 2))
+    assert bad[0].error.startswith(str(paths[1])) and "not finite" in bad[0].error
+    assert all(np.isfinite(r.value.probabilities).all() for r in results if r.ok)

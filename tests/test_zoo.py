@@ -353,8 +353,14 @@ def test_cli_classic_max_mb_json(capsys) -> None:
     assert code == 0
     rows = json.loads(o)
     names = [r["name"] for r in rows]
-    assert set(names) < set(CLASSIC) and all(r["size_mb_fp32"] <= 20 for r in rows)
+    listed = set(zoo.BEFORE_CNNS) | set(CLASSIC)
+    assert set(names) < listed and all(r["size_mb_fp32"] <= 20 for r in rows)
     assert {"lenet5", "squeezenet1_1", "mobilenet_v2", "efficientnet_lite0"} <= set(names)
+    # The Classic family (models before CNNs) is tiny: all of it is under 20 MB.
+    assert set(zoo.BEFORE_CNNS) <= set(names)
+    for name in zoo.BEFORE_CNNS:
+        row = rows[names.index(name)]
+        assert row["family"] == "Classic" and row["pretrained_offline"] is False
     assert "resnet18" not in names and "vgg16" not in names
     lite0 = rows[names.index("efficientnet_lite0")]
     assert lite0["pretrained_offline"] is True and lite0["family"] == "EfficientNet-Lite"

@@ -118,8 +118,18 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def state_dict_bytes(model: torch.nn.Module) -> bytes:
+    """The model's state dict as safetensors bytes. float64 tensors (a model trained with
+    ``--precision fp64``) are stored as float32: a run folder holds what every backend reads,
+    and inference precision is the backend's choice."""
     # clone() breaks storage sharing, which safetensors refuses.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {
+        k: v.detach()
+        .cpu()
+        .to(torch.float32 if v.dtype == torch.float64 else v.dtype)
+        .contiguous()
+        .clone()
+        for k, v in model.state_dict().items()
+    }
     return st_save(tensors)
 
 
@@ -162,8 +172,9 @@ def read_run(run_dir: str | Path) -> RunInfo:
 
 
 def build_model(info: RunInfo) -> VitrinaModel:
-    """The run's architecture with random weights (an embedding run gets its neck and head;
-    a detection run its detector, from ``config.detector``)."""
+    """The run's architecture with random weights (an embedding run gets its neck and head,
+    an encoder run loses its classifier, a classic model its recorded feature settings; a
+    detection run its detector, from ``config.detector``)."""
     if info.task == "detection":
         from vitrina.models.detection import DetectorSpec, create_detector
 
@@ -187,7 +198,15 @@ def build_model(info: RunInfo) -> VitrinaModel:
             local_stripes=int(emb.get("local_stripes", 0)),
             local_dim=int(emb.get("local_dim", 128)),
         )
-    return create(info.arch, weights=None, num_classes=info.num_classes)
+    if info.task == "encoder":  # an autoencoder's encoder: the backbone, no classifier
+        from vitrina.models.autoencoder import as_encoder
+
+        return as_encoder(create(info.arch, weights=None))
+    model = create(info.arch, weights=None, num_classes=info.num_classes)
+    settings = info.config.get("classic")
+    if settings is not None and hasattr(model, "configure"):
+        model.configure(settings)  # a classic model: its recorded feature settings
+    return model
 
 
 def load_model(run_dir: str | Path, *, verify: bool = True) -> VitrinaModel:

@@ -137,6 +137,14 @@ def load(source: str | Path, *, weights: str = "imagenet") -> Classifier:
     """A run folder, or a zoo name with pretrained weights (e.g. ``efficientnet_lite0``)."""
     path = Path(source)
     if is_run_dir(path):
+        from vitrina.runs import read_run
+
+        if read_run(path).task == "encoder":
+            raise VitrinaError(
+                f"{path}: an encoder trained without labels (vitrina train-autoencoder) has no "
+                "classes to predict; use it with vitrina embed / index, or fine-tune it: "
+                f"vitrina train PHOTOS --arch {read_run(path).arch} --weights {path}"
+            )
         return Classifier(load_model(path), str(path))
     from vitrina.runs import read_run
 

@@ -47,9 +47,11 @@ def _register() -> None:
         evaluate_reid,
         evaluate_retrieval,
         explain,
+        explain_atlas,
         faces,
         plot_embeddings,
         serve,
+        train_autoencoder,
         train_embedding,
     )
 
@@ -57,10 +59,12 @@ def _register() -> None:
         embed,
         evaluate_retrieval,
         train_embedding,
+        train_autoencoder,
         evaluate_reid,
         plot_embeddings,
         faces,
         explain,
+        explain_atlas,
         serve,
         detect,
     ):

@@ -18,6 +18,7 @@ from typing import Literal, get_args
 
 __all__ = [
     "AnnotationFormat",
+    "AtlasLayout",
     "Augment",
     "Backend",
     "BoxAugment",
@@ -42,6 +43,7 @@ __all__ = [
     "Projection",
     "ReidMetric",
     "RetrievalMetric",
+    "Sampler",
     "Trainable",
     "Variant",
     "ZooPlotY",
@@ -52,6 +54,7 @@ __all__ = [
 Backend = Literal[
     "auto",
     "eager",
+    "fp64",
     "bf16",
     "onnx",
     "int8",
@@ -63,11 +66,12 @@ Backend = Literal[
 ]
 Mode = Literal["scratch", "probe", "finetune"]  # vitrina.training.MODES
 Optimizer = Literal["sgd", "adamw", "lbfgs"]  # vitrina.training.OPTIMIZERS
-Precision = Literal["fp32", "bf16", "auto"]  # vitrina.training.PRECISIONS
+Precision = Literal["fp64", "fp32", "bf16", "auto"]  # vitrina.training.PRECISIONS
 Augment = Literal["none", "light", "standard"]  # vitrina.data.AUGMENTS
 EmbeddingAugment = Literal["reid", "none", "light", "standard"]  # training.embedding.EMBED_AUGMENTS
 Miner = Literal["none", "batch-hard", "semi-hard", "distance-weighted"]  # vitrina.losses.MINERS
 Distance = Literal["euclidean", "cosine"]  # vitrina.training.embedding.DISTANCES
+Sampler = Literal["pk", "pairs"]  # vitrina.training.embedding.SAMPLERS
 Trainable = Literal["auto", "neck", "last", "all"]  # vitrina.training.trainable.TRAINABLE
 Pool = Literal["avg", "max", "gem"]  # vitrina.embed.POOLS
 IndexMetric = Literal["cosine", "euclidean"]  # vitrina.search.index.METRICS
@@ -77,6 +81,7 @@ ReidMetric = Literal["euclidean", "cosine"]  # vitrina.embed.reid.METRICS
 FaceDetector = Literal["cascade", "hog", "cnn"]  # vitrina.faces.pipeline.DETECTORS
 FeatureParam = Literal["fourier", "pixel"]  # vitrina.explain.featureviz.PARAMS
 Projection = Literal["tsne", "umap"]  # vitrina.embed.projection.METHODS
+AtlasLayout = Literal["umap", "tsne"]  # vitrina.explain.atlas.LAYOUTS
 ZooSort = Literal["size", "params", "gflops", "top1", "year", "name"]  # vitrina.zoo.SORT_KEYS
 ZooPlotY = Literal["top1", "throughput"]  # vitrina.zoo.plot.PLOT_Y
 ExportFormat = Literal["onnx"]  # vitrina.classify.export.FORMATS

@@ -25,7 +25,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 BACKEND_HELP = (
     "Inference backend: auto (measured: the fastest that keeps accuracy), eager (fp32), "
-    "bf16, onnx, openvino, openvino-bf16, int8 and openvino-int8 (after `vitrina optimize`), "
+    "fp64, bf16, onnx, openvino, openvino-bf16, int8 and openvino-int8 (after `vitrina optimize`), "
     "pruned."
 )
 DEVICE_HELP = "Where to run: auto (GPU if present), cpu, cuda, cuda:1..."

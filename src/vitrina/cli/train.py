@@ -50,8 +50,9 @@ def train(
     ),
     precision: Precision = typer.Option(
         "fp32",
-        help="fp32, bf16 (autocast) or auto: bf16 where it measures faster on this machine "
-        "(AMX CPUs, bf16 GPUs; the measurement is saved as RUN/precision.json).",
+        help="fp64, fp32, bf16 (autocast) or auto: bf16 where it measures faster on this machine "
+        "(AMX CPUs, bf16 GPUs; the measurement is saved as RUN/precision.json). "
+        "The run stores fp32 weights.",
     ),
     seed: int = typer.Option(0, help="Seed for the split, init and shuffling."),
     out: Path | None = typer.Option(

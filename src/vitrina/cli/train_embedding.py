@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from vitrina.cli._choices import Distance, EmbeddingAugment, Miner, Precision, Trainable
+from vitrina.cli._choices import (
+    Distance,
+    EmbeddingAugment,
+    Miner,
+    Precision,
+    Sampler,
+    Trainable,
+)
 from vitrina.cli._common import DEVICE_HELP, config_from_options, parse_size, print_json
 from vitrina.cli._common import out as console
 
@@ -32,7 +39,8 @@ def train_embedding(
         "softmax+triplet-batch-hard",
         help="A loss or a weighted sum, e.g. arcface, triplet+0.5*center. Names: "
         "softmax, triplet, triplet-batch-hard, triplet-batch-all, triplet-semi-hard, "
-        "contrastive, quadruplet, center, cosface, arcface.",
+        "contrastive, quadruplet, center, cosface, arcface; with --sampler pairs: "
+        "siamese-contrastive, siamese-binary.",
     ),
     miner: Miner = typer.Option("none", help="Pair/triplet mining for triplet and contrastive."),
     distance: Distance = typer.Option("euclidean", help="Distance of the metric losses."),
@@ -45,6 +53,11 @@ def train_embedding(
         None, "--p", help="Identities per batch (P of P×K; default 8, fewer if fewer exist)."
     ),
     k: int = typer.Option(4, "--k", help="Images per identity in a batch (K of P×K)."),
+    sampler: Sampler = typer.Option(
+        "pk",
+        help="pk: P identities x K images per batch; pairs: balanced same/different Siamese "
+        "pairs (P*K/2 per batch) for the siamese-* losses.",
+    ),
     epochs: int = typer.Option(20, help="Epochs (one epoch ≈ every training image once)."),
     lr: float = typer.Option(3e-4, help="Learning rate of the backbone (AdamW, cosine decay)."),
     head_lr_mult: float = typer.Option(
@@ -76,7 +89,7 @@ def train_embedding(
     ),
     precision: Precision = typer.Option(
         "fp32",
-        help="fp32, bf16 (autocast) or auto: bf16 where it measures faster on this machine "
+        help="fp64, fp32, bf16 (autocast) or auto: bf16 where it measures faster on this machine "
         "(AMX CPUs, bf16 GPUs; the measurement is saved as RUN/precision.json).",
     ),
     val_fraction: float = typer.Option(

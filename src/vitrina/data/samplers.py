@@ -1,4 +1,5 @@
-"""P x K batches for metric learning: P identities, K images each, in every batch.
+"""Batches for metric learning: P x K (P identities, K images each, in every batch) and
+balanced Siamese pairs.
 
 Why not pytorch-metric-learning's ``MPerClassSampler``: it draws from a module-global numpy
 RandomState (so seeding it means mutating a global), yields a flat index stream rather than
@@ -16,7 +17,7 @@ from torch.utils.data import Sampler
 
 from vitrina.errors import DataError
 
-__all__ = ["PKSampler", "pk_batches"]
+__all__ = ["PKSampler", "PairSampler", "pk_batches"]
 
 
 def _group(labels: Sequence[int] | np.ndarray) -> tuple[list[np.ndarray], int]:
@@ -105,3 +106,57 @@ class PKSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         return iter(_epoch_batches(self.groups, self.p, self.k, len(self), rng))
+
+
+class PairSampler(Sampler[list[int]]):
+    """Batch sampler of Siamese pairs: every batch is ``pairs`` pairs of indices laid out as
+    ``[a1, b1, a2, b2, ...]``, half of them *same* (two distinct images of one identity) and
+    half *different* (images of two identities), in shuffled order. Positives come from the
+    identities with at least two images (each chosen uniformly), negatives from any two
+    identities. ``len()`` = ``max(1, images // (2 * pairs))`` batches; an epoch's batches
+    depend only on ``(seed, epoch)`` (``set_epoch``), so a resumed run sees the same pairs.
+
+    The Siamese step of the review (a network judging pairs) before triplets: a P×K batch
+    gives a loss every pair and triplet in it, a pair batch only its sampled pairs.
+    """
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, pairs: int, *, seed: int = 0):
+        y = np.asarray(labels).reshape(-1)
+        if pairs < 2:
+            raise DataError(f"pair sampler: need at least 2 pairs per batch (got {pairs})")
+        ids, inverse = np.unique(y, return_inverse=True)
+        self.groups = [np.flatnonzero(inverse == i) for i in range(len(ids))]
+        self.multi = [g for g in self.groups if len(g) >= 2]
+        if len(self.groups) < 2 or not self.multi:
+            raise DataError(
+                f"pair sampler: need 2 or more identities, one of them with 2 or more images "
+                f"(got {len(self.groups)} identities, {len(self.multi)} with 2+ images)"
+            )
+        self.pairs, self.seed, self.epoch = int(pairs), seed, 0
+        self.num_images = len(y)
+        self.dropped_singletons = 0  # singletons still serve as negatives
+
+    def set_epoch(self, epoch: int) -> PairSampler:
+        """Choose the epoch whose batches ``iter`` yields (call once per epoch)."""
+        self.epoch = epoch
+        return self
+
+    def __len__(self) -> int:
+        return max(1, self.num_images // (2 * self.pairs))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        n_same = self.pairs // 2
+        batches = []
+        for _ in range(len(self)):
+            pairs: list[tuple[int, int]] = []
+            for _ in range(n_same):
+                g = self.multi[int(rng.integers(len(self.multi)))]
+                a, b = rng.choice(g, size=2, replace=False)
+                pairs.append((int(a), int(b)))
+            for _ in range(self.pairs - n_same):
+                gi, gj = rng.choice(len(self.groups), size=2, replace=False)
+                pairs.append((int(rng.choice(self.groups[gi])), int(rng.choice(self.groups[gj]))))
+            order = rng.permutation(len(pairs))
+            batches.append([i for k in order for i in pairs[k]])
+        return iter(batches)

@@ -8,6 +8,7 @@
 
 import vitrina.engine.auto
 import vitrina.engine.dlib
+import vitrina.engine.fp64
 import vitrina.engine.geometry
 import vitrina.engine.int8
 import vitrina.engine.onnx

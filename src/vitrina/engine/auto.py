@@ -91,10 +91,13 @@ def int8_evidence(
 def auto_candidates(
     model: VitrinaModel, device: torch.device, output: str, options: dict[str, Any]
 ) -> list[str]:
-    """Backends ``auto`` tries besides eager, for this model, device and output."""
+    """Backends ``auto`` tries besides eager, for this model, device and output. A model
+    that cannot be exported (``export_refusal``: features computed by OpenCV) stays on eager."""
     from vitrina.engine.openvino import openvino_available
 
     names: list[str] = []
+    if getattr(model, "export_refusal", None):
+        return names
     if device.type == "cpu" and onnx_available():
         names.append("onnx")
         if int8_evidence(model, output, options, "int8"):

@@ -308,12 +308,21 @@ class Engine:
     def run_prepared(self, task: Task, prepared: Sequence[Prepared]) -> list[Any]:
         """One forward pass over prepared items (e.g. requests batched by a service): one
         result per item, in order."""
+        return self._run_prepared(task, prepared)[0]
+
+    def _run_prepared(
+        self, task: Task, prepared: Sequence[Prepared]
+    ) -> tuple[list[Any], list[int]]:
+        """Results of one forward pass, and the positions of items whose outputs are not
+        finite (a model that cannot describe an input, e.g. SIFT finding no keypoint in a
+        flat photo, answers NaN for it: the item is a bad item, not a result)."""
         if not prepared:
-            return []
+            return [], []
         counts = [len(p) for p in prepared]
         inputs = [p.inputs for p in prepared if len(p)]
         outputs = self.forward(task, torch.cat(inputs)) if inputs else torch.empty(0)
-        return task.finish(outputs, counts, [p.meta for p in prepared])
+        values = task.finish(outputs, counts, [p.meta for p in prepared])
+        return values, _nonfinite_items(outputs, counts)
 
     def decoding(self, task: Task, n_items: int, requested: int | None = None) -> tuple[str, int]:
         """How items of ``task`` are decoded: ``("inline", 0)``, ``("threads", n)`` or
@@ -394,22 +403,41 @@ class Engine:
         While decode worker *processes* run (heavy preparation), torch gets the cores they
         leave free (:func:`torch_threads`): OpenMP threads that spin-wait beside busy workers
         cost more than they compute. Decode *threads* share the cores by demand instead
-        (see :meth:`decoding`)."""
+        (see :meth:`decoding`). An item whose outputs are not finite is a bad item (see
+        :data:`NONFINITE_REASON`)."""
         items = list(items)
         with torch_threads(self._workers(task, items, num_workers)):
             batches = self.prepared_batches(task, items, num_workers=num_workers)
             mode, workers = self.decoding(task, len(items), num_workers)
             if mode == "inline":
                 for b in batches:
-                    yield TaskBatch(b.indices, self.run_prepared(task, b.prepared), b.errors)
+                    values, failed = self._run_prepared(task, b.prepared)
+                    yield self._finite_batch(b, values, failed, items)
                     if on_progress:
                         on_progress(len(b))
                 return
             conditions = {"decode": mode, "workers": workers, "cores": available_cores()}
-            for b, values in self._overlapped(task, batches, conditions):
-                yield TaskBatch(b.indices, values, b.errors)
+            for b, values, failed in self._overlapped(task, batches, conditions):
+                yield self._finite_batch(b, values, failed, items)
                 if on_progress:
                     on_progress(len(b))
+
+    def _finite_batch(
+        self, b: PreparedBatch, values: list[Any], failed: list[int], items: Sequence[Item]
+    ) -> TaskBatch:
+        """``b``'s results with the items whose outputs are not finite moved to its errors."""
+        if not failed:
+            return TaskBatch(b.indices, values, b.errors)
+        from vitrina.engine.items import item_name
+
+        reason = getattr(self.model, "nonfinite_reason", None) or NONFINITE_REASON
+        errors = list(b.errors)
+        for j in failed:
+            i = b.indices[j]
+            errors.append((i, f"{item_name(items[i])}: {reason}", reason))
+        dropped = set(failed)
+        keep = [j for j in range(len(values)) if j not in dropped]
+        return TaskBatch([b.indices[j] for j in keep], [values[j] for j in keep], errors)
 
     def _threaded_batches(
         self,
@@ -448,7 +476,7 @@ class Engine:
 
     def _overlapped(
         self, task: Task, batches: Iterator[PreparedBatch], conditions: dict[str, Any]
-    ) -> Iterator[tuple[PreparedBatch, list[Any]]]:
+    ) -> Iterator[tuple[PreparedBatch, list[Any], list[int]]]:
         """Run the model in a thread of its own, one batch ahead of the consumer: while the
         caller handles batch k (copies files, writes vectors), the model computes batch
         k+1 and the decoders prepare the ones after it.
@@ -476,11 +504,11 @@ class Engine:
             try:
                 t0 = time.perf_counter()
                 for b in batches:
-                    values = self.run_prepared(task, b.prepared)
+                    values, failed = self._run_prepared(task, b.prepared)
                     if observe is not None and b.prepared:
                         n = sum(len(p) for p in b.prepared)
                         observe(task.output, n, time.perf_counter() - t0)
-                    if not put((b, values)):
+                    if not put((b, values, failed)):
                         return
                     t0 = time.perf_counter()
                 put(_DONE)
@@ -571,6 +599,26 @@ class Engine:
             stacklevel=2,
         )
         return self.backend(x, output=output)
+
+
+#: Why an item whose outputs are NaN or infinite is a bad item (a model may say more in its
+#: ``nonfinite_reason`` attribute, e.g. "no SIFT keypoints").
+NONFINITE_REASON = "the model's output is not finite (NaN or inf) for this image"
+
+
+def _nonfinite_items(outputs: Any, counts: Sequence[int]) -> list[int]:
+    """Positions of the items with a non-finite output row (tensor outputs only)."""
+    if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
+        return []
+    rows = torch.isfinite(outputs.reshape(len(outputs), -1)).all(1) if len(outputs) else None
+    if rows is None or bool(rows.all()):
+        return []
+    bad, start = [], 0
+    for j, n in enumerate(counts):
+        if n and not bool(rows[start : start + n].all()):
+            bad.append(j)
+        start += n
+    return bad
 
 
 _DECODE_AHEAD = 2  # batches decoded ahead of the model (bounds memory and idle decoding)

@@ -89,8 +89,16 @@ def _fingerprint(model: VitrinaModel, output: str) -> str:
 def export_onnx(model: VitrinaModel, output: str, path: Path) -> Path:
     """Export ``model.classify`` or ``model.embed`` with a dynamic batch axis, atomically; an
     output of variable length per image (see :func:`single_image_module`) for one image,
-    its first axis dynamic."""
+    its first axis dynamic.
+
+    A model computed partly outside PyTorch (classic HOG / SIFT features: OpenCV) says why it
+    cannot be exported in ``export_refusal``; tracing it would freeze those features into
+    constants, so it is refused with that reason."""
     from vitrina.io import atomic_writer
+
+    refusal = getattr(model, "export_refusal", None)
+    if refusal:
+        raise VitrinaError(f"cannot export {model.arch!r} to ONNX: {refusal}")
 
     h, w = model.preprocess.input_size
     dummy = torch.zeros(1, model.preprocess.channels, h, w)
@@ -196,6 +204,9 @@ class OnnxBackend(Backend):
             raise VitrinaError(
                 "the onnx backend needs onnx and onnxruntime: pip install onnx onnxruntime"
             )
+        refusal = getattr(model, "export_refusal", None)
+        if refusal:
+            raise VitrinaError(f"--backend onnx cannot run {model.arch!r}: {refusal}")
         self._sessions: dict[str, object] = {}
         self._checked: set[str] = set()
         self._fallback: set[str] = set()

@@ -496,6 +496,20 @@ def _run(
     return heat, m, time.perf_counter() - t0
 
 
+def _check_gradients(model: VitrinaModel, specs: Sequence[Method]) -> None:
+    """A model whose features are computed outside PyTorch (the classic HOG / SIFT models)
+    has no gradients and no feature maps: only perturbation methods explain it."""
+    if not getattr(model, "export_refusal", None):
+        return
+    wrong = [s.name for s in specs if s.family != "perturbation"]
+    if wrong:
+        usable = ", ".join(n for n in METHODS.names() if METHODS.get(n).family == "perturbation")
+        raise VitrinaError(
+            f"{model.arch} computes its features outside PyTorch (OpenCV): no gradients or "
+            f"feature maps for {', '.join(wrong)}; use a perturbation method: {usable}"
+        )
+
+
 def iter_explain(
     model: VitrinaModel,
     images: Iterable[ImageLike],
@@ -520,6 +534,7 @@ def iter_explain(
     closing it (``break`` in a ``for`` loop, garbage collection) restores them.
     """
     specs = [method_spec(m) for m in methods]
+    _check_gradients(model, specs)
     fixed = None if target is None else resolve_target(model, target)
     pre = model.preprocess
     device = _device(model)
@@ -605,6 +620,7 @@ def explain_similarity(
     similarity, ``label`` ``"similarity"``, ``probability`` None.
     """
     spec = method_spec(method)
+    _check_gradients(model, [spec])
     pre = model.preprocess
     device = _device(model)
     task = Embedding(normalize=False)

@@ -50,7 +50,15 @@ from vitrina.explain.layers import (
 )
 from vitrina.models import VitrinaModel
 
-__all__ = ["PARAMS", "TRANSFORMS", "VizResult", "dream", "visualize"]
+__all__ = [
+    "PARAMS",
+    "TRANSFORMS",
+    "VizResult",
+    "direction_objective",
+    "dream",
+    "visualize",
+    "visualize_directions",
+]
 
 PARAMS = ("fourier", "pixel")
 TRANSFORMS = ("standard", "none")
@@ -90,26 +98,31 @@ class VizResult:
 
 
 class _FourierImage(nn.Module):
-    """lucid's ``fft_image``: an rfft spectrum scaled by 1/max(f, 1/side); irfft (ortho) / 4."""
+    """lucid's ``fft_image``: an rfft spectrum scaled by 1/max(f, 1/side); irfft (ortho) / 4.
+    ``n`` images at once (a batch of independent images: the activation atlas's cells)."""
 
-    def __init__(self, ch: int, h: int, w: int, gen: torch.Generator, sd: float = 0.01) -> None:
+    def __init__(
+        self, ch: int, h: int, w: int, gen: torch.Generator, sd: float = 0.01, n: int = 1
+    ) -> None:
         super().__init__()
         fy = torch.fft.fftfreq(h)[:, None]
         fx = torch.fft.rfftfreq(w)[None, :]
         freqs = torch.sqrt(fx * fx + fy * fy)
         self.register_buffer("scale", 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)))
         self.size = (h, w)
-        self.spectrum = nn.Parameter(torch.randn(ch, *freqs.shape, 2, generator=gen) * sd)
+        self.spectrum = nn.Parameter(torch.randn(n, ch, *freqs.shape, 2, generator=gen) * sd)
 
     def forward(self) -> torch.Tensor:
         spec = torch.view_as_complex(self.spectrum) * self.scale
-        return torch.fft.irfft2(spec, s=self.size, norm="ortho").unsqueeze(0) / 4.0
+        return torch.fft.irfft2(spec, s=self.size, norm="ortho") / 4.0
 
 
 class _PixelImage(nn.Module):
-    def __init__(self, ch: int, h: int, w: int, gen: torch.Generator, sd: float = 0.01) -> None:
+    def __init__(
+        self, ch: int, h: int, w: int, gen: torch.Generator, sd: float = 0.01, n: int = 1
+    ) -> None:
         super().__init__()
-        self.pixels = nn.Parameter(torch.randn(1, ch, h, w, generator=gen) * sd)
+        self.pixels = nn.Parameter(torch.randn(n, ch, h, w, generator=gen) * sd)
 
     def forward(self) -> torch.Tensor:
         return self.pixels
@@ -143,6 +156,7 @@ def _scale_rotate(x: torch.Tensor, scale: float, degrees: float) -> torch.Tensor
     a = math.radians(degrees)
     c, s = math.cos(a) / scale, math.sin(a) / scale
     theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], dtype=x.dtype, device=x.device)
+    theta = theta.expand(len(x), 2, 3)  # the same transform for every image of a batch
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -313,6 +327,90 @@ def visualize(
         channel=channel,
         class_index=class_index,
     )
+
+
+# --------------------------------------------------------------------------- directions
+
+
+def direction_objective(
+    out: torch.Tensor, directions: torch.Tensor, cossim_pow: float = 1.0
+) -> torch.Tensor:
+    """lucid's ``direction_neuron`` objective, one direction per image of the batch: at the
+    centre position of the layer's ``(N, C, H, W)`` output (or the ``(N, C)`` vector), the
+    dot product with the image's direction ``(N, C)`` times the cosine similarity (floored at
+    0.1) to the power ``cossim_pow``, summed over the batch (the images are independent)."""
+    if out.dim() == 4:
+        acts = out[:, :, out.shape[2] // 2, out.shape[3] // 2]
+    elif out.dim() == 2:
+        acts = out
+    else:
+        raise VitrinaError(
+            f"direction objective needs (N, C, H, W) or (N, C), got {tuple(out.shape)}"
+        )
+    acts = acts.float()
+    d = F.normalize(directions.to(acts), dim=1)
+    dot = (acts * d).sum(1)
+    if cossim_pow:
+        cos = F.cosine_similarity(acts, d, dim=1).clamp_min(0.1)
+        dot = dot * cos.pow(cossim_pow)
+    return dot.sum()
+
+
+def visualize_directions(
+    model: VitrinaModel,
+    layer: str,
+    directions: torch.Tensor | np.ndarray,
+    *,
+    steps: int = 128,
+    size: int | tuple[int, int] = 64,
+    seed: int = 0,
+    lr: float = 0.05,
+    batch: int = 32,
+    cossim_pow: float = 1.0,
+    param: str = "fourier",
+    on_progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """One image per direction of ``layer``'s activation space: the feature visualisation of
+    :func:`visualize` (same parameterisation and transformation robustness) with
+    :func:`direction_objective`, optimised ``batch`` images at a time. Returns ``(N, H, W, 3)``
+    float32 in [0, 1]; seeded (same seed, same images). ``on_progress(done, total)`` counts
+    steps over all batches."""
+    if param not in PARAMS:
+        raise VitrinaError(f"unknown param {param!r}; choose one of {', '.join(PARAMS)}")
+    if steps < 1 or batch < 1:
+        raise VitrinaError(f"steps and batch must be >= 1, got {steps} and {batch}")
+    d_all = torch.as_tensor(np.asarray(directions), dtype=torch.float32)
+    if d_all.dim() != 2 or not len(d_all):
+        raise VitrinaError(f"directions must be (N, C) with N >= 1, got {tuple(d_all.shape)}")
+    h, w = _check_size(size)
+    dev = model_device(model)
+    name = resolve_layer(model, layer)
+    chunks = list(range(0, len(d_all), batch))
+    total, done = steps * len(chunks), 0
+    out = np.zeros((len(d_all), h, w, 3), np.float32)
+    with frozen(model):
+        fe = layer_extractor(model, name)
+        gen = torch.Generator().manual_seed(int(seed))
+        cls = _FourierImage if param == "fourier" else _PixelImage
+        decorrelate = param == "fourier"
+        for start in chunks:
+            d = d_all[start : start + batch].to(dev)
+            image = cls(model.preprocess.channels, h, w, gen, n=len(d)).to(dev)
+            opt = torch.optim.Adam(image.parameters(), lr=lr)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                rgb = _resize_to(_standard_transforms(_to_rgb(image(), decorrelate), gen), (h, w))
+                value = direction_objective(fe(to_network_input(model, rgb))[name], d, cossim_pow)
+                (-value).backward()
+                opt.step()
+                done += 1
+                if on_progress:
+                    on_progress(done, total)
+            with torch.no_grad():
+                rgb = _to_rgb(image(), decorrelate).clamp(0, 1)
+                a = rgb.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+                out[start : start + len(d)] = np.repeat(a, 3, axis=3) if a.shape[3] == 1 else a
+    return out
 
 
 # --------------------------------------------------------------------------- DeepDream

@@ -16,7 +16,7 @@ loss           euclidean     cosine
 =============  ============  ===========================================
 triplet*       0.3           0.2
 quadruplet     0.3 / 0.15    0.2 / 0.1
-contrastive    pos 0, neg 1  pos 1, neg 0 (similarities, pml's advice)
+*contrastive   pos 0, neg 1  pos 1, neg 0 (similarities, pml's advice)
 =============  ============  ===========================================
 """
 
@@ -66,13 +66,15 @@ class LossContext:
 class LossEntry:
     """A loss name: ``build(ctx) -> (module, description)``; ``input`` says which embeddings it
     takes ("class": after the BN-neck, "metric": before); ``takes_miner``: the ``miner``
-    argument applies; ``own_miner``: a shortcut bundling that miner."""
+    argument applies; ``own_miner``: a shortcut bundling that miner; ``pairs``: a Siamese
+    loss over the sampled pairs of a pair batch (``--sampler pairs``)."""
 
     build: Callable[[LossContext], tuple[nn.Module, str]]
     input: Input
     help: str
     takes_miner: bool = False
     own_miner: str | None = None
+    pairs: bool = False  # a Siamese loss: needs pair batches (--sampler pairs)
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,10 @@ def _register_loss(
     help: str,
     takes_miner: bool = False,
     own_miner: str | None = None,
+    pairs: bool = False,
 ) -> Callable[[Callable[[LossContext], tuple[nn.Module, str]]], Any]:
     def deco(build: Callable[[LossContext], tuple[nn.Module, str]]) -> Any:
-        LOSSES.register(name)(LossEntry(build, input, help, takes_miner, own_miner))
+        LOSSES.register(name)(LossEntry(build, input, help, takes_miner, own_miner, pairs))
         return build
 
     return deco
@@ -312,6 +315,38 @@ def _center(ctx: LossContext) -> tuple[nn.Module, str]:
 
     n, d = _sizes(ctx, "center")
     return CenterLoss(num_classes=n, embedding_size=d), "center (squared euclidean)"
+
+
+@_register_loss(
+    "siamese-contrastive",
+    input="metric",
+    pairs=True,
+    help="Siamese pairs: contrastive loss on the distance of each sampled pair only (needs --sampler pairs)",
+)
+def _siamese_contrastive(ctx: LossContext) -> tuple[nn.Module, str]:
+    from vitrina.losses.siamese import SiameseContrastive
+
+    pos, neg = _CONTRASTIVE_MARGINS[ctx.distance]
+    neg = neg if ctx.margin is None else ctx.margin
+    loss = SiameseContrastive(make_distance(ctx.distance), pos, neg)
+    return loss, (
+        f"siamese contrastive (sampled pairs, pos margin {pos:g}, neg margin {neg:g}, "
+        f"{ctx.distance})"
+    )
+
+
+@_register_loss(
+    "siamese-binary",
+    input="metric",
+    pairs=True,
+    help="Siamese pairs: same/different logistic head on |a-b| (Koch et al. 2015; needs --sampler pairs)",
+)
+def _siamese_binary(ctx: LossContext) -> tuple[nn.Module, str]:
+    from vitrina.losses.siamese import SiameseBinary
+
+    if ctx.embedding_dim is None:
+        raise ValueError("loss 'siamese-binary' needs embedding_dim")
+    return SiameseBinary(ctx.embedding_dim), "siamese binary (same/different head on |a-b|)"
 
 
 #: One line of help per loss name, for ``--help``.

@@ -31,7 +31,13 @@ from torch import nn
 from vitrina.errors import VitrinaError
 from vitrina.models.preprocess import Preprocess
 
-__all__ = ["LinearHeadModel", "SqueezeNetModel", "TimmModel", "VitrinaModel"]
+__all__ = [
+    "LinearHeadModel",
+    "SqueezeNetModel",
+    "TimmModel",
+    "VitrinaModel",
+    "drop_classifier",
+]
 
 
 class VitrinaModel(nn.Module):
@@ -433,3 +439,13 @@ class SqueezeNetModel(VitrinaModel):
         nn.init.zeros_(conv.bias)
         self.net.classifier[1] = conv
         self.net.num_classes = num_classes
+
+
+def drop_classifier(model: VitrinaModel) -> None:
+    """Remove ``model``'s classifier weights (its ``embed`` is unchanged; ``classify`` then
+    returns the embedding): for a backbone inside an embedding model or an autoencoder,
+    whose own head is never used. Models whose head cannot be removed keep it."""
+    if isinstance(model, TimmModel):
+        model.net.reset_classifier(0)
+    elif isinstance(model, LinearHeadModel):
+        model.head = nn.Identity()  # type: ignore[assignment]

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitrina.models.contract import LinearHeadModel, TimmModel, VitrinaModel
+from vitrina.models.contract import VitrinaModel, drop_classifier
 
 __all__ = ["LOCAL_DIM", "PROTOTYPE_SCALE", "EmbeddingModel", "LocalBranch", "PrototypeHead"]
 
@@ -112,14 +112,6 @@ def _map_channels(base: VitrinaModel) -> int:
         base.train(was)
 
 
-def _drop_classifier(base: VitrinaModel) -> None:
-    """The backbone's own classifier is never used here: remove its weights."""
-    if isinstance(base, TimmModel):
-        base.net.reset_classifier(0)
-    elif isinstance(base, LinearHeadModel):
-        base.head = nn.Identity()  # type: ignore[assignment]
-
-
 class EmbeddingModel(VitrinaModel):
     """``base`` (any vitrina model) + neck (``dim``; 0 keeps the backbone's width) + head.
 
@@ -141,7 +133,7 @@ class EmbeddingModel(VitrinaModel):
     ) -> None:
         if isinstance(base, EmbeddingModel):
             raise TypeError("base is already an EmbeddingModel")
-        _drop_classifier(base)
+        drop_classifier(base)  # the backbone's own classifier is never used here
         width = int(dim) if dim else base.num_features
         super().__init__(
             base,

@@ -526,3 +526,45 @@ def _dlib_face_resnet(num_classes: int | None, pretrained: bool) -> VitrinaModel
             weights_origin=f"package:face_recognition_models/{path.name}",
         )
     return VitrinaModel.wrap(net, arch="dlib_face_resnet", preprocess=dlib_face_preprocess())
+
+
+# ---------------------------------------------------------------------------- classic models
+def _no_pretrained(name: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"{name!r} has no pretrained weights: it is fitted from scratch on your photos "
+        "(vitrina train PHOTOS --arch " + name + ")"
+    )
+
+
+@register_model("hog_svm")
+def _hog_svm(num_classes: int | None, pretrained: bool) -> VitrinaModel:
+    """HOG descriptor (OpenCV) + linear SVM (scikit-learn), fitted by ``vitrina train``."""
+    from vitrina.models.classic import HogSvm
+
+    if pretrained:
+        raise _no_pretrained("hog_svm")
+    return HogSvm(num_classes or 2)
+
+
+@register_model("sift_bovw_svm")
+def _sift_bovw_svm(num_classes: int | None, pretrained: bool) -> VitrinaModel:
+    """SIFT bag of visual words (OpenCV + k-means) + linear SVM, fitted by ``vitrina train``."""
+    from vitrina.models.classic import SiftBovwSvm
+
+    if pretrained:
+        raise _no_pretrained("sift_bovw_svm")
+    return SiftBovwSvm(num_classes or 2)
+
+
+@register_model("mlp_pixels")
+def _mlp_pixels(num_classes: int | None, pretrained: bool) -> VitrinaModel:
+    """A perceptron (one hidden layer) on raw 32x32 RGB pixels, trained from scratch."""
+    from vitrina.models.classic import MLP_PIXELS_PREPROCESS, PixelMLP
+
+    if pretrained:
+        raise WeightsNotFoundError(
+            "'mlp_pixels' has no pretrained weights: train it from scratch (--mode scratch)"
+        )
+    return VitrinaModel.wrap(
+        PixelMLP(num_classes or 10), arch="mlp_pixels", preprocess=MLP_PIXELS_PREPROCESS
+    )

@@ -40,6 +40,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
         ax2.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
     if "val_loss" in first:
         ax1.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
+    if "val_accuracy" in first:
         ax2.plot(epochs, [r["val_accuracy"] for r in history], "s-", label="validation")
     embedding = "val_mAP" in first  # metric learning: retrieval on held-out identities
     if embedding:
@@ -51,7 +52,12 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
         if embedding
         else ("loss (cross-entropy)", "accuracy")
     )
-    for ax, title in zip((ax1, ax2), titles, strict=True):
+    axes = [ax1, ax2]
+    if not embedding and "train_accuracy" not in first and "val_accuracy" not in first:
+        titles = ("loss", "")  # no accuracy (an autoencoder's reconstruction error)
+        ax2.set_visible(False)
+        axes = [ax1]
+    for ax, title in zip(axes, titles, strict=False):
         if best:
             ax.axvline(best[-1], color="grey", ls="--", lw=1, label=f"best (epoch {best[-1]})")
         ax.set_xlabel("epoch")

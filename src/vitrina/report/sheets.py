@@ -11,10 +11,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["SheetRow", "Tile", "write_contact_sheet", "write_html"]
+__all__ = ["SheetRow", "Tile", "write_contact_sheet", "write_html", "write_image_rows"]
 
 MAX_COLUMNS = 12  # tiles per row after the first; the rest are counted in the caption
 
@@ -166,4 +167,55 @@ def write_html(
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(parts))
+    return path
+
+
+def write_image_rows(
+    rows: Sequence[tuple[str, Sequence[Any]]],
+    out: str | os.PathLike[str],
+    *,
+    title: str = "",
+    tile: int = 96,
+) -> Path:
+    """One PNG of image rows (e.g. photos above their reconstructions): ``rows`` are
+    ``(label, images)`` with images as ``(H, W, C)`` float arrays in [0, 1] (C = 1 or 3);
+    each image is scaled to ``tile`` pixels on its long side. Written atomically."""
+    import numpy as np
+
+    from vitrina.io import atomic_write_bytes
+
+    font = _font(12)
+    label_w, pad, head = 110, 4, 22 if title else 4
+    cols = max((len(images) for _, images in rows), default=0)
+    sheet = Image.new(
+        "RGB", (label_w + cols * (tile + pad) + pad, head + len(rows) * (tile + pad)), "white"
+    )
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, 4), title, fill=(0, 0, 0), font=font)
+    for r, (label, images) in enumerate(rows):
+        y = head + r * (tile + pad)
+        draw.text(
+            (pad, y + tile // 2 - 6), _fit(label, font, label_w - pad), fill=(0, 0, 0), font=font
+        )
+        for c, a in enumerate(images):
+            arr = np.clip(np.asarray(a, dtype=np.float32), 0, 1)
+            if arr.ndim == 3 and arr.shape[2] == 1:
+                arr = arr[:, :, 0]
+            im = Image.fromarray((arr * 255).round().astype(np.uint8)).convert("RGB")
+            im.thumbnail(
+                (tile, tile),
+                Image.Resampling.NEAREST if max(im.size) < tile else Image.Resampling.LANCZOS,
+            )
+            if max(im.size) < tile:
+                scale = tile / max(im.size)
+                im = im.resize(
+                    (round(im.width * scale), round(im.height * scale)), Image.Resampling.NEAREST
+                )
+            sheet.paste(im, (label_w + c * (tile + pad), y))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vitrina.training.loop import Callback, LoopState
 
-__all__ = ["BestCheckpoint", "EarlyStopping", "MetricsLog", "ProgressBar", "ResumePoint", "score"]
+__all__ = [
+    "BestCheckpoint",
+    "EarlyStopping",
+    "MetricsLog",
+    "ProgressBar",
+    "ResumePoint",
+    "TimeBudget",
+    "score",
+]
 
 
 def score(record: dict[str, Any]) -> tuple[float, float]:
@@ -21,7 +30,8 @@ def score(record: dict[str, Any]) -> tuple[float, float]:
     identities decides), else on the held-out identities; of a model with local stripes the
     combined (global + local) mAP, the distance it is used with; ties: rank-1. Detection:
     validation mAP@[.5:.95] (ties: mAP@.5). Classifiers: validation accuracy (ties: lower
-    validation loss). Training figures when there is no validation set."""
+    validation loss); the lower validation loss for tasks without accuracy (an autoencoder).
+    Training figures when there is no validation set."""
     for prefix in ("valdir_", "val_"):
         if f"{prefix}mAP" in record:
             main = record.get(f"{prefix}mAP_combined", record[f"{prefix}mAP"])
@@ -29,6 +39,8 @@ def score(record: dict[str, Any]) -> tuple[float, float]:
             return (main, tie)
     if "val_accuracy" in record:
         return (record["val_accuracy"], -record["val_loss"])
+    if "val_loss" in record:  # no accuracy (an autoencoder): the lower held-out loss
+        return (-record["val_loss"], -record["train_loss"])
     return (record.get("train_accuracy", 0.0), -record["train_loss"])
 
 
@@ -103,6 +115,8 @@ class ProgressBar(Callback):
             line += f"  val-dir mAP {record['valdir_mAP']:.3f}"
         if "val_accuracy" in record:
             line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}"
+        elif "val_loss" in record:
+            line += f"  val_loss {record['val_loss']:.4f}"
         line += f"  {record['images_per_s']:.0f} img/s"
         if record.get("best"):
             line += "  [green]* best[/]"
@@ -174,3 +188,26 @@ class ResumePoint(Callback):
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         self.save(state)
+
+
+class TimeBudget(Callback):
+    """Stop before an epoch that would end past ``seconds`` of training (the last epoch's
+    duration is the estimate): a fixed CPU budget, e.g. to compare models trained for the
+    same time. Marks the record that stopped with ``time_budget``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.start = 0.0
+        self.epoch_start = 0.0
+
+    def on_fit_start(self, state: LoopState) -> None:
+        self.start = time.perf_counter()
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if now - self.start + (now - self.epoch_start) > self.seconds:
+            state.stop = True
+            record["time_budget"] = True

@@ -40,7 +40,14 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.config import TrainConfig
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
-from vitrina.training.precision import choose_precision, record_precision
+from vitrina.training.precision import (
+    choose_precision,
+    inference_backend,
+    loss_dtype,
+    model_dtype,
+    param_dtype,
+    record_precision,
+)
 
 __all__ = ["ClassificationTask", "TrainResult", "data_fingerprint", "train_classifier"]
 
@@ -62,7 +69,7 @@ class ClassificationTask:
 
     def step(self, model: nn.Module, batch: Batch) -> StepOutput:
         logits = model.classify(batch.images)  # type: ignore[operator]
-        loss = F.cross_entropy(logits.float(), batch.labels)
+        loss = F.cross_entropy(loss_dtype(logits), batch.labels)
         if self.l2:
             weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
             loss = loss + 0.5 * self.l2 * sum(p.pow(2).sum() for p in weights)
@@ -73,12 +80,14 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
         model.eval()
         device = next(model.parameters()).device
+        dtype = model_dtype(model)
         probs, labels = [], []
         for batch in loader:
             if batch.images.numel() == 0:
                 continue
-            logits = model.classify(batch.images.to(device)).float()  # type: ignore[operator]
-            probs.append(logits.softmax(1).cpu())
+            x = batch.images.to(device, dtype=dtype)
+            logits = loss_dtype(model.classify(x))  # type: ignore[operator]
+            probs.append(logits.softmax(1).float().cpu())
             labels.append(batch.labels)
         if not probs:
             return {}
@@ -134,6 +143,22 @@ def data_fingerprint(root: Path, samples: list[Sample], classes: list[str]) -> s
     return h.hexdigest()
 
 
+def data_record(
+    data_root: Path, scan: Any, train_samples: list[Sample], val_samples: list[Sample]
+) -> dict[str, Any]:
+    """What ``vitrina.json`` records about the training data (``data``)."""
+    return {
+        "root": str(data_root.resolve()),
+        "fingerprint": data_fingerprint(data_root, scan.samples, scan.classes),
+        "num_images": len(scan.samples),
+        "counts": scan.counts(),
+        "train": len(train_samples),
+        "validation": len(val_samples),
+        "skipped_hidden": scan.skipped_hidden,
+        "skipped_non_image": len(scan.skipped_non_image),
+    }
+
+
 def _loader(
     samples: list[Sample], transform: Any, cfg: TrainConfig, *, shuffle: bool, g: torch.Generator
 ) -> DataLoader:
@@ -153,10 +178,11 @@ def _loader(
 def _embed_all(
     model: VitrinaModel, samples: list[Sample], cfg: TrainConfig, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Frozen-backbone features of every sample, once (fp32 eager: the probe reference)."""
+    """Frozen-backbone features of every sample, once, by the backend computing at the run's
+    precision (``eager`` fp32: the probe reference; ``fp64``; ``bf16``)."""
     engine = Engine(
         model,
-        backend="eager",
+        backend=inference_backend(cfg.precision),
         device=device,
         batch_size=max(cfg.batch_size, 32),
         num_workers=cfg.num_workers,
@@ -268,7 +294,7 @@ def train_classifier(
             if epochs is not None:
                 cfg.epochs = epochs
     cfg = cfg.resolved()
-    assert cfg.epochs is not None and cfg.augment is not None and cfg.lr is not None
+    assert cfg.epochs is not None and cfg.augment is not None
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     data_root = Path(cfg.data_dir)
@@ -283,7 +309,18 @@ def train_classifier(
 
     model = create(cfg.arch, weights=cfg.weights, num_classes=len(scan.classes))
     model.class_names = list(scan.classes)
-    model.to(device)
+    if getattr(model, "fitted", False):  # HOG / SIFT + SVM: fitted by scikit-learn
+        if resume:
+            raise VitrinaError(
+                f"{out}: {cfg.arch} is fitted in one pass by scikit-learn; there is nothing to "
+                "resume (train again into a new --out)"
+            )
+        from vitrina.training.classic import fit_classic
+
+        return fit_classic(
+            cfg, model, data_root, scan, train_samples, val_samples, out, progress=progress
+        )
+    model.to(device=device, dtype=param_dtype(cfg.precision))
     pre = model.preprocess
     frozen = cfg.mode == "probe"
     if frozen:
@@ -291,6 +328,12 @@ def train_classifier(
             p.requires_grad_(False)
     head = model.head_module()
     cached = fast_paths and frozen and cfg.augment == "none" and isinstance(head, nn.Linear)
+    # ``auto`` resolved before anything computes (the cached features are computed at the
+    # chosen precision's backend).
+    choice = choose_precision(cfg.precision, model, device, cfg.batch_size, trainable=not cached)
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen
 
     bad: list[str] = []
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -331,6 +374,7 @@ def train_classifier(
             else None
         )
 
+    assert cfg.lr is not None
     params = [
         p for p in (model.head_parameters() if frozen else model.parameters()) if p.requires_grad
     ]
@@ -352,16 +396,7 @@ def train_classifier(
         classes=list(scan.classes),
         preprocess=pre,
         weights_origin=model.weights_origin,
-        data={
-            "root": str(data_root.resolve()),
-            "fingerprint": data_fingerprint(data_root, scan.samples, scan.classes),
-            "num_images": len(scan.samples),
-            "counts": scan.counts(),
-            "train": len(train_samples),
-            "validation": len(val_samples),
-            "skipped_hidden": scan.skipped_hidden,
-            "skipped_non_image": len(scan.skipped_non_image),
-        },
+        data=data_record(data_root, scan, train_samples, val_samples),
         config=cfg.to_dict(),
     )
 
@@ -389,10 +424,6 @@ def train_classifier(
         ResumePoint(save_resume),
         *(extra_callbacks or []),
     ]
-    choice = choose_precision(cfg.precision, model, device, cfg.batch_size, trainable=not cached)
-    if cfg.precision == "auto":
-        record_precision(choice, out)
-    cfg.precision = choice.chosen
     workers = getattr(train_loader, "num_workers", 0)
     # A net this small spends more time waking threads than computing (and spins badly on
     # a busy machine): one thread.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +10,20 @@ from vitrina.data.transforms import AUGMENTS
 from vitrina.errors import VitrinaError
 from vitrina.registry import suggest
 
-__all__ = ["MODES", "OPTIMIZERS", "PRECISIONS", "TrainConfig"]
+__all__ = ["MODES", "OPTIMIZERS", "PRECISIONS", "TrainConfig", "is_fitted_arch"]
 
 MODES = ("scratch", "probe", "finetune")
 OPTIMIZERS = ("sgd", "adamw", "lbfgs")
-PRECISIONS = ("fp32", "bf16", "auto")
+#: Training precisions (``--precision``); see :mod:`vitrina.training.precision`.
+#: ``auto`` is resolved to fp32 or bf16 by measurement before training starts.
+PRECISIONS = ("fp64", "fp32", "bf16", "auto")
+
+
+def is_fitted_arch(arch: str) -> bool:
+    """Whether ``arch`` is a classic model fitted by scikit-learn, not by gradient descent."""
+    from vitrina.models.classic import FITTED_ARCHS
+
+    return arch.removeprefix("vitrina/") in FITTED_ARCHS
 
 
 @dataclass
@@ -35,7 +44,14 @@ class TrainConfig:
     optimizer: str | None = None  # None: lbfgs for a probe on cached features, else adamw
     weight_decay: float | None = None  # None: 1e-2 L2 for lbfgs, 1e-4 decay otherwise
     augment: str | None = None
-    precision: str = "fp32"
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp64 (float64 weights and arithmetic), fp32, bf16 (autocast mixed "
+            "precision; fast only on CPUs/GPUs with bf16 units) or auto (bf16 where it measures "
+            "faster, else fp32). The run stores fp32 weights."
+        },
+    )
     seed: int = 0
     out: str | None = None
     val_dir: str | None = None
@@ -61,6 +77,8 @@ class TrainConfig:
         c = TrainConfig(**asdict(self))
         if c.weights in ("none", ""):
             c.weights = None
+        if is_fitted_arch(c.arch):
+            return c._resolved_fitted()
         if c.mode == "scratch" and c.weights is not None:
             raise VitrinaError(
                 f"--mode scratch trains from random weights, but --weights {c.weights} was given; "
@@ -98,6 +116,30 @@ class TrainConfig:
                 raise VitrinaError(f"--{name} {value} is out of range")
         if c.out is None:
             c.out = str(Path("runs") / f"{Path(c.data_dir).resolve().name}-{c.arch}-{c.mode}")
+        return c
+
+    def _resolved_fitted(self) -> TrainConfig:
+        """A classic model fitted by scikit-learn (HOG / SIFT + SVM): features are fixed, the
+        SVM is fitted in one pass, so --mode, --epochs, --lr, --optimizer and --augment do
+        not apply; they are recorded as what happened (scratch, 1 pass, no augmentation)."""
+        if self.weights is not None:
+            raise VitrinaError(
+                f"--arch {self.arch} is fitted from scratch on your photos by scikit-learn: "
+                f"--weights {self.weights} does not apply"
+            )
+        if not 0 < self.val_fraction < 1:
+            raise VitrinaError(f"--val-fraction {self.val_fraction} is out of range")
+        c = TrainConfig(**asdict(self))
+        c.mode, c.epochs, c.augment, c.optimizer, c.lr, c.weight_decay = (
+            "scratch",
+            1,
+            "none",
+            None,
+            None,
+            None,
+        )
+        if c.out is None:
+            c.out = str(Path("runs") / f"{Path(c.data_dir).resolve().name}-{c.arch}")
         return c
 
     def to_dict(self) -> dict[str, Any]:

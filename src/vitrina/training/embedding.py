@@ -52,7 +52,14 @@ from vitrina.training.callbacks import (
 from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
 from vitrina.training.classification import prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
-from vitrina.training.precision import choose_precision, record_precision
+from vitrina.training.precision import (
+    check_precision,
+    choose_precision,
+    loss_dtype,
+    model_dtype,
+    param_dtype,
+    record_precision,
+)
 from vitrina.training.trainable import TRAINABLE, TrainablePlan, plan_trainable
 
 __all__ = [
@@ -65,6 +72,9 @@ __all__ = [
 
 DISTANCES = ("euclidean", "cosine")
 EMBED_AUGMENTS = ("reid", *AUGMENTS)
+#: Batch samplers: ``pk`` (P identities x K images: every pair and triplet of the batch) or
+#: ``pairs`` (balanced same / different Siamese pairs, for the siamese-* losses).
+SAMPLERS = ("pk", "pairs")
 
 
 class NonFiniteLossError(VitrinaError):
@@ -87,6 +97,8 @@ class EmbeddingConfig:
         ``head_lr_mult`` times faster.
     val_fraction: share of identities held out for model selection and threshold calibration
         (at least 2 identities, else no validation: the last epoch is kept).
+    sampler: ``pk`` or ``pairs`` (Siamese pairs, ``p * k / 2`` of them per batch: the same
+        number of images); the ``siamese-*`` losses need ``pairs``.
     trainable: how much of the backbone trains: ``neck`` (backbone frozen), ``last`` (its last
         stage(s)), ``all``, or ``auto``: chosen from the number of training identities and
         photos (:func:`vitrina.training.trainable.choose_trainable`; the run says which and
@@ -113,6 +125,14 @@ class EmbeddingConfig:
     bnneck: bool = True
     p: int | None = None
     k: int = 4
+    sampler: str = field(
+        default="pk",
+        metadata={
+            "help": "pk: P identities x K images per batch (every pair and triplet in it); "
+            "pairs: balanced same/different Siamese pairs (p*k/2 per batch), for the "
+            "siamese-contrastive and siamese-binary losses."
+        },
+    )
     epochs: int = 20
     lr: float = 3e-4
     head_lr_mult: float = 10.0
@@ -122,7 +142,13 @@ class EmbeddingConfig:
     layer_decay: float = 1.0
     input_size: tuple[int, int] | None = None
     augment: str = "reid"
-    precision: str = "fp32"
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp64, fp32, bf16 (autocast) or auto (bf16 where it measures faster, else "
+            "fp32); the run stores fp32 weights."
+        },
+    )
     val_fraction: float = 0.2
     val_dir: str | None = None
     local_stripes: int = 0
@@ -149,8 +175,23 @@ class EmbeddingConfig:
                 f"--augment {c.augment!r} is not one of {', '.join(EMBED_AUGMENTS)}"
                 f"{suggest(c.augment, list(EMBED_AUGMENTS))}"
             )
-        from vitrina.losses import build_criterion
+        if c.sampler not in SAMPLERS:
+            raise VitrinaError(
+                f"--sampler {c.sampler!r} is not one of {', '.join(SAMPLERS)}"
+                f"{suggest(c.sampler, list(SAMPLERS))}"
+            )
+        from vitrina.losses import LOSSES, build_criterion, parse_loss_spec
 
+        pair_losses = [t.name for t in parse_loss_spec(c.loss) if LOSSES.get(t.name).pairs]
+        if pair_losses and c.sampler != "pairs":
+            raise VitrinaError(
+                f"--loss {pair_losses[0]} learns from Siamese pairs: add --sampler pairs"
+            )
+        if c.sampler == "pairs" and not pair_losses:
+            raise VitrinaError(
+                "--sampler pairs gives Siamese pair batches: use a pair loss "
+                "(--loss siamese-contrastive or siamese-binary)"
+            )
         # Fail on a bad loss spec, miner or margin now, not after reading the data.
         build_criterion(
             c.loss,
@@ -160,8 +201,7 @@ class EmbeddingConfig:
             embedding_dim=2,
             margin=c.margin,
         )
-        if c.precision not in ("fp32", "bf16", "auto"):
-            raise VitrinaError(f"--precision {c.precision!r} is not one of fp32, bf16, auto")
+        check_precision(c.precision)
         if c.trainable not in TRAINABLE:
             raise VitrinaError(
                 f"--trainable {c.trainable!r} is not one of {', '.join(TRAINABLE)}"
@@ -284,14 +324,14 @@ class EmbeddingTask:
         self, model: nn.Module, criterion: nn.Module, batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], _Outputs]:
         raw, neck, stripes = model.train_features(batch.images)  # type: ignore[operator]
-        raw, neck = raw.float(), neck.float()
+        raw, neck = loss_dtype(raw), loss_dtype(neck)
         total, parts = criterion(raw, neck, batch.labels)
         parts = dict(parts)
         local_dist = None
         if stripes is not None and self.local_loss is not None:
             from vitrina.losses.aligned import local_distance_matrix
 
-            local_dist = local_distance_matrix(stripes.float())
+            local_dist = local_distance_matrix(loss_dtype(stripes))
             parts["local"] = self.local_loss(raw.detach(), stripes, batch.labels, local_dist)
             total = total + parts["local"]
         return total, parts, _Outputs(raw, neck, local_dist)
@@ -382,6 +422,7 @@ def _aligned_embed(model: nn.Module) -> Any:
     """``x -> (global (B, D), stripes (B, S, Dl) or None)`` of an embedding model."""
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = x.to(model_dtype(model))  # fp64 runs take float64 inputs
         if getattr(model, "local", None) is None:
             return model.embed(x), None  # type: ignore[operator]
         _, neck, stripes = model.train_features(x)  # type: ignore[operator]
@@ -738,7 +779,7 @@ def _train_one(
     progress: bool,
     extra: list[Callback] | None,
 ) -> EmbeddingResult:
-    from vitrina.data.samplers import PKSampler
+    from vitrina.data.samplers import PairSampler, PKSampler
     from vitrina.losses import build_criterion
     from vitrina.losses.aligned import AlignedLocalLoss
 
@@ -746,7 +787,11 @@ def _train_one(
     device = resolve_device(cfg.device)
     names, train_imgs, val_imgs = data.names, data.train_imgs, data.val_imgs
     p = cfg.p or max(2, min(8, len(data.train_ids)))
-    sampler = PKSampler(data.train_labels, p=p, k=cfg.k, seed=cfg.seed)
+    sampler: PKSampler | PairSampler = (
+        PairSampler(data.train_labels, pairs=max(2, p * cfg.k // 2), seed=cfg.seed)
+        if cfg.sampler == "pairs"
+        else PKSampler(data.train_labels, p=p, k=cfg.k, seed=cfg.seed)
+    )
 
     out = prepare_out(Path(cfg.out or "runs/run"), resume)
     base, previous = _backbone(cfg)
@@ -803,12 +848,12 @@ def _train_one(
         peer = _Peer(twin, criterion_for(twin), [])
         torch.manual_seed(cfg.seed)
     criterion = criterion_for(model)
-    model.to(device)
-    criterion.to(device)
+    model.to(device=device, dtype=param_dtype(cfg.precision))
+    criterion.to(device=device, dtype=param_dtype(cfg.precision))
     frozen = _apply_plan(model, plan)
     groups = _param_groups(model, criterion, plan, cfg)
     if peer is not None:
-        peer.to(device)
+        peer.to(device=device, dtype=param_dtype(cfg.precision))
         peer.frozen = _apply_plan(peer.model, plan)
         groups += _param_groups(peer.model, peer.criterion, plan, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -1006,7 +1051,7 @@ def _start_figures(
     start = start.to(device).eval()
 
     def embed(x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return start.embed(x), None  # type: ignore[operator]
+        return start.embed(x.to(model_dtype(start))), None  # type: ignore[operator]
 
     out: dict[str, float] = {}
     if val_loader is not None:

@@ -7,7 +7,6 @@ stop early.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from vitrina.data.dataset import Batch
+from vitrina.training.precision import autocast, param_dtype
 
 __all__ = ["Callback", "LoopState", "StepOutput", "Task", "fit"]
 
@@ -79,12 +79,6 @@ class Callback:
     def on_fit_end(self, state: LoopState) -> None: ...
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _optimizer_step(
     model: torch.nn.Module,
     task: Task,
@@ -98,7 +92,7 @@ def _optimizer_step(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             out = task.step(model, batch)
         out.loss.backward()
         last.append(out)
@@ -141,7 +135,12 @@ def fit(
     device: torch.device,
     precision: str = "fp32",
 ) -> LoopState:
-    """Train for epochs ``start_epoch+1 .. epochs``; returns the final state."""
+    """Train for epochs ``start_epoch+1 .. epochs``; returns the final state.
+
+    ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp64`` — the caller converts the model
+    (and any loss parameters) to float64 before making the optimizer; the loop moves each
+    batch's images to that dtype (see :mod:`vitrina.training.precision`)."""
+    input_dtype = param_dtype(precision)
     state = LoopState(epochs=epochs, epoch=start_epoch, history=list(history))
     try:
         state.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
@@ -159,7 +158,7 @@ def fit(
         for batch in _recording(train_loader, state, callbacks):
             if batch.images.numel() == 0:
                 continue
-            batch.images = batch.images.to(device, non_blocking=True)
+            batch.images = batch.images.to(device, dtype=input_dtype, non_blocking=True)
             batch.labels = batch.labels.to(device, non_blocking=True)
             out = _optimizer_step(model, task, batch, optimizer, device, precision)
             state.seen += out.n
@@ -180,7 +179,7 @@ def fit(
         if scheduler is not None:
             scheduler.step()
         if val_loader is not None:
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 record.update(task.evaluate(model, _recording(val_loader, state, callbacks)))
         state.history.append(record)
         for cb in callbacks:

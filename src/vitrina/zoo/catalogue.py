@@ -33,6 +33,7 @@ from vitrina.models import weights as W
 from vitrina.models.registry import _display_name, resolve_name
 
 __all__ = [
+    "BEFORE_CNNS",
     "CLASSIC",
     "FAMILIES",
     "OTHER",
@@ -73,6 +74,10 @@ CLASSIC: tuple[str, ...] = (
     "ghostnet",
 )
 
+#: The models before CNNs (the "Classic" family), listed before :data:`CLASSIC` by default:
+#: a perceptron on pixels, HOG + linear SVM, SIFT bag of visual words + linear SVM.
+BEFORE_CNNS: tuple[str, ...] = ("mlp_pixels", "hog_svm", "sift_bovw_svm")
+
 _SCHEMA = 1  # bump when the cached fields change
 
 
@@ -94,6 +99,14 @@ class Family:
 #: Hand-written metadata. Order matters: the first family with a matching pattern wins, so
 #: specific patterns (``seresnet*``) come before general ones (``resnet*``).
 FAMILIES: tuple[Family, ...] = (
+    Family(
+        "Classic",
+        1958,
+        "The Perceptron (Rosenblatt 1958); Visual Categorization with Bags of Keypoints "
+        "(Csurka et al. 2004, on Lowe's SIFT); Histograms of Oriented Gradients for Human "
+        "Detection (Dalal & Triggs 2005)",
+        BEFORE_CNNS,
+    ),
     Family("LeNet", 1998, "Gradient-Based Learning Applied to Document Recognition", ("lenet*",)),
     Family(
         "AlexNet",

@@ -55,7 +55,7 @@ def _family_name(name: str) -> str:
 
 def _names(pattern: str | None) -> list[str]:
     if pattern is None:
-        return list(catalogue.CLASSIC)
+        return [*catalogue.BEFORE_CNNS, *catalogue.CLASSIC]
     if not any(c in pattern for c in "*?["):
         resolve_name(pattern)  # unknown: one line with suggestions
         return [pattern]
@@ -94,7 +94,8 @@ def find(
 
     Args:
         pattern: a model name, or a shell wildcard over every torchvision / timm / vitrina
-            name (``"*mobilenet*"``); ``None``: the classic review list (:data:`CLASSIC`).
+            name (``"*mobilenet*"``); ``None``: the review's list, the models before CNNs
+            (:data:`BEFORE_CNNS`) then the classic CNNs (:data:`CLASSIC`).
         family: keep one family (``"ResNet"``, any case).
         max_mb: keep models whose fp32 weights take at most this many MB.
         pretrained_only: keep models whose ImageNet weights are on this machine.

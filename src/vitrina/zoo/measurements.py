@@ -96,8 +96,18 @@ def is_measured(
     return all(
         _valid_cell(cells.get(_cell_key(source, arch, b, batch, n)))
         for b in backends
+        if b in _backends_of(name)
         for batch in (latency_batch, throughput_batch)
     )
+
+
+def _backends_of(name: str) -> tuple[str, ...]:
+    """The backends model ``name`` runs on (``backends`` of a classic model), else all."""
+    from vitrina.models.classic import FITTED_ARCHS, ClassicModel
+
+    if name.removeprefix("vitrina/") in FITTED_ARCHS:
+        return ClassicModel.backends
+    return tuple(BACKENDS.names())
 
 
 def measurement_backends(names: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -167,6 +177,8 @@ def measure(
     model: VitrinaModel | None = None
     out: dict[str, Timing] = {}
     for backend in backends:
+        if backend not in _backends_of(name):
+            continue  # a classic model (OpenCV features) has no ONNX backends: no cell
         results: dict[int, dict[str, Any]] = {}
         runner = None
         for batch in dict.fromkeys((latency_batch, throughput_batch)):
