@@ -51,7 +51,12 @@ from vitrina.training.callbacks import (
     ProgressBar,
     ResumePoint,
 )
-from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
+from vitrina.training.checkpoint import (
+    CKPT_DIR,
+    best_metrics,
+    load_resume_point,
+    resume_saver,
+)
 from vitrina.training.classification import prepare_out
 
 __all__ = [
@@ -524,16 +529,10 @@ def train_detector(
     )
 
     def save_best(record: dict[str, Any]) -> None:
-        info.metrics = {
-            "best_epoch": record["epoch"],
-            **{k: v for k, v in record.items() if k != "best"},
-        }
+        info.metrics = best_metrics(record)
         save_run(out, model, info)
 
-    def save_resume(state: LoopState) -> None:
-        save_resume_point(
-            out, model, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
-        )
+    save_resume = resume_saver(out, model, optimizer, scheduler)
 
     task = DetectionTrainTask(list(data.classes), upper, level)
     callbacks: list[Callback] = [_LossParts(task)]

@@ -42,7 +42,12 @@ from vitrina.training.callbacks import (
     ProgressBar,
     ResumePoint,
 )
-from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
+from vitrina.training.checkpoint import (
+    CKPT_DIR,
+    best_metrics,
+    load_resume_point,
+    resume_saver,
+)
 from vitrina.training.classification import data_fingerprint, prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
@@ -373,8 +378,7 @@ def train_autoencoder(
     )
 
     def save_best(record: dict[str, Any]) -> None:
-        info.metrics = {"best_epoch": record["epoch"], **record}
-        info.metrics.pop("best", None)
+        info.metrics = best_metrics(record)
         decoder = {
             k: v.detach().cpu().float().contiguous().clone()
             for k, v in model.decoder.state_dict().items()
@@ -382,10 +386,7 @@ def train_autoencoder(
         atomic_write_bytes(out / DECODER_FILE, st_save(decoder))
         save_run(out, model.encoder, info)
 
-    def save_resume(state: LoopState) -> None:
-        save_resume_point(
-            out, model, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
-        )
+    save_resume = resume_saver(out, model, optimizer, scheduler)
 
     callbacks: list[Callback] = [ProgressBar(accuracy=False)] if progress else []
     callbacks += [

@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 from vitrina.errors import RunFolderError
 from vitrina.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["load_resume_point", "save_resume_point"]
+__all__ = ["best_metrics", "load_resume_point", "resume_saver", "save_resume_point"]
 
 CKPT_DIR = "checkpoint"
 
@@ -100,3 +100,25 @@ def load_resume_point(
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     return doc
+
+
+def best_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a run folder records for its best epoch: the epoch's record as
+    ``best_epoch`` plus its figures (the loop's own ``best`` flag left out)."""
+    return {"best_epoch": record["epoch"], **{k: v for k, v in record.items() if k != "best"}}
+
+
+def resume_saver(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+) -> Any:
+    """The training loop's ``on_resume`` callback: a resume point after every epoch."""
+
+    def save(state: Any) -> None:
+        save_resume_point(
+            run_dir, model, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
+        )
+
+    return save

@@ -37,7 +37,12 @@ from vitrina.training.callbacks import (
     ProgressBar,
     ResumePoint,
 )
-from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
+from vitrina.training.checkpoint import (
+    CKPT_DIR,
+    best_metrics,
+    load_resume_point,
+    resume_saver,
+)
 from vitrina.training.config import TrainConfig
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
@@ -401,16 +406,10 @@ def train_classifier(
     )
 
     def save_best(record: dict[str, Any]) -> None:
-        info.metrics = {
-            "best_epoch": record["epoch"],
-            **{k: v for k, v in record.items() if k != "best"},
-        }
+        info.metrics = best_metrics(record)
         save_run(out, model, info)
 
-    def save_resume(state: LoopState) -> None:
-        save_resume_point(
-            out, model, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
-        )
+    save_resume = resume_saver(out, model, optimizer, scheduler)
 
     task = ClassificationTask(
         frozen_backbone=frozen, l2=cfg.weight_decay if cfg.optimizer == "lbfgs" else 0.0

@@ -49,7 +49,12 @@ from vitrina.training.callbacks import (
     ProgressBar,
     ResumePoint,
 )
-from vitrina.training.checkpoint import CKPT_DIR, load_resume_point, save_resume_point
+from vitrina.training.checkpoint import (
+    CKPT_DIR,
+    best_metrics,
+    load_resume_point,
+    resume_saver,
+)
 from vitrina.training.classification import prepare_out
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
@@ -933,15 +938,11 @@ def _train_one(
     plan_doc = plan.to_dict()
 
     def save_best(record: dict[str, Any]) -> None:
-        info.metrics = {"best_epoch": record["epoch"], **record}
-        info.metrics.pop("best", None)
+        info.metrics = best_metrics(record)
         info.metrics.update(start=start, trainable=plan_doc)
         save_run(out, model, info)
 
-    def save_resume(state: LoopState) -> None:
-        save_resume_point(
-            out, trainable, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
-        )
+    save_resume = resume_saver(out, trainable, optimizer, scheduler)
 
     task = EmbeddingTask(
         criterion,
