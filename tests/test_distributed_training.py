@@ -281,3 +281,13 @@ def test_nproc_inside_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(VitrinaError, match="torchrun already started"):
         launch(["train", "x"], 2)
+
+
+def test_lbfgs_is_refused_on_several_processes() -> None:
+    from vitrina.training.distributed import check_optimizer
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    check_optimizer(torch.optim.LBFGS([w]), Dist())  # one process: fine
+    check_optimizer(torch.optim.AdamW([w]), Dist(1, 2))
+    with pytest.raises(VitrinaError, match="lbfgs is full-batch.*--optimizer adamw"):
+        check_optimizer(torch.optim.LBFGS([w]), Dist(0, 2))
