@@ -289,5 +289,5 @@ def test_lbfgs_is_refused_on_several_processes() -> None:
     w = torch.nn.Parameter(torch.zeros(2))
     check_optimizer(torch.optim.LBFGS([w]), Dist())  # one process: fine
     check_optimizer(torch.optim.AdamW([w]), Dist(1, 2))
-    with pytest.raises(VitrinaError, match="lbfgs is full-batch.*--optimizer adamw"):
+    with pytest.raises(VitrinaError, match=r"lbfgs is full-batch.*--optimizer adamw"):
         check_optimizer(torch.optim.LBFGS([w]), Dist(0, 2))
