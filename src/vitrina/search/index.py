@@ -217,17 +217,19 @@ class Neighbours:
 
     def paths(self) -> list[list[str]]:
         """The indexed paths of every row's neighbours."""
-        meta = self._rows(set(np.unique(self.ids[self.ids >= 0]).tolist()))
-        return [[meta[i][0] for i in row if i in meta] for row in self.ids.tolist()]
+        rows = self.ids.tolist()
+        meta = self._rows({i for row in rows for i in row if i >= 0})
+        return [[meta[i][0] for i in row if i in meta] for row in rows]
 
     def results(self, names: Sequence[str] | None = None) -> list[QueryResult]:
         """One :class:`QueryResult` per query row, with :class:`Hit` objects."""
         names = names if names is not None else [f"vector {i}" for i in range(len(self))]
-        meta = self._rows(set(np.unique(self.ids[self.ids >= 0]).tolist()))
+        rows = self.ids.tolist()
+        meta = self._rows({i for row in rows for i in row if i >= 0})
         out = []
         for name, irow, drow, srow in zip(
             names,
-            self.ids.tolist(),
+            rows,
             self.distances.tolist(),
             self.similarities.tolist(),
             strict=True,
@@ -492,7 +494,10 @@ def _as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    """A unit-length float32 copy of each row (numpy: faiss' ``normalize_L2`` is an OpenMP
+    loop whose thread wake-up costs more than a single query's search on a busy machine)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
