@@ -283,6 +283,8 @@ def test_bad_queries(tmp_path: Path) -> None:
         idx.search(np.zeros((1, 5), np.float32))
     with pytest.raises(VitrinaError, match="raw vectors and has no model"):
         idx.search(["x.jpg"])
+    with pytest.raises(VitrinaError, match="NaN or infinite"):
+        idx.search_vectors(np.full((2, 8), np.nan, np.float32))
     assert len(idx.search(clustered(1, d=8), k=50)[0].hits) == 10  # k > size: all of them
 
 

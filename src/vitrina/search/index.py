@@ -488,7 +488,8 @@ def _as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
         raise VitrinaError(f"{what}: expected an (N, dim) array of vectors, got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
         raise VitrinaError(f"{what}: vectors have {x.shape[1]} dimensions, the index has {dim}")
-    if not np.isfinite(x).all():
+    step = max(1, (1 << 22) // max(x.shape[1], 1))  # a bounded mask, not one the size of x
+    if not all(np.isfinite(x[s : s + step]).all() for s in range(0, len(x), step)):
         raise VitrinaError(f"{what}: vectors contain NaN or infinite values")
     return np.ascontiguousarray(x)
 
@@ -1317,8 +1318,8 @@ class Index:
         def blob(vec: np.ndarray) -> bytes | None:
             if not in_db:
                 return None  # format 2: the vector lives in vectors.faiss only
-            if cosine:
-                vec = (vec / max(float(np.linalg.norm(vec)), 1e-12)).astype(np.float32)
+            if cosine:  # the same arithmetic as the rows faiss gets (format 1 compares them)
+                vec = _l2_normalize(vec[None])[0]
             return vec.tobytes()
 
         def change(conn: sqlite3.Connection) -> tuple[list[int], list[int], _NewRows]:
