@@ -658,3 +658,45 @@ def test_batch_search_arrays_match_the_hits(tmp_path: Path, metric: str, kind: s
     assert few.ids.shape == (1, 2) and len(few.results()[0].hits) == 2
     with pytest.raises(VitrinaError, match="k must be at least 1"):
         small.search_vectors(q, k=0)
+
+
+def test_upgrade_drops_the_second_copy_of_a_format_1_folder(tmp_path: Path) -> None:
+    import shutil
+
+    ix = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "index_format1", ix)
+    x = clustered(60, d=16, centres=6, seed=7)
+    idx = Index.open(ix)
+    ids_before, vecs_before = idx.vectors()
+    size_before = (ix / "meta.sqlite").stat().st_size
+    faiss_before = (ix / "vectors.faiss").read_bytes()
+    assert idx.upgrade() and not idx.upgrade()  # the second call: already format 2
+    assert (ix / "vectors.faiss").read_bytes() == faiss_before  # not rewritten
+    with sqlite3.connect(ix / "meta.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM items WHERE vector IS NOT NULL").fetchone() == (0,)
+    assert (ix / "meta.sqlite").stat().st_size <= size_before
+    again = Index.open(ix)
+    assert again.recovered is None and again.info()["format_version"] == 2
+    ids, vecs = again.vectors()
+    order = np.argsort(ids)
+    assert np.array_equal(ids[order], ids_before) and np.array_equal(vecs[order], vecs_before)
+    # row ids are never reused: p49 (id 50) was the last row, p3 (id 4) was removed
+    again.add_vectors(x[50:51], metas(1, start=50))
+    assert again.items()[-1]["id"] == 51
+    again.remove(["/photos/p0.jpg"])  # format 2 now: an HNSW removal is a tombstone
+    assert again.info()["removed_pending_compaction"] == 1
+    assert Index.open(ix).search(x[50:51], k=1)[0].hits[0].path == "/photos/p50.jpg"
+
+
+def test_upgrade_refuses_when_the_two_copies_disagree(tmp_path: Path) -> None:
+    x = clustered(30)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32, _format=1).add_vectors(x, metas(30))
+    a, b = _stored(ix, 2), _stored(ix, 9)
+    with sqlite3.connect(ix / "meta.sqlite") as conn:  # unit length both: only a compare tells
+        conn.execute("UPDATE items SET vector = ? WHERE id = 2", (b,))
+        conn.execute("UPDATE items SET vector = ? WHERE id = 9", (a,))
+    idx = Index.open(ix)
+    with pytest.raises(index_mod.IndexDamagedError, match="hold different vectors; not upgraded"):
+        idx.upgrade()
+    assert Index.open(ix).info()["format_version"] == 1

@@ -97,6 +97,7 @@ from vitrina.search.store import (
     storage_vectors,
     write_faiss,
 )
+from vitrina.search.store import rebuild_hint as _rebuild_hint
 
 __all__ = [
     "AUTO_HNSW_THRESHOLD",
@@ -1410,6 +1411,71 @@ class Index:
             self._update(lambda conn: ([], [], _NewRows.none(self.dim)), compact=True)
         return n
 
+    @_db_guard
+    def upgrade(self) -> bool:
+        """Drop a format 1 folder's second copy of the vectors (the BLOBs in meta.sqlite) and
+        make it format 2, in one SQLite transaction (``vectors.faiss`` is not touched: it
+        already holds every vector). Only from a faiss file that was verified on open and
+        agrees with every stored vector; returns False when the folder is format 2 already.
+        Older vitrina versions cannot open the folder afterwards."""
+        if not self._vectors_in_db:
+            return False
+        if not self._structure_verified or self.recovered:
+            raise IndexFolderError(
+                f"{self.path}: {FAISS_NAME} was repaired or not verified on open; open the "
+                "index again (a clean open) before upgrading it"
+            )
+        structure = self._faiss_index
+        ids, stored = self._stored_vectors()  # checked (a damaged one restored from faiss)
+        held = _faiss().vector_to_array(structure.id_map).astype(np.int64)
+        order = np.argsort(held, kind="stable")
+        faiss_copy = _positions_vectors(structure)[order]
+        if not np.array_equal(held[order], ids) or not np.allclose(faiss_copy, stored, atol=1e-6):
+            raise IndexDamagedError(
+                f"{self.path}: {FAISS_NAME} and {DB_NAME} hold different vectors; not upgraded "
+                f"(nothing changed); {_rebuild_hint(self.path)}"
+            )
+        del faiss_copy, stored
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._generation_on_disk() != self._info["generation"]:
+                raise IndexFolderError(
+                    f"{self.path}: changed by another process since it was opened; open it again"
+                )
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+            conn.execute(_ITEMS_TABLE.format(name="items_v2"))
+            conn.execute(
+                "INSERT INTO items_v2(id, path, sha256, size, mtime, label, added) "
+                "SELECT id, path, sha256, size, mtime, label, added FROM items"
+            )
+            conn.execute("DROP TABLE items")
+            conn.execute("ALTER TABLE items_v2 RENAME TO items")
+            conn.execute("CREATE INDEX items_path ON items(path)")
+            conn.execute(_REMOVED_TABLE)
+            if seq is not None:  # row ids are never reused, also across the upgrade
+                conn.execute("DELETE FROM sqlite_sequence WHERE name = 'items'")
+                conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('items', ?)", seq)
+            self._set_info(
+                {
+                    "format_version": FORMAT_VERSION,
+                    "generation": int(self._info["generation"]) + 1,
+                    "updated": _now(),
+                }
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._reload()
+            raise
+        with suppress(sqlite3.Error):
+            conn.execute("VACUUM")  # give the BLOBs' pages back to the file system
+        self._apply_search_params()
+        with suppress(OSError):
+            self._write_summary()
+        return True
+
     # ------------------------------------------------------------------ the update protocol
 
     def _update(
@@ -1801,9 +1867,7 @@ class Index:
 
 _REMOVED_TABLE = "CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY)"
 
-#: Format 2: no vectors in SQLite (``vector`` stays, always NULL, so both formats read alike).
-_SCHEMA = f"""
-CREATE TABLE items (
+_ITEMS_TABLE = """CREATE TABLE {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL,
     sha256 TEXT UNIQUE,
@@ -1812,7 +1876,11 @@ CREATE TABLE items (
     label TEXT NOT NULL DEFAULT '',
     added REAL NOT NULL,
     vector BLOB
-);
+)"""
+
+#: Format 2: no vectors in SQLite (``vector`` stays, always NULL, so both formats read alike).
+_SCHEMA = f"""
+{_ITEMS_TABLE.format(name="items")};
 CREATE INDEX items_path ON items(path);
 CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 {_REMOVED_TABLE};
