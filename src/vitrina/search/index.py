@@ -1328,6 +1328,8 @@ class Index:
             keep: list[int] = []
             dropped: list[int] = []
             seen: set[str] = set()
+            fresh: set[int] = set()  # new_ids as a set: membership tests stay O(1)
+            reported: set[str] = set()  # paths in report.added or report.updated
             now = _now()
             for pos, (vec, row) in enumerate(zip(x, rows, strict=True)):
                 sha = row["sha256"]
@@ -1347,14 +1349,16 @@ class Index:
                     if old:
                         conn.executemany("DELETE FROM items WHERE id = ?", [(r,) for r, _ in old])
                         for rid, old_sha in old:
-                            if rid in new_ids:  # the same path earlier in this call: it never
+                            if rid in fresh:  # the same path earlier in this call: it never
                                 j = new_ids.index(rid)  # reaches faiss (no orphan vector), and
                                 del new_ids[j], keep[j]  # its content may come again later
+                                fresh.discard(rid)
                                 seen.discard(old_sha)
                             else:
                                 dropped.append(rid)
-                                if row["path"] not in report.updated:
+                                if row["path"] not in reported:
                                     report.updated.append(row["path"])
+                                    reported.add(row["path"])
                 cur = conn.execute(
                     "INSERT INTO items(path, sha256, size, mtime, label, added, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1369,9 +1373,11 @@ class Index:
                     ),
                 )
                 new_ids.append(int(cur.lastrowid))
+                fresh.add(new_ids[-1])
                 keep.append(pos)
-                if row["path"] not in report.updated and row["path"] not in report.added:
+                if row["path"] not in reported:  # (a list test here was O(N^2) for big adds)
                     report.added.append(row["path"])
+                    reported.add(row["path"])
             return new_ids, dropped, _NewRows(x, np.asarray(keep, dtype=np.int64), cosine)
 
         self._update(change)
