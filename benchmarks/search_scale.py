@@ -17,7 +17,9 @@ Single-query latency p50 / p99 (the contenders of one process interleaved query 
 busy neighbour slows them alike) and recall@10 against exact search on fresh queries from the
 same mixture (not indexed). vitrina is timed three ways: ``search()`` (a ``Hit`` per result,
 with its path), ``search_vectors()`` (arrays, no per-result Python object; the batch path),
-and raw faiss on vitrina's own graph (the wrapper's overhead alone).
+and raw faiss on vitrina's own graph (the wrapper's overhead alone). Each worker also leaves
+its figures in ``$TMPDIR/vitrina-bench-*-<worker>-<label>.json``, so a run stopped during a
+long raw faiss build keeps vitrina's.
 
     python benchmarks/search_scale.py --n 200000                 # ~15 min on 2 cores
     python benchmarks/search_scale.py --n 200000 --before main   # and the index of `main`
@@ -167,6 +169,10 @@ def worker(args: argparse.Namespace) -> None:
             "recall10": recall_at_k(found, truth),
         }
     print(json.dumps(out))
+    # also left where a run stopped before its last contender (a long raw faiss build on a
+    # busy machine) still has the figures of the ones that finished
+    partial = data.parent / f"{data.name}-{args.worker}-{args.label}.json"
+    partial.write_text(json.dumps(out, indent=2) + "\n")
 
 
 def run_worker(
