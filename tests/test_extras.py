@@ -14,8 +14,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset, make_image
 
+from conftest import make_dataset, make_image
 from vitrina.errors import MissingExtraError, VitrinaError, require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,7 @@ def test_require_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     assert require("json", "faces") is __import__("json")
 
 
+@pytest.mark.slow  # trains, sorts, evaluates and embeds in a fresh process (66 s on a loaded runner)
 def test_core_commands_work_without_any_extra(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", per_class=6)
     new = [make_image(tmp_path / "new" / f"{i}.png", (200, 30, 30), seed=i) for i in range(4)]
@@ -101,8 +102,10 @@ def test_core_commands_work_without_any_extra(tmp_path: Path) -> None:
     results = run_without_extras(
         ["--help"],
         ["--version"],
-        ["train", data, "--arch", "tutorial_cnn", "--mode", "scratch", "--epochs", "1"]
-        + ["--batch-size", "8", "--augment", "none", "--out", run, "--device", "cpu"],
+        [
+            *("train", data, "--arch", "tutorial_cnn", "--mode", "scratch", "--epochs", "1"),
+            *("--batch-size", "8", "--augment", "none", "--out", run, "--device", "cpu"),
+        ],
         ["sort", new[0].parent, "--model", run, "--out", sorted_, "--json", "--backend", "eager"],
         ["evaluate", run, data, "--json"],
         ["embed", run, data, "--out", tmp_path / "v.npy", "--backend", "eager", "-r"],
@@ -127,8 +130,10 @@ def test_extra_commands_say_what_to_install(tmp_path: Path) -> None:
         "explain": ["explain", "tutorial_cnn", photo, "--method", "gradcam"],
         "serve": ["serve", "--model", "tutorial_cnn"],
         "parquet": ["embed", "efficientnet_lite0", photo, "--out", tmp_path / "v.parquet"],
-        "umap": ["plot-embeddings", data, "--model", "efficientnet_lite0", "--method", "umap"]
-        + ["--out", tmp_path / "map.png"],
+        "umap": [
+            *("plot-embeddings", data, "--model", "efficientnet_lite0"),
+            *("--method", "umap", "--out", tmp_path / "map.png"),
+        ],
         "detect": ["detect", "predict", "hog_people", photo],
     }
     results = run_without_extras(*cases.values())
