@@ -143,3 +143,54 @@ def test_extra_commands_say_what_to_install(tmp_path: Path) -> None:
         assert len(lines) == 1 and "Traceback" not in err, (extra, err)
         assert f"pip install 'vitrina[{extra}]'" in lines[0], (extra, lines[0])
     assert not (tmp_path / "gallery").exists() or not any((tmp_path / "gallery").iterdir())
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_every_dependency_is_a_lower_bound_pinned_in_constraints() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            pins[canonicalize_name(req.name)] = req.specifier
+    project = _pyproject()["project"]
+    extras = project["optional-dependencies"]
+    for text in [*project["dependencies"], *(r for reqs in extras.values() for r in reqs)]:
+        req = Requirement(text)
+        if req.name == "vitrina":
+            continue
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{name}: in pyproject.toml but not pinned in constraints.txt"
+        assert all(s.operator in (">=", "<", "!=") for s in req.specifier), text  # no pins here
+        pinned = next(iter(pins[name])).version
+        assert req.specifier.contains(pinned), f"{text}: excludes the pinned {pinned}"
+
+
+def test_all_installs_every_extra() -> None:
+    from packaging.requirements import Requirement
+
+    extras = _pyproject()["project"]["optional-dependencies"]
+    (all_req,) = extras["all"]
+    assert Requirement(all_req).extras == set(extras) - {"all", "dev", "docs"}
+
+
+def test_every_command_has_a_workflow_panel() -> None:
+    """`vitrina --help` groups commands by workflow: a new command gets a panel in PANELS."""
+    from vitrina.cli import PANELS, _register, app
+
+    _register()
+    named = {name for names in PANELS.values() for name in names}
+    for info in [*app.registered_commands, *app.registered_groups]:
+        assert info.rich_help_panel in PANELS, (info.name, info.rich_help_panel)
+    registered = {i.name for i in app.registered_groups} | {
+        i.name or i.callback.__name__.replace("_", "-") for i in app.registered_commands
+    }
+    assert registered == named
