@@ -92,6 +92,10 @@ def test_require_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert (e.module, e.extra) == ("dlib", "faces")
     assert require("json", "faces") is __import__("json")
+    import pickle
+
+    back = pickle.loads(pickle.dumps(e))  # from a decode worker to the parent process
+    assert type(back) is MissingExtraError and str(back) == str(e)
 
 
 @pytest.mark.slow  # trains, sorts, evaluates and embeds in a fresh process (66 s on a loaded runner)

@@ -94,8 +94,12 @@ class MissingExtraError(VitrinaError, ImportError):
     def __init__(self, module: str, extra: str, feature: str = "") -> None:
         self.module = module
         self.extra = extra
+        self.feature = feature
         who = f"{feature} needs {module}, which is" if feature else f"{module} is"
         super().__init__(f"{who} not installed: pip install 'vitrina[{extra}]'")
+
+    def __reduce__(self) -> tuple:  # raised in a worker process, re-raised in the parent
+        return (type(self), (self.module, self.extra, self.feature))
 
 
 def require(module: str, extra: str, feature: str = "") -> ModuleType:
