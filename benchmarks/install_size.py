@@ -2,6 +2,7 @@
 and how long `import vitrina` and `vitrina --help` take.
 
     python benchmarks/install_size.py [--out benchmarks/results/install_size.json]
+    python benchmarks/install_size.py --from-env   # sizes only, in seconds, no install
 
 Builds the wheel once (``python -m build --wheel --no-isolation``), then installs it into a
 fresh virtualenv per variant with ``pip install -c constraints.txt`` (the exact pins; torch and
@@ -10,6 +11,11 @@ install times, not download times). Each venv is measured and deleted. Sizes are
 ``site-packages``; "beyond torch" leaves out torch, its CUDA libraries (nvidia-*), triton and
 torchvision, which every variant shares. Import times are medians of 5 fresh processes, each
 minus the median of a bare ``python -c pass``.
+
+``--from-env`` measures no install: it resolves the dependency closure of the core, of
+``[all]`` and of each extra (pyproject.toml, markers evaluated) against the distributions
+installed in this environment (``make install`` has ``[all,dev]``, at the pinned versions) and
+sums the files each one's RECORD lists: the same bytes a fresh venv would hold, in a second.
 """
 
 from __future__ import annotations
@@ -93,10 +99,73 @@ def measure(name: str, requirement: str, work: Path) -> dict:
     return row
 
 
+def closure_sizes() -> dict[str, tuple[int, int, int]]:
+    """``{variant: (distributions, bytes, bytes beyond torch)}`` for core, each extra and all,
+    from this environment's installed distributions (see the module doc)."""
+    import importlib.metadata as md
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = {
+        k: v for k, v in project["optional-dependencies"].items() if k not in ("all", "dev", "docs")
+    }
+
+    def size(dist: md.Distribution) -> int:
+        total = 0
+        for f in dist.files or []:
+            path = Path(str(dist.locate_file(f)))
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        return total
+
+    def closure(reqs: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        stack = [Requirement(r) for r in reqs]
+        while stack:
+            req = stack.pop()
+            name = canonicalize_name(req.name)
+            if name in found or name == "vitrina":
+                continue
+            try:
+                dist = md.distribution(req.name)
+            except md.PackageNotFoundError:
+                raise SystemExit(
+                    f"{name} is not installed here: run `make install` first"
+                ) from None
+            found[name] = size(dist)
+            for text in dist.requires or []:
+                dep = Requirement(text)
+                if dep.marker is None or dep.marker.evaluate({"extra": ""}):
+                    stack.append(dep)
+        return found
+
+    variants = {"core": [], **extras, "all": [r for v in extras.values() for r in v]}
+    rows = {}
+    for name, reqs in variants.items():
+        dists = closure([*project["dependencies"], *reqs])
+        beyond = sum(n for d, n in dists.items() if not d.startswith(SHARED))
+        rows[name] = (len(dists), sum(dists.values()), beyond)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/install_size.json")
+    ap.add_argument("--from-env", action="store_true", help="sizes from this environment")
     args = ap.parse_args()
+    if args.from_env:
+        rows = closure_sizes()
+        core = rows["core"]
+        print(
+            f"{'variant':10}{'packages':>10}{'MB':>8}{'MB beyond torch':>17}{'+MB over core':>15}"
+        )
+        for name, (n, total, beyond) in rows.items():
+            extra = (total - core[1]) / 1e6
+            print(f"{name:10}{n:>10}{total / 1e6:>8.0f}{beyond / 1e6:>17.0f}{extra:>15.0f}")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="vitrina-install-size-"))
     try:
         shutil.rmtree(ROOT / "build", ignore_errors=True)  # no stale modules in the wheel
