@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format bench fuzz clean
+.PHONY: install demo test test-all lint format bench fuzz docs wheel-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,6 +42,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sort_throughput.py
 	$(BIN)/python benchmarks/transfer_accuracy.py
 
+# The documentation site in site/: the README's sections as pages plus the API reference from
+# the docstrings (mkdocs-material + mkdocstrings, the docs extra). --strict: a broken link or an
+# unreadable docstring fails it; nothing is fetched (no web fonts, no external scripts).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The wheel, installed with the core only into a fresh venv, runs `vitrina demo` there; a
+# command of an extra says which to install. (install time and size: benchmarks/install_size.py)
+wheel-check: $(STAMP)
+	$(BIN)/python tools/wheel_check.py
+
 # Coverage-guided fuzzing (atheris) of the image reader, the upload decoder and the name
 # parsers, FUZZ_SECONDS each (default 60); findings land in fuzz/findings/.
 FUZZ_SECONDS ?= 60
@@ -49,4 +60,4 @@ fuzz: $(STAMP)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info .pytest_cache

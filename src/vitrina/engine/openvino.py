@@ -57,7 +57,10 @@ __all__ = [
     "quantize_openvino",
 ]
 
-_INSTALL = "the openvino backends need openvino (and nncf for int8): pip install openvino nncf"
+_INSTALL = (
+    "the openvino backends need openvino and nncf, which are not installed: "
+    "pip install 'vitrina[openvino]'"
+)
 
 
 def openvino_available() -> bool:

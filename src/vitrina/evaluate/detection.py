@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from vitrina.errors import require
+
 __all__ = ["DetectionMetrics", "PhotoErrors", "coco_metrics", "photo_errors"]
 
 GroundTruth = tuple[np.ndarray, np.ndarray]
@@ -78,7 +80,7 @@ class DetectionMetrics:
 
 
 def _coco_gt(gts: Sequence[GroundTruth], num_classes: int) -> Any:
-    from pycocotools.coco import COCO
+    COCO = require("pycocotools.coco", "detect", "COCO box metrics").COCO
 
     images, anns = [], []
     for i, (boxes, labels) in enumerate(gts, start=1):
@@ -116,7 +118,7 @@ def coco_metrics(
     classes: Sequence[str],
 ) -> DetectionMetrics:
     """COCO box metrics of ``preds`` against ``gts`` (one entry per photo, same order)."""
-    from pycocotools.cocoeval import COCOeval
+    COCOeval = require("pycocotools.cocoeval", "detect", "COCO box metrics").COCOeval
 
     if len(gts) != len(preds):
         raise ValueError(f"{len(gts)} ground truths but {len(preds)} predictions")

@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from vitrina.data import expand_image_paths
-from vitrina.errors import VitrinaError, refuse_existing
+from vitrina.errors import VitrinaError, refuse_existing, require
 from vitrina.explain.layers import frozen, layer_extractor, model_device, resolve_layer, save_png
 from vitrina.models import VitrinaModel
 
@@ -202,7 +202,7 @@ def _layout(vectors: np.ndarray, seed: int, neighbours: int, method: str = "umap
         from vitrina.embed.projection import project
 
         return np.asarray(project(vectors, "tsne", seed), np.float32)
-    import umap
+    umap = require("umap", "umap", "a UMAP projection")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap's notes on n_jobs with a random_state
@@ -460,6 +460,8 @@ def atlas_files(
 
     out = Path(out)
     refuse_existing(out, out.with_suffix(".json"))
+    if layout == "umap":
+        require("umap", "umap", "the atlas's UMAP layout (or --layout tsne)")  # before any work
     paths = expand_image_paths(photos)
     if max_photos is not None and len(paths) > max_photos:
         keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_photos, replace=False))

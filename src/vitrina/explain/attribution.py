@@ -46,7 +46,7 @@ from torch import nn
 
 from vitrina.data.transforms import short_side
 from vitrina.engine import Embedding, Engine, Logits
-from vitrina.errors import UnknownNameError, VitrinaError
+from vitrina.errors import UnknownNameError, VitrinaError, require
 from vitrina.explain.targets import (
     SimilarityScore,
     class_label,
@@ -141,11 +141,14 @@ METHODS: Registry[Method] = Registry("explanation method")
 
 def method_spec(name: str) -> Method:
     """The registered :class:`Method`; an unknown name raises :class:`UnknownNameError` with the
-    closest names, or all of them when none is close."""
+    closest names, or all of them when none is close. The library that computes it (grad-cam or
+    captum, the ``explain`` extra) must be installed: a one-line error says how otherwise."""
     if name not in METHODS:
         close = suggest(name, METHODS.names()) or f" (choose from: {', '.join(METHODS.names())})"
         raise UnknownNameError(f"unknown explanation method {name!r}{close}")
-    return METHODS.get(name)
+    spec = METHODS.get(name)
+    require("pytorch_grad_cam" if spec.uses_layer else "captum", "explain", f"explain {name!r}")
+    return spec
 
 
 def _method(name: str, family: str, summary: str) -> Callable[[Callable], Callable]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vitrina.errors import DataError
+from vitrina.errors import DataError, require
 from vitrina.faces import models
 from vitrina.faces.lighting import equalise
 from vitrina.faces.types import Box
@@ -137,7 +137,7 @@ def _cnn_scaled(img: np.ndarray, min_score: float, upsample: int) -> list[Detect
 def _hog_rotated(img: np.ndarray, upsample: int, min_score: float) -> list[Detection]:
     """HOG on the photo turned by each of :data:`ROTATIONS`; a face's box is mapped back to
     an upright box of the same size around its centre (the landmarks then find the tilt)."""
-    import cv2
+    cv2 = require("cv2", "faces", "face detection")
 
     dlib = models.dlib_module()
     h, w = img.shape[:2]

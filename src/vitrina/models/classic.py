@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitrina.errors import VitrinaError
+from vitrina.errors import VitrinaError, require
 from vitrina.models.contract import VitrinaModel
 from vitrina.models.preprocess import Preprocess
 
@@ -112,7 +112,7 @@ class HogFeatures(nn.Module):
         self.dim = int(self._descriptor().getDescriptorSize())
 
     def _descriptor(self) -> Any:
-        import cv2
+        cv2 = require("cv2", "classic", "the HOG/SIFT classic models")
 
         h, w = self.size
         c = self.cell
@@ -147,7 +147,7 @@ class SiftBovwFeatures(nn.Module):
     def descriptors(self, image: np.ndarray) -> np.ndarray:
         """RootSIFT descriptors ``(n, 128)`` float32 of a grey uint8 image (``n`` may be 0):
         OpenCV's SIFT, each descriptor L1-normalised and square-rooted."""
-        import cv2
+        cv2 = require("cv2", "classic", "the HOG/SIFT classic models")
 
         sift = cv2.SIFT_create(nfeatures=self.max_keypoints)
         _, d = sift.detectAndCompute(image, None)

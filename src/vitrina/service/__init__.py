@@ -11,6 +11,7 @@
 * :mod:`vitrina.service.metrics` — Prometheus metrics, one registry per app.
 """
 
+from vitrina.service import _extra  # noqa: F401  (first: the one-line error without the extra)
 from vitrina.service.app import Service, ServiceConfig, create_app
 from vitrina.service.auth import check_exposure, is_loopback
 from vitrina.service.batching import DynamicBatcher
