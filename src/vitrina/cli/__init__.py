@@ -74,8 +74,10 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _register()
+    from vitrina.cli._common import bare_ray_flag
+
     try:
-        app(args=argv, standalone_mode=True)
+        app(args=bare_ray_flag(sys.argv[1:] if argv is None else argv), standalone_mode=True)
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except VitrinaError as e:
