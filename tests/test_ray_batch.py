@@ -230,3 +230,43 @@ def test_ray_option_errors_are_one_line(capsys, tmp_path, folder, monkeypatch):
         str(folder),
     )
     assert code == 1 and "not a Ray address" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ray_detect_predict_gives_the_same_boxes(local_ray, tmp_path, capsys):
+    import json
+    import shutil
+
+    from test_detect import street_photo
+
+    photos = tmp_path / "street"
+    photos.mkdir()
+    street_photo(photos / "street-0.png")
+    for i in range(1, 6):
+        shutil.copy(photos / "street-0.png", photos / f"street-{i}.png")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    code, _, err = run_cli(
+        capsys, "detect", "predict", "hog_people", photos, "--out", tmp_path / "one.json"
+    )
+    assert code == 0, err
+    code, _, err = run_cli(
+        capsys,
+        "detect",
+        "predict",
+        "hog_people",
+        photos,
+        "--out",
+        tmp_path / "ray.json",
+        "--crops",
+        tmp_path / "crops",
+        "--ray-workers",
+        "2",
+        "--ray",  # bare: this machine (here: the module's Ray)
+    )
+    assert code == 0, err
+    one = json.loads((tmp_path / "one.json").read_text())["photos"]
+    many = json.loads((tmp_path / "ray.json").read_text())["photos"]
+    assert many == one  # same photos, order, boxes, scores; the broken one with its error
+    assert sum(len(p["boxes"]) for p in many) == 12
+    assert len(list((tmp_path / "crops" / "person").glob("*.png"))) == 12
+    assert not work_dir_for(tmp_path / "ray.json").exists()

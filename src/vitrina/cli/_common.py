@@ -32,7 +32,7 @@ DEVICE_HELP = "Where to run: auto (GPU if present), cpu, cuda, cuda:1..."
 RAY_HELP = (
     "Run on Ray Data: plain --ray starts Ray on this machine for the run; --ray ADDRESS "
     "(auto, HOST:PORT, ray://HOST:PORT) joins a running cluster. Results go to OUT.ray-shards/ "
-    "first, so a killed run resumes. Needs pip install 'vitrina[scale]'."
+    "first, so a killed run resumes. Needs the scale extra: pip install 'vitrina\\[scale]'."
 )
 RAY_PANEL = "More than one machine"
 

@@ -8,6 +8,7 @@ when a ``--ray`` run starts.
 """
 
 from vitrina.scale.ray_batch import (
+    DetectJob,
     EmbedJob,
     RayEmbedder,
     RayJob,
@@ -16,11 +17,13 @@ from vitrina.scale.ray_batch import (
     import_ray,
     ray_embed_files,
     ray_index_build,
+    ray_predict_photos,
     ray_sort_folder,
     work_dir_for,
 )
 
 __all__ = [
+    "DetectJob",
     "EmbedJob",
     "RayEmbedder",
     "RayJob",
@@ -29,6 +32,7 @@ __all__ = [
     "import_ray",
     "ray_embed_files",
     "ray_index_build",
+    "ray_predict_photos",
     "ray_sort_folder",
     "work_dir_for",
 ]

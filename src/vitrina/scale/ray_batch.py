@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SHARDS_SUFFIX",
+    "DetectJob",
     "EmbedJob",
     "RayEmbedder",
     "RayJob",
@@ -57,6 +58,7 @@ __all__ = [
     "import_ray",
     "ray_embed_files",
     "ray_index_build",
+    "ray_predict_photos",
     "ray_sort_folder",
     "run_job",
     "work_dir_for",
@@ -154,8 +156,17 @@ class RayJob:
     def key(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def build(self) -> tuple[Engine, Task]:
+    def build(self) -> tuple[Any, Task | None]:
+        """In the actor: what runs the batches (an engine, a detector) and the task."""
         raise NotImplementedError
+
+    def run(self, runner: Any, task: Task | None, paths: list[str]) -> list[TaskResult]:
+        """One batch's results, one per path (in order)."""
+        return sorted(runner.run(task, paths), key=lambda r: r.index)
+
+    def describe(self, runner: Any) -> str:
+        """The backend that ran (what ``auto`` chose in this actor)."""
+        return str(runner.backend_name)
 
     def columns(self, results: Sequence[TaskResult]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -316,6 +327,86 @@ class EmbedJob(RayJob):
             yield {"path": paths[i], "vector": vectors[i], "error": errors[i]}
 
 
+@dataclass(frozen=True)
+class DetectJob(RayJob):
+    """Find boxes (a detection run or a named detector, as ``detect predict``); each
+    photo's :class:`~vitrina.detect.Detections` is stored as JSON (float32 values round-trip
+    exactly)."""
+
+    detector: str = ""
+    min_score: float = 0.5
+    backend: str = "auto"
+    device: str = "auto"
+    batch_size: int = 8
+    threads: int = 1
+    kind: ClassVar[str] = "detect"
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "detector": _model_identity(self.detector),
+            "backend": self.backend,
+            "min_score": self.min_score,
+        }
+
+    def build(self) -> tuple[Any, Task | None]:
+        from vitrina.detect import load_detector
+
+        det = load_detector(
+            self.detector,
+            backend=self.backend,
+            device=self.device,
+            batch_size=self.batch_size,
+            num_workers=0,
+        )
+        return det, None
+
+    def run(self, runner: Any, task: Task | None, paths: list[str]) -> list[TaskResult]:
+        found = runner.detect(paths, min_score=self.min_score)
+        return sorted(found, key=lambda r: r.index)
+
+    def describe(self, runner: Any) -> str:
+        return str(runner.describe())
+
+    def columns(self, results: Sequence[TaskResult]) -> dict[str, np.ndarray]:
+        found, errors = [], []
+        for r in results:
+            if r.ok:
+                d = r.value
+                found.append(
+                    json.dumps(
+                        {
+                            "boxes": d.boxes.tolist(),
+                            "scores": d.scores.tolist(),
+                            "labels": d.labels.tolist(),
+                            "size": list(d.size),
+                        }
+                    )
+                )
+                errors.append("")
+            else:
+                found.append("")
+                errors.append(r.error or "unreadable")
+        return {
+            "detections": np.array(found, dtype=object),
+            "error": np.array(errors, dtype=object),
+        }
+
+    def table(self, batch: dict[str, np.ndarray]) -> Any:
+        import pyarrow as pa
+
+        return pa.table(
+            {
+                "path": pa.array([str(p) for p in batch["path"]], pa.string()),
+                "detections": pa.array([str(v) for v in batch["detections"]], pa.string()),
+                "error": pa.array([str(v) for v in batch["error"]], pa.string()),
+            }
+        )
+
+    def rows(self, table: Any) -> Iterator[dict[str, Any]]:
+        yield from table.select(["path", "detections", "error"]).to_pylist()
+
+
 class EngineActor:
     """One Ray actor: one engine, built once (the backend chosen once, here), run per batch."""
 
@@ -324,14 +415,13 @@ class EngineActor:
 
         torch.set_num_threads(max(1, int(job.threads)))
         self.job = job
-        self.engine, self.task = job.build()
+        self.runner, self.task = job.build()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
-        results = sorted(self.engine.run(self.task, paths), key=lambda r: r.index)
-        cols = self.job.columns(results)
+        cols = self.job.columns(self.job.run(self.runner, self.task, paths))
         cols["path"] = np.array(paths, dtype=object)
-        cols["backend"] = np.array([self.engine.backend_name] * len(paths), dtype=object)
+        cols["backend"] = np.array([self.job.describe(self.runner)] * len(paths), dtype=object)
         return cols
 
 
@@ -574,6 +664,60 @@ def ray_sort_folder(
     if not summary.errors:
         _remove_work_dir(work)  # the manifest holds every placement now
     return summary
+
+
+def ray_predict_photos(
+    detector: str | os.PathLike[str],
+    photos: Sequence[str | os.PathLike[str]],
+    *,
+    ray: RayOptions,
+    min_score: float | None = None,
+    annotate: str | os.PathLike[str] | None = None,
+    crops: str | os.PathLike[str] | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    batch_size: int = 8,
+    work_dir: Path | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[Any, Iterator[Any]]:
+    """:func:`vitrina.detect.predict_photos` with the boxes found on Ray: ``(the detector as
+    loaded here, for its classes; the photos' :class:`~vitrina.detect.PhotoBoxes` in input
+    order)``. Annotated copies and crops are written by this process (one writer), as
+    without Ray. ``work_dir``: the shards' folder (``None``: no resuming)."""
+    from vitrina.detect import Detections, load_detector
+    from vitrina.detect.predict import photo_boxes
+    from vitrina.engine import TaskResult
+
+    det = load_detector(detector, backend=backend, device=device, batch_size=batch_size)
+    floor = det.default_min_score if min_score is None else float(min_score)
+    job = DetectJob(
+        detector=str(detector),
+        min_score=floor,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        threads=max(1, int(ray.cpus_per_worker)),
+    )
+    paths = [str(p) for p in photos]
+
+    def results() -> Iterator[Any]:
+        got = {
+            r["path"]: r
+            for r in run_job(job, paths, ray, work_dir=work_dir, on_progress=on_progress)
+        }
+        for i, p in enumerate(paths):
+            row = got[p]
+            if row["error"]:
+                yield photo_boxes(TaskResult(i, p, error=row["error"]), det.classes)
+                continue
+            d = json.loads(row["detections"])
+            found = Detections(d["boxes"], d["scores"], d["labels"], tuple(d["size"]))
+            yield photo_boxes(
+                TaskResult(i, p, value=found), det.classes, annotate=annotate, crops=crops
+            )
+        _remove_work_dir(work_dir)
+
+    return det, results()
 
 
 class RayEmbedder(Embedder):
