@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -455,9 +456,13 @@ def _ray_session(options: RayOptions) -> Iterator[Any]:
         started = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the command draws its own bar
+    quiet = logging.getLogger("ray.data")  # "Starting execution of Dataset..." per run
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         yield ray
     finally:
+        quiet.setLevel(level)
         if started:
             ray.shutdown()
 
@@ -569,11 +574,11 @@ def run_job(
     if not todo:
         return
     with _ray_session(options) as ray:
-        workers = stats.workers = _pool_size(ray, options)
         block = options.block_rows or job.batch_size * 4
-        ds = ray.data.from_items(
-            [{"path": p} for p in todo], override_num_blocks=max(1, math.ceil(len(todo) / block))
-        )
+        blocks = max(1, math.ceil(len(todo) / block))
+        # no more actors than blocks: an actor without a block only costs its start-up
+        workers = stats.workers = min(_pool_size(ray, options), blocks)
+        ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
         ds = ds.map_batches(
             EngineActor,
             fn_constructor_args=(job,),
