@@ -92,6 +92,9 @@ def _ray_section(args: argparse.Namespace) -> None:
                     opts = RayOptions(workers=int(name[-1]), block_rows=args.block_rows)
                     s = ray_sort_folder(photos, run, out, ray=opts, **kw)
                 sort_times[name].append(n / (time.perf_counter() - t))
+                print(
+                    f"  round {r + 1} sort {name}: {sort_times[name][-1]:.2f} photos/s", flush=True
+                )
                 if r == 0:
                     print(f"  sort {name}: {s.counts} ({s.backend})")
                     same.append(s.counts)
@@ -107,6 +110,10 @@ def _ray_section(args: argparse.Namespace) -> None:
                     )
                     assert len(embed_files_run.result.paths) == n
                 embed_times[name].append(n / (time.perf_counter() - t))
+                print(
+                    f"  round {r + 1} embed {name}: {embed_times[name][-1]:.2f} photos/s",
+                    flush=True,
+                )
         ray.shutdown()
         print(f"load average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         print(f"sort placements agree across paths: {all(c == same[0] for c in same)}")

@@ -445,10 +445,13 @@ def _ray_session(options: RayOptions) -> Iterator[Any]:
                 include_dashboard=False,
                 object_store_memory=options.object_store_mb * 2**20,
                 log_to_driver=False,
+                logging_level=logging.WARNING,
             )
         else:
             try:
-                ray.init(address=options.address, log_to_driver=False)
+                ray.init(
+                    address=options.address, log_to_driver=False, logging_level=logging.WARNING
+                )
             except ConnectionError as e:
                 raise VitrinaError(
                     f"--ray {options.address}: no Ray cluster there ({str(e).splitlines()[0]})"
