@@ -201,9 +201,10 @@ def test_shards_keep_only_results_of_unchanged_files_of_the_same_job(tmp_path, f
     os.utime(b, ns=(1, 1))
     rows = _Shards(tmp_path / "w", job).done({a, b})
     assert set(rows) == {a} and rows[a]["label"] == "red" and rows[a]["score"] == 0.9
+    (tmp_path / "w" / ".vitrina-tmp-0123.parquet").write_bytes(b"a shard cut by a kill")
     other = SortJob(model="efficientnet_lite0", backend="onnx")
     assert _Shards(tmp_path / "w", other).done({a, b}) == {}  # another job: shards dropped
-    assert not list((tmp_path / "w").glob("part-*.parquet"))
+    assert sorted(f.name for f in (tmp_path / "w").iterdir()) == ["job.json"]
     # every photo already in shards: nothing to run, so Ray is not even started
     _Shards(tmp_path / "w", job).write(job.table(batch))
     got = list(run_job(job, [a], RayOptions(address="auto"), work_dir=tmp_path / "w"))

@@ -131,8 +131,10 @@ def _remove_work_dir(work: Path | None) -> None:
     """The output is complete: the shards (our own files only) are not needed any more."""
     if work is None or not work.is_dir():
         return
-    for f in work.iterdir():
-        if f.name == JOB_FILE or f.suffix == ".parquet" or f.name.startswith(".part-"):
+    from vitrina.io import TEMP_PREFIX
+
+    for f in work.iterdir():  # shards, the key, and temporaries a kill left mid-write
+        if f.name == JOB_FILE or f.suffix == ".parquet" or f.name.startswith(TEMP_PREFIX):
             f.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         work.rmdir()
