@@ -74,8 +74,9 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _register()
-    from vitrina.cli._common import bare_ray_flag
+    from vitrina.cli._common import INVOKED, bare_ray_flag
 
+    INVOKED[:] = list(sys.argv[1:] if argv is None else argv)  # what --nproc relaunches
     try:
         app(args=bare_ray_flag(sys.argv[1:] if argv is None else argv), standalone_mode=True)
     except SystemExit as e:
