@@ -10,7 +10,7 @@ without duplicating or losing anything. Memory does not grow with the number of 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +126,7 @@ def sort_folder(
     on_progress: Callable[[int, int], None] | None = None,
     on_item: Callable[[SortItem], None] | None = None,
     keep_items: bool = True,
+    predict: Callable[[list[Path]], Iterable[Prediction]] | None = None,
 ) -> SortSummary:
     """Put each photo of ``photos_dir`` into ``out_dir/<predicted class>/``.
 
@@ -134,6 +135,10 @@ def sort_folder(
     ``on_progress(done, total)`` is called as photos are placed, ``on_item(item)`` with each
     placement (or plan, for ``dry_run``); ``keep_items=False`` keeps only counts and problems
     in the summary, so memory stays flat over any number of photos.
+
+    ``predict``: where the predictions come from, one per photo it is given, in any order
+    (default: the classifier's engine in this process; :mod:`vitrina.scale` passes Ray's).
+    Placement, the journal and resuming are the same either way.
     """
     if method not in METHODS:
         raise VitrinaError(f"method {method!r} is not one of {', '.join(METHODS)}")
@@ -146,7 +151,9 @@ def sort_folder(
     images = _outside(images, out_dir)
     summary = SortSummary(out_dir, method, dry_run, skipped_non_image=len(non_images))
 
-    def predictions(todo: list[Path]):
+    def predictions(todo: list[Path]) -> Iterable[Prediction]:
+        if predict is not None:
+            return predict(todo)
         return clf.iter_predict(
             todo,
             top_k=3,

@@ -137,11 +137,11 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _register()
-    from vitrina.cli._common import INVOKED
+    from vitrina.cli._common import INVOKED, bare_ray_flag
 
     INVOKED[:] = list(sys.argv[1:] if argv is None else argv)  # what --nproc relaunches
     try:
-        app(args=argv, standalone_mode=True)
+        app(args=bare_ray_flag(sys.argv[1:] if argv is None else argv), standalone_mode=True)
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except VitrinaError as e:

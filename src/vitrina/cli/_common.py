@@ -38,6 +38,54 @@ NPROC_HELP = (
 #: The arguments ``vitrina`` was called with (``main`` sets them): ``--nproc`` relaunches them.
 INVOKED: list[str] = []
 
+RAY_HELP = (
+    "Run on Ray Data: plain --ray starts Ray on this machine for the run; --ray ADDRESS "
+    "(auto, HOST:PORT, ray://HOST:PORT) joins a running cluster. Results go to OUT.ray-shards/ "
+    "first, so a killed run resumes. Needs the scale extra: pip install 'vitrina\\[scale]'."
+)
+RAY_PANEL = "More than one machine"
+
+
+def ray_option() -> Any:
+    """``--ray [ADDRESS]``: the one definition every batch command shares (a bare ``--ray``
+    is turned into ``--ray=local`` by :func:`bare_ray_flag` before parsing)."""
+    return typer.Option(
+        None, "--ray", metavar="[ADDRESS]", help=RAY_HELP, rich_help_panel=RAY_PANEL
+    )
+
+
+def ray_workers_option() -> Any:
+    return typer.Option(
+        None,
+        "--ray-workers",
+        min=1,
+        help="Actors (engines) in the Ray pool; default one per CPU of the cluster.",
+        rich_help_panel=RAY_PANEL,
+    )
+
+
+def ray_options(address: str | None, workers: int | None) -> Any:
+    """The API's ``RayOptions`` for ``--ray`` / ``--ray-workers`` (``None``: no Ray)."""
+    if address is None:
+        if workers is not None:
+            raise typer.BadParameter("--ray-workers needs --ray", param_hint="--ray-workers")
+        return None
+    from vitrina.scale import RayOptions
+
+    return RayOptions(address=address, workers=workers)
+
+
+def bare_ray_flag(args: list[str]) -> list[str]:
+    """``--ray`` with no address (last, or followed by another option) means ``--ray=local``:
+    click options take a value or none, never either, so the command line is read here."""
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--":
+            break
+        if a == "--ray" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out[i] = "--ray=local"
+    return out
+
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")

@@ -27,6 +27,9 @@ from vitrina.cli._common import (
     out,
     print_json,
     progress_bar,
+    ray_option,
+    ray_options,
+    ray_workers_option,
 )
 
 app = typer.Typer(
@@ -263,6 +266,8 @@ def predict_cmd(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(8, help="Photos per forward pass."),
     workers: int | None = typer.Option(None, help="Photo decoding processes."),
+    ray: str = ray_option(),
+    ray_workers: int = ray_workers_option(),
 ) -> None:
     """Boxes of photos (each photo's own pixels, label, score) as JSON or CSV, with annotated
     copies and crops.
@@ -272,6 +277,9 @@ def predict_cmd(
       vitrina detect predict hog_people street/ --annotate boxed/
 
       vitrina detect predict runs/shelves shelf.jpg --crops crops/ --out boxes.csv
+
+    On Ray (many machines, or every core of this one): add --ray or --ray ADDRESS (with
+    --out, a killed run resumes from OUT.ray-shards/).
     """
     from vitrina.data import expand_image_paths
     from vitrina.detect import load_detector, predict_photos, write_boxes
@@ -280,9 +288,11 @@ def predict_cmd(
     if out_file is not None:
         refuse_existing(out_file)
     paths = expand_image_paths(photos)
-    det = load_detector(
-        detector, backend=backend, device=device, batch_size=batch_size, num_workers=workers
-    )
+    on_ray = ray_options(ray, ray_workers)
+    if on_ray is None:
+        det = load_detector(
+            detector, backend=backend, device=device, batch_size=batch_size, num_workers=workers
+        )
     with progress_bar("detecting", len(paths)) as update:
         done = [0]
 
@@ -290,9 +300,26 @@ def predict_cmd(
             done[0] += n
             update(done[0])
 
-        results = predict_photos(
-            det, paths, min_score=min_score, annotate=annotate, crops=crops, on_progress=step
-        )
+        if on_ray is None:
+            results = predict_photos(
+                det, paths, min_score=min_score, annotate=annotate, crops=crops, on_progress=step
+            )
+        else:
+            from vitrina.scale import ray_predict_photos, work_dir_for
+
+            det, results = ray_predict_photos(
+                detector,
+                paths,
+                ray=on_ray,
+                min_score=min_score,
+                annotate=annotate,
+                crops=crops,
+                backend=backend,
+                device=device,
+                batch_size=batch_size,
+                work_dir=work_dir_for(out_file) if out_file is not None else None,
+                on_progress=lambda d, n: update(d),
+            )
         summary, text = write_boxes(
             results, det.classes, out_file, meta={"detector": det.describe()}
         )

@@ -9,7 +9,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrina.cli._choices import Backend, Pool
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
+from vitrina.cli._common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    err,
+    out,
+    print_json,
+    progress_bar,
+    ray_option,
+    ray_options,
+    ray_workers_option,
+)
 
 
 def embed(
@@ -37,12 +47,16 @@ def embed(
         False, "--list-layers", help="Print the model's layers with their output shapes and exit."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    ray: str = ray_option(),
+    ray_workers: int = ray_workers_option(),
 ) -> None:
     """Embedding vectors for images, one row per readable image.
 
     Unreadable files are listed on stderr, the rest are written, and the exit code is 1.
 
     Example: vitrina embed efficientnet_lite0 photos/ --out vectors.npy --layer blocks.5 --layer bn2
+
+    On Ray (many machines, or every core of this one): add --ray or --ray ADDRESS.
     """
     from vitrina.embed.files import embed_files
     from vitrina.errors import VitrinaError
@@ -52,8 +66,16 @@ def embed(
         return
     if inputs and out_path is None:
         raise VitrinaError("--out is required (vectors.npy or vectors.parquet)")
+    embed = embed_files
+    on_ray = ray_options(ray, ray_workers)
+    if on_ray is not None:
+        from functools import partial
+
+        from vitrina.scale import ray_embed_files
+
+        embed = partial(ray_embed_files, ray=on_ray)  # the same options, on Ray
     with progress_bar("embedding", None, enabled=not as_json) as update:
-        run = embed_files(
+        run = embed(
             model,
             inputs or [],
             out_path,

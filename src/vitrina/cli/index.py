@@ -9,7 +9,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrina.cli._choices import Backend, IndexKind, IndexMetric
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, print_json, progress_bar
+from vitrina.cli._common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    err,
+    out,
+    print_json,
+    progress_bar,
+    ray_option,
+    ray_options,
+    ray_workers_option,
+)
 
 app = typer.Typer(
     help="Build and maintain an image search index. Example: vitrina index build photos "
@@ -84,15 +94,28 @@ def build_cmd(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print the index info as JSON."),
+    ray: str = ray_option(),
+    ray_workers: int = ray_workers_option(),
 ) -> None:
     """Embed every photo under FOLDER and write a search index.
 
     Example: vitrina index build photos --model efficientnet_lite0 --out photos.index
+
+    On Ray (many machines, or every core of this one): add --ray or --ray ADDRESS; the
+    index itself is written by this process, as without Ray.
     """
     from vitrina.search import Index
 
+    build = Index.build
+    on_ray = ray_options(ray, ray_workers)
+    if on_ray is not None:
+        from functools import partial
+
+        from vitrina.scale import ray_index_build
+
+        build = partial(ray_index_build, ray=on_ray)  # the same options, on Ray
     with progress_bar("embedding", None, enabled=not as_json) as update:
-        idx = Index.build(
+        idx = build(
             folder,
             out_dir,
             model=model,

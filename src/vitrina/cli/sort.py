@@ -12,7 +12,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrina.cli._choices import Backend
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, progress_bar
+from vitrina.cli._common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    err,
+    out,
+    progress_bar,
+    ray_option,
+    ray_options,
+    ray_workers_option,
+)
 
 if TYPE_CHECKING:
     from vitrina.classify.sort import SortItem, SortSummary
@@ -38,6 +47,8 @@ def sort(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print every placement as JSON."),
+    ray: str = ray_option(),
+    ray_workers: int = ray_workers_option(),
 ) -> None:
     """Sort photos into OUT/<class>/, OUT/unsure/ and OUT/unreadable/.
 
@@ -46,8 +57,19 @@ def sort(
     without duplicating anything.
 
     Example: vitrina sort new_photos/ --model runs/shop --out sorted/ --min-confidence 0.7
+
+    On Ray (many machines, or every core of this one): add --ray or --ray ADDRESS.
     """
     from vitrina.classify.sort import sort_folder
+
+    run = sort_folder
+    on_ray = ray_options(ray, ray_workers)
+    if on_ray is not None:
+        from functools import partial
+
+        from vitrina.scale import ray_sort_folder
+
+        run = partial(ray_sort_folder, ray=on_ray)  # the same options, on Ray
 
     chosen = [m for m, on in (("copy", copy), ("move", move), ("link", link)) if on]
     if len(chosen) > 1:
@@ -64,7 +86,7 @@ def sort(
 
     try:
         with progress_bar("sorting", None, enabled=not as_json) as update:
-            summary = sort_folder(
+            summary = run(
                 photos_dir,
                 model,
                 out_dir,

@@ -35,6 +35,7 @@ __all__ = [
     "PredictSummary",
     "annotate_photo",
     "crop_boxes",
+    "photo_boxes",
     "predict_photos",
     "write_boxes",
 ]
@@ -133,6 +134,21 @@ def predict_photos(
     crop_dir = Path(crops) if crops is not None else None
     for r in detector.detect(photos, min_score=floor, on_progress=on_progress):
         yield _finish(r, detector.classes, ann_dir, crop_dir)
+
+
+def photo_boxes(
+    r: TaskResult,
+    classes: Sequence[str],
+    *,
+    annotate: str | Path | None = None,
+    crops: str | Path | None = None,
+) -> PhotoBoxes:
+    """One detector result -> :class:`PhotoBoxes`, its annotated copy and crops written: what
+    :func:`predict_photos` does for each photo (:mod:`vitrina.scale` hands it results found
+    on Ray)."""
+    ann_dir = Path(annotate) if annotate is not None else None
+    crop_dir = Path(crops) if crops is not None else None
+    return _finish(r, classes, ann_dir, crop_dir)
 
 
 def _finish(

@@ -140,7 +140,8 @@ class Embedder:
             (same architecture and weights, layers, pooling, normalization).
 
     ``calib``: photos for int8 calibration (``backend="int8"``); for named layers of a run
-    it defaults to the run's training photos.
+    it defaults to the run's training photos. ``threads``: intra-op threads of the engine
+    (default: every core; a Ray actor gives its own share).
         model_label: short human label, e.g. ``efficientnet_lite0 (imagenet) avg-pool L2``.
     """
 
@@ -153,6 +154,7 @@ class Embedder:
         batch_size: int = 32,
         num_workers: int | None = None,
         calib: str | Path | Sequence[str | Path] | None = None,
+        threads: int | None = None,
     ) -> None:
         spec = _as_spec(spec)
         source, identity, origin = load_source(spec.model)
@@ -191,6 +193,8 @@ class Embedder:
         )
         if calib is not None:
             self._engine_kw["calib"] = calib
+        if threads is not None:
+            self._engine_kw["threads"] = threads
         self._engine = None
 
     @property
@@ -201,6 +205,11 @@ class Embedder:
 
             self._engine = Engine(self.model, **self._engine_kw)
         return self._engine
+
+    @property
+    def backend_name(self) -> str:
+        """The backend that runs (what ``auto`` chose, once it has run)."""
+        return self.engine.backend_name
 
     @property
     def task(self) -> Embedding:

@@ -40,7 +40,7 @@ class EmbedFilesRun:
             "unreadable": len(self.result.errors),
             "model": emb.model_label,
             "fingerprint": emb.fingerprint,
-            "backend": emb.engine.backend_name,
+            "backend": emb.backend_name,
         }
 
 
@@ -57,6 +57,7 @@ def embed_files(
     batch_size: int = 32,
     recursive: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    embedder: Embedder | None = None,
 ) -> EmbedFilesRun:
     """Embed the photos ``inputs`` (files, or folders: their images, sub-folders too with
     ``recursive``) with ``model`` (a run folder or zoo name; ``layers``, ``pool`` and
@@ -64,7 +65,10 @@ def embed_files(
     index,path beside it, or ``.parquet`` (spec and fingerprint in its metadata).
 
     Existing output files are refused before the model is loaded. Unreadable photos are left
-    out and listed in ``result.errors``; when none can be read nothing is written."""
+    out and listed in ``result.errors``; when none can be read nothing is written.
+
+    ``embedder``: one built by the caller (e.g. :class:`vitrina.scale.RayEmbedder`, which
+    embeds on Ray); ``model``, ``layers``... are then its own and the arguments are ignored."""
     from vitrina.data import expand_image_paths
 
     if not inputs:
@@ -74,8 +78,10 @@ def embed_files(
     if not paths:
         hint = "" if recursive else " (--recursive descends into sub-folders)"
         raise VitrinaError(f"no images in {', '.join(str(p) for p in inputs)}{hint}")
-    spec = EmbeddingSpec(model, tuple(layers), pool=pool, normalize=normalize)
-    emb = Embedder(spec, backend=backend, device=device, batch_size=batch_size)
+    if embedder is None:
+        spec = EmbeddingSpec(model, tuple(layers), pool=pool, normalize=normalize)
+        embedder = Embedder(spec, backend=backend, device=device, batch_size=batch_size)
+    emb = embedder
     res = emb.embed_paths(paths, on_progress=on_progress)
     if not len(res.paths):
         raise VitrinaError(f"none of the {len(paths)} images could be read; nothing written")
