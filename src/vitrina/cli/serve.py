@@ -64,8 +64,8 @@ def serve(
     workers: int = typer.Option(
         1,
         min=1,
-        help="Worker processes sharing the port; a worker that dies is replaced within a "
-        "second while the others answer. Each loads its own model copy.",
+        help="Worker processes sharing the port; one that dies is replaced at once (it "
+        "serves once loaded) while the others answer. Each loads its own model copy.",
     ),
 ) -> None:
     """Serve classification, search, face identification and detection over HTTP, with a web

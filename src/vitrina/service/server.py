@@ -53,6 +53,12 @@ BACKLOG = 100
 # service opens later (index and gallery files, SQLite journals, thumbnails, logs).
 FD_RESERVE = BACKLOG + 32
 LIMITED_LOGGERS = ("asyncio", "uvicorn.error", "vitrina.service")
+#: Seconds uvicorn's supervisor waits for a worker to answer its ping before it kills and
+#: replaces it. uvicorn's default (5 s) counts a worker's start too: on a loaded machine
+#: importing torch and loading the model took longer, and the supervisor killed every new
+#: worker before it could answer, for ever (seen under `benchmarks/serve_faults.py`). A dead
+#: worker is noticed within 0.5 s whatever this is; only a hung one waits this long.
+WORKER_HEALTHCHECK_S = 120
 
 
 def connection_cap(requested: int | None = None) -> int:
@@ -209,9 +215,11 @@ def run_server(
     most).
 
     ``workers`` > 1: that many processes share the socket under uvicorn's supervisor, which
-    starts a new worker when one dies (a crash, a kill, the OOM killer) within about a
-    second; the others go on answering meanwhile. The app is built once here first, so a bad
-    model, index or gallery is one clear error before any worker starts. See
+    starts a new worker when one dies (a crash, a kill, the OOM killer) within 0.5 s (it
+    serves once it has loaded, like any start) and replaces one that stops answering its
+    ping for :data:`WORKER_HEALTHCHECK_S`; the others go on answering meanwhile. The app is
+    built once here first, so a bad model, index or gallery is one clear error before any
+    worker starts. See
     :mod:`vitrina.service.worker` for why the gallery and index stay right across workers.
     ``on_start``: called with no arguments once the app loaded (the CLI prints where).
     """
@@ -244,6 +252,7 @@ def run_server(
         factory=True,
         workers=workers,
         http="vitrina.service.worker:Protocol",
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         timeout_keep_alive=max(1, round(config.keep_alive_s)),
         backlog=BACKLOG,
         **common,
