@@ -248,29 +248,19 @@ def _fill_disk(folder: Path, at: float, hold: float, stop: threading.Event, out:
     if stop.wait(at):
         return
     filler = folder / "filler.bin"
-    chunk = b"\0" * 65536
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
-        try:  # the last partial chunk: byte by byte would be slow, halve instead
-            n = 32768
-            while n:
-                try:
-                    f.write(b"\0" * n)
-                    f.flush()
-                except OSError:
-                    n //= 2
-        except OSError:
-            pass
+    try:
+        with open(filler, "wb", buffering=0) as f:
+            for n in (1 << 16, 4096, 512, 1):  # to the last byte
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * n)
+    except OSError:
+        pass  # enrolments filled it already (the file may not even be created)
     st = os.statvfs(folder)
     out["full_at"] = time.time()
     out["free_bytes_when_full"] = st.f_bavail * st.f_frsize
     stop.wait(hold)
-    filler.unlink()
+    filler.unlink(missing_ok=True)
     out["freed_at"] = time.time()
 
 
@@ -308,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faces", type=int, default=100, help="distinct faces to enroll at most")
     ap.add_argument("--workers", type=int, default=2, help="serve --workers")
     ap.add_argument("--kill-at", type=float, default=15, help="s in: SIGKILL a worker (<0: no)")
-    ap.add_argument("--disk-mb", type=int, default=3, help="tmpfs for the gallery (0: no)")
+    ap.add_argument("--disk-mb", type=int, default=8, help="tmpfs for the gallery (0: no)")
     ap.add_argument("--full-at", type=float, default=25, help="s in: fill the gallery's disk")
     ap.add_argument("--full-for", type=float, default=10, help="s the disk stays full")
+    ap.add_argument("--log", help="copy the service's log here")
     args = ap.parse_args(argv)
     checks: dict[str, tuple[bool, str]] = {}
     with tempfile.TemporaryDirectory(prefix="vitrina-faults-") as tmp:
@@ -334,7 +325,8 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
     print(f"setup (train, index, gallery): {time.monotonic() - t0:.0f} s", flush=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, VITRINA_TOKEN=READ, VITRINA_WRITE_TOKEN=WRITE)
+    # faulthandler: a worker that crashes in native code (a segfault) leaves its Python stacks
+    env = dict(os.environ, VITRINA_TOKEN=READ, VITRINA_WRITE_TOKEN=WRITE, PYTHONFAULTHANDLER="1")
     log_path = work / "serve.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     serve = subprocess.Popen(  # nosec B603
@@ -445,11 +437,25 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
                 f"serving after {killed.get('replaced_s', float('nan')):.1f} s",
             )
         t1 = time.monotonic()
-        code, _ = _get(f"{url}/healthz")
+        code = 0
+        while time.monotonic() - t1 < 300 and serve.poll() is None:
+            with contextlib.suppress(OSError):
+                code = _get(f"{url}/healthz", timeout=10)[0]
+            if code == 200:
+                break
+            time.sleep(1)
         checks["/healthz answers after the load, no restart"] = (
             code == 200 and serve.poll() is None,
             f"{code} in {1000 * (time.monotonic() - t1):.0f} ms (service pid {serve.pid} "
             f"still running)",
+        )
+        text = log_path.read_text(errors="replace")
+        crashes = text.count("Fatal Python error")
+        deaths = text.count("] died")
+        checks["no worker died but the one killed"] = (
+            crashes == 0 and deaths == (1 if "killed" in killed else 0),
+            f"{deaths} worker deaths logged by the supervisor, {crashes} native crashes "
+            "(faulthandler)",
         )
         answers = [json.loads(line) for line in enrolled_log.read_text().splitlines()]
         enrolled = {a["name"] for a in answers if a["added"]}
@@ -512,6 +518,8 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
             serve.kill()
             serve.wait()
         log.close()
+        if args.log:
+            Path(args.log).write_bytes(log_path.read_bytes())
     print()
     for name, (ok, detail) in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")

@@ -81,3 +81,68 @@ def test_enrolment_on_a_full_disk_is_a_json_507_and_works_again_once_freed(tmp_p
             listed = {p["name"] for p in w.get("/v1/faces/people").json()["people"]}
             assert listed == {"before", "during"}
         assert {p.name for p in Gallery(gallery).people()} == {"before", "during"}
+
+
+def _workers(parent: int) -> list[int]:
+    """uvicorn's worker processes under ``parent`` (not its resource tracker)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if ppid == parent and b"spawn_main" in cmd:
+                out.append(int(d.name))
+    return sorted(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_serve_workers_replace_a_killed_worker_and_drain_on_sigterm(tmp_path) -> None:
+    import signal
+    import socket
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        serve = subprocess.Popen(  # nosec B603
+            [sys.executable, "-m", "vitrina", "serve", "--detector", "hog_people",
+             "--port", str(port), "--workers", "2"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    def started() -> int:
+        return log.read_text(errors="replace").count("Application startup complete")
+
+    def wait_for(cond, what: str, limit: float = 400) -> None:
+        deadline = time.monotonic() + limit
+        while not cond():
+            assert serve.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, f"{what}: {log.read_text()[-2000:]}"
+            time.sleep(0.2)
+
+    try:
+        wait_for(lambda: started() >= 2 and len(_workers(serve.pid)) == 2, "two workers")
+        first = _workers(serve.pid)
+        os.kill(first[0], signal.SIGKILL)
+        answers = [httpx.get(url, timeout=30).status_code for _ in range(5)]
+        assert answers == [200] * 5  # the other worker answers meanwhile
+        wait_for(lambda: started() >= 3, "a replacement worker")
+        now = _workers(serve.pid)
+        assert len(now) == 2 and first[0] not in now and first[1] in now
+        assert "died" in log.read_text()
+        assert httpx.get(url, timeout=30).status_code == 200
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(120) in (0, -signal.SIGTERM)
+        assert not [p for p in now if Path(f"/proc/{p}").exists()]  # no worker left behind
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
