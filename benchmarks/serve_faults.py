@@ -219,7 +219,7 @@ def _kill_worker(
     os.kill(before[0], signal.SIGKILL)
     t0 = time.monotonic()
     out["killed"] = before[0]
-    while not stop.is_set() and time.monotonic() - t0 < 300:
+    while time.monotonic() - t0 < 600:  # past the load too: a start can take minutes here
         now = log.read_text(errors="replace").count("Application startup complete")
         if now > started and len(_workers(serve.pid)) == len(before):
             out["replaced_s"] = time.monotonic() - t0
@@ -242,9 +242,11 @@ def _mount_tmpfs(folder: Path, mb: int) -> str | None:
     return None
 
 
-def _fill_disk(folder: Path, at: float, hold: float, stop: threading.Event, out: dict) -> None:
-    """``at`` s in, fill the file system of ``folder`` to the last byte; free it ``hold`` s
-    later."""
+def _fill_disk(
+    folder: Path, at: float, hold: float, stop: threading.Event, out: dict, probe: tuple
+) -> None:
+    """``at`` s in, fill the file system of ``folder`` to the last byte, enrol one face
+    (``probe``: url, face photo) besides the clients' enrolments; free it ``hold`` s later."""
     if stop.wait(at):
         return
     filler = folder / "filler.bin"
@@ -257,9 +259,14 @@ def _fill_disk(folder: Path, at: float, hold: float, stop: threading.Event, out:
     except OSError:
         pass  # enrolments filled it already (the file may not even be created)
     st = os.statvfs(folder)
-    out["full_at"] = time.time()
+    out["full_at"] = time.monotonic()
     out["free_bytes_when_full"] = st.f_bavail * st.f_frsize
-    stop.wait(hold)
+    try:
+        code, body = _enroll(probe[0], "while-the-disk-is-full", probe[1])
+        out["probe"] = (code, (body.get("error") or {}).get("code") or body.get("added"))
+    except OSError as e:
+        out["probe"] = (0, type(e).__name__)
+    stop.wait(max(0.0, hold - (time.monotonic() - out["full_at"])))
     filler.unlink(missing_ok=True)
     out["freed_at"] = time.time()
 
@@ -284,7 +291,7 @@ def _enroll(url: str, name: str, photo: bytes) -> tuple[int, dict]:
         },
     )
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:  # nosec B310 - loopback URL
+        with urllib.request.urlopen(req, timeout=300) as r:  # nosec B310 - loopback URL
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -319,12 +326,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, checks: dict) -> int:
-    s = _setup(work, args.faces + 1, disk)
-    spare = sorted(s["faces"].glob("*.jpg"))[-1]  # not enrolled under load: the recovery probe
-    spare.rename(work / "spare.jpg")
+    s = _setup(work, args.faces + 2, disk)
+    # not enrolled by the clients: the probes while the disk is full and after
+    for i, spare in enumerate(sorted(s["faces"].glob("*.jpg"))[-2:]):
+        spare.rename(work / f"spare{i}.jpg")
     print(f"setup (train, index, gallery): {time.monotonic() - t0:.0f} s", flush=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    probe = (url, (work / "spare0.jpg").read_bytes())
     # faulthandler: a worker that crashes in native code (a segfault) leaves its Python stacks
     env = dict(os.environ, VITRINA_TOKEN=READ, VITRINA_WRITE_TOKEN=WRITE, PYTHONFAULTHANDLER="1")
     log_path = work / "serve.log"
@@ -375,7 +384,8 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
         if disk is not None:
             threads.append(
                 threading.Thread(
-                    target=_fill_disk, args=(disk, args.full_at, args.full_for, stop, filled)
+                    target=_fill_disk,
+                    args=(disk, args.full_at, args.full_for, threading.Event(), filled, probe),
                 )
             )
         for t in threads:
@@ -397,7 +407,7 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
         )  # fmt: skip
         stop.set()
         for t in threads:
-            t.join(330)
+            t.join(660)
         rows = list(csv.DictReader(open(work / "load_stats.csv")))  # noqa: SIM115
         total = next((r for r in rows if r["Name"] == "Aggregated"), None)
         if total is None:
@@ -464,12 +474,16 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
         for a in answers:
             by_status[a["status"]] = by_status.get(a["status"], 0) + 1
         if disk is not None:
-            recovered = _enroll(url, "after-the-disk-was-freed", (work / "spare.jpg").read_bytes())
+            recovered = _enroll(url, "after-the-disk-was-freed", (work / "spare1.jpg").read_bytes())
             checks["the disk filled during enrolments, then freed: enrolment works, no restart"] = (
-                "freed_at" in filled and recovered[0] == 200 and serve.poll() is None,
+                "freed_at" in filled
+                and filled.get("probe") == (507, "disk_full")
+                and recovered[0] == 200
+                and serve.poll() is None,
                 f"{args.disk_mb} MB tmpfs full for {args.full_for:g} s "
-                f"({filled.get('free_bytes_when_full', '?')} bytes left); enrol answers "
-                f"{dict(sorted(by_status.items()))}; after: {recovered[0]} "
+                f"({filled.get('free_bytes_when_full', '?')} bytes left); an enrolment then: "
+                f"{filled.get('probe')}; the clients' enrolment answers "
+                f"{dict(sorted(by_status.items()))}; after freeing: {recovered[0]} "
                 f"{recovered[1].get('added', recovered[1].get('error', {}).get('code'))}",
             )
             if recovered[0] == 200 and recovered[1].get("added"):
@@ -500,7 +514,7 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
             t2 = time.monotonic()
             answers2 = [f.result() for f in futs]
         try:
-            rc = serve.wait(60)
+            rc = serve.wait(300)
         except subprocess.TimeoutExpired:
             rc = None
         drained = time.monotonic() - t2
