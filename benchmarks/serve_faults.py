@@ -295,6 +295,8 @@ def _enroll(url: str, name: str, photo: bytes) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+    except OSError as e:  # no answer at all: a failure the checks report
+        return 0, {"error": {"code": type(e).__name__}}
 
 
 def main(argv: list[str] | None = None) -> int:
