@@ -53,8 +53,8 @@ docs: $(STAMP)
 wheel-check: $(STAMP)
 	$(BIN)/python tools/wheel_check.py
 
-# Coverage-guided fuzzing (atheris) of the image reader, the upload decoder and the name
-# parsers, FUZZ_SECONDS each (default 60); findings land in fuzz/findings/.
+# Coverage-guided fuzzing (atheris) of the image reader, the upload decoder, the name parsers and
+# the annotation readers (COCO, YOLO, VOC), FUZZ_SECONDS each (default 60); findings: fuzz/findings/
 FUZZ_SECONDS ?= 60
 fuzz: $(STAMP)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/run.py

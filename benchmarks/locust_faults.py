@@ -1,7 +1,7 @@
 """The clients of benchmarks/serve_faults.py (locust, headless): classify / search / identify /
 enroll against `vitrina serve`. Every answer must be a success or a JSON error
 (``{"error": {"status", "code", "message"}}``); anything else is a locust failure. Enrolments
-answered 200 with a new template are appended to $FAULTS_ENROLLED (one JSON line each).
+and their answers are appended to $FAULTS_ENROLLED (one JSON line each: name, status, added).
 
 Environment: FAULTS_PHOTOS (folder of photos), FAULTS_FACES (folder of distinct face
 photos), VITRINA_TOKEN, VITRINA_WRITE_TOKEN, FAULTS_ENROLLED.
@@ -25,7 +25,11 @@ WRITE = {"Authorization": f"Bearer {os.environ['VITRINA_WRITE_TOKEN']}"}
 
 
 def _judge(r) -> None:
-    """Success, or a JSON error with its fields; everything else fails the request."""
+    """Success, or a JSON error with its fields; everything else fails the request (a
+    connection error too: locust gives it status 0, which is no answer at all)."""
+    if r.status_code == 0:
+        r.failure(f"no answer: {type(r.error).__name__}: {r.error}")
+        return
     if r.status_code < 400:
         r.success()
         return
@@ -80,6 +84,6 @@ class Shopper(HttpUser):
             catch_response=True,
         ) as r:
             _judge(r)
-            if r.status_code == 200 and r.json().get("added"):
-                with open(os.environ["FAULTS_ENROLLED"], "a") as f:
-                    f.write(json.dumps({"name": name}) + "\n")
+            added = r.status_code == 200 and bool(r.json().get("added"))
+            with open(os.environ["FAULTS_ENROLLED"], "a") as f:  # every answer, to check both
+                f.write(json.dumps({"name": name, "status": r.status_code, "added": added}) + "\n")

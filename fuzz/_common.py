@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["CHECK_KNOWN", "pillow_refuses", "write_image_seeds"]
+__all__ = [
+    "CHECK_KNOWN",
+    "pillow_refuses",
+    "write_annotation_seeds",
+    "write_annotation_set",
+    "write_image_seeds",
+]
 
 # Oracles for defects issue 13 fixed (1: a corrupt image accepted, 9: names too long on disk):
 # on by default since the fixes landed; FUZZ_CHECK_KNOWN=0 turns them off, e.g. to explore
@@ -72,3 +78,89 @@ def pillow_refuses(data: bytes) -> bool:
         except Exception:
             return True
     return False
+
+
+# ---------------------------------------------------------------------------- annotations
+#: The fixed photos of the fuzzed annotated set: name -> (width, height).
+ANNOTATED_PHOTOS = {"a.png": (20, 16), "b.png": (9, 30)}
+_ANNOTATION_FILES = ("a.xml", "b.xml", "a.txt", "b.txt", "classes.txt", "data.yaml", "set.json")
+
+
+def write_annotation_set(root: Path, kind: str, data: bytes) -> Path:
+    """An annotated set under ``root`` whose one annotation file holds ``data``: the path to
+    read. ``kind``: ``coco`` (``set.json``, photos in ``images/``), ``yolo`` (``a.txt`` and
+    ``classes.txt`` with cat/dog), ``yolo-no-classes``, ``voc`` (``a.xml``) or ``yolo-yaml``
+    (``data.yaml`` as the class list, ``b.txt`` a fixed box)."""
+    images = root / "images"
+    if not images.is_dir():
+        images.mkdir(parents=True)
+        for name, size in ANNOTATED_PHOTOS.items():
+            Image.new("RGB", size, (120, 80, 40)).save(images / name)
+    for name in _ANNOTATION_FILES:
+        (images / name).unlink(missing_ok=True)
+        (root / name).unlink(missing_ok=True)
+    if kind == "coco":
+        (root / "set.json").write_bytes(data)
+        return root / "set.json"
+    if kind == "voc":
+        (images / "a.xml").write_bytes(data)
+        (images / "b.xml").write_text(_VOC_B)
+        return images
+    if kind == "yolo-yaml":
+        (images / "data.yaml").write_bytes(data)
+        (images / "b.txt").write_text("0 0.5 0.5 0.4 0.2\n1 0.2 0.2 0.1 0.1\n")
+        return images
+    (images / "a.txt").write_bytes(data)
+    if kind == "yolo":
+        (images / "classes.txt").write_text("cat\ndog\n")
+    return images
+
+
+_VOC_B = (
+    "<annotation><size><width>9</width><height>30</height></size>"
+    "<object><name>dog</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>8</xmax>"
+    "<ymax>29</ymax></bndbox></object></annotation>"
+)
+
+
+def write_annotation_seeds(folder: Path) -> list[Path]:
+    """Small valid annotation files, one per kind (first byte: the kind's index in
+    fuzz_annotations.FORMATS), with the odd cases: crowd regions, polygons, a confidence
+    column, indexed yaml names, a box reaching past the edge."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 20, "height": 16},
+            {"id": 2, "file_name": "b.png", "width": 9, "height": 30},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 8]},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [0.5, 1.5, 8, 28.5]},
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [0, 0, 20, 16], "iscrowd": 1},
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }
+    voc = (
+        "<annotation><filename>a.png</filename><size><width>20</width><height>16</height>"
+        "<depth>3</depth></size><object><name>cat</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
+        "<xmax>11</xmax><ymax>10</ymax></bndbox></object><object><name>dog</name><bndbox>"
+        "<xmin>0</xmin><ymin>0</ymin><xmax>21</xmax><ymax>16</ymax></bndbox></object>"
+        "</annotation>"
+    )
+    seeds = {
+        "coco.seed": b"\x00" + json.dumps(coco).encode(),
+        "yolo.seed": b"\x01" + b"0 0.5 0.5 0.25 0.5\n1 0.1 0.1 0.2 0.2 0.9\n",
+        "yolo-poly.seed": b"\x01" + b"1 0.1 0.1 0.5 0.1 0.5 0.6 0.1 0.6\n",
+        "yolo-nocls.seed": b"\x02" + b"3 0.5 0.5 0.25 0.5\n",
+        "voc.seed": b"\x03" + voc.encode(),
+        "yaml-list.seed": b"\x04" + b"path: .\nnames: [cat, 'dog']\n",
+        "yaml-block.seed": b"\x04" + b"names:\n  0: cat\n  1: dog\nnc: 2\n",
+        "yaml-dash.seed": b"\x04" + b"names:\n- cat\n- dog\n",
+    }
+    out = []
+    for name, data in seeds.items():
+        (folder / name).write_bytes(data)
+        out.append(folder / name)
+    return out

@@ -16,17 +16,19 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("fuzz_images", "fuzz_upload", "fuzz_names")
+TARGETS = ("fuzz_images", "fuzz_upload", "fuzz_names", "fuzz_annotations")
 
 
 def main() -> int:
     sys.path.insert(0, str(HERE))
-    from _common import write_image_seeds
+    from _common import write_annotation_seeds, write_image_seeds
 
     seconds = int(os.environ.get("FUZZ_SECONDS", "60"))
     only = sys.argv[1:] or list(TARGETS)
     seeds = HERE / ".corpus" / "seeds"
     write_image_seeds(seeds)
+    annotation_seeds = HERE / ".corpus" / "annotation-seeds"
+    write_annotation_seeds(annotation_seeds)
     findings = HERE / "findings"
     findings.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), str(HERE)]))
@@ -44,7 +46,9 @@ def main() -> int:
             f"-artifact_prefix={findings}/{target}-",
             str(corpus),
         ]
-        if target != "fuzz_names":
+        if target == "fuzz_annotations":
+            cmd.append(str(annotation_seeds))
+        elif target != "fuzz_names":
             cmd.append(str(seeds))
         t0 = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)  # nosec B603

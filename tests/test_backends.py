@@ -293,3 +293,49 @@ def test_optimize_cli_errors(capsys, own_run: Path, tmp_path: Path) -> None:
         == 1
     )
     assert "no readable image to calibrate" in capsys.readouterr().err
+
+
+def test_auto_decides_once_when_threads_arrive_together(toy_run, check_data, monkeypatch) -> None:
+    """`vitrina serve` runs requests in threads: the first few arrive together. Each used to
+    run the trial itself, building backends (``module.to``) on the one model while another
+    thread ran it: a segfault in libtorch under 64 clients (benchmarks/serve_faults.py)."""
+    import threading
+    import time
+
+    import vitrina.engine.auto as auto
+
+    built: list[int] = []
+
+    class _Slow(_Garbage):
+        name = "slow"
+
+        def __init__(self, model, device, threads=None, **options) -> None:
+            built.append(threading.get_ident())
+            time.sleep(0.3)  # a build that takes a while: room for another thread to enter
+            super().__init__(model, device, threads, **options)
+
+    class _Registry:
+        def get(self, name):
+            return _Slow if name == "slow" else BACKENDS.get(name)
+
+    monkeypatch.setattr(auto, "BACKENDS", _Registry())
+    monkeypatch.setattr(auto, "auto_candidates", lambda *a: ["slow"])
+    monkeypatch.setitem(auto.TOLERANCES, "slow", TOLERANCES["onnx"])
+    model = load(toy_run).model
+    eng = Engine(model, backend="auto", device="cpu", num_workers=0)
+    x = _batch(model, check_data)
+    start = threading.Barrier(4)
+    out: list = []
+
+    def one() -> None:
+        start.wait()
+        out.append(eng.forward(Logits(), x))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(out) == 4
+    assert len(built) == 1, f"the trial ran {len(built)} times"
+    assert eng.backend.decisions["logits"]["chosen"] == "eager"

@@ -61,6 +61,12 @@ def serve(
         "(default: what the open-file limit leaves).",
         show_default=False,
     ),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="Worker processes sharing the port; one that dies is replaced at once (it "
+        "serves once loaded) while the others answer. Each loads its own model copy.",
+    ),
 ) -> None:
     """Serve classification, search, face identification and detection over HTTP, with a web
     page at /.
@@ -68,7 +74,7 @@ def serve(
     Example: VITRINA_TOKEN=s3cret vitrina serve --model runs/shop --index shop.index
     """
     from vitrina.errors import VitrinaError
-    from vitrina.service import ServiceConfig, check_exposure, create_app
+    from vitrina.service import ServiceConfig, check_exposure
 
     if not (model or index or gallery or detector):
         raise VitrinaError("nothing to serve: give --model, --index, --gallery and/or --detector")
@@ -89,17 +95,16 @@ def serve(
         body_timeout_s=body_timeout,
         max_connections=max_connections,
     )
-    app = create_app(config)
-    import uvicorn
-
-    from vitrina.service.server import server_settings
+    from vitrina.service.server import run_server
 
     shown = f"[{host}]" if ":" in host else host
-    err.print(f"serving on http://{shown}:{port}/ (Ctrl-C stops)")
-    if not token:
-        err.print("[yellow]no --token:[/] reads are open to anyone on this machine")
-    limits = server_settings(config)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5, **limits)
+
+    def started() -> None:
+        err.print(f"serving on http://{shown}:{port}/ (Ctrl-C stops)")
+        if not token:
+            err.print("[yellow]no --token:[/] reads are open to anyone on this machine")
+
+    run_server(config, host=host, port=port, workers=workers, on_start=started)
 
 
 def register(app: typer.Typer) -> None:

@@ -182,6 +182,10 @@ class AutoBackend(Backend):
         self._checks: dict[str, _PipelineCheck] = {}
         self._last_check_backend: dict[str, str] = {}
         self._lock = threading.Lock()
+        # One thread decides and builds backends; the others wait for it. Two request threads
+        # of `vitrina serve` deciding at once moved the model between backends under each
+        # other (`module.to` in one trial while the other ran it): a segfault in libtorch.
+        self._decide_lock = threading.RLock()
         self.decisions: dict[str, dict[str, Any]] = {}
 
     @property
@@ -288,6 +292,12 @@ class AutoBackend(Backend):
             self._finish_check(output, check)
 
     def _finish_check(self, output: str, check: _PipelineCheck) -> None:
+        with self._decide_lock:
+            self._finish_check_locked(output, check)
+
+    def _finish_check_locked(self, output: str, check: _PipelineCheck) -> None:
+        if self._checks.get(output) is not check:
+            return  # another thread finished it
         result = check.result()
         del self._checks[output]
         if result["chosen"] is None:
@@ -326,13 +336,17 @@ class AutoBackend(Backend):
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
         if output not in self._chosen:
-            decision = self._decide(x, output)
-            self.decisions[output] = decision
-            self._chosen[output] = self._ready(decision["chosen"], output)
-            log.info(self.describe())
+            with self._decide_lock:
+                if output not in self._chosen:  # not decided by another thread meanwhile
+                    decision = self._decide(x, output)
+                    self.decisions[output] = decision
+                    self._chosen[output] = self._ready(decision["chosen"], output)
+                    log.info(self.describe())
         check = self._checks.get(output)
         if check is not None and not check.done:
-            return self._ready(check.next_backend(), output)(x, output=output)
+            with self._decide_lock:
+                backend = self._ready(check.next_backend(), output)
+            return backend(x, output=output)
         return self._chosen[output](x, output=output)
 
     def _ready(self, name: str, output: str) -> Backend:

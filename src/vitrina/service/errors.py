@@ -29,6 +29,7 @@ _CODES = {
     422: "validation_error",
     500: "internal_error",
     503: "unavailable",
+    507: "disk_full",
 }
 
 

@@ -8,6 +8,7 @@ while serving makes its endpoints answer 503 ``gallery_unavailable``; the rest k
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 from collections.abc import Callable
@@ -134,6 +135,13 @@ class Faces:
                 except UnknownNameError as exc:
                     raise ServiceError(404, "unknown_person", self._hide(exc)) from None
                 except Exception as exc:  # OSError, sqlite3, faiss... when the folder went away
+                    if _disk_full(exc):  # a gallery write is whole or undone (the stateful tests)
+                        raise ServiceError(
+                            507,
+                            "disk_full",
+                            "no space left on the face gallery's disk; this change was not "
+                            "saved: free space and send it again",
+                        ) from None
                     if not self.available():
                         raise ServiceError(
                             503,
@@ -149,3 +157,14 @@ class Faces:
     def _hide(self, exc: Exception) -> str:
         """The error without the server's folder path."""
         return str(exc).replace(f"{self.path}: ", "").replace(str(self.path), "gallery")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True for "no space left" / "quota exceeded", raised or wrapped (as the cause)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(exc):  # sqlite3.OperationalError
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -153,4 +153,5 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: _err("Upload over the size limit."),
     422: _err("Invalid request, or (enroll) no face in the photo."),
     503: _err("A configured component (the gallery) became unavailable."),
+    507: _err("(enroll, forget) No space left on the gallery's disk: nothing saved, retry."),
 }

@@ -39,6 +39,7 @@ __all__ = [
     "connection_cap",
     "guarded_protocol",
     "install_log_limits",
+    "run_server",
     "server_settings",
 ]
 
@@ -52,6 +53,12 @@ BACKLOG = 100
 # service opens later (index and gallery files, SQLite journals, thumbnails, logs).
 FD_RESERVE = BACKLOG + 32
 LIMITED_LOGGERS = ("asyncio", "uvicorn.error", "vitrina.service")
+#: Seconds uvicorn's supervisor waits for a worker to answer its ping before it kills and
+#: replaces it. uvicorn's default (5 s) counts a worker's start too: on a loaded machine
+#: importing torch and loading the model took longer, and the supervisor killed every new
+#: worker before it could answer, for ever (seen under `benchmarks/serve_faults.py`). A dead
+#: worker is noticed within 0.5 s whatever this is; only a hung one waits this long.
+WORKER_HEALTHCHECK_S = 120
 
 
 def connection_cap(requested: int | None = None) -> int:
@@ -194,3 +201,59 @@ def server_settings(config: ServiceConfig) -> dict[str, Any]:
         "timeout_keep_alive": max(1, round(config.keep_alive_s)),
         "backlog": BACKLOG,
     }
+
+
+def run_server(
+    config: ServiceConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    on_start: Any = None,
+) -> None:
+    """Serve ``config`` until SIGINT / SIGTERM (in-flight requests are answered first, 5 s at
+    most).
+
+    ``workers`` > 1: that many processes share the socket under uvicorn's supervisor, which
+    starts a new worker when one dies (a crash, a kill, the OOM killer) within 0.5 s (it
+    serves once it has loaded, like any start) and replaces one that stops answering its
+    ping for :data:`WORKER_HEALTHCHECK_S`; the others go on answering meanwhile. The app is
+    built once here first, so a bad model, index or gallery is one clear error before any
+    worker starts. See
+    :mod:`vitrina.service.worker` for why the gallery and index stay right across workers.
+    ``on_start``: called with no arguments once the app loaded (the CLI prints where).
+    """
+    import uvicorn
+
+    from vitrina.errors import VitrinaError
+    from vitrina.service.app import create_app
+
+    if workers < 1:
+        raise VitrinaError(f"--workers must be at least 1, got {workers}")
+    app = create_app(config)
+    common = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 5,
+    }
+    if on_start is not None:
+        on_start()
+    if workers == 1:
+        uvicorn.run(app, **common, **server_settings(config))
+        return
+    del app  # each worker loads its own
+    from vitrina.service import worker
+
+    os.environ[worker.CONFIG_ENV] = worker.config_to_env(config)
+    install_log_limits(config.log_interval_s)
+    uvicorn.run(
+        "vitrina.service.worker:app",
+        factory=True,
+        workers=workers,
+        http="vitrina.service.worker:Protocol",
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+        timeout_keep_alive=max(1, round(config.keep_alive_s)),
+        backlog=BACKLOG,
+        **common,
+    )

@@ -41,6 +41,10 @@ __all__ = ["read_annotated", "read_class_list"]
 #: (VOC's inclusive, 1-based corners overshoot by one); beyond it the clip is reported.
 CLIP_SLACK = 1.0
 
+#: Without a class list, YOLO classes are named by number up to the largest one found; past
+#: this many, the number is taken for a damaged line rather than a class.
+MAX_UNNAMED_CLASSES = 100_000
+
 Progress = Callable[[int, int], None]
 # (x1, y1, x2, y2, class name or index, where: "object 3" / "line 7")
 RawBox = tuple[float, float, float, float, Any, str]
@@ -59,10 +63,20 @@ def read_class_list(path: str | Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the class list ({e})") from None
     names = _yaml_names(text, path) if path.suffix in (".yaml", ".yml") else _lines(text)
+    return _checked_names(names, path)
+
+
+def _checked_names(names: list[str], path: Path) -> list[str]:
+    """``names`` if they can be a class list: some, distinct, each non-empty and one line
+    (conversions write them one a line; a blank or a line break would shift every label)."""
     if not names:
         raise DataError(f"{path}: the class list is empty")
     seen: set[str] = set()
-    for n in names:
+    for k, n in enumerate(names):
+        if not n:
+            raise DataError(f"{path}: class {k} has an empty name")
+        if len(n.splitlines()) != 1 or n != n.strip():
+            raise DataError(f"{path}: class {k} ({n!r}) is not a one-line name")
         if n in seen:
             raise DataError(f"{path}: class {n!r} is listed twice")
         seen.add(n)
@@ -97,6 +111,12 @@ def _yaml_names(text: str, path: Path) -> list[str]:
                 except ValueError:
                     break
         if indexed:
+            if sorted(indexed) != list(range(len(indexed))):
+                gap = min(set(range(len(indexed))) - set(indexed))
+                raise DataError(
+                    f"{path}: 'names:' numbers its classes {min(indexed)}..{max(indexed)} with "
+                    f"{gap} missing; YOLO class numbers run 0, 1, 2, ... without gaps"
+                )
             return [indexed[k] for k in sorted(indexed)]
         return listed
     raise DataError(f"{path}: no 'names:' list of classes in it")
@@ -204,24 +224,20 @@ def _voc_objects(path: Path, problems: list[Problem]) -> tuple[list[RawBox], tup
     stated = (0, 0)
     size = root.find("size")
     if size is not None:
-        try:
-            stated = (
-                int(float(size.findtext("width", "0"))),
-                int(float(size.findtext("height", "0"))),
-            )
-        except ValueError:
-            stated = (0, 0)
+        stated = (_stated(size.findtext("width")), _stated(size.findtext("height")))
     raw: list[RawBox] = []
     for k, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         box = obj.find("bndbox")
         try:
+            if not name or len(name.splitlines()) != 1:
+                raise ValueError(f"class name {name!r} is not one line of text")
             if box is None:
                 raise ValueError("no <bndbox>")
             coords = [float(box.findtext(t, "")) for t in ("xmin", "ymin", "xmax", "ymax")]
         except ValueError as e:
             problems.append(
-                Problem(path, "corrupt annotation", f"{path}: object {k} ({name}): bad box ({e})")
+                Problem(path, "corrupt annotation", f"{path}: object {k} ({name!r}): bad box ({e})")
             )
             continue
         raw.append((*coords, name, f"object {k} ({name})"))
@@ -357,6 +373,11 @@ def _read_files(
             notes.append("no class list: classes are the object names found, sorted")
         else:
             top = max((int(r[4]) for e in entries for r in e[3]), default=-1)
+            if top >= MAX_UNNAMED_CLASSES:
+                raise DataError(
+                    f"{root}: class number {top} and no class list; give one "
+                    "(classes.txt, obj.names or data.yaml) or --classes"
+                )
             classes = [str(i) for i in range(top + 1)]
             notes.append(
                 "no class list (classes.txt, obj.names or data.yaml): YOLO classes named by number"
@@ -387,20 +408,27 @@ def _read_coco(
             raise TypeError("images and annotations must be lists")
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not a readable COCO file ({type(e).__name__}: {e})") from None
+    if not isinstance(cats, list):
+        raise DataError(f"{path}: 'categories' is not a list")
     cat_names: dict[Any, str] = {}
     for c in cats:
-        if isinstance(c, dict) and "id" in c:
-            cat_names[c["id"]] = str(c.get("name", c["id"]))
+        if isinstance(c, dict) and _is_id(c.get("id")):
+            cat_names[c["id"]] = str(c.get("name", c["id"])).strip()
     if classes is None:
-        classes = [cat_names[k] for k in sorted(cat_names, key=lambda v: (str(type(v)), v))]
+        ids = sorted(cat_names, key=lambda v: (str(type(v)), v))
+        classes = _checked_names([cat_names[k] for k in ids], path)
     index = {c: i for i, c in enumerate(classes)}
     by_image: dict[Any, list[RawBox]] = {}
     crowd = 0
     for k, a in enumerate(anns, start=1):
         try:
+            if not isinstance(a["bbox"], list):
+                raise TypeError("bbox is not a list")
             x, y, bw, bh = (float(v) for v in a["bbox"])
             image_id = a["image_id"]
             cat = a["category_id"]
+            if not (_is_id(image_id) and _is_id(cat)):
+                raise TypeError("image_id and category_id must be numbers or strings")
         except (KeyError, TypeError, ValueError):
             problems.append(
                 Problem(
@@ -412,7 +440,7 @@ def _read_coco(
             crowd += 1
             continue
         name = cat_names.get(cat, f"category {cat}")
-        label = f"annotation {a.get('id', k)}"
+        label = f"annotation {a.get('id', k)!r}"
         by_image.setdefault(image_id, []).append((x, y, x + bw, y + bh, name, label))
     if crowd:
         notes.append(f"{crowd} crowd regions (iscrowd) left out: they are not single objects")
@@ -423,6 +451,8 @@ def _read_coco(
         try:
             file_name = str(im["file_name"])
             image_id = im["id"]
+            if not _is_id(image_id):
+                raise TypeError("id must be a number or a string")
         except (KeyError, TypeError):
             problems.append(
                 Problem(
@@ -443,7 +473,7 @@ def _read_coco(
             continue
         size = _photo_size(photo, problems)
         if size is not None:
-            stated = (int(im.get("width") or 0), int(im.get("height") or 0))
+            stated = (_stated(im.get("width")), _stated(im.get("height")))
             if all(stated) and stated != size:
                 problems.append(
                     Problem(
@@ -453,7 +483,7 @@ def _read_coco(
                         f"{size[0]}x{size[1]}; boxes checked against the photo",
                     )
                 )
-            raw = [(*r[:4], r[4], f"{file_name}: {r[5]}") for r in by_image.get(image_id, [])]
+            raw = [(*r[:4], r[4], f"{file_name!r}: {r[5]}") for r in by_image.get(image_id, [])]
             boxes, labels = _check(raw, size, path, index, len(classes), problems)
             rel = _rel_to(photo, layout.images)
             photos.append(AnnotatedPhoto(photo, rel, size, boxes, labels, path))
@@ -469,6 +499,20 @@ def _read_coco(
             )
         )
     return classes, photos
+
+
+def _is_id(v: Any) -> bool:
+    """A COCO id: a number or a string (a list or a mapping cannot key anything)."""
+    return isinstance(v, int | float | str)
+
+
+def _stated(v: Any) -> int:
+    """A size a file states (``"640"``, ``640.0``); 0 when it is missing or not a size."""
+    try:
+        n = int(float(v))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return n if n > 0 else 0
 
 
 def _coco_photo(layout: Layout, file_name: str) -> Path | None:
