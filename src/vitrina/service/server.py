@@ -23,6 +23,8 @@ The body timeout lives where bodies are read: :class:`vitrina.service.uploads.Up
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import resource
@@ -34,8 +36,10 @@ from typing import Any
 from vitrina.service.app import ServiceConfig
 
 __all__ = [
+    "CONFIG_ENV",
     "LIMITED_LOGGERS",
     "OncePerInterval",
+    "config_to_env",
     "connection_cap",
     "guarded_protocol",
     "install_log_limits",
@@ -53,6 +57,16 @@ BACKLOG = 100
 # service opens later (index and gallery files, SQLite journals, thumbnails, logs).
 FD_RESERVE = BACKLOG + 32
 LIMITED_LOGGERS = ("asyncio", "uvicorn.error", "vitrina.service")
+#: The environment variable that carries the config to the workers of ``--workers N``
+#: (:mod:`vitrina.service.worker` reads it back).
+CONFIG_ENV = "VITRINA_SERVE_CONFIG"
+
+
+def config_to_env(config: ServiceConfig) -> str:
+    """``config`` as the JSON a worker reads back."""
+    return json.dumps(dataclasses.asdict(config))
+
+
 #: Seconds uvicorn's supervisor waits for a worker to answer its ping before it kills and
 #: replaces it. uvicorn's default (5 s) counts a worker's start too: on a loaded machine
 #: importing torch and loading the model took longer, and the supervisor killed every new
@@ -242,10 +256,8 @@ def run_server(
     if workers == 1:
         uvicorn.run(app, **common, **server_settings(config))
         return
-    del app  # each worker loads its own
-    from vitrina.service import worker
-
-    os.environ[worker.CONFIG_ENV] = worker.config_to_env(config)
+    del app  # each worker loads its own (vitrina.service.worker, named below by import string)
+    os.environ[CONFIG_ENV] = config_to_env(config)
     install_log_limits(config.log_interval_s)
     uvicorn.run(
         "vitrina.service.worker:app",

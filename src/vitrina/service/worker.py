@@ -1,7 +1,7 @@
 """One worker process of ``vitrina serve --workers N`` (uvicorn's multi-process supervisor).
 
 uvicorn starts each worker with ``spawn`` and finds the app and the HTTP protocol by import
-string, so what a worker serves travels in the environment (:data:`CONFIG_ENV`, the
+string, so what a worker serves travels in the environment (:data:`vitrina.service.server.CONFIG_ENV`, the
 :class:`~vitrina.service.app.ServiceConfig` as JSON, set by
 :func:`vitrina.service.server.run_server`): :func:`app` builds the app from it, and
 ``Protocol`` is the guarded h11 protocol (header timeout, connection cap) for it.
@@ -15,7 +15,6 @@ holder finishes or undoes (see :mod:`vitrina.faces.gallery`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -23,16 +22,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from vitrina.service.app import ServiceConfig, create_app
+from vitrina.service.server import CONFIG_ENV
 
-__all__ = ["CONFIG_ENV", "app", "config_from_env", "config_to_env"]
-
-#: The environment variable that carries the config to the workers.
-CONFIG_ENV = "VITRINA_SERVE_CONFIG"
-
-
-def config_to_env(config: ServiceConfig) -> str:
-    """``config`` as the JSON a worker reads back."""
-    return json.dumps({k: v for k, v in dataclasses.asdict(config).items()})
+__all__ = ["app", "config_from_env"]
 
 
 def config_from_env() -> ServiceConfig:
