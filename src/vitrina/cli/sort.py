@@ -12,7 +12,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrina.cli._choices import Backend
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, out, progress_bar
+from vitrina.cli._common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    err,
+    out,
+    progress_bar,
+    report_option,
+    sheet_option,
+)
 
 if TYPE_CHECKING:
     from vitrina.classify.sort import SortItem, SortSummary
@@ -38,6 +46,11 @@ def sort(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print every placement as JSON."),
+    report: Path | None = report_option(
+        "every folder's photos, least confident first, unsure/ and unreadable/ set apart, "
+        "with counts"
+    ),
+    sheet: Path | None = sheet_option("a row of the least confident photos per folder"),
 ) -> None:
     """Sort photos into OUT/<class>/, OUT/unsure/ and OUT/unreadable/.
 
@@ -46,6 +59,7 @@ def sort(
     without duplicating anything.
 
     Example: vitrina sort new_photos/ --model runs/shop --out sorted/ --min-confidence 0.7
+    --report sorted/report.html
     """
     from vitrina.classify.sort import sort_folder
 
@@ -78,6 +92,8 @@ def sort(
                 on_progress=lambda d, n: update(d, n),
                 on_item=show,
                 keep_items=False,
+                report=report,
+                sheet=sheet,
             )
     finally:
         if rows is not None:
@@ -90,6 +106,8 @@ def sort(
         err.print(f"[yellow]unreadable[/] {escape(it.error)}")
     for line in summary.problems:
         err.print(f"[red]{escape(line)}[/]")
+    for path in summary.pictures:
+        err.print(f"wrote {escape(str(path))}")
     if summary.backend:
         err.print(f"[dim]backend: {escape(summary.backend)}[/]")
     if summary.problems:

@@ -1,0 +1,210 @@
+"""The pictures of vitrina.report.pictures, opened as a person would open them: each HTML page in
+headless Chromium (Debian's ``chromium``; the page tests skip without it, saying so), each PNG
+with Pillow, checking what they show (counts, order, bins, labels), not only that they exist."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import COLORS, make_dataset, make_image, run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium binary on PATH (Debian: apt-get install chromium; .ci/run installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary on PATH")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+class Page:
+    """A page opened from disk in a fresh tab, recording every request it makes."""
+
+    def __init__(self, browser, path: Path) -> None:
+        self.context = browser.new_context(viewport={"width": 1200, "height": 1400})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(10_000)
+        self.requests: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.goto(path.resolve().as_uri())
+
+    def __enter__(self):
+        return self.page
+
+    def __exit__(self, *exc) -> None:
+        # Self-contained: nothing but the page itself and its data: URIs was asked for.
+        fetched = [u for u in self.requests if not u.startswith(("data:", "file:"))]
+        files = {u for u in self.requests if u.startswith("file:")}
+        self.context.close()
+        assert not fetched, fetched
+        assert len(files) == 1, files
+
+
+def all_images_decoded(page) -> None:
+    """Every <img> on the page is a picture the browser decoded (no broken image icons)."""
+    sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+    assert sizes
+    assert all(ok and w > 0 for ok, w in sizes), sizes
+
+
+def sections(page) -> list[dict]:
+    """Each section of a page: its folder, count, and the ranks and captions of its tiles."""
+    return page.eval_on_selector_all(
+        "section",
+        """els => els.map(s => ({
+            folder: s.dataset.folder || null,
+            count: s.dataset.count === undefined ? null : Number(s.dataset.count),
+            alarm: s.classList.contains('alarm'),
+            ranks: [...s.querySelectorAll('figure')].map(f => f.dataset.rank),
+            captions: [...s.querySelectorAll('figcaption')].map(c => c.innerText),
+            plots: s.querySelectorAll('img.plot').length,
+        }))""",
+    )
+
+
+def table_counts(page) -> dict[str, int]:
+    rows = page.eval_on_selector_all(
+        "table.counts tr[data-folder]",
+        "els => els.map(r => [r.dataset.folder, Number(r.querySelector('td.n').innerText)])",
+    )
+    return dict(rows)
+
+
+def assert_png_shows_something(path: Path, *, min_size: tuple[int, int] = (200, 100)) -> np.ndarray:
+    """A PNG that Pillow opens, of a useful size, neither blank nor one flat colour."""
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.width >= min_size[0] and im.height >= min_size[1], im.size
+        a = np.asarray(im.convert("RGB")).astype(np.int16)
+    assert a.std() > 10, f"{path} looks blank"
+    not_white = (a < 235).any(axis=2).mean()
+    assert not_white > 0.01, f"{path}: {not_white:.2%} of the pixels are not white"
+    return a
+
+
+# --------------------------------------------------------------------------- sort
+
+
+def _sort_photos(tmp_path: Path) -> Path:
+    """Three of each colour, two muddy ones the model cannot be sure of, and a broken file."""
+    d = tmp_path / "photos"
+    for ci, (name, rgb) in enumerate(COLORS.items()):
+        for i in range(3):
+            make_image(d / f"{name}-new-{i}.png", rgb, seed=7000 + ci * 10 + i)
+    make_image(d / "muddy-0.png", (120, 110, 120), seed=1)
+    make_image(d / "muddy-1.png", (110, 120, 110), seed=2)
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return d
+
+
+def _threshold(toy_run: Path, photos: Path) -> float:
+    """A --min-confidence that sends some readable photos to unsure/ and keeps others."""
+    from vitrina.classify import load
+
+    clf = load(toy_run)
+    conf = sorted(
+        p.confidence for p in clf.predict(sorted(photos.glob("*.png")), device="cpu") if not p.error
+    )
+    return float((conf[len(conf) // 3] + conf[len(conf) // 3 + 1]) / 2)
+
+
+def _manifest(out: Path) -> list[dict[str, str]]:
+    with open(out / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@needs_chromium
+def test_sort_report_shows_every_folder_least_confident_first(
+    toy_run: Path, tmp_path: Path, capsys, browser
+) -> None:
+    photos = _sort_photos(tmp_path)
+    threshold = _threshold(toy_run, photos)
+    out = tmp_path / "sorted"
+    report, sheet = tmp_path / "pages" / "report.html", tmp_path / "pages" / "sheet.png"
+    code, _, err = run_cli(
+        capsys, "sort", photos, "--model", toy_run, "--out", out, "--backend", "eager",
+        "--device", "cpu", "--min-confidence", threshold, "--report", report, "--sheet", sheet,
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"wrote {report}" in err.replace("\n", "")
+    rows = _manifest(out)
+    expected: dict[str, list[float]] = {}
+    for r in rows:
+        expected.setdefault(Path(r["destination"]).parent.name, []).append(float(r["confidence"]))
+    assert "unsure" in expected and "unreadable" in expected and len(expected) >= 3
+
+    with Page(browser, report) as page:
+        all_images_decoded(page)
+        assert table_counts(page) == {f: len(v) for f, v in expected.items()}
+        shown = sections(page)
+        folders = [s["folder"] for s in shown]
+        # class folders by name, then the two bins a person must look at, set apart
+        assert folders[-2:] == ["unsure", "unreadable"]
+        assert folders[:-2] == sorted(f for f in expected if f not in ("unsure", "unreadable"))
+        for s in shown:
+            assert s["count"] == len(expected[s["folder"]])
+            assert s["alarm"] == (s["folder"] in ("unsure", "unreadable"))
+            if s["folder"] == "unreadable":
+                assert any("broken.jpg" in c for c in s["captions"])
+                continue
+            ranks = [float(r) for r in s["ranks"]]
+            assert ranks == sorted(ranks)  # least confident first
+            assert ranks[0] == pytest.approx(min(expected[s["folder"]]), abs=1e-4)
+            assert len(ranks) == len(expected[s["folder"]])
+        unsure = next(s for s in shown if s["folder"] == "unsure")
+        assert all(float(r) < threshold for r in unsure["ranks"])
+        assert "muddy" in page.inner_text("body") or len(unsure["ranks"]) >= 1
+
+    a = assert_png_shows_something(sheet)
+    assert a.shape[0] > 4 * 112  # a row per folder: at least five rows of thumbnails
+
+
+@needs_chromium
+def test_sort_report_of_a_dry_run_shows_the_plan(
+    toy_run: Path, tmp_path: Path, photos: Path, browser
+) -> None:
+    from vitrina.classify.sort import sort_folder
+
+    out = tmp_path / "sorted"
+    summary = sort_folder(
+        photos, toy_run, out, dry_run=True, device="cpu", report=tmp_path / "plan.html"
+    )
+    assert not out.exists()  # a dry run changes nothing: the page lies elsewhere
+    with Page(browser, tmp_path / "plan.html") as page:
+        all_images_decoded(page)
+        assert "would be placed" in page.title()
+        assert table_counts(page) == summary.counts
+        assert any("broken.jpg" in c for s in sections(page) for c in s["captions"])
+
+
+def test_the_report_of_a_rerun_shows_earlier_runs_too(toy_run: Path, tmp_path: Path) -> None:
+    from vitrina.classify.sort import sort_folder
+
+    photos = _sort_photos(tmp_path)
+    out = tmp_path / "sorted"
+    first = sort_folder(photos, toy_run, out, device="cpu")
+    again = sort_folder(photos, toy_run, out, device="cpu", report=tmp_path / "r.html")
+    assert again.skipped_done == first.placed and again.placed == 0
+    text = (tmp_path / "r.html").read_text()
+    for folder, n in first.counts.items():
+        assert f'data-folder="{folder}" data-count="{n}"' in text
+    assert 'src="http' not in text and "<script" not in text
