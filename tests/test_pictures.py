@@ -208,3 +208,85 @@ def test_the_report_of_a_rerun_shows_earlier_runs_too(toy_run: Path, tmp_path: P
     for folder, n in first.counts.items():
         assert f'data-folder="{folder}" data-count="{n}"' in text
     assert 'src="http' not in text and "<script" not in text
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@needs_chromium
+def test_evaluate_draws_confusion_bars_and_the_most_confident_mistakes(
+    toy_run: Path, tmp_path: Path, capsys, browser
+) -> None:
+    # A test set the toy model gets partly wrong: greens and blues filed under red too.
+    data = make_dataset(tmp_path / "test", per_class=3)
+    for i, rgb in enumerate(((30, 200, 40), (30, 40, 220))):
+        make_image(data / "red" / f"not-red-{i}.png", rgb, seed=900 + i)
+    pictures = tmp_path / "eval"
+    code, _, err = run_cli(
+        capsys, "evaluate", toy_run, data, "--out", pictures, "--backend", "eager",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    from vitrina.classify import load
+
+    rep = load(toy_run).evaluate(data, device="cpu")
+    assert len(rep.mistakes) >= 2
+    assert {Path(m[0]).name for m in rep.mistakes} >= {"not-red-0.png", "not-red-1.png"}
+    for m in rep.mistakes:
+        assert m[1] != m[2]
+
+    confusion = assert_png_shows_something(pictures / "confusion.png")
+    assert confusion.shape[0] > 200
+    assert_png_shows_something(pictures / "per_class.png")
+    mistakes = assert_png_shows_something(pictures / "mistakes.png")
+    # each mistake is framed red: a red frame's pixels are on the sheet
+    red = (mistakes[..., 0] > 190) & (mistakes[..., 1] < 60) & (mistakes[..., 2] < 60)
+    assert red.sum() > 4 * 128
+
+    with Page(browser, pictures / "index.html") as page:
+        all_images_decoded(page)
+        shown = sections(page)
+        wrong = next(s for s in shown if s["folder"] == "mistakes")
+        assert wrong["count"] == len(rep.mistakes)
+        ranks = [float(r) for r in wrong["ranks"]]
+        assert ranks == sorted(ranks, reverse=True)  # the most confident first
+        assert ranks[0] == pytest.approx(max(m[3] for m in rep.mistakes), abs=1e-4)
+        first = wrong["captions"][0]
+        top = max(rep.mistakes, key=lambda m: m[3])
+        assert f"true {rep.classes[top[1]]}" in first
+        assert f"predicted {rep.classes[top[2]]}" in first
+        assert sum(s["plots"] for s in shown) == 2  # the bars and the confusion matrix
+        assert f"accuracy {rep.accuracy:.1%}" in page.inner_text("body")
+
+
+# --------------------------------------------------------------------------- data inspect
+
+
+@needs_chromium
+def test_inspect_draws_samples_duplicates_and_sizes(tmp_path: Path, capsys, browser) -> None:
+    data = make_dataset(tmp_path / "data", per_class=10)
+    for i, size in enumerate((64, 96, 200)):
+        make_image(data / "blue" / f"big-{i}.png", COLORS["blue"], size=size, seed=50 + i)
+    shutil.copy(data / "red" / "red-01.png", data / "green" / "copy-of-red.png")
+    shutil.copy(data / "red" / "red-01.png", data / "red" / "again.png")
+    (data / "green" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "look"
+    code, _, err = run_cli(capsys, "data", "inspect", data, "--out", out)
+    assert code == 0, err
+
+    samples = assert_png_shows_something(out / "samples.png")
+    assert samples.shape[0] > 3 * 112  # a row per class
+    assert_png_shows_something(out / "duplicates.png")
+    assert_png_shows_something(out / "sizes.png")
+
+    with Page(browser, out / "index.html") as page:
+        all_images_decoded(page)
+        assert table_counts(page) == {"blue": 13, "green": 12, "red": 11}
+        shown = {s["folder"]: s for s in sections(page) if s["folder"]}
+        assert all(len(shown[c]["captions"]) == 8 for c in ("blue", "green", "red"))
+        group = shown["duplicates-1"]
+        assert group["count"] == 3
+        names = sorted(c.splitlines()[0] for c in group["captions"])
+        assert names == ["again.png", "copy-of-red.png", "red-01.png"]
+        text = page.inner_text("body")
+        assert "1 unreadable" in text and "broken.jpg" in text
