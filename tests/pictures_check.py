@@ -19,8 +19,8 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
+def chromium() -> Iterator:
+    """Headless Chromium for a module's ``browser`` fixture (``yield from chromium()``)."""
     if CHROMIUM is None:
         pytest.skip("no chromium binary on PATH")
     from playwright.sync_api import sync_playwright

@@ -358,11 +358,7 @@ def test_list_sheet_shows_each_persons_chips(gallery, tmp_path, capsys):
 
 
 def test_sort_report_shows_people_least_sure_first(gallery, photos, tmp_path, capsys):
-    from pictures_check import CHROMIUM, Page, all_images_decoded, sections, table_counts
-
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary on PATH")
-    from playwright.sync_api import sync_playwright
+    from pictures_check import Page, all_images_decoded, chromium, sections, table_counts
 
     out_dir, report = tmp_path / "sorted", tmp_path / "faces.html"
     code, _, err = run_cli(
@@ -370,8 +366,7 @@ def test_sort_report_shows_people_least_sure_first(gallery, photos, tmp_path, ca
         str(out_dir), "--report", str(report),
     )  # fmt: skip
     assert code == 0, err
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+    for browser in chromium():
         with Page(browser, report) as page:
             all_images_decoded(page)
             assert table_counts(page) == {"camera": 2, "eileen": 2, "no-face": 1, "unreadable": 1}
@@ -382,4 +377,3 @@ def test_sort_report_shows_people_least_sure_first(gallery, photos, tmp_path, ca
             assert ranks == sorted(ranks) and all(r < 0 for r in ranks)  # minus the distance
             assert "distance" in shown["eileen"]["captions"][0]
             assert any("broken.jpg" in c for c in shown["unreadable"]["captions"])
-        browser.close()

@@ -8,8 +8,10 @@ import csv
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import COLORS, make_dataset, make_image, run_cli
@@ -17,11 +19,17 @@ from pictures_check import (
     Page,
     all_images_decoded,
     assert_png_shows_something,
-    browser,  # noqa: F401  (a fixture)
+    chromium,
     needs_chromium,
     sections,
     table_counts,
 )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    yield from chromium()
+
 
 # --------------------------------------------------------------------------- sort
 
@@ -212,3 +220,118 @@ def test_inspect_draws_samples_duplicates_and_sizes(tmp_path: Path, capsys, brow
         assert names == ["again.png", "copy-of-red.png", "red-01.png"]
         text = page.inner_text("body")
         assert "1 unreadable" in text and "broken.jpg" in text
+
+
+# --------------------------------------------------------------------------- live curves
+
+
+class _Watch:
+    """A training callback after the resume point: what plots/curves.png shows at each epoch."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "plots" / "curves.png"
+        self.seen: list[bytes] = []
+
+    def on_fit_start(self, state) -> None: ...
+
+    def on_epoch_start(self, state) -> None: ...
+
+    def on_epoch_end(self, state, record) -> None:
+        assert self.path.is_file(), f"no curves after epoch {record['epoch']}"
+        assert_png_shows_something(self.path)
+        self.seen.append(self.path.read_bytes())
+        leftovers = [p for p in self.path.parent.iterdir() if p.name != "curves.png"]
+        assert not leftovers, leftovers  # written atomically: no temporary files left behind
+
+    def on_fit_end(self, state) -> None: ...
+
+
+def _watch(run_dir: Path):
+    from vitrina.training import Callback
+
+    class Watch(_Watch, Callback):
+        pass
+
+    return Watch(run_dir)
+
+
+def test_classifier_curves_are_redrawn_after_every_epoch(tmp_path: Path) -> None:
+    from conftest import toy_config
+    from vitrina.training import train_classifier
+
+    data = make_dataset(tmp_path / "data", per_class=4)
+    watch = _watch(tmp_path / "run")
+    train_classifier(
+        toy_config(data, tmp_path / "run", epochs=3), progress=False, extra_callbacks=[watch]
+    )
+    assert len(watch.seen) == 3
+    assert len(set(watch.seen)) == 3  # a new picture each epoch, not the same one again
+
+
+def test_embedding_curves_are_redrawn_after_every_epoch(tmp_path: Path) -> None:
+    from test_train_embedding import cfg, make_identities
+    from vitrina.training.embedding import train_embedding
+
+    data = make_identities(tmp_path / "people", n_ids=5, per_id=4)
+    watch = _watch(tmp_path / "run")
+    train_embedding(cfg(data, tmp_path / "run", epochs=2), progress=False, extra_callbacks=[watch])
+    assert len(watch.seen) == 2 and watch.seen[0] != watch.seen[1]
+
+
+# --------------------------------------------------------------------------- optimize
+
+
+def _variants(status: str) -> dict:
+    def v(size: float, speed: float, acc: float, st: str = "ok") -> dict:
+        return {"size_bytes": size * 1e6, "images_per_s": speed, "accuracy": acc, "status": st}
+
+    return {
+        "run": "/runs/shop",
+        "task": "classification",
+        "eval_images": 120,
+        "batch_size": 32,
+        "variants": {"fp32": v(16.0, 100, 0.95), "int8": v(4.1, 260, 0.94, status)},
+    }
+
+
+def test_the_variants_plot_shows_size_speed_accuracy_and_flags_a_variant_out_of_tolerance(
+    tmp_path: Path,
+) -> None:
+    from vitrina.report.pictures import plot_variants
+
+    def red_pixels(path: Path) -> int:
+        a = assert_png_shows_something(path, min_size=(600, 150))
+        return int(((abs(a - np.array([210, 60, 44])) < 12).all(axis=2)).sum())
+
+    fine = red_pixels(plot_variants(_variants("ok"), tmp_path / "ok.png"))
+    flagged = red_pixels(plot_variants(_variants("outside tolerance"), tmp_path / "bad.png"))
+    assert fine == 0 and flagged > 300  # three red bars, one per panel
+
+
+# --------------------------------------------------------------------------- no pyplot
+
+
+def test_drawing_never_touches_pyplot_or_the_backend(tmp_path: Path) -> None:
+    """A notebook's matplotlib is left as it was: no pyplot import, no backend switch."""
+    script = f"""
+import sys, matplotlib
+matplotlib.use("svg")
+import numpy as np
+from vitrina.report import plot_confusion, plot_curves
+from vitrina.report.pictures import plot_sizes, plot_variants, plot_per_class
+out = {str(tmp_path)!r}
+plot_curves([{{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_accuracy": 0.5}}],
+            out + "/c.png")
+plot_confusion(np.eye(2), ["a", "b"], out + "/m.png")
+plot_sizes([10, 20], [30, 40], out + "/s.png")
+plot_per_class(["a", "b"], [0.5, 1.0], [1.0, 0.5], [3, 4], out + "/p.png")
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+    for name in ("c", "m", "s", "p"):
+        assert_png_shows_something(tmp_path / f"{name}.png")
