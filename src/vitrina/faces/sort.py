@@ -138,7 +138,7 @@ def sort_faces(
                 "least sure first: in a person's folder the largest face distance, in "
                 f"unknown/ the smallest ({summary.threshold_source})"
             ],
-            rank_name="match",
+            order="least sure match first",
         )
     return summary
 

@@ -228,7 +228,7 @@ def write_bins(
     title: str,
     bin_names: Sequence[str] = (),
     notes: Sequence[str] = (),
-    rank_name: str = "confidence",
+    order: str = "least confident first",
 ) -> list[Path]:
     """The folders of a sort as a page (``report``: every folder's least sure photos first,
     with counts) and a contact sheet (``sheet``: one row per folder). Class folders come in
@@ -245,7 +245,7 @@ def write_bins(
             sections.append(
                 PageSection(
                     f,
-                    note=f"{shown}least sure first",
+                    note=f"{shown}{order}",
                     tiles=[Tile(p, cap) for p, _, cap in kept],
                     ranks=["" if np.isnan(r) else f"{r:.4f}" for _, r, _ in kept],
                     key=f,
@@ -263,12 +263,12 @@ def write_bins(
             more = bins.counts[f] - len(kept)
             rows.append(
                 SheetRow(
-                    f"{f}: {bins.counts[f]} photos, least sure {rank_name} first"
+                    f"{f}: {bins.counts[f]} photos, {order}"
                     + (f" (+{more} not shown)" if more else ""),
                     [Tile(p, cap) for p, _, cap in kept],
                 )
             )
-        written.append(write_contact_sheet(rows, sheet, thumb=112))
+        written.append(write_contact_sheet(rows, sheet, thumb=112, frame_first=False))
     return written
 
 
