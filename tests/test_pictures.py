@@ -335,3 +335,23 @@ print("ok")
     assert done.stdout.strip() == "ok", done.stderr
     for name in ("c", "m", "s", "p"):
         assert_png_shows_something(tmp_path / f"{name}.png")
+
+
+def test_a_report_that_cannot_be_written_is_refused_before_any_work(
+    toy_run: Path, tmp_path: Path, photos: Path, capsys
+) -> None:
+    from conftest import one_line_error
+
+    out = tmp_path / "sorted"
+    (tmp_path / "a-folder").mkdir()
+    code, _, err = run_cli(
+        capsys, "sort", photos, "--model", toy_run, "--out", out, "--report", tmp_path / "a-folder"
+    )
+    assert code == 1
+    one_line_error(err, "a-folder", "--report")
+    assert not out.exists()  # nothing sorted
+    (tmp_path / "a-file").write_text("mine")
+    code, _, err = run_cli(capsys, "data", "inspect", photos, "--out", tmp_path / "a-file")
+    assert code == 1
+    one_line_error(err, "a-file", "--out")
+    assert (tmp_path / "a-file").read_text() == "mine"

@@ -112,6 +112,10 @@ class Classifier:
         into that folder ``confusion.png``, ``per_class.png`` (precision and recall bars),
         ``mistakes.png`` (the most confident mistakes: photo, true and predicted label,
         confidence) and ``index.html`` showing them (``report.pictures`` lists the files)."""
+        if out is not None:
+            from vitrina.report.pictures import check_writable
+
+            check_writable(out, option="--out", folder=True)
         scan = scan_folder(data_dir, classes=self.classes)
         eng = self.engine(backend=backend, device=device, batch_size=batch_size)
         self.last_engine = eng

@@ -24,7 +24,7 @@ from vitrina.io import (
     place_file,
     remove_stale_temps,
 )
-from vitrina.report.pictures import Bins, write_bins
+from vitrina.report.pictures import Bins, check_writable, write_bins
 
 __all__ = ["METHODS", "SortItem", "SortSummary", "sort_folder"]
 
@@ -144,6 +144,9 @@ def sort_folder(
     photos first, with ``unsure/`` and ``unreadable/`` set apart; after a ``dry_run``, the
     photos where they would go.
     """
+    for target, option in ((report, "--report"), (sheet, "--sheet")):
+        if target:
+            check_writable(target, option=option)
     plans = Bins() if dry_run and (report or sheet) else None
 
     def collect(item: SortItem) -> None:

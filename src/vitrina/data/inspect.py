@@ -72,6 +72,10 @@ def inspect_folder(
     With ``out``, also draws into that folder ``samples.png`` (a row of photos per class,
     spread over the class), ``duplicates.png`` (each group side by side), ``sizes.png`` (the
     size distribution) and ``index.html`` showing them (``report.pictures`` lists them)."""
+    if out is not None:
+        from vitrina.report.pictures import check_writable
+
+        check_writable(out, option="--out", folder=True)
     scan = scan_folder(root)
     report = FolderReport(
         scan.root,

@@ -26,7 +26,7 @@ from vitrina.io import (
     place_file,
     remove_stale_temps,
 )
-from vitrina.report.pictures import Bins, write_bins
+from vitrina.report.pictures import Bins, check_writable, write_bins
 
 __all__ = ["FaceSortItem", "FaceSortSummary", "folders_for", "sort_faces"]
 
@@ -126,6 +126,8 @@ def sort_faces(
     records it (earlier runs included): in a person's folder the least sure match (the
     largest distance) first, in ``unknown/`` the nearest miss first; ``unknown/``,
     ``no-face/`` and ``unreadable/`` set apart."""
+    if report is not None:
+        check_writable(report)
     summary = _sort_faces(photos, gallery, out_dir, method, recursive, on_progress)
     if report is not None:
         bins = _manifest_bins(summary.manifest)

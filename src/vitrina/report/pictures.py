@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import heapq
 import html
-import io
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -41,7 +40,7 @@ from vitrina.report.sheets import SheetRow, Tile, _data_uri, write_contact_sheet
 __all__ = [
     "Bins",
     "PageSection",
-    "figure_png",
+    "check_writable",
     "plot_per_class",
     "plot_sizes",
     "plot_variants",
@@ -57,14 +56,31 @@ SHEET_PER_FOLDER = 12  # tiles per folder row on a contact sheet (then "+N more"
 MISTAKES_SHOWN = 24
 
 
+def check_writable(
+    path: str | os.PathLike[str], *, option: str = "--report", folder: bool = False
+) -> Path:
+    """Refuse, before any work, a picture target that cannot be written: a file name that is
+    a folder (or, with ``folder``, a folder name that is a file), or a place under no
+    writable folder. One line naming the path and the option, so a long sort never ends in a
+    traceback about its report."""
+    from vitrina.errors import VitrinaError
+
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise VitrinaError(f"{p}: {option} needs a folder, and a file is there")
+    if not folder and p.is_dir():
+        raise VitrinaError(f"{p}: is a folder; {option} needs a file name (e.g. {p / 'x'})")
+    existing = p if folder else p.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise VitrinaError(
+            f"{p}: cannot write {option} there ({existing} is not a writable folder)"
+        )
+    return p
+
+
 # --------------------------------------------------------------------------- figures
-
-
-def figure_png(fig: Any) -> bytes:
-    """A ``Figure`` as PNG bytes (to embed in a page)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def _png_uri(data: bytes) -> str:
