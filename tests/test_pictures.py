@@ -340,18 +340,27 @@ print("ok")
 def test_a_report_that_cannot_be_written_is_refused_before_any_work(
     toy_run: Path, tmp_path: Path, photos: Path, capsys
 ) -> None:
-    from conftest import one_line_error
+    from conftest import usage_error
+    from vitrina.classify.sort import sort_folder
+    from vitrina.data import inspect_folder
+    from vitrina.errors import VitrinaError
 
     out = tmp_path / "sorted"
     (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("mine")
+    # the command line refuses both as usage errors, before any work
     code, _, err = run_cli(
         capsys, "sort", photos, "--model", toy_run, "--out", out, "--report", tmp_path / "a-folder"
     )
-    assert code == 1
-    one_line_error(err, "a-folder", "--report")
-    assert not out.exists()  # nothing sorted
-    (tmp_path / "a-file").write_text("mine")
+    assert code == 2
+    usage_error(err, "a-folder")
     code, _, err = run_cli(capsys, "data", "inspect", photos, "--out", tmp_path / "a-file")
-    assert code == 1
-    one_line_error(err, "a-file", "--out")
+    assert code == 2
+    usage_error(err, "a-file")
+    # and the API with one line naming the path and the option
+    with pytest.raises(VitrinaError, match=r"a-folder.*--report"):
+        sort_folder(photos, toy_run, out, report=tmp_path / "a-folder")
+    assert not out.exists()  # nothing sorted
+    with pytest.raises(VitrinaError, match=r"a-file.*--out"):
+        inspect_folder(photos, out=tmp_path / "a-file")
     assert (tmp_path / "a-file").read_text() == "mine"
