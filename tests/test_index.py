@@ -144,15 +144,19 @@ def test_update_that_fails_before_commit_leaves_old_index(tmp_path: Path, monkey
     monkeypatch.setattr(faiss, "write_index", boom)
     with pytest.raises(OSError):
         idx.add_vectors(x[60:], metas(40, start=60))
+    # an HNSW removal is a tombstone in SQLite (vectors.faiss is not rewritten) ...
+    idx.remove(["/photos/p0.jpg"])
+    before = [p for p in before if p != "/photos/p0.jpg"]
+    # ... and compacting it away has to write the file: it fails, the tombstone stays
     with pytest.raises(OSError):
-        idx.remove(["/photos/p0.jpg"])
+        idx.compact()
     monkeypatch.undo()
     # the same object and a fresh open both see the old state
-    assert len(idx) == 60
-    assert [h.path for h in idx.search(x[:1], k=5)[0].hits] == before
+    assert len(idx) == 59 and idx.info()["removed_pending_compaction"] == 1
+    assert [h.path for h in idx.search(x[:1], k=5)[0].hits][:4] == before
     again = Index.open(tmp_path / "ix")
-    assert again.recovered is None and len(again) == 60
-    assert [h.path for h in again.search(x[:1], k=5)[0].hits] == before
+    assert again.recovered is None and len(again) == 59
+    assert [h.path for h in again.search(x[:1], k=5)[0].hits][:4] == before
     assert not list((tmp_path / "ix").glob("*.pending")) and not list(
         (tmp_path / "ix").glob(".vitrina-tmp-*")
     )
@@ -223,9 +227,9 @@ def test_killed_process_leaves_a_consistent_index(tmp_path: Path, stage: str, co
         assert again.recovered and again.search(x[79:80], k=1)[0].hits[0].path == "/photos/p79.jpg"
 
 
-def test_faiss_file_lost_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
+def test_faiss_file_lost_is_rebuilt_from_sqlite_in_format_1(tmp_path: Path) -> None:
     x = clustered(40)
-    Index.create(tmp_path / "ix", dim=32).add_vectors(x, metas(40))
+    Index.create(tmp_path / "ix", dim=32, _format=1).add_vectors(x, metas(40))
     (tmp_path / "ix" / "vectors.faiss").write_bytes(b"garbage")
     again = Index.open(tmp_path / "ix")
     assert "rebuilt it from the 40 stored vectors" in again.recovered
@@ -260,7 +264,7 @@ def test_bad_index_folders_say_what_is_wrong(tmp_path: Path) -> None:
     Index.create(tmp_path / "v9", dim=4).close()
     with sqlite3.connect(tmp_path / "v9" / "meta.sqlite") as c:
         c.execute("UPDATE info SET value = '9' WHERE key = 'format_version'")
-    with pytest.raises(VitrinaError, match="format version 9, this vitrina reads version 1"):
+    with pytest.raises(VitrinaError, match="format version 9, this vitrina reads versions 1, 2"):
         Index.open(tmp_path / "v9")
     # never written over
     (tmp_path / "busy").mkdir()
@@ -279,6 +283,8 @@ def test_bad_queries(tmp_path: Path) -> None:
         idx.search(np.zeros((1, 5), np.float32))
     with pytest.raises(VitrinaError, match="raw vectors and has no model"):
         idx.search(["x.jpg"])
+    with pytest.raises(VitrinaError, match="NaN or infinite"):
+        idx.search_vectors(np.full((2, 8), np.nan, np.float32))
     assert len(idx.search(clustered(1, d=8), k=50)[0].hits) == 10  # k > size: all of them
 
 
@@ -360,10 +366,11 @@ def _stored(ix: Path, rid: int) -> bytes:
 def test_swapped_vector_rows_in_the_faiss_file_are_caught_and_repaired(
     tmp_path: Path, kind: str, legacy: bool
 ) -> None:
-    """Issue 13 #2: two swapped rows made a dog's nearest neighbour a cat at similarity 1.0."""
+    """Issue 13 #2: two swapped rows made a dog's nearest neighbour a cat at similarity 1.0.
+    Format 1 (vectors also in SQLite): repaired from the stored copy; format 2 below."""
     x = clustered(60)
     ix = tmp_path / "ix"
-    Index.create(ix, dim=32, kind=kind).add_vectors(x, metas(60))
+    Index.create(ix, dim=32, kind=kind, _format=1).add_vectors(x, metas(60))
     if legacy:  # an index written before checksums were recorded
         with sqlite3.connect(ix / "meta.sqlite") as conn:
             conn.execute("DELETE FROM info WHERE key = 'faiss_sha256'")
@@ -381,10 +388,11 @@ def test_swapped_vector_rows_in_the_faiss_file_are_caught_and_repaired(
 
 
 def test_a_damaged_float_is_caught_by_its_norm(tmp_path: Path) -> None:
-    """Issue 13 #2: one flipped exponent bit gave "cosine sim 74463821824"."""
+    """Issue 13 #2: one flipped exponent bit gave "cosine sim 74463821824" (format 1 without
+    a recorded checksum: only the norm can tell)."""
     x = clustered(40)
     ix = tmp_path / "ix"
-    Index.create(ix, dim=32).add_vectors(x, metas(40))
+    Index.create(ix, dim=32, _format=1).add_vectors(x, metas(40))
     with sqlite3.connect(ix / "meta.sqlite") as conn:  # no checksum: only the norm can tell
         conn.execute("DELETE FROM info WHERE key = 'faiss_sha256'")
     data = bytearray((ix / "vectors.faiss").read_bytes())
@@ -398,11 +406,12 @@ def test_a_damaged_float_is_caught_by_its_norm(tmp_path: Path) -> None:
 
 
 def test_damaged_stored_vectors_are_restored_from_a_verified_faiss_file(tmp_path: Path) -> None:
-    """meta.sqlite's vectors are the source of truth for rebuilds: a damaged one is restored
-    from the checksum-verified faiss file instead of spreading into the next structure."""
+    """Format 1: meta.sqlite's vectors are the source of truth for rebuilds: a damaged one is
+    restored from the checksum-verified faiss file instead of spreading into the next
+    structure."""
     x = clustered(30)
     ix = tmp_path / "ix"
-    Index.create(ix, dim=32, kind="hnsw").add_vectors(x, metas(30))
+    Index.create(ix, dim=32, kind="hnsw", _format=1).add_vectors(x, metas(30))
     good = _stored(ix, 3)
     bad = bytearray(good)
     bad[4 * 2 + 3] ^= 0x40
@@ -419,7 +428,7 @@ def test_damaged_stored_vectors_are_restored_from_a_verified_faiss_file(tmp_path
 def test_both_copies_damaged_is_one_line_with_the_rebuild_command(tmp_path: Path) -> None:
     x = clustered(20)
     ix = tmp_path / "ix"
-    Index.create(ix, dim=32).add_vectors(x, metas(20))
+    Index.create(ix, dim=32, _format=1).add_vectors(x, metas(20))
     (ix / "vectors.faiss").write_bytes(b"garbage")
     with sqlite3.connect(ix / "meta.sqlite") as conn:
         conn.execute("UPDATE items SET vector = ? WHERE id = 4", (b"\xff" * 128,))
@@ -482,3 +491,212 @@ def test_undecodable_text_in_meta_sqlite_is_one_line(tmp_path: Path, capsys) -> 
     _flip_bytes(db, 0, "pages")
     code, _, err = run_cli(capsys, "index", "info", ix)
     assert code == 1 and "Traceback" not in err and "meta.sqlite: damaged" in err
+
+
+# --------------------------------------------------------------------------- issue 17: format 2
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_vectors_are_stored_once(tmp_path: Path) -> None:
+    """Format 2: meta.sqlite holds no vector; the faiss file is the copy everything reads."""
+    x = clustered(500, d=256)
+    idx = Index.create(tmp_path / "ix", dim=256, metric="euclidean")
+    idx.add_vectors(x, metas(500))
+    with sqlite3.connect(tmp_path / "ix" / "meta.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM items WHERE vector IS NOT NULL").fetchone() == (0,)
+    assert (tmp_path / "ix" / "meta.sqlite").stat().st_size < x.nbytes / 2  # no copy hides there
+    again = Index.open(tmp_path / "ix")
+    assert again.info()["format_version"] == 2
+    assert again.info()["vectors_stored_in"] == "vectors.faiss"
+    ids, vecs = again.vectors()
+    assert np.array_equal(vecs[np.argsort(ids)], x)  # exactly what was added
+    vecs[:] = 0  # the copy is the caller's: the index is untouched
+    assert again.search(x[7:8], k=1)[0].hits[0].path == "/photos/p7.jpg"
+
+
+def test_a_folder_written_by_the_previous_format_opens_searches_and_updates(
+    tmp_path: Path,
+) -> None:
+    """tests/data/index_format1 was written by vitrina before issue 17 (format 1: vectors in
+    meta.sqlite and vectors.faiss; 50 clustered 16-d vectors, p3 removed). It keeps working
+    as it is, with its SQLite copy: updates write BLOBs, a lost faiss file is rebuilt."""
+    import shutil
+
+    ix = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "index_format1", ix)
+    x = clustered(60, d=16, centres=6, seed=7)
+    idx = Index.open(ix)
+    assert idx.recovered is None and idx.info()["format_version"] == 1 and len(idx) == 49
+    assert idx.info()["vectors_stored_in"] == "meta.sqlite and vectors.faiss (format 1)"
+    want = [f"/photos/p{i}.jpg" for i in brute(np.delete(x[:50], 3, 0), x[:5], "cosine", 3)[0]]
+    live = [i for i in range(50) if i != 3]
+    want = [f"/photos/p{live[i]}.jpg" for i in brute(x[live], x[:5], "cosine", 3)[0]]
+    assert [h.path for h in idx.search(x[:5], k=3)[0].hits] == want
+    idx.add_vectors(x[50:], metas(10, start=50))
+    idx.remove(["/photos/p5.jpg"])
+    with sqlite3.connect(ix / "meta.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM items WHERE vector IS NOT NULL").fetchone() == (58,)
+    idx.close()
+    (ix / "vectors.faiss").write_bytes(b"garbage")
+    again = Index.open(ix)
+    assert "rebuilt it from the 58 stored vectors" in again.recovered
+    assert again.search(x[55:56], k=1)[0].hits[0].path == "/photos/p55.jpg"
+    assert "/photos/p5.jpg" not in {h.path for h in again.search(x[5:6], k=10)[0].hits}
+    assert Index.open(ix).recovered is None
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        ("garbage", "could not be read"),
+        ("missing", "was missing"),
+        ("swap", "failed its checksum (damaged)"),
+        ("exponent", "failed its checksum (damaged)"),
+    ],
+)
+def test_format_2_damaged_faiss_file_is_refused_in_one_line(
+    tmp_path: Path, damage: str, why: str
+) -> None:
+    """Format 2 keeps the vectors once: damage is still found (checksum, ids, norms), and with
+    no second copy to rebuild from, opening says so in one line with the rebuild command."""
+    x = clustered(40)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32, kind="hnsw").add_vectors(x, metas(40))
+    stored = _unit(x)
+    faiss_file = ix / "vectors.faiss"
+    if damage == "garbage":
+        faiss_file.write_bytes(b"garbage")
+    elif damage == "missing":
+        faiss_file.unlink()
+    elif damage == "swap":
+        _file_swap(faiss_file, stored[1].tobytes(), stored[30].tobytes())
+    else:
+        data = bytearray(faiss_file.read_bytes())
+        data[bytes(data).index(stored[8].tobytes()) + 4 * 5 + 3] ^= 0x40
+        faiss_file.write_bytes(bytes(data))
+    with pytest.raises(index_mod.IndexDamagedError) as info:
+        Index.open(ix)
+    msg = str(info.value)
+    assert "\n" not in msg and f"vectors.faiss: {why}" in msg
+    assert "only copy of this index's 40 vectors" in msg and "vitrina index build" in msg
+
+
+def test_hnsw_removal_is_a_tombstone_until_compaction(tmp_path: Path) -> None:
+    x, q = np.split(clustered(2100, d=48, centres=40), [2000])
+    idx = Index.create(tmp_path / "ix", dim=48, kind="hnsw")
+    idx.add_vectors(x, metas(2000))
+    faiss_file = tmp_path / "ix" / "vectors.faiss"
+    before = faiss_file.read_bytes()
+    gone = [f"/photos/p{i}.jpg" for i in range(0, 2000, 20)]  # 5%: below COMPACT_FRACTION
+    assert len(idx.remove(gone).removed) == 100
+    assert faiss_file.read_bytes() == before  # not rewritten
+    assert len(idx) == 1900 and idx.info()["removed_pending_compaction"] == 100
+    for searcher in (idx, Index.open(tmp_path / "ix")):
+        assert searcher.recovered is None
+        found = searcher.search_vectors(x, k=10)
+        assert (found.ids >= 0).all()  # k live results for every query, no tombstone among them
+        assert not {p for row in found.paths() for p in row} & set(gone)
+    live = np.array([i for i in range(2000) if i % 20])
+    got = idx.search_vectors(q, k=10).ids - 1  # ids are 1-based rows in insertion order
+    assert index_mod.recall_at_k(got, live[brute(x[live], q, "cosine", 10)]) >= 0.9
+    # a re-add of removed content is a new row, found again
+    idx.add_vectors(x[:1], metas(1))
+    assert idx.search(x[:1], k=1)[0].hits[0].path == "/photos/p0.jpg"
+    assert idx.compact() == 100 and idx.info()["removed_pending_compaction"] == 0
+    again = Index.open(tmp_path / "ix")
+    assert again.recovered is None and again._faiss_index.ntotal == 1901
+    assert again.info()["recall"]["recall_at_10"] >= 0.9
+    # past COMPACT_FRACTION a removal compacts by itself
+    again.remove([f"/photos/p{i}.jpg" for i in range(1, 400, 2)])
+    assert again.info()["removed_pending_compaction"] == 0 and again._faiss_index.ntotal == 1701
+
+
+def test_a_reader_sees_a_tombstone_without_reading_the_faiss_file_again(tmp_path: Path) -> None:
+    x = clustered(300)
+    writer = Index.create(tmp_path / "ix", dim=32, kind="hnsw")
+    writer.add_vectors(x, metas(300))
+    reader = Index.open(tmp_path / "ix")
+    loaded = reader._faiss_index
+    assert reader.search(x[4:5], k=1)[0].hits[0].path == "/photos/p4.jpg"
+    writer.remove(["/photos/p4.jpg"])
+    assert reader.refresh() and reader._faiss_index is loaded
+    assert "/photos/p4.jpg" not in {h.path for h in reader.search(x[4:5], k=10)[0].hits}
+    assert len(reader) == 299
+    writer.add_vectors(x[4:5], [{"path": "/photos/again.jpg", "sha256": "f" * 64}])
+    assert reader.refresh() and reader._faiss_index is not loaded  # a new file: read again
+    assert reader.search(x[4:5], k=1)[0].hits[0].path == "/photos/again.jpg"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_batch_search_arrays_match_the_hits(tmp_path: Path, metric: str, kind: str) -> None:
+    x = clustered(200)
+    idx = Index.create(tmp_path / "ix", dim=32, metric=metric, kind=kind)
+    idx.add_vectors(x, metas(200))
+    idx.remove(["/photos/p1.jpg"])
+    q = clustered(6, seed=3)
+    found = idx.search_vectors(q, k=4)
+    assert found.ids.shape == found.distances.shape == found.similarities.shape == (6, 4)
+    assert found.ids.dtype == np.int64 and isinstance(found.scores, np.ndarray)
+    for row, hits, paths in zip(found.ids, idx.search(q, k=4), found.paths(), strict=True):
+        assert [h.id for h in hits.hits] == row.tolist()
+        assert [h.path for h in hits.hits] == paths
+    r = found.results()[2].hits
+    assert [h.distance for h in r] == pytest.approx(found.distances[2].tolist())
+    assert [h.similarity for h in r] == pytest.approx(found.similarities[2].tolist())
+    if kind == "exact":  # the fast path against the plain one: brute force over what is live
+        live = [i for i in range(200) if i != 1]
+        want = np.array(live)[brute(x[live], q, metric, 4)] + 1
+        assert np.array_equal(found.ids, want)
+    # fewer items than k: no padding, every item once
+    small = Index.create(tmp_path / "small", dim=32, metric=metric)
+    small.add_vectors(x[:2], metas(2))
+    few = small.search_vectors(q[:1], k=5)
+    assert few.ids.shape == (1, 2) and len(few.results()[0].hits) == 2
+    with pytest.raises(VitrinaError, match="k must be at least 1"):
+        small.search_vectors(q, k=0)
+
+
+def test_upgrade_drops_the_second_copy_of_a_format_1_folder(tmp_path: Path) -> None:
+    import shutil
+
+    ix = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "index_format1", ix)
+    x = clustered(60, d=16, centres=6, seed=7)
+    idx = Index.open(ix)
+    ids_before, vecs_before = idx.vectors()
+    size_before = (ix / "meta.sqlite").stat().st_size
+    faiss_before = (ix / "vectors.faiss").read_bytes()
+    assert idx.upgrade() and not idx.upgrade()  # the second call: already format 2
+    assert (ix / "vectors.faiss").read_bytes() == faiss_before  # not rewritten
+    with sqlite3.connect(ix / "meta.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM items WHERE vector IS NOT NULL").fetchone() == (0,)
+    assert (ix / "meta.sqlite").stat().st_size <= size_before
+    again = Index.open(ix)
+    assert again.recovered is None and again.info()["format_version"] == 2
+    ids, vecs = again.vectors()
+    order = np.argsort(ids)
+    assert np.array_equal(ids[order], ids_before) and np.array_equal(vecs[order], vecs_before)
+    # row ids are never reused: p49 (id 50) was the last row, p3 (id 4) was removed
+    again.add_vectors(x[50:51], metas(1, start=50))
+    assert again.items()[-1]["id"] == 51
+    again.remove(["/photos/p0.jpg"])  # format 2 now: an HNSW removal is a tombstone
+    assert again.info()["removed_pending_compaction"] == 1
+    assert Index.open(ix).search(x[50:51], k=1)[0].hits[0].path == "/photos/p50.jpg"
+
+
+def test_upgrade_refuses_when_the_two_copies_disagree(tmp_path: Path) -> None:
+    x = clustered(30)
+    ix = tmp_path / "ix"
+    Index.create(ix, dim=32, _format=1).add_vectors(x, metas(30))
+    a, b = _stored(ix, 2), _stored(ix, 9)
+    with sqlite3.connect(ix / "meta.sqlite") as conn:  # unit length both: only a compare tells
+        conn.execute("UPDATE items SET vector = ? WHERE id = 2", (b,))
+        conn.execute("UPDATE items SET vector = ? WHERE id = 9", (a,))
+    idx = Index.open(ix)
+    with pytest.raises(index_mod.IndexDamagedError, match="hold different vectors; not upgraded"):
+        idx.upgrade()
+    assert Index.open(ix).info()["format_version"] == 1

@@ -1,13 +1,14 @@
 """Stateful property test of the search Index against a plain in-memory model.
 
 Random sequences of add / add-again / remove (by path, folder or sha256 prefix) / reopen /
-search, on exact, HNSW and IVF indexes, with a write failure injected into some steps
-(the n-th os.replace / os.fsync of the step raises). After every step:
+compact / search, on exact, HNSW and IVF indexes in both folder formats (1: vectors also in
+SQLite; 2: stored once, HNSW removals as tombstones), with a write failure injected into
+some steps (the n-th os.replace / os.fsync of the step raises). After every step:
 
 * the index holds exactly the model's last committed state (paths, hashes, vectors), in the
   live object and after reopening the folder;
 * search answers what exact search over the model answers (same paths, same order, same
-  similarities);
+  similarities), through ``search`` and the batch arrays of ``search_vectors``;
 * nothing is duplicated (a path or a sha256 twice) or orphaned (temp files, a pending faiss
   file after a clean reopen).
 
@@ -65,11 +66,17 @@ class IndexMachine(RuleBasedStateMachine):
         self.cache_max = index_mod._META_CACHE_MAX
         self.seeds: dict[str, int] = {}  # sha256 -> seed of every content ever given
 
-    @initialize(kind=st.sampled_from(("exact", "hnsw", "ivf")), metadata_in_memory=st.booleans())
-    def create(self, kind: str, metadata_in_memory: bool) -> None:
+    @initialize(
+        kind=st.sampled_from(("exact", "hnsw", "ivf")),
+        metadata_in_memory=st.booleans(),
+        layout=st.sampled_from((1, 2)),
+    )
+    def create(self, kind: str, metadata_in_memory: bool, layout: int) -> None:
         # metadata_in_memory=False: the SQLite lookup used above _META_CACHE_MAX rows.
         index_mod._META_CACHE_MAX = self.cache_max if metadata_in_memory else 0
-        self.idx = Index.create(self.tmp / "idx", dim=DIM, metric="cosine", kind=kind)
+        self.idx = Index.create(
+            self.tmp / "idx", dim=DIM, metric="cosine", kind=kind, _format=layout
+        )
 
     def teardown(self) -> None:
         index_mod._META_CACHE_MAX = self.cache_max
@@ -182,13 +189,20 @@ class IndexMachine(RuleBasedStateMachine):
             assert self.idx.recovered is None, "a clean reopen after a reopen repaired again"
             assert not (self.tmp / "idx" / "vectors.faiss.pending").exists()
 
+    @rule(fault=faults)
+    def compact(self, fault: Fault | None) -> None:
+        """Compacting HNSW tombstones away changes what is stored, never what is indexed."""
+        assert self.idx is not None
+        self._run(fault, self.idx.compact, dict(self.model))
+
     @rule(seed=st.integers(0, 40), k=st.integers(1, 12))
     def search(self, seed: int, k: int) -> None:
         assert self.idx is not None
         q = vector(seed + 1000)
         got = self.idx.search(q[None], k=k)[0]
+        arrays = self.idx.search_vectors(q[None], k=k)
         if not self.model:
-            assert got.hits == []
+            assert got.hits == [] and arrays.ids.size == 0
             return
         paths = sorted(self.model)
         m = np.stack([unit(vector(self.model[p][1])) for p in paths])
@@ -196,6 +210,8 @@ class IndexMachine(RuleBasedStateMachine):
         order = np.argsort(-sims, kind="stable")[: min(k, len(paths))]
         assert [h.path for h in got.hits] == [paths[i] for i in order]
         np.testing.assert_allclose([h.similarity for h in got.hits], sims[order], atol=1e-5)
+        assert arrays.paths() == [[paths[i] for i in order]]
+        np.testing.assert_allclose(arrays.similarities[0], sims[order], atol=1e-5)
 
     # ------------------------------------------------------------------ invariants
 
@@ -217,7 +233,12 @@ class IndexMachine(RuleBasedStateMachine):
         seeds = {h: s for h, s in self.model.values()}
         for i, v in zip(ids, vecs, strict=True):
             np.testing.assert_allclose(v, unit(vector(seeds[by_id[int(i)]])), atol=1e-6)
-        assert self.idx._faiss_index.ntotal == len(self.model)
+        # no orphan vector: what faiss holds is the model plus HNSW tombstones of removed rows
+        tombstones = self.idx.info()["removed_pending_compaction"]
+        assert self.idx._faiss_index.ntotal - tombstones == len(self.model)
+        if tombstones:
+            held = set(index_mod._faiss().vector_to_array(self.idx._faiss_index.id_map).tolist())
+            assert len(held - set(by_id)) == tombstones
 
     @invariant()
     def no_temp_files(self) -> None:

@@ -74,6 +74,9 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _register()
+    from vitrina.cli._common import INVOKED
+
+    INVOKED[:] = list(sys.argv[1:] if argv is None else argv)  # what --nproc relaunches
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit as e:

@@ -29,6 +29,14 @@ BACKEND_HELP = (
     "pruned."
 )
 DEVICE_HELP = "Where to run: auto (GPU if present), cpu, cuda, cuda:1..."
+NPROC_HELP = (
+    "Train on N processes of this machine (torchrun's DDP: gloo on CPUs, nccl on GPUs, one GPU "
+    "each); rank 0 writes the run. The same command runs under `torchrun --nproc-per-node N -m "
+    "vitrina ...` (several machines: torchrun --nnodes). 0: one process."
+)
+
+#: The arguments ``vitrina`` was called with (``main`` sets them): ``--nproc`` relaunches them.
+INVOKED: list[str] = []
 
 
 def report_option(what: str) -> Any:

@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 
 from vitrina.cli._choices import Augment, Mode, Optimizer, Precision
-from vitrina.cli._common import DEVICE_HELP, config_from_options, print_json
+from vitrina.cli._common import DEVICE_HELP, INVOKED, NPROC_HELP, config_from_options, print_json
 from vitrina.cli._common import out as console
 
 #: Options of the command that are not fields of :class:`vitrina.training.TrainConfig`;
 #: every other option is the field of the same name (tests/test_cli_contract.py checks
 #: names, defaults and choices against the dataclass).
-CLI_ONLY = ("resume", "as_json")
+CLI_ONLY = ("resume", "as_json", "nproc")
 
 
 def train(
@@ -72,6 +72,7 @@ def train(
         None, "--workers", help="Image decoding processes (default: one per spare core)."
     ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    nproc: int = typer.Option(0, "--nproc", min=0, help=NPROC_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train or fine-tune a classifier on a folder of labelled photos.
@@ -88,7 +89,14 @@ def train(
     from vitrina.training import TrainConfig, train_classifier
 
     cfg = config_from_options(TrainConfig, ctx.params, cli_only=CLI_ONLY)
+    if nproc:
+        from vitrina.training.distributed import launch, strip_nproc
+
+        launch(strip_nproc(INVOKED), nproc)  # rank 0 prints the result
+        return
     res = train_classifier(cfg, resume=resume, progress=not as_json)
+    if res.rank:  # under torchrun: rank 0 reports
+        return
     if as_json:
         print_json(
             {

@@ -15,13 +15,20 @@ from vitrina.cli._choices import (
     Sampler,
     Trainable,
 )
-from vitrina.cli._common import DEVICE_HELP, config_from_options, parse_size, print_json
+from vitrina.cli._common import (
+    DEVICE_HELP,
+    INVOKED,
+    NPROC_HELP,
+    config_from_options,
+    parse_size,
+    print_json,
+)
 from vitrina.cli._common import out as console
 
 #: Options of the command that are not fields of
 #: :class:`vitrina.training.embedding.EmbeddingConfig`; every other option is the field of the
 #: same name (tests/test_cli_contract.py checks names, defaults and choices against it).
-CLI_ONLY = ("resume", "as_json")
+CLI_ONLY = ("resume", "as_json", "nproc")
 
 
 def train_embedding(
@@ -120,6 +127,7 @@ def train_embedding(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     num_workers: int | None = typer.Option(None, "--workers", help="Image decoding processes."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    nproc: int = typer.Option(0, "--nproc", min=0, help=NPROC_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train an embedding where the same identity lands close and different ones far.
@@ -146,7 +154,14 @@ def train_embedding(
     from vitrina.training.embedding import train_embedding as run
 
     cfg = config_from_options(EmbeddingConfig, ctx.params, cli_only=CLI_ONLY)
+    if nproc:
+        from vitrina.training.distributed import launch, strip_nproc
+
+        launch(strip_nproc(INVOKED), nproc)  # rank 0 prints the result
+        return
     res = run(cfg, resume=resume, progress=not as_json)
+    if res.rank:  # under torchrun: rank 0 reports
+        return
     if as_json:
         print_json(
             {

@@ -44,6 +44,14 @@ from vitrina.training.checkpoint import (
     resume_saver,
 )
 from vitrina.training.config import TrainConfig
+from vitrina.training.distributed import (
+    Dist,
+    DistributedTask,
+    GlobalFigures,
+    check_optimizer,
+    session,
+    shard_loader,
+)
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     choose_precision,
@@ -133,6 +141,7 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     bad_files: list[str] = field(default_factory=list)
+    rank: int = 0  # under torchrun: this process's rank (rank 0 wrote the run folder)
 
 
 def data_fingerprint(root: Path, samples: list[Sample], classes: list[str]) -> str:
@@ -258,8 +267,9 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def prepare_out(out: Path, resume: bool) -> Path:
-    """The run folder: must hold a resume point to resume, else be new or empty."""
+def prepare_out(out: Path, resume: bool, dist: Dist | None = None) -> Path:
+    """The run folder: must hold a resume point to resume, else be new or empty. Under
+    torchrun (``dist``) every rank checks, then rank 0 alone creates it."""
     if resume:
         if not (out / CKPT_DIR / "state.json").is_file():
             raise RunFolderError(f"{out}: nothing to resume (no {CKPT_DIR}/state.json)")
@@ -269,7 +279,13 @@ def prepare_out(out: Path, resume: bool) -> Path:
             f"{out}: folder exists and is not empty; pass --resume to continue that run or "
             "choose another --out (nothing was overwritten)"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if dist is None:
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    dist.barrier()  # every rank has looked before rank 0 makes it
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     return out
 
 
@@ -299,9 +315,21 @@ def train_classifier(
             if epochs is not None:
                 cfg.epochs = epochs
     cfg = cfg.resolved()
+    with session(resolve_device(cfg.device)) as (dist, device):
+        return _train(cfg, resume, progress, extra_callbacks, fast_paths, dist, device)
+
+
+def _train(
+    cfg: TrainConfig,
+    resume: bool,
+    progress: bool,
+    extra_callbacks: list[Callback] | None,
+    fast_paths: bool,
+    dist: Dist,
+    device: torch.device,
+) -> TrainResult:
     assert cfg.epochs is not None and cfg.augment is not None
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
     data_root = Path(cfg.data_dir)
 
     scan = scan_folder(data_root, min_classes=2)
@@ -310,11 +338,16 @@ def train_classifier(
         train_samples = scan.samples
     else:
         train_samples, val_samples = stratified_split(scan.samples, cfg.val_fraction, cfg.seed)
-    out = prepare_out(Path(cfg.out or "runs/run"), resume)
+    out = prepare_out(Path(cfg.out or "runs/run"), resume, dist if dist.enabled else None)
 
     model = create(cfg.arch, weights=cfg.weights, num_classes=len(scan.classes))
     model.class_names = list(scan.classes)
     if getattr(model, "fitted", False):  # HOG / SIFT + SVM: fitted by scikit-learn
+        if dist.enabled:
+            raise VitrinaError(
+                f"{cfg.arch} is fitted in one pass by scikit-learn on one process: run it "
+                "without torchrun / --nproc"
+            )
         if resume:
             raise VitrinaError(
                 f"{out}: {cfg.arch} is fitted in one pass by scikit-learn; there is nothing to "
@@ -336,7 +369,8 @@ def train_classifier(
     # ``auto`` resolved before anything computes (the cached features are computed at the
     # chosen precision's backend).
     choice = choose_precision(cfg.precision, model, device, cfg.batch_size, trainable=not cached)
-    if cfg.precision == "auto":
+    choice = dist.agree(choice)  # one choice for every rank (auto measures)
+    if cfg.precision == "auto" and dist.is_main:
         record_precision(choice, out)
     cfg.precision = choice.chosen
 
@@ -379,11 +413,13 @@ def train_classifier(
             else None
         )
 
+    train_loader = shard_loader(train_loader, dist)  # this rank's share of each global batch
     assert cfg.lr is not None
     params = [
         p for p in (model.head_parameters() if frozen else model.parameters()) if p.requires_grad
     ]
     optimizer = _optimizer(params, cfg)
+    check_optimizer(optimizer, dist)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -414,15 +450,17 @@ def train_classifier(
     task = ClassificationTask(
         frozen_backbone=frozen, l2=cfg.weight_decay if cfg.optimizer == "lbfgs" else 0.0
     )
-    callbacks: list[Callback] = [ProgressBar()] if progress else []
+    callbacks: list[Callback] = [GlobalFigures(device)] if dist.enabled else []
+    callbacks += [ProgressBar()] if progress and dist.is_main else []
     callbacks += [
         _ReseedShuffle(shuffle_gen, cfg.seed),
-        BestCheckpoint(save_best),
+        BestCheckpoint(dist.main_only(save_best)),  # every rank marks the best: early stopping
         EarlyStopping(cfg.patience),
-        MetricsLog(out / "metrics.jsonl"),
-        ResumePoint(save_resume),
+        *([MetricsLog(out / "metrics.jsonl")] if dist.is_main else []),
+        ResumePoint(dist.main_only(save_resume)),
         *(extra_callbacks or []),
     ]
+    loop_task: Any = DistributedTask(task, loop_model, loop_model, device) if dist.enabled else task
     workers = getattr(train_loader, "num_workers", 0)
     # A net this small spends more time waking threads than computing (and spins badly on
     # a busy machine): one thread.
@@ -430,7 +468,7 @@ def train_classifier(
     with torch_threads(workers, max_threads=1 if tiny else None):
         state = fit(
             loop_model,
-            task,
+            loop_task,
             train_loader,
             val_loader,
             optimizer,
@@ -443,6 +481,10 @@ def train_classifier(
             precision=cfg.precision,
         )
     bad += list(state.bad_files.values())
+    if not dist.is_main:  # rank 0 measures, draws and writes the run's last figures
+        return TrainResult(
+            out, list(scan.classes), 0, {}, state.history, sorted(set(bad)), dist.rank
+        )
 
     # Reload the best weights, then measure and draw with them.
     from vitrina.runs import load_model

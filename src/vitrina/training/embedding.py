@@ -56,6 +56,13 @@ from vitrina.training.checkpoint import (
     resume_saver,
 )
 from vitrina.training.classification import prepare_out
+from vitrina.training.distributed import (
+    Dist,
+    DistributedTask,
+    GlobalFigures,
+    session,
+    shard_loader,
+)
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     check_precision,
@@ -281,6 +288,8 @@ class EmbeddingResult:
     verdict: list[str] = field(default_factory=list)
     #: with ``val_dir`` and ``trainable="auto"``: each recipe's best figures
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: under torchrun: this process's rank (rank 0 wrote the run folder and has the figures)
+    rank: int = 0
 
     @property
     def beat_start(self) -> bool:
@@ -682,13 +691,27 @@ def train_embedding(
             cfg = EmbeddingConfig.from_dict(read_run(out).config)
             cfg.epochs = epochs
     cfg = cfg.resolved()
+    with session(resolve_device(cfg.device)) as (dist, device):
+        return _train_recipes(cfg, resume, multi, progress, extra_callbacks, dist, device)
+
+
+def _train_recipes(
+    cfg: EmbeddingConfig,
+    resume: bool,
+    multi: bool,
+    progress: bool,
+    extra_callbacks: list[Callback] | None,
+    dist: Dist,
+    device: torch.device,
+) -> EmbeddingResult:
     data = _Data.read(cfg)
     recipes = _recipes(cfg, data)
+    run = dict(progress=progress, extra=extra_callbacks, dist=dist, device=device)
     if len(recipes) == 1 and not multi:
-        return _train_one(cfg, data, resume=resume, progress=progress, extra=extra_callbacks)
+        return _train_one(cfg, data, resume=resume, **run)  # type: ignore[arg-type]
     out = Path(cfg.out or "")
     if not resume:
-        prepare_out(out, False)
+        prepare_out(out, False, dist if dist.enabled else None)
     results: dict[str, EmbeddingResult] = {}
     for recipe in recipes:
         sub = out / "recipes" / recipe
@@ -698,13 +721,13 @@ def train_embedding(
             results[recipe] = _finished_result(sub)
             continue
         again = resume and (sub / CKPT_DIR / "state.json").is_file()
-        if progress:
+        if progress and dist.is_main:
             from rich.console import Console
 
             Console(stderr=True).print(f"[bold]recipe {recipe}[/] (--val-dir picks the best)")
-        results[recipe] = _train_one(
-            sub_cfg, data, resume=again, progress=progress, extra=extra_callbacks
-        )
+        results[recipe] = _train_one(sub_cfg, data, resume=again, **run)  # type: ignore[arg-type]
+    if not dist.is_main:  # rank 0 compares the recipes and writes the run
+        return EmbeddingResult(out, len(data.names), 0, {}, [], rank=dist.rank)
     best = max(recipes, key=lambda r: _best_score(results[r]))
     return _promote(out, best, results, cfg)
 
@@ -783,13 +806,16 @@ def _train_one(
     resume: bool,
     progress: bool,
     extra: list[Callback] | None,
+    dist: Dist | None = None,
+    device: torch.device | None = None,
 ) -> EmbeddingResult:
     from vitrina.data.samplers import PairSampler, PKSampler
     from vitrina.losses import build_criterion
     from vitrina.losses.aligned import AlignedLocalLoss
 
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    dist = dist or Dist()
+    device = device or resolve_device(cfg.device)
     names, train_imgs, val_imgs = data.names, data.train_imgs, data.val_imgs
     p = cfg.p or max(2, min(8, len(data.train_ids)))
     sampler: PKSampler | PairSampler = (
@@ -798,7 +824,7 @@ def _train_one(
         else PKSampler(data.train_labels, p=p, k=cfg.k, seed=cfg.seed)
     )
 
-    out = prepare_out(Path(cfg.out or "runs/run"), resume)
+    out = prepare_out(Path(cfg.out or "runs/run"), resume, dist if dist.enabled else None)
     base, previous = _backbone(cfg)
     pre = _preprocess(base, cfg.input_size)
     base.preprocess = pre
@@ -875,6 +901,7 @@ def _train_one(
         cfg,
         batch_sampler=sampler,
     )
+    train_loader = shard_loader(train_loader, dist)  # whole P×K batches, dealt to the ranks
 
     def eval_loader(images: list[Any]) -> DataLoader | None:
         if not images:
@@ -951,31 +978,32 @@ def _train_one(
         peer=peer,
     )
     task.epoch = start_epoch
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [GlobalFigures(device)] if dist.enabled else []
     if valdir_loader is not None:
         callbacks.append(_ValDir(task, model, valdir_loader))
-    if progress:
+    if progress and dist.is_main:
         from rich.console import Console
 
         Console(stderr=True).print(f"trainable: {plan.choice} ({plan.reason})", highlight=False)
         callbacks.append(ProgressBar(accuracy=False))
     callbacks += [
         _Shuffle(sampler),
-        BestCheckpoint(save_best),
+        BestCheckpoint(dist.main_only(save_best)),  # every rank marks the best: early stopping
         EarlyStopping(cfg.patience),
-        MetricsLog(out / "metrics.jsonl"),
-        ResumePoint(save_resume),
+        *([MetricsLog(out / "metrics.jsonl")] if dist.is_main else []),
+        ResumePoint(dist.main_only(save_resume)),
         *(extra or []),
     ]
-    choice = choose_precision(cfg.precision, model, device, cfg.k * (cfg.p or 8))
-    if cfg.precision == "auto":
+    choice = dist.agree(choose_precision(cfg.precision, model, device, cfg.k * (cfg.p or 8)))
+    if cfg.precision == "auto" and dist.is_main:
         record_precision(choice, out)
+    loop_task: Any = DistributedTask(task, model, trainable, device) if dist.enabled else task
     cfg.precision = choice.chosen
     try:
         with torch_threads(getattr(train_loader, "num_workers", 0)):
             state = fit(
                 model,
-                task,
+                loop_task,
                 train_loader,
                 val_loader,
                 optimizer,
@@ -995,6 +1023,10 @@ def _train_one(
             else "no epoch finished, so there is no checkpoint"
         )
         raise NonFiniteLossError(f"{e}; {kept}; try a lower --lr") from None
+    if not dist.is_main:  # rank 0 adds prototypes, calibrates and writes the run
+        return EmbeddingResult(
+            out, len(names), 0, {}, state.history, sampler.dropped_singletons, rank=dist.rank
+        )
 
     best = load_model(out).to(device)
     assert isinstance(best, EmbeddingModel)
