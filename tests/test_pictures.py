@@ -338,7 +338,7 @@ print("ok")
 
 
 def test_a_report_that_cannot_be_written_is_refused_before_any_work(
-    toy_run: Path, tmp_path: Path, photos: Path, capsys
+    toy_run: Path, tmp_path: Path, photos: Path, capsys, monkeypatch
 ) -> None:
     from conftest import usage_error
     from vitrina.classify.sort import sort_folder
@@ -349,14 +349,15 @@ def test_a_report_that_cannot_be_written_is_refused_before_any_work(
     (tmp_path / "a-folder").mkdir()
     (tmp_path / "a-file").write_text("mine")
     # the command line refuses both as usage errors, before any work
+    monkeypatch.setenv("COLUMNS", "400")  # the error box on one line: paths not wrapped
     code, _, err = run_cli(
         capsys, "sort", photos, "--model", toy_run, "--out", out, "--report", tmp_path / "a-folder"
     )
     assert code == 2
-    usage_error(err, "a-folder")
+    usage_error(err, "--report", "a-folder", "is a directory")
     code, _, err = run_cli(capsys, "data", "inspect", photos, "--out", tmp_path / "a-file")
     assert code == 2
-    usage_error(err, "a-file")
+    usage_error(err, "--out", "a-file", "is a file")
     # and the API with one line naming the path and the option
     with pytest.raises(VitrinaError, match=r"a-folder.*--report"):
         sort_folder(photos, toy_run, out, report=tmp_path / "a-folder")
