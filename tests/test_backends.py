@@ -237,6 +237,10 @@ def test_optimize_writes_measured_variants(own_run: Path, check_data: Path) -> N
     assert v["pruned"]["notes"]["params_after"] < v["pruned"]["notes"]["params_before"]
     saved = json.loads((own_run / "variants" / "report.json").read_text())
     assert saved["variants"]["int8"]["size_bytes"] == v["int8"]["size_bytes"]
+    from pictures_check import assert_png_shows_something
+
+    assert saved["plot"] == str(own_run / "variants" / "variants.png")
+    assert_png_shows_something(own_run / "variants" / "variants.png")
 
     # --backend int8 / pruned now use the run's variants, and agree with fp32 on top-1.
     clf = load(own_run)

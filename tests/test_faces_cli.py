@@ -331,3 +331,49 @@ def test_chips_writes_the_aligned_faces_of_a_folder_of_people(photos, tmp_path, 
     assert "6 chips of 2 people from 8 photos" in out and "1 without a face" in out
     assert not (tmp_path / "small" / "eileen" / "wall.png").exists()
     assert Image.open(tmp_path / "small" / "eileen" / "e0.png").size == (64, 64)
+
+
+def test_list_sheet_shows_each_persons_chips(gallery, tmp_path, capsys):
+    from pictures_check import assert_png_shows_something
+
+    sheet = tmp_path / "people.png"
+    code, _, err = run_cli(capsys, "faces", "list", str(gallery), "--sheet", str(sheet))
+    assert code == 0, err
+    a = assert_png_shows_something(sheet)
+    # two people: two rows of 96-pixel chips; eileen's row holds three chips
+    assert a.shape[0] >= 2 * 96 and a.shape[1] >= 3 * 96
+    from vitrina.faces import Gallery
+
+    chips = {p.name: p.chips for p in Gallery(gallery).people()}
+    assert all(c.is_file() for cs in chips.values() for c in cs)
+
+    # rows by name: camera first (the cameraman's chips are grey), eileen below (in colour);
+    # the sheet's layout: 6 px margin, an 18 px title, 96 px chips, a 30 px caption, 6 px gap
+    def colourfulness(row: int) -> float:
+        y = 6 + row * (18 + 96 + 30 + 6) + 18
+        chip = a[y + 10 : y + 86, 16:86]
+        return float(np.abs(chip[..., 0] - chip[..., 2]).mean())
+
+    assert colourfulness(0) < 3 < 10 < colourfulness(1)
+
+
+def test_sort_report_shows_people_least_sure_first(gallery, photos, tmp_path, capsys):
+    from pictures_check import Page, all_images_decoded, chromium, sections, table_counts
+
+    out_dir, report = tmp_path / "sorted", tmp_path / "faces.html"
+    code, _, err = run_cli(
+        capsys, "faces", "sort", str(photos / "new"), "--gallery", str(gallery), "--out",
+        str(out_dir), "--report", str(report),
+    )  # fmt: skip
+    assert code == 0, err
+    for browser in chromium():
+        with Page(browser, report) as page:
+            all_images_decoded(page)
+            assert table_counts(page) == {"camera": 2, "eileen": 2, "no-face": 1, "unreadable": 1}
+            shown = {s["folder"]: s for s in sections(page)}
+            assert [f for f in shown][-2:] == ["no-face", "unreadable"]
+            assert shown["no-face"]["alarm"] and not shown["eileen"]["alarm"]
+            ranks = [float(r) for r in shown["eileen"]["ranks"]]
+            assert ranks == sorted(ranks) and all(r < 0 for r in ranks)  # minus the distance
+            assert "distance" in shown["eileen"]["captions"][0]
+            assert any("broken.jpg" in c for c in shown["unreadable"]["captions"])

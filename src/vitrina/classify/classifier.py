@@ -105,13 +105,21 @@ class Classifier:
         device: str = "auto",
         batch_size: int = 16,
         on_progress: Callable[[int, int], None] | None = None,
+        out: str | Path | None = None,
     ) -> ClassificationReport:
         """Accuracy, top-k, per-class P/R/F1 and confusion on a labelled class-folder tree.
-        ``on_progress(done, total)`` is called after each batch."""
+        ``on_progress(done, total)`` is called after each batch. With ``out``, also draws
+        into that folder ``confusion.png``, ``per_class.png`` (precision and recall bars),
+        ``mistakes.png`` (the most confident mistakes: photo, true and predicted label,
+        confidence) and ``index.html`` showing them (``report.pictures`` lists the files)."""
+        if out is not None:
+            from vitrina.report.pictures import check_writable
+
+            check_writable(out, option="--out", folder=True)
         scan = scan_folder(data_dir, classes=self.classes)
         eng = self.engine(backend=backend, device=device, batch_size=batch_size)
         self.last_engine = eng
-        y, probs, bad = [], [], []
+        y, probs, bad, paths = [], [], [], []
         total, done = len(scan.samples), 0
 
         def step(n: int) -> None:
@@ -124,12 +132,34 @@ class Classifier:
             if r.ok:
                 probs.append(r.value.probabilities)
                 y.append(scan.samples[r.index].label)
+                paths.append(str(scan.samples[r.index].path))
             else:
                 bad.append(r.error)
         p = np.stack(probs) if probs else np.zeros((0, len(self.classes)), dtype=np.float32)
         ks = tuple(sorted({1, top_k}))
         report = classification_report(np.array(y, dtype=np.int64), p, self.classes, ks=ks)
         report.unreadable = bad
+        if len(p):
+            pred, conf = p.argmax(1), p.max(1)
+            report.mistakes = [
+                (paths[i], int(y[i]), int(pred[i]), float(conf[i]))
+                for i in np.flatnonzero(pred != np.asarray(y))
+            ]
+        if out is not None:
+            from vitrina.report.pictures import write_evaluation_pictures
+
+            report.pictures = write_evaluation_pictures(
+                out,
+                classes=self.classes,
+                confusion=report.confusion,
+                precision=report.precision,
+                recall=report.recall,
+                support=report.support,
+                mistakes=report.mistakes,
+                accuracy=report.accuracy,
+                n=report.n,
+                title=f"{self.source}: evaluated on {data_dir}",
+            )
         return report
 
 

@@ -24,6 +24,7 @@ from vitrina.io import (
     place_file,
     remove_stale_temps,
 )
+from vitrina.report.pictures import Bins, check_writable, write_bins
 
 __all__ = ["METHODS", "SortItem", "SortSummary", "sort_folder"]
 
@@ -72,6 +73,7 @@ class SortSummary:
     counts: dict[str, int] = field(default_factory=dict)  # photos per folder
     unreadable: list[SortItem] = field(default_factory=list)
     errors: list[SortItem] = field(default_factory=list)  # not placed: the error says why
+    pictures: list[Path] = field(default_factory=list)  # the --report page and --sheet PNG
 
     def add(self, item: SortItem, *, keep: bool = True) -> None:
         if keep:
@@ -127,6 +129,8 @@ def sort_folder(
     on_item: Callable[[SortItem], None] | None = None,
     keep_items: bool = True,
     predict: Callable[[list[Path]], Iterable[Prediction]] | None = None,
+    report: str | Path | None = None,
+    sheet: str | Path | None = None,
 ) -> SortSummary:
     """Put each photo of ``photos_dir`` into ``out_dir/<predicted class>/``.
 
@@ -139,7 +143,106 @@ def sort_folder(
     ``predict``: where the predictions come from, one per photo it is given, in any order
     (default: the classifier's engine in this process; :mod:`vitrina.scale` passes Ray's).
     Placement, the journal and resuming are the same either way.
+    ``report`` (an HTML page) and ``sheet`` (a PNG contact sheet) show every folder of
+    ``out_dir`` as ``manifest.csv`` records it (earlier runs included), the least confident
+    photos first, with ``unsure/`` and ``unreadable/`` set apart; after a ``dry_run``, the
+    photos where they would go.
     """
+    for target, option in ((report, "--report"), (sheet, "--sheet")):
+        if target:
+            check_writable(target, option=option)
+    plans = Bins() if dry_run and (report or sheet) else None
+
+    def collect(item: SortItem) -> None:
+        if plans is not None and item.destination is not None:
+            _add_to_bins(plans, item.row(), show=item.source)
+        if on_item:
+            on_item(item)
+
+    summary = _sort_folder(
+        photos_dir,
+        model,
+        out_dir,
+        min_confidence=min_confidence,
+        method=method,
+        dry_run=dry_run,
+        recursive=recursive,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        on_progress=on_progress,
+        on_item=collect if plans is not None else on_item,
+        keep_items=keep_items,
+        predict=predict,
+    )
+    if report or sheet:
+        bins = plans if plans is not None else _manifest_bins(summary.manifest)
+        verb = "would be placed" if dry_run else "sorted"
+        summary.pictures = write_bins(
+            bins,
+            report=report,
+            sheet=sheet,
+            title=f"{summary.out_dir}: {sum(bins.counts.values())} photos {verb}",
+            bin_names=(UNSURE, UNREADABLE),
+            notes=[
+                f"least confident first in each folder; unsure/ holds photos below "
+                f"--min-confidence {min_confidence:g}, unreadable/ the ones that could not be "
+                "decoded"
+            ],
+        )
+    return summary
+
+
+def _add_to_bins(bins: Bins, row: dict[str, str], show: Path | str | None = None) -> None:
+    """One manifest row (or plan) into the report's bins: its folder, the photo to show (the
+    placed copy, or the source for a plan), ranked by confidence (unreadable: unranked)."""
+    folder = Path(row["destination"]).parent.name
+    unreadable = row["status"] == UNREADABLE or (row["status"] == "planned" and row["error"])
+    name = Path(row["source"]).name
+    if unreadable:
+        caption = f"{name}\n{row['error'] or 'unreadable'}"
+    else:
+        caption = f"{name}\n{row['label']} {float(row['confidence']):.2f}"
+    rank = None if unreadable else float(row["confidence"])
+    bins.add(folder, show or row["destination"], rank, caption)
+
+
+def _manifest_bins(manifest: Path) -> Bins:
+    """Every placement ``manifest.csv`` records, streamed (memory bounded by the bins)."""
+    import csv
+
+    bins = Bins()
+    if not manifest.is_file():
+        return bins
+    with open(manifest, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("destination") and row.get("status") in ("sorted", UNSURE, UNREADABLE):
+                try:
+                    _add_to_bins(bins, row)
+                except (KeyError, ValueError):  # a damaged row: the journal reports those
+                    continue
+    return bins
+
+
+def _sort_folder(
+    photos_dir: Path | str,
+    model: str | Path | Classifier,
+    out_dir: Path | str,
+    *,
+    min_confidence: float,
+    method: str,
+    dry_run: bool,
+    recursive: bool,
+    backend: str,
+    device: str,
+    batch_size: int,
+    num_workers: int | None,
+    on_progress: Callable[[int, int], None] | None,
+    on_item: Callable[[SortItem], None] | None,
+    keep_items: bool,
+    predict: Callable[[list[Path]], Iterable[Prediction]] | None,
+) -> SortSummary:
     if method not in METHODS:
         raise VitrinaError(f"method {method!r} is not one of {', '.join(METHODS)}")
     if not 0.0 <= min_confidence <= 1.0:

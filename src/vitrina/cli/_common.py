@@ -87,6 +87,35 @@ def bare_ray_flag(args: list[str]) -> list[str]:
     return out
 
 
+def report_option(what: str) -> Any:
+    """``--report OUT.html``, the same for every command that can show what it did as a page."""
+    return typer.Option(
+        None,
+        "--report",
+        dir_okay=False,
+        help=f"Also write OUT.html: {what}; one self-contained file (thumbnails embedded, "
+        "nothing fetched) that opens offline and can be mailed.",
+    )
+
+
+def sheet_option(what: str) -> Any:
+    """``--sheet PATH.png``: a contact sheet, the same for every command that draws one."""
+    return typer.Option(
+        None, "--sheet", dir_okay=False, help=f"Also write a PNG contact sheet: {what}."
+    )
+
+
+def pictures_dir_option(what: str) -> Any:
+    """``--out DIR``: the folder a command draws its pictures into."""
+    return typer.Option(
+        None,
+        "--out",
+        "-o",
+        file_okay=False,
+        help=f"Also draw {what} into this folder, with an index.html that shows them all.",
+    )
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 

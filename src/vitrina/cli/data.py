@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vitrina.cli._common import err, out, print_json, progress_bar
+from vitrina.cli._common import err, out, pictures_dir_option, print_json, progress_bar
 
 app = typer.Typer(help="Inspect dataset folders.", no_args_is_help=True)
 
@@ -21,20 +21,28 @@ def inspect_cmd(
         "Pascal VOC).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead of tables."),
+    out_dir: Path | None = pictures_dir_option(
+        "samples.png (photos of each class), duplicates.png (identical files side by side) and "
+        "sizes.png (the size distribution)"
+    ),
 ) -> None:
     """Count images per class; list unreadable files, exact duplicates and image sizes. For
     annotated photos: boxes per class, box sizes, empty photos, and every box outside its
     photo, of zero size or of an unknown class (named, skipped, counted).
 
-    Examples: vitrina data inspect photos/    vitrina data inspect shelves-voc/
+    Examples: vitrina data inspect photos/ --out photos-look/    vitrina data inspect shelves-voc/
     """
     from vitrina.cli.detect import inspect_annotated
     from vitrina.data import inspect_folder
 
     if inspect_annotated(data_dir, as_json):  # COCO / YOLO / VOC: the detection report
+        if out_dir is not None:
+            err.print("[yellow]note:[/] --out draws class-folder datasets; nothing drawn here")
         return
     with progress_bar("reading", None, enabled=not as_json) as update:
-        report = inspect_folder(data_dir, on_progress=update)
+        report = inspect_folder(data_dir, on_progress=update, out=out_dir)
+    for path in report.pictures.values():
+        err.print(f"wrote {escape(str(path))}")
     if as_json:
         print_json(report.to_dict())
         return

@@ -9,7 +9,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrina.cli._choices import Backend
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, out, print_json, progress_bar
+from vitrina.cli._common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    err,
+    out,
+    pictures_dir_option,
+    print_json,
+    progress_bar,
+)
 
 
 def evaluate(
@@ -20,10 +28,14 @@ def evaluate(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    out_dir: Path | None = pictures_dir_option(
+        "confusion.png, per_class.png (precision and recall bars) and mistakes.png (the most "
+        "confident mistakes: photo, true label, predicted label, confidence)"
+    ),
 ) -> None:
     """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
 
-    Example: vitrina evaluate runs/shop DATA/test
+    Example: vitrina evaluate runs/shop DATA/test --out runs/shop/evaluation
     """
     from vitrina.classify.classifier import load
 
@@ -36,7 +48,10 @@ def evaluate(
             device=device,
             batch_size=batch_size,
             on_progress=update,
+            out=out_dir,
         )
+    for path in rep.pictures.values():
+        err.print(f"wrote {escape(str(path))}")
     if as_json:
         print_json(rep.to_dict())
         return

@@ -9,7 +9,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitrina.cli._choices import Backend, FaceDetector
-from vitrina.cli._common import err, out, print_json, progress_bar
+from vitrina.cli._common import (
+    err,
+    out,
+    print_json,
+    progress_bar,
+    report_option,
+    sheet_option,
+)
 
 app = typer.Typer(
     help="Face recognition against a gallery: enroll, identify (or say unknown), calibrate, "
@@ -115,12 +122,18 @@ def enroll(
 def list_people(
     gallery: Path = typer.Argument(..., help="Gallery folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    sheet: Path | None = sheet_option("a row per person with the chips of their templates"),
 ) -> None:
-    """The people of a gallery, their number of templates and how spread these are."""
+    """The people of a gallery, their number of templates and how spread these are.
+
+    Example: vitrina faces list family.gallery --sheet family.png
+    """
     from vitrina.faces import Gallery
 
     g = Gallery(gallery)
     people = g.people()
+    if sheet is not None:
+        err.print(f"wrote {escape(str(g.write_sheet(sheet)))}")
     if as_json:
         print_json(
             {
@@ -298,6 +311,10 @@ def sort(
     move: bool = typer.Option(False, "--move", help="Move instead of copy (verified first)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    report: Path | None = report_option(
+        "every person's folder, least sure match first, unknown/ and no-face/ set apart, "
+        "with counts"
+    ),
 ) -> None:
     """Sort photos into a folder per person, unknown/ and no-face/, with manifest.csv.
 
@@ -317,7 +334,10 @@ def sort(
             method="move" if move else "copy",
             recursive=recursive,
             on_progress=update,
+            report=report,
         )
+    for path in s.pictures:
+        err.print(f"wrote {escape(str(path))}")
     if as_json:
         print_json(
             {

@@ -63,8 +63,8 @@ def optimize(
     """Make smaller / faster variants of a trained model and measure each against fp32.
 
     Writes RUN/variants/ (int8.onnx, openvino-int8.xml, pruned.onnx, pruned-embed.onnx, pruned-widths.png,
-    bf16.safetensors, report.json) and prints, per variant: size on disk, GFLOPs and
-    parameters, images/s at batch 32 on this machine, and accuracy on --eval with top-1
+    bf16.safetensors, report.json, and variants.png: size, speed and accuracy side by side) and
+    prints, per variant: size on disk, GFLOPs and parameters, images/s at batch 32 on this machine, and accuracy on --eval with top-1
     agreement with fp32 (an embedding run: retrieval mAP and rank-1 on held-out identities,
     nearest-neighbour agreement with fp32).
 
@@ -130,6 +130,7 @@ def optimize(
             f"widths per layer: {n['widths_plot']}"
         )
     out.print(f"variants and report.json in {Path(run_dir) / 'variants'}")
+    out.print(f"size, speed and accuracy as a picture: {escape(report['plot'])}")
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,8 @@ from vitrina.cli._common import (
     ray_option,
     ray_options,
     ray_workers_option,
+    report_option,
+    sheet_option,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +51,11 @@ def sort(
     as_json: bool = typer.Option(False, "--json", help="Print every placement as JSON."),
     ray: str = ray_option(),
     ray_workers: int = ray_workers_option(),
+    report: Path | None = report_option(
+        "every folder's photos, least confident first, unsure/ and unreadable/ set apart, "
+        "with counts"
+    ),
+    sheet: Path | None = sheet_option("a row of the least confident photos per folder"),
 ) -> None:
     """Sort photos into OUT/<class>/, OUT/unsure/ and OUT/unreadable/.
 
@@ -57,6 +64,7 @@ def sort(
     without duplicating anything.
 
     Example: vitrina sort new_photos/ --model runs/shop --out sorted/ --min-confidence 0.7
+    --report sorted/report.html
 
     On Ray (many machines, or every core of this one): add --ray or --ray ADDRESS.
     """
@@ -100,6 +108,8 @@ def sort(
                 on_progress=lambda d, n: update(d, n),
                 on_item=show,
                 keep_items=False,
+                report=report,
+                sheet=sheet,
             )
     finally:
         if rows is not None:
@@ -112,6 +122,8 @@ def sort(
         err.print(f"[yellow]unreadable[/] {escape(it.error)}")
     for line in summary.problems:
         err.print(f"[red]{escape(line)}[/]")
+    for path in summary.pictures:
+        err.print(f"wrote {escape(str(path))}")
     if summary.backend:
         err.print(f"[dim]backend: {escape(summary.backend)}[/]")
     if summary.problems:

@@ -25,6 +25,8 @@ class FolderReport:
     loose_images: int = 0
     widths: list[int] = field(default_factory=list)
     heights: list[int] = field(default_factory=list)
+    samples: dict[str, list[Path]] = field(default_factory=dict)  # a few photos per class
+    pictures: dict[str, Path] = field(default_factory=dict)  # what inspect_folder(out=) drew
 
     @property
     def total(self) -> int:
@@ -55,11 +57,25 @@ class FolderReport:
         }
 
 
+SAMPLES_PER_CLASS = 8
+
+
 def inspect_folder(
-    root: str | Path, *, on_progress: Callable[[int, int], None] | None = None
+    root: str | Path,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    out: str | Path | None = None,
 ) -> FolderReport:
     """Count per class, find unreadable files and exact duplicates (by content hash), and
-    gather image sizes from headers. Reads each file once for the hash; decodes headers only."""
+    gather image sizes from headers. Reads each file once for the hash; decodes headers only.
+
+    With ``out``, also draws into that folder ``samples.png`` (a row of photos per class,
+    spread over the class), ``duplicates.png`` (each group side by side), ``sizes.png`` (the
+    size distribution) and ``index.html`` showing them (``report.pictures`` lists them)."""
+    if out is not None:
+        from vitrina.report.pictures import check_writable
+
+        check_writable(out, option="--out", folder=True)
     scan = scan_folder(root)
     report = FolderReport(
         scan.root,
@@ -81,4 +97,22 @@ def inspect_folder(
         if on_progress:
             on_progress(k + 1, n)
     report.duplicates = [g for g in by_hash.values() if len(g) > 1]
+    bad = {p for p, _ in report.unreadable}
+    for ci, name in enumerate(scan.classes):
+        paths = [s.path for s in scan.samples if s.label == ci and s.path not in bad]
+        step = max(1, len(paths) // SAMPLES_PER_CLASS)
+        report.samples[name] = paths[::step][:SAMPLES_PER_CLASS]
+    if out is not None:
+        from vitrina.report.pictures import write_inspection_pictures
+
+        report.pictures = write_inspection_pictures(
+            out,
+            samples=report.samples,
+            counts=report.classes,
+            duplicates=report.duplicates,
+            widths=report.widths,
+            heights=report.heights,
+            unreadable=report.unreadable,
+            title=f"{report.root}: {report.total} photos in {len(report.classes)} classes",
+        )
     return report

@@ -532,7 +532,7 @@ def train_detector(
         info.metrics = best_metrics(record)
         save_run(out, model, info)
 
-    save_resume = resume_saver(out, model, optimizer, scheduler)
+    save_resume = resume_saver(out, model, optimizer, scheduler, curves=plot_detection_curves)
 
     task = DetectionTrainTask(list(data.classes), upper, level)
     callbacks: list[Callback] = [_LossParts(task)]

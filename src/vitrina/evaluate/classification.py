@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,10 @@ class ClassificationReport:
     support: list[int]
     confusion: np.ndarray  # (C, C) rows true, columns predicted
     unreadable: list[str] = field(default_factory=list)
+    # (path, true class, predicted class, confidence) of every wrong answer, when the caller
+    # knows the paths (Classifier.evaluate does): the pictures' "most confident mistakes"
+    mistakes: list[tuple[str, int, int, float]] = field(default_factory=list)
+    pictures: dict[str, Path] = field(default_factory=dict)  # what evaluate(out=...) drew
 
     @property
     def macro_f1(self) -> float:

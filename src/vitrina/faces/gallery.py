@@ -583,6 +583,18 @@ class Gallery:
         with self._reading() as snap:
             return [self._person(snap, n) for n in snap.names]
 
+    def write_sheet(self, path: str | os.PathLike[str]) -> Path:
+        """A contact sheet PNG of the gallery: one row per person, the chips of their
+        templates (the faces as enrolled), so a wrong enrolment is seen at a glance. Chips
+        are private: the sheet is written where asked, atomically, and nowhere else."""
+        from vitrina.report.pictures import check_writable, write_people_sheet
+
+        check_writable(path, option="--sheet")
+        people = self.people()
+        return write_people_sheet(
+            [(p.name, p.chips) for p in people], path, spreads=[p.spread for p in people]
+        )
+
     def person(self, name: str) -> Person:
         with self._reading() as snap:
             name = self._known(snap, name)

@@ -26,6 +26,7 @@ from vitrina.io import (
     place_file,
     remove_stale_temps,
 )
+from vitrina.report.pictures import Bins, check_writable, write_bins
 
 __all__ = ["FaceSortItem", "FaceSortSummary", "folders_for", "sort_faces"]
 
@@ -71,6 +72,7 @@ class FaceSortSummary:
     skipped_done: int = 0
     threshold_source: str = ""
     repaired: list[str] = field(default_factory=list)  # what the manifest journal repaired
+    pictures: list[Path] = field(default_factory=list)  # the --report page
 
     @property
     def counts(self) -> dict[str, int]:
@@ -116,8 +118,75 @@ def sort_faces(
     method: str = "copy",
     recursive: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    report: str | Path | None = None,
 ) -> FaceSortSummary:
-    """Sort the photos of the folder ``photos`` by the people of ``gallery`` into ``out_dir``."""
+    """Sort the photos of the folder ``photos`` by the people of ``gallery`` into ``out_dir``.
+
+    ``report``: also write an HTML page of every folder of ``out_dir`` as ``manifest.csv``
+    records it (earlier runs included): in a person's folder the least sure match (the
+    largest distance) first, in ``unknown/`` the nearest miss first; ``unknown/``,
+    ``no-face/`` and ``unreadable/`` set apart."""
+    if report is not None:
+        check_writable(report)
+    summary = _sort_faces(photos, gallery, out_dir, method, recursive, on_progress)
+    if report is not None:
+        bins = _manifest_bins(summary.manifest)
+        summary.pictures = write_bins(
+            bins,
+            report=report,
+            title=f"{summary.out_dir}: {sum(bins.counts.values())} photos by person",
+            bin_names=(UNKNOWN, NO_FACE, UNREADABLE),
+            notes=[
+                "least sure first: in a person's folder the largest face distance, in "
+                f"unknown/ the smallest ({summary.threshold_source})"
+            ],
+            order="least sure match first",
+        )
+    return summary
+
+
+def _manifest_bins(manifest: Path) -> Bins:
+    """The rows of a face sort's manifest, ranked for the report (see :func:`sort_faces`)."""
+    import csv
+
+    bins = Bins()
+    if not manifest.is_file():
+        return bins
+    with open(manifest, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        for row in csv.DictReader(f):
+            dest = row.get("destination") or ""
+            if not dest or row.get("status") == "error":
+                continue
+            folder = Path(dest).parent.name
+            people = [p for p in (row.get("people") or "").split(";") if p]
+            try:
+                dist = [float(d) for d in (row.get("distances") or "").split(";") if d]
+            except ValueError:
+                continue
+            pairs = list(zip(people, dist, strict=False)) if len(people) == len(dist) else []
+            name = Path(row["source"]).name
+            mine = [d for p, d in pairs if p == folder]
+            if folder == UNKNOWN and pairs:
+                rank: float | None = min(d for p, d in pairs if p == UNKNOWN)
+                caption = f"{name}\nnearest {rank:.2f}"
+            elif mine:
+                rank = -min(mine)
+                caption = f"{name}\ndistance {min(mine):.2f}"
+            else:
+                rank = None
+                caption = f"{name}\n{row.get('error') or row.get('status') or ''}"
+            bins.add(folder, dest, rank, caption)
+    return bins
+
+
+def _sort_faces(
+    photos: str | Path,
+    gallery: str | Path | Gallery,
+    out_dir: str | Path,
+    method: str,
+    recursive: bool,
+    on_progress: Callable[[int, int], None] | None,
+) -> FaceSortSummary:
     if method not in METHODS:
         raise VitrinaError(f"method {method!r} is not one of {', '.join(METHODS)}")
     g = gallery if isinstance(gallery, Gallery) else Gallery(gallery)

@@ -39,6 +39,7 @@ __all__ = ["VARIANT_NAMES", "VariantResult", "default_variants", "optimize_run"]
 
 VARIANT_NAMES = ("bf16", "int8", "openvino-int8", "pruned")
 REPORT_FILE = "report.json"
+PLOT_FILE = "variants.png"  # size, speed and accuracy of the variants, side by side
 WIDTHS_PLOT = "pruned-widths.png"
 #: The FLOP target when neither ``prune_flops`` nor ``prune_latency`` is given.
 DEFAULT_PRUNE_FLOPS = 0.5
@@ -439,6 +440,9 @@ def optimize_run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "variants": {n: asdict(r) for n, r in results.items()},
     }
+    from vitrina.report.pictures import plot_variants
+
+    report["plot"] = str(plot_variants(report, out_dir / PLOT_FILE))
     atomic_write_text(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 

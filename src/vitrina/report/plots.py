@@ -1,4 +1,6 @@
-"""Plots written next to results. matplotlib with the Agg backend, imported lazily."""
+"""Plots written next to results. matplotlib, imported lazily, drawn on ``Figure`` objects:
+pyplot is never imported and the backend never switched, so drawing from a notebook, a
+service thread or a training loop leaves the caller's matplotlib as it was."""
 
 from __future__ import annotations
 
@@ -11,13 +13,31 @@ import numpy as np
 __all__ = ["plot_cmc", "plot_confusion", "plot_curves", "plot_roc", "plot_size_scatter"]
 
 
-def _plt():
-    import matplotlib
+class _Figures:
+    """The three things the drawing code used of pyplot, without pyplot's global state: a new
+    ``Figure`` with its axes, a colormap by name, and ``close`` (a no-op: a ``Figure`` that
+    pyplot does not know is freed when it is no longer referenced)."""
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, *, figsize: Any = None, **kw: Any) -> Any:
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kw)
+
+    @staticmethod
+    def get_cmap(name: str) -> Any:
+        from matplotlib import colormaps
+
+        return colormaps[name]
+
+    @staticmethod
+    def close(fig: Any) -> None:
+        return None
+
+
+def _plt() -> type[_Figures]:
+    return _Figures
 
 
 def _save(fig: Any, path: Path) -> Path:

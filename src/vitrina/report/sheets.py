@@ -63,9 +63,15 @@ def _fit(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: i
 
 
 def write_contact_sheet(
-    rows: Sequence[SheetRow], out: str | os.PathLike[str], *, thumb: int = 128
+    rows: Sequence[SheetRow],
+    out: str | os.PathLike[str],
+    *,
+    thumb: int = 128,
+    frame_first: bool = True,
 ) -> Path:
-    """One row per entry: the title, then its tiles as thumbnails with captions below."""
+    """One row per entry: the title, then its tiles as thumbnails with captions below. The
+    first tile of a row (the query, the kept photo) is framed blue unless ``frame_first`` is
+    off (rows of equals: a folder's photos, a person's chips)."""
     from vitrina.io.files import atomic_write_bytes
 
     font = _font()
@@ -87,7 +93,7 @@ def write_contact_sheet(
             x = pad + ci * (thumb + pad)
             im = _thumb(tile.path, thumb)
             sheet.paste(im, (x + (thumb - im.width) // 2, y + title_h + (thumb - im.height) // 2))
-            if ci == 0:  # the query / the kept photo is framed
+            if ci == 0 and frame_first:  # the query / the kept photo is framed
                 draw.rectangle(
                     (x - 2, y + title_h - 2, x + thumb + 1, y + title_h + thumb + 1),
                     outline=(30, 90, 200),

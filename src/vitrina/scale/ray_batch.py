@@ -630,6 +630,8 @@ def ray_sort_folder(
     on_progress: Callable[[int, int], None] | None = None,
     on_item: Callable[[Any], None] | None = None,
     keep_items: bool = True,
+    report: str | os.PathLike[str] | None = None,
+    sheet: str | os.PathLike[str] | None = None,
 ) -> SortSummary:
     """:func:`vitrina.classify.sort.sort_folder` with the predictions made on Ray.
 
@@ -669,6 +671,8 @@ def ray_sort_folder(
         on_item=on_item,
         keep_items=keep_items,
         predict=predict,
+        report=report,
+        sheet=sheet,
     )
     summary.backend = stats.describe()
     if not summary.errors:

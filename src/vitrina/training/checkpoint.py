@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,12 @@ from safetensors.torch import save as st_save
 
 from vitrina.errors import RunFolderError
 from vitrina.io import atomic_write_bytes, atomic_write_text
+from vitrina.report import plot_curves
 
 __all__ = ["best_metrics", "load_resume_point", "resume_saver", "save_resume_point"]
 
 CKPT_DIR = "checkpoint"
+PLOTS_DIR, CURVES_FILE = "plots", "curves.png"  # redrawn after every epoch
 
 
 def _split_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -113,12 +117,28 @@ def resume_saver(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    *,
+    curves: Callable[[Sequence[dict[str, Any]], Path], Path] | None = None,
 ) -> Any:
-    """The training loop's ``on_resume`` callback: a resume point after every epoch."""
+    """The training loop's ``on_resume`` callback: after every epoch a resume point, and
+    ``RUN/plots/curves.png`` redrawn from the history so far (``curves``: the trainer's own
+    drawing, :func:`vitrina.report.plot_curves` by default), so the curves can be watched
+    while the run trains. The picture is written to a temporary name and renamed: a viewer
+    reloading it never sees half a file. A picture that cannot be drawn is a warning, once;
+    it never stops the training."""
+    draw = curves or plot_curves
+    warned = False
 
     def save(state: Any) -> None:
+        nonlocal warned
         save_resume_point(
             run_dir, model, optimizer, scheduler, {"epoch": state.epoch, "history": state.history}
         )
+        try:
+            draw(state.history, Path(run_dir) / PLOTS_DIR / CURVES_FILE)
+        except Exception as e:  # a picture must not end hours of training
+            if not warned:
+                warnings.warn(f"{run_dir}: could not draw the live curves: {e}", stacklevel=2)
+                warned = True
 
     return save
