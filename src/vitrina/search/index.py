@@ -65,6 +65,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vitrina.errors import VitrinaError
+from vitrina.io import IMAGE_EXTENSIONS_TEXT
 from vitrina.search.store import (
     IndexDamagedError,
     IndexFolderError,
@@ -459,8 +460,7 @@ class Index:
         if not found:
             where = ", ".join(str(s) for s in sources)
             raise VitrinaError(
-                f"{where}: no images found (looked for .jpg, .png, .bmp, .gif, .webp, .tif, .pnm "
-                "files, recursively)"
+                f"{where}: no images found (looked for {IMAGE_EXTENSIONS_TEXT} files, recursively)"
             )
         if metric not in METRICS:
             raise VitrinaError(f"unknown metric {metric!r}; choose {' or '.join(METRICS)}")
