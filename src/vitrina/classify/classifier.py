@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
@@ -63,7 +63,11 @@ class Prediction:
     def _record(self) -> dict[str, Any]:
         top = "; ".join(f"{lbl} {p:.4f}" for lbl, p in self.top)
         d = self.to_dict()
-        return {"photo": d["path"], **{k: d[k] for k in ("label", "confidence", "error")}, "top": top}
+        return {
+            "photo": d["path"],
+            **{k: d[k] for k in ("label", "confidence", "error")},
+            "top": top,
+        }
 
     def _repr_html_(self) -> str:
         return html_table(f"prediction: {self.label}", _TABLE_COLUMNS, [self._row()])

@@ -23,7 +23,7 @@ from PIL import Image
 
 from vitrina.errors import VitrinaError
 
-__all__ = ["THUMB_SIDE", "Error", "dataframe", "html_table", "image_data_uri"]
+__all__ = ["THUMB_SIDE", "Error", "Tile", "dataframe", "html_table", "image_data_uri"]
 
 #: Long side of a thumbnail in a notebook table, pixels.
 THUMB_SIDE = 96
@@ -57,7 +57,18 @@ def _cell(value: Any, side: int) -> str:
         return "" if math.isnan(value) else f"{value:.3f}"
     if isinstance(value, Error):
         return f'<span class="vitrina-err">{html.escape(value.text)}</span>'
+    if isinstance(value, Tile):
+        img = _cell(value.image, side) if value.image is not None else ""
+        return f"{img}<div>{html.escape(value.caption)}</div>"
     return html.escape(str(value))
+
+
+class Tile:
+    """A cell holding a thumbnail with a caption under it (a search hit, a face)."""
+
+    def __init__(self, image: Image.Image | None, caption: str) -> None:
+        self.image = image
+        self.caption = caption
 
 
 class Error:
@@ -79,11 +90,13 @@ def html_table(
     (thumbnails), floats (3 decimals), :class:`Error` (red), ``None`` (empty) or text
     (escaped). ``more``: rows left out, said under the table."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v, side)}</td>" for v in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(v, side)}</td>" for v in r) + "</tr>" for r in rows
+    )
     tail = f"<div>… and {more} more (to_pandas() lists every row)</div>" if more > 0 else ""
     return (
         _STYLE % {"s": side}
-        + f'<table class="vitrina-table"><caption style="text-align:left"><b>'
+        + '<table class="vitrina-table"><caption style="text-align:left"><b>'
         + f"{html.escape(title)}</b></caption><thead><tr>{head}</tr></thead>"
         + f"<tbody>{body}</tbody></table>{tail}"
     )

@@ -1,4 +1,9 @@
-"""Plots written next to results. matplotlib with the Agg backend, imported lazily."""
+"""Plots written next to results. matplotlib, imported lazily, drawing on ``Figure`` objects.
+
+No pyplot and no ``matplotlib.use``: a plot made inside a notebook, a GUI or a service never
+switches the process's backend or leaves figures in pyplot's registry (matplotlib's advice
+for libraries and servers: "Embedding in a web application server").
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,30 @@ import numpy as np
 __all__ = ["plot_cmc", "plot_confusion", "plot_curves", "plot_roc", "plot_size_scatter"]
 
 
-def _plt():
-    import matplotlib
+class _Figures:
+    """The three pyplot calls vitrina's plots use, over bare ``Figure`` objects."""
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(*args: Any, figsize: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig: Any) -> None:
+        """Nothing to release: the figure is not registered with pyplot; drop its artists."""
+        fig.clear()
+
+    @staticmethod
+    def get_cmap(name: str) -> Any:
+        from matplotlib import colormaps
+
+        return colormaps[name]
+
+
+def _plt() -> _Figures:
+    return _Figures()
 
 
 def _save(fig: Any, path: Path) -> Path:
