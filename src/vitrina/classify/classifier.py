@@ -23,7 +23,7 @@ from vitrina.engine import Engine, Logits, as_items, item_name, thumbnail
 from vitrina.errors import VitrinaError
 from vitrina.evaluate import ClassificationReport, classification_report
 from vitrina.models import VitrinaModel, create
-from vitrina.report.notebook import Error, dataframe, html_table
+from vitrina.report.notebook import Error, Tile, dataframe, html_table
 from vitrina.runs import is_run_dir, load_model
 
 __all__ = ["Classifier", "Prediction", "Predictions", "load"]
@@ -57,8 +57,10 @@ class Prediction:
 
     def _row(self) -> list[Any]:
         photo = thumbnail(self.item if self.item is not None else self.path)
+        name = self.path.name if isinstance(self.path, Path) else str(self.path)
         top = ", ".join(f"{lbl} {p:.2f}" for lbl, p in self.top)
-        return [photo, self.label, self.confidence, top, Error(self.error) if self.error else None]
+        error = Error(self.error) if self.error else None
+        return [Tile(photo, name), self.label, self.confidence, top, error]
 
     def _record(self) -> dict[str, Any]:
         top = "; ".join(f"{lbl} {p:.4f}" for lbl, p in self.top)
