@@ -5,7 +5,7 @@ A consumer of the engine: every prediction goes through :mod:`vitrina.engine` (t
 ``Logits`` task); nothing here stacks tensors or runs a worker pool of its own.
 """
 
-from vitrina.classify.classifier import Classifier, Prediction, load
+from vitrina.classify.classifier import Classifier, Prediction, Predictions, load
 from vitrina.classify.export import export_model
 from vitrina.classify.sort import METHODS, SortItem, SortSummary, sort_folder
 
@@ -13,6 +13,7 @@ __all__ = [
     "METHODS",
     "Classifier",
     "Prediction",
+    "Predictions",
     "SortItem",
     "SortSummary",
     "export_model",

@@ -1,34 +1,50 @@
-"""A trained classifier ready to use: ``vitrina.load(run_dir).predict(paths)``."""
+"""A trained classifier ready to use: ``vitrina.load(run_dir).predict(photos)``.
+
+``predict`` takes photos as they come: paths, PIL images, numpy arrays, torch tensors
+(:func:`vitrina.engine.as_items`), one or a list. One photo gives one :class:`Prediction`, a
+list gives :class:`Predictions`; both show as a table with thumbnails in a notebook and turn
+into a pandas table with ``to_pandas()``.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
+from PIL import Image
 
 from vitrina.data import scan_folder
-from vitrina.engine import Engine, Logits
+from vitrina.engine import Engine, Logits, as_items, item_name, thumbnail
 from vitrina.errors import VitrinaError
 from vitrina.evaluate import ClassificationReport, classification_report
 from vitrina.models import VitrinaModel, create
+from vitrina.report.notebook import Error, Tile, dataframe, html_table
 from vitrina.runs import is_run_dir, load_model
 
-__all__ = ["Classifier", "Prediction", "load"]
+__all__ = ["Classifier", "Prediction", "Predictions", "load"]
+
+_TABLE_COLUMNS = ("photo", "label", "confidence", "top", "error")
+_SHOWN = 50  # rows a notebook shows; to_pandas() has them all
 
 
 @dataclass
 class Prediction:
-    """One image's answer. ``label`` is None when the file could not be read (see ``error``)."""
+    """One image's answer. ``label`` is None when the file could not be read (see ``error``).
 
-    path: Path
+    ``path``: the file, or for a photo held in memory its description (``<image 64x48>``);
+    ``item``: what was passed (kept for the notebook thumbnail, not serialised)."""
+
+    path: Path | str
     label: str | None
     confidence: float
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    item: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +54,45 @@ class Prediction:
             "top": [{"label": lbl, "probability": p} for lbl, p in self.top],
             "error": self.error,
         }
+
+    def _row(self) -> list[Any]:
+        photo = thumbnail(self.item if self.item is not None else self.path)
+        name = self.path.name if isinstance(self.path, Path) else str(self.path)
+        top = ", ".join(f"{lbl} {p:.2f}" for lbl, p in self.top)
+        error = Error(self.error) if self.error else None
+        return [Tile(photo, name), self.label, self.confidence, top, error]
+
+    def _record(self) -> dict[str, Any]:
+        top = "; ".join(f"{lbl} {p:.4f}" for lbl, p in self.top)
+        d = self.to_dict()
+        return {
+            "photo": d["path"],
+            **{k: d[k] for k in ("label", "confidence", "error")},
+            "top": top,
+        }
+
+    def _repr_html_(self) -> str:
+        return html_table(f"prediction: {self.label}", _TABLE_COLUMNS, [self._row()])
+
+    def to_pandas(self) -> Any:
+        """A one-row ``pandas.DataFrame``: photo, label, confidence, top, error."""
+        return dataframe([self._record()], _TABLE_COLUMNS)
+
+
+class Predictions(list[Prediction]):
+    """The predictions of several photos, in input order: a list that shows as a table with
+    thumbnails in a notebook and becomes a ``pandas.DataFrame`` with :meth:`to_pandas`."""
+
+    def _repr_html_(self) -> str:
+        bad = sum(p.error is not None for p in self)
+        title = f"{len(self)} predictions" + (f" ({bad} unreadable)" if bad else "")
+        rows = [p._row() for p in self[:_SHOWN]]
+        return html_table(title, _TABLE_COLUMNS, rows, more=len(self) - len(rows))
+
+    def to_pandas(self) -> Any:
+        """One row per photo: photo (path or description), label, confidence, top (``label
+        probability; ...``), error."""
+        return dataframe([p._record() for p in self], _TABLE_COLUMNS)
 
 
 class Classifier:
@@ -69,7 +124,7 @@ class Classifier:
 
     def iter_predict(
         self,
-        paths: Sequence[str | Path],
+        photos: Any,
         *,
         top_k: int = 3,
         backend: str = "auto",
@@ -78,23 +133,39 @@ class Classifier:
         num_workers: int | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Iterator[Prediction]:
-        """Predictions in input order, streamed batch by batch (unreadable files included)."""
-        paths = [Path(p) for p in paths]
+        """Predictions in input order, streamed batch by batch (unreadable photos included,
+        with ``error`` set). ``photos``: see :meth:`predict`."""
+        items, _ = as_items(photos)
         names = self.classes
         eng = self.engine(
             backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
         )
         self.last_engine = eng
-        for r in eng.run(Logits(top_k=top_k), paths, on_progress=on_progress):
+        for r in eng.run(Logits(top_k=top_k), items, on_progress=on_progress):
+            item = items[r.index]
+            where = Path(item) if isinstance(item, str | os.PathLike) else item_name(item)
             if not r.ok:
-                yield Prediction(paths[r.index], None, 0.0, [], r.error)
+                yield Prediction(where, None, 0.0, [], r.error, item=item)
                 continue
             top = [(names[j], p) for j, p in r.value.top]
-            yield Prediction(paths[r.index], top[0][0], top[0][1], top)
+            yield Prediction(where, top[0][0], top[0][1], top, item=item)
 
-    def predict(self, paths: Sequence[str | Path], **kw: Any) -> list[Prediction]:
-        """Top-k labels with probabilities for each path, in input order."""
-        return list(self.iter_predict(paths, **kw))
+    @overload
+    def predict(self, photos: str | os.PathLike[str] | Image.Image, **kw: Any) -> Prediction: ...
+    @overload
+    def predict(self, photos: Any, **kw: Any) -> Prediction | Predictions: ...
+    def predict(self, photos: Any, **kw: Any) -> Prediction | Predictions:
+        """Top-k labels with probabilities, in input order.
+
+        ``photos``: one photo -- a path, a PIL image, a numpy array (``(H, W, 3)`` uint8 RGB,
+        ``(H, W)`` grey, floats in [0, 1]), a torch tensor (``(C, H, W)`` float in [0, 1] or
+        uint8) -- or a list of them (or a 4-D batch array / tensor). One photo gives one
+        :class:`Prediction`, several give :class:`Predictions` (a list). An unreadable photo
+        gets ``label=None`` and ``error``; the others are still predicted. Keywords: see
+        :meth:`iter_predict`."""
+        items, single = as_items(photos)
+        out = Predictions(self.iter_predict(items, **kw))
+        return out[0] if single else out
 
     def evaluate(
         self,

@@ -15,7 +15,14 @@ from vitrina.detect.detectors import (
     load_detector,
 )
 from vitrina.detect.evaluate import DetectionEvaluation, evaluate_detector
-from vitrina.detect.predict import PhotoBoxes, PredictSummary, predict_photos, write_boxes
+from vitrina.detect.predict import (
+    DetectionResults,
+    PhotoBoxes,
+    PredictSummary,
+    detect,
+    predict_photos,
+    write_boxes,
+)
 from vitrina.detect.task import Detections, DetectionTask
 from vitrina.detect.train import DetectTrainConfig, train_detector
 
@@ -24,12 +31,14 @@ __all__ = [
     "ClassicDetector",
     "DetectTrainConfig",
     "DetectionEvaluation",
+    "DetectionResults",
     "DetectionTask",
     "Detections",
     "PhotoBoxes",
     "PhotoDetector",
     "PredictSummary",
     "RunDetector",
+    "detect",
     "evaluate_detector",
     "load_detector",
     "predict_photos",

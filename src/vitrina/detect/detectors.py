@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitrina.detect.task import Detections, DetectionTask
 from vitrina.engine import Engine, TaskResult, available_cores, load_item
-from vitrina.engine.items import is_file_item
+from vitrina.engine.items import as_items, is_file_item
 from vitrina.errors import DataError, RunFolderError, UnknownNameError, VitrinaError, require
 from vitrina.registry import Registry, suggest
 
@@ -58,7 +58,10 @@ class PhotoDetector(Protocol):
         *,
         min_score: float | None = None,
         on_progress: Callable[[int], None] | None = None,
-    ) -> Iterator[TaskResult]: ...
+    ) -> Iterator[TaskResult]:
+        """One result per photo, in order; ``items``: photos as they come (paths, PIL
+        images, numpy arrays, torch tensors, regions; one or a list: :func:`as_items`)."""
+        ...
 
     def describe(self) -> str: ...
 
@@ -99,7 +102,7 @@ class RunDetector:
         on_progress: Callable[[int], None] | None = None,
     ) -> Iterator[TaskResult]:
         task = DetectionTask(min_score=0.0 if min_score is None else float(min_score))
-        return self.engine.run(task, list(items), on_progress=on_progress)
+        return self.engine.run(task, as_items(items)[0], on_progress=on_progress)
 
     def describe(self) -> str:
         return f"{self.name} ({self.engine.describe()})"
@@ -168,7 +171,7 @@ class ClassicDetector:
         min_score: float | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Iterator[TaskResult]:
-        items = list(items)
+        items, _ = as_items(items)
         workers = self.num_workers
         if workers is None:
             many = len(items) > 2 * available_cores() and all(is_file_item(i) for i in items)

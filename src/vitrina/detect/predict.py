@@ -31,10 +31,12 @@ from vitrina.report.boxes import class_color, draw_boxes
 
 __all__ = [
     "CSV_FIELDS",
+    "DetectionResults",
     "PhotoBoxes",
     "PredictSummary",
     "annotate_photo",
     "crop_boxes",
+    "detect",
     "photo_boxes",
     "predict_photos",
     "write_boxes",
@@ -43,15 +45,61 @@ __all__ = [
 CSV_FIELDS = ("photo", "width", "height", "label", "score", "x1", "y1", "x2", "y2")
 
 
+_BOX_COLUMNS = ("photo", "label", "score", "x1", "y1", "x2", "y2", "error")
+_HTML_COLUMNS = ("photo", "boxes", "error")
+_SHOWN = 30
+
+
 @dataclass
 class PhotoBoxes:
-    """One photo's answer: its detections (``None`` with ``error`` when unreadable)."""
+    """One photo's answer: its detections (``None`` with ``error`` when unreadable).
+
+    ``classes``: the detector's class names (set by :func:`predict_photos`, for the notebook
+    table and :meth:`to_pandas`); ``item``: the photo as passed, for the thumbnail."""
 
     photo: str
     detections: Detections | None
     error: str | None = None
     annotated: Path | None = None
     crops: list[Path] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list, repr=False)
+    item: Any = field(default=None, repr=False, compare=False)
+
+    def _records(self) -> list[dict[str, Any]]:
+        if self.detections is None or not len(self.detections):
+            return [{"photo": self.photo, "error": self.error}]
+        return [
+            {"photo": self.photo, "label": b["label"], "score": b["score"], "error": None}
+            | dict(zip(("x1", "y1", "x2", "y2"), b["box"], strict=True))
+            for b in self.detections.records(self.classes)
+        ]
+
+    def _row(self) -> list[Any]:
+        from vitrina.engine import load_item
+        from vitrina.report.notebook import THUMB_SIDE, Error
+
+        if self.error or self.detections is None:
+            return [self.photo, None, Error(self.error or "")]
+        try:  # boxes drawn on the photo, then shrunk (lines stay visible)
+            photo = load_item(self.item if self.item is not None else self.photo)
+        except VitrinaError as e:
+            return [self.photo, None, Error(str(e))]
+        drawn = annotate_photo(photo, self.detections, self.classes)
+        drawn.thumbnail((3 * THUMB_SIDE, 3 * THUMB_SIDE))
+        return [self.photo, drawn, None]
+
+    def _repr_html_(self) -> str:
+        from vitrina.report.notebook import html_table
+
+        n = len(self.detections) if self.detections is not None else 0
+        return html_table(f"{n} boxes in {self.photo}", _HTML_COLUMNS, [self._row()], side=3 * 96)
+
+    def to_pandas(self) -> Any:
+        """One row per box: photo, label, score, x1, y1, x2, y2 (a photo without boxes: one
+        row with its error, if any)."""
+        from vitrina.report.notebook import dataframe
+
+        return dataframe(self._records(), _BOX_COLUMNS)
 
     def record(self, classes: Sequence[str]) -> dict[str, Any]:
         d = self.detections
@@ -151,14 +199,61 @@ def photo_boxes(
     return _finish(r, classes, ann_dir, crop_dir)
 
 
+class DetectionResults(list[PhotoBoxes]):
+    """:func:`detect`'s answer for several photos, in order: a list that shows each photo with
+    its boxes drawn in a notebook, and one pandas table (a row per box) with
+    :meth:`to_pandas`."""
+
+    def _repr_html_(self) -> str:
+        from vitrina.report.notebook import html_table
+
+        boxes = sum(len(p.detections) for p in self if p.detections is not None)
+        rows = [p._row() for p in self[:_SHOWN]]
+        return html_table(
+            f"{len(self)} photos, {boxes} boxes",
+            _HTML_COLUMNS,
+            rows,
+            side=3 * 96,
+            more=len(self) - len(rows),
+        )
+
+    def to_pandas(self) -> Any:
+        """One row per box of every photo (see :meth:`PhotoBoxes.to_pandas`)."""
+        from vitrina.report.notebook import dataframe
+
+        return dataframe([rec for p in self for rec in p._records()], _BOX_COLUMNS)
+
+
+def detect(
+    photos: Any,
+    detector: PhotoDetector | str | Path,
+    *,
+    min_score: float | None = None,
+    **options: Any,
+) -> PhotoBoxes | DetectionResults:
+    """The boxes in photos as they come -- paths, PIL images, numpy arrays, torch tensors: one
+    photo gives one :class:`PhotoBoxes`, a list gives :class:`DetectionResults`.
+
+    ``detector``: a loaded detector, a run folder of ``vitrina detect train`` or a name of
+    :data:`~vitrina.detect.DETECTORS` (``options`` go to :func:`load_detector`)."""
+    from vitrina.detect.detectors import load_detector
+    from vitrina.engine import as_items
+
+    if isinstance(detector, str | Path):
+        detector = load_detector(detector, **options)
+    items, single = as_items(photos)
+    out = DetectionResults(predict_photos(detector, items, min_score=min_score))
+    return out[0] if single else out
+
+
 def _finish(
     r: TaskResult, classes: Sequence[str], ann_dir: Path | None, crop_dir: Path | None
 ) -> PhotoBoxes:
     name = str(r.item) if isinstance(r.item, str | Path) else item_name(r.item)
     if not r.ok:
-        return PhotoBoxes(name, None, r.error)
+        return PhotoBoxes(name, None, r.error, classes=list(classes), item=r.item)
     found: Detections = r.value
-    pb = PhotoBoxes(name, found)
+    pb = PhotoBoxes(name, found, classes=list(classes), item=r.item)
     if (ann_dir is None and crop_dir is None) or not isinstance(r.item, str | Path):
         return pb
     path = Path(r.item)

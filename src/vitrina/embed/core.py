@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,30 @@ class EmbeddingSpec:
 
 @dataclass
 class EmbedResult:
-    """``vectors[i]`` belongs to ``paths[i]``; unreadable inputs are in ``errors``."""
+    """``vectors[i]`` belongs to ``paths[i]``; unreadable inputs are in ``errors``.
+
+    ``rows[i]``: the input position of ``vectors[i]`` (:meth:`Embedder.embed` fills it; a
+    photo held in memory is named in ``paths`` by its description, e.g. ``<image 64x48>``)."""
 
     vectors: np.ndarray
     paths: list[Path]
     errors: list[tuple[Path, str]] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        bad = f", {len(self.errors)} unreadable" if self.errors else ""
+        return f"EmbedResult({len(self.vectors)} vectors of {self.vectors.shape[1]}{bad})"
+
+    def to_pandas(self) -> Any:
+        """One row per embedded photo: ``photo`` and the vector's components ``v0 .. vN``."""
+        from vitrina.report.notebook import dataframe
+
+        cols = ["photo", *(f"v{j}" for j in range(self.vectors.shape[1]))]
+        recs = [
+            {"photo": str(p), **{f"v{j}": float(x) for j, x in enumerate(v)}}
+            for p, v in zip(self.paths, self.vectors, strict=True)
+        ]
+        return dataframe(recs, cols)
 
 
 def load_source(model: str) -> tuple[VitrinaModel, str, str]:
@@ -224,8 +244,22 @@ class Embedder:
         on_progress: Callable[[int, int], None] | None = None,
     ) -> EmbedResult:
         """Vectors for the readable files, in input order; unreadable ones in ``errors``."""
-        paths = [Path(p) for p in paths]
-        total, done = len(paths), 0
+        return self.embed([Path(p) for p in paths], on_progress=on_progress)
+
+    def embed(
+        self,
+        photos: Any,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> EmbedResult:
+        """Vectors for photos as they come -- paths, PIL images, numpy arrays, torch tensors,
+        one or a list (:func:`vitrina.engine.as_items`) -- in input order; unreadable ones
+        in ``errors`` (the run goes on). One photo still gives a ``(1, dim)`` matrix."""
+        from vitrina.engine import as_items, item_name
+
+        items, _ = as_items(photos)
+        names = [Path(i) if isinstance(i, str | os.PathLike) else Path(item_name(i)) for i in items]
+        total, done = len(items), 0
 
         def step(n: int) -> None:
             nonlocal done
@@ -235,19 +269,21 @@ class Embedder:
 
         rows: list[np.ndarray] = []
         kept: list[Path] = []
+        positions: list[int] = []
         errors: list[tuple[Path, str]] = []
-        for r in self.engine.run(self.task, paths, on_progress=step):
+        for r in self.engine.run(self.task, items, on_progress=step):
             if r.ok:
                 rows.append(r.value)
-                kept.append(paths[r.index])
+                kept.append(names[r.index])
+                positions.append(r.index)
             else:
-                errors.append((paths[r.index], r.error))
+                errors.append((names[r.index], r.error))
         vectors = (
             np.stack(rows).astype(np.float32, copy=False)
             if rows
             else np.zeros((0, self.dim), dtype=np.float32)
         )
-        return EmbedResult(vectors, kept, errors)
+        return EmbedResult(vectors, kept, errors, positions)
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         """(N, dim) float32 vectors for images in memory (PIL images, arrays, tensors), e.g.

@@ -38,7 +38,7 @@ from vitrina.engine.engine import (
     torch_threads,
 )
 from vitrina.engine.geometry import BOXES, Letterbox, Placement, box_iou, compare_boxes
-from vitrina.engine.items import Item, Region, item_name, load_item
+from vitrina.engine.items import Item, Region, as_items, item_name, load_item, thumbnail
 from vitrina.engine.tasks import (
     TASKS,
     Embedding,
@@ -74,6 +74,7 @@ __all__ = [
     "TaskBatch",
     "TaskResult",
     "Tolerance",
+    "as_items",
     "available_cores",
     "batch_inputs",
     "bf16_supported",
@@ -88,5 +89,6 @@ __all__ = [
     "resolve_device",
     "rows_per_item",
     "short_side",
+    "thumbnail",
     "torch_threads",
 ]

@@ -23,7 +23,7 @@ from vitrina.errors import ImageReadError
 from vitrina.io import read_image
 from vitrina.io.arrays import to_pil
 
-__all__ = ["Item", "Region", "is_file_item", "item_name", "load_item"]
+__all__ = ["Item", "Region", "as_items", "is_file_item", "item_name", "load_item", "thumbnail"]
 
 #: A path, an in-memory image (PIL, numpy, torch) or a :class:`Region` of one.
 Item = Any
@@ -68,6 +68,49 @@ class Region:
         if x1 <= x0 or y1 <= y0:
             raise ImageReadError(name, f"region lies outside the photo ({w}x{h} pixels)")
         return photo.crop((x0, y0, x1, y1))
+
+
+def as_items(photos: Any) -> tuple[list[Item], bool]:
+    """``(items, single)``: what a user passed to ``predict`` / ``embed`` / ``search`` /
+    ``identify`` / ``detect`` as a list of engine items, and whether it was one photo.
+
+    One photo: a path, a PIL image, a :class:`Region`, a numpy array ``(H, W)`` or
+    ``(H, W, C)`` (uint8 RGB, grey, float in [0, 1], 16-bit...: :func:`vitrina.io.arrays.to_pil`
+    reads them) or a torch tensor ``(H, W)`` / ``(C, H, W)`` (float in [0, 1] or uint8). A
+    batch: a list, tuple or other iterable of those, or a 4-D array / tensor (``(N, H, W, C)``
+    arrays, ``(N, C, H, W)`` tensors), split along its first axis.
+
+    Why one function: every API that takes photos answers "one or many?" the same way, and
+    the engine's decode workers then turn each item into pixels (:func:`load_item`).
+    """
+    if isinstance(photos, str | os.PathLike | Image.Image | Region):
+        return [photos], True
+    ndim = getattr(photos, "ndim", None)
+    if isinstance(ndim, int) and hasattr(photos, "shape"):  # numpy array or torch tensor
+        if ndim == 4:
+            return [photos[i] for i in range(photos.shape[0])], False
+        return [photos], True
+    if isinstance(photos, bytes | bytearray):
+        raise TypeError("photo bytes: decode them with vitrina.io.read_image_bytes first")
+    try:
+        return list(photos), False
+    except TypeError:
+        raise TypeError(
+            "expected a photo (a path, a PIL image, a numpy array, a torch tensor) or a list "
+            f"of them, got {type(photos).__name__}"
+        ) from None
+
+
+def thumbnail(item: Item, side: int = 128) -> Image.Image | None:
+    """A small RGB copy of the item (its long side at most ``side`` pixels) for a notebook
+    or a report; ``None`` when the item cannot be read (the result's ``error`` says why)."""
+    try:
+        image = load_item(item, mode="RGB", min_side=side)
+    except ImageReadError:
+        return None
+    image = image.copy()
+    image.thumbnail((side, side))
+    return image
 
 
 def is_file_item(item: Item) -> bool:

@@ -26,6 +26,7 @@ from vitrina.faces.gallery import (
     Gallery,
     GalleryError,
     Identification,
+    Identifications,
     Person,
     check_person_name,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "Gallery",
     "GalleryError",
     "Identification",
+    "Identifications",
     "IdentifyRun",
     "PairVerification",
     "Person",

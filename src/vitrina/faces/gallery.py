@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from vitrina.engine import as_items
 from vitrina.errors import DataError, UnknownNameError, VitrinaError
 from vitrina.faces.decision import (
     DEFAULT_THRESHOLD,
@@ -82,6 +83,7 @@ from vitrina.faces.reports import (
     EnrollReport,
     Forgotten,
     Identification,
+    Identifications,
     Person,
     Verification,
 )
@@ -96,6 +98,7 @@ __all__ = [
     "Gallery",
     "GalleryError",
     "Identification",
+    "Identifications",
     "Person",
     "Verification",
     "check_person_name",
@@ -423,15 +426,17 @@ class Gallery:
         return pipe
 
     def _photos(self, items: Any) -> list[PhotoFaces]:
-        """PhotoFaces as given, or photo paths run through :meth:`pipeline`."""
+        """PhotoFaces as given, or photos (paths, images in memory: one or a list, see
+        :func:`vitrina.engine.as_items`) run through :meth:`pipeline`."""
         if isinstance(items, PhotoFaces):
             return [items]
-        if isinstance(items, str | os.PathLike):
-            items = [items]
-        items = list(items)
-        if items and all(isinstance(i, str | os.PathLike) for i in items):
-            return list(self.pipeline().process(items))
-        return items
+        photos, _ = as_items(items)
+        given = [isinstance(i, PhotoFaces) for i in photos]
+        if all(given):
+            return photos
+        if any(given):
+            raise VitrinaError("identify: pass either PhotoFaces or photos, not a mix of both")
+        return list(self.pipeline().process(photos))
 
     def _not_a_gallery(self, why: str) -> GalleryError:
         return GalleryError(
@@ -931,9 +936,14 @@ class Gallery:
         enroll_unknown: bool = False,
         fingerprint: str | None = None,
         rule: DecisionRule | None = None,
-    ) -> list[Identification]:
+    ) -> Identifications:
         """One :class:`Identification` per face, in photo order then face order (a photo with
         no face, or an unreadable one, gives none: see its ``faces`` / ``error``).
+
+        ``photo_faces``: photos as they come -- paths, PIL images, numpy arrays, torch
+        tensors, one or a list -- found and described with the gallery's :meth:`pipeline`; or
+        :class:`PhotoFaces` already found. The answer is a list that shows the face chips in
+        a notebook and has ``to_pandas()``.
 
         ``enroll_unknown``: every face decided "unknown" is enrolled as a new person
         ``person-NNNN`` (the next number after the highest in use), photo by photo under the
@@ -950,7 +960,7 @@ class Gallery:
                 for f in pf.faces:
                     self._check_vector(f, pf)
             with self._reading() as snap:
-                return self._decide(snap, batch, rule)
+                return Identifications(self._decide(snap, batch, rule))
         for pf in photos:
             if not pf.faces:
                 continue
@@ -974,7 +984,7 @@ class Gallery:
                     row.name, row.enrolled = name, True
                     row.reason = f"unknown ({row.reason}); enrolled as new person {name}"
             out.extend(rows)
-        return out
+        return Identifications(out)
 
     def _decide(
         self, snap: _Snapshot, photos: Sequence[PhotoFaces], given: DecisionRule | None
@@ -1018,6 +1028,7 @@ class Gallery:
                     calibrated=calibrated,
                     threshold_source=source,
                     detector=f.detector,
+                    chip=f.chip if f.chip is not None and f.chip.size else None,
                 )
             )
         return out

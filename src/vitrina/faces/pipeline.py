@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from vitrina.engine import as_items, item_name
 from vitrina.errors import VitrinaError
 from vitrina.faces import models
 from vitrina.faces.detection import (
@@ -311,16 +312,22 @@ class FacePipeline:
 
     def process(
         self,
-        paths: Iterable[str | os.PathLike[str]],
+        paths: Any,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> Iterator[PhotoFaces]:
-        """One :class:`PhotoFaces` per path, in input order; a bad file gets ``error`` set.
+        """One :class:`PhotoFaces` per photo, in input order; a bad file gets ``error`` set.
+
+        ``paths``: photo files, or photos in memory (PIL images, numpy arrays, torch tensors),
+        one or a list (:func:`vitrina.engine.as_items`); a photo in memory is named by its
+        description (``<image 640x480>``) in ``PhotoFaces.path``.
 
         ``error`` is the problem without the path (``"truncated or corrupt image data"``,
         ``"too small to hold a face (12x12 pixels)"``); a photo without faces has ``faces == []``
         and no error. ``on_progress(done, total)`` is called after each photo.
         """
-        todo = [Path(p) for p in paths]
+        items, _ = as_items(paths)
+        todo = [Path(p) if isinstance(p, str | os.PathLike) else p for p in items]
+        names = [Path(p) if isinstance(p, Path) else Path(item_name(p)) for p in todo]
         total = len(todo)
         workers = self._worker_count(total)
         if workers:
@@ -329,8 +336,8 @@ class FacePipeline:
             self.finder.load_models()
         results = self.engine.run(self._task(), todo, num_workers=workers)
         for done, r in enumerate(results, 1):
-            result = r.value if r.ok else PhotoFaces(todo[r.index], error=r.reason)
-            result.path = todo[r.index]
+            result = r.value if r.ok else PhotoFaces(names[r.index], error=r.reason)
+            result.path = names[r.index]
             self._fill_vectors(result.faces)
             if on_progress is not None:
                 on_progress(done, total)

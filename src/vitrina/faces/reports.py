@@ -14,6 +14,7 @@ __all__ = [
     "EnrollReport",
     "Forgotten",
     "Identification",
+    "Identifications",
     "Person",
     "Verification",
 ]
@@ -95,10 +96,30 @@ class Identification:
     threshold_source: str
     enrolled: bool = False
     detector: str = ""  # what found the face: "hog", "cnn", a cascade stage, "assumed"
+    #: the aligned face chip ``(S, S, 3)`` uint8, for the notebook thumbnail (not serialised)
+    chip: Any = field(default=None, repr=False, compare=False)
 
     @property
     def known(self) -> bool:
         return self.name != UNKNOWN
+
+    def _row(self) -> list[Any]:
+        from PIL import Image
+
+        chip = Image.fromarray(self.chip) if self.chip is not None else None
+        dist = "" if self.distance is None else f"{self.distance:.3f}"
+        return [chip, self.name, self.photo, self.face, dist, self.reason]
+
+    def _repr_html_(self) -> str:
+        from vitrina.report.notebook import html_table
+
+        return html_table(f"face {self.face}: {self.name}", _ID_HTML, [self._row()])
+
+    def to_pandas(self) -> Any:
+        """A one-row ``pandas.DataFrame`` of :meth:`to_dict` (the box as left/top/right/bottom)."""
+        from vitrina.report.notebook import dataframe
+
+        return dataframe([_flat(self)], _ID_COLUMNS)
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None) -> float | None:
@@ -121,6 +142,41 @@ class Identification:
             "threshold_source": self.threshold_source,
             "enrolled": self.enrolled,
         }
+
+
+_ID_HTML = ("face", "name", "photo", "#", "distance", "why")
+_ID_COLUMNS = (
+    "photo", "face", "name", "person", "distance", "runner_up", "runner_up_distance",
+    "threshold", "margin", "calibrated", "enrolled", "detector", "left", "top", "right", "bottom",
+    "reason",
+)  # fmt: skip
+_SHOWN = 50
+
+
+def _flat(i: Identification) -> dict[str, Any]:
+    d = i.to_dict()
+    box = d.pop("box") or {}
+    return {**d, **{k: box.get(k) for k in ("left", "top", "right", "bottom")}}
+
+
+class Identifications(list[Identification]):
+    """:meth:`Gallery.identify`'s answer, one :class:`Identification` per face in photo order:
+    a list that shows each face chip with its decision in a notebook and becomes a pandas
+    table with :meth:`to_pandas`."""
+
+    def _repr_html_(self) -> str:
+        from vitrina.report.notebook import html_table
+
+        known = sum(i.known for i in self)
+        rows = [i._row() for i in self[:_SHOWN]]
+        title = f"{len(self)} faces, {known} recognised"
+        return html_table(title, _ID_HTML, rows, more=len(self) - len(rows))
+
+    def to_pandas(self) -> Any:
+        """One row per face: photo, face, name, person, distances, threshold, box, reason."""
+        from vitrina.report.notebook import dataframe
+
+        return dataframe([_flat(i) for i in self], _ID_COLUMNS)
 
 
 class Verification(NamedTuple):

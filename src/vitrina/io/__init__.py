@@ -25,16 +25,19 @@ from vitrina.io.files import (
 from vitrina.io.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
+    IMAGE_EXTENSIONS_TEXT,
     file_digest,
     image_size,
     is_image_path,
     read_image,
+    read_image_bytes,
 )
 from vitrina.io.journal import JournalRepair, ManifestJournal
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "IMAGE_EXTENSIONS_TEXT",
     "PLACE_METHODS",
     "TEMP_PREFIX",
     "JournalRepair",
@@ -55,6 +58,7 @@ __all__ = [
     "os_error_line",
     "place_file",
     "read_image",
+    "read_image_bytes",
     "remove_stale_temps",
     "save_new_image",
     "unique_path",

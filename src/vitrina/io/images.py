@@ -24,6 +24,7 @@ from vitrina.errors import ImageReadError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "IMAGE_EXTENSIONS_TEXT",
     "file_digest",
     "image_size",
     "is_image_path",
@@ -45,14 +46,22 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
         ".ppm",
         ".pbm",
         ".pnm",
+        ".avif",  # phones (Android, recent iPhones); Pillow's own AVIF plugin
+        ".heic",  # iPhone photos; decoded by pillow-heif (libheif)
+        ".heif",
     }
 )
+
+#: The extensions as one line for messages ("looked for .avif, .bmp, ...").
+IMAGE_EXTENSIONS_TEXT = ", ".join(sorted(IMAGE_EXTENSIONS))
 
 DEFAULT_MAX_PIXELS = 120_000_000
 
 # Only the decoders behind IMAGE_EXTENSIONS: letting Pillow sniff every format it knows would
-# e.g. hand a renamed .eps to Ghostscript. (Camera MPO files open through "JPEG".)
-_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+# e.g. hand a renamed .eps to Ghostscript. (Camera MPO files open through "JPEG".) "HEIF" is
+# pillow-heif's opener, registered on first use (:func:`_register_heif`).
+_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM", "AVIF", "HEIF")
+_HEIF_SUFFIXES = (".heic", ".heif")
 
 _CORRUPT = "truncated or corrupt image data"
 _NOT_IMAGE = "not an image (unrecognised format)"
@@ -280,7 +289,7 @@ def _identify(path: Path, fh: BinaryIO, max_pixels: int) -> Image.Image:
         detail = f"{size[0]}x{size[1]} pixels" if size else "over Pillow's pixel limit"
         raise ImageReadError(path, f"image too large: {detail} (limit {max_pixels:,})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageReadError(path, _NOT_IMAGE) from exc
+        raise ImageReadError(path, _unrecognised(path)) from exc
     except Exception as exc:  # plugins raise assorted types on a malformed header
         raise ImageReadError(path, _CORRUPT) from exc
     width, height = im.size
@@ -296,9 +305,39 @@ def _identify(path: Path, fh: BinaryIO, max_pixels: int) -> Image.Image:
 
 
 def _decoders() -> list[str]:
-    """The formats of ``_FORMATS`` this Pillow build can open (WebP support is optional)."""
+    """The formats of ``_FORMATS`` this Pillow build can open (WebP and AVIF support are
+    optional in Pillow builds; HEIF comes from pillow-heif)."""
     Image.init()  # registers every plugin once; a no-op afterwards
+    _register_heif()
     return [fmt for fmt in _FORMATS if fmt in Image.OPEN]
+
+
+_heif_state: list[bool] = []  # [registered?] once tried
+
+
+def _register_heif() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener with Pillow, once per process, on the first
+    decode (importing libheif costs ~30 ms that a run without iPhone photos need not pay).
+    libheif applies the container's rotation and mirroring itself and pillow-heif then
+    reports EXIF orientation 1, so :func:`_orientation` never turns a HEIC photo twice."""
+    if not _heif_state:
+        try:
+            import pillow_heif
+        except ImportError:
+            _heif_state.append(False)
+        else:
+            pillow_heif.register_heif_opener()
+            _heif_state.append(True)
+    return _heif_state[0]
+
+
+def _unrecognised(path: Path) -> str:
+    """Why a file did not open: a HEIC photo without pillow-heif says what to install."""
+    if path.suffix.lower() in _HEIF_SUFFIXES and not _register_heif():
+        return "HEIC/HEIF photo, but pillow-heif is not installed: pip install pillow-heif"
+    if path.suffix.lower() == ".avif" and "AVIF" not in Image.OPEN:
+        return "AVIF photo, but this Pillow build has no AVIF decoder: pip install -U pillow"
+    return _NOT_IMAGE
 
 
 def _unchecked_header_size(fh: BinaryIO) -> tuple[int, int] | None:

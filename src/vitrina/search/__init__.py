@@ -8,6 +8,15 @@ from vitrina.search.index import (
     Index,
     QueryResult,
     RemoveReport,
+    SearchResults,
 )
 
-__all__ = ["AUTO_HNSW_THRESHOLD", "AddReport", "Hit", "Index", "QueryResult", "RemoveReport"]
+__all__ = [
+    "AUTO_HNSW_THRESHOLD",
+    "AddReport",
+    "Hit",
+    "Index",
+    "QueryResult",
+    "RemoveReport",
+    "SearchResults",
+]

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from vitrina.errors import VitrinaError
+from vitrina.io import IMAGE_EXTENSIONS_TEXT
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -156,8 +157,8 @@ def find_duplicates(
     found = [p for p, _root in collect_images(srcs)]
     if not found:
         raise VitrinaError(
-            f"{', '.join(str(s) for s in srcs)}: no images found (looked for .jpg, .png, .bmp, "
-            ".gif, .webp, .tif, .pnm files, recursively)"
+            f"{', '.join(str(s) for s in srcs)}: no images found (looked for "
+            f"{IMAGE_EXTENSIONS_TEXT} files, recursively)"
         )
     if embedder is None:
         embedder = _make_embedder(spec, model, (), backend, device, batch_size)

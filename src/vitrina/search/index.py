@@ -87,6 +87,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from vitrina.errors import VitrinaError
+from vitrina.io import IMAGE_EXTENSIONS_TEXT
 from vitrina.search.store import (
     IndexDamagedError,
     IndexFolderError,
@@ -114,6 +115,7 @@ __all__ = [
     "Neighbours",
     "QueryResult",
     "RemoveReport",
+    "SearchResults",
 ]
 
 FORMAT_VERSION = 2
@@ -174,16 +176,73 @@ class Hit:
         return asdict(self)
 
 
+_HIT_COLUMNS = ("query", "rank", "id", "path", "label", "similarity", "distance", "error")
+_SHOWN_HITS = 8  # hits per query a notebook shows
+_SHOWN_QUERIES = 20
+
+
 @dataclass
 class QueryResult:
-    """The hits for one query, best first; ``error`` set (and no hits) if it was unreadable."""
+    """The hits for one query, best first; ``error`` set (and no hits) if it was unreadable.
+
+    ``item``: the query as passed (a path, an image in memory), for the notebook thumbnail."""
 
     query: str
     hits: list[Hit] = field(default_factory=list)
     error: str | None = None
+    item: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "error": self.error, "hits": [h.to_dict() for h in self.hits]}
+
+    def _records(self) -> list[dict[str, Any]]:
+        if not self.hits:
+            return [{"query": self.query, "error": self.error}]
+        return [{"query": self.query, **h.to_dict(), "error": None} for h in self.hits]
+
+    def _row(self) -> list[Any]:
+        from vitrina.engine import thumbnail
+        from vitrina.report.notebook import Error, Tile
+
+        q = thumbnail(self.item) if self.item is not None else None
+        row: list[Any] = [Tile(q, self.query)]
+        if self.error:
+            return [*row, Error(self.error)]
+        for h in self.hits[:_SHOWN_HITS]:
+            row.append(Tile(thumbnail(h.path), f"{h.rank}. {h.label} {h.similarity:.3f}"))
+        return row
+
+    def _repr_html_(self) -> str:
+        from vitrina.report.notebook import html_table
+
+        cols = ["query", *(f"hit {i + 1}" for i in range(min(len(self.hits), _SHOWN_HITS)))]
+        return html_table(f"{len(self.hits)} hits for {self.query}", cols, [self._row()])
+
+    def to_pandas(self) -> Any:
+        """One row per hit: query, rank, id, path, label, similarity, distance, error."""
+        from vitrina.report.notebook import dataframe
+
+        return dataframe(self._records(), _HIT_COLUMNS)
+
+
+class SearchResults(list[QueryResult]):
+    """:meth:`Index.search`'s answer, one :class:`QueryResult` per query in order: a list that
+    shows each query and its best hits as thumbnails in a notebook, and becomes one pandas
+    table (a row per hit) with :meth:`to_pandas`."""
+
+    def _repr_html_(self) -> str:
+        from vitrina.report.notebook import html_table
+
+        width = max((min(len(r.hits), _SHOWN_HITS) for r in self), default=0)
+        cols = ["query", *(f"hit {i + 1}" for i in range(width))]
+        rows = [r._row() for r in self[:_SHOWN_QUERIES]]
+        return html_table(f"search: {len(self)} queries", cols, rows, more=len(self) - len(rows))
+
+    def to_pandas(self) -> Any:
+        """One row per hit of every query (a query without hits: one row with its error)."""
+        from vitrina.report.notebook import dataframe
+
+        return dataframe([rec for r in self for rec in r._records()], _HIT_COLUMNS)
 
 
 @dataclass
@@ -481,6 +540,16 @@ def collect_images(sources: Iterable[str | os.PathLike[str]]) -> list[tuple[Path
 _META_CACHE_MAX = 5_000_000  # rows of metadata kept in memory for searching (~150 B each)
 
 
+def _are_vectors(queries: Any) -> bool:
+    """Whether :meth:`Index.search` reads ``queries`` as vectors: a float numpy array of one
+    or two dimensions (photos are uint8 arrays, 3-D arrays, tensors, PIL images, paths)."""
+    return (
+        isinstance(queries, np.ndarray)
+        and queries.ndim in (1, 2)
+        and np.issubdtype(queries.dtype, np.floating)
+    )
+
+
 def _as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim == 1:
@@ -691,8 +760,7 @@ class Index:
         if not found:
             where = ", ".join(str(s) for s in sources)
             raise VitrinaError(
-                f"{where}: no images found (looked for .jpg, .png, .bmp, .gif, .webp, .tif, .pnm "
-                "files, recursively)"
+                f"{where}: no images found (looked for {IMAGE_EXTENSIONS_TEXT} files, recursively)"
             )
         if metric not in METRICS:
             raise VitrinaError(f"unknown metric {metric!r}; choose {' or '.join(METRICS)}")
@@ -1683,32 +1751,38 @@ class Index:
         *,
         embedder: Any = None,
         on_progress: ProgressFn | None = None,
-    ) -> list[QueryResult]:
-        """The ``k`` nearest items for each query: image paths (embedded with the index's model)
-        or an (N, dim) array of vectors. Unreadable query images get ``error`` and no hits."""
+    ) -> SearchResults:
+        """The ``k`` nearest items for each query, one :class:`QueryResult` per query in order
+        (also for a single query).
+
+        ``queries``: photos as they come -- paths, PIL images, numpy image arrays (uint8
+        ``(H, W, 3)`` / ``(H, W)``), torch tensors (``(C, H, W)``), one or a list -- embedded
+        with the index's model; or vectors: a float numpy array ``(N, dim)`` or ``(dim,)``
+        (a float array of one or two dimensions is always read as vectors; pass a float grey
+        photo as a PIL image or in a list). Unreadable query photos get ``error`` and no hits."""
         if int(k) < 1:
             raise VitrinaError(f"k must be at least 1, got {k}")
         k = int(k)
-        if isinstance(queries, np.ndarray):
+        if _are_vectors(queries):
             x = _as_matrix(queries, self.dim, "search")
             names = [f"vector {i}" for i in range(len(x))]
-            results = [QueryResult(n) for n in names]
+            results = SearchResults(QueryResult(n) for n in names)
             order = list(range(len(x)))
         else:
-            qpaths = [queries] if isinstance(queries, str | os.PathLike) else list(queries)
+            from vitrina.engine import as_items, item_name
+
+            items, _ = as_items(queries)
             emb = self._check_embedder(embedder)
-            res = emb.embed_paths([Path(q) for q in qpaths], on_progress=on_progress)
-            results = [QueryResult(str(q)) for q in qpaths]
-            pos = {}
-            for i, q in enumerate(qpaths):
-                pos.setdefault(str(Path(q)), []).append(i)
-            errs = {str(p): m for p, m in res.errors}
-            for r in results:
-                if str(Path(r.query)) in errs:
-                    r.error = errs[str(Path(r.query))]
-            order = []
-            for p in res.paths:
-                order.append(pos[str(p)].pop(0))
+            res = emb.embed(items, on_progress=on_progress)
+            results = SearchResults(
+                QueryResult(str(q) if isinstance(q, str | os.PathLike) else item_name(q), item=q)
+                for q in items
+            )
+            kept = set(res.rows)
+            failed = [i for i in range(len(items)) if i not in kept]  # engine order = input order
+            for i, (_name, reason) in zip(failed, res.errors, strict=True):
+                results[i].error = reason
+            order = list(res.rows)
             x = res.vectors
         if not len(x) or len(self) == 0:
             return results
