@@ -16,7 +16,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 
-@pytest.mark.slow  # a kernel, torch and a training run: ~60 s on a loaded 2-core runner
+# a kernel, torch and a short training run (~25 s of CPU): in `make test`, so CI runs it
 def test_quickstart_notebook_runs_and_shows_its_answers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
