@@ -22,10 +22,7 @@ TUTORIAL_CNN_PREPROCESS = Preprocess(
 
 
 class _ConvNet(nn.Module):
-    """conv(c,6,5) - pool - conv(6,16,5) - pool - fc 120 - fc 84 - classifier.
-
-    Designed for 32x32 input; other sizes (at least 16 pixels a side) are pooled to the same
-    5x5 grid before the fully connected layers."""
+    """conv(c,6,5) - pool - conv(6,16,5) - pool - fc 120 - fc 84 - classifier."""
 
     def __init__(self, in_chans: int, num_classes: int) -> None:
         super().__init__()
@@ -38,9 +35,6 @@ class _ConvNet(nn.Module):
             nn.Conv2d(6, 16, 5),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            # 5x5 at the designed 32x32 input (an identity there); any other input size >= 16
-            # pixels is pooled to the same 5x5 grid instead of failing at the first Linear
-            nn.AdaptiveAvgPool2d((5, 5)),
         )
         self.fc = nn.Sequential(
             nn.Flatten(1),
