@@ -249,7 +249,10 @@ def test_faces_are_drawn_and_enrolling_needs_the_write_token(visit: Visit, tmp_p
     expect(status).to_have_class(ERROR)
 
     page.get_by_label("Access token").fill(WRITE)
-    page.get_by_role("button", name="Use token").click()  # the photo is analysed again
+    # the photo is analysed again: wait for that answer, not only for "not busy" (which also
+    # holds in the moment before the new request starts, and the list is then redrawn)
+    with page.expect_response("**/v1/faces/identify"):
+        page.get_by_role("button", name="Use token").click()
     expect(page.locator("#faces-section")).to_have_attribute("aria-busy", "false")
     page.get_by_role("button", name="Enroll face 2 as a person").click()
     page.get_by_label("Name").fill("bob")
