@@ -12,9 +12,14 @@ from PIL import Image
 
 os.environ.setdefault("VITRINA_OFFLINE", "1")
 if "VITRINA_CACHE" not in os.environ:  # ONNX exports of test models go to a throwaway folder
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["VITRINA_CACHE"] = tempfile.mkdtemp(prefix="vitrina-test-cache-")
+    # removed when this process ends (each xdist worker has its own): a run leaves no
+    # gigabytes of exports behind in /tmp
+    atexit.register(shutil.rmtree, os.environ["VITRINA_CACHE"], ignore_errors=True)
 
 # Two pytest-xdist workers share two cores: one torch thread each avoids OpenMP spinning.
 torch.set_num_threads(1)
