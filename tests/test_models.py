@@ -486,4 +486,3 @@ def test_every_architecture_shapes_on_meta(source: str) -> None:
         except Exception as e:
             failures.append(f"{name}: {type(e).__name__}: {str(e)[:100]}")
     assert not failures, failures
-
