@@ -261,11 +261,13 @@ def _fill_disk(
     st = os.statvfs(folder)
     out["full_at"] = time.monotonic()
     out["free_bytes_when_full"] = st.f_bavail * st.f_frsize
+    asked = time.monotonic()
     try:
         code, body = _enroll(probe[0], "while-the-disk-is-full", probe[1])
         out["probe"] = (code, (body.get("error") or {}).get("code") or body.get("added"))
     except OSError as e:
         out["probe"] = (0, type(e).__name__)
+    out["probe_s"] = time.monotonic() - asked  # how long the answer (or its absence) took
     stop.wait(max(0.0, hold - (time.monotonic() - out["full_at"])))
     filler.unlink(missing_ok=True)
     out["freed_at"] = time.time()
@@ -476,7 +478,9 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
         for a in answers:
             by_status[a["status"]] = by_status.get(a["status"], 0) + 1
         if disk is not None:
+            asked = time.monotonic()
             recovered = _enroll(url, "after-the-disk-was-freed", (work / "spare1.jpg").read_bytes())
+            recovered_s = time.monotonic() - asked
             checks["the disk filled during enrolments, then freed: enrolment works, no restart"] = (
                 "freed_at" in filled
                 and filled.get("probe") == (507, "disk_full")
@@ -484,9 +488,11 @@ def _run(args: argparse.Namespace, work: Path, disk: Path | None, t0: float, che
                 and serve.poll() is None,
                 f"{args.disk_mb} MB tmpfs full for {args.full_for:g} s "
                 f"({filled.get('free_bytes_when_full', '?')} bytes left); an enrolment then: "
-                f"{filled.get('probe')}; the clients' enrolment answers "
-                f"{dict(sorted(by_status.items()))}; after freeing: {recovered[0]} "
-                f"{recovered[1].get('added', recovered[1].get('error', {}).get('code'))}",
+                f"{filled.get('probe')} in {filled.get('probe_s', float('nan')):.1f} s; the "
+                f"clients' enrolment answers {dict(sorted(by_status.items()))}; after freeing: "
+                f"{recovered[0]} "
+                f"{recovered[1].get('added', recovered[1].get('error', {}).get('code'))} "
+                f"in {recovered_s:.1f} s",
             )
             if recovered[0] == 200 and recovered[1].get("added"):
                 enrolled.add("after-the-disk-was-freed")

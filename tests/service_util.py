@@ -22,16 +22,20 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_service(config: Any, *, startup_timeout: float = 60.0) -> Iterator[str]:
+def running_service(
+    config: Any, *, startup_timeout: float = 60.0, settings: Any = None
+) -> Iterator[str]:
     """Serve ``config`` (a :class:`vitrina.service.ServiceConfig`, or an app made by
-    ``create_app``) on 127.0.0.1 at a free port; yields the base URL (no trailing slash).
-    The server stops (lifespan shutdown included) when the block exits."""
+    ``create_app``, served with the limits of ``settings``) on 127.0.0.1 at a free port;
+    yields the base URL (no trailing slash). The server stops (lifespan shutdown included)
+    when the block exits."""
     import uvicorn
 
     from vitrina.service import ServiceConfig, create_app
     from vitrina.service.server import server_settings
 
-    settings = config if isinstance(config, ServiceConfig) else ServiceConfig()
+    if settings is None:
+        settings = config if isinstance(config, ServiceConfig) else ServiceConfig()
     app = create_app(config) if isinstance(config, ServiceConfig) else config
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -426,6 +426,39 @@ def test_unfinished_headers_are_timed_out_and_cannot_crowd_out_others(
     assert len(said) <= 4  # once per interval, not once per connection
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",  # urllib, curl -H
+        b"GET /slow HTTP/1.0\r\nHost: x\r\n\r\n",  # HTTP/1.0 closes by default
+        b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n",  # kept alive
+    ],
+    ids=["connection-close", "http-1.0", "keep-alive"],
+)
+def test_a_request_slower_than_the_header_timeout_is_answered(toy_run: Path, head: bytes) -> None:
+    """The header timeout is for heads that never finish, not for slow answers. A request
+    with ``Connection: close`` (urllib's default) was cut at the header timeout while its
+    answer was being computed: under load, enrolments taking more than 10 s got no answer."""
+    import asyncio
+
+    from vitrina.service import ServiceConfig, create_app
+
+    config = ServiceConfig(model=str(toy_run), header_timeout_s=0.3)
+    app = create_app(config)
+
+    @app.get("/slow")
+    async def slow() -> dict:
+        await asyncio.sleep(1.0)  # three header timeouts
+        return {"ok": True}
+
+    with running_service(app, settings=config) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(head)
+            reply = s.recv(65536)
+        assert reply.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")), reply[:200]
+
+
 def test_a_stalled_upload_is_answered_408(toy_run: Path, photos: Path) -> None:
     data = next(photos.rglob("*.png")).read_bytes()
     config = ServiceConfig(model=str(toy_run), body_timeout_s=0.5)

@@ -138,12 +138,12 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type:
 
         def handle_events(self) -> None:
             super().handle_events()
-            if self._head_deadline is not None and self.conn.their_state not in (
-                h11.IDLE,
-                h11.MUST_CLOSE,
-                h11.CLOSED,
-            ):
-                self._head_arrived()  # SEND_BODY or DONE: the head is complete
+            # Any state past IDLE means h11 parsed a whole request head: SEND_BODY, DONE, and
+            # MUST_CLOSE, which is where a request with ``Connection: close`` (urllib's,
+            # HTTP/1.0's) goes as soon as it is read. Counting MUST_CLOSE as "no head yet" cut
+            # such requests at the header timeout while their answer was being computed.
+            if self._head_deadline is not None and self.conn.their_state is not h11.IDLE:
+                self._head_arrived()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

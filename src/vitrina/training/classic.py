@@ -33,6 +33,7 @@ from vitrina.models.classic import ClassicModel
 from vitrina.report import plot_confusion
 from vitrina.runs import RunInfo, save_run
 from vitrina.training.config import TrainConfig
+from vitrina.training.result import TrainResult, data_record
 
 __all__ = ["C_GRID", "LocalDescriptors", "fit_classic", "fit_linear_svm"]
 
@@ -186,8 +187,6 @@ def fit_classic(
     or described are reported by name (printed as they are found when ``progress``) and
     left out."""
     from rich.console import Console
-
-    from vitrina.training.classification import TrainResult, data_record
 
     console = Console(stderr=True)
     t0 = time.perf_counter()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from vitrina.data import (
 from vitrina.engine import Embedding, Engine, default_workers, resolve_device, torch_threads
 from vitrina.errors import RunFolderError, VitrinaError
 from vitrina.evaluate import classification_report
-from vitrina.io import file_digest
 from vitrina.models import VitrinaModel, create
 from vitrina.report import plot_confusion, plot_curves
 from vitrina.runs import RunInfo, is_run_dir, read_run, save_run, write_info
@@ -61,6 +59,7 @@ from vitrina.training.precision import (
     param_dtype,
     record_precision,
 )
+from vitrina.training.result import TrainResult, data_fingerprint, data_record
 
 __all__ = ["ClassificationTask", "TrainResult", "data_fingerprint", "train_classifier"]
 
@@ -131,46 +130,6 @@ class _HeadOnly(nn.Module):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    classes: list[str]
-    best_epoch: int
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]]
-    bad_files: list[str] = field(default_factory=list)
-    rank: int = 0  # under torchrun: this process's rank (rank 0 wrote the run folder)
-
-
-def data_fingerprint(root: Path, samples: list[Sample], classes: list[str]) -> str:
-    """sha256 over (class, relative path, content sha256) of every training image."""
-    h = hashlib.sha256()
-    for s in sorted(samples, key=lambda s: str(s.path)):
-        try:
-            digest = file_digest(s.path)
-        except OSError:
-            digest = "unreadable"
-        rel = s.path.relative_to(root) if s.path.is_relative_to(root) else s.path
-        h.update(f"{classes[s.label]}\t{rel}\t{digest}\n".encode())
-    return h.hexdigest()
-
-
-def data_record(
-    data_root: Path, scan: Any, train_samples: list[Sample], val_samples: list[Sample]
-) -> dict[str, Any]:
-    """What ``vitrina.json`` records about the training data (``data``)."""
-    return {
-        "root": str(data_root.resolve()),
-        "fingerprint": data_fingerprint(data_root, scan.samples, scan.classes),
-        "num_images": len(scan.samples),
-        "counts": scan.counts(),
-        "train": len(train_samples),
-        "validation": len(val_samples),
-        "skipped_hidden": scan.skipped_hidden,
-        "skipped_non_image": len(scan.skipped_non_image),
-    }
 
 
 def _loader(
