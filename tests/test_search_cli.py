@@ -136,3 +136,37 @@ def test_search_explain_writes_why_each_result_matches(tmp_path: Path, toy_run: 
     # A second run keeps the first files and adds new ones.
     assert run(capsys, "search", ix, q, "-k", "1", "--explain", why, *FAST)[0] == 0
     assert len(list((why / "red-q").iterdir())) == 3
+
+
+def test_index_upgrade_and_compact_from_the_command_line(tmp_path: Path, capsys) -> None:
+    """An index from before issue 17 (format 1) is upgraded in place and stays searchable;
+    an HNSW removal's tombstone is dropped by `index compact`."""
+    import shutil
+
+    import numpy as np
+
+    from vitrina.search import Index
+
+    ix = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "index_format1", ix)
+    _, vecs = Index.open(ix).vectors()
+    code, out, _ = run(capsys, "index", "upgrade", ix)
+    assert code == 0 and "upgraded to format 2" in out
+    code, out, _ = run(capsys, "index", "upgrade", ix, "--json")
+    assert code == 0 and json.loads(out)["upgraded"] is False
+    code, out, _ = run(capsys, "index", "info", ix)
+    assert code == 0 and "format" in out and "2: vectors in vectors.faiss" in out
+    code, out, _ = run(capsys, "index", "compact", ix)
+    assert code == 0 and "nothing to compact" in out
+
+    idx = Index.open(ix)
+    assert idx.kind == "hnsw"
+    first = idx.items()[0]["path"]
+    idx.remove([first])
+    assert idx.info()["removed_pending_compaction"] == 1
+    code, out, _ = run(capsys, "index", "compact", ix, "--json")
+    assert code == 0 and json.loads(out)["tombstones_dropped"] == 1
+    after = Index.open(ix)
+    assert after.info()["removed_pending_compaction"] == 0 and len(after) == len(vecs) - 1
+    hits = after.search(np.asarray(vecs[1:2]), k=1)[0].hits
+    assert hits and hits[0].path != first

@@ -212,8 +212,65 @@ def info_cmd(
         ("kind requested", f"{info['kind_requested']}  ({info['auto_rule']})"),
         ("labels", ", ".join(f"{k or '(top)'}: {v}" for k, v in list(info["labels"].items())[:12])),
         ("on disk", f"{info['bytes_on_disk'] / 1e6:.1f} MB"),
+        ("format", f"{info['format_version']}: vectors in {info['vectors_stored_in']}"),
+        ("removed, pending compaction", f"{info['removed_pending_compaction']:,}"),
         ("generation", str(info["generation"])),
     ]
     for k, v in rows:
         t.add_row(k, escape(str(v)))
     out.print(t)
+
+
+@app.command("compact")
+def compact_cmd(
+    index: Path = typer.Argument(..., help="Index folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Rebuild an HNSW index without the photos removed from it.
+
+    A removal from an HNSW index leaves a tombstone that searches skip; the graph is rebuilt
+    by itself once tombstones pass 10% of it. Run this to rebuild now (exact and IVF indexes
+    remove at once and have nothing to compact).
+
+    Example: vitrina index compact photos.index
+    """
+    idx = _open(index)
+    dropped = idx.compact()
+    if as_json:
+        print_json({"tombstones_dropped": dropped, "info": idx.info()})
+        return
+    out.print(
+        f"rebuilt without {dropped:,} removed photos; index holds {len(idx):,}"
+        if dropped
+        else "nothing to compact: no removed photos pending"
+    )
+
+
+@app.command("upgrade")
+def upgrade_cmd(
+    index: Path = typer.Argument(..., help="Index folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Convert an index made by an older vitrina (format 1) to format 2.
+
+    Format 1 stored every vector twice (vectors.faiss and meta.sqlite); format 2 keeps the
+    faiss copy only, about half the disk. The two copies are checked against each other
+    first and nothing changes if they differ. Older vitrina versions cannot open the index
+    afterwards. Searching a format 1 index works without upgrading.
+
+    Example: vitrina index upgrade photos.index
+    """
+    idx = _open(index)
+    before = idx.info()["bytes_on_disk"]
+    upgraded = idx.upgrade()
+    info = idx.info()
+    if as_json:
+        print_json({"upgraded": upgraded, "info": info})
+        return
+    if upgraded:
+        out.print(
+            f"upgraded to format {info['format_version']}: "
+            f"{before / 1e6:.1f} MB -> {info['bytes_on_disk'] / 1e6:.1f} MB on disk"
+        )
+    else:
+        out.print(f"already format {info['format_version']}: nothing to do")
