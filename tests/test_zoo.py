@@ -175,6 +175,37 @@ def test_family_table() -> None:
     assert len(names) == len(set(names)) and names[-1] == "other"
 
 
+def test_every_zoo_entry_states_a_plausible_year_and_its_paper() -> None:
+    """The catalogue's history is right: no model dated before the perceptron or after now,
+    every family and every entry listed by default names its paper, a year the paper states
+    is the year listed, and the classics before CNNs carry their own papers' years (not the
+    perceptron's 1958 for all three)."""
+    import datetime
+    import re
+
+    this_year = datetime.date.today().year
+    stated = [(f.name, f.year, f.paper) for f in zoo.FAMILIES]
+    stated += [(f"{f.name}/{pat}", p.year, p.title) for f in zoo.FAMILIES for pat, p in getattr(f, "papers", ())]
+    for name in (*zoo.BEFORE_CNNS, *CLASSIC):
+        entry = describe(name)
+        assert entry.family != zoo.OTHER, name
+        stated.append((name, entry.year, entry.paper))
+    for what, year, paper in stated:
+        assert year is not None and 1958 <= year <= this_year, (what, year)
+        assert paper and paper.strip() == paper and len(paper) > 10, (what, paper)
+        years = {int(y) for y in re.findall(r"\b(19[5-9]\d|20\d\d)\b", paper)}
+        assert not years or year == min(years) or year in years, (what, year, paper)
+    expected = {"mlp_pixels": 1958, "sift_bovw_svm": 2004, "hog_svm": 2005, "lenet5": 1998}
+    for name, year in expected.items():
+        entry = describe(name)
+        assert entry.year == year, (name, entry.year, entry.paper)
+        if name in zoo.BEFORE_CNNS:
+            assert str(year) in (entry.paper or ""), (name, entry.paper)
+    assert "Dalal" in (describe("hog_svm").paper or "")
+    assert "Csurka" in (describe("sift_bovw_svm").paper or "")
+    assert "Rosenblatt" in (describe("mlp_pixels").paper or "")
+
+
 # ---------------------------------------------------------------------------- counting
 def test_flops_of_a_conv_by_formula() -> None:
     conv = nn.Conv2d(3, 8, kernel_size=3, stride=1, padding=0)

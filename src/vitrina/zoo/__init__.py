@@ -14,6 +14,7 @@ from vitrina.zoo.catalogue import (
     FAMILIES,
     OTHER,
     Family,
+    Paper,
     Timing,
     ZooEntry,
     cache_dir,
@@ -22,6 +23,7 @@ from vitrina.zoo.catalogue import (
     family_names,
     family_of,
     is_described,
+    paper_of,
 )
 from vitrina.zoo.find import SORT_KEYS, ZooQuery, find, resolve_family, sort_entries
 from vitrina.zoo.measurements import is_measured, machine_key, measure, measurement_backends
@@ -33,6 +35,7 @@ __all__ = [
     "OTHER",
     "SORT_KEYS",
     "Family",
+    "Paper",
     "Timing",
     "ZooEntry",
     "ZooQuery",
@@ -47,6 +50,7 @@ __all__ = [
     "machine_key",
     "measure",
     "measurement_backends",
+    "paper_of",
     "plot_zoo",
     "resolve_family",
     "sort_entries",

@@ -38,6 +38,7 @@ __all__ = [
     "FAMILIES",
     "OTHER",
     "Family",
+    "Paper",
     "Timing",
     "ZooEntry",
     "cache_dir",
@@ -46,6 +47,7 @@ __all__ = [
     "family_names",
     "family_of",
     "is_described",
+    "paper_of",
 ]
 
 #: The classic review, in order: each name builds with ``vitrina.models.create(name)``.
@@ -83,17 +85,31 @@ _SCHEMA = 1  # bump when the cached fields change
 
 # ---------------------------------------------------------------------------- families
 @dataclass(frozen=True)
+class Paper:
+    """The publication a model comes from: its ``year`` (first publication, arXiv preprint or
+    venue, whichever came first) and its ``title`` (with authors where the title alone is
+    ambiguous)."""
+
+    year: int
+    title: str
+
+
+@dataclass(frozen=True)
 class Family:
     """An architecture family: the paper that introduced it and the names that belong to it.
 
     ``year`` is the year of first publication (arXiv preprint or venue, whichever came
     first). ``patterns`` are shell wildcards over model names; see :func:`family_of`.
+    ``papers``: members with a paper of their own (pattern -> :class:`Paper`), for a family
+    that groups models of different origins (the Classic family: a 1958 perceptron, 2004 bags
+    of visual words, 2005 HOG); :func:`paper_of` reads it.
     """
 
     name: str
     year: int
     paper: str
     patterns: tuple[str, ...]
+    papers: tuple[tuple[str, Paper], ...] = ()
 
 
 #: Hand-written metadata. Order matters: the first family with a matching pattern wins, so
@@ -106,6 +122,31 @@ FAMILIES: tuple[Family, ...] = (
         "(Csurka et al. 2004, on Lowe's SIFT); Histograms of Oriented Gradients for Human "
         "Detection (Dalal & Triggs 2005)",
         BEFORE_CNNS,
+        papers=(
+            (
+                "mlp_pixels",
+                Paper(
+                    1958,
+                    "The Perceptron: A Probabilistic Model for Information Storage and "
+                    "Organization in the Brain (Rosenblatt 1958)",
+                ),
+            ),
+            (
+                "hog_svm",
+                Paper(
+                    2005,
+                    "Histograms of Oriented Gradients for Human Detection (Dalal & Triggs 2005)",
+                ),
+            ),
+            (
+                "sift_bovw_svm",
+                Paper(
+                    2004,
+                    "Visual Categorization with Bags of Keypoints (Csurka et al. 2004), on "
+                    "Distinctive Image Features from Scale-Invariant Keypoints (Lowe 1999/2004)",
+                ),
+            ),
+        ),
     ),
     Family("LeNet", 1998, "Gradient-Based Learning Applied to Document Recognition", ("lenet*",)),
     Family(
@@ -304,6 +345,19 @@ def family_of(name: str) -> Family | None:
         if any(fnmatch.fnmatchcase(n, p) for p in fam.patterns for n in names):
             return fam
     return None
+
+
+def paper_of(name: str) -> Paper | None:
+    """The paper model ``name`` comes from: its own where its family lists one
+    (:attr:`Family.papers`), else its family's; None for a model of no known family."""
+    fam = family_of(name)
+    if fam is None:
+        return None
+    names = _candidates(name)
+    for pattern, paper in fam.papers:
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            return paper
+    return Paper(fam.year, fam.paper)
 
 
 def family_names() -> list[str]:
@@ -568,14 +622,15 @@ def describe(name: str, *, refresh: bool = False) -> ZooEntry:
     source, arch = resolve_name(name)
     static = _static(name, source, arch, refresh)
     fam = family_of(name)
+    paper = paper_of(name)
     h, w = static["input_size"]
     return ZooEntry(
         name=name,
         arch=_display_name(source, arch),
         source=source,
         family=fam.name if fam else OTHER,
-        year=fam.year if fam else None,
-        paper=fam.paper if fam else None,
+        year=paper.year if paper else None,
+        paper=paper.title if paper else None,
         params=int(static["params"]),
         size_mb_fp32=float(static["size_mb_fp32"]),
         size_mb_bf16=float(static["size_mb_bf16"]),
