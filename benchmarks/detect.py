@@ -5,7 +5,7 @@ backend, and the HOG people detector's speed and AP.
    seeded split by photo, stratified by class, 800 for training and 200 held out (the split
    is written as two VOC folders of links with ``vitrina.data.annotations``: the converter is
    part of what is measured). Each architecture (``--archs``) trains on the 800 the way a user
-   runs ``vitrina detect train`` (``--freeze``, ``--augment``, ``--size``), for at most
+   runs ``vitrina detect train`` (``--freeze``, ``--augment``, ``--input-size``), for at most
    ``--budget`` minutes of this process's CPU time (``--clock wall`` for wall time; the
    learning-rate schedule follows the clock, the run ends with the epoch that passes it;
    feature caching counts), without validation photos (the last epoch is kept). Then COCO
@@ -20,7 +20,7 @@ backend, and the HOG people detector's speed and AP.
    the boxes of ``--people-boxes`` (a COCO json), when given.
 
     python benchmarks/detect.py [--data ../shared/data/groceries_det] [--archs fasterrcnn,fcos]
-        [--budget 30] [--size 224] [--out bench-detect]
+        [--budget 30] [--input-size 224] [--out bench-detect]
 
 Target (issue 18): mAP@.5 >= 0.75 for the best architecture on the 200 held-out photos.
 """
@@ -72,12 +72,18 @@ def split(
     return work / "train", work / "test", s
 
 
+def _hw(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` or one number (a square), as vitrina's ``--input-size``."""
+    parts = [int(v) for v in text.lower().split("x")]
+    return (parts[0], parts[-1])
+
+
 def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
     cfg = DetectTrainConfig(
         data_dir=str(train),
         arch=arch,
         backbone=args.backbone,
-        size=args.size,
+        input_size=_hw(args.input_size),
         epochs=args.max_epochs,
         batch_size=args.batch_size,
         freeze=args.freeze,
@@ -263,7 +269,7 @@ def main() -> None:
     ap.add_argument("--data", help="annotated photos (default ../shared/data/groceries_det)")
     ap.add_argument("--archs", default="fasterrcnn,retinanet,fcos,ssdlite")
     ap.add_argument("--backbone", default="efficientnet_lite0")
-    ap.add_argument("--size", default="224")
+    ap.add_argument("--input-size", default="224", help="HEIGHTxWIDTH, or one number")
     ap.add_argument("--freeze", default="lower")
     ap.add_argument("--augment", default="flip")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -298,7 +304,7 @@ def main() -> None:
         print(
             f"{data}: {len(s.photos)} photos, {s.num_boxes} boxes, {len(s.classes)} classes; "
             f"train {len(read_annotated(train).photos)}, held out {len(read_annotated(test).photos)}; "
-            f"budget {args.budget:g} {args.clock} minutes per architecture, --size {args.size} "
+            f"budget {args.budget:g} {args.clock} minutes per architecture, --input-size {args.input_size} "
             f"--freeze {args.freeze} --augment {args.augment}",
             flush=True,
         )

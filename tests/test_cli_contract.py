@@ -47,7 +47,7 @@ FREE_TEXT = {
     "class_name",
     "detector",  # a detection run folder or a detector name (DETECTORS, listed by `detect list`)
     "backbone",  # any zoo classifier name
-    "size",  # 320 or WIDTHxHEIGHT, parsed by vitrina.detect.train.parse_size
+    "size",  # detect train's deprecated WIDTHxHEIGHT (vitrina.detect.train.parse_size)
     "ray",  # a Ray address: local (a bare --ray), auto, HOST:PORT, ray://HOST:PORT (RayOptions)
 }
 

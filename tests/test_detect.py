@@ -48,7 +48,7 @@ def _config(data: Path, out: Path, **kw) -> DetectTrainConfig:
     base = dict(
         data_dir=str(data),
         arch="fasterrcnn",
-        size="128",
+        input_size=(128, 128),
         epochs=3,
         batch_size=4,
         freeze="lower",
@@ -273,7 +273,7 @@ def test_bad_photos_and_boxes_do_not_stop_training(tmp_path: Path) -> None:
 
 def test_train_command(shelf_set: Path, tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(
-        capsys, "detect", "train", shelf_set, "--arch", "ssdlite", "--size", "160x128",
+        capsys, "detect", "train", shelf_set, "--arch", "ssdlite", "--input-size", "128x160",
         "--epochs", "1", "--freeze", "backbone", "--augment", "none", "--batch-size", "4",
         "--workers", "0", "--device", "cpu", "--out", tmp_path / "run",
     )  # fmt: skip
@@ -282,7 +282,7 @@ def test_train_command(shelf_set: Path, tmp_path: Path, capsys) -> None:
     assert read_run(tmp_path / "run").preprocess.input_size == (128, 160)
     code, _, err = run_cli(capsys, "detect", "train", shelf_set, "--arch", "yolo")
     assert code == 2 and "yolo" in err  # a choice: the usage error lists the architectures
-    code, _, err = run_cli(capsys, "detect", "train", shelf_set, "--size", "100")
+    code, _, err = run_cli(capsys, "detect", "train", shelf_set, "--input-size", "100")
     assert code == 1
     one_line_error(err, "multiple of 32")
 

@@ -185,7 +185,11 @@ def test_every_zoo_entry_states_a_plausible_year_and_its_paper() -> None:
 
     this_year = datetime.date.today().year
     stated = [(f.name, f.year, f.paper) for f in zoo.FAMILIES]
-    stated += [(f"{f.name}/{pat}", p.year, p.title) for f in zoo.FAMILIES for pat, p in getattr(f, "papers", ())]
+    stated += [
+        (f"{f.name}/{pat}", p.year, p.title)
+        for f in zoo.FAMILIES
+        for pat, p in getattr(f, "papers", ())
+    ]
     for name in (*zoo.BEFORE_CNNS, *CLASSIC):
         entry = describe(name)
         assert entry.family != zoo.OTHER, name

@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "DiskFullError",
     "ImageReadError",
+    "InputSizeError",
     "MissingExtraError",
     "OutputExistsError",
     "RunFolderError",
@@ -42,6 +43,10 @@ class ImageReadError(VitrinaError):
 
 class DataError(VitrinaError):
     """A dataset folder that cannot be used (missing, empty, one class, bad class names)."""
+
+
+class InputSizeError(VitrinaError):
+    """An input size the network cannot take (a fixed-size network asked for another size)."""
 
 
 class UnknownNameError(VitrinaError, KeyError):

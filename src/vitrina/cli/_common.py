@@ -216,13 +216,35 @@ class CommaChoices:
         return ",".join(names)
 
 
+#: How every size option of the CLI reads (one convention, one parser: :func:`parse_size`).
+SIZE_METAVAR = "HxW"
+SIZE_HELP = "HEIGHTxWIDTH (e.g. 256x128; one number: a square)"
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """``HEIGHTxWIDTH`` (``256x128``; ``×`` also accepted) -> ``(256, 128)``; else exit 2."""
+    """``HEIGHTxWIDTH`` (``256x128``; ``×`` also accepted; ``320`` is ``320x320``) ->
+    ``(256, 128)``; else exit 2. The one reading of every size option of the CLI."""
     try:
-        h, w = (int(v) for v in str(text).lower().replace("×", "x").split("x"))
+        parts = [int(v) for v in str(text).lower().replace("×", "x").split("x")]
     except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
         raise typer.BadParameter(f"{text!r}: expected HEIGHTxWIDTH, e.g. 256x128") from None
-    return h, w
+    return parts[0], parts[1]
+
+
+def input_size_option(what: str, default: str | None = None) -> Any:
+    """``--input-size HxW``: the one definition of a size option (read by :func:`parse_size`,
+    documented as :data:`SIZE_HELP`); ``what`` says what the size is of."""
+    return typer.Option(
+        default,
+        "--input-size",
+        parser=parse_size,
+        metavar=SIZE_METAVAR,
+        help=f"{SIZE_HELP}: {what}",
+    )
 
 
 def config_from_options(

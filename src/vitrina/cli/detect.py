@@ -24,6 +24,7 @@ from vitrina.cli._common import (
     BACKEND_HELP,
     DEVICE_HELP,
     err,
+    input_size_option,
     out,
     print_json,
     progress_bar,
@@ -60,10 +61,14 @@ def train_cmd(
         "the backbone (efficientnet_lite0's ship with vitrina: offline).",
     ),
     weights: DetectWeights = typer.Option("imagenet", help="Backbone start."),
-    size: str = typer.Option(
-        "320",
-        help="Network input, a multiple of 32: 320 or WIDTHxHEIGHT; photos of any size are "
+    input_size: str | None = input_size_option(
+        "the network input, multiples of 32 (default 320); photos of any size are "
         "letterboxed into it (boxes reported in their own pixels).",
+    ),
+    size: str | None = typer.Option(
+        None,
+        help="Deprecated: WIDTHxHEIGHT (the opposite of every other size option), read as "
+        "before with a warning; use --input-size HEIGHTxWIDTH.",
     ),
     epochs: int = typer.Option(12, help="Epochs (passes over the training photos)."),
     batch_size: int = typer.Option(8, help="Photos per step."),
@@ -125,16 +130,23 @@ def train_cmd(
 
       vitrina detect train shelves/ --arch fasterrcnn --epochs 12
 
-      vitrina detect train shelves/ --arch ssdlite --size 416x320 --out runs/shelves-ssd
+      vitrina detect train shelves/ --arch ssdlite --input-size 320x416 --out runs/shelves-ssd
+
+    One process: under torchrun it stops with one line (vitrina train and train-embedding
+    train on several processes).
     """
     from vitrina.detect import DetectTrainConfig, train_detector
+    from vitrina.detect.train import size_from_options
 
+    hw, deprecation = size_from_options(input_size, size)  # type: ignore[arg-type]
+    if deprecation:
+        err.print(f"[yellow]warning:[/] {escape(deprecation)}")
     cfg = DetectTrainConfig(
         data_dir=str(data_dir),
         arch=arch,
         backbone=backbone,
         weights=weights,
-        size=size,
+        input_size=hw or (320, 320),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vitrina.cli._choices import Augment, Precision
-from vitrina.cli._common import DEVICE_HELP, config_from_options, parse_size, print_json
+from vitrina.cli._common import DEVICE_HELP, config_from_options, input_size_option, print_json
 from vitrina.cli._common import out as console
 
 #: Options of the command that are not fields of
@@ -27,12 +27,10 @@ def train_autoencoder(
         help="Encoder start: none (learn without labels from scratch), imagenet, a weights "
         "file or a run folder.",
     ),
-    input_size: str | None = typer.Option(
-        None,
-        parser=parse_size,
-        metavar="HxW",
-        help="HEIGHTxWIDTH the photos are resized and center-cropped to (default: the "
-        "encoder's; 64x64 trains a ResNet-18 in minutes on a CPU).",
+    input_size: str | None = input_size_option(
+        "the photos are resized and center-cropped to (default: the encoder's; 64x64 trains "
+        "a ResNet-18 in minutes on a CPU; fixed-size networks such as lenet5 take only their "
+        "own)."
     ),
     width: int = typer.Option(128, help="Channels of the decoder's first 4x4 map."),
     epochs: int = typer.Option(30, help="Epochs (each photo once per epoch)."),
@@ -71,6 +69,9 @@ def train_autoencoder(
       vitrina train-autoencoder photos/ --arch resnet18 --input-size 64x64 --epochs 30
 
       vitrina train labelled/ --arch resnet18 --weights runs/photos-resnet18-autoencoder --mode probe
+
+    One process: under torchrun it stops with one line (vitrina train and train-embedding
+    train on several processes).
     """
     from vitrina.training.autoencoder import AutoencoderConfig
     from vitrina.training.autoencoder import train_autoencoder as run

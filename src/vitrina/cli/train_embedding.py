@@ -20,7 +20,7 @@ from vitrina.cli._common import (
     INVOKED,
     NPROC_HELP,
     config_from_options,
-    parse_size,
+    input_size_option,
     print_json,
 )
 from vitrina.cli._common import out as console
@@ -85,11 +85,9 @@ def train_embedding(
     layer_decay: float = typer.Option(
         1.0, help="Below 1: each trained backbone stage learns this many times as fast as the next."
     ),
-    input_size: str | None = typer.Option(
-        None,
-        parser=parse_size,
-        metavar="HxW",
-        help="HEIGHTxWIDTH of the crops, e.g. 256x128 for people (default: the model's).",
+    input_size: str | None = input_size_option(
+        "of the crops, 256x128 for people (default: the model's; fixed-size networks such as "
+        "lenet5 take only their own)."
     ),
     augment: EmbeddingAugment = typer.Option(
         "reid", help="reid: flip, pad-crop, random erasing; or a classifier's augmentation."

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from vitrina.training.checkpoint import (
     resume_saver,
 )
 from vitrina.training.classification import prepare_out
+from vitrina.training.distributed import single_process
 
 __all__ = [
     "FREEZE",
@@ -66,6 +68,7 @@ __all__ = [
     "DetectTrainConfig",
     "DetectionTrainTask",
     "parse_size",
+    "size_from_options",
     "train_detector",
 ]
 
@@ -81,7 +84,9 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def parse_size(text: str | int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``"320"`` -> (320, 320); ``"416x320"`` (width x height) -> (320, 416) as (h, w)."""
+    """The deprecated ``--size`` / ``size=`` reading, WIDTHxHEIGHT (the opposite of every other
+    vitrina size): ``"320"`` -> (320, 320); ``"416x320"`` -> (320, 416) as (h, w). A tuple or
+    list is already (h, w)."""
     if isinstance(text, int):
         return (text, text)
     if isinstance(text, tuple | list):
@@ -98,6 +103,29 @@ def parse_size(text: str | int | tuple[int, int] | list[int]) -> tuple[int, int]
     raise VitrinaError(f"--size {text!r}: give one number (320) or width x height (416x320)")
 
 
+def size_from_options(
+    input_size: tuple[int, int] | list[int] | None, size: str | None
+) -> tuple[tuple[int, int] | None, str | None]:
+    """``(input_size, deprecation)`` from ``--input-size`` (HEIGHTxWIDTH, as every vitrina
+    size) and the deprecated ``--size`` (WIDTHxHEIGHT). ``--size`` keeps its old meaning (a
+    value never silently changes sense) and comes back with a one-line deprecation note
+    giving the ``--input-size`` that says the same; both given and different raise."""
+    hw = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+    if size is None:
+        return hw, None
+    old = parse_size(size)
+    if hw is not None and hw != old:
+        raise VitrinaError(
+            f"--size {size} (WIDTHxHEIGHT, deprecated) and --input-size {hw[0]}x{hw[1]} "
+            "(HEIGHTxWIDTH) disagree: give --input-size only"
+        )
+    note = (
+        f"--size is deprecated: it reads WIDTHxHEIGHT, the opposite of every other vitrina "
+        f"size; --size {size} is --input-size {old[0]}x{old[1]} (HEIGHTxWIDTH)"
+    )
+    return old, note
+
+
 @dataclass
 class DetectTrainConfig:
     """Options of ``vitrina detect train`` (defined once: the CLI, the API and the run read
@@ -107,7 +135,7 @@ class DetectTrainConfig:
     arch: str = "fasterrcnn"
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"  # the backbone's: imagenet or none
-    size: str = "320"
+    input_size: tuple[int, int] = (320, 320)  # (height, width), multiples of 32
     epochs: int = 12
     batch_size: int = 8
     lr: float | None = None
@@ -128,6 +156,9 @@ class DetectTrainConfig:
     classes: str | None = None
     num_workers: int | None = None
     device: str = "auto"
+    #: Deprecated: ``"WIDTHxHEIGHT"`` or ``"320"`` (use ``input_size``, (height, width)).
+    #: Still read with its old meaning, with a ``FutureWarning``; runs record ``input_size``.
+    size: str | None = None
 
     def resolved(self) -> DetectTrainConfig:
         """Check every choice and fill defaults; raise :class:`VitrinaError` if bad."""
@@ -150,8 +181,12 @@ class DetectTrainConfig:
                 f"--weights {self.weights!r}: the backbone starts from imagenet or none"
             )
         c = DetectTrainConfig(**asdict(self))
-        h, w = parse_size(c.size)
-        c.size = f"{w}x{h}" if h != w else str(h)
+        given = None if c.size is not None and tuple(c.input_size) == (320, 320) else c.input_size
+        hw, note = size_from_options(given, c.size)
+        if note:
+            warnings.warn(note.replace("--size", "size=", 1), FutureWarning, stacklevel=2)
+        c.input_size, c.size = hw or (320, 320), None
+        DetectorSpec(head=c.arch, backbone=c.backbone, num_classes=1, input_size=c.input_size)
         if c.lr is None:
             c.lr = {"adamw": 3e-4, "sgd": 0.02}[c.optimizer]
         for name, value, ok in (
@@ -178,17 +213,27 @@ class DetectTrainConfig:
             head=self.arch,
             backbone=self.backbone,
             num_classes=num_classes,
-            input_size=parse_size(self.size),
+            input_size=tuple(self.input_size),
             fpn_channels=self.fpn_channels,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectTrainConfig:
+        """From a run's ``vitrina.json``; a run written before ``input_size`` recorded
+        ``size`` as WIDTHxHEIGHT, read with that meaning (no warning: nothing to fix)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if d.get("size") is not None and "input_size" not in d:
+            d["input_size"] = parse_size(d["size"])
+        d["size"] = None
+        if d.get("input_size") is not None:
+            d["input_size"] = tuple(int(v) for v in d["input_size"])
+        return cls(**d)
 
 
 class DetectionTrainTask:
@@ -383,7 +428,10 @@ def train_detector(
 
     ``TrainResult.bad_files`` lists every problem met: unreadable photos (training goes on
     without them) and the boxes skipped while reading the annotations.
+
+    One process only: refused under torchrun (``WORLD_SIZE`` > 1), before any work.
     """
+    single_process("vitrina detect train")
     if resume:
         out = Path(cfg.out or "")
         if not is_run_dir(out) and not (out / CKPT_DIR).is_dir():

@@ -18,6 +18,7 @@ from vitrina.models.contract import VitrinaModel
 from vitrina.models.preprocess import Preprocess
 from vitrina.models.registry import (
     WEIGHT_SOURCES,
+    check_input_size,
     create,
     imagenet_categories,
     list_models,
@@ -29,6 +30,7 @@ __all__ = [
     "WEIGHT_SOURCES",
     "Preprocess",
     "VitrinaModel",
+    "check_input_size",
     "create",
     "imagenet_categories",
     "list_models",

@@ -92,7 +92,8 @@ class DetectorSpec:
             raise VitrinaError(f"a detector needs at least one class, got {self.num_classes}")
         if h < 64 or w < 64 or h % 32 or w % 32:
             raise VitrinaError(
-                f"detector input size {w}x{h}: each side must be a multiple of 32, at least 64"
+                f"detector input size {h}x{w} (HEIGHTxWIDTH): each side must be a multiple "
+                "of 32, at least 64"
             )
 
     @property

@@ -24,6 +24,8 @@ class Preprocess:
         crop_pct: eval resize is ``input_size / crop_pct`` on the short side, then a center crop;
             1.0 means resize straight to ``input_size`` (no crop).
         interpolation: "bilinear" or "bicubic".
+        fixed_size: the network takes ``input_size`` only (a flatten + linear layer sized
+            for it, as LeNet-5's ``16*5*5``); :meth:`check_size` refuses any other size.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -32,6 +34,7 @@ class Preprocess:
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
+    fixed_size: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -47,7 +50,23 @@ class Preprocess:
         d["input_size"] = list(self.input_size)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        if not self.fixed_size:  # run folders of networks that take any size stay as they were
+            del d["fixed_size"]
         return d
+
+    def check_size(self, size: tuple[int, int] | None, model: str) -> None:
+        """Raise :class:`~vitrina.errors.InputSizeError` when ``size`` ((height, width), or
+        None for "the model's own") is one the network of ``model`` cannot take."""
+        if size is None or not self.fixed_size or tuple(size) == tuple(self.input_size):
+            return
+        from vitrina.errors import InputSizeError
+
+        h, w = self.input_size
+        raise InputSizeError(
+            f"{model} takes {h}x{w} input only (HEIGHTxWIDTH; its first linear layer is sized "
+            f"for it), not {size[0]}x{size[1]}: leave --input-size out, or pick a network that "
+            "takes any size (`vitrina zoo`)"
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
@@ -58,5 +77,6 @@ class Preprocess:
             std=tuple(d["std"]),
             crop_pct=float(d.get("crop_pct", 0.875)),
             interpolation=str(d.get("interpolation", "bilinear")),
+            fixed_size=bool(d.get("fixed_size", False)),
             extra=dict(d.get("extra", {})),
         )

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from vitrina.errors import UnknownNameError, VitrinaError, WeightsNotFoundError
+from vitrina.models import small as _small
 from vitrina.models import weights as W
 from vitrina.models.contract import VitrinaModel
 from vitrina.models.preprocess import Preprocess
@@ -31,6 +32,7 @@ __all__ = [
     "SOURCES",
     "WEIGHT_SOURCES",
     "Builder",
+    "check_input_size",
     "create",
     "imagenet_categories",
     "list_models",
@@ -66,11 +68,40 @@ ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering an own model builder under ``name`` (a duplicate raises)."""
+#: The input contract an own model declares at registration (``register_model(name,
+#: preprocess=...)``), read without building the model: see :func:`check_input_size`.
+_DECLARED: dict[str, Preprocess] = {}
+
+
+def register_model(
+    name: str, *, preprocess: Preprocess | None = None
+) -> Callable[[Builder], Builder]:
+    """Decorator registering an own model builder under ``name`` (a duplicate raises).
+
+    ``preprocess``: the input contract of the model the builder returns, declared so that it
+    can be read without building (a fixed-size network's, at least: configs check a chosen
+    input size against it before any work)."""
     if not name or "/" in name:
         raise ValueError(f"invalid model name {name!r}")
+    if preprocess is not None:
+        _DECLARED[name] = preprocess
     return _OWN.register(name)
+
+
+def check_input_size(name: str, size: tuple[int, int] | None) -> None:
+    """Raise :class:`~vitrina.errors.InputSizeError` if model ``name`` cannot take input of
+    ``size`` (height, width), without building it: a fixed-size own network
+    (:attr:`Preprocess.fixed_size`) asked for another size. Names this cannot judge without
+    building (run folders, library models) pass; training checks the built model again."""
+    if size is None:
+        return
+    try:
+        source, arch = resolve_name(name)
+    except VitrinaError:
+        return  # not a name: a run folder or a mistake, reported where the model is built
+    pre = _DECLARED.get(arch) if source == "vitrina" else None
+    if pre is not None:
+        pre.check_size(size, name)
 
 
 # ---------------------------------------------------------------------------- name lists
@@ -447,7 +478,7 @@ def create(
 
 
 # ---------------------------------------------------------------------------- own models
-@register_model("lenet5")
+@register_model("lenet5", preprocess=_small.LENET5_PREPROCESS)
 def _lenet5(num_classes: int | None, pretrained: bool) -> VitrinaModel:
     from vitrina.models.small import LENET5_PREPROCESS, LeNet5
 
@@ -459,7 +490,7 @@ def _lenet5(num_classes: int | None, pretrained: bool) -> VitrinaModel:
     return VitrinaModel.wrap(LeNet5(num_classes or 10), arch="lenet5", preprocess=LENET5_PREPROCESS)
 
 
-@register_model("tutorial_cnn")
+@register_model("tutorial_cnn", preprocess=_small.TUTORIAL_CNN_PREPROCESS)
 def _tutorial_cnn(num_classes: int | None, pretrained: bool) -> VitrinaModel:
     from vitrina.models.small import TUTORIAL_CNN_PREPROCESS, TutorialCNN
 

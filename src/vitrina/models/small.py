@@ -13,11 +13,19 @@ from vitrina.models.preprocess import Preprocess
 
 __all__ = ["LENET5_PREPROCESS", "TUTORIAL_CNN_PREPROCESS", "LeNet5", "TutorialCNN"]
 
+#: Both take 32x32 only (``fixed_size``): their first linear layer is sized for the 16x5x5
+#: map a 32x32 input leaves. Another size is refused before training
+#: (:meth:`Preprocess.check_size`), not met as a shape error inside PyTorch.
 LENET5_PREPROCESS = Preprocess(
-    input_size=(32, 32), channels=1, mean=(0.5,), std=(0.5,), crop_pct=1.0
+    input_size=(32, 32), channels=1, mean=(0.5,), std=(0.5,), crop_pct=1.0, fixed_size=True
 )
 TUTORIAL_CNN_PREPROCESS = Preprocess(
-    input_size=(32, 32), channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0
+    input_size=(32, 32),
+    channels=3,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    crop_pct=1.0,
+    fixed_size=True,
 )
 
 

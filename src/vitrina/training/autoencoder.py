@@ -31,7 +31,7 @@ from vitrina.data.transforms import AUGMENTS
 from vitrina.engine import default_workers, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.io import atomic_write_bytes
-from vitrina.models import Preprocess, VitrinaModel, create
+from vitrina.models import Preprocess, VitrinaModel, check_input_size, create
 from vitrina.models.autoencoder import Autoencoder
 from vitrina.registry import suggest
 from vitrina.runs import RunInfo, is_run_dir, load_model, read_run, save_run
@@ -49,6 +49,7 @@ from vitrina.training.checkpoint import (
     resume_saver,
 )
 from vitrina.training.classification import data_fingerprint, prepare_out
+from vitrina.training.distributed import single_process
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     check_precision,
@@ -142,6 +143,7 @@ class AutoencoderConfig:
             c.input_size = (int(c.input_size[0]), int(c.input_size[1]))
             if min(c.input_size) < 16:
                 raise VitrinaError(f"--input-size {c.input_size} is too small (min 16)")
+            check_input_size(c.arch, c.input_size)  # a fixed-size network: before any work
         if c.out is None:
             c.out = str(Path("runs") / f"{Path(c.data_dir).resolve().name}-{c.arch}-autoencoder")
         return c
@@ -238,7 +240,8 @@ def _encoder(cfg: AutoencoderConfig) -> VitrinaModel:
     return create(cfg.arch, weights=cfg.weights)
 
 
-def _preprocess(pre: Preprocess, size: tuple[int, int] | None) -> Preprocess:
+def _preprocess(pre: Preprocess, size: tuple[int, int] | None, name: str) -> Preprocess:
+    pre.check_size(size, name)  # a fixed-size network (e.g. from a run folder): one line
     if size is None:
         return pre
     return Preprocess(
@@ -295,7 +298,8 @@ def train_autoencoder(
     extra_callbacks: list[Callback] | None = None,
 ) -> AutoencoderResult:
     """Train (or resume) an autoencoder on the photos of ``cfg.data_dir``; the run folder
-    holds its encoder (see the module docstring)."""
+    holds its encoder (see the module docstring). One process only: refused under torchrun."""
+    single_process("vitrina train-autoencoder")
     if resume:
         out = Path(cfg.out or "")
         if not (out / CKPT_DIR).is_dir():
@@ -312,10 +316,9 @@ def train_autoencoder(
     if len(paths) < 2:
         raise DataError(f"{root}: {len(paths)} photos; an autoencoder needs at least 2")
     train_paths, val_paths = _split(paths, cfg.val_fraction, cfg.seed)
-    out = prepare_out(Path(cfg.out or "runs/autoencoder"), resume)
-
     encoder = _encoder(cfg)
-    encoder.preprocess = _preprocess(encoder.preprocess, cfg.input_size)
+    encoder.preprocess = _preprocess(encoder.preprocess, cfg.input_size, cfg.arch)
+    out = prepare_out(Path(cfg.out or "runs/autoencoder"), resume)
     pre = encoder.preprocess
     model = Autoencoder(encoder, width=cfg.width)
     model.to(device=device, dtype=param_dtype(cfg.precision))

@@ -60,6 +60,7 @@ __all__ = [
     "launch",
     "session",
     "shard_loader",
+    "single_process",
     "strip_nproc",
 ]
 
@@ -114,6 +115,20 @@ def current() -> Dist:
         )
     except ValueError as e:
         raise VitrinaError(f"torchrun environment: {e}") from None
+
+
+def single_process(command: str) -> None:
+    """Refuse to run ``command`` (one that trains on one process only) under torchrun: with
+    ``WORLD_SIZE`` > 1 every process would train the same model and write the same run
+    folder. Called before any work, on every rank (each exits with the same line)."""
+    dist = current()
+    if dist.enabled:
+        raise VitrinaError(
+            f"{command} trains on one process, but torchrun started {dist.world_size} "
+            "(WORLD_SIZE): each would train and write the same run folder; run it as one "
+            "process (without torchrun), or use vitrina train / train-embedding, which train "
+            "on several processes (--nproc N or torchrun)"
+        )
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from vitrina.data.transforms import AUGMENTS, reid_train_transform
 from vitrina.engine import Embedding, Engine, default_workers, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.evaluate.retrieval import loo_retrieval
-from vitrina.models import Preprocess, VitrinaModel, create
+from vitrina.models import Preprocess, VitrinaModel, check_input_size, create
 from vitrina.models.embedding import EmbeddingModel
 from vitrina.registry import suggest
 from vitrina.runs import RunInfo, is_run_dir, load_model, read_run, save_run
@@ -246,6 +246,7 @@ class EmbeddingConfig:
             c.input_size = (int(c.input_size[0]), int(c.input_size[1]))
             if min(c.input_size) < 16:
                 raise VitrinaError(f"--input-size {c.input_size} is too small (min 16)")
+            check_input_size(c.arch, c.input_size)  # a fixed-size network: before any work
         if c.out is None:
             tag = c.loss.replace("*", "x").replace("+", "_").replace(" ", "")
             c.out = str(Path("runs") / f"{Path(c.data_dir).resolve().name}-{c.arch}-{tag}")
@@ -534,6 +535,7 @@ def _backbone(cfg: EmbeddingConfig) -> tuple[VitrinaModel, EmbeddingModel | None
 
 def _preprocess(model: VitrinaModel, size: tuple[int, int] | None) -> Preprocess:
     pre = model.preprocess
+    pre.check_size(size, model.arch)  # a fixed-size network (e.g. from a run folder): one line
     if size is None:
         return pre
     # A chosen size is the size of the crops (person boxes, faces): resize, no center crop.
@@ -824,9 +826,9 @@ def _train_one(
         else PKSampler(data.train_labels, p=p, k=cfg.k, seed=cfg.seed)
     )
 
-    out = prepare_out(Path(cfg.out or "runs/run"), resume, dist if dist.enabled else None)
     base, previous = _backbone(cfg)
     pre = _preprocess(base, cfg.input_size)
+    out = prepare_out(Path(cfg.out or "runs/run"), resume, dist if dist.enabled else None)
     base.preprocess = pre
     same_shape = previous is not None and (
         previous.num_features == (cfg.dim or base.num_features)
