@@ -128,5 +128,5 @@ def test_resume_and_cli(photos: Path, tmp_path: Path, capsys) -> None:
     assert "reconstruction error" in stdout and "--weights" in stdout
     res = train_autoencoder(_cfg(photos, out, epochs=2, width=16), resume=True, progress=False)
     assert [r["epoch"] for r in res.history] == [1, 2]
-    code, _, err = run_cli(capsys, "train-autoencoder", photos, "--input-size", "64", "--out", out)
+    code, _, err = run_cli(capsys, "train-autoencoder", photos, "--input-size", "64x", "--out", out)
     assert code == 2 and "HEIGHTxWIDTH" in err
