@@ -194,3 +194,20 @@ def test_detect_config_reads_old_runs_and_warns_on_the_old_keyword() -> None:
     assert c.input_size == (320, 416) and c.size is None
     with pytest.raises(VitrinaError, match=r"100x320 \(HEIGHTxWIDTH\).*multiple of 32"):
         DetectTrainConfig(data_dir="shelves", input_size=(100, 320)).resolved()
+
+
+def test_explain_a_fixed_size_networks_class_at_another_size_is_one_line() -> None:
+    """``vitrina explain neuron --size``: a LeNet-5 logit needs 32x32 (one line otherwise); its
+    convolutional layers take any size and still draw."""
+    import torch
+
+    from vitrina.explain.featureviz import visualize
+    from vitrina.models import create
+
+    torch.manual_seed(0)
+    model = create("lenet5", weights="none", num_classes=3).eval()
+    with pytest.raises(InputSizeError, match=r"lenet5 takes 32x32 input only.*leave --size out"):
+        visualize(model, class_index=0, size=64, steps=1)
+    assert visualize(model, class_index=0, size=32, steps=1).image.size == (32, 32)
+    conv = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    assert visualize(model, layer=conv, size=64, steps=1).image.size == (64, 64)

@@ -197,6 +197,22 @@ def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
+def _refuse_fixed_size(
+    model: VitrinaModel, run: Callable[[torch.Tensor], torch.Tensor], hw: tuple[int, int]
+) -> None:
+    """A fixed-size network (:attr:`Preprocess.fixed_size`, e.g. LeNet-5) asked for another
+    size: one line when the target (a class logit, a layer past the flatten) cannot be
+    computed at that size; a convolutional layer of it still can, and is let through."""
+    pre = model.preprocess
+    if not pre.fixed_size or hw == tuple(pre.input_size):
+        return
+    try:
+        with torch.no_grad():
+            run(torch.full((1, pre.channels, *hw), 0.5, device=model_device(model)))
+    except RuntimeError:
+        pre.check_size(hw, model.arch, option="--size")
+
+
 def _default_size(model: VitrinaModel, run: Callable[[torch.Tensor], torch.Tensor]) -> tuple:
     """The model's input size, shrunk so its long side is at most :data:`DEFAULT_SIZE` when the
     network accepts that (fully convolutional with global pooling); else the input size."""
@@ -288,6 +304,8 @@ def visualize(
                 return _channel_mean(out, channel)
 
         h, w = _check_size(size) if size is not None else _default_size(model, run)
+        if size is not None:
+            _refuse_fixed_size(model, run, (h, w))
         if class_index is None:
             with torch.no_grad():
                 probe = run(torch.full((1, model.preprocess.channels, h, w), 0.5, device=dev))

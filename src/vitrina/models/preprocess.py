@@ -54,7 +54,9 @@ class Preprocess:
             del d["fixed_size"]
         return d
 
-    def check_size(self, size: tuple[int, int] | None, model: str) -> None:
+    def check_size(
+        self, size: tuple[int, int] | None, model: str, option: str = "--input-size"
+    ) -> None:
         """Raise :class:`~vitrina.errors.InputSizeError` when ``size`` ((height, width), or
         None for "the model's own") is one the network of ``model`` cannot take."""
         if size is None or not self.fixed_size or tuple(size) == tuple(self.input_size):
@@ -64,7 +66,7 @@ class Preprocess:
         h, w = self.input_size
         raise InputSizeError(
             f"{model} takes {h}x{w} input only (HEIGHTxWIDTH; its first linear layer is sized "
-            f"for it), not {size[0]}x{size[1]}: leave --input-size out, or pick a network that "
+            f"for it), not {size[0]}x{size[1]}: leave {option} out, or pick a network that "
             "takes any size (`vitrina zoo`)"
         )
 
