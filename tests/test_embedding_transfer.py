@@ -231,3 +231,32 @@ def test_layer_decay_slows_each_earlier_stage(people, tmp_path) -> None:
     assert [g["lr"] for g in plain] == [1e-3, 1e-3 * 10.0]  # one backbone group, as before
     with pytest.raises(Exception, match="--layer-decay"):
         cfg(people, tmp_path / "x", layer_decay=0).resolved()
+
+
+def test_a_metric_loss_alone_never_freezes_everything(people, toy_run, tmp_path, capsys) -> None:
+    """Triplet or contrastive alone, no --dim: the neck has no weight the loss trains. `auto`
+    chose "neck" for small sets and training died in backward() ("element 0 of tensors does
+    not require grad"); now auto trains the last stages, and an explicit neck is one line."""
+    res = train_embedding(
+        cfg(people, tmp_path / "run", weights=str(toy_run), dim=0, loss="triplet-batch-hard"),
+        progress=False,
+    )
+    plan = read_run(res.run_dir).metrics["trainable"]
+    assert plan["choice"] == "last" and plan["trained_stages"] >= 1
+    m = create("tutorial_cnn", weights=None)
+    net = EmbeddingModel(m, num_classes=2).net
+    assert plan_trainable(net, "auto", identities=10, images=100).choice == "neck"
+    code, _, err = run_cli(
+        capsys,
+        "train-embedding",
+        str(people),
+        "--weights",
+        str(toy_run),
+        "--loss",
+        "triplet-batch-hard",
+        "--trainable",
+        "neck",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert code == 1 and "nothing would train" in err and len(err.strip().splitlines()) == 1

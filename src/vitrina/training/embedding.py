@@ -621,6 +621,18 @@ def _read_val_dir(folder: Path, data_root: Path) -> list[Any]:
     return images
 
 
+def _new_layers_learn(model: EmbeddingModel, criterion: nn.Module) -> bool:
+    """Whether the layers added to the backbone give the loss anything to learn: a reduction
+    layer (``--dim``), a loss with weights of its own (softmax, ArcFace, center...) or the
+    local branch. Metric losses work on the neck's input side, so a batch-norm neck alone does
+    not count; with none of these, a frozen backbone leaves nothing to train."""
+    return (
+        isinstance(model.neck.fc, nn.Linear)
+        or any(p.requires_grad for p in criterion.parameters())
+        or model.local is not None
+    )
+
+
 def _apply_plan(model: EmbeddingModel, plan: TrainablePlan) -> list[nn.Module]:
     """Freeze what the plan does not train; return the modules to keep in eval mode while
     training (the frozen backbone, or the batch norms of its frozen stages)."""
@@ -850,13 +862,6 @@ def _train_one(
         )
     model.preprocess = pre
     model.class_names = names
-    plan = plan_trainable(
-        model.net,
-        cfg.trainable,
-        identities=len(data.train_ids),
-        images=len(train_imgs),
-        pretrained=cfg.weights is not None,
-    )
 
     def criterion_for(m: EmbeddingModel) -> nn.Module:
         return build_criterion(
@@ -879,6 +884,14 @@ def _train_one(
         peer = _Peer(twin, criterion_for(twin), [])
         torch.manual_seed(cfg.seed)
     criterion = criterion_for(model)
+    plan = plan_trainable(
+        model.net,
+        cfg.trainable,
+        identities=len(data.train_ids),
+        images=len(train_imgs),
+        pretrained=cfg.weights is not None,
+        new_layers_learn=_new_layers_learn(model, criterion),
+    )
     model.to(device=device, dtype=param_dtype(cfg.precision))
     criterion.to(device=device, dtype=param_dtype(cfg.precision))
     frozen = _apply_plan(model, plan)

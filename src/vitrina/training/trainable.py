@@ -32,6 +32,8 @@ from typing import Any
 
 from torch import nn
 
+from vitrina.errors import VitrinaError
+
 __all__ = [
     "AUTO_RULE",
     "TRAINABLE",
@@ -165,15 +167,33 @@ def plan_trainable(
     identities: int,
     images: int,
     pretrained: bool = True,
+    new_layers_learn: bool = True,
 ) -> TrainablePlan:
     """The plan for ``trainable`` (``auto``, ``neck``, ``last``, ``all``) on ``backbone``;
-    ``auto`` trains everything of a backbone with random weights (``pretrained=False``)."""
+    ``auto`` trains everything of a backbone with random weights (``pretrained=False``).
+
+    ``new_layers_learn``: whether the layers added to the backbone have weights the loss
+    trains (a reduction layer, a loss with weights). Without them a frozen backbone trains
+    nothing: ``auto`` then trains the last stages instead, and ``neck`` is refused."""
     if trainable == "auto" and not pretrained:
         choice, reason = "all", "auto: the backbone starts from random weights, so all of it trains"
     elif trainable == "auto":
         choice, reason = choose_trainable(identities, images)
+        if choice == "neck" and not new_layers_learn:
+            choice = "last"
+            reason += (
+                "; but with no reduction layer (--dim 0) and a loss without weights of its own "
+                "the neck has nothing to learn, so the last backbone stages train"
+            )
     else:
         choice, reason = trainable, f"--trainable {trainable}"
+    if choice == "neck" and not new_layers_learn:
+        raise VitrinaError(
+            "--trainable neck freezes the backbone, and with no reduction layer (--dim 0) and a "
+            "loss without weights of its own (triplet, contrastive...) nothing would train: give "
+            "--dim (e.g. 256), add an identity loss (softmax+triplet-batch-hard), or train "
+            "--trainable last"
+        )
     stages = backbone_stages(backbone)
     sizes = {n: p.numel() for n, p in backbone.named_parameters()}
     count = {"neck": 0, "all": len(stages)}.get(choice)
