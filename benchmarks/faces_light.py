@@ -15,16 +15,23 @@ the other 7 photos of each enrolled person (known: 210) and all photos of the 10
 * known named %, unknowns accepted %: mean over seeds, and the worst seed;
 * what each calibration said about itself (this branch: intervals and the warning).
 
-Configurations, each in a fresh process: ``main`` (the code of git revision ``--main``: HOG,
-calibration on the one split), ``cascade`` (this checkout's defaults), and ``cascade+clahe``
-(the same faces, chips equalised before they are described: ``equalise_chips=True``).
+Configurations, each in a fresh process: ``main`` (the code of git revision ``--main``),
+and this checkout's variants (``--variants``; the same faces, found once): ``cascade`` (its
+defaults), ``cascade+clahe`` (chips equalised: ``equalise_chips=True``), ``cascade+flatten``
+(one-sided shadows evened out: ``flatten_chips=True``), ``cascade+mirror`` (the dark half
+rebuilt from the mirrored lit half: ``lighting.symmetrise``, not offered by the pipeline),
+``cascade+relit`` and ``cascade+flatten+relit`` (relit enrolment: after calibrating on the
+real enrolled photos, each enrolled chip is also enrolled relit from the left and right at
+0.7 and 0.9 as synthetic templates).
 Target: known named >= 97% with unknowns accepted <= the FAR asked (or the calibration
 report says the gallery is too small to promise it), and no detector misses on relit
 frontal faces.
 
     python benchmarks/faces_light.py [--data DIR] [--seeds 3] [--far 0.01] [--main main]
         [--lights original,left:0.5,left:0.7,left:0.9,right:0.7,centre:0.5,centre:0.8]
-        [--no-clahe]
+        [--no-clahe] [--people 40] [--variants cascade,cascade+flatten,...]
+
+Quick runs: ``--people N`` uses the first N people (s1..sN), 3/4 of them enrolled.
 """
 
 from __future__ import annotations
