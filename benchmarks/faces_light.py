@@ -15,16 +15,23 @@ the other 7 photos of each enrolled person (known: 210) and all photos of the 10
 * known named %, unknowns accepted %: mean over seeds, and the worst seed;
 * what each calibration said about itself (this branch: intervals and the warning).
 
-Configurations, each in a fresh process: ``main`` (the code of git revision ``--main``: HOG,
-calibration on the one split), ``cascade`` (this checkout's defaults), and ``cascade+clahe``
-(the same faces, chips equalised before they are described: ``equalise_chips=True``).
+Configurations, each in a fresh process: ``main`` (the code of git revision ``--main``),
+and this checkout's variants (``--variants``; the same faces, found once): ``cascade`` (its
+defaults), ``cascade+clahe`` (chips equalised: ``equalise_chips=True``), ``cascade+flatten``
+(one-sided shadows evened out: ``flatten_chips=True``), ``cascade+mirror`` (the dark half
+rebuilt from the mirrored lit half: ``lighting.symmetrise``, not offered by the pipeline),
+``cascade+relit`` and ``cascade+flatten+relit`` (relit enrolment: after calibrating on the
+real enrolled photos, each enrolled chip is also enrolled relit from the left and right at
+0.7 and 0.9 as synthetic templates).
 Target: known named >= 97% with unknowns accepted <= the FAR asked (or the calibration
 report says the gallery is too small to promise it), and no detector misses on relit
 frontal faces.
 
     python benchmarks/faces_light.py [--data DIR] [--seeds 3] [--far 0.01] [--main main]
         [--lights original,left:0.5,left:0.7,left:0.9,right:0.7,centre:0.5,centre:0.8]
-        [--no-clahe]
+        [--no-clahe] [--people 40] [--variants cascade,cascade+flatten,...]
+
+Quick runs: ``--people N`` uses the first N people (s1..sN), 3/4 of them enrolled.
 """
 
 from __future__ import annotations
@@ -51,14 +58,18 @@ def photo_key(p: Path) -> str:
     return f"{p.parent.name}/{p.stem}"
 
 
-def make_lights(root: Path, lights: list[str], out: Path) -> dict[str, dict[str, Path]]:
-    """{light: {"sN/K": file}}: the original photos, and each relit copy as PNG."""
+def make_lights(
+    root: Path, lights: list[str], out: Path, people: int = 40
+) -> dict[str, dict[str, Path]]:
+    """{light: {"sN/K": file}}: the original photos, and each relit copy as PNG, of the first
+    ``people`` people (s1, s2, ...)."""
     import numpy as np
     from PIL import Image
 
     from vitrina.faces.lighting import relight
 
-    originals = sorted(root.glob("s*/*.pgm"))
+    folders = sorted((d for d in root.glob("s*") if d.is_dir()), key=lambda d: int(d.name[1:]))
+    originals = sorted(p for d in folders[:people] for p in d.glob("*.pgm"))
     sets: dict[str, dict[str, Path]] = {}
     for light in lights:
         if light == ORIGINAL:
@@ -77,7 +88,7 @@ def make_lights(root: Path, lights: list[str], out: Path) -> dict[str, dict[str,
 
 
 def split(
-    people: list[str], seed: int
+    people: list[str], seed: int, enrolled_people: int = ENROLLED_PEOPLE
 ) -> tuple[dict[str, list[str]], list[tuple[str, str | None]]]:
     """({person: enrolled photo keys}, [(probe photo key, person or None for unknown)])."""
     rng = random.Random(seed)
@@ -85,34 +96,61 @@ def split(
     rng.shuffle(people)
     enroll: dict[str, list[str]] = {}
     probes: list[tuple[str, str | None]] = []
-    for person in people[:ENROLLED_PEOPLE]:
+    for person in people[:enrolled_people]:
         photos = [f"{person}/{k}" for k in range(1, 11)]
         rng.shuffle(photos)
         enroll[person] = photos[:ENROLLED_PHOTOS]
         probes += [(k, person) for k in photos[ENROLLED_PHOTOS:]]
-    for person in people[ENROLLED_PEOPLE:]:
+    for person in people[enrolled_people:]:
         probes += [(f"{person}/{k}", None) for k in range(1, 11)]
     return enroll, probes
 
 
 # --------------------------------------------------------------------------- one configuration
 
+#: The variants of this checkout's cascade: how each aligned chip is changed before it is
+#: described (``None``: as the pipeline made it), and whether enrolment adds relit copies.
+VARIANTS = {
+    "cascade": (None, False),
+    "cascade+clahe": ("equalise", False),
+    "cascade+flatten": ("flatten_shading", False),
+    "cascade+mirror": ("symmetrise", False),
+    "cascade+relit": (None, True),
+    "cascade+flatten+relit": ("flatten_shading", True),
+}
+#: Relit enrolment: each enrolled chip also relit from each side at each strength.
+RELIT_ENROLMENT = [(kind, s) for kind in ("left", "right") for s in (0.7, 0.9)]
+
+
+def _chip_fn(name: str | None):  # type: ignore[no-untyped-def]
+    from vitrina.faces import lighting
+
+    return (lambda c: c) if name is None else getattr(lighting, name)
+
 
 def run_one(
-    config: str, sets: dict[str, dict[str, str]], seeds: list[int], far: float, clahe: bool
+    config: str,
+    sets: dict[str, dict[str, str]],
+    seeds: list[int],
+    far: float,
+    variants: list[str],
+    enrolled_people: int,
 ) -> dict:
     """Read every photo of every light with this configuration's pipeline, then per seed
     enroll, calibrate on the enrolled photos only and identify every probe in every light."""
     import numpy as np
 
     from vitrina.faces import FacePipeline, Gallery
+    from vitrina.faces.lighting import relight
     from vitrina.faces.types import Face, PhotoFaces
 
     pipe = FacePipeline(backend="eager")  # main: HOG; this checkout: the cascade
-    variants = ["cascade", "cascade+clahe"] if config == "cascade" and clahe else [config]
+    variants = variants if config == "cascade" else [config]
     faces: dict[str, dict[str, PhotoFaces]] = {}
     detect: dict[str, dict] = {}
-    clahe_vectors: dict[str, dict[str, np.ndarray]] = {}
+    # {transform: {light: {"key#i": vector}}}, for each chip transform a variant uses
+    redone: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    transforms = {VARIANTS[v][0] for v in variants if v in VARIANTS} - {None}
     for light, files in sets.items():
         keys = list(files)
         t0 = time.perf_counter()
@@ -129,26 +167,44 @@ def run_one(
             "photos": len(keys),
             "seconds": secs,
             "by": by,
+            "transform_seconds": {},
         }
-        if "cascade+clahe" in variants:
-            from vitrina.faces.lighting import equalise
-
-            chips = {k: pf.faces for k, pf in faces[light].items() if pf.faces}
-            flat = [(k, i) for k, fs in chips.items() for i in range(len(fs))]
+        chips = {k: pf.faces for k, pf in faces[light].items() if pf.faces}
+        flat = [(k, i) for k, fs in chips.items() for i in range(len(fs))]
+        for t in sorted(transforms):
+            fn = _chip_fn(t)
             t1 = time.perf_counter()
-            vecs = pipe.describe([equalise(chips[k][i].chip) for k, i in flat])
-            detect[light]["clahe_seconds"] = time.perf_counter() - t1
-            clahe_vectors[light] = {f"{k}#{i}": v for (k, i), v in zip(flat, vecs, strict=True)}
+            vecs = pipe.describe([fn(chips[k][i].chip) for k, i in flat])
+            detect[light]["transform_seconds"][t] = time.perf_counter() - t1
+            redone.setdefault(t, {})[light] = {
+                f"{k}#{i}": v for (k, i), v in zip(flat, vecs, strict=True)
+            }
 
     def photo(light: str, key: str, variant: str) -> PhotoFaces:
         pf = faces[light][key]
-        if variant != "cascade+clahe":
+        t = VARIANTS.get(variant, (None, False))[0]
+        if t is None:
             return pf
         fs = [
-            Face(f.box, f.landmarks, f.chip, clahe_vectors[light][f"{key}#{f.index}"], f.index)
+            Face(f.box, f.landmarks, f.chip, redone[t][light][f"{key}#{f.index}"], f.index)
             for f in pf.faces
         ]
         return PhotoFaces(pf.path, fs, pf.size, pf.error, pf.sha256)
+
+    def relit_copies(pfs: list[PhotoFaces], variant: str) -> list[PhotoFaces]:
+        """Each enrolled photo's largest face relit at RELIT_ENROLMENT (then the variant's
+        chip transform), as photos of their own: the synthetic templates."""
+        fn = _chip_fn(VARIANTS[variant][0])
+        src = [(pf, max(pf.faces, key=lambda f: f.box.width * f.box.height)) for pf in pfs]
+        src = [(pf, f) for pf, f in src if f.chip is not None]
+        chips = [fn(relight(f.chip, s, kind)) for _, f in src for kind, s in RELIT_ENROLMENT]
+        vecs = iter(pipe.describe(chips))
+        out = []
+        for pf, f in src:
+            for kind, s in RELIT_ENROLMENT:
+                face = Face(f.box, f.landmarks, f.chip, next(vecs), 0, f.detector)
+                out.append(PhotoFaces(Path(f"{pf.path}#relit-{kind}-{s}"), [face], pf.size))
+        return out
 
     people = sorted({k.split("/")[0] for k in sets[ORIGINAL]})
     out: dict = {"config": config, "detect": detect, "variants": {}}
@@ -156,7 +212,7 @@ def run_one(
         for variant in variants:
             per_seed = []
             for seed in seeds:
-                enroll, probes = split(people, seed)
+                enroll, probes = split(people, seed, enrolled_people)
                 g = Gallery.create(
                     Path(tmp) / f"{variant}-{seed}",
                     dim=pipe.dim,
@@ -166,6 +222,11 @@ def run_one(
                 for person, keys in enroll.items():
                     g.enroll(person, [photo(ORIGINAL, k, variant) for k in keys])
                 cal = g.calibrate(None, far=far)  # the enrolled photos only
+                rule = g.rule
+                if VARIANTS.get(variant, (None, False))[1]:  # after calibration: real photos
+                    for person, keys in enroll.items():
+                        real = [photo(ORIGINAL, k, variant) for k in keys]
+                        g.enroll(person, relit_copies([pf for pf in real if pf.faces], variant))
                 u = getattr(cal, "uncertainty", None)
                 row = {
                     "seed": seed,
@@ -178,7 +239,8 @@ def run_one(
                 }
                 for light in sets:
                     pfs = [photo(light, k, variant) for k, _ in probes]
-                    ids = {i.photo: i for i in g.identify([pf for pf in pfs if pf.faces])}
+                    found = [pf for pf in pfs if pf.faces]
+                    ids = {i.photo: i for i in g.identify(found, rule=rule)}
                     known = unknown = named = accepted = no_face = 0
                     for (_key, truth), pf in zip(probes, pfs, strict=True):
                         d = ids.get(str(pf.path))
@@ -204,7 +266,8 @@ def run_in_subprocess(
     config: str, args: argparse.Namespace, sets_file: Path, src: Path | None
 ) -> dict:
     cmd = [sys.executable, __file__, "--one", config, "--sets", str(sets_file)]
-    cmd += ["--seeds", str(args.seeds), "--far", str(args.far)]
+    cmd += ["--seeds", str(args.seeds), "--far", str(args.far), "--variants", args.variants]
+    cmd += ["--people", str(args.people)]
     if args.no_clahe:
         cmd.append("--no-clahe")
     t0 = time.perf_counter()
@@ -269,11 +332,13 @@ def report(runs: dict[str, dict], lights: list[str], far: float) -> None:
         + " | ".join(f"{v:.1f}" for v in overall.values())
         + f" | {overall.get('cascade', 0) / overall['main']:.2f}x |"
     )
-    clahe = sum(
-        r["detect"][light].get("clahe_seconds", 0) for r in runs.values() for light in lights
-    )
-    if clahe:
-        print(f"equalising and describing the chips again: {clahe:.1f} s for all lights")
+    redo: dict[str, float] = {}
+    for r in runs.values():
+        for light in lights:
+            for t, secs in r["detect"][light].get("transform_seconds", {}).items():
+                redo[t] = redo.get(t, 0.0) + secs
+    for t, secs in redo.items():
+        print(f"chips changed by {t} and described again: {secs:.1f} s for all lights")
 
     print(f"\n## Identification, calibrated for FAR {far:g} on the enrolled photos only")
     print("mean over seeds (worst seed): known named / unknowns accepted")
@@ -346,23 +411,47 @@ def main() -> None:
     ap.add_argument(
         "--no-clahe", action="store_true", help="skip the equalised-chips variant (saves time)"
     )
+    ap.add_argument(
+        "--people",
+        type=int,
+        default=40,
+        help="use the first N people (s1..sN; 3/4 enrolled, the rest unknown) for quick runs",
+    )
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"variants of this checkout to score (comma list of {', '.join(VARIANTS)})",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, JSON out
     ap.add_argument("--sets", help=argparse.SUPPRESS)
     args = ap.parse_args()
     seeds = list(range(args.seeds))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.no_clahe:
+        variants = [v for v in variants if v != "cascade+clahe"]
+    if not 4 <= args.people <= 40:
+        ap.error("--people must be from 4 to 40")
+    enrolled = round(0.75 * args.people) if args.people < 40 else ENROLLED_PEOPLE
     if args.one:
         sets = json.loads(Path(args.sets).read_text())
-        print(json.dumps(run_one(args.one, sets, seeds, args.far, not args.no_clahe)))
+        out = run_one(args.one, sets, seeds, args.far, variants, enrolled)
+        print(json.dumps(out))
         return
     root = data_dir("orl_faces", args.data)
     lights = [x.strip() for x in args.lights.split(",") if x.strip()]
     if ORIGINAL not in lights:
         lights.insert(0, ORIGINAL)
     print(f"machine: {machine()}")
-    print(f"data: {root}; lights {', '.join(lights)}; {args.seeds} seeds; FAR {args.far:g}")
+    print(
+        f"data: {root}; people s1-s{args.people} ({enrolled} enrolled); lights "
+        f"{', '.join(lights)}; {args.seeds} seeds; FAR {args.far:g}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        sets = make_lights(root, lights, t / "photos")
+        sets = make_lights(root, lights, t / "photos", args.people)
         sets_file = t / "sets.json"
         sets_file.write_text(
             json.dumps({k: {p: str(f) for p, f in v.items()} for k, v in sets.items()})

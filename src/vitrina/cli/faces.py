@@ -38,6 +38,12 @@ EMBEDDER_HELP = (
     "A run folder from `vitrina train-embedding` to embed the aligned faces (default: dlib's "
     "128-d ResNet). Fixed when the gallery is created."
 )
+FLATTEN_HELP = (
+    "Even out a shadow falling from one side of the face (a lamp or window beside a door "
+    "camera) on each aligned face before describing it; evenly lit faces are unchanged. "
+    "Fixed when the gallery is created. Measured on ORL relit from one side: README, "
+    "'Faces in hard light'."
+)
 ASSUME_HELP = (
     "Photos are already face crops: where the detector finds nothing, the centre of the photo "
     "is taken as the face."
@@ -70,6 +76,7 @@ def enroll(
     ),
     embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),
     assume_face: bool = typer.Option(False, "--assume-face", help=ASSUME_HELP),
+    flatten_chips: bool = typer.Option(False, "--flatten-chips", help=FLATTEN_HELP),
     backend: Backend | None = typer.Option(None, help=FACE_BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -97,6 +104,7 @@ def enroll(
             embedder=embedder,
             assume_face=assume_face,
             backend=backend,
+            flatten_chips=flatten_chips,
             on_progress=update,
         )
     _report_unreadable(run.photos)

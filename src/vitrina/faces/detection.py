@@ -29,7 +29,7 @@ from PIL import Image
 
 from vitrina.errors import DataError, require
 from vitrina.faces import models
-from vitrina.faces.lighting import equalise
+from vitrina.faces.lighting import equalise, flatten_shading
 from vitrina.faces.types import Box
 from vitrina.registry import Registry
 
@@ -225,6 +225,7 @@ class FaceFinder:
     min_score: float = 0.0
     assume_face: bool = False
     equalise_chips: bool = False
+    flatten_chips: bool = False
 
     def load_models(self) -> None:
         """Load (and cache in this process) the dlib models this finder uses."""
@@ -323,6 +324,8 @@ class FaceFinder:
         points = np.array([(p.x + dx, p.y + dy) for p in shape.parts()], dtype=np.float32)
         chip = dlib.get_face_chip(img, shape, size=self.chip_size, padding=CHIP_PADDING)
         chip = np.ascontiguousarray(chip, dtype=np.uint8)
+        if self.flatten_chips:  # before equalising: it compares the halves' brightness
+            chip = flatten_shading(chip)
         if self.equalise_chips:
             chip = equalise(chip)
         return points, chip

@@ -83,6 +83,7 @@ def open_gallery(
     embedder: Any = None,
     assume_face: bool = False,
     backend: str | None = None,
+    flatten_chips: bool = False,
 ) -> tuple[Gallery, Any]:
     """The gallery at ``path`` and the :class:`~vitrina.faces.pipeline.FacePipeline` to read
     photos for it.
@@ -90,13 +91,17 @@ def open_gallery(
     An existing gallery keeps its stored pipeline; options given here override it for this
     run (an embedder whose vectors differ from the gallery's is refused). A missing gallery
     is created for a pipeline of these options (``None``: the pipeline's defaults). ``backend``:
-    the engine backend describing the faces (any gives vectors within its tolerance)."""
+    the engine backend describing the faces (any gives vectors within its tolerance).
+    ``flatten_chips``: even out one-sided shadows on the chips
+    (:func:`~vitrina.faces.lighting.flatten_shading`); other vectors, so fixed when the
+    gallery is created."""
     options = {
         "detector": detector,
         "upsample": upsample,
         "embedder": embedder,
         "assume_face": assume_face or None,
         "backend": backend,
+        "flatten_chips": flatten_chips or None,
     }
     if (Path(path) / META_NAME).exists():
         g = Gallery(path)
@@ -118,6 +123,7 @@ def enroll_photos(
     embedder: Any = None,
     assume_face: bool = False,
     backend: str | None = None,
+    flatten_chips: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EnrollRun:
     """Enrol ``name``'s ``photos``, or every person of ``folders``, into ``gallery`` (created
@@ -137,6 +143,7 @@ def enroll_photos(
         embedder=embedder,
         assume_face=assume_face,
         backend=backend,
+        flatten_chips=flatten_chips,
     )
     every = [p for ps in groups.values() for p in ps]
     run = EnrollRun(g, photos=list(pipe.process(every, on_progress=on_progress)))

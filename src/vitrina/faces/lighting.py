@@ -13,11 +13,21 @@ import numpy as np
 
 from vitrina.errors import require
 
-__all__ = ["LIGHTINGS", "equalise", "relight"]
+__all__ = ["LIGHTINGS", "equalise", "flatten_shading", "imbalance", "relight", "symmetrise"]
 
 #: The relightings :func:`relight` makes: darkened from the left or right side with a linear
 #: gradient, or lit from the centre (bright, clipped middle; dark edges).
 LIGHTINGS = ("left", "right", "centre")
+
+#: :func:`flatten_shading` and :func:`symmetrise` leave a chip whose halves differ by less than
+#: ``SHADOW_ONSET`` (in :func:`imbalance`) as it is and correct it fully from ``SHADOW_FULL`` on,
+#: blending linearly between. Measured on ORL's aligned chips: in the photos' own light the
+#: median is 0.07 and 95% are below 0.20; relit from the left at 0.7 the median is 0.38, at
+#: 0.9 0.55.
+SHADOW_ONSET = 0.2
+SHADOW_FULL = 0.4
+_SHADING_WINDOW = 0.1  # column means are smoothed over this fraction of the chip's width
+_MAX_GAIN = 8.0  # a column is brightened at most this much (a 0.1x shadow is 10x darker)
 
 _CLAHE_CLIP = 2.0  # OpenCV's default clip limit
 _CLAHE_TILE = 4  # tiles per side: a face chip's eye, cheek and mouth regions each get their own
@@ -67,3 +77,86 @@ def relight(
         r = np.clip(np.sqrt((x - 0.5) ** 2 + (y - 0.5) ** 2) / np.sqrt(0.5), 0.0, 1.0)
         gain = (1.0 + strength) * (1.0 - strength * r)
     return np.clip(a * gain[..., None] + 0.5, 0, 255).astype(np.uint8)
+
+
+def _halves(rgb: np.ndarray) -> tuple[float, float]:
+    """Mean luminance of the left and right half of an aligned chip's face region (rows 15%
+    to 95%, columns 10% to 90%: the padding around the face is background)."""
+    a = np.asarray(rgb, dtype=np.float32)
+    lum = a.mean(axis=2) if a.ndim == 3 else a
+    h, w = lum.shape
+    face = lum[int(0.15 * h) : int(0.95 * h), int(0.10 * w) : w - int(0.10 * w)]
+    mid = face.shape[1] // 2
+    return float(face[:, :mid].mean()), float(face[:, face.shape[1] - mid :].mean())
+
+
+def imbalance(rgb: np.ndarray) -> float:
+    """How much one half of an aligned face chip is darker than the other: ``(lit - dark) /
+    (lit + dark)`` of the two halves' mean luminance; 0 for an evenly lit face, towards 1
+    for a face half in black shadow."""
+    left, right = _halves(rgb)
+    total = left + right
+    return 0.0 if total <= 0 else abs(left - right) / total
+
+
+def _weight(rgb: np.ndarray, onset: float, full: float) -> float:
+    if not 0 <= onset < full:
+        raise ValueError(f"need 0 <= onset < full, got onset={onset}, full={full}")
+    return float(np.clip((imbalance(rgb) - onset) / (full - onset), 0.0, 1.0))
+
+
+def flatten_shading(
+    rgb: np.ndarray, *, onset: float = SHADOW_ONSET, full: float = SHADOW_FULL
+) -> np.ndarray:
+    """An aligned face chip with a shadow falling from one side evened out.
+
+    A lamp beside the face darkens it column by column; each column of the chip is brightened
+    (or dimmed) by the ratio of the face region's median column brightness to its own (column
+    means over rows 15% to 95%, smoothed over a tenth of the width; gains within [1/2, 8]).
+    The correction is applied with weight ``(imbalance - onset) / (full - onset)`` clipped to
+    [0, 1] (:func:`imbalance`): a chip lit evenly enough is returned unchanged, so faces in
+    ordinary light give the same vectors as without it."""
+    a = np.asarray(rgb, dtype=np.uint8)
+    weight = _weight(a, onset, full)
+    if weight == 0:
+        return a.copy()
+    f = a.astype(np.float32)
+    lum = f.mean(axis=2) if f.ndim == 3 else f
+    h, w = lum.shape
+    cols = lum[int(0.15 * h) : int(0.95 * h)].mean(axis=0)
+    k = max(3, int(_SHADING_WINDOW * w))  # a moving average, edges repeated
+    padded = np.pad(cols, (k // 2, k - 1 - k // 2), mode="edge")
+    cols = np.convolve(padded, np.full(k, 1.0 / k, dtype=np.float32), mode="valid")
+    gain = np.clip(np.median(cols) / np.maximum(cols, 1.0), 0.5, _MAX_GAIN)
+    gain = 1.0 + weight * (gain - 1.0)
+    gain = gain[None, :, None] if f.ndim == 3 else gain[None, :]
+    return np.clip(f * gain + 0.5, 0, 255).astype(np.uint8)
+
+
+def symmetrise(
+    rgb: np.ndarray, *, onset: float = SHADOW_ONSET, full: float = SHADOW_FULL
+) -> np.ndarray:
+    """An aligned face chip with its shadowed half rebuilt from the mirror image of its lit half.
+
+    dlib's alignment puts the face's midline at the chip's vertical centre, and faces are near
+    symmetric: a hard shadow destroys one half but leaves the other intact. The dark half is
+    blended towards the mirrored lit half with weight ``(imbalance - onset) / (full - onset)``
+    clipped to [0, 1] (:func:`imbalance`): a chip lit evenly enough is returned unchanged, a
+    chip half in shadow gets two lit halves. The column on the midline (odd widths) is kept.
+
+    Measured, not used by the pipeline: dlib's ResNet names mirrored faces worse than shadowed
+    ones (ORL relit from the left at 0.9: 11% named against 36%; README, "Faces in hard
+    light"), so :func:`flatten_shading` is the chip correction on offer."""
+    a = np.asarray(rgb, dtype=np.uint8)
+    weight = _weight(a, onset, full)
+    out = a.copy()
+    if weight == 0:
+        return out
+    left, right = _halves(a)
+    w = a.shape[1]
+    mid = w // 2
+    mirror = a[:, ::-1].astype(np.float32)
+    dark = slice(0, mid) if left < right else slice(w - mid, w)
+    blended = (1 - weight) * a[:, dark].astype(np.float32) + weight * mirror[:, dark]
+    out[:, dark] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out

@@ -96,6 +96,12 @@ class FacePipeline:
             :func:`~vitrina.faces.lighting.equalise`) before describing it; its vectors are
             another embedder's (the fingerprint says so). Off by default: see the README's
             measurement on relit faces.
+        flatten_chips: even out a shadow falling from one side on each aligned chip, column
+            by column, where one half is much darker than the other
+            (:func:`~vitrina.faces.lighting.flatten_shading`; evenly lit chips are unchanged);
+            its vectors are another embedder's (the fingerprint says so). Off by default: see
+            the README's measurement (more faces named in hard side light, a few more
+            strangers accepted there).
         backend: the engine backend describing the chips (``auto`` measures; ``eager``,
             ``bf16``, ``onnx``, ``int8``; ``dlib``: dlib's own code, the reference;
             ``torch``: the eager backend, as stored by galleries made before).
@@ -118,6 +124,7 @@ class FacePipeline:
         assume_face: bool = False,
         backend: str = "auto",
         equalise_chips: bool = False,
+        flatten_chips: bool = False,
     ) -> None:
         DETECTORS.get(detector)  # unknown name -> closest names
         if backend not in _backends():
@@ -143,6 +150,7 @@ class FacePipeline:
         self.min_score = float(min_score)
         self.assume_face = bool(assume_face)
         self.equalise_chips = bool(equalise_chips)
+        self.flatten_chips = bool(flatten_chips)
         self.backend = backend
         self._embedder = _as_embedder(embedder)
         if self._embedder is None:
@@ -161,6 +169,7 @@ class FacePipeline:
             self.min_score,
             self.assume_face,
             self.equalise_chips,
+            self.flatten_chips,
         )
         self._fingerprint: str | None = None
         self._engine: Any = None
@@ -176,7 +185,9 @@ class FacePipeline:
                 key = {"embedder": str(self._embedder.fingerprint)}
                 chip = self.chip_size
             key["chip"] = f"dlib-5pt-{chip}-pad{CHIP_PADDING}"
-            if self.equalise_chips:  # other pixels, other vectors (absent: as before)
+            if self.flatten_chips:  # other pixels, other vectors (absent: as before)
+                key["chip"] += "-flat"
+            if self.equalise_chips:
                 key["chip"] += "-clahe"
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
             self._fingerprint = digest[:16]
@@ -206,6 +217,7 @@ class FacePipeline:
             "assume_face": self.assume_face,
             "backend": self.backend,
             "equalise_chips": self.equalise_chips,
+            "flatten_chips": self.flatten_chips,
         }
 
     def __repr__(self) -> str:
