@@ -476,19 +476,39 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    import math
+
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 5))
-    for i, (n, g, label) in enumerate(STEPS):
-        r = results.get(n)
-        if g != "story" or not r or "error" in r:
-            continue
-        x, y = max(r["train_s"], 0.5), 100 * r["accuracy"]
+    points = [
+        (i, label, max(r["train_s"], 0.5), 100 * r["accuracy"])
+        for i, (n, g, label) in enumerate(STEPS)
+        if g == "story" and (r := results.get(n)) and "error" not in r
+    ]
+    if points:
+        lo = min(math.log10(x) for _, _, x, _ in points)
+        hi = max(math.log10(x) for _, _, x, _ in points)
+    placed: list[tuple[float, float]] = []  # (log10 x, y) of the labels drawn so far
+    for i, label, x, y in sorted(points, key=lambda p: -p[3]):
         ax.scatter([x], [y], s=60, zorder=3)
+        right = math.log10(x) > (lo + hi) / 2  # labels of the right half go to the left
+        dy = 4
+        while any(
+            abs(math.log10(x) - px) < 0.5 and abs(y + dy / 8 - py) < 2.5 for px, py in placed
+        ):
+            dy -= 10  # below a label already drawn nearby
+        placed.append((math.log10(x), y + dy / 8))
         ax.annotate(
-            f"{i + 1}. {label}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8
+            f"{i + 1}. {label}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(-6 if right else 6, dy),
+            ha="right" if right else "left",
+            fontsize=8,
         )
     ax.set_xscale("log")
+    ax.set_ylim(min([45.0] + [y - 5 for *_, y in points]), 101.5)  # room for the labels below
     ax.set_xlabel("training time on this CPU (s, log scale)")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title("cats vs dogs, 100 labelled photos per class: the review's history")
