@@ -46,7 +46,12 @@ mark("run folder loaded")
 eng = Engine(clf.model, backend="auto", batch_size=16)
 mark("engine built")
 from pathlib import Path
-photos = sorted(p for p in Path(sys.argv[2]).iterdir() if p.is_file())[:48]
+photos = sorted(
+    p for p in Path(sys.argv[2]).rglob("*")
+    if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
+)[:48]
+if not photos:
+    sys.exit(f"no photos (jpg, png, webp) under {sys.argv[2]}")
 results = eng.run(Logits(), photos)
 next(results)
 mark("first batch done")
