@@ -427,12 +427,14 @@ def test_bad_weights_arguments(tmp_path: Path) -> None:
 def test_small_model_preprocess() -> None:
     lenet = create("lenet5")
     assert lenet.preprocess == Preprocess(
-        input_size=(32, 32), channels=1, mean=(0.5,), std=(0.5,), crop_pct=1.0
+        input_size=(32, 32), channels=1, mean=(0.5,), std=(0.5,), crop_pct=1.0, fixed_size=True
     )
     assert lenet.num_features == 84 and lenet.num_classes == 10
     cnn = create("tutorial_cnn")
     assert cnn.preprocess.channels == 3 and cnn.preprocess.mean == (0.5, 0.5, 0.5)
     assert cnn.preprocess.input_size == (32, 32) and cnn.preprocess.crop_pct == 1.0
+    assert cnn.preprocess.fixed_size  # its first linear layer is sized for 32x32
+    assert not create("resnet18", weights=None).preprocess.fixed_size
 
 
 def test_import_is_cheap() -> None:
