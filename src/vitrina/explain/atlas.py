@@ -245,7 +245,7 @@ def _seen(photo: str | Path, model: VitrinaModel) -> Image.Image:
     from vitrina.data.transforms import eval_transform
     from vitrina.io import read_image
 
-    resize = eval_transform(model.preprocess).transforms[0]
+    resize = eval_transform(model.preprocess)[0]
     return resize(read_image(photo)).convert("RGB")
 
 

@@ -1,0 +1,137 @@
+"""``--precision auto`` against fp32 for ``train`` and ``train-embedding``, in one run.
+
+Each contender trains the same run from the same seed on the same photos; only the
+precision differs. Figures: what ``auto`` chose (and its measured step rates, from the run's
+record), the wall time of training, and the quality of the trained weights, always measured
+the same way (eager fp32 inference) so that only the training arithmetic differs:
+
+* ``train``: EfficientNet-Lite0 fine-tuned (every weight trains) on ``--per-class`` cats/dogs
+  photos per class, accuracy on ``--heldout`` other photos per class;
+* ``train-embedding``: Lite0 fine-tuned with ArcFace on 20 ORL people (``to_market``), mAP
+  on the 20 people it never saw (Market-1501 protocol).
+
+    python benchmarks/precision.py [--epochs 3] [--per-class 100] [--heldout 200]
+
+Target (issue 17, deliverable 4): ``auto`` picks bf16 on AMX CPUs and bf16 GPUs and fp32
+elsewhere, trains faster where it picks bf16, and keeps the quality of fp32 (here: within
+1 point of accuracy / mAP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import cpu_flags, data_dir, link_subset, machine
+
+import vitrina
+from vitrina.data import scan_folder
+
+
+def _choice(run: Path) -> str:
+    """What the run's ``precision.json`` records: ``auto`` resolved, with the step rates it
+    measured (or why it measured nothing)."""
+    f = run / "precision.json"
+    if not f.is_file():
+        return "fp32 (no record)"
+    rec = json.loads(f.read_text())
+    rates = {k: v for k, v in rec.items() if "per_s" in k and v}
+    extra = ", ".join(f"{k} {v:.2f}" for k, v in rates.items())
+    return f"{rec.get('chosen', rec)}" + (f" ({extra})" if extra else "")
+
+
+def classify(args: argparse.Namespace, work: Path) -> list[tuple]:
+    from vitrina.classify.classifier import load
+
+    scan = scan_folder(data_dir("cats_dogs", args.data))
+    by_class = [[s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))]
+    n = args.per_class
+    labelled = link_subset([p for ps in by_class for p in ps[:n]], work / "labelled")
+    held = link_subset(
+        [p for ps in by_class for p in ps[n : n + args.heldout]], work / "heldout"
+    )
+    rows = []
+    for precision in ("fp32", "auto"):
+        t = time.perf_counter()
+        res = vitrina.train(
+            str(labelled),
+            arch="efficientnet_lite0",
+            mode="finetune",
+            epochs=args.epochs,
+            precision=precision,
+            seed=0,
+            out=str(work / f"train-{precision}"),
+        )
+        secs = time.perf_counter() - t
+        acc = load(res.run_dir).evaluate(held, backend="eager").accuracy
+        rows.append(("train", precision, _choice(res.run_dir), secs, acc))
+        print(f"train {precision}: {secs:.0f} s, held-out accuracy {acc:.4f}", flush=True)
+    return rows
+
+
+def embed(args: argparse.Namespace, work: Path) -> list[tuple]:
+    from vitrina.data.identities import to_market
+    from vitrina.embed.reid import evaluate_reid
+    from vitrina.training.embedding import EmbeddingConfig, train_embedding
+
+    market = work / "market"
+    to_market(data_dir("orl_faces", None), market, train_ids=20, seed=0)
+    rows = []
+    for precision in ("fp32", "auto"):
+        cfg = EmbeddingConfig(
+            data_dir=str(market),
+            loss="arcface",
+            epochs=args.epochs,
+            input_size=(112, 96),
+            trainable="all",
+            precision=precision,
+            out=str(work / f"embed-{precision}"),
+            seed=0,
+        )
+        t = time.perf_counter()
+        res = train_embedding(cfg, progress=False)
+        secs = time.perf_counter() - t
+        m = evaluate_reid(market, str(res.run_dir), backend="eager").report.mAP
+        rows.append(("train-embedding", precision, _choice(res.run_dir), secs, m))
+        print(f"train-embedding {precision}: {secs:.0f} s, unseen-people mAP {m:.4f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", help="class-folder tree (default ../shared/data/cats_dogs)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--heldout", type=int, default=200, help="held-out photos per class")
+    ap.add_argument("--only", choices=["train", "train-embedding"])
+    args = ap.parse_args()
+    print(f"machine: {machine()}; CPU flags: {cpu_flags()}")
+    with tempfile.TemporaryDirectory(prefix="vitrina-precision-") as tmp:
+        rows = []
+        if args.only != "train-embedding":
+            rows += classify(args, Path(tmp))
+        if args.only != "train":
+            rows += embed(args, Path(tmp))
+    print("\n| command | --precision | resolved to | training s | quality | vs fp32 |")
+    print("|---|---|---|---|---|---|")
+    base: dict[str, tuple[float, float]] = {}
+    for cmd, precision, chosen, secs, q in rows:
+        if precision == "fp32":
+            base[cmd] = (secs, q)
+            vs = ""
+        else:
+            s0, q0 = base[cmd]
+            vs = f"{s0 / secs:.2f}x faster, {(q - q0) * 100:+.1f} points"
+        print(f"| {cmd} | {precision} | {chosen} | {secs:.0f} | {q:.4f} | {vs} |")
+
+
+if __name__ == "__main__":
+    main()
