@@ -99,6 +99,12 @@ def main() -> None:
                 runners[name] = BACKENDS.get(name)(
                     vitrina.load(run).model, cpu, available_cores(), **opts
                 )
+                # Each backend's own arithmetic is timed and its agreement measured below:
+                # without this, a backend whose first-batch self-check fails falls back to
+                # eager in silence, and eager's figures would be printed under its name.
+                trust = getattr(runners[name], "trust", None)
+                if trust is not None:
+                    trust("logits")
             ref = torch.cat([runners["eager"](x_all[i : i + 32]) for i in range(0, len(x_all), 32)])
             agreement = {}
             for name, fn in runners.items():
