@@ -6,11 +6,13 @@ record), the wall time of training, and the quality of the trained weights, alwa
 the same way (eager fp32 inference) so that only the training arithmetic differs:
 
 * ``train``: EfficientNet-Lite0 fine-tuned (every weight trains) on ``--per-class`` cats/dogs
-  photos per class, accuracy on ``--heldout`` other photos per class;
+  photos per class, accuracy on ``--heldout`` other photos per class (``--arch resnet18
+  --mode scratch``: a dense convolutional network, where matrix units pay most);
 * ``train-embedding``: Lite0 fine-tuned with ArcFace on 20 ORL people (``to_market``), mAP
   on the 20 people it never saw (Market-1501 protocol).
 
     python benchmarks/precision.py [--epochs 3] [--per-class 100] [--heldout 200]
+    python benchmarks/precision.py --only train --arch resnet18 --mode scratch
 
 Target (issue 17, deliverable 4): ``auto`` picks bf16 on AMX CPUs and bf16 GPUs and fp32
 elsewhere, trains faster where it picks bf16, and keeps the quality of fp32 (here: within
@@ -39,7 +41,7 @@ def _choice(run: Path) -> str:
     measured (or why it measured nothing)."""
     f = run / "precision.json"
     if not f.is_file():
-        return "fp32 (no record)"
+        return "as asked"
     rec = json.loads(f.read_text())
     rates = {k: v for k, v in rec.items() if "per_s" in k and v}
     extra = ", ".join(f"{k} {v:.2f}" for k, v in rates.items())
@@ -57,12 +59,12 @@ def classify(args: argparse.Namespace, work: Path) -> list[tuple]:
         [p for ps in by_class for p in ps[n : n + args.heldout]], work / "heldout"
     )
     rows = []
-    for precision in ("fp32", "auto"):
+    for precision in args.precisions.split(","):
         t = time.perf_counter()
         res = vitrina.train(
             str(labelled),
-            arch="efficientnet_lite0",
-            mode="finetune",
+            arch=args.arch,
+            mode=args.mode,
             epochs=args.epochs,
             precision=precision,
             seed=0,
@@ -83,7 +85,7 @@ def embed(args: argparse.Namespace, work: Path) -> list[tuple]:
     market = work / "market"
     to_market(data_dir("orl_faces", None), market, train_ids=20, seed=0)
     rows = []
-    for precision in ("fp32", "auto"):
+    for precision in args.precisions.split(","):
         cfg = EmbeddingConfig(
             data_dir=str(market),
             loss="arcface",
@@ -109,10 +111,28 @@ def main() -> None:
     )
     ap.add_argument("--data", help="class-folder tree (default ../shared/data/cats_dogs)")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument(
+        "--arch",
+        default="efficientnet_lite0",
+        help="network for `train` (train-embedding: always Lite0, the offline weights)",
+    )
+    ap.add_argument(
+        "--mode",
+        default="finetune",
+        choices=["finetune", "scratch"],
+        help="`train` mode: scratch for networks with no offline weights (e.g. resnet18)",
+    )
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--heldout", type=int, default=200, help="held-out photos per class")
     ap.add_argument("--only", choices=["train", "train-embedding"])
+    ap.add_argument(
+        "--precisions",
+        default="fp32,auto",
+        help="contenders, fp32 first (add bf16 to see its quality where auto declines it)",
+    )
     args = ap.parse_args()
+    if not args.precisions.startswith("fp32"):
+        ap.error("--precisions must start with fp32 (the reference)")
     print(f"machine: {machine()}; CPU flags: {cpu_flags()}")
     with tempfile.TemporaryDirectory(prefix="vitrina-precision-") as tmp:
         rows = []

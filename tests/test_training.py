@@ -254,3 +254,19 @@ def test_precision_auto_is_fp32_without_bf16_units_and_measured_with_them(
     assert choice.chosen == "fp32" and choice.bf16_steps_per_s < choice.fp32_steps_per_s
     assert "measured" in choice.reason
     assert TrainConfig(data_dir="x", precision="auto").resolved().precision == "auto"
+
+
+def test_precision_auto_leaves_the_random_generators_as_it_found_them(monkeypatch) -> None:
+    """The trial steps draw random numbers (input, dropout); a seeded run whose auto resolves
+    to fp32 must be the run --precision fp32 makes (it was not: ArcFace mAP moved by 5
+    points on ORL between the two)."""
+    import vitrina.engine as engine
+    from vitrina.training import precision
+
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
+    model = vitrina.create("tutorial_cnn", num_classes=3)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    choice = precision.choose_precision("auto", model, torch.device("cpu"), 4)
+    assert "measured" in choice.reason
+    assert torch.equal(torch.get_rng_state(), before)

@@ -9,7 +9,8 @@
 * ``auto``: bf16 where it makes training faster on this machine, measured, else fp32.
   bf16 only pays where the hardware computes it; on other CPUs it is emulated and ~9x slower
   than fp32 (measured on this project's AVX2 machines), so there ``auto`` is fp32 without a
-  trial. Where the units exist, ``auto`` times a few training steps (forward, loss, backward)
+  trial. Where the units exist, ``auto`` times training steps (forward, loss, backward) in
+  interleaved rounds (fp32, bf16, fp32, bf16: a busy neighbour slows both alike)
   of *this* model at *this* input size in fp32 and in bf16 on a copy of the model (the real
   one's weights, batch-norm statistics and gradients are not touched) and keeps bf16 only if
   it is at least :data:`MIN_GAIN` faster. :func:`choose_precision` resolves ``auto`` before
@@ -49,7 +50,8 @@ __all__ = [
 ]
 
 MIN_GAIN = 1.1  # bf16 must be at least this much faster than fp32 to be chosen
-_STEPS = 3
+_STEPS = 2  # timed steps per round, after one warm-up step
+_ROUNDS = 2  # interleaved rounds: fp32, bf16, fp32, bf16 (a busy neighbour slows both alike)
 
 #: The inference backend that computes in each (resolved) precision.
 _BACKENDS = {"fp64": "fp64", "fp32": "eager", "bf16": "bf16"}
@@ -173,11 +175,17 @@ def choose_precision(
         )
     pre = preprocess if preprocess is not None else model.preprocess
     bs = max(2, min(batch_size, 16))
-    x = torch.randn(bs, pre.channels, *pre.input_size, device=device)
-    trial = copy.deepcopy(model).to(device).train()
-    fp32 = _steps_per_s(trial, x, bf16=False)
-    bf16 = _steps_per_s(trial, x, bf16=True)
-    del trial
+    # The trial draws random numbers (its input, dropout): the generators are restored after
+    # it, so a seeded run that resolves to fp32 is the run ``--precision fp32`` makes.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        x = torch.randn(bs, pre.channels, *pre.input_size, device=device)
+        trial = copy.deepcopy(model).to(device).train()
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(_ROUNDS):
+            for half in (False, True):
+                rates[half].append(_steps_per_s(trial, x, bf16=half))
+        del trial
+    fp32, bf16 = statistics.median(rates[False]), statistics.median(rates[True])
     chosen = "bf16" if bf16 >= MIN_GAIN * fp32 else "fp32"
     return PrecisionChoice(
         chosen,
