@@ -433,3 +433,21 @@ def test_a_run_folder_embeds_the_chips_in_worker_mode_too(toy_run, photo_files):
 def test_bad_settings_are_one_line_errors(kwargs, needle):
     with pytest.raises(VitrinaError, match=needle):
         FacePipeline(**kwargs)
+
+
+def test_auto_keeps_face_descriptors_to_fp32_runtimes(monkeypatch):
+    """Galleries compare descriptors with thresholds calibrated on fp32 vectors: ``auto``
+    must not pick bf16 or int8 for dlib's face ResNet even where bf16 units exist (on an
+    AMX CPU it did, and the same face got distances 0.008 apart), while other models may."""
+    import torch
+
+    import vitrina.engine.auto as auto
+    from vitrina.models import create
+
+    monkeypatch.setattr(auto, "bf16_supported", lambda device: True)
+    cpu = torch.device("cpu")
+    face = create("dlib_face_resnet", weights=None)
+    names = auto.auto_candidates(face, cpu, "embed", {"calib": ["x.jpg"]})
+    assert names and all(n in ("onnx", "openvino") for n in names)
+    other = auto.auto_candidates(create("tutorial_cnn"), cpu, "embed", {})
+    assert "bf16" in other

@@ -489,12 +489,12 @@ def test_measurement_backends_resolve_auto_and_warn_about_emulated_bf16(monkeypa
     import vitrina.engine as engine
     from vitrina.zoo import measurement_backends
 
+    first_guess = engine.resolve_backend("auto", torch.device("cpu"))  # this CPU, as it is
+    assert measurement_backends(["auto", first_guess]) == ([first_guess], [])
     monkeypatch.setattr(engine, "bf16_supported", lambda device: False)
     backends, notes = measurement_backends(["eager", " bf16", "eager"])
     assert backends == ["eager", "bf16"]
     assert len(notes) == 1 and "emulated" in notes[0]
-    first_guess = engine.resolve_backend("auto", torch.device("cpu"))
-    assert measurement_backends(["auto", first_guess]) == ([first_guess], [])
     monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
     assert measurement_backends(["bf16"]) == (["bf16"], [])
     with pytest.raises(VitrinaError, match="no backends"):

@@ -92,12 +92,17 @@ def auto_candidates(
     model: VitrinaModel, device: torch.device, output: str, options: dict[str, Any]
 ) -> list[str]:
     """Backends ``auto`` tries besides eager, for this model, device and output. A model
-    that cannot be exported (``export_refusal``: features computed by OpenCV) stays on eager."""
+    that cannot be exported (``export_refusal``: features computed by OpenCV) stays on eager;
+    one whose outputs are compared against thresholds calibrated in fp32
+    (``reduced_precision_refusal``: dlib's face descriptor) gets the fp32 runtimes only."""
     from vitrina.engine.openvino import openvino_available
 
     names: list[str] = []
     if getattr(model, "export_refusal", None):
         return names
+    if getattr(model, "reduced_precision_refusal", None):  # full-precision candidates only
+        full = [n for n in ("onnx", "openvino") if n in _full_precision(device)]
+        return [n for n in full if BACKENDS.get(n).supports(output)]
     if device.type == "cpu" and onnx_available():
         names.append("onnx")
         if int8_evidence(model, output, options, "int8"):
@@ -111,6 +116,15 @@ def auto_candidates(
         if device.type == "cpu" and openvino_available():
             names.append("openvino-bf16")
     return [n for n in names if BACKENDS.get(n).supports(output)]
+
+
+def _full_precision(device: torch.device) -> list[str]:
+    """The fp32 candidates this device can run (ONNX Runtime, OpenVINO: CPU only)."""
+    from vitrina.engine.openvino import openvino_available
+
+    if device.type != "cpu":
+        return []
+    return [n for n, ok in (("onnx", onnx_available()), ("openvino", openvino_available())) if ok]
 
 
 def _time(backend: Backend, x: torch.Tensor, output: str) -> tuple[torch.Tensor, float]:

@@ -550,13 +550,22 @@ def _dlib_face_resnet(num_classes: int | None, pretrained: bool) -> VitrinaModel
     if pretrained:
         path = dlib_resnet_file()
         mean = net.load_dat(path)
-        return VitrinaModel.wrap(
+        model = VitrinaModel.wrap(
             net,
             arch="dlib_face_resnet",
             preprocess=dlib_face_preprocess(mean),
             weights_origin=f"package:face_recognition_models/{path.name}",
         )
-    return VitrinaModel.wrap(net, arch="dlib_face_resnet", preprocess=dlib_face_preprocess())
+    else:
+        model = VitrinaModel.wrap(net, arch="dlib_face_resnet", preprocess=dlib_face_preprocess())
+    # Its vectors are compared with distances calibrated on fp32 vectors (dlib's 0.6, a
+    # gallery's measured thresholds): bf16 moves each by ~0.01 and differs with the batch,
+    # so the same face would not get the same distance twice. ``auto`` keeps to fp32
+    # runtimes; ``--backend bf16`` is still the user's to ask for.
+    model.reduced_precision_refusal = (
+        "face descriptors are compared against thresholds calibrated in fp32"
+    )
+    return model
 
 
 # ---------------------------------------------------------------------------- classic models
