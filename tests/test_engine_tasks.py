@@ -279,3 +279,30 @@ def test_backends_are_compared_on_boxes(tmp_path: Path) -> None:
     moved[0][0, :4] += 6.0  # one box shifted by most of a cell
     assert compare_outputs(ref, moved, BOXES)["top1_agreement"] == 0.0
     assert compare_outputs(ref, [b[:-1] for b in ref], BOXES)["top1_agreement"] == 0.0
+
+
+def test_a_run_left_unconsumed_at_exit_does_not_abort_the_process(tmp_path: Path) -> None:
+    """``next(engine.run(...))`` and then the interpreter exits (a notebook kernel shut down,
+    a script that took the first result): the model stage is stopped before finalisation.
+    Before, its thread was torn down inside a torch call: "terminate called without an
+    active exception", exit status 134."""
+    import subprocess
+    import sys
+
+    for i in range(80):  # enough that the model stage is still busy when the script ends
+        make_image(tmp_path / "photos" / f"{i:02d}.png", COLORS["red"], seed=i)
+    script = f"""
+import sys
+from pathlib import Path
+import vitrina
+from vitrina.engine import Engine, Logits
+model = vitrina.create("tutorial_cnn", num_classes=2)
+engine = Engine(model, backend="eager", batch_size=2, num_workers=2)
+results = engine.run(Logits(), sorted(Path({str(tmp_path / "photos")!r}).iterdir()))
+print(next(results).ok)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True" and "terminate called" not in done.stderr

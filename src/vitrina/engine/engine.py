@@ -10,6 +10,7 @@ comes back as an error next to the results, never as an exception.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import queue
@@ -518,6 +519,16 @@ class Engine:
                 batches.close()  # stops the decoders (a no-op once they are done)
 
         runner = threading.Thread(target=model_stage, name="vitrina-model", daemon=True)
+
+        def at_exit() -> None:
+            # The interpreter exits with this run unfinished (its results left unconsumed,
+            # e.g. ``next(engine.run(...))`` in a notebook): stop the model stage before
+            # finalisation, or the thread is torn down inside a torch call and the process
+            # aborts ("terminate called without an active exception").
+            stop.set()
+            runner.join(timeout=60)
+
+        atexit.register(at_exit)
         runner.start()
         try:
             while True:
@@ -530,6 +541,7 @@ class Engine:
         finally:
             stop.set()
             runner.join()
+            atexit.unregister(at_exit)
 
     def run(
         self,
