@@ -55,9 +55,7 @@ def classify(args: argparse.Namespace, work: Path) -> list[tuple]:
     by_class = [[s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))]
     n = args.per_class
     labelled = link_subset([p for ps in by_class for p in ps[:n]], work / "labelled")
-    held = link_subset(
-        [p for ps in by_class for p in ps[n : n + args.heldout]], work / "heldout"
-    )
+    held = link_subset([p for ps in by_class for p in ps[n : n + args.heldout]], work / "heldout")
     rows = []
     for precision in args.precisions.split(","):
         t = time.perf_counter()
