@@ -48,6 +48,11 @@ def machine() -> str:
     return f"{cpu_name()} (flags: {cpu_flags()}), {cores} cores, {gpu}, torch {torch.__version__}"
 
 
+def paths_by_class(scan) -> list[list[Path]]:
+    """The photo paths of a ``scan_folder`` result, one list per class, in class order."""
+    return [[s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))]
+
+
 def link_subset(files: list[Path], dest: Path) -> Path:
     """A folder of symlinks to ``files`` (class sub-folders preserved): no copying of data."""
     for f in files:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import cpu_flags, data_dir, link_subset, machine
+from _common import cpu_flags, data_dir, link_subset, machine, paths_by_class
 
 import vitrina
 from vitrina.data import scan_folder
@@ -52,7 +52,7 @@ def classify(args: argparse.Namespace, work: Path) -> list[tuple]:
     from vitrina.classify.classifier import load
 
     scan = scan_folder(data_dir("cats_dogs", args.data))
-    by_class = [[s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))]
+    by_class = paths_by_class(scan)
     n = args.per_class
     labelled = link_subset([p for ps in by_class for p in ps[:n]], work / "labelled")
     held = link_subset([p for ps in by_class for p in ps[n : n + args.heldout]], work / "heldout")

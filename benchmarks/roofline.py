@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch
-from _common import cpu_flags, data_dir, link_subset, machine
+from _common import cpu_flags, data_dir, link_subset, machine, paths_by_class
 
 import vitrina
 from vitrina.data import scan_folder
@@ -64,7 +64,7 @@ def main() -> None:
     print(f"machine: {machine()}; CPU flags: {cpu_flags()}; threads: {available_cores()}")
     root = data_dir("cats_dogs", args.data)
     scan = scan_folder(root)
-    by_class = [[s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))]
+    by_class = paths_by_class(scan)
     from vitrina.zoo import describe
 
     gflops = describe(args.arch).gflops

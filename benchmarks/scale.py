@@ -52,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import DEFAULT_DATA, cpu_flags, data_dir, link_subset, machine
+from _common import DEFAULT_DATA, cpu_flags, data_dir, link_subset, machine, paths_by_class
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -342,9 +342,7 @@ def _ray_run(args: argparse.Namespace) -> None:
         if args.model:
             run = Path(args.model)
         else:
-            by_class = [
-                [s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))
-            ]
+            by_class = paths_by_class(scan)
             labelled = link_subset([p for items in by_class for p in items[:10]], tmp / "few")
             run = vitrina.train(
                 str(labelled),

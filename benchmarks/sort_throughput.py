@@ -38,7 +38,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch
-from _common import checkout_src, cpu_flags, data_dir, env_with_src, link_subset, machine
+from _common import (
+    checkout_src,
+    cpu_flags,
+    data_dir,
+    env_with_src,
+    link_subset,
+    machine,
+    paths_by_class,
+)
 from PIL import Image
 
 import vitrina
@@ -121,9 +129,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ.setdefault("VITRINA_CACHE", str(tmp / "cache"))  # a cold cache, like a user's
-        by_class = [
-            [s.path for s in scan.samples if s.label == c] for c in range(len(scan.classes))
-        ]
+        by_class = paths_by_class(scan)
         few = [p for items in by_class for p in items[:10]]
         if args.model:
             run = Path(args.model)

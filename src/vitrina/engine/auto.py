@@ -67,6 +67,7 @@ _PIPELINE_MAX = 3
 _PIPELINE_ROUNDS = 2  # interleaved rounds of the pipeline check
 _PIPELINE_STREAK = 2  # consecutive batches per candidate and round (the first settles)
 _INT8 = ("int8", "openvino-int8")
+_FP32_RUNTIMES = ("onnx", "openvino")  # what a ``reduced_precision_refusal`` leaves
 
 
 def int8_evidence(
@@ -100,9 +101,6 @@ def auto_candidates(
     names: list[str] = []
     if getattr(model, "export_refusal", None):
         return names
-    if getattr(model, "reduced_precision_refusal", None):  # full-precision candidates only
-        full = [n for n in ("onnx", "openvino") if n in _full_precision(device)]
-        return [n for n in full if BACKENDS.get(n).supports(output)]
     if device.type == "cpu" and onnx_available():
         names.append("onnx")
         if int8_evidence(model, output, options, "int8"):
@@ -115,16 +113,9 @@ def auto_candidates(
         names.append("bf16")
         if device.type == "cpu" and openvino_available():
             names.append("openvino-bf16")
+    if getattr(model, "reduced_precision_refusal", None):
+        names = [n for n in names if n in _FP32_RUNTIMES]
     return [n for n in names if BACKENDS.get(n).supports(output)]
-
-
-def _full_precision(device: torch.device) -> list[str]:
-    """The fp32 candidates this device can run (ONNX Runtime, OpenVINO: CPU only)."""
-    from vitrina.engine.openvino import openvino_available
-
-    if device.type != "cpu":
-        return []
-    return [n for n, ok in (("onnx", onnx_available()), ("openvino", openvino_available())) if ok]
 
 
 def _time(backend: Backend, x: torch.Tensor, output: str) -> tuple[torch.Tensor, float]:
