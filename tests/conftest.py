@@ -11,14 +11,18 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("VITRINA_OFFLINE", "1")
-if "VITRINA_CACHE" not in os.environ:  # ONNX exports of test models go to a throwaway folder
+# ONNX exports of test models go to a throwaway folder, one per process: xdist workers
+# inherit the controller's environment, and a folder they shared let one worker see another's
+# half-written export (test_ir_is_converted_once_and_reused failed so). A VITRINA_CACHE the
+# user set is kept.
+if os.environ.get("VITRINA_CACHE") in (None, os.environ.get("VITRINA_TEST_CACHE")):
     import atexit
     import shutil
     import tempfile
 
     os.environ["VITRINA_CACHE"] = tempfile.mkdtemp(prefix="vitrina-test-cache-")
-    # removed when this process ends (each xdist worker has its own): a run leaves no
-    # gigabytes of exports behind in /tmp
+    os.environ["VITRINA_TEST_CACHE"] = os.environ["VITRINA_CACHE"]
+    # removed when this process ends: a run leaves no gigabytes of exports behind in /tmp
     atexit.register(shutil.rmtree, os.environ["VITRINA_CACHE"], ignore_errors=True)
 
 # Two pytest-xdist workers share two cores: one torch thread each avoids OpenMP spinning.
