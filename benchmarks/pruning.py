@@ -133,6 +133,12 @@ def main() -> int:
         default=",".join(SHIFTS),
         help="comma-separated variants of the held-out photos to judge on too (or 'none')",
     )
+    ap.add_argument(
+        "--mixup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="distil on blends of two photos (default: optimize's own default)",
+    )
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temporary one)")
     args = ap.parse_args()
     root = data_dir("cats_dogs", args.data)
@@ -158,6 +164,8 @@ def main() -> int:
         options["sparsify_epochs"] = args.sparsify_epochs
     if args.finetune_epochs is not None:
         options["finetune_epochs"] = args.finetune_epochs
+    if args.mixup is not None:
+        options["distill_mixup"] = args.mixup
     t0 = time.perf_counter()
     report = optimize_run(
         run,
@@ -176,7 +184,8 @@ def main() -> int:
     print(
         f"\noptimize --variants pruned --prune-flops {args.prune_flops}: {built:.0f} s "
         f"(budget: {budget['photos']} photos, {budget['sparsify_epochs']} sparsity + "
-        f"{budget['finetune_epochs']} distillation epochs, batch {budget['batch_size']})"
+        f"{budget['finetune_epochs']} distillation epochs"
+        f"{' with mixup' if budget.get('mixup') else ''}, batch {budget['batch_size']})"
     )
 
     results = {"clean": {"fp32": fp32["accuracy"], "pruned": pruned["accuracy"]}}

@@ -723,3 +723,36 @@ def test_distillation_keeps_the_batchnorm_statistics_when_asked(freeze: bool) ->
     out.loss.backward()
     assert student.training and student.net.stem[0].weight.grad is not None  # layers train
     assert torch.equal(student.net.stem[1].running_mean, before) == freeze
+
+
+def test_mixup_distils_teacher_and_student_on_the_same_seeded_blends() -> None:
+    """Function matching: both networks see the same blend of two photos of the batch, a
+    new blend each step, the same blends for the same seed."""
+    from vitrina.data.dataset import Batch
+
+    x = torch.rand(6, 3, 24, 24)
+    batch = Batch(x, torch.full((6,), -1), torch.arange(6), [])
+    seen: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+
+    def spy(name: str, net: torch.nn.Module) -> None:
+        net.register_forward_pre_hook(lambda m, a: seen[name].append(a[0].detach().clone()))
+
+    teacher, student = tiny(seed=7), tiny(seed=8)
+    spy("teacher", teacher.net)
+    spy("student", student.net)
+    task = DistillTask(teacher, logits=True, mixup=True, generator=torch.Generator().manual_seed(1))
+    task.step(student, batch)
+    task.step(student, batch)
+    t, s = seen["teacher"], seen["student"]
+    assert torch.equal(t[0], s[0]) and torch.equal(t[1], s[1])
+    assert not torch.allclose(t[0], x) and not torch.allclose(t[0], t[1])
+    # every blend lies between two photos of the batch, pixel by pixel
+    assert float(t[0].min()) >= float(x.min()) and float(t[0].max()) <= float(x.max())
+    again = DistillTask(
+        teacher, logits=True, mixup=True, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(again.mix(x), t[0].contiguous())
+    plain = DistillTask(teacher, logits=True)
+    seen["teacher"].clear()
+    plain.step(student, batch)
+    assert torch.equal(seen["teacher"][0], x)

@@ -146,10 +146,16 @@ def test_class_names_that_escape_are_refused(toy_run: Path, photos: Path, tmp_pa
     assert not (tmp_path / "outside").exists()
 
 
-def test_full_disk_stops_cleanly(toy_run: Path, photos: Path, tmp_path: Path, monkeypatch) -> None:
-    import vitrina.classify.sort as sort_mod
+@pytest.mark.parametrize("method", ["move", "copy"])
+def test_full_disk_stops_cleanly(
+    toy_run: Path, photos: Path, tmp_path: Path, monkeypatch, method: str
+) -> None:
+    """Moves run one at a time: exactly the two before the full disk are placed. Copies run
+    on several threads: the ones already in flight may finish (complete, verified copies,
+    not in the journal), and the same command run again finishes the rest."""
+    import vitrina.io.placing as placing
 
-    real = sort_mod.place_file
+    real = placing.place_file
     calls = {"n": 0}
 
     def filling(src, dst_dir, *, method, **kw):
@@ -158,18 +164,26 @@ def test_full_disk_stops_cleanly(toy_run: Path, photos: Path, tmp_path: Path, mo
             raise DiskFullError(f"{dst_dir}: disk full while writing")
         return real(src, dst_dir, method=method, **kw)
 
-    monkeypatch.setattr(sort_mod, "place_file", filling)
+    monkeypatch.setattr(placing, "place_file", filling)
     before = {p.name: p.read_bytes() for p in photos.iterdir()}
     out = tmp_path / "o"
     with pytest.raises(DiskFullError, match="stopped after placing 2 of 7"):
-        sort_folder(photos, toy_run, out, method="move", backend="eager")
+        sort_folder(photos, toy_run, out, method=method, backend="eager", placers=1)
     left = {p.name: p.read_bytes() for p in photos.iterdir()}
     placed = {
         p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "manifest.csv"
     }
     assert {**left, **placed} == before  # nothing lost
-    assert len(placed) == 2 and len(manifest(out)) == 2
+    assert len(manifest(out)) == 2
     assert not list(out.rglob(".vitrina-tmp-*"))
+    if method == "move":
+        assert len(placed) == 2
+        return
+    again = sort_folder(photos, toy_run, out, method=method, backend="eager")
+    rows = manifest(out)
+    assert len(rows) == 7 and again.placed == 5
+    copies = [p for p in out.rglob("*") if p.is_file() and p.name != "manifest.csv"]
+    assert len(copies) == 7  # no second copy of the ones placed in flight
 
 
 def test_bf16_backend_agrees_with_eager(toy_run: Path, photos: Path) -> None:

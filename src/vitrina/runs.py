@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from vitrina.models import WEIGHT_SOURCES, Preprocess, VitrinaModel, create
 
 __all__ = [
     "RUN_FORMAT",
+    "DeferredModel",
     "RunInfo",
     "build_model",
     "create",
@@ -209,10 +212,21 @@ def build_model(info: RunInfo) -> VitrinaModel:
     return model
 
 
-def load_model(run_dir: str | Path, *, verify: bool = True) -> VitrinaModel:
-    """Rebuild the model of a run from safetensors (no unpickling), checksum verified."""
+def load_model(run_dir: str | Path, *, verify: bool = True, deferred: bool = False) -> VitrinaModel:
+    """Rebuild the model of a run from safetensors (no unpickling), checksum verified.
+
+    ``deferred``: a :class:`DeferredModel` where the run allows it (a plain PyTorch network):
+    the checkpoint is read and verified now, the network built when first needed."""
     run_dir = Path(run_dir)
     info = read_run(run_dir)
+    blob = _checkpoint(run_dir, info, verify)
+    if deferred and _deferrable(info):
+        _safetensors_items(blob, run_dir / WEIGHTS_FILE)  # a damaged file fails here, now
+        return DeferredModel(run_dir, info, blob)  # type: ignore[return-value]
+    return _built(run_dir, info, blob)
+
+
+def _checkpoint(run_dir: Path, info: RunInfo, verify: bool) -> bytes:
     wfile = run_dir / WEIGHTS_FILE
     if not wfile.is_file():
         raise RunFolderError(f"{wfile}: checkpoint missing; the run is incomplete (retrain it)")
@@ -226,6 +240,152 @@ def load_model(run_dir: str | Path, *, verify: bool = True) -> VitrinaModel:
             f"{wfile}: checkpoint does not match the sha256 in {RUN_JSON} (changed or corrupt); "
             "restore it or retrain"
         )
+    return blob
+
+
+def _safetensors_items(blob: bytes, where: Path) -> list[tuple[str, bytes]]:
+    """``(name, raw little-endian bytes)`` of every tensor of a safetensors file, by name:
+    what :func:`vitrina.engine.onnx.weights_items` gives for the built model, read without
+    building it (the format: an 8-byte header length, a JSON header, the data)."""
+    try:
+        (n,) = struct.unpack("<Q", blob[:8])
+        header = json.loads(blob[8 : 8 + n])
+        base = 8 + n
+        return [
+            (k, blob[base + v["data_offsets"][0] : base + v["data_offsets"][1]])
+            for k, v in sorted(header.items())
+            if k != "__metadata__"
+        ]
+    except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+        raise RunFolderError(f"{where}: unreadable checkpoint ({e})") from None
+
+
+class DeferredModel:
+    """A run's model that builds its network on first use.
+
+    Building a network imports its library (timm, torchvision: ~1 s before the first photo)
+    and allocates its weights. A runtime that reads its own compiled copy (an OpenVINO or
+    ONNX file cached by the weights' fingerprint, a run's int8 variant) never needs the
+    PyTorch network: ``vitrina sort`` with ``--backend auto`` and a cached decision starts
+    without it. Everything a backend asks of the model and this object does not hold itself
+    (``classify``, ``parameters``, ``state_dict``...) builds the network once, from the same
+    verified checkpoint, and is answered by it; :meth:`materialize` gives the network itself.
+
+    Only runs whose network is plain PyTorch are deferred (:func:`load_model` decides):
+    classic models (features from OpenCV) and dlib's face descriptor carry refusals that a
+    backend reads before running, so they are built at once.
+    """
+
+    # What backends read before running, known for every deferrable run (see _deferrable).
+    export_refusal = None
+    reduced_precision_refusal = None
+    onnx_single_image = None  # a detector's; detection runs are built at once
+    nonfinite_reason = None
+
+    def __init__(self, run_dir: Path, info: RunInfo, blob: bytes) -> None:
+        d = self.__dict__  # no __setattr__ forwarding while setting up
+        d["arch"] = info.arch
+        d["class_names"] = list(info.classes)
+        d["preprocess"] = info.preprocess
+        d["weights_origin"] = f"run:{run_dir.resolve()}"
+        d["_run_dir"], d["_info"], d["_blob"] = run_dir, info, blob
+        d["_net"], d["_device"], d["_training"] = None, None, False
+        d["_lock"] = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        """Whether the PyTorch network exists yet."""
+        return self._net is not None
+
+    def weights_items(self) -> list[tuple[str, bytes]] | None:
+        """The weights as ``(name, bytes)`` by name, read from the checkpoint; ``None`` once
+        the network is built (it may have changed since: ask the network)."""
+        if self._net is not None:
+            return None
+        return _safetensors_items(self._blob, self._run_dir / WEIGHTS_FILE)
+
+    def materialize(self) -> VitrinaModel:
+        """The PyTorch network (built on the first call, then the same object)."""
+        with self._lock:
+            if self._net is None:
+                model = _built(self._run_dir, self._info, self._blob)
+                model.class_names = list(self.class_names or [])
+                model.preprocess = self.preprocess
+                model.train(self._training)
+                if self._device is not None:
+                    model = model.to(self._device)
+                self.__dict__["_net"] = model
+                self.__dict__["_blob"] = b""  # the network holds the weights now
+            return self._net
+
+    # nn.Module's chaining calls keep the deferral until something needs the network
+    def eval(self) -> Any:
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> Any:
+        if self._net is not None:
+            return self._net.train(mode)
+        self.__dict__["_training"] = bool(mode)
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        if self._net is not None:
+            return self._net.to(*args, **kwargs)
+        device = kwargs.get("device", args[0] if args else None)
+        if (
+            kwargs.get("memory_format") is not None
+            or len(args) > 1
+            or (device is not None and not isinstance(device, str | torch.device))
+        ):
+            return self.materialize().to(*args, **kwargs)
+        if device is not None:
+            self.__dict__["_device"] = torch.device(device)
+        return self
+
+    @property
+    def training(self) -> bool:
+        return self._net.training if self._net is not None else self._training
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_net", "_lock"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._net is not None:
+            setattr(self._net, name, value)
+        self.__dict__[name] = value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.materialize()(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        import copy
+
+        return copy.deepcopy(self.materialize(), memo)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # pickled (Ray, processes): the network
+        return self.materialize().__reduce_ex__(protocol)
+
+    def __repr__(self) -> str:
+        state = "built" if self._net is not None else "not built yet"
+        return f"DeferredModel({self.arch!r}, {self._run_dir}, {state})"
+
+
+def _deferrable(info: RunInfo) -> bool:
+    return (
+        info.task in ("classification", "embedding")
+        and "classic" not in info.config
+        and info.arch not in _BUILT_AT_ONCE
+    )
+
+
+#: Runs whose network carries a refusal a backend reads before running (see DeferredModel).
+_BUILT_AT_ONCE = frozenset({"dlib_face_resnet"})
+
+
+def _built(run_dir: Path, info: RunInfo, blob: bytes) -> VitrinaModel:
+    wfile = run_dir / WEIGHTS_FILE
     try:
         state = st_load(blob)
     except Exception as e:  # safetensors raises its own error types for bad headers

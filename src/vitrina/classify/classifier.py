@@ -234,8 +234,13 @@ class Classifier:
         return report
 
 
-def load(source: str | Path, *, weights: str = "imagenet") -> Classifier:
-    """A run folder, or a zoo name with pretrained weights (e.g. ``efficientnet_lite0``)."""
+def load(source: str | Path, *, weights: str = "imagenet", deferred: bool = False) -> Classifier:
+    """A run folder, or a zoo name with pretrained weights (e.g. ``efficientnet_lite0``).
+
+    ``deferred``: a run's network is built only when a backend needs it (a
+    :class:`vitrina.runs.DeferredModel`): a run with a cached ``auto`` decision and a
+    compiled runtime starts without importing the network's library (``vitrina sort`` and
+    ``predict`` load this way)."""
     path = Path(source)
     if is_run_dir(path):
         from vitrina.runs import read_run
@@ -246,7 +251,7 @@ def load(source: str | Path, *, weights: str = "imagenet") -> Classifier:
                 "classes to predict; use it with vitrina embed / index, or fine-tune it: "
                 f"vitrina train PHOTOS --arch {read_run(path).arch} --weights {path}"
             )
-        return Classifier(load_model(path), str(path))
+        return Classifier(load_model(path, deferred=deferred), str(path))
     from vitrina.runs import read_run
 
     if path.exists():

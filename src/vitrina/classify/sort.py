@@ -21,14 +21,16 @@ from vitrina.io import (
     ManifestJournal,
     check_movable,
     make_output_dir,
-    place_file,
     remove_stale_temps,
 )
+from vitrina.io.placing import Outcome, PlacementQueue
 from vitrina.report.pictures import Bins, check_writable, write_bins
 
 __all__ = ["METHODS", "SortItem", "SortSummary", "sort_folder"]
 
 METHODS = ("copy", "move", "link")
+#: Threads placing photos at once (their disk waits overlap; answers stay in order).
+PLACERS = 4
 UNSURE = "unsure"
 UNREADABLE = "unreadable"
 MANIFEST = "manifest.csv"
@@ -131,6 +133,7 @@ def sort_folder(
     predict: Callable[[list[Path]], Iterable[Prediction]] | None = None,
     report: str | Path | None = None,
     sheet: str | Path | None = None,
+    placers: int | None = None,
 ) -> SortSummary:
     """Put each photo of ``photos_dir`` into ``out_dir/<predicted class>/``.
 
@@ -143,6 +146,8 @@ def sort_folder(
     ``predict``: where the predictions come from, one per photo it is given, in any order
     (default: the classifier's engine in this process; :mod:`vitrina.scale` passes Ray's).
     Placement, the journal and resuming are the same either way.
+    ``placers``: threads placing photos at once (default :data:`PLACERS`; 0: one at a time
+    in this thread). Each photo gets the same name, journal line and progress either way.
     ``report`` (an HTML page) and ``sheet`` (a PNG contact sheet) show every folder of
     ``out_dir`` as ``manifest.csv`` records it (earlier runs included), the least confident
     photos first, with ``unsure/`` and ``unreadable/`` set apart; after a ``dry_run``, the
@@ -175,6 +180,7 @@ def sort_folder(
         on_item=collect if plans is not None else on_item,
         keep_items=keep_items,
         predict=predict,
+        placers=placers,
     )
     if report or sheet:
         bins = plans if plans is not None else _manifest_bins(summary.manifest)
@@ -242,12 +248,13 @@ def _sort_folder(
     on_item: Callable[[SortItem], None] | None,
     keep_items: bool,
     predict: Callable[[list[Path]], Iterable[Prediction]] | None,
+    placers: int | None = None,
 ) -> SortSummary:
     if method not in METHODS:
         raise VitrinaError(f"method {method!r} is not one of {', '.join(METHODS)}")
     if not 0.0 <= min_confidence <= 1.0:
         raise VitrinaError(f"--min-confidence {min_confidence} must be between 0 and 1")
-    clf = model if isinstance(model, Classifier) else load(model)
+    clf = model if isinstance(model, Classifier) else load(model, deferred=True)
     _check_classes(clf.classes)
     photos_dir, out_dir = Path(photos_dir), Path(out_dir)
     images, _, non_images = iter_image_files(photos_dir, recursive=recursive)
@@ -296,27 +303,40 @@ def _sort_folder(
             return summary
         remove_stale_temps(out_dir)
         total = len(images)
+
+        def intend(tag: tuple[SortItem, int], final: Path) -> None:
+            item = tag[0]
+            journal.intend([SortItem(**{**vars(item), "destination": final}).row()])
+
+        def finish(done: tuple[tuple[SortItem, int], Outcome]) -> None:
+            (item, k), outcome = done
+            if isinstance(outcome, DiskFullError):
+                raise outcome
+            if isinstance(outcome, VitrinaError | OSError):
+                item.status, item.error = "error", str(outcome).splitlines()[0]
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                item.destination = outcome[0]
+            journal.record([item.row()])
+            emit(item, k, total)
+
         try:
-            for k, p in enumerate(predictions(images), 1):
-                folder = _folder_for(p, min_confidence)
-                status = UNREADABLE if p.error else (UNSURE if folder == UNSURE else "sorted")
-                item = SortItem(
-                    p.path, None, p.label, p.confidence, _top3(p), status, p.error or ""
-                )
-
-                def intend(final: Path, item: SortItem = item) -> None:
-                    journal.intend([SortItem(**{**vars(item), "destination": final}).row()])
-
-                try:
-                    item.destination, _ = place_file(
-                        p.path, out_dir / folder, method=method, before_delete=intend
+            # Placements overlap their disk waits on a few threads; answers come back in
+            # order, so the journal and the progress read as the plain loop's (placers=0).
+            with PlacementQueue[tuple[SortItem, int]](
+                method, threads=PLACERS if placers is None else placers, before_delete=intend
+            ) as queue:
+                for k, p in enumerate(predictions(images), 1):
+                    folder = _folder_for(p, min_confidence)
+                    status = UNREADABLE if p.error else (UNSURE if folder == UNSURE else "sorted")
+                    item = SortItem(
+                        p.path, None, p.label, p.confidence, _top3(p), status, p.error or ""
                     )
-                except DiskFullError:
-                    raise
-                except (VitrinaError, OSError) as e:
-                    item.status, item.error = "error", str(e).splitlines()[0]
-                journal.record([item.row()])
-                emit(item, k, total)
+                    for done in queue.submit((item, k), p.path, out_dir / folder):
+                        finish(done)
+                for done in queue.drain():
+                    finish(done)
         except DiskFullError as e:
             where = f" on {e.disk}" if e.disk else ""
             raise DiskFullError(

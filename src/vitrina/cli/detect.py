@@ -116,7 +116,11 @@ def train_cmd(
         None, help="Class list, one name a line (default: the data's own)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    workers: int | None = typer.Option(None, help="Photo decoding processes."),
+    workers: int | None = typer.Option(
+        None,
+        help="Photo decoding processes (default: none on a CPU, where decoding in-process "
+        "leaves the detector every core; a few on a GPU).",
+    ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:

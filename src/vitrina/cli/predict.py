@@ -30,7 +30,7 @@ def predict(
     from vitrina.classify.classifier import load
     from vitrina.errors import VitrinaError
 
-    clf = load(model)
+    clf = load(model, deferred=True)
     paths = _expand_folders(images)
     if not paths:
         raise VitrinaError(f"{', '.join(map(str, images))}: no images in these folders")

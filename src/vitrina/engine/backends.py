@@ -34,6 +34,7 @@ __all__ = [
     "compare_outputs",
     "int8_vnni",
     "model_output",
+    "network",
     "onnx_available",
     "resolve_backend",
 ]
@@ -53,6 +54,16 @@ def model_output(model: torch.nn.Module, output: str, x: torch.Tensor) -> Any:
         arch = getattr(model, "arch", type(model).__name__)
         raise VitrinaError(f"model {arch!r} has no output {output!r}")
     return method(x)
+
+
+def network(model: Any) -> torch.nn.Module:
+    """The PyTorch module of ``model``: itself, or for a run loaded deferred
+    (:class:`vitrina.runs.DeferredModel`) its network, built now. Whatever hands the model
+    to PyTorch's own machinery (tracing for export, ``deepcopy``) asks for this."""
+    if isinstance(model, torch.nn.Module):
+        return model
+    materialize = getattr(model, "materialize", None)
+    return materialize() if callable(materialize) else model
 
 
 def _to_cpu_float(y: Any) -> Any:

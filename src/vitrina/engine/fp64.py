@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vitrina.engine.backends import BACKENDS, TOLERANCES, Backend, Tolerance
+from vitrina.engine.backends import BACKENDS, TOLERANCES, Backend, Tolerance, network
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
 
@@ -40,7 +40,7 @@ class Fp64Backend(Backend):
         if device.type == "mps":
             raise VitrinaError("the fp64 backend needs float64, which Apple's MPS lacks: use cpu")
         super().__init__(model, device, threads, **options)
-        self.model = copy.deepcopy(self.model).to(torch.float64)
+        self.model = copy.deepcopy(network(self.model)).to(torch.float64)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return super().prepare_input(x).to(torch.float64)

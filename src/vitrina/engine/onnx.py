@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitrina.engine.backends import BACKENDS, Backend, model_output, onnx_available
+from vitrina.engine.backends import BACKENDS, Backend, model_output, network, onnx_available
 from vitrina.engine.geometry import BOXES
 from vitrina.errors import VitrinaError
 from vitrina.models import VitrinaModel
@@ -76,13 +76,33 @@ def single_image_module(model: VitrinaModel, output: str) -> nn.Module | None:
     return make(output) if callable(make) else None
 
 
+def weights_items(model: torch.nn.Module) -> list[tuple[str, bytes]]:
+    """The model's weights as ``(name, raw bytes)``, by name: what its safetensors file
+    holds, so a run's fingerprint can be read from the file without building the network
+    (:class:`vitrina.runs.DeferredModel`)."""
+    items = getattr(model, "weights_items", None)
+    if callable(items) and not isinstance(model, torch.nn.Module):
+        got = items()  # a DeferredModel not built yet: from its checkpoint
+        if got is not None:
+            return got
+        model = model.materialize()
+    return [(k, _raw(v)) for k, v in sorted(model.state_dict().items())]
+
+
+def _raw(v: torch.Tensor) -> bytes:
+    t = v.detach().cpu()
+    if t.dtype == torch.bfloat16:  # numpy has no bf16: the same bits as int16
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()  # C order, whatever the memory format
+
+
 def _fingerprint(model: VitrinaModel, output: str) -> str:
     h = hashlib.sha256(
         f"{model.arch}|{model.preprocess.input_size}|{output}|{torch.__version__}".encode()
     )
-    for k, v in model.state_dict().items():
+    for k, data in weights_items(model):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        h.update(data)
     return h.hexdigest()[:24]
 
 
@@ -100,6 +120,7 @@ def export_onnx(model: VitrinaModel, output: str, path: Path) -> Path:
     if refusal:
         raise VitrinaError(f"cannot export {model.arch!r} to ONNX: {refusal}")
 
+    model = network(model)  # tracing needs the module itself (a deferred run: built now)
     h, w = model.preprocess.input_size
     dummy = torch.zeros(1, model.preprocess.channels, h, w)
     was_training = model.training

@@ -260,6 +260,7 @@ def optimize_run(
     prune_latency: float | None = None,
     sparsify_epochs: int = 0,
     finetune_epochs: int = 6,
+    distill_mixup: bool = False,
     train_dir: str | Path | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
@@ -279,6 +280,8 @@ def optimize_run(
             on this machine with ONNX Runtime (the pruned backend's runtime).
         sparsify_epochs: epochs of the FLOP-weighted sparsity fine-tune before removal.
         finetune_epochs: epochs of distillation from the full model after removal.
+        distill_mixup: distil on blends of two photos, the same for teacher and student
+            (function matching: see :mod:`vitrina.optimize.distill`).
         train_dir: photos to fine-tune the pruned variant on, no labels needed (default: the
             photos the run was trained on; an embedding run's training identities).
     Returns the report also written to ``RUN/variants/report.json``.
@@ -350,7 +353,7 @@ def optimize_run(
         elif name == "pruned":
             results[name] = _build_pruned(
                 run, model, photos, output, flops_target, latency_target,
-                sparsify_epochs, finetune_epochs, batch_size, workers, stage,
+                sparsify_epochs, finetune_epochs, distill_mixup, batch_size, workers, stage,
             )  # fmt: skip
         if name != "pruned":
             results[name].gflops, results[name].params = full_gflops, n_params
@@ -471,6 +474,7 @@ def _build_pruned(
     latency: float | None,
     sparsify_epochs: int,
     finetune_epochs: int,
+    mixup: bool,
     batch_size: int,
     workers: int,
     stage: Callable[[str], None],
@@ -501,6 +505,7 @@ def _build_pruned(
         measure=measure,
         sparsify_epochs=sparsify_epochs,
         finetune_epochs=finetune_epochs,
+        mixup=mixup,
         batch_size=batch_size,
         augment=augment,
         num_workers=workers,
@@ -542,6 +547,7 @@ def _build_pruned(
         "photos": len(photos.train),
         "sparsify_epochs": sparsify_epochs,
         "finetune_epochs": finetune_epochs,
+        "mixup": mixup,
         "batch_size": batch_size,
     }
     return r

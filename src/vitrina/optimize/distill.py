@@ -11,6 +11,12 @@ label (Hinton et al., 2015):
 * an embedding model: the squared distance between the L2-normalised embeddings only
   (``2 - 2 cos``: what retrieval compares).
 
+With ``mixup`` the teacher and the student see the same *mixed* photos (two photos of the
+batch blended, a new blend every step): "function matching" (Beyer et al., 2022, *Knowledge
+distillation: a good teacher is patient and consistent*). With a few hundred photos the
+student otherwise learns the teacher on those photos only; the blends show it what the
+teacher answers between them, where held-out photos fall.
+
 Batch-norm re-estimation (:func:`reestimate_batchnorm`) replaces the running statistics by
 the exact mean and variance over the user's photos. After channels are removed, the layers
 that read them see different inputs; a channel whose scale went to zero leaves a constant
@@ -98,6 +104,9 @@ class DistillTask:
         freeze_batchnorm: keep the student's batch-norm statistics as they are (its layers
             are trained, its normalisation is not): what the classifier reading its features
             was trained against.
+        mixup: blend each batch with itself in another order, the weight of the first drawn
+            uniformly in [0, 1] per photo, before teacher and student see it. The blends come
+            from ``generator`` (seeded: the same run gives the same model).
     """
 
     def __init__(
@@ -108,7 +117,11 @@ class DistillTask:
         temperature: float = 4.0,
         embedding_weight: float = 1.0,
         freeze_batchnorm: bool = False,
+        mixup: bool = False,
+        generator: torch.Generator | None = None,
     ) -> None:
+        self.mixup = mixup
+        self.generator = generator or torch.Generator().manual_seed(0)
         self.teacher = teacher.eval()
         self.freeze_batchnorm = freeze_batchnorm
         for p in self.teacher.parameters():
@@ -127,7 +140,10 @@ class DistillTask:
         self.teacher.eval()
 
     def step(self, model: nn.Module, batch: Batch) -> StepOutput:
-        x = batch.images.contiguous(memory_format=torch.channels_last)
+        x = batch.images
+        if self.mixup and len(x) > 1:
+            x = self.mix(x)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             t_emb, t_logits = _outputs(self.teacher, x, self.logits)
         s_emb, s_logits = _outputs(model, x, self.logits)
@@ -143,6 +159,13 @@ class DistillTask:
         if s_logits is not None and t_logits is not None:
             correct = int((s_logits.argmax(1) == t_logits.argmax(1)).sum())  # agreement
         return StepOutput(loss, len(batch.images), correct)
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """``lam * x + (1 - lam) * x[perm]``, ``lam`` uniform in [0, 1] per photo."""
+        perm = torch.randperm(len(x), generator=self.generator)
+        lam = torch.rand(len(x), generator=self.generator).to(x.dtype)
+        lam = lam.view(-1, *([1] * (x.dim() - 1)))
+        return lam * x + (1 - lam) * x[perm]
 
     def evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
         return {}

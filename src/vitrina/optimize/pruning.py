@@ -304,6 +304,7 @@ def prune_model(
     round_to: int | None = ROUND_TO,
     residual: bool = False,
     reestimate_bn: bool = False,
+    mixup: bool = False,
     num_workers: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_epoch: Callable[[str, int, dict[str, Any]], None] | None = None,
@@ -382,7 +383,9 @@ def prune_model(
     train_tf = augment or train_transform(student.preprocess, "standard")
     loader = _loader(images, train_tf, batch_size, workers, shuffle=True)
     stats_loader = _loader(images, eval_transform(student.preprocess), batch_size, workers, False)
-    task = DistillTask(teacher, logits=not embedding, freeze_batchnorm=not reestimate_bn)
+    task = DistillTask(
+        teacher, logits=not embedding, freeze_batchnorm=not reestimate_bn, mixup=mixup
+    )
     # The classifier stays the full model's: the pruned features are trained to be read by it
     # (so the pruned embedding is the one that classifier reads).
     for p in student.head_module().parameters():
