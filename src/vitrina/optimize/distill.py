@@ -13,9 +13,10 @@ label (Hinton et al., 2015):
 
 With ``mixup`` the teacher and the student see the same *mixed* photos (two photos of the
 batch blended, a new blend every step): "function matching" (Beyer et al., 2022, *Knowledge
-distillation: a good teacher is patient and consistent*). With a few hundred photos the
-student otherwise learns the teacher on those photos only; the blends show it what the
-teacher answers between them, where held-out photos fall.
+distillation: a good teacher is patient and consistent*): the blends show the student
+what the teacher answers between the few photos it has. Off by default: on the README's
+pruning benchmark (EfficientNet-Lite0 at half the FLOPs, 200 photos, 15 epochs) it moved
+held-out accuracy from 97.1% to 97.3% (fp32 98.9%), 2 photos of 800.
 
 Batch-norm re-estimation (:func:`reestimate_batchnorm`) replaces the running statistics by
 the exact mean and variance over the user's photos. After channels are removed, the layers
