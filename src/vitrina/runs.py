@@ -221,8 +221,8 @@ def load_model(run_dir: str | Path, *, verify: bool = True, deferred: bool = Fal
     info = read_run(run_dir)
     blob = _checkpoint(run_dir, info, verify)
     if deferred and _deferrable(info):
-        _safetensors_items(blob, run_dir / WEIGHTS_FILE)  # a damaged file fails here, now
-        return DeferredModel(run_dir, info, blob)  # type: ignore[return-value]
+        index = _safetensors_index(blob, run_dir / WEIGHTS_FILE)  # damaged: fails now
+        return DeferredModel(run_dir, info, blob, index)  # type: ignore[return-value]
     return _built(run_dir, info, blob)
 
 
@@ -243,21 +243,26 @@ def _checkpoint(run_dir: Path, info: RunInfo, verify: bool) -> bytes:
     return blob
 
 
-def _safetensors_items(blob: bytes, where: Path) -> list[tuple[str, bytes]]:
-    """``(name, raw little-endian bytes)`` of every tensor of a safetensors file, by name:
-    what :func:`vitrina.engine.onnx.weights_items` gives for the built model, read without
-    building it (the format: an 8-byte header length, a JSON header, the data)."""
+def _safetensors_index(blob: bytes, where: Path) -> list[tuple[str, int, int]]:
+    """``(name, start, end)`` of every tensor's raw little-endian bytes in a safetensors
+    file, by name (the format: an 8-byte header length, a JSON header, the data). Read once
+    at load, so a damaged header fails there; :meth:`DeferredModel.weights_items` slices
+    the data with it, as :func:`vitrina.engine.onnx.weights_items` gives for the built
+    network, without building it."""
     try:
         (n,) = struct.unpack("<Q", blob[:8])
         header = json.loads(blob[8 : 8 + n])
         base = 8 + n
-        return [
-            (k, blob[base + v["data_offsets"][0] : base + v["data_offsets"][1]])
+        index = [
+            (k, base + int(v["data_offsets"][0]), base + int(v["data_offsets"][1]))
             for k, v in sorted(header.items())
             if k != "__metadata__"
         ]
     except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
         raise RunFolderError(f"{where}: unreadable checkpoint ({e})") from None
+    if any(not base <= a <= b <= len(blob) for _, a, b in index):
+        raise RunFolderError(f"{where}: unreadable checkpoint (tensor data past the file's end)")
+    return index
 
 
 class DeferredModel:
@@ -282,13 +287,15 @@ class DeferredModel:
     onnx_single_image = None  # a detector's; detection runs are built at once
     nonfinite_reason = None
 
-    def __init__(self, run_dir: Path, info: RunInfo, blob: bytes) -> None:
+    def __init__(
+        self, run_dir: Path, info: RunInfo, blob: bytes, index: list[tuple[str, int, int]]
+    ) -> None:
         d = self.__dict__  # no __setattr__ forwarding while setting up
         d["arch"] = info.arch
         d["class_names"] = list(info.classes)
         d["preprocess"] = info.preprocess
         d["weights_origin"] = f"run:{run_dir.resolve()}"
-        d["_run_dir"], d["_info"], d["_blob"] = run_dir, info, blob
+        d["_run_dir"], d["_info"], d["_blob"], d["_index"] = run_dir, info, blob, index
         d["_net"], d["_device"], d["_training"] = None, None, False
         d["_lock"] = threading.Lock()
 
@@ -297,12 +304,13 @@ class DeferredModel:
         """Whether the PyTorch network exists yet."""
         return self._net is not None
 
-    def weights_items(self) -> list[tuple[str, bytes]] | None:
-        """The weights as ``(name, bytes)`` by name, read from the checkpoint; ``None`` once
-        the network is built (it may have changed since: ask the network)."""
+    def weights_items(self) -> list[tuple[str, memoryview]] | None:
+        """The weights as ``(name, bytes)`` by name, views of the checkpoint read at load;
+        ``None`` once the network is built (it may have changed since: ask the network)."""
         if self._net is not None:
             return None
-        return _safetensors_items(self._blob, self._run_dir / WEIGHTS_FILE)
+        data = memoryview(self._blob)
+        return [(k, data[a:b]) for k, a, b in self._index]
 
     def materialize(self) -> VitrinaModel:
         """The PyTorch network (built on the first call, then the same object)."""

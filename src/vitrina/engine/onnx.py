@@ -76,7 +76,7 @@ def single_image_module(model: VitrinaModel, output: str) -> nn.Module | None:
     return make(output) if callable(make) else None
 
 
-def weights_items(model: torch.nn.Module) -> list[tuple[str, bytes]]:
+def weights_items(model: torch.nn.Module) -> list[tuple[str, bytes | memoryview]]:
     """The model's weights as ``(name, raw bytes)``, by name: what its safetensors file
     holds, so a run's fingerprint can be read from the file without building the network
     (:class:`vitrina.runs.DeferredModel`)."""

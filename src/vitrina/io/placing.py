@@ -67,7 +67,10 @@ class PlacementQueue(Generic[T]):
             if self.threads
             else None
         )
-        self._pending: deque[tuple[T, Future[tuple[Path, bool]] | Outcome]] = deque()
+        # (tag, the placement or its outcome, its name family: None when placed inline)
+        self._pending: deque[
+            tuple[T, Future[tuple[Path, bool]] | Outcome, tuple[str, str] | None]
+        ] = deque()
         self._last_of: dict[tuple[str, str], Future[tuple[Path, bool]]] = {}
 
     def __enter__(self) -> PlacementQueue[T]:
@@ -96,7 +99,7 @@ class PlacementQueue(Generic[T]):
                 outcome: Outcome = self._place(tag, src, folder)
             except Exception as e:
                 outcome = e
-            self._pending.append((tag, outcome))
+            self._pending.append((tag, outcome, None))
         else:
             key = _name_key(folder, src.name)
             previous = self._last_of.get(key)
@@ -104,7 +107,7 @@ class PlacementQueue(Generic[T]):
                 previous.exception()  # wait: the same name family goes in order
             fut = self._pool.submit(self._place, tag, src, folder)
             self._last_of[key] = fut
-            self._pending.append((tag, fut))
+            self._pending.append((tag, fut, key))
         yield from self._ready(block=len(self._pending) > self.depth)
 
     def drain(self) -> Iterator[tuple[T, Outcome]]:
@@ -114,19 +117,17 @@ class PlacementQueue(Generic[T]):
 
     def _ready(self, *, block: bool, one: bool = False) -> Iterator[tuple[T, Outcome]]:
         while self._pending:
-            tag, fut = self._pending[0]
+            tag, fut, key = self._pending[0]
             if isinstance(fut, Future):
                 if not fut.done() and not block:
                     return
                 exc = fut.exception()  # waits when blocking
                 outcome: Outcome = exc if exc is not None else fut.result()
+                if key is not None and self._last_of.get(key) is fut:
+                    del self._last_of[key]
             else:
                 outcome = fut
             self._pending.popleft()
-            if isinstance(fut, Future):
-                key = next((k for k, f in self._last_of.items() if f is fut), None)
-                if key is not None:
-                    del self._last_of[key]
             yield tag, outcome
             if one:
                 return
