@@ -546,14 +546,18 @@ def test_serve_refuses_a_classifier_as_detector(toy_run: Path) -> None:
         create_app(ServiceConfig(detector=str(toy_run)))
 
 
-def test_training_decodes_in_process_on_a_cpu_unless_told() -> None:
-    """A detector's step costs ~100x its photos' decoding: on a CPU a decoding process only
-    takes a core from PyTorch (1.65x slower epochs measured on 2 cores)."""
-    from vitrina.detect.train import DetectTrainConfig, loader_workers
-    from vitrina.engine import default_workers
+def test_training_places_decoding_by_measurement_on_a_cpu_unless_told(tmp_path: Path) -> None:
+    """A detector's step costs ~100x its photos' decoding: on a CPU the loader measures
+    before it gives a core to a decoding process; ``--workers`` is obeyed as given."""
+    from vitrina.detect.train import DetectTrainConfig, _loader
+    from vitrina.models.detection import DetectorSpec, create_detector
+    from vitrina.training.feeding import MeasuredLoader
 
+    model = create_detector(DetectorSpec(head="fasterrcnn", backbone="resnet18", num_classes=2))
+    photos = [object()] * 20  # never read: the loader is only built
     cfg = DetectTrainConfig(data_dir="x")
-    assert loader_workers(cfg, torch.device("cpu")) == 0
-    assert loader_workers(cfg, torch.device("cuda")) == default_workers()
+    loader = _loader(photos, model, "none", cfg, shuffle=True, g=torch.Generator())
+    assert isinstance(loader, MeasuredLoader) and loader.num_workers == 0
     cfg.num_workers = 3
-    assert loader_workers(cfg, torch.device("cpu")) == 3
+    loader = _loader(photos, model, "none", cfg, shuffle=True, g=torch.Generator())
+    assert not isinstance(loader, MeasuredLoader) and loader.num_workers == 3

@@ -60,6 +60,7 @@ from vitrina.training.checkpoint import (
 )
 from vitrina.training.classification import prepare_out
 from vitrina.training.distributed import single_process
+from vitrina.training.feeding import training_loader
 
 __all__ = [
     "FREEZE",
@@ -383,31 +384,21 @@ class _TimeBudget(Callback):
             record["time_budget_reached"] = True
 
 
-def loader_workers(cfg: DetectTrainConfig, device: torch.device) -> int:
-    """Photo-decoding processes for training: ``cfg.num_workers`` when given; on a GPU
-    :func:`default_workers`; on a CPU none. A detector's step costs ~100x the decoding of
-    its photos on a CPU (Faster R-CNN at 320: 1.5 s for 8 photos, their decoding and
-    augmentation ~40 ms), and a decoding process takes a core from PyTorch's threads
-    (:func:`torch_threads`): an epoch of 160 photos took 52.6 s with one worker process and
-    31.8 s decoding in-process on a 2-core CPU (1.65x)."""
-    if cfg.num_workers is not None:
-        return cfg.num_workers
-    return default_workers() if device.type == "cuda" else 0
-
-
 def _loader(
     photos: list, model: Detector, augment: str, cfg: DetectTrainConfig, *, shuffle: bool, g: Any
 ) -> DataLoader:
+    """Decoding placed by measurement (:mod:`vitrina.training.feeding`): on a CPU a
+    detector's step costs ~100x the decoding of its photos (Faster R-CNN at 320: 1.5 s for 8
+    photos, their decoding and augmentation ~40 ms), so it decodes in this process there."""
     ds = PhotoBoxes(photos, model.preprocess, augment)
-    workers = loader_workers(cfg, next(model.parameters()).device)
-    return DataLoader(
+    return training_loader(
         ds,
+        num_workers=cfg.num_workers,
+        device=next(model.parameters()).device,
         batch_size=cfg.batch_size,
         shuffle=shuffle,
-        num_workers=workers if len(ds) > cfg.batch_size else 0,
         collate_fn=collate_boxes,
         generator=g,
-        persistent_workers=False,
         drop_last=shuffle and len(ds) > cfg.batch_size,
     )
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from vitrina.data import ImageFiles, Sample, collate_skip_bad, eval_transform, train_transform
 from vitrina.data.folder import iter_image_files
 from vitrina.data.transforms import AUGMENTS
-from vitrina.engine import default_workers, resolve_device, torch_threads
+from vitrina.engine import resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.io import atomic_write_bytes
 from vitrina.models import Preprocess, VitrinaModel, check_input_size, create
@@ -50,6 +50,7 @@ from vitrina.training.checkpoint import (
 )
 from vitrina.training.classification import data_fingerprint, prepare_out
 from vitrina.training.distributed import single_process
+from vitrina.training.feeding import training_loader
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     check_precision,
@@ -266,19 +267,24 @@ def _split(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], l
 
 
 def _loader(
-    paths: list[Path], transform: Any, cfg: AutoencoderConfig, *, shuffle: bool, g: Any
+    paths: list[Path],
+    transform: Any,
+    cfg: AutoencoderConfig,
+    device: torch.device,
+    *,
+    shuffle: bool,
+    g: Any,
 ) -> DataLoader:
-    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
     ds = ImageFiles(paths, [0] * len(paths), transform)
-    return DataLoader(
+    return training_loader(
         ds,
+        num_workers=cfg.num_workers,
+        device=device,
         batch_size=cfg.batch_size,
         shuffle=shuffle,
         drop_last=shuffle and len(ds) > cfg.batch_size,  # BN needs more than one image
-        num_workers=workers if len(ds) > cfg.batch_size else 0,
         collate_fn=collate_skip_bad,
         generator=g,
-        persistent_workers=False,
     )
 
 
@@ -330,10 +336,10 @@ def train_autoencoder(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = _loader(
-        train_paths, train_transform(pre, cfg.augment), cfg, shuffle=True, g=shuffle_gen
+        train_paths, train_transform(pre, cfg.augment), cfg, device, shuffle=True, g=shuffle_gen
     )
     val_loader = (
-        _loader(val_paths, eval_transform(pre), cfg, shuffle=False, g=torch.Generator())
+        _loader(val_paths, eval_transform(pre), cfg, device, shuffle=False, g=torch.Generator())
         if val_paths
         else None
     )

@@ -50,6 +50,7 @@ from vitrina.training.distributed import (
     session,
     shard_loader,
 )
+from vitrina.training.feeding import training_loader
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     choose_precision,
@@ -133,19 +134,25 @@ class _HeadOnly(nn.Module):
 
 
 def _loader(
-    samples: list[Sample], transform: Any, cfg: TrainConfig, *, shuffle: bool, g: torch.Generator
+    samples: list[Sample],
+    transform: Any,
+    cfg: TrainConfig,
+    *,
+    shuffle: bool,
+    g: torch.Generator,
+    device: torch.device | None = None,
 ) -> DataLoader:
+    """A loader feeding a training loop on ``device`` (decoding placed by
+    :func:`~vitrina.training.feeding.training_loader`), or, without a device, one pass of
+    decoding alone (spread over :func:`~vitrina.engine.default_workers` processes)."""
     ds = ImageFiles([s.path for s in samples], [s.label for s in samples], transform)
-    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
-    return DataLoader(
-        ds,
-        batch_size=cfg.batch_size,
-        shuffle=shuffle,
-        num_workers=workers if len(ds) > cfg.batch_size else 0,
-        collate_fn=collate_skip_bad,
-        generator=g,
-        persistent_workers=False,
+    kw: dict[str, Any] = dict(
+        batch_size=cfg.batch_size, shuffle=shuffle, collate_fn=collate_skip_bad, generator=g
     )
+    if device is not None:
+        return training_loader(ds, num_workers=cfg.num_workers, device=device, **kw)
+    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+    return DataLoader(ds, num_workers=workers if len(ds) > cfg.batch_size else 0, **kw)
 
 
 def _embed_all(
@@ -364,10 +371,22 @@ def _train(
         # L-BFGS is full-batch: one batch of every training image.
         lcfg = replace(cfg, batch_size=len(train_samples)) if cfg.optimizer == "lbfgs" else cfg
         train_loader = _loader(
-            train_samples, train_transform(pre, cfg.augment), lcfg, shuffle=True, g=shuffle_gen
+            train_samples,
+            train_transform(pre, cfg.augment),
+            lcfg,
+            shuffle=True,
+            g=shuffle_gen,
+            device=device,
         )
         val_loader = (
-            _loader(val_samples, eval_transform(pre), cfg, shuffle=False, g=torch.Generator())
+            _loader(
+                val_samples,
+                eval_transform(pre),
+                cfg,
+                shuffle=False,
+                g=torch.Generator(),
+                device=device,
+            )
             if val_samples
             else None
         )

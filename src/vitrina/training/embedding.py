@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from vitrina.data import ImageFiles, collate_skip_bad, eval_transform
 from vitrina.data.transforms import AUGMENTS, reid_train_transform
-from vitrina.engine import Embedding, Engine, default_workers, resolve_device, torch_threads
+from vitrina.engine import Embedding, Engine, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.evaluate.retrieval import loo_retrieval
 from vitrina.models import Preprocess, VitrinaModel, check_input_size, create
@@ -63,6 +63,7 @@ from vitrina.training.distributed import (
     session,
     shard_loader,
 )
+from vitrina.training.feeding import training_loader
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     check_precision,
@@ -550,16 +551,16 @@ def _preprocess(model: VitrinaModel, size: tuple[int, int] | None) -> Preprocess
 
 
 def _loader(
-    paths: list[Path], labels: list[int], transform: Any, cfg: EmbeddingConfig, **kw: Any
+    paths: list[Path],
+    labels: list[int],
+    transform: Any,
+    cfg: EmbeddingConfig,
+    device: torch.device,
+    **kw: Any,
 ) -> DataLoader:
-    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
     ds = ImageFiles(paths, labels, transform)
-    return DataLoader(
-        ds,
-        num_workers=workers if len(ds) > 64 else 0,
-        collate_fn=collate_skip_bad,
-        persistent_workers=False,
-        **kw,
+    return training_loader(
+        ds, num_workers=cfg.num_workers, device=device, collate_fn=collate_skip_bad, **kw
     )
 
 
@@ -914,6 +915,7 @@ def _train_one(
         data.train_labels,
         reid_train_transform(pre, cfg.augment),
         cfg,
+        device,
         batch_sampler=sampler,
     )
     train_loader = shard_loader(train_loader, dist)  # whole P×K batches, dealt to the ranks
@@ -926,6 +928,7 @@ def _train_one(
             [im.label for im in images],
             eval_transform(pre),
             cfg,
+            device,
             batch_size=64,
             shuffle=False,
         )

@@ -155,6 +155,7 @@ def fit(
         task.set_train_mode(model)
         for cb in callbacks:
             cb.on_epoch_start(state)
+        decoders = int(getattr(train_loader, "num_workers", 0))  # read before it may change
         for batch in _recording(train_loader, state, callbacks):
             if batch.images.numel() == 0:
                 continue
@@ -173,6 +174,8 @@ def fit(
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": state.train_loss,
             "images_per_s": state.images_per_s,
+            # where this epoch decoded (0: in this process; see vitrina.training.feeding)
+            "decode_processes": decoders,
         }
         if state.has_accuracy:
             record["train_accuracy"] = state.train_accuracy
