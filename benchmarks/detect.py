@@ -10,6 +10,11 @@ backend, and the HOG people detector's speed and AP.
    learning-rate schedule follows the clock, the run ends with the epoch that passes it;
    feature caching counts), without validation photos (the last epoch is kept). Then COCO
    mAP@[.5:.95] / mAP@.5 on the 200 held out (pycocotools).
+   With ``--classifier probe|finetune`` also the two-stage recipe: the training photos' boxes
+   cut out (``vitrina data crops --margin 0.1``), an EfficientNet-Lite0 classifier trained on
+   them (``vitrina train --mode probe|finetune``; its CPU and wall time reported beside the
+   detector's: state the two together as the budget), and the detector's boxes named by it
+   (``detect evaluate --classifier``) on the same 200 held-out photos.
 2. Inference images/s of the best architecture per backend (eager, onnx, bf16 where it can
    be fast, auto), compute only (prepared batches, warm-up, median of ``--repeats``) and end
    to end (decode + letterbox + model + boxes mapped back) over the 200 photos; each
@@ -128,6 +133,50 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
             f"  {c:14s} {v['boxes']:3d} boxes  AP {v['AP']:.3f}  AP@.5 {v['AP50']:.3f}  "
             f"recall@.5 {v['recall50']:.3f}"
         )
+    if args.classifier != "none":
+        row["two_stage"] = two_stage(res.run_dir, train, test, args, out / f"{arch}-named")
+    return row
+
+
+def two_stage(run: Path, train: Path, test: Path, args, out: Path) -> dict:
+    from vitrina.classify import load as load_classifier
+    from vitrina.data.annotations import crop_annotated
+    from vitrina.detect.relabel import RelabeledDetector
+    from vitrina.training import TrainConfig, train_classifier
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    _, crops = crop_annotated(train, out / "crops", margin=0.1)
+    cfg = TrainConfig(
+        data_dir=str(out / "crops"),
+        arch="efficientnet_lite0",
+        weights="imagenet",
+        mode=args.classifier,
+        epochs=args.classifier_epochs,
+        out=str(out / "classifier"),
+        device="cpu",
+    )
+    res = train_classifier(cfg, progress=False)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    det = RelabeledDetector(
+        load_detector(run, backend="eager"), load_classifier(res.run_dir), backend="eager"
+    )
+    m = evaluate_detector(det, test, out=out / "eval").metrics
+    row = {
+        "classifier": args.classifier,
+        "crops": crops.crops,
+        "crop_accuracy": res.metrics.get("val_accuracy"),
+        "classifier_wall_min": wall / 60,
+        "classifier_cpu_min": cpu / 60,
+        "mAP": m.mAP,
+        "mAP50": m.mAP50,
+        "per_class_AP50": m.ap50,
+    }
+    print(
+        f"  two stages (+ {args.classifier} classifier on {crops.crops} crops, crop accuracy "
+        f"{row['crop_accuracy']}, {row['classifier_cpu_min']:.1f} CPU-min / "
+        f"{row['classifier_wall_min']:.1f} wall-min): mAP@[.5:.95] {m.mAP:.3f}  mAP@.5 {m.mAP50:.3f}",
+        flush=True,
+    )
     return row
 
 
@@ -276,6 +325,13 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per architecture")
     ap.add_argument("--clock", default="process", choices=("process", "wall"))
     ap.add_argument("--max-epochs", type=int, default=40)
+    ap.add_argument(
+        "--classifier",
+        default="none",
+        choices=("none", "probe", "finetune"),
+        help="also name each architecture's boxes with a Lite0 classifier trained on the crops",
+    )
+    ap.add_argument("--classifier-epochs", type=int, default=None)
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=8, help="inference batch for the backends")
@@ -315,6 +371,13 @@ def main() -> None:
             best = max(rows, key=lambda r: r["mAP50"])
             print(f"best: {best['arch']} mAP@.5 {best['mAP50']:.3f} (target >= 0.75: "
                   f"{'met' if best['mAP50'] >= 0.75 else 'MISSED'})")  # fmt: skip
+            for r in rows:
+                if "two_stage" in r:
+                    t = r["two_stage"]
+                    print(f"{r['arch']} + {t['classifier']} classifier: mAP@.5 {t['mAP50']:.3f} "
+                          f"(target >= 0.75: {'met' if t['mAP50'] >= 0.75 else 'MISSED'}) in "
+                          f"{r['train_cpu_min'] + t['classifier_cpu_min']:.1f} CPU-min / "
+                          f"{r['train_wall_min'] + t['classifier_wall_min']:.1f} wall-min")  # fmt: skip
             args.run = args.run or best["run"]
         if args.run and not args.no_backends:
             print(f"inference, {args.run}, batch {args.batch}:")

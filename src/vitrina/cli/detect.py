@@ -5,6 +5,7 @@ detection report of ``vitrina data inspect``. Each command parses, calls one API
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -41,6 +42,16 @@ app = typer.Typer(
 )
 
 Format = AnnotationFormat
+
+
+def classifier_option() -> Any:
+    return typer.Option(
+        None,
+        "--classifier",
+        help="A classification run that names the boxes (two stages: the detector finds, "
+        "the classifier names each crop; its classes become the detector's). Train it on "
+        "`vitrina data crops` of the annotated photos.",
+    )
 
 
 @app.command("train")
@@ -210,6 +221,7 @@ def evaluate_cmd(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(8, help="Photos per forward pass."),
     workers: int | None = typer.Option(None, help="Photo decoding processes."),
+    classifier: Path | None = classifier_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """COCO mAP@[.5:.95], mAP@.5, per-class AP and recall (pycocotools), with a picture of
@@ -220,7 +232,12 @@ def evaluate_cmd(
     from vitrina.detect import evaluate_detector, load_detector
 
     det = load_detector(
-        detector, backend=backend, device=device, batch_size=batch_size, num_workers=workers
+        detector,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        num_workers=workers,
+        classifier=classifier,
     )
     with progress_bar("detecting", None, enabled=not as_json) as update:
         done = [0]
@@ -282,6 +299,7 @@ def predict_cmd(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(8, help="Photos per forward pass."),
     workers: int | None = typer.Option(None, help="Photo decoding processes."),
+    classifier: Path | None = classifier_option(),
     ray: str = ray_option(),
     ray_workers: int = ray_workers_option(),
 ) -> None:
@@ -293,6 +311,8 @@ def predict_cmd(
       vitrina detect predict hog_people street/ --annotate boxed/
 
       vitrina detect predict runs/shelves shelf.jpg --crops crops/ --out boxes.csv
+
+      vitrina detect predict runs/products shelf.jpg --classifier runs/product-names
 
     On Ray (many machines, or every core of this one): add --ray or --ray ADDRESS (with
     --out, a killed run resumes from OUT.ray-shards/).
@@ -307,7 +327,12 @@ def predict_cmd(
     on_ray = ray_options(ray, ray_workers)
     if on_ray is None:
         det = load_detector(
-            detector, backend=backend, device=device, batch_size=batch_size, num_workers=workers
+            detector,
+            backend=backend,
+            device=device,
+            batch_size=batch_size,
+            num_workers=workers,
+            classifier=classifier,
         )
     with progress_bar("detecting", len(paths)) as update:
         done = [0]
@@ -333,6 +358,7 @@ def predict_cmd(
                 backend=backend,
                 device=device,
                 batch_size=batch_size,
+                classifier=classifier,
                 work_dir=work_dir_for(out_file) if out_file is not None else None,
                 on_progress=lambda d, n: update(d),
             )
@@ -437,6 +463,53 @@ def convert_cmd(
     )
 
 
+def crops_cmd(
+    data_dir: Path = typer.Argument(..., help="Annotated photos in any of the three formats."),
+    out_dir: Path = typer.Argument(..., help="New folder for OUT/<class>/<photo>-<k>.png."),
+    margin: float = typer.Option(
+        0.0,
+        "--margin",
+        help="Widen each box by this fraction of its side on every edge (0.1: a detector's "
+        "loose boxes).",
+    ),
+    min_side: int = typer.Option(8, "--min-side", help="Skip boxes with a side under this (px)."),
+    fmt: Format | None = typer.Option(None, "--format", help="Source format (default: found)."),
+    classes: Path | None = typer.Option(None, help="Class list of the source (default: its own)."),
+) -> None:
+    """Cut every annotated box out as a photo in a class folder: OUT/<class>/<photo>-<k>.png.
+
+    The folder is a class-folder tree for part one: train the classifier that names a
+    detector's boxes (vitrina train OUT, then vitrina detect predict RUN PHOTOS --classifier
+    CLASSIFIER_RUN), or index a catalogue of products. Unreadable photos, boxes outside the
+    photo and boxes too small are named, skipped and counted.
+
+    Example: vitrina data crops shelves/ shelf-crops/ --margin 0.1
+    """
+    from vitrina.data.annotations import crop_annotated
+
+    with progress_bar("cropping", None, unit=None) as update:
+        s, res = crop_annotated(
+            data_dir,
+            out_dir,
+            fmt=fmt,
+            classes=str(classes) if classes else None,
+            margin=margin,
+            min_side=min_side,
+            on_progress=lambda done, total: update(done, total),
+        )
+    for p in s.problems:
+        err.print(f"[yellow]skipped:[/] {escape(p.message)}")
+    for line in res.unreadable:
+        err.print(f"[yellow]unreadable:[/] {escape(line)}")
+    out.print(
+        f"{res.crops} crops of {len(res.per_class)} classes from {len(s.photos)} photos in "
+        f"{res.out}"
+        + (f"; {res.too_small} boxes under {min_side} px skipped" if res.too_small else "")
+    )
+    for name, n in res.per_class.items():
+        out.print(f"  {escape(name)}: {n}")
+
+
 def inspect_annotated(data_dir: Path, as_json: bool) -> bool:
     """``vitrina data inspect`` on annotated photos: the detection report. Returns False when
     the folder holds no annotations (the caller shows the class-folder report)."""
@@ -487,5 +560,6 @@ def inspect_annotated(data_dir: Path, as_json: bool) -> bool:
 
 
 def register_data(data_app: typer.Typer) -> None:
-    """Add ``convert`` to ``vitrina data``."""
+    """Add ``convert`` and ``crops`` to ``vitrina data``."""
     data_app.command("convert")(convert_cmd)
+    data_app.command("crops")(crops_cmd)

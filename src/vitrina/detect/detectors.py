@@ -355,15 +355,28 @@ def load_detector(
     device: str = "auto",
     batch_size: int = 8,
     num_workers: int | None = None,
+    classifier: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> PhotoDetector:
     """A detector from a run folder of ``vitrina detect train`` or a name in
     :data:`DETECTORS` (``hog_people``, ``hog_faces``, ``cnn_faces``).
 
+    ``classifier``: a classification run that names the detector's boxes (its classes become
+    the detector's; see :mod:`vitrina.detect.relabel`), on the same backend and device.
+
     Raises:
         RunFolderError: a run folder that is not a detection run, or damaged.
         UnknownNameError: neither a folder nor a known name (with suggestions).
     """
+    if classifier is not None:
+        from vitrina.classify import load
+        from vitrina.detect.relabel import RelabeledDetector
+
+        boxes = load_detector(
+            source, backend=backend, device=device, batch_size=batch_size,
+            num_workers=num_workers, **options,
+        )  # fmt: skip
+        return RelabeledDetector(boxes, load(classifier), backend=backend, device=device)
     text = str(source)
     path = Path(source)
     if path.is_dir():

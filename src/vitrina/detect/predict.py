@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from vitrina.data.annotations.crops import crop_box, safe_folder_name
 from vitrina.detect.detectors import PhotoDetector
 from vitrina.detect.task import Detections
 from vitrina.engine import TaskResult, item_name
@@ -124,13 +123,6 @@ class PredictSummary:
     crops: int = 0
 
 
-def _safe_label(name: str) -> str:
-    """A class name as a folder name (no separators, not hidden, not empty)."""
-    s = re.sub(r"[\\/\x00]", "_", name).strip()
-    s = s.lstrip(".") or "_"
-    return s
-
-
 def annotate_photo(photo: Image.Image, found: Detections, classes: Sequence[str]) -> Image.Image:
     """A copy of the photo with each box outlined in its class colour, labelled with the
     class and score."""
@@ -151,16 +143,14 @@ def crop_boxes(
     suffix: str,
 ) -> list[Path]:
     """Each box of ``found`` as its own photo in ``out/<label>/<stem>-<k><suffix>``."""
-    w, h = photo.size
     paths = []
     for k, (box, label) in enumerate(zip(found.boxes, found.labels.tolist(), strict=True)):
-        x1, y1 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
-        x2, y2 = min(w, math.ceil(box[2])), min(h, math.ceil(box[3]))
-        if x2 <= x1 or y2 <= y1:
+        rect = crop_box(photo.size, box)
+        if rect is None:
             continue
         name = classes[label] if 0 <= label < len(classes) else str(label)
-        target = out / _safe_label(name) / f"{stem}-{k}{suffix}"
-        paths.append(save_new_image(photo.crop((x1, y1, x2, y2)), target, quality=95))
+        target = out / safe_folder_name(name) / f"{stem}-{k}{suffix}"
+        paths.append(save_new_image(photo.crop(rect), target, quality=95))
     return paths
 
 

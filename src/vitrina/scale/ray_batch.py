@@ -342,15 +342,19 @@ class DetectJob(RayJob):
     device: str = "auto"
     batch_size: int = 8
     threads: int = 1
+    classifier: str | None = None  # a classification run naming the boxes
     kind: ClassVar[str] = "detect"
 
     def key(self) -> dict[str, Any]:
-        return {
+        key = {
             "kind": self.kind,
             "detector": _model_identity(self.detector),
             "backend": self.backend,
             "min_score": self.min_score,
         }
+        if self.classifier is not None:
+            key["classifier"] = _model_identity(self.classifier)
+        return key
 
     def build(self) -> tuple[Any, Task | None]:
         from vitrina.detect import load_detector
@@ -361,6 +365,7 @@ class DetectJob(RayJob):
             device=self.device,
             batch_size=self.batch_size,
             num_workers=0,
+            classifier=self.classifier,
         )
         return det, None
 
@@ -691,21 +696,27 @@ def ray_predict_photos(
     backend: str = "auto",
     device: str = "auto",
     batch_size: int = 8,
+    classifier: str | os.PathLike[str] | None = None,
     work_dir: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, Iterator[Any]]:
     """:func:`vitrina.detect.predict_photos` with the boxes found on Ray: ``(the detector as
     loaded here, for its classes; the photos' :class:`~vitrina.detect.PhotoBoxes` in input
     order)``. Annotated copies and crops are written by this process (one writer), as
-    without Ray. ``work_dir``: the shards' folder (``None``: no resuming)."""
+    without Ray. ``classifier``: a classification run naming the boxes (as
+    :func:`~vitrina.detect.load_detector`). ``work_dir``: the shards' folder (``None``: no
+    resuming)."""
     from vitrina.detect import Detections, load_detector
     from vitrina.detect.predict import photo_boxes
     from vitrina.engine import TaskResult
 
-    det = load_detector(detector, backend=backend, device=device, batch_size=batch_size)
+    det = load_detector(
+        detector, backend=backend, device=device, batch_size=batch_size, classifier=classifier
+    )
     floor = det.default_min_score if min_score is None else float(min_score)
     job = DetectJob(
         detector=str(detector),
+        classifier=None if classifier is None else str(classifier),
         min_score=floor,
         backend=backend,
         device=device,
