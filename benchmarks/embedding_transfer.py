@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--chips", help="aligned chips made before (skips `faces chips`)")
     ap.add_argument("--epochs", type=int, default=20, help="train-embedding's default: 20")
     ap.add_argument("--recipes", default="auto,neck,last,all", help="--trainable values to run")
+    ap.add_argument(
+        "--augment", default=None, help="train-embedding's --augment (default: its default)"
+    )
     ap.add_argument("--train-people", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="keep chips, splits and runs in this folder")
@@ -136,13 +139,15 @@ def main() -> None:
     print(
         f"frozen: held-out mAP {base[0]:.3f}, cross-domain mAP {base[2]:.3f} ({time.perf_counter() - t:.0f} s)"
     )
+    aug = f"-{args.augment}" if args.augment else ""
     for recipe in args.recipes.split(","):
         cfg = EmbeddingConfig(
             data_dir=str(train),
             epochs=args.epochs,
             trainable=recipe,
-            out=str(work / f"run-{recipe}-e{args.epochs}-s{args.seed}"),
+            out=str(work / f"run-{recipe}-e{args.epochs}-s{args.seed}{aug}"),
             seed=args.seed,
+            **({"augment": args.augment} if args.augment else {}),
         )
         t = time.perf_counter()
         if Path(cfg.out).is_dir():
@@ -153,8 +158,10 @@ def main() -> None:
             res = train_embedding(cfg, progress=False)
         secs = time.perf_counter() - t
         figs = (*score(str(res.run_dir), heldout), *score(str(res.run_dir), xdom))
-        label = f"--trainable {recipe}" + (
-            f" -> {res.trainable.get('choice')}" if recipe == "auto" else ""
+        label = (
+            f"--trainable {recipe}"
+            + (f" -> {res.trainable.get('choice')}" if recipe == "auto" else "")
+            + (f" --augment {args.augment}" if args.augment else "")
         )
         rows.append((label, secs, f"{res.best_epoch}", *figs))
         print(

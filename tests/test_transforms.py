@@ -65,3 +65,47 @@ def test_reduced_jpeg_decoding_matches_full_decoding(tmp_path) -> None:
     small = tmp_path / "small.jpg"
     photo(300, 200).save(small)
     assert read_image(small, min_side=256).size == (300, 200)
+
+
+def test_side_light_darkens_one_side_and_keeps_the_photo() -> None:
+    from vitrina.data.transforms import SideLight
+
+    flat = Image.fromarray(np.full((60, 80, 3), 200, np.uint8))
+    torch.manual_seed(0)
+    lit = [np.asarray(SideLight(strength=(0.6, 0.6), gamma=(1, 1), p=1.0)(flat)) for _ in range(8)]
+    for a in lit:
+        assert a.shape == (60, 80, 3) and a.dtype == np.uint8
+        assert a.max() >= 195 and a.min() <= 90  # 1 on one side, 0.4 on the other
+    # the direction varies: not always the left side that is dark
+    assert len({int(np.argmin(a.mean(axis=(0, 2)))) for a in lit}) > 1
+    grey = Image.fromarray(np.full((20, 20), 100, np.uint8), mode="L")
+    assert SideLight(p=1.0)(grey).mode == "L"
+    assert SideLight(p=0.0)(flat) is flat
+
+
+def test_low_resolution_loses_detail_at_the_same_size() -> None:
+    from vitrina.data.transforms import LowResolution
+
+    sharp = photo(112, 112, seed=3)
+    torch.manual_seed(0)
+    blurred = LowResolution(sides=(24, 24), p=1.0)(sharp)
+    assert blurred.size == sharp.size
+    detail = lambda im: np.abs(np.diff(np.asarray(im, np.float32), axis=1)).mean()  # noqa: E731
+    assert detail(blurred) < 0.6 * detail(sharp)
+    small = photo(20, 20)
+    assert LowResolution(sides=(24, 64), p=1.0)(small) is small  # never upscales
+
+
+def test_the_camera_augmentation_varies_more_than_reid_and_keeps_the_shape() -> None:
+    from vitrina.data.transforms import reid_train_transform
+
+    pre = Preprocess(input_size=(112, 96), mean=(0.5,) * 3, std=(0.5,) * 3)
+    img = photo(92, 112, seed=1)
+
+    def spread(augment: str) -> float:
+        torch.manual_seed(0)
+        xs = torch.stack([reid_train_transform(pre, augment)(img) for _ in range(24)])
+        assert xs.shape == (24, 3, 112, 96)
+        return float(xs.mean(dim=(1, 2, 3)).std())  # how much the overall light varies
+
+    assert spread("camera") > 2 * spread("reid")

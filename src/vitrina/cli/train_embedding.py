@@ -90,7 +90,8 @@ def train_embedding(
         "lenet5 take only their own)."
     ),
     augment: EmbeddingAugment = typer.Option(
-        "reid", help="reid: flip, pad-crop, random erasing; or a classifier's augmentation."
+        "reid",
+        help="reid: flip, pad-crop, random erasing; camera: reid + another camera's light, resolution, JPEG and framing; or a classifier's augmentation.",
     ),
     precision: Precision = typer.Option(
         "fp32",

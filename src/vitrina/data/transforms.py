@@ -183,25 +183,93 @@ def train_transform(pre: InputSpec, augment: str = "light") -> T.Compose:
     return T.Compose([*steps, *_to_tensor(pre)])
 
 
+class SideLight(torch.nn.Module):
+    """Light from one side: the photo multiplied by a linear ramp across a random direction,
+    from 1 down to ``1 - s`` (``s`` uniform in ``strength``), then a random gamma. A face by a
+    window, a shelf lit from one end; the identity is the same."""
+
+    def __init__(
+        self,
+        strength: tuple[float, float] = (0.0, 0.7),
+        gamma: tuple[float, float] = (0.75, 1.35),
+        p: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.strength, self.gamma, self.p = strength, gamma, p
+
+    def forward(self, img: Image.Image) -> Image.Image:
+        if torch.rand(()) >= self.p:
+            return img
+        s = float(torch.empty(()).uniform_(*self.strength))
+        g = float(torch.empty(()).uniform_(*self.gamma))
+        angle = float(torch.empty(()).uniform_(0, 2 * math.pi))
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        h, w = a.shape[:2]
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        t = (xs / max(w - 1, 1) - 0.5) * math.cos(angle) + (ys / max(h - 1, 1) - 0.5) * math.sin(
+            angle
+        )
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        ramp = 1.0 - s * t
+        a = np.clip(a * (ramp[..., None] if a.ndim == 3 else ramp), 0, 1) ** g
+        return Image.fromarray((a * 255).round().astype(np.uint8), mode=img.mode)
+
+
+class LowResolution(torch.nn.Module):
+    """Another camera's resolution: down to a short side of ``sides`` pixels and back up
+    (bilinear), with probability ``p``."""
+
+    def __init__(self, sides: tuple[int, int] = (24, 64), p: float = 0.4) -> None:
+        super().__init__()
+        self.sides, self.p = sides, p
+
+    def forward(self, img: Image.Image) -> Image.Image:
+        if torch.rand(()) >= self.p:
+            return img
+        w, h = img.size
+        side = int(torch.randint(self.sides[0], self.sides[1] + 1, ()))
+        if side >= min(w, h):
+            return img
+        k = side / min(w, h)
+        small = img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.BILINEAR)
+        return small.resize((w, h), Image.BILINEAR)
+
+
+REID_AUGMENTS = ("reid", "camera")
+
+
 def reid_train_transform(pre: InputSpec, augment: str = "reid") -> T.Compose:
     """Training transform for identity crops (people, faces, products).
 
     ``reid`` is the person re-identification recipe (Luo et al., "Bag of Tricks", 2019):
     resize straight to ``input_size`` (crops are already framed; a random resized crop would
     cut heads and feet off), horizontal flip, 10-pixel padding and a random crop back to size,
-    then random erasing (p 0.5) on the normalized tensor. Any other name is
-    :func:`train_transform`'s.
+    then random erasing (p 0.5) on the normalized tensor. ``camera`` adds what changes when
+    the same identity is seen by another camera in another place: light from one side and a
+    gamma (:class:`SideLight`), brightness and contrast, a lower resolution
+    (:class:`LowResolution`), JPEG compression (quality 20-90), and a looser framing (shift up
+    to 8%, zoom 0.9-1.1, rotation up to 5 degrees). Any other name is :func:`train_transform`'s.
     """
-    if augment != "reid":
+    if augment not in REID_AUGMENTS:
         return train_transform(pre, augment)
     T = _tv()
     h, w = pre.input_size
     interp = _interp(pre.interpolation)
     pad = max(1, round(min(h, w) / 25))  # 10 px at the classic 256 x 128
+    camera: list[Any] = []
+    if augment == "camera":
+        camera = [
+            SideLight(),
+            T.ColorJitter(brightness=0.3, contrast=0.3),
+            LowResolution(),
+            T.RandomApply([T.JPEG((20, 90))], p=0.4),
+            T.RandomAffine(degrees=5, translate=(0.08, 0.08), scale=(0.9, 1.1)),
+        ]
     return T.Compose(
         [
             T.Resize((h, w), interpolation=interp, antialias=True),
             T.RandomHorizontalFlip(),
+            *camera,
             T.Pad(pad, padding_mode="edge"),
             T.RandomCrop((h, w)),
             *_to_tensor(pre),

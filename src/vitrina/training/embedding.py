@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitrina.data import ImageFiles, collate_skip_bad, eval_transform
-from vitrina.data.transforms import AUGMENTS, reid_train_transform
+from vitrina.data.transforms import AUGMENTS, REID_AUGMENTS, reid_train_transform
 from vitrina.engine import Embedding, Engine, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.evaluate.retrieval import loo_retrieval
@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 DISTANCES = ("euclidean", "cosine")
-EMBED_AUGMENTS = ("reid", *AUGMENTS)
+EMBED_AUGMENTS = (*REID_AUGMENTS, *AUGMENTS)
 #: Batch samplers: ``pk`` (P identities x K images: every pair and triplet of the batch) or
 #: ``pairs`` (balanced same / different Siamese pairs, for the siamese-* losses).
 SAMPLERS = ("pk", "pairs")
