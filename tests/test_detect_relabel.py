@@ -164,3 +164,30 @@ def test_detect_commands_take_a_classifier(shelves, namer: Path, tmp_path: Path,
                            tmp_path / "nowhere")  # fmt: skip
     assert code == 1
     one_line_error(err, "nowhere")
+
+
+def test_the_detectors_opinion_on_shared_classes_is_kept(namer: Path) -> None:
+    classifier = load_classifier(namer)
+
+    class Fixed:
+        default_min_score = 0.5
+
+        def __init__(self, classes):
+            self.classes = classes
+
+    boxes = np.array([[10, 10, 60, 60], [11, 10, 61, 60], [200, 200, 260, 280]], np.float32)
+    found = Detections(boxes, np.array([0.8, 0.3, 0.6]), np.array([0, 1, 2]), (320, 320))
+    same = RelabeledDetector(Fixed(list(CLASSES)), classifier, backend="eager")
+    kept, scores, opinion = same._boxes(found)
+    assert len(kept) == 2 and scores.tolist() == pytest.approx([0.8, 0.6])
+    assert opinion.sum(1) == pytest.approx([1.0, 1.0])
+    col = {c: i for i, c in enumerate(same.classes)}
+    # the merged box: "can" 0.8 and "box" 0.3 from the two boxes merged into it
+    assert opinion[0, col["can"]] > opinion[0, col["box"]] > opinion[0, col["bottle"]]
+    assert opinion[1].argmax() == col["bottle"]
+    # a one-class detector has no opinion on the classifier's classes: uniform
+    product = RelabeledDetector(Fixed(["product"]), classifier, backend="eager")
+    _, _, none = product._boxes(
+        Detections(boxes, np.array([0.8, 0.3, 0.6]), np.zeros(3), (320, 320))
+    )
+    assert none == pytest.approx(np.full((2, 3), 1 / 3))

@@ -68,7 +68,9 @@ Mode = Literal["scratch", "probe", "finetune"]  # vitrina.training.MODES
 Optimizer = Literal["sgd", "adamw", "lbfgs"]  # vitrina.training.OPTIMIZERS
 Precision = Literal["fp64", "fp32", "bf16", "auto"]  # vitrina.training.PRECISIONS
 Augment = Literal["none", "light", "standard"]  # vitrina.data.AUGMENTS
-EmbeddingAugment = Literal["reid", "camera", "none", "light", "standard"]  # training.embedding.EMBED_AUGMENTS
+EmbeddingAugment = Literal[
+    "reid", "camera", "none", "light", "standard"
+]  # training.embedding.EMBED_AUGMENTS
 Miner = Literal["none", "batch-hard", "semi-hard", "distance-weighted"]  # vitrina.losses.MINERS
 Distance = Literal["euclidean", "cosine"]  # vitrina.training.embedding.DISTANCES
 Sampler = Literal["pk", "pairs"]  # vitrina.training.embedding.SAMPLERS
