@@ -5,8 +5,9 @@ photos) through ``to_market`` (20 people to train on, the other 20 never seen, q
 gallery on pseudo-cameras; every image of the query camera a query). A
 ``train-embedding --local-stripes S`` run per recipe (EfficientNet-Lite0, the default loss
 softmax + triplet batch-hard, plus the local triplet loss on the triplets the global distance
-mines; ``--trainable auto``, the default, trains the neck and the local branch on the frozen
-backbone for these 16 people, ``all`` the whole backbone; the epoch is picked by the combined
+mines; ``--trainable auto``, the default, trains the backbone's last stage and the local
+branch for these 16 people (the neck only before 2026-12: ``--trainable neck``), ``all`` the
+whole backbone; the epoch is picked by the combined
 mAP on the 4 held-out training people), then ``evaluate-reid`` on
 
 * **aligned**: the test photos as they are (ORL's faces are centred crops);
@@ -73,7 +74,7 @@ def main() -> None:
     ap.add_argument("--local-weight", type=float, default=1.0)
     ap.add_argument("--mutual", action="store_true", help="also train with mutual learning")
     ap.add_argument(
-        "--trainable", default="auto,all", help="recipes to train (auto: the default, neck here)"
+        "--trainable", default="auto,all", help="recipes to train (auto: the default, the last stage here)"
     )
     ap.add_argument("--keep", help="keep the converted data and runs in this folder")
     args = ap.parse_args()

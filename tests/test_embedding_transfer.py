@@ -35,14 +35,13 @@ def other_people(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_auto_follows_the_amount_of_data() -> None:
-    (neck, ids1, imgs1), (last, ids2, imgs2) = AUTO_RULE
-    assert (neck, last) == ("neck", "last")
-    assert choose_trainable(ids1 - 1, 10 * imgs1)[0] == "neck"  # few people
-    assert choose_trainable(10 * ids1, imgs1 - 1)[0] == "neck"  # few photos
-    assert choose_trainable(ids1, imgs1)[0] == "last"
-    assert choose_trainable(ids2, imgs2)[0] == "all"
+    ((last, ids, imgs),) = AUTO_RULE
+    assert last == "last"
+    assert choose_trainable(ids - 1, 10 * imgs)[0] == "last"  # few people
+    assert choose_trainable(10 * ids, imgs - 1)[0] == "last"  # few photos
+    assert choose_trainable(ids, imgs)[0] == "all"
     choice, reason = choose_trainable(24, 240)
-    assert choice == "neck" and "24 training identities, 240 photos" in reason
+    assert choice == "last" and "24 training identities, 240 photos" in reason
 
 
 @pytest.mark.parametrize("arch", ["tutorial_cnn", "resnet18", "efficientnet_lite0"])
@@ -99,7 +98,7 @@ def test_run_reports_starting_weights_and_says_when_training_lost(
     res = train_embedding(cfg(people, tmp_path / "run", weights=str(toy_run)), progress=False)
     assert set(res.start) >= {"val_mAP", "val_rank1"}
     assert (
-        res.trainable["choice"] == "neck"
+        res.trainable["choice"] == "last"
         and "auto: 4 training identities" in res.trainable["reason"]
     )
     assert len(res.verdict) == 1 and "starting weights" in res.verdict[0]
@@ -133,7 +132,7 @@ def test_run_reports_starting_weights_and_says_when_training_lost(
         str(tmp_path / "lost"),
     )
     assert code == 0, err
-    assert "did NOT beat the starting weights" in out and "trainable: neck" in out
+    assert "did NOT beat the starting weights" in out and "trainable: last" in out
     assert read_run(tmp_path / "lost").metrics["beat_start"] is False
 
 
@@ -245,7 +244,7 @@ def test_a_metric_loss_alone_never_freezes_everything(people, toy_run, tmp_path,
     assert plan["choice"] == "last" and plan["trained_stages"] >= 1
     m = create("tutorial_cnn", weights=None)
     net = EmbeddingModel(m, num_classes=2).net
-    assert plan_trainable(net, "auto", identities=10, images=100).choice == "neck"
+    assert plan_trainable(net, "neck", identities=10, images=100).choice == "neck"
     code, _, err = run_cli(
         capsys,
         "train-embedding",

@@ -79,8 +79,8 @@ def train_embedding(
     trainable: Trainable = typer.Option(
         "auto",
         help="How much of the backbone trains: neck (frozen backbone), last (its last "
-        "stage), all; auto: by the number of training identities and photos (neck below "
-        "100 people or 2,000 photos, last below 1,000 or 20,000, else all), stated in the run.",
+        "stage), all; auto: by the number of training identities and photos (last below "
+        "1,000 people or 20,000 photos, else all), stated in the run.",
     ),
     layer_decay: float = typer.Option(
         1.0, help="Below 1: each trained backbone stage learns this many times as fast as the next."
