@@ -74,7 +74,9 @@ def main() -> None:
     ap.add_argument("--local-weight", type=float, default=1.0)
     ap.add_argument("--mutual", action="store_true", help="also train with mutual learning")
     ap.add_argument(
-        "--trainable", default="auto,all", help="recipes to train (auto: the default, the last stage here)"
+        "--trainable",
+        default="auto,all",
+        help="recipes to train (auto: the default, the last stage here)",
     )
     ap.add_argument("--keep", help="keep the converted data and runs in this folder")
     args = ap.parse_args()
