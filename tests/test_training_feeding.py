@@ -113,3 +113,22 @@ def test_given_workers_and_gpus_keep_plain_loaders(device: str) -> None:
 def test_a_set_of_one_batch_decodes_in_this_process() -> None:
     loader = training_loader(_Slow(4), num_workers=5, device=torch.device("cpu"), batch_size=8)
     assert type(loader) is DataLoader and loader.num_workers == 0
+
+
+def test_a_run_records_where_it_decoded(tmp_path) -> None:
+    import json
+
+    from conftest import make_dataset, toy_config
+    from vitrina.training import train_classifier
+
+    data = make_dataset(tmp_path / "data", per_class=12)
+    # augmented: decoded every epoch (unaugmented small sets are decoded once, into memory)
+    cfg = toy_config(
+        data, tmp_path / "run", epochs=2, num_workers=None, batch_size=4, augment="light"
+    )
+    res = train_classifier(cfg, progress=False)
+    doc = json.loads((res.run_dir / "vitrina.json").read_text())
+    assert doc["metrics"]["decoding"].startswith("decoding: in ")
+    assert "ms decoding" in doc["metrics"]["decoding"]
+    lines = (res.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["decode_processes"] == 0  # the measuring epoch

@@ -634,6 +634,8 @@ def train_detector(
             plot_pr_curves(m.pr50, m.ap50, plots / "pr_curves.png")
             metrics["val"] = m.to_dict()
     metrics["epochs_run"] = state.epoch
+    if getattr(train_loader, "plan", None):  # where decoding ran (training.feeding)
+        metrics["decoding"] = train_loader.plan
     metrics["train_seconds"] = round(seconds, 1)
     metrics["cached_features"] = bool(cached)
     metrics["budget_seconds"] = round(CLOCKS[cfg.budget_clock]() - clock_start, 1)

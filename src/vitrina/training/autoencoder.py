@@ -428,6 +428,8 @@ def train_autoencoder(
     best_info = read_run(out)
     metrics = dict(best_info.metrics)
     metrics["epochs_run"] = state.epoch
+    if getattr(train_loader, "plan", None):  # where decoding ran (training.feeding)
+        metrics["decoding"] = train_loader.plan
     metrics["unreadable_files"] = len(state.bad_files)
     best_info.metrics = metrics
     from vitrina.runs import write_info

@@ -490,6 +490,8 @@ def _train(
             )
             metrics["val_per_class_f1"] = dict(zip(scan.classes, report.f1, strict=True))
     metrics["epochs_run"] = state.epoch
+    if getattr(train_loader, "plan", None):  # where decoding ran (training.feeding)
+        metrics["decoding"] = train_loader.plan
     metrics["unreadable_files"] = len(set(bad))
     best_info.metrics = metrics
     best_info.config = cfg.to_dict()

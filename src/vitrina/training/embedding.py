@@ -1067,6 +1067,8 @@ def _train_one(
     thresholds = _calibrate(best, engine, val_imgs or train_imgs, cfg, out, on_val=bool(val_imgs))
     best_info.thresholds = thresholds
     metrics["epochs_run"] = state.epoch
+    if getattr(train_loader, "plan", None):  # where decoding ran (training.feeding)
+        metrics["decoding"] = train_loader.plan
     metrics["unreadable_files"] = len(set(bad))
     verdict, beat = _verdict(metrics, start, cfg)
     metrics.update(start=start, trainable=plan_doc, verdict=verdict, beat_start=beat)
