@@ -122,6 +122,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
         ("detect evaluate", "fmt"): set(ANNOTATION_FORMATS),
         ("data convert", "to"): set(ANNOTATION_FORMATS),
         ("data convert", "fmt"): set(ANNOTATION_FORMATS),
+        ("data crops", "fmt"): set(ANNOTATION_FORMATS),
     }
     for command, _ in list(_commands().items()):
         if "backend" in _params(command):
