@@ -63,15 +63,15 @@ class RelabeledDetector:
         device: str = "auto",
         batch_size: int = 32,
     ) -> None:
-        for name, ok in (
-            ("top_k", top_k >= 1),
-            ("margin", 0 <= margin <= 1),
-            ("max_boxes", max_boxes >= 1),
-            ("floor", 0 <= floor < 1),
-            ("merge_iou", 0 < merge_iou <= 1),
+        for name, value, ok in (
+            ("top_k", top_k, top_k >= 1),
+            ("margin", margin, 0 <= margin <= 1),
+            ("max_boxes", max_boxes, max_boxes >= 1),
+            ("floor", floor, 0 <= floor < 1),
+            ("merge_iou", merge_iou, 0 < merge_iou <= 1),
         ):
             if not ok:
-                raise VitrinaError(f"{name} {locals()[name]!r} is out of range")
+                raise VitrinaError(f"{name} {value!r} is out of range")
         self.detector, self.classifier = detector, classifier
         self.classes = list(classifier.classes)
         self.default_min_score = float(getattr(detector, "default_min_score", 0.5))

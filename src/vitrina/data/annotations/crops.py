@@ -20,6 +20,7 @@ from pathlib import Path
 
 from vitrina.data.annotations.read import read_annotated
 from vitrina.data.annotations.types import AnnotatedSet
+from vitrina.data.annotations.write import refuse_used_folder
 from vitrina.errors import DataError, ImageReadError
 from vitrina.io import read_image, save_new_image
 
@@ -77,10 +78,7 @@ def write_crops(
     if min_side < 1:
         raise DataError(f"--min-side {min_side}: give at least 1 pixel")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(
-            f"{out}: exists and is not an empty folder; choose another (nothing was written)"
-        )
+    refuse_used_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     res = CropsResult(out, {})
@@ -122,10 +120,6 @@ def crop_annotated(
     """Read ``data`` (any format, found automatically unless ``fmt``) and write its boxes as
     crops into the new folder ``out`` (:func:`write_crops`). The set comes back too: its
     ``problems`` are the boxes skipped while reading."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(
-            f"{out}: exists and is not an empty folder; choose another (nothing was written)"
-        )
+    refuse_used_folder(Path(out))
     s = read_annotated(data, fmt=fmt, classes=classes)
     return s, write_crops(s, out, margin=margin, min_side=min_side, on_progress=on_progress)

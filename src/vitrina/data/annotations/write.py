@@ -44,11 +44,17 @@ class ConvertResult:
     annotation_files: int
 
 
-def _new_folder(out: Path) -> None:
+def refuse_used_folder(out: Path) -> None:
+    """Raise :class:`DataError` unless ``out`` is new or an empty folder (checked before
+    anything is read, so a refused command costs nothing)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(
             f"{out}: exists and is not an empty folder; choose another (nothing was written)"
         )
+
+
+def _new_folder(out: Path) -> None:
+    refuse_used_folder(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -169,9 +175,6 @@ def convert_annotated(
 
         raise DataError(f"unknown annotation format {to!r}{suggest(to, FORMATS)}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(
-            f"{out}: exists and is not an empty folder; choose another (nothing was written)"
-        )
+    refuse_used_folder(out)
     s = read_annotated(data, fmt=fmt, classes=classes)
     return write_annotated(s, out, to, photos=photos, on_progress=on_progress)
