@@ -127,6 +127,9 @@ def main() -> int:
     ap.add_argument("--prune-flops", type=float, default=TARGET_FLOPS)
     ap.add_argument("--sparsify-epochs", type=int, default=None, help="default: optimize's")
     ap.add_argument("--finetune-epochs", type=int, default=None, help="default: optimize's")
+    ap.add_argument(
+        "--distill-features", type=float, default=None, help="feature weight (default: optimize's)"
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument(
         "--shifts",
@@ -166,6 +169,8 @@ def main() -> int:
         options["finetune_epochs"] = args.finetune_epochs
     if args.mixup is not None:
         options["distill_mixup"] = args.mixup
+    if args.distill_features is not None:
+        options["distill_features"] = args.distill_features
     t0 = time.perf_counter()
     report = optimize_run(
         run,
@@ -185,7 +190,8 @@ def main() -> int:
         f"\noptimize --variants pruned --prune-flops {args.prune_flops}: {built:.0f} s "
         f"(budget: {budget['photos']} photos, {budget['sparsify_epochs']} sparsity + "
         f"{budget['finetune_epochs']} distillation epochs"
-        f"{' with mixup' if budget.get('mixup') else ''}, batch {budget['batch_size']})"
+        f"{' with mixup' if budget.get('mixup') else ''}"
+        f", features at weight {budget.get('feature_weight', 0)}, batch {budget['batch_size']})"
     )
 
     results = {"clean": {"fp32": fp32["accuracy"], "pruned": pruned["accuracy"]}}

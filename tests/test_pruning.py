@@ -423,6 +423,92 @@ def test_distillation_recovers_a_pruned_toy_model(tmp_path: Path) -> None:
     assert gap < 0.7 * gap0, (gap0, gap)
 
 
+def test_feature_loss_is_relative_and_zero_for_the_teacher() -> None:
+    from vitrina.optimize.distill import feature_loss
+
+    t, s = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    assert float(feature_loss([t], [t])) == 0.0
+    assert float(feature_loss([2 * t], [t])) == pytest.approx(1.0)
+    # every layer counts the same whatever its scale
+    assert float(feature_loss([100 * s], [100 * t])) == pytest.approx(float(feature_loss([s], [t])))
+    both = feature_loss([s, 2 * t], [t, t])
+    assert float(both) == pytest.approx((float(feature_loss([s], [t])) + 1.0) / 2)
+
+
+def _pruned_pair(seed: int = 3) -> tuple[VitrinaModel, VitrinaModel]:
+    teacher = tiny(seed=seed)
+    student = copy.deepcopy(teacher)
+    gs = groups_of(student, residual=False)
+    gs.remove(random_keep(gs, seed=4, p=0.6))
+    return teacher, student
+
+
+def test_matching_features_are_the_blocks_that_keep_their_shape() -> None:
+    from vitrina.optimize.distill import matching_features
+
+    teacher, student = _pruned_pair()
+    x = torch.zeros(1, 3, 24, 24)
+    names = matching_features(student, teacher, x, lambda m, t: m.classify(t))
+    assert names and not any(".expand." in n or ".dw." in n for n in names)  # narrowed
+    assert any(".project." in n for n in names)  # the residual stream keeps its width
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    for model in (student, teacher):
+        mods = dict(model.named_modules())
+        hooks = [
+            mods[n].register_forward_hook(
+                lambda m, i, o, n=n: shapes.setdefault(n, []).append(tuple(o.shape))
+            )
+            for n in names
+        ]
+        model.classify(x)
+        for h in hooks:
+            h.remove()
+    assert all(a == b for a, b in shapes.values())
+
+
+def test_feature_distillation_brings_the_features_closer(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from vitrina.data import ImageFiles, collate_skip_bad, eval_transform
+    from vitrina.optimize.distill import _capture, feature_loss, matching_features
+    from vitrina.training.loop import fit
+
+    teacher, pruned = _pruned_pair()
+    images = _images(tmp_path / "photos")
+    ds = ImageFiles(images, None, eval_transform(PRE))
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    fwd = lambda m, t: m.classify(t)  # noqa: E731
+    names = matching_features(pruned, teacher, x[:1], fwd)
+
+    def feature_error(student: VitrinaModel) -> float:
+        s, t = {}, {}
+        hooks = [*_capture(student, names, s), *_capture(teacher, names, t)]
+        student.eval()
+        with torch.no_grad():
+            fwd(student, x), fwd(teacher, x)
+        for h in hooks:
+            h.remove()
+        return float(feature_loss([s[n] for n in names], [t[n] for n in names]))
+
+    errors = {}
+    for weight in (0.0, 1.0):
+        student = copy.deepcopy(pruned)
+        torch.manual_seed(0)
+        loader = DataLoader(
+            ds, batch_size=10, shuffle=True, collate_fn=collate_skip_bad,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        task = DistillTask(
+            teacher, logits=True, features=names if weight else (), feature_weight=weight
+        )
+        opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+        fit(student, task, loader, None, opt, None, epochs=15, device=torch.device("cpu"))
+        if weight:
+            assert task.last_parts["features"] > 0
+        errors[weight] = feature_error(student)
+    assert errors[1.0] < 0.8 * errors[0.0], errors
+
+
 def test_batchnorm_reestimation_gives_the_exact_statistics() -> None:
     model = tiny()
     x = torch.randn(12, 3, 24, 24)
@@ -468,6 +554,9 @@ def test_optimize_prunes_to_the_flop_target_and_reports_it(own_run: Path, tmp_pa
     assert pruned["images_per_s"] > 0 and notes["fp32_onnx_images_per_s"] > 0
     assert {"accuracy", "top1_agreement", "speedup"} <= set(pruned)
     assert notes["budget"]["sparsify_epochs"] == 2 and len(notes["sparsify"]) == 2
+    from vitrina.optimize import DISTILL_FEATURES
+
+    assert notes["budget"]["feature_weight"] == DISTILL_FEATURES > 0
     assert len(notes["recover"]) == 2
     # the widths plot: a real PNG, and the widths it shows
     plot = own_run / "variants" / "pruned-widths.png"
@@ -494,9 +583,11 @@ def test_optimize_cli_prints_flops_and_the_plot(capsys, own_run: Path, tmp_path:
     code, out, err = run_cli(
         capsys, "optimize", str(own_run), "--calib", str(data), "--eval", str(data),
         "--variants", "pruned", "--prune-flops", "0.3", "--sparsify-epochs", "1",
-        "--finetune-epochs", "1", "--batch-size", "8",
+        "--finetune-epochs", "1", "--batch-size", "8", "--distill-features", "2",
     )  # fmt: skip
     assert code == 0, err
+    report = json.loads((own_run / "variants" / "report.json").read_text())
+    assert report["variants"]["pruned"]["notes"]["budget"]["feature_weight"] == 2.0
     assert "GFLOPs" in out and "pruned-widths.png" in out and "of the FLOPs" in out
 
 
@@ -508,6 +599,7 @@ def test_optimize_cli_prints_flops_and_the_plot(capsys, own_run: Path, tmp_path:
         (["--prune-latency", "-0.2"], "--prune-latency is the fraction to remove"),
         (["--prune-flops", "0.5", "--prune-latency", "0.5"], "not both"),
         (["--prune-flops", "0.99"], "cannot remove 99% of the FLOPs"),
+        (["--distill-features", "-1"], "--distill-features is a weight"),
     ],
 )
 def test_optimize_refuses_a_bad_target_in_one_line(

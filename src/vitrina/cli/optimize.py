@@ -51,6 +51,11 @@ def optimize(
     finetune_epochs: int = typer.Option(
         6, help="Epochs of distillation from the full model after removal (0: none)."
     ),
+    distill_features: float = typer.Option(
+        4.0,
+        help="Weight of matching the full model's features between stages while the pruned "
+        "variant is distilled, besides its answers (0: the answers only).",
+    ),
     train_dir: Path | None = typer.Option(
         None,
         "--train",
@@ -90,6 +95,7 @@ def optimize(
             prune_latency=prune_latency,
             sparsify_epochs=sparsify_epochs,
             finetune_epochs=finetune_epochs,
+            distill_features=distill_features,
             train_dir=train_dir,
             batch_size=batch_size,
             on_stage=(lambda s: None) if as_json else (lambda s: err.print(f"[dim]{escape(s)}[/]")),

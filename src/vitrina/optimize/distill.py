@@ -11,6 +11,14 @@ label (Hinton et al., 2015):
 * an embedding model: the squared distance between the L2-normalised embeddings only
   (``2 - 2 cos``: what retrieval compares).
 
+With ``features`` the student also matches the teacher's features between stages (the
+blocks whose outputs keep their shape after pruning: the residual streams;
+:func:`matching_features`), each layer's squared error relative to the teacher's energy
+(:func:`feature_loss`; FitNets, Romero et al., 2015, without the adapters: the widths are the
+same). A photo then gives thousands of targets where its answers give a handful, which is
+what a few hundred photos need: on the README's pruning benchmark (EfficientNet-Lite0 at half
+the FLOPs, 200 photos, 15 epochs) held-out accuracy went from 97.1% to 97.8% (fp32 98.9%).
+
 With ``mixup`` the teacher and the student see the same *mixed* photos (two photos of the
 batch blended, a new blend every step): "function matching" (Beyer et al., 2022, *Knowledge
 distillation: a good teacher is patient and consistent*): the blends show the student
@@ -37,7 +45,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from vitrina.data.dataset import Batch
 from vitrina.training.loop import StepOutput
 
-__all__ = ["DistillTask", "distillation_loss", "reestimate_batchnorm"]
+__all__ = [
+    "DistillTask",
+    "distillation_loss",
+    "feature_loss",
+    "matching_features",
+    "reestimate_batchnorm",
+]
 
 
 def distillation_loss(
@@ -70,6 +84,67 @@ def distillation_loss(
         loss = loss + kl
         parts["kl"] = float(kl.detach())
     return loss, parts
+
+
+def feature_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of each layer's squared error relative to the teacher's energy,
+    ``||s - t||^2 / ||t||^2``: every layer counts the same whatever its scale."""
+    terms = [
+        (s.float() - t.float()).pow(2).mean() / t.float().pow(2).mean().clamp_min(1e-8)
+        for s, t in zip(student, teacher, strict=True)
+    ]
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def matching_features(
+    student: nn.Module, teacher: nn.Module, example: torch.Tensor, forward: Any
+) -> list[str]:
+    """Names of the outermost blocks of a sequence (children of an ``nn.Sequential`` that
+    hold parameters) whose outputs have the same shape in ``student`` and ``teacher``: after
+    pruning, the residual streams between stages, which keep their width. Their features
+    are what :class:`DistillTask` matches with ``features``."""
+    parents = {
+        f"{name}.{child}" if name else child
+        for name, m in student.named_modules()
+        if isinstance(m, nn.Sequential)
+        for child, _ in m.named_children()
+    }
+    t_modules = dict(teacher.named_modules())
+    names = [
+        n
+        for n, m in student.named_modules()
+        if n in parents and n in t_modules and any(True for _ in m.parameters())
+    ]
+    shapes: dict[tuple[int, str], tuple[int, ...]] = {}
+
+    def keep(model_id: int, name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                shapes[(model_id, name)] = tuple(output.shape)
+
+        return hook
+
+    hooks = [dict(student.named_modules())[n].register_forward_hook(keep(0, n)) for n in names]
+    hooks += [t_modules[n].register_forward_hook(keep(1, n)) for n in names]
+    was = (student.training, teacher.training)
+    student.eval()
+    teacher.eval()
+    try:
+        forward(student, example)
+        forward(teacher, example)
+    finally:
+        for h in hooks:
+            h.remove()
+        student.train(was[0])
+        teacher.train(was[1])
+    same = [
+        n
+        for n in names
+        if (0, n) in shapes and shapes[(0, n)] == shapes.get((1, n)) and len(shapes[(0, n)]) == 4
+    ]
+    # the outermost only: a stage, not the blocks inside it
+    return [n for n in same if not any(n.startswith(o + ".") for o in same if o != n)]
 
 
 def _outputs(
@@ -108,6 +183,9 @@ class DistillTask:
         mixup: blend each batch with itself in another order, the weight of the first drawn
             uniformly in [0, 1] per photo, before teacher and student see it. The blends come
             from ``generator`` (seeded: the same run gives the same model).
+        features: names of modules whose outputs the student must also match (same shape
+            in both: :func:`matching_features`), weighted by ``feature_weight``
+            (:func:`feature_loss`): thousands of targets per photo where the answers give one.
     """
 
     def __init__(
@@ -120,7 +198,11 @@ class DistillTask:
         freeze_batchnorm: bool = False,
         mixup: bool = False,
         generator: torch.Generator | None = None,
+        features: Sequence[str] = (),
+        feature_weight: float = 1.0,
     ) -> None:
+        self.features = list(features)
+        self.feature_weight = feature_weight
         self.mixup = mixup
         self.generator = generator or torch.Generator().manual_seed(0)
         self.teacher = teacher.eval()
@@ -145,9 +227,19 @@ class DistillTask:
         if self.mixup and len(x) > 1:
             x = self.mix(x)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            t_emb, t_logits = _outputs(self.teacher, x, self.logits)
-        s_emb, s_logits = _outputs(model, x, self.logits)
+        t_feats: dict[str, torch.Tensor] = {}
+        s_feats: dict[str, torch.Tensor] = {}
+        hooks = [
+            *_capture(self.teacher, self.features, t_feats),
+            *_capture(model, self.features, s_feats),
+        ]
+        try:
+            with torch.no_grad():
+                t_emb, t_logits = _outputs(self.teacher, x, self.logits)
+            s_emb, s_logits = _outputs(model, x, self.logits)
+        finally:
+            for h in hooks:
+                h.remove()
         loss, self.last_parts = distillation_loss(
             s_logits,
             t_logits,
@@ -156,6 +248,12 @@ class DistillTask:
             temperature=self.temperature,
             embedding_weight=self.embedding_weight,
         )
+        if self.features:
+            feat = feature_loss(
+                [s_feats[n] for n in self.features], [t_feats[n] for n in self.features]
+            )
+            loss = loss + self.feature_weight * feat
+            self.last_parts["features"] = float(feat.detach())
         correct = None
         if s_logits is not None and t_logits is not None:
             correct = int((s_logits.argmax(1) == t_logits.argmax(1)).sum())  # agreement
@@ -170,6 +268,21 @@ class DistillTask:
 
     def evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
         return {}
+
+
+def _capture(model: nn.Module, names: Sequence[str], into: dict[str, torch.Tensor]) -> list[Any]:
+    """Forward hooks that keep the outputs of ``names`` in ``into`` (removed by the caller)."""
+    if not names:
+        return []
+    modules = dict(model.named_modules())
+
+    def keep(name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            into[name] = output
+
+        return hook
+
+    return [modules[n].register_forward_hook(keep(n)) for n in names]
 
 
 @torch.no_grad()

@@ -22,7 +22,8 @@ returns a smaller model that answers like it:
    what the full model's layer answers (:mod:`vitrina.optimize.reconstruct`), then the
    channels are removed through Torch-Pruning's dependency graph;
 4. **recover** — distillation from the full model on the user's photos
-   (:class:`~vitrina.optimize.distill.DistillTask`), batch-norm statistics kept (or
+   (:class:`~vitrina.optimize.distill.DistillTask`): its answers and, with
+   ``feature_weight``, its features between stages; batch-norm statistics kept (or
    re-estimated on the photos with ``reestimate_bn=True``).
 
 The classifier keeps its classes and the embedding its width, so the pruned model is a
@@ -305,6 +306,7 @@ def prune_model(
     residual: bool = False,
     reestimate_bn: bool = False,
     mixup: bool = False,
+    feature_weight: float = 0.0,
     num_workers: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_epoch: Callable[[str, int, dict[str, Any]], None] | None = None,
@@ -322,6 +324,9 @@ def prune_model(
         finetune_epochs: epochs of distillation after removal (AdamW, ``finetune_lr``, cosine).
         augment: the training transform (default: ``train_transform(preprocess, "standard")``).
         residual: also remove channels of residual streams (see :class:`ChannelGroups`).
+        feature_weight: also match the full model's features between stages (the blocks
+            whose outputs keep their shape: :func:`~vitrina.optimize.distill.matching_features`)
+            during distillation, at this weight (0: outputs only).
         reestimate_bn: re-estimate the batch-norm statistics on ``images`` after removal and
             after distillation, and let distillation update them. Off by default: the
             re-fitted layers match the full model's, whose statistics are what the classifier
@@ -494,6 +499,12 @@ def prune_model(
         student.num_features = int(student.embed(example).shape[1])
 
     # 4. recover --------------------------------------------------------------------------
+    if feature_weight > 0:
+        from vitrina.optimize.distill import matching_features
+
+        task.features = matching_features(student, teacher, example, fwd)
+        task.feature_weight = feature_weight
+        stage(f"pruned: distillation also matches the features of {', '.join(task.features)}")
     skip = protected_modules(student)
     if reestimate_bn:
         with torch_threads(threads):

@@ -16,7 +16,7 @@ written; every file is written atomically, and nothing that exists is overwritte
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405 - builds XML, never parses it
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
