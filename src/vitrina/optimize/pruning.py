@@ -504,7 +504,8 @@ def prune_model(
 
         task.features = matching_features(student, teacher, example, fwd)
         task.feature_weight = feature_weight
-        stage(f"pruned: distillation also matches the features of {', '.join(task.features)}")
+        if task.features:
+            stage(f"pruned: distillation also matches the features of {', '.join(task.features)}")
     skip = protected_modules(student)
     if reestimate_bn:
         with torch_threads(threads):
