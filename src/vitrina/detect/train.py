@@ -60,7 +60,7 @@ from vitrina.training.checkpoint import (
 )
 from vitrina.training.classification import prepare_out
 from vitrina.training.distributed import single_process
-from vitrina.training.feeding import training_loader
+from vitrina.training.feeding import decoding_metrics, training_loader
 
 __all__ = [
     "FREEZE",
@@ -634,8 +634,7 @@ def train_detector(
             plot_pr_curves(m.pr50, m.ap50, plots / "pr_curves.png")
             metrics["val"] = m.to_dict()
     metrics["epochs_run"] = state.epoch
-    if getattr(train_loader, "plan", None):  # where decoding ran (training.feeding)
-        metrics["decoding"] = train_loader.plan
+    metrics.update(decoding_metrics(train_loader))
     metrics["train_seconds"] = round(seconds, 1)
     metrics["cached_features"] = bool(cached)
     metrics["budget_seconds"] = round(CLOCKS[cfg.budget_clock]() - clock_start, 1)

@@ -111,11 +111,11 @@ def matching_features(
         if isinstance(m, nn.Sequential)
         for child, _ in m.named_children()
     }
-    t_modules = dict(teacher.named_modules())
+    s_modules, t_modules = dict(student.named_modules()), dict(teacher.named_modules())
     names = [
         n
-        for n, m in student.named_modules()
-        if n in parents and n in t_modules and any(True for _ in m.parameters())
+        for n, m in s_modules.items()
+        if n in parents and n in t_modules and next(m.parameters(), None) is not None
     ]
     shapes: dict[tuple[int, str], tuple[int, ...]] = {}
 
@@ -126,7 +126,7 @@ def matching_features(
 
         return hook
 
-    hooks = [dict(student.named_modules())[n].register_forward_hook(keep(0, n)) for n in names]
+    hooks = [s_modules[n].register_forward_hook(keep(0, n)) for n in names]
     hooks += [t_modules[n].register_forward_hook(keep(1, n)) for n in names]
     was = (student.training, teacher.training)
     student.eval()

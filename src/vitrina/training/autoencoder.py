@@ -50,7 +50,7 @@ from vitrina.training.checkpoint import (
 )
 from vitrina.training.classification import data_fingerprint, prepare_out
 from vitrina.training.distributed import single_process
-from vitrina.training.feeding import training_loader
+from vitrina.training.feeding import decoding_metrics, training_loader
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     check_precision,
@@ -428,8 +428,7 @@ def train_autoencoder(
     best_info = read_run(out)
     metrics = dict(best_info.metrics)
     metrics["epochs_run"] = state.epoch
-    if getattr(train_loader, "plan", None):  # where decoding ran (training.feeding)
-        metrics["decoding"] = train_loader.plan
+    metrics.update(decoding_metrics(train_loader))
     metrics["unreadable_files"] = len(state.bad_files)
     best_info.metrics = metrics
     from vitrina.runs import write_info

@@ -50,7 +50,7 @@ from vitrina.training.distributed import (
     session,
     shard_loader,
 )
-from vitrina.training.feeding import training_loader
+from vitrina.training.feeding import decoding_metrics, training_loader
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     choose_precision,
@@ -490,8 +490,7 @@ def _train(
             )
             metrics["val_per_class_f1"] = dict(zip(scan.classes, report.f1, strict=True))
     metrics["epochs_run"] = state.epoch
-    if getattr(train_loader, "plan", None):  # where decoding ran (training.feeding)
-        metrics["decoding"] = train_loader.plan
+    metrics.update(decoding_metrics(train_loader))
     metrics["unreadable_files"] = len(set(bad))
     best_info.metrics = metrics
     best_info.config = cfg.to_dict()

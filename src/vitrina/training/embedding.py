@@ -63,7 +63,7 @@ from vitrina.training.distributed import (
     session,
     shard_loader,
 )
-from vitrina.training.feeding import training_loader
+from vitrina.training.feeding import decoding_metrics, training_loader
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     check_precision,
@@ -1067,8 +1067,7 @@ def _train_one(
     thresholds = _calibrate(best, engine, val_imgs or train_imgs, cfg, out, on_val=bool(val_imgs))
     best_info.thresholds = thresholds
     metrics["epochs_run"] = state.epoch
-    if getattr(train_loader, "plan", None):  # where decoding ran (training.feeding)
-        metrics["decoding"] = train_loader.plan
+    metrics.update(decoding_metrics(train_loader))
     metrics["unreadable_files"] = len(set(bad))
     verdict, beat = _verdict(metrics, start, cfg)
     metrics.update(start=start, trainable=plan_doc, verdict=verdict, beat_start=beat)

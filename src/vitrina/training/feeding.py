@@ -32,7 +32,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitrina.engine import available_cores, default_workers
 
-__all__ = ["MARGIN", "MAX_WORKERS", "MeasuredLoader", "best_workers", "training_loader"]
+__all__ = [
+    "MARGIN",
+    "MAX_WORKERS",
+    "MeasuredLoader",
+    "best_workers",
+    "decoding_metrics",
+    "training_loader",
+]
 
 #: Decoding processes must make an epoch at least this much faster than decoding in-process.
 MARGIN = 0.9
@@ -135,3 +142,10 @@ def training_loader(
         kwargs.setdefault("persistent_workers", False)
         return DataLoader(dataset, num_workers=0 if small else workers, **kwargs)
     return MeasuredLoader(dataset, **kwargs)
+
+
+def decoding_metrics(loader: Any) -> dict[str, str]:
+    """What a run records of where its training photos were decoded: ``{"decoding": plan}``
+    for a :class:`MeasuredLoader`, nothing for a plain loader."""
+    plan = getattr(loader, "plan", None)
+    return {"decoding": plan} if plan else {}
