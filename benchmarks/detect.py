@@ -25,7 +25,7 @@ backend, and the HOG people detector's speed and AP.
    the boxes of ``--people-boxes`` (a COCO json), when given.
 
     python benchmarks/detect.py [--data ../shared/data/groceries_det] [--archs fasterrcnn,fcos]
-        [--budget 30] [--input-size 224] [--out bench-detect]
+        [--budget 30] [--input-size 224] [--precision auto] [--out bench-detect]
 
 Target (issue 18): mAP@.5 >= 0.75 for the best architecture on the 200 held-out photos.
 """
@@ -55,6 +55,7 @@ from vitrina.detect.task import DetectionTask
 from vitrina.engine import BOXES, TOLERANCES, compare_outputs
 from vitrina.engine.backends import bf16_supported
 from vitrina.evaluate.detection import coco_metrics
+from vitrina.runs import read_run
 
 
 def cpu_flags() -> str:
@@ -96,6 +97,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         val_fraction=0.0,
         time_budget=args.budget,
         budget_clock=args.clock,
+        precision=args.precision,
         out=str(out / arch),
         device="cpu",
     )
@@ -112,6 +114,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         "mAP75": m.mAP75,
         "recall": m.recall,
         "epochs": res.metrics["epochs_run"],
+        "precision": read_run(res.run_dir).config["precision"],
         "train_wall_min": wall / 60,
         "train_cpu_min": cpu / 60,
         "cache_s": res.metrics.get("cache_seconds"),
@@ -124,7 +127,8 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         "eval_files": {k: str(v) for k, v in ev.files.items()},
     }
     print(
-        f"{arch:11s} mAP@[.5:.95] {m.mAP:.3f}  mAP@.5 {m.mAP50:.3f}  epochs {row['epochs']}  "
+        f"{arch:11s} mAP@[.5:.95] {m.mAP:.3f}  mAP@.5 {m.mAP50:.3f}  epochs {row['epochs']} "
+        f"({row['precision']})  "
         f"train {row['train_cpu_min']:.1f} CPU-min / {row['train_wall_min']:.1f} wall-min",
         flush=True,
     )
@@ -325,6 +329,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per architecture")
     ap.add_argument("--clock", default="process", choices=("process", "wall"))
     ap.add_argument("--max-epochs", type=int, default=40)
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "auto"),
+        help="detect train's --precision (auto: bf16 where measured faster)",
+    )
     ap.add_argument(
         "--classifier",
         default="none",

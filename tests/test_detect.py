@@ -250,6 +250,65 @@ def test_a_time_budget_ends_the_run_and_the_learning_rate(shelf_set: Path, tmp_p
     assert res.metrics["budget_clock"] == "process" and res.metrics["budget_seconds"] > 0
 
 
+def test_precision_auto_times_training_steps_of_the_detector(
+    shelf_set: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """detect train --precision auto: the trial runs the detector's own training losses (a
+    box per image, backward included) at its input size on a copy, its frozen layers frozen;
+    with cached features nothing is timed and the run says why it stays fp32; fp64 is
+    refused."""
+    import vitrina.engine as engine
+    from vitrina.detect.train import _precision
+    from vitrina.training import precision
+
+    timed: list[tuple[tuple[int, ...], bool]] = []
+    real = precision._steps_per_s
+
+    def spy(model, x, bf16, step):
+        timed.append((tuple(x.shape), bf16))
+        if not bf16:  # real fp32 steps (bf16 is emulated, and slow, on most CPUs)
+            assert real(model, x, bf16, step) > 0
+        return 3.0 if bf16 else 1.0  # bf16 faked 3x faster
+
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(precision, "_steps_per_s", spy)
+    spec = DetectorSpec(head="fcos", num_classes=len(CLASSES), input_size=(128, 96))
+    model = create_detector(spec, pretrained_backbone=False)
+    for p in model.stem_parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    choice = _precision("auto", model, torch.device("cpu"), 4, cached=False)
+    assert choice.chosen == "bf16" and "measured: bf16 3.00x" in choice.reason
+    assert timed == [((4, 3, 128, 96), False), ((4, 3, 128, 96), True)] * precision._ROUNDS
+    for k, v in model.state_dict().items():  # the trial ran on a copy
+        torch.testing.assert_close(v, before[k])
+    assert all(p.grad is None for p in model.parameters())
+
+    timed.clear()
+    cached = _config(shelf_set, tmp_path / "cached", arch="fcos", epochs=1, precision="auto")
+    res = train_detector(cached, progress=False)
+    assert timed == [] and res.metrics["cached_features"]
+    saved = json.loads((res.run_dir / "precision.json").read_text())
+    assert saved["chosen"] == "fp32" and "cached" in saved["reason"]
+    assert read_run(res.run_dir).config["precision"] == "fp32"  # what it trained with
+    with pytest.raises(VitrinaError, match="not one of fp32, bf16, auto"):
+        _config(shelf_set, tmp_path / "x", precision="fp64").resolved()
+
+
+@pytest.mark.slow
+def test_a_detector_trains_in_bf16(shelf_set: Path, tmp_path: Path) -> None:
+    """--precision bf16 (what auto picks on AMX): the whole network but the stem trains
+    under autocast, the loss falls and the run keeps float32 weights (emulated, and slow,
+    on CPUs without bf16 units)."""
+    cfg = _config(shelf_set, tmp_path / "bf16", arch="fcos", epochs=2, freeze="stem")
+    cfg.precision = "bf16"
+    res = train_detector(cfg, progress=False)
+    losses = [h["train_loss"] for h in res.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert read_run(res.run_dir).config["precision"] == "bf16"
+    assert all(v.dtype != torch.bfloat16 for v in load_model(res.run_dir).state_dict().values())
+
+
 def test_bad_photos_and_boxes_do_not_stop_training(tmp_path: Path) -> None:
     root = _voc_set(tmp_path / "set", 10, seed=2)
     first = sorted((root / "images").glob("*.png"))[0]

@@ -145,9 +145,9 @@ def test_auto_precision_for_an_autoencoder(tmp_path: Path, monkeypatch) -> None:
     timed: list[tuple[int, ...]] = []
     real = precision._steps_per_s
 
-    def spy(model, x, bf16):
+    def spy(model, x, bf16, step):
         timed.append(tuple(x.shape))
-        assert real(model, x, bf16) > 0  # the real trial steps run on the autoencoder
+        assert real(model, x, bf16, step) > 0  # the real trial steps run on the autoencoder
         return 3.0 if bf16 else 1.0  # bf16 faked 3x faster (it is emulated on most CPUs)
 
     monkeypatch.setattr(precision, "_steps_per_s", spy)

@@ -247,7 +247,7 @@ def test_precision_auto_is_fp32_without_bf16_units_and_measured_with_them(
     monkeypatch.setattr(
         precision,
         "_steps_per_s",
-        lambda model, x, bf16: real(model, x, bf16) / (3.0 if bf16 else 1.0),
+        lambda model, x, bf16, step: real(model, x, bf16, step) / (3.0 if bf16 else 1.0),
     )
     model = vitrina.create("tutorial_cnn", num_classes=3)
     choice = precision.choose_precision("auto", model, torch.device("cpu"), 8)

@@ -98,7 +98,10 @@ def train_cmd(
         "once: several times faster epochs on a CPU.",
     ),
     precision: Precision = typer.Option(
-        "fp32", help="bf16: autocast (fast only on CPUs with AMX / AVX-512 BF16, and GPUs)."
+        "fp32",
+        help="fp32; bf16: autocast (fast only on CPUs with AMX / AVX-512 BF16, and GPUs); "
+        "auto: bf16 where a few training steps of this detector measure it faster, else fp32 "
+        "(the choice and the timings go to RUN/precision.json).",
     ),
     seed: int = typer.Option(0, help="Seed of the split, initialisation and shuffling."),
     out_dir: Path | None = typer.Option(

@@ -59,8 +59,10 @@ from vitrina.training.checkpoint import (
     resume_saver,
 )
 from vitrina.training.classification import prepare_out
+from vitrina.training.config import PRECISIONS as TRAIN_PRECISIONS
 from vitrina.training.distributed import single_process
 from vitrina.training.feeding import decoding_metrics, training_loader
+from vitrina.training.precision import PrecisionChoice, choose_precision, record_precision
 
 __all__ = [
     "FREEZE",
@@ -81,7 +83,8 @@ __all__ = [
 FREEZE = ("stem", "lower", "backbone", "none")
 OPTIMIZERS = ("adamw", "sgd")
 WEIGHTS = ("imagenet", "none")  # the backbone's start
-PRECISIONS = ("fp32", "bf16")
+#: ``--precision``: training's own choices but fp64 (torchvision's box ops are float32).
+PRECISIONS = tuple(p for p in TRAIN_PRECISIONS if p != "fp64")
 
 
 def parse_size(text: str | int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -235,6 +238,30 @@ class DetectTrainConfig:
         if d.get("input_size") is not None:
             d["input_size"] = tuple(int(v) for v in d["input_size"])
         return cls(**d)
+
+
+def _trial_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One training step's losses for ``--precision auto``'s trial: a box in the middle of
+    each (random) image, of the first class."""
+    h, w = x.shape[-2:]
+    box = torch.tensor([[0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h]], device=x.device)
+    one = torch.zeros(1, dtype=torch.int64, device=x.device)
+    losses = model.losses(x, [{"boxes": box, "labels": one} for _ in range(len(x))])  # type: ignore[operator]
+    return sum(v.float() for v in losses.values())  # type: ignore[return-value]
+
+
+def _precision(
+    requested: str, model: Detector, device: torch.device, batch_size: int, cached: bool
+) -> PrecisionChoice:
+    """``requested``, or for ``auto`` what :func:`choose_precision` measures on training steps
+    of this detector (its frozen part frozen) at its input size."""
+    if requested == "auto" and cached:
+        return PrecisionChoice(
+            "fp32",
+            "the frozen layers' features are cached (--freeze lower or backbone): auto times "
+            "whole-network steps only; --precision bf16 tries it",
+        )
+    return choose_precision(requested, model, device, batch_size, step=_trial_step)
 
 
 class DetectionTrainTask:
@@ -536,6 +563,10 @@ def train_detector(
         cache_errors = []
         train_loader = _loader(train_photos, model, cfg.augment, cfg, shuffle=True, g=shuffle_gen)
         val_loader = val_plain
+    choice = _precision(cfg.precision, model, device, cfg.batch_size, cached)
+    if cfg.precision == "auto":
+        record_precision(choice, out)
+    cfg.precision = choice.chosen  # the run records what it trained with
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(

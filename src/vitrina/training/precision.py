@@ -27,6 +27,7 @@ import contextlib
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "autocast",
     "check_precision",
     "choose_precision",
+    "embedding_step",
     "inference_backend",
     "loss_dtype",
     "model_dtype",
@@ -116,16 +118,27 @@ class PrecisionChoice:
         return asdict(self)
 
 
-def _steps_per_s(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> float:
+def embedding_step(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The trial's default step: ``model.embed(x)`` (or ``model(x)``), its mean square as the
+    loss."""
+    y = getattr(model, "embed", model)(x)
+    if isinstance(y, tuple | list):  # e.g. an autoencoder's (reconstruction, code)
+        y = y[0]
+    return y.float().pow(2).mean()
+
+
+def _steps_per_s(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    bf16: bool,
+    step: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = embedding_step,
+) -> float:
     device = x.device
     times = []
     for i in range(_STEPS + 1):  # the first step warms up (weight packing, allocations)
         t0 = time.perf_counter()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            y = getattr(model, "embed", model)(x)
-        if isinstance(y, tuple | list):  # e.g. an autoencoder's (reconstruction, code)
-            y = y[0]
-        loss = y.float().pow(2).mean()
+            loss = step(model, x)
         if loss.requires_grad:  # a frozen backbone: the forward pass is what is timed
             loss.backward()
         model.zero_grad(set_to_none=True)
@@ -154,13 +167,15 @@ def choose_precision(
     *,
     trainable: bool = True,
     preprocess: Any = None,
+    step: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = embedding_step,
 ) -> PrecisionChoice:
     """The precision to train with: ``requested`` unless it is ``auto`` (see the module).
 
     ``trainable=False`` (a probe fitting its head on cached features): fp32, nothing to gain.
-    The trial steps run ``model.embed`` (or ``model`` itself where it has no ``embed``: an
-    autoencoder, whose first output is timed) on inputs shaped by ``preprocess`` (default:
-    ``model.preprocess``).
+    The trial steps run ``step(model, x)`` and its loss's backward pass, ``x`` random inputs
+    shaped by ``preprocess`` (default: ``model.preprocess``); the default step is
+    ``model.embed`` (or ``model`` itself where it has no ``embed``: an autoencoder, whose first
+    output is timed); a detector passes its own (its training losses on a box per image).
     """
     from vitrina.engine import bf16_supported
 
@@ -183,7 +198,7 @@ def choose_precision(
         rates: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(_ROUNDS):
             for half in (False, True):
-                rates[half].append(_steps_per_s(trial, x, bf16=half))
+                rates[half].append(_steps_per_s(trial, x, half, step))
         del trial
     fp32, bf16 = statistics.median(rates[False]), statistics.median(rates[True])
     chosen = "bf16" if bf16 >= MIN_GAIN * fp32 else "fp32"
