@@ -60,6 +60,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
     from vitrina.detect.data import BOX_AUGMENTS
     from vitrina.detect.train import FREEZE, WEIGHTS
     from vitrina.detect.train import OPTIMIZERS as DETECT_OPTIMIZERS
+    from vitrina.detect.train import PRECISIONS as DETECT_PRECISIONS
     from vitrina.embed import POOLS
     from vitrina.embed.projection import METHODS as PROJECTIONS
     from vitrina.embed.reid import METRICS as REID_METRICS
@@ -117,7 +118,7 @@ def _api_choices() -> dict[tuple[str, str], set[str]]:
         ("detect train", "optimizer"): set(DETECT_OPTIMIZERS),
         ("detect train", "augment"): set(BOX_AUGMENTS),
         ("detect train", "freeze"): set(FREEZE),
-        ("detect train", "precision"): set(PRECISIONS),
+        ("detect train", "precision"): set(DETECT_PRECISIONS),
         ("detect train", "fmt"): set(ANNOTATION_FORMATS),
         ("detect evaluate", "fmt"): set(ANNOTATION_FORMATS),
         ("data convert", "to"): set(ANNOTATION_FORMATS),

@@ -24,6 +24,7 @@ __all__ = [
     "BoxAugment",
     "DetectArch",
     "DetectOptimizer",
+    "DetectPrecision",
     "DetectWeights",
     "Distance",
     "EmbeddingAugment",
@@ -67,6 +68,7 @@ Backend = Literal[
 Mode = Literal["scratch", "probe", "finetune"]  # vitrina.training.MODES
 Optimizer = Literal["sgd", "adamw", "lbfgs"]  # vitrina.training.OPTIMIZERS
 Precision = Literal["fp64", "fp32", "bf16", "auto"]  # vitrina.training.PRECISIONS
+DetectPrecision = Literal["fp32", "bf16", "auto"]  # vitrina.detect.train.PRECISIONS
 Augment = Literal["none", "light", "standard"]  # vitrina.data.AUGMENTS
 EmbeddingAugment = Literal[
     "reid", "camera", "none", "light", "standard"

@@ -17,9 +17,9 @@ from vitrina.cli._choices import (
     BoxAugment,
     DetectArch,
     DetectOptimizer,
+    DetectPrecision,
     DetectWeights,
     Freeze,
-    Precision,
 )
 from vitrina.cli._common import (
     BACKEND_HELP,
@@ -97,7 +97,7 @@ def train_cmd(
         "With lower or backbone and --augment none or flip the frozen features are computed "
         "once: several times faster epochs on a CPU.",
     ),
-    precision: Precision = typer.Option(
+    precision: DetectPrecision = typer.Option(
         "fp32",
         help="fp32; bf16: autocast (fast only on CPUs with AMX / AVX-512 BF16, and GPUs); "
         "auto: bf16 where a few training steps of this detector measure it faster, else fp32 "
