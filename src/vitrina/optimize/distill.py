@@ -117,17 +117,8 @@ def matching_features(
         for n, m in s_modules.items()
         if n in parents and n in t_modules and next(m.parameters(), None) is not None
     ]
-    shapes: dict[tuple[int, str], tuple[int, ...]] = {}
-
-    def keep(model_id: int, name: str) -> Any:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                shapes[(model_id, name)] = tuple(output.shape)
-
-        return hook
-
-    hooks = [s_modules[n].register_forward_hook(keep(0, n)) for n in names]
-    hooks += [t_modules[n].register_forward_hook(keep(1, n)) for n in names]
+    outputs: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    hooks = [*_capture(student, names, outputs[0]), *_capture(teacher, names, outputs[1])]
     was = (student.training, teacher.training)
     student.eval()
     teacher.eval()
@@ -139,10 +130,15 @@ def matching_features(
             h.remove()
         student.train(was[0])
         teacher.train(was[1])
+
+    def shape(out: dict[str, Any], name: str) -> tuple[int, ...] | None:
+        t = out.get(name)
+        return tuple(t.shape) if isinstance(t, torch.Tensor) else None
+
     same = [
         n
         for n in names
-        if (0, n) in shapes and shapes[(0, n)] == shapes.get((1, n)) and len(shapes[(0, n)]) == 4
+        if (s := shape(outputs[0], n)) is not None and s == shape(outputs[1], n) and len(s) == 4
     ]
     # the outermost only: a stage, not the blocks inside it
     return [n for n in same if not any(n.startswith(o + ".") for o in same if o != n)]
@@ -271,14 +267,14 @@ class DistillTask:
         return {}
 
 
-def _capture(model: nn.Module, names: Sequence[str], into: dict[str, torch.Tensor]) -> list[Any]:
+def _capture(model: nn.Module, names: Sequence[str], into: dict[str, Any]) -> list[Any]:
     """Forward hooks that keep the outputs of ``names`` in ``into`` (removed by the caller)."""
     if not names:
         return []
     modules = dict(model.named_modules())
 
     def keep(name: str) -> Any:
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             into[name] = output
 
         return hook
