@@ -12,7 +12,9 @@ hold and give back (distinct, non-empty, one line each without surrounding blank
 
 from __future__ import annotations
 
+import atexit
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +35,7 @@ def _root() -> Path:
     global _ROOT
     if _ROOT is None:
         _ROOT = Path(tempfile.mkdtemp(prefix="vitrina-fuzz-ann-"))
+        atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
     return _ROOT
 
 

@@ -9,7 +9,9 @@ non-empty and within max_pixels; and bytes that Pillow itself cannot decode are 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -22,7 +24,17 @@ with atheris.instrument_imports(include=["vitrina", "PIL"]):
     from vitrina.io.images import read_image, read_image_bytes
 
 MAX_PIXELS = 4_000_000  # keeps each input fast; the limit itself is part of what is checked
-_TMP = tempfile.mkdtemp(prefix="vitrina-fuzz-")
+_TMP: str | None = None  # made on first use; the regression tests set it to their own folder
+
+
+def _tmp() -> str:
+    global _TMP
+    if _TMP is None:
+        _TMP = tempfile.mkdtemp(prefix="vitrina-fuzz-")
+        atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+    return _TMP
+
+
 _EXTS = (".png", ".jpg", ".gif", ".webp", ".tif", ".bmp", ".ppm")
 
 
@@ -34,7 +46,7 @@ def check(data: bytes) -> None:
     min_side = 8 if data[0] & 4 else None
     try:
         if from_file:
-            path = os.path.join(_TMP, "input" + _EXTS[data[0] % len(_EXTS)])
+            path = os.path.join(_tmp(), "input" + _EXTS[data[0] % len(_EXTS)])
             with open(path, "wb") as f:
                 f.write(data)
             im = read_image(path, mode=mode, max_pixels=MAX_PIXELS, min_side=min_side)

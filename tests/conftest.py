@@ -23,7 +23,19 @@ if os.environ.get("VITRINA_CACHE") in (None, os.environ.get("VITRINA_TEST_CACHE"
     os.environ["VITRINA_CACHE"] = tempfile.mkdtemp(prefix="vitrina-test-cache-")
     os.environ["VITRINA_TEST_CACHE"] = os.environ["VITRINA_CACHE"]
     # removed when this process ends: a run leaves no gigabytes of exports behind in /tmp
+    # (atexit for plain runs; pytest_unconfigure below for xdist workers, which skip atexit)
     atexit.register(shutil.rmtree, os.environ["VITRINA_CACHE"], ignore_errors=True)
+    _OWN_CACHE = os.environ["VITRINA_CACHE"]
+else:
+    _OWN_CACHE = None
+
+
+def pytest_unconfigure(config) -> None:
+    if _OWN_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 # Two pytest-xdist workers share two cores: one torch thread each avoids OpenMP spinning.
 torch.set_num_threads(1)

@@ -31,6 +31,9 @@ def targets(tmp_path_factory):
         mods = {n: importlib.import_module(n) for n in names}
         for m in mods.values():
             m.CHECK_KNOWN = True
+        # the targets' scratch files go under pytest's tmp (xdist workers never run atexit)
+        mods["fuzz_images"]._TMP = str(tmp_path_factory.mktemp("fuzz-images"))
+        mods["fuzz_annotations"]._ROOT = tmp_path_factory.mktemp("fuzz-annotations")
         seeds = common.write_image_seeds(tmp_path_factory.mktemp("seeds"))
         seeds += common.write_annotation_seeds(tmp_path_factory.mktemp("annotation-seeds"))
         yield mods, seeds
