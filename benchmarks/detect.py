@@ -25,7 +25,7 @@ backend, and the HOG people detector's speed and AP.
    the boxes of ``--people-boxes`` (a COCO json), when given.
 
     python benchmarks/detect.py [--data ../shared/data/groceries_det] [--archs fasterrcnn,fcos]
-        [--budget 30] [--input-size 224] [--precision auto] [--out bench-detect]
+        [--budget 30] [--input-size auto] [--precision auto] [--out bench-detect]
 
 Target (issue 18): mAP@.5 >= 0.75 for the best architecture on the 200 held-out photos.
 """
@@ -78,8 +78,11 @@ def split(
     return work / "train", work / "test", s
 
 
-def _hw(text: str) -> tuple[int, int]:
-    """``HEIGHTxWIDTH`` or one number (a square), as vitrina's ``--input-size``."""
+def _hw(text: str) -> tuple[int, int] | None:
+    """``HEIGHTxWIDTH`` or one number (a square), as vitrina's ``--input-size``; ``auto``:
+    None (``detect train`` fits it to the photos)."""
+    if text == "auto":
+        return None
     parts = [int(v) for v in text.lower().split("x")]
     return (parts[0], parts[-1])
 
@@ -115,6 +118,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         "recall": m.recall,
         "epochs": res.metrics["epochs_run"],
         "precision": read_run(res.run_dir).config["precision"],
+        "input_size": "x".join(str(v) for v in read_run(res.run_dir).config["input_size"]),
         "train_wall_min": wall / 60,
         "train_cpu_min": cpu / 60,
         "cache_s": res.metrics.get("cache_seconds"),
@@ -128,7 +132,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
     }
     print(
         f"{arch:11s} mAP@[.5:.95] {m.mAP:.3f}  mAP@.5 {m.mAP50:.3f}  epochs {row['epochs']} "
-        f"({row['precision']})  "
+        f"({row['precision']}, input {row['input_size']})  "
         f"train {row['train_cpu_min']:.1f} CPU-min / {row['train_wall_min']:.1f} wall-min",
         flush=True,
     )
@@ -322,7 +326,12 @@ def main() -> None:
     ap.add_argument("--data", help="annotated photos (default ../shared/data/groceries_det)")
     ap.add_argument("--archs", default="fasterrcnn,retinanet,fcos,ssdlite")
     ap.add_argument("--backbone", default="efficientnet_lite0")
-    ap.add_argument("--input-size", default="224", help="HEIGHTxWIDTH, or one number")
+    ap.add_argument(
+        "--input-size",
+        default="auto",
+        help="HEIGHTxWIDTH, or one number; auto (default): detect train's own choice, "
+        "fitted to the photos",
+    )
     ap.add_argument("--freeze", default="lower")
     ap.add_argument("--augment", default="flip")
     ap.add_argument("--batch-size", type=int, default=8)

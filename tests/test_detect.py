@@ -330,6 +330,37 @@ def test_bad_photos_and_boxes_do_not_stop_training(tmp_path: Path) -> None:
     assert (res.run_dir / "model.safetensors").is_file()
 
 
+def test_the_input_is_fitted_to_the_photos_and_never_enlarges_them() -> None:
+    from vitrina.data.annotations import AnnotatedPhoto
+    from vitrina.detect.train import fit_input_size
+
+    def photos(*sizes: tuple[int, int]) -> list[AnnotatedPhoto]:
+        return [AnnotatedPhoto(Path(f"{i}.png"), f"{i}.png", s) for i, s in enumerate(sizes)]
+
+    assert fit_input_size(photos((224, 224)) * 3)[0] == (224, 224)  # the photos' own size
+    assert fit_input_size(photos((250, 180), (240, 240), (230, 100)))[0] == (256, 256)
+    (hw, why) = fit_input_size(photos((1920, 1080), (4000, 3000), (640, 480)))
+    assert hw == (320, 320) and "at most 320" in why  # large photos: the CPU's budget
+    assert fit_input_size(photos((40, 30), (64, 48)))[0] == (128, 128)  # tiny: the floor
+    assert fit_input_size(photos((0, 0)))[0] == (320, 320)  # sizes unknown
+
+
+def test_a_run_without_input_size_records_the_fitted_one(tmp_path: Path) -> None:
+    data = tmp_path / "small"
+    write_voc(
+        make_shapes(data / "images", 6, seed=3, sizes=((150, 120), (140, 160))),
+        data / "annotations",
+    )
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    cfg = _config(data, tmp_path / "run", input_size=None, epochs=1, val_fraction=0.0)
+    assert cfg.resolved().input_size is None  # chosen once the photos are read
+    res = train_detector(cfg, progress=False)
+    run = read_run(res.run_dir)
+    assert run.preprocess.input_size == (160, 160)  # median longer side 160: not enlarged
+    assert run.config["input_size"] == [160, 160]
+    assert "fitted to the training photos" in run.config["input_size_choice"]
+
+
 def test_train_command(shelf_set: Path, tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(
         capsys, "detect", "train", shelf_set, "--arch", "ssdlite", "--input-size", "128x160",

@@ -73,8 +73,10 @@ def train_cmd(
     ),
     weights: DetectWeights = typer.Option("imagenet", help="Backbone start."),
     input_size: str | None = input_size_option(
-        "the network input, multiples of 32 (default 320); photos of any size are "
-        "letterboxed into it (boxes reported in their own pixels).",
+        "the network input, multiples of 32; photos of any size are letterboxed into it "
+        "(boxes reported in their own pixels). Default: fitted to the training photos, their "
+        "median longer side rounded up to a multiple of 32, from 128 to 320 (never enlarged "
+        "past their own pixels).",
     ),
     size: str | None = typer.Option(
         None,
@@ -164,7 +166,7 @@ def train_cmd(
         arch=arch,
         backbone=backbone,
         weights=weights,
-        input_size=hw or (320, 320),
+        input_size=hw,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
