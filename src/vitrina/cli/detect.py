@@ -75,8 +75,8 @@ def train_cmd(
     input_size: str | None = input_size_option(
         "the network input, multiples of 32; photos of any size are letterboxed into it "
         "(boxes reported in their own pixels). Default: fitted to the training photos, their "
-        "median longer side rounded up to a multiple of 32, from 128 to 320 (never enlarged "
-        "past their own pixels).",
+        "median longer side rounded up to a multiple of 32, from 128 to 320 (not enlarged "
+        "past their own size).",
     ),
     size: str | None = typer.Option(
         None,

@@ -253,8 +253,8 @@ FIT_INPUT_MIN, FIT_INPUT_MAX = 128, 320
 def fit_input_size(photos: Sequence[AnnotatedPhoto]) -> tuple[tuple[int, int], str]:
     """``((side, side), reason)``: the network input for these training photos when none is
     given. Their median longer side rounded up to a multiple of 32, between
-    :data:`FIT_INPUT_MIN` and :data:`FIT_INPUT_MAX`: photos are never enlarged past their own
-    pixels, and large ones are letterboxed into 320 as before. Enlarging adds computation,
+    :data:`FIT_INPUT_MIN` and :data:`FIT_INPUT_MAX`: photos are not enlarged beyond that
+    rounding (or the floor), and large ones are letterboxed into 320 as before. Enlarging adds computation,
     not detail: on 224x224 grocery photos (``benchmarks/detect.py``, 30 minutes on 2 cores)
     Faster R-CNN at 224 trained 20 epochs to mAP@.5 0.670, at 320 13 epochs to 0.624."""
     sides = sorted(max(p.size) for p in photos if min(p.size) > 0)
@@ -264,7 +264,7 @@ def fit_input_size(photos: Sequence[AnnotatedPhoto]) -> tuple[tuple[int, int], s
     median = sides[len(sides) // 2]
     side = min(FIT_INPUT_MAX, max(FIT_INPUT_MIN, -(-median // 32) * 32))
     why = (
-        "never enlarged past the photos' own pixels"
+        "not enlarged past the photos' own size"
         if side < FIT_INPUT_MAX
         else f"letterboxed into at most {FIT_INPUT_MAX}"
     )
