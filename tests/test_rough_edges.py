@@ -163,7 +163,7 @@ def test_detect_input_size_is_height_x_width(monkeypatch, capsys, tmp_path: Path
     assert code == 1 and "warning" not in err
     assert cfg.input_size == (320, 416) and cfg.spec(2).input_size == (320, 416)
     _, _, cfg = _captured_detect_config(monkeypatch, capsys, tmp_path)
-    assert cfg.input_size == (320, 320)  # the default, unchanged
+    assert cfg.input_size is None  # the default: fitted to the photos once they are read
 
 
 def test_detect_size_keeps_its_old_meaning_with_a_clear_warning(
