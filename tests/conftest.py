@@ -15,9 +15,10 @@ os.environ.setdefault("VITRINA_OFFLINE", "1")
 # ONNX exports of test models go to a throwaway folder, one per process: xdist workers
 # inherit the controller's environment, and a folder they shared let one worker see another's
 # half-written export (test_ir_is_converted_once_and_reused failed so). A VITRINA_CACHE the
-# user set is kept, and so is the folder of the process that spawned this one (a decode
-# worker that imports a test module imports this file too, and would leave an empty folder).
-_SPAWNED = multiprocessing.parent_process() is not None
+# user set is kept, and so is the folder of a process a test started (a service worker, a
+# Ray worker or a decode process that imports a test module imports this file too, and
+# would leave an empty folder behind: pytest sets PYTEST_CURRENT_TEST while a test runs).
+_SPAWNED = "PYTEST_CURRENT_TEST" in os.environ or multiprocessing.parent_process() is not None
 if not _SPAWNED and os.environ.get("VITRINA_CACHE") in (None, os.environ.get("VITRINA_TEST_CACHE")):
     import atexit
     import shutil
