@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,28 +18,19 @@ os.environ.setdefault("VITRINA_OFFLINE", "1")
 # inherit the controller's environment, and a folder they shared let one worker see another's
 # half-written export (test_ir_is_converted_once_and_reused failed so). A VITRINA_CACHE the
 # user set is kept, and so is the folder of a process a test started (a service worker, a
-# Ray worker or a decode process that imports a test module imports this file too, and
+# torchrun worker or a decode process that imports a test module imports this file too, and
 # would leave an empty folder behind: pytest sets PYTEST_CURRENT_TEST while a test runs).
 _SPAWNED = "PYTEST_CURRENT_TEST" in os.environ or multiprocessing.parent_process() is not None
+_OWN_CACHE: str | None = None
 if not _SPAWNED and os.environ.get("VITRINA_CACHE") in (None, os.environ.get("VITRINA_TEST_CACHE")):
-    import atexit
-    import shutil
-    import tempfile
-
-    os.environ["VITRINA_CACHE"] = tempfile.mkdtemp(prefix="vitrina-test-cache-")
-    os.environ["VITRINA_TEST_CACHE"] = os.environ["VITRINA_CACHE"]
-    # removed when this process ends: a run leaves no gigabytes of exports behind in /tmp
-    # (atexit for plain runs; pytest_unconfigure below for xdist workers, which skip atexit)
-    atexit.register(shutil.rmtree, os.environ["VITRINA_CACHE"], ignore_errors=True)
-    _OWN_CACHE = os.environ["VITRINA_CACHE"]
-else:
-    _OWN_CACHE = None
+    _OWN_CACHE = tempfile.mkdtemp(prefix="vitrina-test-cache-")
+    os.environ["VITRINA_CACHE"] = os.environ["VITRINA_TEST_CACHE"] = _OWN_CACHE
 
 
 def pytest_unconfigure(config) -> None:
+    """Remove this process's test cache: a run leaves no gigabytes of exports in /tmp (here,
+    not in atexit, which xdist workers never run)."""
     if _OWN_CACHE is not None:
-        import shutil
-
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 

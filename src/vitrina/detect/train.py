@@ -254,9 +254,10 @@ def fit_input_size(photos: Sequence[AnnotatedPhoto]) -> tuple[tuple[int, int], s
     """``((side, side), reason)``: the network input for these training photos when none is
     given. Their median longer side rounded up to a multiple of 32, between
     :data:`FIT_INPUT_MIN` and :data:`FIT_INPUT_MAX`: photos are not enlarged beyond that
-    rounding (or the floor), and large ones are letterboxed into 320 as before. Enlarging adds computation,
-    not detail: on 224x224 grocery photos (``benchmarks/detect.py``, 30 minutes on 2 cores)
-    Faster R-CNN at 224 trained 20 epochs to mAP@.5 0.670, at 320 13 epochs to 0.624."""
+    rounding (or the floor), and large ones are letterboxed into 320 as before. Enlarging
+    adds computation, not detail: on 224x224 grocery photos (``benchmarks/detect.py``, 30
+    minutes on 2 cores) Faster R-CNN at 224 trained 20 epochs to mAP@.5 0.670, at 320 13
+    epochs to 0.624."""
     sides = sorted(max(p.size) for p in photos if min(p.size) > 0)
     if not sides:
         side = FIT_INPUT_MAX
