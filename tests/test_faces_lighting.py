@@ -16,7 +16,7 @@ from PIL import Image
 from vitrina.faces import detection
 from vitrina.faces.detection import FaceFinder
 from vitrina.faces.gallery import META_NAME, Gallery
-from vitrina.faces.lighting import equalise, relight
+from vitrina.faces.lighting import equalise, flatten_illumination, relight
 from vitrina.faces.pipeline import FacePipeline
 from vitrina.faces.types import Box
 
@@ -68,6 +68,34 @@ def test_equalise_restores_contrast_in_the_shadow(crop):
     eq = equalise(dark)
     assert eq.shape == dark.shape and eq.dtype == np.uint8
     assert eq[:, :80].std() > 1.3 * dark[:, :80].std()
+
+
+def test_flatten_illumination_evens_out_a_hard_side_light(crop):
+    dark = relight(crop, 0.9, "right")
+    before = dark.copy()
+    flat = flatten_illumination(dark)
+    np.testing.assert_array_equal(dark, before)  # the input is not changed
+    assert flat.shape == dark.shape and flat.dtype == np.uint8
+    assert (flat[..., 0] == flat[..., 1]).all() and (flat[..., 1] == flat[..., 2]).all()
+    # lit half / shadowed half: ~20x before, about even after
+    assert dark[:, :80].mean() > 5 * dark[:, -80:].mean()
+    assert 0.8 < flat[:, :80].mean() / flat[:, -80:].mean() < 1.25
+    # a flat photo has nothing to stretch: mid-grey, not amplified noise
+    grey = np.full((64, 64, 3), 90, np.uint8)
+    np.testing.assert_array_equal(flatten_illumination(grey), np.full_like(grey, 128))
+
+
+def test_cascade_last_stage_finds_a_face_in_black_shadow(crop):
+    """A 120-pixel photo lit hard from the right (0.96): HOG, the CNN, the equalised and the
+    rotated retries all find nothing, as does the CNN on an equalised copy; the CNN on the
+    illumination-flattened copy finds the face where HOG finds it in the original light."""
+    small = np.asarray(Image.fromarray(crop).resize((120, 120), Image.Resampling.BILINEAR))
+    (before,) = FaceFinder("hog").detect(Image.fromarray(small))
+    dark = relight(small, 0.96, "right")
+    assert not any(stage(dark, 1, 0.0) for _, stage in detection.CASCADE_STAGES[:-1])
+    assert detection._cnn_scaled(equalise(dark), 0.0, 1) == []  # the stage it replaced
+    ((box, found_by),) = FaceFinder().detect_with_source(Image.fromarray(dark))
+    assert found_by == "cnn-flattened" and iou(box, before) > 0.5
 
 
 def test_cascade_finds_the_side_lit_face_hog_misses(crop, relit, cascade):

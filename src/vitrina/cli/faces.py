@@ -31,7 +31,7 @@ FACE_BACKEND_HELP = (
 )
 DETECTOR_HELP = (
     "Face detector: cascade (HOG, and only where it finds nothing dlib's MMOD CNN, then "
-    "equalised and rotated retries; the default for a new gallery), hog (fast, frontal faces) "
+    "equalised, rotated and shadow-flattened retries; the default for a new gallery), hog (fast, frontal faces) "
     "or cnn (dlib's MMOD on every photo: more poses, slow)."
 )
 EMBEDDER_HELP = (

@@ -1,6 +1,7 @@
-"""Lighting of face photos: contrast equalisation (what the detector cascade retries with and
-what ``normalize_chips`` applies to aligned chips), and relighting, to measure how recognition
-holds up when a face is lit from one side or from the front (benchmarks and tests).
+"""Lighting of face photos: contrast equalisation and illumination flattening (what the detector
+cascade retries with), the corrections of aligned chips (``equalise_chips``, ``flatten_chips``),
+and relighting, to measure how recognition holds up when a face is lit from one side or from
+the front (benchmarks and tests).
 
 All functions take and return ``(H, W, 3)`` uint8 RGB arrays and never change their input.
 """
@@ -13,7 +14,15 @@ import numpy as np
 
 from vitrina.errors import require
 
-__all__ = ["LIGHTINGS", "equalise", "flatten_shading", "imbalance", "relight", "symmetrise"]
+__all__ = [
+    "LIGHTINGS",
+    "equalise",
+    "flatten_illumination",
+    "flatten_shading",
+    "imbalance",
+    "relight",
+    "symmetrise",
+]
 
 #: The relightings :func:`relight` makes: darkened from the left or right side with a linear
 #: gradient, or lit from the centre (bright, clipped middle; dark edges).
@@ -29,6 +38,8 @@ SHADOW_FULL = 0.4
 _SHADING_WINDOW = 0.1  # column means are smoothed over this fraction of the chip's width
 _MAX_GAIN = 8.0  # a column is brightened at most this much (a 0.1x shadow is 10x darker)
 
+_ILLUMINATION_SCALE = 0.15  # flatten_illumination's blur: this fraction of the photo's long side
+
 _CLAHE_CLIP = 2.0  # OpenCV's default clip limit
 _CLAHE_TILE = 4  # tiles per side: a face chip's eye, cheek and mouth regions each get their own
 
@@ -43,6 +54,27 @@ def equalise(rgb: np.ndarray, *, tiles: int = _CLAHE_TILE) -> np.ndarray:
     clahe = cv2.createCLAHE(clipLimit=_CLAHE_CLIP, tileGridSize=(tiles, tiles))
     lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def flatten_illumination(rgb: np.ndarray, *, scale: float = _ILLUMINATION_SCALE) -> np.ndarray:
+    """The photo's reflectance with its illumination divided out (homomorphic filtering): the
+    log of the luminance minus its Gaussian blur (sigma ``scale`` x the long side: the light
+    varies slowly, a face's features do not), stretched between its 1st and 99th percentiles
+    to 0-255, as grey RGB. A face half in black shadow and half overexposed comes out evenly
+    lit: what the detector cascade's last stage looks at (:mod:`vitrina.faces.detection`).
+    Colour is dropped (the detectors do not need it) and a flat photo stays flat."""
+    cv2 = require("cv2", "faces", "face lighting correction")
+
+    lum = np.asarray(rgb, dtype=np.float32).mean(axis=2)
+    log = np.log1p(lum)
+    sigma = max(1.0, scale * max(lum.shape))
+    detail = log - cv2.GaussianBlur(log, (0, 0), sigma)
+    lo, hi = np.percentile(detail, [1, 99])
+    if hi - lo < 1e-3:  # no detail anywhere (a flat photo): mid-grey, not amplified noise
+        grey = np.full(lum.shape, 128, np.uint8)
+    else:
+        grey = (np.clip((detail - lo) / (hi - lo), 0.0, 1.0) * 255).round().astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def relight(
