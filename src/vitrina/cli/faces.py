@@ -31,8 +31,8 @@ FACE_BACKEND_HELP = (
 )
 DETECTOR_HELP = (
     "Face detector: cascade (HOG, and only where it finds nothing dlib's MMOD CNN, then "
-    "equalised, rotated and shadow-flattened retries; the default for a new gallery), hog (fast, frontal faces) "
-    "or cnn (dlib's MMOD on every photo: more poses, slow)."
+    "equalised, rotated and shadow-flattened retries; the default for a new gallery), "
+    "hog (fast, frontal faces) or cnn (dlib's MMOD on every photo: more poses, slow)."
 )
 EMBEDDER_HELP = (
     "A run folder from `vitrina train-embedding` to embed the aligned faces (default: dlib's "
