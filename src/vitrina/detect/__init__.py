@@ -23,7 +23,7 @@ from vitrina.detect.predict import (
     predict_photos,
     write_boxes,
 )
-from vitrina.detect.task import Detections, DetectionTask
+from vitrina.detect.task import Detections, DetectionTask, fuse_views
 from vitrina.detect.train import DetectTrainConfig, train_detector
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "RunDetector",
     "detect",
     "evaluate_detector",
+    "fuse_views",
     "load_detector",
     "predict_photos",
     "train_detector",

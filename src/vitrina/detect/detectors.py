@@ -72,7 +72,9 @@ DETECTORS: Registry[Callable[..., PhotoDetector]] = Registry("detector")
 
 # ---------------------------------------------------------------------------- trained runs
 class RunDetector:
-    """A detection run (or any model with a ``boxes`` output) on the engine."""
+    """A detection run (or any model with a ``boxes`` output) on the engine. ``flip``: also
+    look at each photo mirrored and fuse the two answers (test-time augmentation, twice the
+    work; :class:`~vitrina.detect.task.DetectionTask`)."""
 
     score_kind = "probability"
     default_min_score = 0.5
@@ -86,8 +88,10 @@ class RunDetector:
         device: str = "auto",
         batch_size: int = 8,
         num_workers: int | None = None,
+        flip: bool = False,
     ) -> None:
         self.model = model
+        self.flip = flip
         self.name = name or getattr(model, "arch", "detector")
         self.classes = list(model.class_names or [str(i) for i in range(model.num_classes)])
         self.engine = Engine(
@@ -101,11 +105,14 @@ class RunDetector:
         min_score: float | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Iterator[TaskResult]:
-        task = DetectionTask(min_score=0.0 if min_score is None else float(min_score))
+        task = DetectionTask(
+            min_score=0.0 if min_score is None else float(min_score), flip=self.flip
+        )
         return self.engine.run(task, as_items(items)[0], on_progress=on_progress)
 
     def describe(self) -> str:
-        return f"{self.name} ({self.engine.describe()})"
+        tta = ", each photo also mirrored" if self.flip else ""
+        return f"{self.name} ({self.engine.describe()}{tta})"
 
 
 # ---------------------------------------------------------------------------- classic ones
@@ -356,6 +363,7 @@ def load_detector(
     batch_size: int = 8,
     num_workers: int | None = None,
     classifier: str | os.PathLike[str] | None = None,
+    flip: bool = False,
     **options: Any,
 ) -> PhotoDetector:
     """A detector from a run folder of ``vitrina detect train`` or a name in
@@ -363,6 +371,9 @@ def load_detector(
 
     ``classifier``: a classification run that names the detector's boxes (its classes become
     the detector's; see :mod:`vitrina.detect.relabel`), on the same backend and device.
+    ``flip``: a trained run also looks at each photo mirrored left-right and fuses the two
+    answers (test-time augmentation: twice the network's work; refused for the detectors
+    that need no training).
 
     Raises:
         RunFolderError: a run folder that is not a detection run, or damaged.
@@ -374,7 +385,7 @@ def load_detector(
 
         boxes = load_detector(
             source, backend=backend, device=device, batch_size=batch_size,
-            num_workers=num_workers, **options,
+            num_workers=num_workers, flip=flip, **options,
         )  # fmt: skip
         return RelabeledDetector(boxes, load(classifier), backend=backend, device=device)
     text = str(source)
@@ -396,8 +407,13 @@ def load_detector(
             device=device,
             batch_size=batch_size,
             num_workers=num_workers,
+            flip=flip,
         )
     if text in DETECTORS:
+        if flip:
+            raise VitrinaError(
+                f"{text}: --flip is for detectors trained with `vitrina detect train`"
+            )
         return DETECTORS.get(text)(num_workers=num_workers, **options)
     if path.exists():
         raise RunFolderError(f"{path}: not a run folder (give a detection run folder or a name)")

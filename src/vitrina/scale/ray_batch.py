@@ -343,6 +343,7 @@ class DetectJob(RayJob):
     batch_size: int = 8
     threads: int = 1
     classifier: str | None = None  # a classification run naming the boxes
+    flip: bool = False  # also each photo mirrored, the answers fused
     kind: ClassVar[str] = "detect"
 
     def key(self) -> dict[str, Any]:
@@ -354,6 +355,8 @@ class DetectJob(RayJob):
         }
         if self.classifier is not None:
             key["classifier"] = _model_identity(self.classifier)
+        if self.flip:  # (absent when off: shards of runs made before stay valid)
+            key["flip"] = True
         return key
 
     def build(self) -> tuple[Any, Task | None]:
@@ -366,6 +369,7 @@ class DetectJob(RayJob):
             batch_size=self.batch_size,
             num_workers=0,
             classifier=self.classifier,
+            flip=self.flip,
         )
         return det, None
 
@@ -697,26 +701,33 @@ def ray_predict_photos(
     device: str = "auto",
     batch_size: int = 8,
     classifier: str | os.PathLike[str] | None = None,
+    flip: bool = False,
     work_dir: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, Iterator[Any]]:
     """:func:`vitrina.detect.predict_photos` with the boxes found on Ray: ``(the detector as
     loaded here, for its classes; the photos' :class:`~vitrina.detect.PhotoBoxes` in input
     order)``. Annotated copies and crops are written by this process (one writer), as
-    without Ray. ``classifier``: a classification run naming the boxes (as
-    :func:`~vitrina.detect.load_detector`). ``work_dir``: the shards' folder (``None``: no
+    without Ray. ``classifier``: a classification run naming the boxes, ``flip``: each photo
+    also mirrored (as :func:`~vitrina.detect.load_detector`). ``work_dir``: the shards' folder (``None``: no
     resuming)."""
     from vitrina.detect import Detections, load_detector
     from vitrina.detect.predict import photo_boxes
     from vitrina.engine import TaskResult
 
     det = load_detector(
-        detector, backend=backend, device=device, batch_size=batch_size, classifier=classifier
+        detector,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        classifier=classifier,
+        flip=flip,
     )
     floor = det.default_min_score if min_score is None else float(min_score)
     job = DetectJob(
         detector=str(detector),
         classifier=None if classifier is None else str(classifier),
+        flip=flip,
         min_score=floor,
         backend=backend,
         device=device,
