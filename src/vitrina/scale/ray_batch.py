@@ -709,8 +709,8 @@ def ray_predict_photos(
     loaded here, for its classes; the photos' :class:`~vitrina.detect.PhotoBoxes` in input
     order)``. Annotated copies and crops are written by this process (one writer), as
     without Ray. ``classifier``: a classification run naming the boxes, ``flip``: each photo
-    also mirrored (as :func:`~vitrina.detect.load_detector`). ``work_dir``: the shards' folder (``None``: no
-    resuming)."""
+    also mirrored (as :func:`~vitrina.detect.load_detector`). ``work_dir``: the shards'
+    folder (``None``: no resuming)."""
     from vitrina.detect import Detections, load_detector
     from vitrina.detect.predict import photo_boxes
     from vitrina.engine import TaskResult
