@@ -683,6 +683,42 @@ def test_detect_endpoint_answers_like_predict(
         )  # no --model: not configured
 
 
+def test_detect_endpoint_with_flip_answers_like_predict_with_flip(
+    shelf_run: Path, shelf_set: Path
+) -> None:
+    """``vitrina serve --detector RUN --flip`` answers what ``detect predict --flip`` does,
+    and says so; ``--flip`` without a detector, or with one that needs no training, is one
+    clear error."""
+    import httpx
+
+    from service_util import running_service
+    from vitrina.service import ServiceConfig, create_app
+
+    photo = sorted((shelf_set / "images").glob("*.png"))[2]
+    both = load_detector(shelf_run, backend="eager", num_workers=0, flip=True)
+    want = next(iter(both.detect([photo]))).value
+    plain = next(iter(load_detector(shelf_run, backend="eager", num_workers=0).detect([photo])))
+    plain = plain.value
+    want, plain = want.above(0.0), plain.above(0.0)
+    assert len(want) > 0 and not np.array_equal(want.scores, plain.scores)  # flip changes it
+    config = ServiceConfig(detector=str(shelf_run), detector_flip=True, backend="eager")
+    with running_service(config) as url:
+        body = httpx.post(
+            f"{url}/v1/detect?min_score=0",
+            files={"image": ("p.png", photo.read_bytes(), "image/png")},
+            timeout=120,
+        ).json()
+    assert body["flip"] is True and len(body["boxes"]) == len(want)
+    for b, box, score in zip(body["boxes"], want.boxes, want.scores, strict=True):
+        got = [b["box"][k] for k in ("left", "top", "right", "bottom")]
+        np.testing.assert_allclose(got, box, atol=0.11)  # answers are rounded to 0.1 px
+        assert b["score"] == pytest.approx(float(score), abs=1e-3)
+    with pytest.raises(VitrinaError, match="--flip is for the detector"):
+        ServiceConfig(model=str(shelf_run), detector_flip=True)
+    with pytest.raises(VitrinaError, match="--flip"):
+        create_app(ServiceConfig(detector="hog_people", detector_flip=True))
+
+
 def test_serve_refuses_a_classifier_as_detector(toy_run: Path) -> None:
     from vitrina.service import ServiceConfig, create_app
 

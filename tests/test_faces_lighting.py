@@ -85,6 +85,21 @@ def test_flatten_illumination_evens_out_a_hard_side_light(crop):
     np.testing.assert_array_equal(flatten_illumination(grey), np.full_like(grey, 128))
 
 
+@pytest.mark.parametrize("name", ["astronaut", "camera", "coffee"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_flatten_illumination_leaves_no_band_where_a_hard_shadow_ends(name, side):
+    """The light's estimate keeps the step at a hard shadow's edge: the flattened relit photo
+    looks, column by column, like the same photo flattened in its own light. (A Gaussian
+    estimate smears the step: a band down the photo where the shadow ends, on a face down its
+    middle, up to 75 grey levels off, over 32 in 5 of these 6 cases.)"""
+    photo = getattr(skdata, name)()
+    photo = photo[:, :, None].repeat(3, 2) if photo.ndim == 2 else photo
+    photo = np.ascontiguousarray(photo[100:300, 100:300])
+    own = flatten_illumination(photo)[..., 0].astype(float).mean(axis=0)
+    lit = flatten_illumination(relight(photo, 0.9, side))[..., 0].astype(float).mean(axis=0)
+    assert np.abs(lit - own)[10:-10].max() < 32
+
+
 def test_cascade_last_stage_finds_a_face_in_black_shadow(crop):
     """A 120-pixel photo lit hard from the right (0.96): HOG, the CNN, the equalised and the
     rotated retries all find nothing, as does the CNN on an equalised copy; the CNN on the

@@ -25,6 +25,7 @@ from vitrina.cli._common import (
     BACKEND_HELP,
     DEVICE_HELP,
     err,
+    flip_option,
     input_size_option,
     out,
     print_json,
@@ -51,16 +52,6 @@ def classifier_option() -> Any:
         help="A classification run that names the boxes (two stages: the detector finds, "
         "the classifier names each crop; its classes become the detector's). Train it on "
         "`vitrina data crops` of the annotated photos.",
-    )
-
-
-def flip_option() -> Any:
-    return typer.Option(
-        False,
-        "--flip",
-        help="Also look at each photo mirrored left-right and fuse the two answers "
-        "(test-time augmentation: twice the work, usually a few points more mAP; trained "
-        "runs only).",
     )
 
 

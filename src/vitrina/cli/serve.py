@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vitrina.cli._choices import Backend
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err
+from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, flip_option
 
 
 def serve(
@@ -25,6 +25,7 @@ def serve(
         "--detector",
         help="Detection run folder (`vitrina detect train`) or hog_people / hog_faces: /v1/detect.",
     ),
+    flip: bool = flip_option(),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     token: str | None = typer.Option(
@@ -84,6 +85,7 @@ def serve(
         index=str(index) if index else None,
         gallery=str(gallery) if gallery else None,
         detector=detector,
+        detector_flip=flip,
         token=token,
         write_token=write_token,
         max_upload_mb=max_upload_mb,

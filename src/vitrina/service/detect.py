@@ -3,7 +3,8 @@
 A detection run is served like the classifier: each request decodes and letterboxes its
 photo in a worker thread (``Engine.prepare``), and the dynamic batcher runs the photos of
 concurrent requests as one batch (``Engine.run_prepared``), so answers equal ``vitrina detect
-predict`` on the same photo. A detector that needs no training (``hog_people``...) runs in a
+predict`` on the same photo (``--flip`` on both: each photo also mirrored, the answers
+fused). A detector that needs no training (``hog_people``...) runs in a
 worker thread per request. Boxes are in the uploaded photo's own pixels.
 """
 
@@ -38,14 +39,22 @@ class Detection:
         window_ms: float,
         metrics: ServiceMetrics,
         limiter: anyio.CapacityLimiter,
+        flip: bool = False,
     ) -> None:
         self.detector = load_detector(
-            source, backend=backend, device=device, batch_size=max_batch, num_workers=0
+            source,
+            backend=backend,
+            device=device,
+            batch_size=max_batch,
+            num_workers=0,
+            flip=flip,
         )
         self.name = display_name(source)
         self.classes = list(self.detector.classes)
         self.limiter = limiter
-        self.task = DetectionTask()  # every box; each request applies its own floor
+        # Every box (each request applies its own floor), each photo mirrored too if asked.
+        self.task = DetectionTask(flip=flip)
+        self.flip = flip
         self.batcher: DynamicBatcher[Prepared, Detections] | None = None
         if isinstance(self.detector, RunDetector):
             self.batcher = DynamicBatcher(
@@ -96,6 +105,7 @@ class Detection:
             "min_score": floor,
             "detector": self.name,
             "backend": self.backend,
+            "flip": self.flip,
         }
 
     def close(self) -> None:

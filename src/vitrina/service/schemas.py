@@ -117,6 +117,10 @@ class DetectResponse(BaseModel):
     min_score: float = Field(description="The floor applied to the scores.")
     detector: str
     backend: str
+    flip: bool = Field(
+        description="Whether the photo was also looked at mirrored and the answers fused "
+        "(`vitrina serve --flip`)."
+    )
 
 
 class EnrollResponse(BaseModel):
