@@ -16,10 +16,11 @@ backend, and the HOG people detector's speed and AP.
    them (``vitrina train --mode probe|finetune``; its CPU and wall time reported beside the
    detector's: state the two together as the budget), and the detector's boxes named by it
    (``detect evaluate --classifier``) on the same 200 held-out photos.
-2. Inference images/s of the best architecture per backend (eager, onnx, bf16 where it can
-   be fast, auto), compute only (prepared batches, warm-up, median of ``--repeats``) and end
-   to end (decode + letterbox + model + boxes mapped back) over the 200 photos; each
-   backend's boxes against eager's (``compare_boxes``).
+2. Inference images/s of the best architecture per backend (eager, onnx, openvino, bf16
+   and openvino-bf16 where they can be fast, auto), compute only (prepared batches,
+   warm-up, median of ``--repeats``) and end to end (decode + letterbox + model + boxes
+   mapped back) over the 200 photos; each backend's boxes against eager's
+   (``compare_boxes``).
 3. HOG + linear SVM people detector (OpenCV, no training): seconds (wall and CPU) per
    1920x1080 Market-1501 frame, and AP on people (a) in photos generated here (standing figures of random size,
    place and colour on noisy backgrounds, boxes known), (b) in the Market-1501 frames with
@@ -219,8 +220,16 @@ def backends(run: Path, test: Path, args) -> list[dict]:
     task = DetectionTask()
     x = torch.cat([eager.engine.prepare(task, p).inputs for p in photos[: args.batch]])
     ref = eager.engine.forward(task, x)
-    names = ["eager", "onnx", "auto"] + (
-        ["bf16"] if bf16_supported(torch.device("cpu")) or args.bf16 else []
+    from vitrina.engine.openvino import openvino_available
+
+    with_bf16 = bf16_supported(torch.device("cpu")) or args.bf16
+    openvino = openvino_available()
+    names = (
+        ["eager", "onnx"]
+        + (["openvino"] if openvino else [])
+        + ["auto"]
+        + (["bf16"] if with_bf16 else [])
+        + (["openvino-bf16"] if with_bf16 and openvino else [])
     )
     rows = []
     for name in names:

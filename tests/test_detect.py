@@ -445,11 +445,15 @@ def test_backends_agree_with_eager_on_boxes(
     eager, x = _batch(shelf_run, photos)
     ref = eager.forward(DetectionTask(), x)
     assert sum(len(r) for r in ref) > 0, "nothing to compare: the test run found no box"
-    onnx = Engine(load_model(shelf_run), backend="onnx", num_workers=0)
-    got = onnx.forward(DetectionTask(), x)
-    assert BOXES not in onnx.backend._fallback  # the exported graph ran, image by image
-    report = compare_outputs(ref, got, BOXES)
-    assert TOLERANCES["onnx"].ok(report) and report["max_abs_diff"] < 1e-3, report
+    from vitrina.engine.openvino import openvino_available
+
+    runtimes = ["onnx"] + (["openvino"] if openvino_available() else [])
+    for name in runtimes:  # the exported graph ran, image by image, with eager's boxes
+        runtime = Engine(load_model(shelf_run), backend=name, num_workers=0)
+        got = runtime.forward(DetectionTask(), x)
+        assert BOXES not in runtime.backend._fallback, name
+        report = compare_outputs(ref, got, BOXES)
+        assert TOLERANCES[name].ok(report) and report["max_abs_diff"] < 1e-3, (name, report)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # emulated bf16 on CPUs without bf16 units
         bf16 = Engine(load_model(shelf_run), backend="bf16", num_workers=0)
@@ -465,7 +469,8 @@ def test_backends_agree_with_eager_on_boxes(
         warnings.simplefilter("ignore")
         auto.forward(DetectionTask(), x)
     decision = auto.backend.decisions[BOXES]
-    assert set(decision["trials"]) == {"eager", "onnx", "bf16"}
+    with_bf16 = ["bf16"] + (["openvino-bf16"] if "openvino" in runtimes else [])
+    assert set(decision["trials"]) == {"eager", *runtimes, *with_bf16}
     assert decision["trials"][decision["chosen"]]["ok"]
     bf16_ok = TOLERANCES["bf16"].ok(compare_outputs(ref, low, BOXES))
     assert decision["trials"]["bf16"]["ok"] == bf16_ok
