@@ -100,6 +100,29 @@ def test_flatten_illumination_leaves_no_band_where_a_hard_shadow_ends(name, side
     assert np.abs(lit - own)[10:-10].max() < 32
 
 
+def test_last_stage_upsamples_twice_only_on_a_small_photo_where_once_finds_nothing(
+    monkeypatch,
+):
+    """A small face in hard light gets a second, larger look; a photo where the first look
+    found a face, or one too large to upsample further, pays for one CNN pass only."""
+    calls: list[tuple[int, int]] = []
+    answer: list = []
+
+    def cnn(img, min_score, upsample):
+        calls.append((max(img.shape[:2]), upsample))
+        return list(answer)
+
+    monkeypatch.setattr(detection, "_cnn_scaled", cnn)
+    stage = dict(detection.CASCADE_STAGES)["cnn-flattened"]
+    small, large = np.zeros((112, 92, 3), np.uint8), np.zeros((240, 320, 3), np.uint8)
+    assert stage(small, 1, 0.0) == [] and calls == [(112, 1), (112, 2)]
+    calls.clear()
+    assert stage(large, 1, 0.0) == [] and calls == [(320, 1)]  # 4 x 320 > CNN_MAX_SIDE
+    calls.clear()
+    answer.append(("face", 1.0))
+    assert stage(small, 1, 0.0) == [("face", 1.0)] and calls == [(112, 1)]
+
+
 def test_cascade_last_stage_finds_a_face_in_black_shadow(crop):
     """A 120-pixel photo lit hard from the right (0.96): HOG, the CNN, the equalised and the
     rotated retries all find nothing, as does the CNN on an equalised copy; the CNN on the

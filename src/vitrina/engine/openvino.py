@@ -206,8 +206,8 @@ class OpenVinoBackend(Backend):
     made: :meth:`trust`)."""
 
     name = "openvino"
-    # Converted from the ONNX export: a detector's boxes from its one-image graph, each image
-    # of a batch on its own infer request (the throughput streams run them side by side).
+    # Converted from the ONNX export; a detector's boxes from its one-image graph, image by
+    # image, each on every core (see _config).
     outputs = ("logits", "embed", BOXES)
     precision: str | None = "f32"  # INFERENCE_PRECISION_HINT (None: OpenVINO's default)
     #: what happens outside tolerance on the first batch: "fallback" to eager, or "warn"
