@@ -474,13 +474,22 @@ def test_backends_agree_with_eager_on_boxes(
     assert decision["trials"][decision["chosen"]]["ok"]
     bf16_ok = TOLERANCES["bf16"].ok(compare_outputs(ref, low, BOXES))
     assert decision["trials"]["bf16"]["ok"] == bf16_ok
-    want = [
-        r.value for r in load_detector(shelf_run, backend="eager", num_workers=0).detect(photos)
-    ]
-    got = [r.value for r in load_detector(shelf_run, backend="auto", num_workers=0).detect(photos)]
-    for a, b in zip(want, got, strict=True):
-        assert len(a) == len(b)
-        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.01)
+
+    # The detector on auto answers within the tolerance of the backend it chose (a bf16
+    # runtime may move a box by a few pixels: pairs stay at IoU >= 0.9).
+    def rows(found: Sequence[Detections]) -> list[torch.Tensor]:
+        return [
+            torch.as_tensor(np.column_stack([d.boxes, d.scores, d.labels]), dtype=torch.float32)
+            for d in found
+        ]
+
+    plain = load_detector(shelf_run, backend="eager", num_workers=0)
+    chosen = load_detector(shelf_run, backend="auto", num_workers=0)
+    want = [r.value for r in plain.detect(photos)]
+    got = [r.value for r in chosen.detect(photos)]
+    backend = chosen.engine.backend_name
+    assert backend in decision["trials"]
+    assert TOLERANCES[backend].ok(compare_outputs(rows(want), rows(got), BOXES)), backend
 
 
 def test_onnx_export_of_a_detector_is_checked(
