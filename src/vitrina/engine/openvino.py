@@ -232,7 +232,7 @@ class OpenVinoBackend(Backend):
             )
         if not openvino_available():
             raise VitrinaError(_INSTALL)
-        self._compiled: dict[str, tuple[Any, Any, int]] = {}
+        self._compiled: dict[str, tuple[Any, Any, int, bool]] = {}
         self._checked: set[str] = set()
         self._fallback: set[str] = set()
         self._lock = threading.Lock()  # infer requests are not shared between callers
@@ -247,13 +247,10 @@ class OpenVinoBackend(Backend):
         """Skip the first-batch check (it was made, e.g. by ``auto``'s recorded trial)."""
         self._checked.add(output)
 
-    def _config(self, output: str = "logits") -> dict[str, Any]:
-        from vitrina.engine.onnx import single_image_module
-
+    def _config(self, per_image: bool) -> dict[str, Any]:
         # A batch goes to throughput streams (one per group of cores) side by side; a
         # one-image graph (boxes) runs each image on every core: measured on a Faster R-CNN
         # (Lite0 + FPN, 224x224, 2 cores), 33 img/s against 23 on two streams.
-        per_image = single_image_module(self.model, output) is not None
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY" if per_image else "THROUGHPUT"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
@@ -261,28 +258,29 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = self.precision
         return config
 
-    def _compile(self, output: str) -> tuple[Any, Any, int]:
+    def _compile(self, output: str) -> tuple[Any, Any, int, bool]:
+        """``(compiled model, infer queue, its requests, whether the graph takes one image
+        at a time)``."""
         if output not in self._compiled:
             import openvino as ov
 
+            from vitrina.engine.onnx import single_image_module
+
+            per_image = single_image_module(self.model, output) is not None
             xml = self.files[output] = self.file_for(output)
             try:
-                compiled = _core().compile_model(str(xml), "CPU", self._config(output))
+                compiled = _core().compile_model(str(xml), "CPU", self._config(per_image))
             except Exception as e:
                 raise VitrinaError(f"{xml}: OpenVINO cannot compile this model ({e})") from None
             n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-            queue = ov.AsyncInferQueue(compiled, n)
-            self._compiled[output] = (compiled, queue, n)
+            self._compiled[output] = (compiled, ov.AsyncInferQueue(compiled, n), n, per_image)
         return self._compiled[output]
 
     def _infer(self, output: str, x: torch.Tensor) -> Any:
         """The batch's outputs: one tensor, or for a variable-length output (boxes) a list
         with one tensor per image."""
-        from vitrina.engine.onnx import single_image_module
-
-        _, queue, n = self._compile(output)
+        _, queue, n, per_image = self._compile(output)
         arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        per_image = single_image_module(self.model, output) is not None
         # Split the batch across the throughput streams (one infer request each).
         step = 1 if per_image else max(1, -(-len(arr) // n))
         chunks: list[np.ndarray | None] = [None] * (-(-len(arr) // step))

@@ -54,7 +54,6 @@ class Detection:
         self.limiter = limiter
         # Every box (each request applies its own floor), each photo mirrored too if asked.
         self.task = DetectionTask(flip=flip)
-        self.flip = flip
         self.batcher: DynamicBatcher[Prepared, Detections] | None = None
         if isinstance(self.detector, RunDetector):
             self.batcher = DynamicBatcher(
@@ -105,7 +104,7 @@ class Detection:
             "min_score": floor,
             "detector": self.name,
             "backend": self.backend,
-            "flip": self.flip,
+            "flip": self.task.flip,
         }
 
     def close(self) -> None:
