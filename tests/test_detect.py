@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch import nn
 
-from conftest import one_line_error, run_cli
+from conftest import one_line_error, run_cli, usage_error
 from detect_util import CLASSES, make_shapes, write_voc
 from vitrina.detect import (
     Detections,
@@ -26,6 +26,7 @@ from vitrina.detect import (
     load_detector,
     train_detector,
 )
+from vitrina.detect.detectors import RunDetector, sized_views
 from vitrina.engine import BOXES, TOLERANCES, Engine, compare_outputs
 from vitrina.errors import RunFolderError, UnknownNameError, VitrinaError
 from vitrina.models import Preprocess
@@ -242,6 +243,56 @@ def test_flip_fuses_each_photo_with_its_mirror_image(
     assert found > 0
     with pytest.raises(VitrinaError, match="--flip is for detectors trained"):
         load_detector("hog_people", flip=True)
+
+
+def test_scales_fuse_the_answers_of_the_run_at_each_input_size(
+    shelf_run: Path, shelf_set: Path, capsys
+) -> None:
+    """``scales`` (``--scales``) is the plain detector at each input size (the run's size x
+    scale, rounded to a multiple of 32), its answers fused per photo: checked against exactly
+    that, done by hand with one detector per size."""
+    photos = sorted((shelf_set / "images").glob("*.png"))[:3]
+    model = load_model(shelf_run)
+    views = sized_views(model, (0.75, 1.0, 1.26, 1.3))  # 96, 128, 160; 1.3 rounds to 160 too
+    assert [tuple(v.preprocess.input_size) for v in views] == [(96, 96), (128, 128), (160, 160)]
+    assert views[1] is model and all(v.net is model.net for v in views)  # the same weights
+    assert model.preprocess.input_size == (128, 128)  # the run's own model is not changed
+    multi = RunDetector(model, backend="eager", num_workers=0, scales=(0.75, 1.0, 1.26))
+    assert "96x96, 128x128, 160x160" in multi.describe()
+    singles = [RunDetector(v, backend="eager", num_workers=0) for v in views]
+    found = 0
+    for i, r in enumerate(multi.detect(photos, min_score=0.05)):
+        per_size = [next(iter(d.detect([photos[i]], min_score=0.0))).value for d in singles]
+        assert len({d.size for d in per_size}) == 1  # every view answers in the photo's pixels
+        fused = fuse_views([d.rows() for d in per_size])
+        want = Detections.from_rows(fused[fused[:, 4] >= 0.05], per_size[0].size)
+        got = r.value
+        assert r.index == i and got.size == want.size and len(got) == len(want)
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+        assert got.labels.tolist() == want.labels.tolist()
+        found += len(got)
+    assert found > 0
+    # one scale that is the run's own size is the plain detector
+    plain = RunDetector(model, backend="eager", num_workers=0)
+    one = RunDetector(model, backend="eager", num_workers=0, scales=(1.0,))
+    a = [r.value.rows() for r in plain.detect(photos, min_score=0.0)]
+    b = [r.value.rows() for r in one.detect(photos, min_score=0.0)]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # a photo that cannot be read is one error, not one per size
+    broken = shelf_set.parent / "broken-scales.jpg"
+    broken.write_bytes(b"\xff\xd8\xff nope")
+    results = list(multi.detect([photos[0], broken]))
+    assert [r.ok for r in results] == [True, False] and "broken-scales.jpg" in results[1].error
+    for bad in ((), (0.0,), (float("nan"),)):
+        with pytest.raises(VitrinaError, match="scale"):
+            RunDetector(model, backend="eager", num_workers=0, scales=bad)
+    with pytest.raises(VitrinaError, match="--scales is for detectors trained"):
+        load_detector("hog_people", scales=(1.0, 1.3))
+    code, _, err = run_cli(capsys, "detect", "evaluate", shelf_run, shelf_set, "--scales", "x")
+    assert code == 2
+    usage_error(err, "--scales", "0.85,1,1.3")
 
 
 # ---------------------------------------------------------------------------- training
@@ -731,6 +782,41 @@ def test_detect_endpoint_with_flip_answers_like_predict_with_flip(
         ServiceConfig(model=str(shelf_run), detector_flip=True)
     with pytest.raises(VitrinaError, match="--flip"):
         create_app(ServiceConfig(detector="hog_people", detector_flip=True))
+
+
+def test_detect_endpoint_with_scales_answers_like_predict_with_scales(
+    shelf_run: Path, shelf_set: Path
+) -> None:
+    """``vitrina serve --detector RUN --scales 0.75,1`` answers what ``detect predict
+    --scales 0.75,1`` does (the batcher runs each size's engine over the batch), and says so;
+    ``--scales`` without a detector is one clear error."""
+    import httpx
+
+    from service_util import running_service
+    from vitrina.service import ServiceConfig
+
+    photos = sorted((shelf_set / "images").glob("*.png"))[2:4]
+    det = load_detector(shelf_run, backend="eager", num_workers=0, scales=(0.75, 1.0))
+    wants = [r.value.above(0.0) for r in det.detect(photos)]
+    assert sum(len(w) for w in wants) > 0
+    config = ServiceConfig(
+        detector=str(shelf_run), detector_scales=(0.75, 1.0), backend="eager", max_batch=2
+    )
+    with running_service(config) as url:
+        for photo, want in zip(photos, wants, strict=True):
+            body = httpx.post(
+                f"{url}/v1/detect?min_score=0",
+                files={"image": ("p.png", photo.read_bytes(), "image/png")},
+                timeout=120,
+            ).json()
+            assert body["scales"] == [0.75, 1.0] and body["flip"] is False
+            assert len(body["boxes"]) == len(want)
+            for b, box, score in zip(body["boxes"], want.boxes, want.scores, strict=True):
+                got = [b["box"][k] for k in ("left", "top", "right", "bottom")]
+                np.testing.assert_allclose(got, box, atol=0.11)  # rounded to 0.1 px
+                assert b["score"] == pytest.approx(float(score), abs=1e-3)
+    with pytest.raises(VitrinaError, match="--scales is for the detector"):
+        ServiceConfig(model=str(shelf_run), detector_scales=(1.0, 1.3))
 
 
 def test_serve_refuses_a_classifier_as_detector(toy_run: Path) -> None:

@@ -33,6 +33,7 @@ from vitrina.cli._common import (
     ray_option,
     ray_options,
     ray_workers_option,
+    scales_option,
 )
 
 app = typer.Typer(
@@ -229,6 +230,7 @@ def evaluate_cmd(
     workers: int | None = typer.Option(None, help="Photo decoding processes."),
     classifier: Path | None = classifier_option(),
     flip: bool = flip_option(),
+    scales: str | None = scales_option(),  # parsed to a tuple of floats
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """COCO mAP@[.5:.95], mAP@.5, per-class AP and recall (pycocotools), with a picture of
@@ -239,6 +241,8 @@ def evaluate_cmd(
       vitrina detect evaluate runs/shelves held-out/ --out runs/shelves/eval
 
       vitrina detect evaluate runs/shelves held-out/ --flip   (each photo also mirrored)
+
+      vitrina detect evaluate runs/shelves held-out/ --flip --scales 0.85,1,1.3
     """
     from vitrina.detect import evaluate_detector, load_detector
 
@@ -250,6 +254,7 @@ def evaluate_cmd(
         num_workers=workers,
         classifier=classifier,
         flip=flip,
+        scales=scales or (1.0,),  # type: ignore[arg-type]
     )
     with progress_bar("detecting", None, enabled=not as_json) as update:
         done = [0]
@@ -313,6 +318,7 @@ def predict_cmd(
     workers: int | None = typer.Option(None, help="Photo decoding processes."),
     classifier: Path | None = classifier_option(),
     flip: bool = flip_option(),
+    scales: str | None = scales_option(),  # parsed to a tuple of floats
     ray: str = ray_option(),
     ray_workers: int = ray_workers_option(),
 ) -> None:
@@ -347,6 +353,7 @@ def predict_cmd(
             num_workers=workers,
             classifier=classifier,
             flip=flip,
+            scales=scales or (1.0,),  # type: ignore[arg-type]
         )
     with progress_bar("detecting", len(paths)) as update:
         done = [0]
@@ -374,6 +381,7 @@ def predict_cmd(
                 batch_size=batch_size,
                 classifier=classifier,
                 flip=flip,
+                scales=scales or (1.0,),  # type: ignore[arg-type]
                 work_dir=work_dir_for(out_file) if out_file is not None else None,
                 on_progress=lambda d, n: update(d),
             )

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vitrina.cli._choices import Backend
-from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, flip_option
+from vitrina.cli._common import BACKEND_HELP, DEVICE_HELP, err, flip_option, scales_option
 
 
 def serve(
@@ -26,6 +26,7 @@ def serve(
         help="Detection run folder (`vitrina detect train`) or hog_people / hog_faces: /v1/detect.",
     ),
     flip: bool = flip_option(),
+    scales: str | None = scales_option(),  # parsed to a tuple of floats
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     token: str | None = typer.Option(
@@ -86,6 +87,7 @@ def serve(
         gallery=str(gallery) if gallery else None,
         detector=detector,
         detector_flip=flip,
+        detector_scales=scales or (1.0,),  # type: ignore[arg-type]
         token=token,
         write_token=write_token,
         max_upload_mb=max_upload_mb,

@@ -16,16 +16,18 @@ processes like the engine's (a photo read, then detected, in the same worker).
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from vitrina.detect.task import Detections, DetectionTask
+from vitrina.detect.task import Detections, DetectionTask, fuse_views
 from vitrina.engine import Engine, TaskResult, available_cores, load_item
 from vitrina.engine.items import as_items, is_file_item
 from vitrina.errors import DataError, RunFolderError, UnknownNameError, VitrinaError, require
@@ -39,6 +41,7 @@ __all__ = [
     "PhotoDetector",
     "RunDetector",
     "load_detector",
+    "sized_views",
 ]
 
 
@@ -72,9 +75,15 @@ DETECTORS: Registry[Callable[..., PhotoDetector]] = Registry("detector")
 
 # ---------------------------------------------------------------------------- trained runs
 class RunDetector:
-    """A detection run (or any model with a ``boxes`` output) on the engine. ``flip``: also
-    look at each photo mirrored and fuse the two answers (test-time augmentation, twice the
-    work; :class:`~vitrina.detect.task.DetectionTask`)."""
+    """A detection run (or any model with a ``boxes`` output) on the engine.
+
+    Test-time augmentation: ``flip`` also looks at each photo mirrored and fuses the two
+    answers (twice the work; :class:`~vitrina.detect.task.DetectionTask`); ``scales`` looks at
+    each photo at several sizes of the network's input (``(0.85, 1, 1.3)``: 192, 224 and 288
+    for a run trained at 224, each rounded to a multiple of 32), one engine per size, and
+    fuses their answers (:func:`~vitrina.detect.task.fuse_views`) -- as much work as the
+    sizes' areas add up to. Objects smaller or larger than those the run was trained on are
+    seen at a size it knows, and each view's mistakes are outvoted by the others."""
 
     score_kind = "probability"
     default_min_score = 0.5
@@ -89,14 +98,21 @@ class RunDetector:
         batch_size: int = 8,
         num_workers: int | None = None,
         flip: bool = False,
+        scales: Sequence[float] = (1.0,),
     ) -> None:
         self.model = model
         self.flip = flip
         self.name = name or getattr(model, "arch", "detector")
         self.classes = list(model.class_names or [str(i) for i in range(model.num_classes)])
-        self.engine = Engine(
-            model, backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
-        )
+        views = sized_views(model, scales)
+        self.sizes = [tuple(v.preprocess.input_size) for v in views]
+        self.engines = [
+            Engine(
+                v, backend=backend, device=device, batch_size=batch_size, num_workers=num_workers
+            )
+            for v in views
+        ]
+        self.engine = self.engines[0]
 
     def detect(
         self,
@@ -105,14 +121,77 @@ class RunDetector:
         min_score: float | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Iterator[TaskResult]:
-        task = DetectionTask(
-            min_score=0.0 if min_score is None else float(min_score), flip=self.flip
-        )
-        return self.engine.run(task, as_items(items)[0], on_progress=on_progress)
+        floor = 0.0 if min_score is None else float(min_score)
+        items = as_items(items)[0]
+        if len(self.engines) == 1:
+            task = DetectionTask(min_score=floor, flip=self.flip)
+            return self.engine.run(task, items, on_progress=on_progress)
+        return self._fused(items, floor, on_progress)
+
+    def _fused(
+        self, items: list[Any], floor: float, on_progress: Callable[[int], None] | None
+    ) -> Iterator[TaskResult]:
+        """Every size's engine over the same items in step; one fused answer per item."""
+        task = DetectionTask(min_score=0.0, flip=self.flip)  # weak views still vote
+        runs = [e.run(task, items) for e in self.engines]
+        for answers in zip(*runs, strict=True):
+            first = answers[0]
+            bad = next((a for a in answers if not a.ok), None)
+            if bad is not None:
+                yield bad
+            else:
+                fused = self.fuse([a.value for a in answers]).above(floor)
+                yield TaskResult(first.index, first.item, fused)
+            if on_progress:
+                on_progress(1)
+
+    @staticmethod
+    def fuse(views: Sequence[Detections]) -> Detections:
+        """One photo's answers at the sizes of :attr:`engines` (in order), fused into one
+        (:func:`~vitrina.detect.task.fuse_views`; one view is returned as it is)."""
+        if len(views) == 1:
+            return views[0]
+        return Detections.from_rows(fuse_views([v.rows() for v in views]), views[0].size)
 
     def describe(self) -> str:
         tta = ", each photo also mirrored" if self.flip else ""
+        if self.sizes != [tuple(self.model.preprocess.input_size)]:
+            sizes = ", ".join(f"{w}x{h}" for h, w in self.sizes)
+            tta += f", each photo at {sizes}"
         return f"{self.name} ({self.engine.describe()}{tta})"
+
+
+def sized_views(model: Any, scales: Sequence[float]) -> list[Any]:
+    """``model`` at each of ``scales`` x its input size (rounded to a multiple of 32, at
+    least 32; the same weights, only the letterbox changes), in the order given, sizes that
+    round alike once; ``(1.0,)`` is ``[model]``.
+
+    Raises:
+        VitrinaError: no scale, or one that is not a positive finite number.
+    """
+    scales = list(scales)
+    if not scales:
+        raise VitrinaError("--scales needs at least one scale (1 is the run's own input size)")
+    for s in scales:
+        if not (isinstance(s, (int, float)) and math.isfinite(s) and 0.1 <= s <= 10):
+            raise VitrinaError(
+                f"scale {s!r}: give a number between 0.1 and 10 (1 is the run's own input size)"
+            )
+    h, w = (int(v) for v in model.preprocess.input_size)
+    views: dict[tuple[int, int], Any] = {}
+    for s in scales:
+        size = (max(32, round(h * s / 32) * 32), max(32, round(w * s / 32) * 32))
+        if size in views:
+            continue
+        if size == (h, w):
+            views[size] = model
+            continue
+        view = copy.copy(model)  # shares the weights; only the input size differs
+        view.preprocess = replace(model.preprocess, input_size=size)
+        if hasattr(model, "spec"):
+            view.spec = replace(model.spec, input_size=size)
+        views[size] = view
+    return list(views.values())
 
 
 # ---------------------------------------------------------------------------- classic ones
@@ -364,6 +443,7 @@ def load_detector(
     num_workers: int | None = None,
     classifier: str | os.PathLike[str] | None = None,
     flip: bool = False,
+    scales: Sequence[float] = (1.0,),
     **options: Any,
 ) -> PhotoDetector:
     """A detector from a run folder of ``vitrina detect train`` or a name in
@@ -373,7 +453,9 @@ def load_detector(
     the detector's; see :mod:`vitrina.detect.relabel`), on the same backend and device.
     ``flip``: a trained run also looks at each photo mirrored left-right and fuses the two
     answers (test-time augmentation: twice the network's work; refused for the detectors
-    that need no training).
+    that need no training). ``scales``: a trained run also looks at each photo at these
+    multiples of its input size and fuses the answers (:class:`RunDetector`; refused for
+    the detectors that need no training, like ``flip``).
 
     Raises:
         RunFolderError: a run folder that is not a detection run, or damaged.
@@ -385,7 +467,7 @@ def load_detector(
 
         boxes = load_detector(
             source, backend=backend, device=device, batch_size=batch_size,
-            num_workers=num_workers, flip=flip, **options,
+            num_workers=num_workers, flip=flip, scales=scales, **options,
         )  # fmt: skip
         return RelabeledDetector(boxes, load(classifier), backend=backend, device=device)
     text = str(source)
@@ -408,12 +490,14 @@ def load_detector(
             batch_size=batch_size,
             num_workers=num_workers,
             flip=flip,
+            scales=scales,
         )
     if text in DETECTORS:
-        if flip:
-            raise VitrinaError(
-                f"{text}: --flip is for detectors trained with `vitrina detect train`"
-            )
+        for option, asked in (("--flip", flip), ("--scales", tuple(scales) != (1.0,))):
+            if asked:
+                raise VitrinaError(
+                    f"{text}: {option} is for detectors trained with `vitrina detect train`"
+                )
         return DETECTORS.get(text)(num_workers=num_workers, **options)
     if path.exists():
         raise RunFolderError(f"{path}: not a run folder (give a detection run folder or a name)")

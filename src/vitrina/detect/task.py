@@ -126,6 +126,12 @@ class Detections:
         rows = np.asarray(rows, np.float32).reshape(-1, 6)
         return cls(rows[:, :4], rows[:, 4], np.rint(rows[:, 5]).astype(np.int64), size)
 
+    def rows(self) -> np.ndarray:
+        """``(N, 6)`` float32 rows ``[x1, y1, x2, y2, score, label]`` (:meth:`from_rows`'s)."""
+        return np.concatenate(
+            [self.boxes, self.scores[:, None], self.labels[:, None].astype(np.float32)], axis=1
+        )
+
     def above(self, min_score: float) -> Detections:
         """Only the boxes scoring at least ``min_score``."""
         keep = self.scores >= min_score

@@ -344,6 +344,7 @@ class DetectJob(RayJob):
     threads: int = 1
     classifier: str | None = None  # a classification run naming the boxes
     flip: bool = False  # also each photo mirrored, the answers fused
+    scales: tuple[float, ...] = (1.0,)  # also each photo at these input sizes, fused
     kind: ClassVar[str] = "detect"
 
     def key(self) -> dict[str, Any]:
@@ -357,6 +358,8 @@ class DetectJob(RayJob):
             key["classifier"] = _model_identity(self.classifier)
         if self.flip:  # (absent when off: shards of runs made before stay valid)
             key["flip"] = True
+        if tuple(self.scales) != (1.0,):
+            key["scales"] = [float(s) for s in self.scales]
         return key
 
     def build(self) -> tuple[Any, Task | None]:
@@ -370,6 +373,7 @@ class DetectJob(RayJob):
             num_workers=0,
             classifier=self.classifier,
             flip=self.flip,
+            scales=self.scales,
         )
         return det, None
 
@@ -702,6 +706,7 @@ def ray_predict_photos(
     batch_size: int = 8,
     classifier: str | os.PathLike[str] | None = None,
     flip: bool = False,
+    scales: Sequence[float] = (1.0,),
     work_dir: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, Iterator[Any]]:
@@ -709,7 +714,8 @@ def ray_predict_photos(
     loaded here, for its classes; the photos' :class:`~vitrina.detect.PhotoBoxes` in input
     order)``. Annotated copies and crops are written by this process (one writer), as
     without Ray. ``classifier``: a classification run naming the boxes, ``flip``: each photo
-    also mirrored (as :func:`~vitrina.detect.load_detector`). ``work_dir``: the shards'
+    also mirrored, ``scales``: each photo also at these input sizes (as
+    :func:`~vitrina.detect.load_detector`). ``work_dir``: the shards'
     folder (``None``: no resuming)."""
     from vitrina.detect import Detections, load_detector
     from vitrina.detect.predict import photo_boxes
@@ -722,12 +728,14 @@ def ray_predict_photos(
         batch_size=batch_size,
         classifier=classifier,
         flip=flip,
+        scales=scales,
     )
     floor = det.default_min_score if min_score is None else float(min_score)
     job = DetectJob(
         detector=str(detector),
         classifier=None if classifier is None else str(classifier),
         flip=flip,
+        scales=tuple(float(s) for s in scales),
         min_score=floor,
         backend=backend,
         device=device,

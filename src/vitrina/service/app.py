@@ -59,7 +59,8 @@ class ServiceConfig:
     """What to serve and how. ``model``: a run folder or zoo name (classification);
     ``index``: an index folder (search); ``gallery``: a face gallery folder; ``detector``: a
     detection run folder or a detector name (``hog_people``...); ``detector_flip``: it also
-    looks at each photo mirrored and fuses the answers (``--flip``). ``token`` reads,
+    looks at each photo mirrored and fuses the answers (``--flip``); ``detector_scales``: and
+    at these multiples of its input size (``--scales``). ``token`` reads,
     ``write_token`` reads and writes (enroll, forget); no ``token``: reads are open (serve on
     loopback only). ``max_upload_mb``: largest request body, in MB (10^6 bytes).
 
@@ -76,6 +77,7 @@ class ServiceConfig:
     gallery: str | None = None
     detector: str | None = None
     detector_flip: bool = False
+    detector_scales: tuple[float, ...] = (1.0,)
     token: str | None = None
     write_token: str | None = None
     max_upload_mb: float = 20
@@ -105,6 +107,8 @@ class ServiceConfig:
                 raise VitrinaError(f"{flag} must be above 0 seconds, got {value}")
         if self.detector_flip and not self.detector:
             raise VitrinaError("--flip is for the detector: give --detector RUN")
+        if tuple(self.detector_scales) != (1.0,) and not self.detector:
+            raise VitrinaError("--scales is for the detector: give --detector RUN")
         if self.max_connections is not None and self.max_connections < 2:
             raise VitrinaError(f"--max-connections must be at least 2, got {self.max_connections}")
 
@@ -138,7 +142,12 @@ class Service:
             if config.gallery:
                 self.faces = Faces(config.gallery, limiter=self.limiter)
             if config.detector:
-                self.detection = Detection(config.detector, flip=config.detector_flip, **batching)
+                self.detection = Detection(
+                    config.detector,
+                    flip=config.detector_flip,
+                    scales=tuple(config.detector_scales),
+                    **batching,
+                )
         except BaseException:
             self.close()  # e.g. the index's thread, when the gallery is the bad one
             raise

@@ -4,7 +4,8 @@ A detection run is served like the classifier: each request decodes and letterbo
 photo in a worker thread (``Engine.prepare``), and the dynamic batcher runs the photos of
 concurrent requests as one batch (``Engine.run_prepared``), so answers equal ``vitrina detect
 predict`` on the same photo (``--flip`` on both: each photo also mirrored, the answers
-fused). A detector that needs no training (``hog_people``...) runs in a
+fused; ``--scales`` on both: each photo letterboxed once per input size, each size's engine
+run over the batch, the answers fused). A detector that needs no training (``hog_people``...) runs in a
 worker thread per request. Boxes are in the uploaded photo's own pixels.
 """
 
@@ -40,6 +41,7 @@ class Detection:
         metrics: ServiceMetrics,
         limiter: anyio.CapacityLimiter,
         flip: bool = False,
+        scales: tuple[float, ...] = (1.0,),
     ) -> None:
         self.detector = load_detector(
             source,
@@ -48,13 +50,15 @@ class Detection:
             batch_size=max_batch,
             num_workers=0,
             flip=flip,
+            scales=scales,
         )
         self.name = display_name(source)
         self.classes = list(self.detector.classes)
         self.limiter = limiter
         # Every box (each request applies its own floor), each photo mirrored too if asked.
         self.task = DetectionTask(flip=flip)
-        self.batcher: DynamicBatcher[Prepared, Detections] | None = None
+        self.scales = tuple(float(v) for v in scales)
+        self.batcher: DynamicBatcher[tuple[Prepared, ...], Detections] | None = None
         if isinstance(self.detector, RunDetector):
             self.batcher = DynamicBatcher(
                 self._run_batch,
@@ -70,13 +74,20 @@ class Detection:
             return self.detector.engine.backend_name
         return "opencv/dlib"
 
-    def _prepare(self, data: bytes) -> Prepared:
+    def _prepare(self, data: bytes) -> tuple[Prepared, ...]:
+        """The photo letterboxed for each input size (one, unless ``--scales``)."""
         assert isinstance(self.detector, RunDetector)
-        return self.detector.engine.prepare(self.task, decode_upload(data))
+        image = decode_upload(data)
+        return tuple(e.prepare(self.task, image) for e in self.detector.engines)
 
-    def _run_batch(self, items: list[Prepared]) -> list[Detections]:
-        assert isinstance(self.detector, RunDetector)
-        return self.detector.engine.run_prepared(self.task, items)
+    def _run_batch(self, items: list[tuple[Prepared, ...]]) -> list[Detections]:
+        det = self.detector
+        assert isinstance(det, RunDetector)
+        per_size = [
+            e.run_prepared(self.task, [views[k] for views in items])
+            for k, e in enumerate(det.engines)
+        ]
+        return [det.fuse(views) for views in zip(*per_size, strict=True)]
 
     def _classic(self, data: bytes) -> Detections:
         return self.detector.find(np.asarray(decode_upload(data)))  # type: ignore[attr-defined]
@@ -105,6 +116,7 @@ class Detection:
             "detector": self.name,
             "backend": self.backend,
             "flip": self.task.flip,
+            "scales": list(self.scales),
         }
 
     def close(self) -> None:

@@ -121,6 +121,10 @@ class DetectResponse(BaseModel):
         description="Whether the photo was also looked at mirrored and the answers fused "
         "(`vitrina serve --flip`)."
     )
+    scales: list[float] = Field(
+        description="The multiples of the detector's input size the photo was looked at, "
+        "the answers fused (`vitrina serve --scales`; [1.0]: its own size only)."
+    )
 
 
 class EnrollResponse(BaseModel):
