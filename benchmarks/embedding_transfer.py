@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 import sys
 import tempfile
@@ -37,6 +38,7 @@ import numpy as np
 from _common import data_dir, machine
 from PIL import Image
 
+from vitrina.data.identities import FACE_CHIPS_MANIFEST
 from vitrina.embed.evaluate import evaluate_retrieval
 from vitrina.training.embedding import EmbeddingConfig, train_embedding
 
@@ -51,6 +53,13 @@ def split_people(chips: Path, work: Path, n_train: int, seed: int) -> tuple[Path
         dest.mkdir(parents=True)
         for f in sorted((chips / name).iterdir()):
             (dest / f.name).symlink_to(f.resolve())
+    # As `vitrina faces chips` run on the training people alone would leave it: the manifest
+    # of their chips (what tells `train-embedding --loss auto` these are face chips).
+    manifest = chips / FACE_CHIPS_MANIFEST
+    if manifest.is_file():
+        doc = json.loads(manifest.read_text())
+        doc["chips"] = {k: v for k, v in doc.get("chips", {}).items() if k.split("/")[0] in train}
+        (work / "train" / FACE_CHIPS_MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
     return work / "train", work / "heldout"
 
 

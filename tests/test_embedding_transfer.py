@@ -133,6 +133,7 @@ def test_run_reports_starting_weights_and_says_when_training_lost(
     )
     assert code == 0, err
     assert "did NOT beat the starting weights" in out and "trainable: last" in out
+    assert "loss: softmax+triplet-batch-hard (auto: identities that are not face chips" in out
     assert read_run(tmp_path / "lost").metrics["beat_start"] is False
 
 
@@ -259,3 +260,37 @@ def test_a_metric_loss_alone_never_freezes_everything(people, toy_run, tmp_path,
         str(tmp_path / "b"),
     )
     assert code == 1 and "nothing would train" in err and len(err.strip().splitlines()) == 1
+
+
+def test_auto_loss_is_arcface_for_face_chips_and_the_reid_recipe_otherwise(
+    people, tmp_path
+) -> None:
+    """``--loss auto`` (the default): a folder written by ``vitrina faces chips`` (its
+    manifest) trains with ArcFace, any other with softmax + batch-hard triplet; the run
+    records which and why; a loss given by name is kept."""
+    import shutil
+
+    from vitrina.data.identities import FACE_CHIPS_FORMAT, FACE_CHIPS_MANIFEST
+
+    chips = tmp_path / "chips"
+    shutil.copytree(people, chips)
+    manifest = chips / FACE_CHIPS_MANIFEST
+    manifest.write_text(json.dumps({"format": FACE_CHIPS_FORMAT, "chips": {}}))
+    plain = cfg(people, tmp_path / "a", loss="auto").chosen_loss()
+    assert plain[0] == "softmax+triplet-batch-hard" and "not face chips" in plain[1]
+    faces = cfg(chips, tmp_path / "b", loss="auto").chosen_loss()
+    assert faces[0] == "arcface" and "face chips" in faces[1]
+    named = EmbeddingConfig(data_dir=str(chips), arch="tutorial_cnn", weights=None).resolved()
+    assert Path(named.out or "").name == "chips-tutorial_cnn-arcface"  # named by its loss
+    assert cfg(chips, tmp_path / "c", loss="triplet").chosen_loss() == ("triplet", "--loss triplet")
+    assert EmbeddingConfig(data_dir=str(chips)).loss == "auto"  # the default
+    # a manifest that is not one (another tool's chips.json, or a damaged one) is not trusted
+    for text in ('{"format": "something-else"}', "{not json", "[]"):
+        manifest.write_text(text)
+        assert cfg(chips, tmp_path / "d", loss="auto").chosen_loss()[0].startswith("softmax")
+    manifest.write_text(json.dumps({"format": FACE_CHIPS_FORMAT, "chips": {}}))
+    res = train_embedding(cfg(chips, tmp_path / "run", loss="auto", epochs=1), progress=False)
+    recorded = read_run(res.run_dir)
+    assert recorded.config["loss"] == "auto"  # a resumed run chooses again
+    assert recorded.metrics["loss"]["choice"] == "arcface"
+    assert "face chips" in recorded.metrics["loss"]["reason"]

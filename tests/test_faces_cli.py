@@ -297,6 +297,9 @@ def test_chips_writes_the_aligned_faces_of_a_folder_of_people(photos, tmp_path, 
     manifest = json.loads((out_dir / "chips.json").read_text())
     assert manifest["chips"]["eileen/e0.png"]["source"] == "eileen/e0.jpg"
     assert manifest["chips"]["camera/both.png"]["faces_in_photo"] == 2
+    from vitrina.training.loss_choice import choose_loss
+
+    assert choose_loss(out_dir)[0] == "arcface"  # train-embedding --loss auto: a face set
     assert {p: p.read_bytes() for p in people.rglob("*") if p.is_file()} == before  # only read
     # the chips are the gallery's: what enroll stores for the same photo
     from vitrina.faces.pipeline import FacePipeline

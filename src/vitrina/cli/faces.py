@@ -398,7 +398,8 @@ def chips(
     """Write the aligned face chip of every photo: OUT/<person>/<photo>.png.
 
     The largest face of each photo is aligned on its 5 landmarks (the chips a gallery stores),
-    so OUT is a folder of identities for `vitrina train-embedding`. Photos without a face or
+    so OUT is a folder of identities for `vitrina train-embedding` (which trains face chips
+    with ArcFace by default: OUT/chips.json tells it they are faces). Photos without a face or
     unreadable are listed, not fatal; OUT/chips.json maps each chip to its photo and box.
 
     Example: vitrina faces chips staff-photos/ staff-chips/ && vitrina train-embedding staff-chips/

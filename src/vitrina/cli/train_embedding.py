@@ -43,8 +43,10 @@ def train_embedding(
         "imagenet", help="Starting weights: imagenet, none, a weights file, or a run folder."
     ),
     loss: str = typer.Option(
-        "softmax+triplet-batch-hard",
-        help="A loss or a weighted sum, e.g. arcface, triplet+0.5*center. Names: "
+        "auto",
+        help="auto: arcface for aligned face chips (a folder written by `vitrina faces "
+        "chips`), softmax+triplet-batch-hard otherwise; or a loss or a weighted sum, e.g. "
+        "arcface, triplet+0.5*center. Names: "
         "softmax, triplet, triplet-batch-hard, triplet-batch-all, triplet-semi-hard, "
         "contrastive, quadruplet, center, cosface, arcface; with --sampler pairs: "
         "siamese-contrastive, siamese-binary.",
@@ -182,6 +184,8 @@ def train_embedding(
         console.print(f"{res.dropped_singletons} identities with a single image were skipped")
     if res.trainable:
         console.print(f"trainable: {res.trainable['choice']} ({escape(res.trainable['reason'])})")
+    if m.get("loss"):
+        console.print(f"loss: {escape(m['loss']['choice'])} ({escape(m['loss']['reason'])})")
     if "val_mAP" in m:
         line = (
             f"best epoch {res.best_epoch}: held-out identities mAP {m['val_mAP']:.3f}, "

@@ -29,15 +29,37 @@ from vitrina.errors import DataError, VitrinaError
 from vitrina.io import atomic_write_text, atomic_writer, is_image_path
 
 __all__ = [
+    "FACE_CHIPS_FORMAT",
+    "FACE_CHIPS_MANIFEST",
     "MARKET_SPLITS",
     "IdentityImage",
     "IdentitySet",
     "MarketName",
     "ToMarketReport",
+    "is_face_chips",
     "parse_market_name",
     "scan_identities",
     "to_market",
 ]
+
+#: ``vitrina faces chips`` writes this manifest beside the chips it aligns (one folder per
+#: person): a folder holding it is a face set, whatever its images are named.
+FACE_CHIPS_MANIFEST = "chips.json"
+FACE_CHIPS_FORMAT = "vitrina-face-chips"
+
+
+def is_face_chips(root: str | os.PathLike[str]) -> bool:
+    """Whether ``root`` holds aligned face chips written by ``vitrina faces chips`` (its
+    manifest, :data:`FACE_CHIPS_MANIFEST`, with the format :data:`FACE_CHIPS_FORMAT`); a
+    missing or unreadable manifest is "no"."""
+    path = Path(root) / FACE_CHIPS_MANIFEST
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FACE_CHIPS_FORMAT
+
 
 JUNK_PID = -1
 DISTRACTOR_PID = 0

@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vitrina.data.identities import FACE_CHIPS_FORMAT, FACE_CHIPS_MANIFEST
 from vitrina.errors import DataError
 
 __all__ = ["CHIPS_MANIFEST", "ChipsReport", "write_face_chips"]
 
 #: The manifest written into ``OUT``: settings, and each chip's source photo and face box.
-CHIPS_MANIFEST = "chips.json"
+CHIPS_MANIFEST = FACE_CHIPS_MANIFEST  # the name every layer reads (vitrina.data.identities)
 _PHOTOS_PER_BATCH = 8
 
 PathLike = str | os.PathLike[str]
@@ -180,7 +181,7 @@ def write_face_chips(
         if on_progress is not None:
             on_progress(done, len(paths))
     doc = {
-        "format": "vitrina-face-chips",
+        "format": FACE_CHIPS_FORMAT,
         "source": str(photos.resolve()),
         "settings": settings,
         "chips": manifest,

@@ -65,6 +65,7 @@ from vitrina.training.distributed import (
 )
 from vitrina.training.feeding import decoding_metrics, training_loader
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
+from vitrina.training.loss_choice import AUTO_LOSS, choose_loss
 from vitrina.training.precision import (
     check_precision,
     choose_precision,
@@ -98,8 +99,10 @@ class NonFiniteLossError(VitrinaError):
 class EmbeddingConfig:
     """Options of ``vitrina train-embedding``.
 
-    loss: a loss name or a weighted sum (``softmax+triplet-batch-hard``, ``triplet+0.5*center``);
-        see :func:`vitrina.losses.loss_names`.
+    loss: a loss name or a weighted sum (``softmax+triplet-batch-hard``, ``triplet+0.5*center``;
+        see :func:`vitrina.losses.loss_names`), or ``auto``: ArcFace for aligned face chips
+        (a folder written by ``vitrina faces chips``), softmax + batch-hard triplet otherwise
+        (:mod:`vitrina.training.loss_choice`; the run records which and why).
     dim: embedding size; 0 keeps the backbone's feature width (no reduction layer).
     bnneck: batch-norm neck between metric and identity losses (see
         :mod:`vitrina.models.embedding`).
@@ -130,7 +133,7 @@ class EmbeddingConfig:
     data_dir: str
     arch: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
-    loss: str = "softmax+triplet-batch-hard"
+    loss: str = AUTO_LOSS
     miner: str = "none"
     distance: str = "euclidean"
     margin: float | None = None
@@ -176,6 +179,7 @@ class EmbeddingConfig:
 
     def resolved(self) -> EmbeddingConfig:
         c = EmbeddingConfig(**asdict(self))
+        loss = c.chosen_loss()[0]
         if c.weights in ("none", ""):
             c.weights = None
         if c.distance not in DISTANCES:
@@ -195,7 +199,7 @@ class EmbeddingConfig:
             )
         from vitrina.losses import LOSSES, build_criterion, parse_loss_spec
 
-        pair_losses = [t.name for t in parse_loss_spec(c.loss) if LOSSES.get(t.name).pairs]
+        pair_losses = [t.name for t in parse_loss_spec(loss) if LOSSES.get(t.name).pairs]
         if pair_losses and c.sampler != "pairs":
             raise VitrinaError(
                 f"--loss {pair_losses[0]} learns from Siamese pairs: add --sampler pairs"
@@ -207,7 +211,7 @@ class EmbeddingConfig:
             )
         # Fail on a bad loss spec, miner or margin now, not after reading the data.
         build_criterion(
-            c.loss,
+            loss,
             miner=c.miner,
             distance=c.distance,
             num_classes=2,
@@ -249,7 +253,7 @@ class EmbeddingConfig:
                 raise VitrinaError(f"--input-size {c.input_size} is too small (min 16)")
             check_input_size(c.arch, c.input_size)  # a fixed-size network: before any work
         if c.out is None:
-            tag = c.loss.replace("*", "x").replace("+", "_").replace(" ", "")
+            tag = loss.replace("*", "x").replace("+", "_").replace(" ", "")
             c.out = str(Path("runs") / f"{Path(c.data_dir).resolve().name}-{c.arch}-{tag}")
         return c
 
@@ -257,6 +261,13 @@ class EmbeddingConfig:
         d = asdict(self)
         d["input_size"] = list(self.input_size) if self.input_size else None
         return d
+
+    def chosen_loss(self) -> tuple[str, str]:
+        """``(loss, reason)``: ``auto`` resolved for this training folder
+        (:func:`vitrina.training.loss_choice.choose_loss`), or the loss given."""
+        if self.loss == AUTO_LOSS:
+            return choose_loss(self.data_dir)
+        return self.loss, f"--loss {self.loss}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EmbeddingConfig:
@@ -868,7 +879,7 @@ def _train_one(
 
     def criterion_for(m: EmbeddingModel) -> nn.Module:
         return build_criterion(
-            cfg.loss,
+            cfg.chosen_loss()[0],
             miner=cfg.miner,
             distance=cfg.distance,
             num_classes=len(names),
@@ -984,7 +995,11 @@ def _train_one(
 
     def save_best(record: dict[str, Any]) -> None:
         info.metrics = best_metrics(record)
-        info.metrics.update(start=start, trainable=plan_doc)
+        info.metrics.update(
+            start=start,
+            trainable=plan_doc,
+            loss=dict(zip(("choice", "reason"), cfg.chosen_loss(), strict=True)),
+        )
         save_run(out, model, info)
 
     save_resume = resume_saver(out, trainable, optimizer, scheduler)
