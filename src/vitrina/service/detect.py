@@ -5,8 +5,8 @@ photo in a worker thread (``Engine.prepare``), and the dynamic batcher runs the 
 concurrent requests as one batch (``Engine.run_prepared``), so answers equal ``vitrina detect
 predict`` on the same photo (``--flip`` on both: each photo also mirrored, the answers
 fused; ``--scales`` on both: each photo letterboxed once per input size, each size's engine
-run over the batch, the answers fused). A detector that needs no training (``hog_people``...) runs in a
-worker thread per request. Boxes are in the uploaded photo's own pixels.
+run over the batch, the answers fused). A detector that needs no training (``hog_people``...)
+runs in a worker thread per request. Boxes are in the uploaded photo's own pixels.
 """
 
 from __future__ import annotations
