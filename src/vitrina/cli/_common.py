@@ -119,7 +119,7 @@ def scales_option() -> Any:
         parser=parse_scales,
         metavar="S1,S2,...",
         help="Also look at each photo at these multiples of the run's input size and fuse the "
-        "answers (test-time augmentation: 0.85,1,1.3 is about 3.2x the work and helps where "
+        "answers (test-time augmentation: 0.85,1,1.3 is about 3.4x the work and helps where "
         "objects are smaller or larger than in training; trained runs only).",
     )
 
