@@ -246,7 +246,7 @@ def test_flip_fuses_each_photo_with_its_mirror_image(
 
 
 def test_scales_fuse_the_answers_of_the_run_at_each_input_size(
-    shelf_run: Path, shelf_set: Path, capsys
+    shelf_run: Path, shelf_set: Path, capsys, monkeypatch
 ) -> None:
     """``scales`` (``--scales``) is the plain detector at each input size (the run's size x
     scale, rounded to a multiple of 32), its answers fused per photo: checked against exactly
@@ -285,6 +285,15 @@ def test_scales_fuse_the_answers_of_the_run_at_each_input_size(
     broken.write_bytes(b"\xff\xd8\xff nope")
     results = list(multi.detect([photos[0], broken]))
     assert [r.ok for r in results] == [True, False] and "broken-scales.jpg" in results[1].error
+    # the engines take the items a chunk at a time: indices and answers run on across chunks
+    import vitrina.detect.detectors as detectors
+
+    monkeypatch.setattr(detectors, "SCALES_CHUNK", 2)
+    chunked = list(multi.detect([*photos, broken], min_score=0.05))
+    assert [r.index for r in chunked] == [0, 1, 2, 3]
+    assert [r.ok for r in chunked] == [True, True, True, False]
+    for r, want in zip(chunked, multi.detect(photos, min_score=0.05), strict=False):
+        np.testing.assert_array_equal(r.value.rows(), want.value.rows())
     for bad in ((), (0.0,), (float("nan"),)):
         with pytest.raises(VitrinaError, match="scale"):
             RunDetector(model, backend="eager", num_workers=0, scales=bad)

@@ -74,6 +74,10 @@ DETECTORS: Registry[Callable[..., PhotoDetector]] = Registry("detector")
 
 
 # ---------------------------------------------------------------------------- trained runs
+#: ``scales``: items each size's engine runs over before the next engine takes them
+SCALES_CHUNK = 64
+
+
 class RunDetector:
     """A detection run (or any model with a ``boxes`` output) on the engine.
 
@@ -131,19 +135,24 @@ class RunDetector:
     def _fused(
         self, items: list[Any], floor: float, on_progress: Callable[[int], None] | None
     ) -> Iterator[TaskResult]:
-        """Every size's engine over the same items in step; one fused answer per item."""
+        """Every size's engine over the same items, one chunk of items at a time and one
+        engine after the other (they share the network's modules: never two at once, so one
+        engine's ``auto`` trial never changes the modules under another's forward pass); one
+        fused answer per item, in order."""
         task = DetectionTask(min_score=0.0, flip=self.flip)  # weak views still vote
-        runs = [e.run(task, items) for e in self.engines]
-        for answers in zip(*runs, strict=True):
-            first = answers[0]
-            bad = next((a for a in answers if not a.ok), None)
-            if bad is not None:
-                yield bad
-            else:
-                fused = self.fuse([a.value for a in answers]).above(floor)
-                yield TaskResult(first.index, first.item, fused)
-            if on_progress:
-                on_progress(1)
+        for start in range(0, len(items), SCALES_CHUNK):
+            part = items[start : start + SCALES_CHUNK]
+            runs = [list(e.run(task, part)) for e in self.engines]
+            for answers in zip(*runs, strict=True):
+                first = answers[0]
+                bad = next((a for a in answers if not a.ok), None)
+                if bad is not None:
+                    yield replace(bad, index=start + bad.index)
+                else:
+                    fused = self.fuse([a.value for a in answers]).above(floor)
+                    yield TaskResult(start + first.index, first.item, fused)
+                if on_progress:
+                    on_progress(1)
 
     @staticmethod
     def fuse(views: Sequence[Detections]) -> Detections:
