@@ -143,7 +143,7 @@ def train_embedding(
 
       vitrina train-embedding people/ --loss softmax+triplet-batch-hard --input-size 256x128
 
-      vitrina train-embedding faces/ --loss arcface --dim 256 --epochs 30
+      vitrina train-embedding staff-chips/   (from `vitrina faces chips`: ArcFace, chosen for faces)
 
       vitrina train-embedding market/ --loss triplet --miner semi-hard --distance cosine
 
