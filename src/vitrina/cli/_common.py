@@ -104,7 +104,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(v) for v in str(text).split(",") if v.strip())
     except ValueError:
         scales = ()
-    if not scales or not all(0.1 <= v <= 10 for v in scales):
+    if not scales:  # the range is checked where the sizes are made (detect.sized_views)
         raise typer.BadParameter(
             f"{text!r}: expected sizes relative to the run's input, e.g. 0.85,1,1.3"
         ) from None
@@ -114,7 +114,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
 def scales_option() -> Any:
     """``--scales`` of ``detect evaluate``, ``detect predict`` and ``serve``."""
     return typer.Option(
-        None,
+        "1",
         "--scales",
         parser=parse_scales,
         metavar="S1,S2,...",

@@ -230,7 +230,7 @@ def evaluate_cmd(
     workers: int | None = typer.Option(None, help="Photo decoding processes."),
     classifier: Path | None = classifier_option(),
     flip: bool = flip_option(),
-    scales: str | None = scales_option(),  # parsed to a tuple of floats
+    scales: str = scales_option(),  # parsed to a tuple of floats
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """COCO mAP@[.5:.95], mAP@.5, per-class AP and recall (pycocotools), with a picture of
@@ -254,7 +254,7 @@ def evaluate_cmd(
         num_workers=workers,
         classifier=classifier,
         flip=flip,
-        scales=scales or (1.0,),  # type: ignore[arg-type]
+        scales=scales,  # type: ignore[arg-type]
     )
     with progress_bar("detecting", None, enabled=not as_json) as update:
         done = [0]
@@ -318,7 +318,7 @@ def predict_cmd(
     workers: int | None = typer.Option(None, help="Photo decoding processes."),
     classifier: Path | None = classifier_option(),
     flip: bool = flip_option(),
-    scales: str | None = scales_option(),  # parsed to a tuple of floats
+    scales: str = scales_option(),  # parsed to a tuple of floats
     ray: str = ray_option(),
     ray_workers: int = ray_workers_option(),
 ) -> None:
@@ -353,7 +353,7 @@ def predict_cmd(
             num_workers=workers,
             classifier=classifier,
             flip=flip,
-            scales=scales or (1.0,),  # type: ignore[arg-type]
+            scales=scales,  # type: ignore[arg-type]
         )
     with progress_bar("detecting", len(paths)) as update:
         done = [0]
@@ -381,7 +381,7 @@ def predict_cmd(
                 batch_size=batch_size,
                 classifier=classifier,
                 flip=flip,
-                scales=scales or (1.0,),  # type: ignore[arg-type]
+                scales=scales,  # type: ignore[arg-type]
                 work_dir=work_dir_for(out_file) if out_file is not None else None,
                 on_progress=lambda d, n: update(d),
             )

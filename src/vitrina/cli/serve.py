@@ -26,7 +26,7 @@ def serve(
         help="Detection run folder (`vitrina detect train`) or hog_people / hog_faces: /v1/detect.",
     ),
     flip: bool = flip_option(),
-    scales: str | None = scales_option(),  # parsed to a tuple of floats
+    scales: str = scales_option(),  # parsed to a tuple of floats
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     token: str | None = typer.Option(
@@ -87,7 +87,7 @@ def serve(
         gallery=str(gallery) if gallery else None,
         detector=detector,
         detector_flip=flip,
-        detector_scales=scales or (1.0,),  # type: ignore[arg-type]
+        detector_scales=scales,  # type: ignore[arg-type]
         token=token,
         write_token=write_token,
         max_upload_mb=max_upload_mb,

@@ -839,6 +839,8 @@ def _train_one(
     from vitrina.losses import build_criterion
     from vitrina.losses.aligned import AlignedLocalLoss
 
+    loss, loss_reason = cfg.chosen_loss()  # ``auto`` read from the folder once
+
     torch.manual_seed(cfg.seed)
     dist = dist or Dist()
     device = device or resolve_device(cfg.device)
@@ -879,7 +881,7 @@ def _train_one(
 
     def criterion_for(m: EmbeddingModel) -> nn.Module:
         return build_criterion(
-            cfg.chosen_loss()[0],
+            loss,
             miner=cfg.miner,
             distance=cfg.distance,
             num_classes=len(names),
@@ -998,7 +1000,7 @@ def _train_one(
         info.metrics.update(
             start=start,
             trainable=plan_doc,
-            loss=dict(zip(("choice", "reason"), cfg.chosen_loss(), strict=True)),
+            loss={"choice": loss, "reason": loss_reason},
         )
         save_run(out, model, info)
 
