@@ -17,7 +17,7 @@ In the same run: the frozen ImageNet EfficientNet-Lite0 (the starting weights) a
 explicit ``--trainable`` recipe. Target: the default recipe beats the frozen backbone by
 >= 10 mAP points on both sets, and its run reports how it compares with its starting weights.
 
-    python benchmarks/embedding_transfer.py [--epochs 20] [--recipes auto,neck,last,all]
+    python benchmarks/embedding_transfer.py [--epochs N] [--recipes auto,neck,last,all] [--seed 0]
 """
 
 from __future__ import annotations
@@ -53,14 +53,19 @@ def split_people(chips: Path, work: Path, n_train: int, seed: int) -> tuple[Path
         dest.mkdir(parents=True)
         for f in sorted((chips / name).iterdir()):
             (dest / f.name).symlink_to(f.resolve())
-    # As `vitrina faces chips` run on the training people alone would leave it: the manifest
-    # of their chips (what tells `train-embedding --loss auto` these are face chips).
+    give_manifest(chips, work / "train")
+    return work / "train", work / "heldout"
+
+
+def give_manifest(chips: Path, train: Path) -> None:
+    """As `vitrina faces chips` run on the training people alone would leave it: the manifest
+    of their chips (what tells `train-embedding --loss auto` these are face chips)."""
     manifest = chips / FACE_CHIPS_MANIFEST
     if manifest.is_file():
+        people = {d.name for d in train.iterdir() if d.is_dir()}
         doc = json.loads(manifest.read_text())
-        doc["chips"] = {k: v for k, v in doc.get("chips", {}).items() if k.split("/")[0] in train}
-        (work / "train" / FACE_CHIPS_MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
-    return work / "train", work / "heldout"
+        doc["chips"] = {k: v for k, v in doc.get("chips", {}).items() if k.split("/")[0] in people}
+        (train / FACE_CHIPS_MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def cross_domain(image: Image.Image, rng: np.random.Generator) -> bytes:
@@ -111,7 +116,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", help="ORL faces folder (default ../shared/data/orl_faces)")
     ap.add_argument("--chips", help="aligned chips made before (skips `faces chips`)")
-    ap.add_argument("--epochs", type=int, default=20, help="train-embedding's default: 20")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="default: train-embedding's (chosen with the loss: 40 for ArcFace, 20 otherwise)",
+    )
     ap.add_argument("--recipes", default="auto,neck,last,all", help="--trainable values to run")
     ap.add_argument(
         "--augment", default=None, help="train-embedding's --augment (default: its default)"
@@ -136,6 +146,8 @@ def main() -> None:
     if not (split / "train").is_dir():
         split_people(chips, split, args.train_people, args.seed)
         make_cross_domain(split / "heldout", split / "cross-domain", args.seed)
+    elif not (split / "train" / FACE_CHIPS_MANIFEST).is_file():  # kept from an older version
+        give_manifest(chips, split / "train")
     train, heldout, xdom = split / "train", split / "heldout", split / "cross-domain"
     print(
         f"train: {train} ({args.train_people} people); held-out: 10 people, clean and cross-domain\n"
@@ -154,7 +166,7 @@ def main() -> None:
             data_dir=str(train),
             epochs=args.epochs,
             trainable=recipe,
-            out=str(work / f"run-{recipe}-e{args.epochs}-s{args.seed}{aug}"),
+            out=str(work / f"run-{recipe}-e{args.epochs or 'default'}-s{args.seed}{aug}"),
             seed=args.seed,
             **({"augment": args.augment} if args.augment else {}),
         )

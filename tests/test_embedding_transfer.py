@@ -284,6 +284,20 @@ def test_auto_loss_is_arcface_for_face_chips_and_the_reid_recipe_otherwise(
     assert Path(named.out or "").name == "chips-tutorial_cnn-arcface"  # named by its loss
     assert cfg(chips, tmp_path / "c", loss="triplet").chosen_loss() == ("triplet", "--loss triplet")
     assert EmbeddingConfig(data_dir=str(chips)).loss == "auto"  # the default
+    # how long follows the loss: ArcFace (here chosen for the chips) learns slowly
+    from vitrina.training.loss_choice import ARCFACE_EPOCHS, DEFAULT_EPOCHS
+
+    assert ARCFACE_EPOCHS > DEFAULT_EPOCHS
+    assert named.epochs == ARCFACE_EPOCHS
+    for data, loss, epochs in (
+        (people, "auto", DEFAULT_EPOCHS),
+        (people, "arcface", ARCFACE_EPOCHS),
+        (people, "0.5*arcface+triplet-batch-hard", ARCFACE_EPOCHS),
+        (chips, "softmax+triplet-batch-hard", DEFAULT_EPOCHS),
+    ):
+        c = cfg(data, tmp_path / "e", loss=loss, epochs=None).resolved()
+        assert c.epochs == epochs, (data.name, loss)
+    assert cfg(chips, tmp_path / "e", loss="auto", epochs=3).resolved().epochs == 3  # given: kept
     # a manifest that is not one (another tool's chips.json, or a damaged one) is not trusted
     for text in ('{"format": "something-else"}', "{not json", "[]"):
         manifest.write_text(text)

@@ -67,7 +67,11 @@ def train_embedding(
         help="pk: P identities x K images per batch; pairs: balanced same/different Siamese "
         "pairs (P*K/2 per batch) for the siamese-* losses.",
     ),
-    epochs: int = typer.Option(20, help="Epochs (one epoch ≈ every training image once)."),
+    epochs: int | None = typer.Option(
+        None,
+        help="Epochs (one epoch ≈ every training image once). Default: 40 when the loss has "
+        "an ArcFace term (it learns slowly), else 20.",
+    ),
     lr: float = typer.Option(3e-4, help="Learning rate of the backbone (AdamW, cosine decay)."),
     head_lr_mult: float = typer.Option(
         10.0, help="The neck and the loss weights learn this many times faster."

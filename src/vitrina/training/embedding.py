@@ -65,7 +65,7 @@ from vitrina.training.distributed import (
 )
 from vitrina.training.feeding import decoding_metrics, training_loader
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
-from vitrina.training.loss_choice import AUTO_LOSS, choose_loss
+from vitrina.training.loss_choice import AUTO_LOSS, choose_loss, default_epochs
 from vitrina.training.precision import (
     check_precision,
     choose_precision,
@@ -103,6 +103,8 @@ class EmbeddingConfig:
         see :func:`vitrina.losses.loss_names`), or ``auto``: ArcFace for aligned face chips
         (a folder written by ``vitrina faces chips``), softmax + batch-hard triplet otherwise
         (:mod:`vitrina.training.loss_choice`; the run records which and why).
+    epochs: ``None``: chosen with the loss (:func:`vitrina.training.loss_choice.default_epochs`:
+        40 with an ArcFace term, which learns slowly, 20 otherwise).
     dim: embedding size; 0 keeps the backbone's feature width (no reduction layer).
     bnneck: batch-norm neck between metric and identity losses (see
         :mod:`vitrina.models.embedding`).
@@ -149,7 +151,7 @@ class EmbeddingConfig:
             "siamese-contrastive and siamese-binary losses."
         },
     )
-    epochs: int = 20
+    epochs: int | None = None
     lr: float = 3e-4
     head_lr_mult: float = 10.0
     weight_decay: float = 5e-4
@@ -233,6 +235,8 @@ class EmbeddingConfig:
             c.trainable = "neck"
         if c.val_dir in ("", "none"):
             c.val_dir = None
+        if c.epochs is None:
+            c.epochs = default_epochs(loss)[0]
         for name, value, ok in (
             ("epochs", c.epochs, c.epochs >= 1),
             ("p", c.p, c.p is None or c.p >= 2),
@@ -712,10 +716,11 @@ def train_embedding(
     if resume and not multi:
         if not (out / CKPT_DIR).is_dir():
             raise RunFolderError(f"{out}: nothing to resume (no {CKPT_DIR}/ there)")
-        if is_run_dir(out):
+        if is_run_dir(out):  # its own options; --epochs, when given, extends it
             epochs = cfg.epochs
             cfg = EmbeddingConfig.from_dict(read_run(out).config)
-            cfg.epochs = epochs
+            if epochs is not None:
+                cfg.epochs = epochs
     cfg = cfg.resolved()
     with session(resolve_device(cfg.device)) as (dist, device):
         return _train_recipes(cfg, resume, multi, progress, extra_callbacks, dist, device)
