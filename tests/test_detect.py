@@ -125,6 +125,71 @@ def test_every_head_on_a_zoo_backbone_any_input_size(head: str, tmp_path: Path) 
             torch.testing.assert_close(a, b)
 
 
+def test_faster_rcnn_box_classifier_is_label_smoothed_and_otherwise_torchvisions() -> None:
+    """Faster R-CNN's box head learns with a label-smoothed classifier loss: the same sampled
+    regions and logits as torchvision's (at 0 the loss is torchvision's exactly), only the
+    classifier term changes; half of the sampled regions may be objects; inference, weights
+    and the state-dict keys are torchvision's."""
+    import copy
+
+    import torch.nn.functional as F
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    from vitrina.models.detection import BOX_LABEL_SMOOTHING, BOX_POSITIVE_FRACTION
+
+    torch.manual_seed(0)
+    spec = DetectorSpec(head="fasterrcnn", backbone="resnet18", num_classes=3, input_size=(64, 96))
+    model = create_detector(spec)
+    heads = model.net.roi_heads
+    assert isinstance(heads, RoIHeads) and heads.label_smoothing == BOX_LABEL_SMOOTHING > 0
+    assert heads.fg_bg_sampler.positive_fraction == BOX_POSITIVE_FRACTION
+    x = torch.randn(2, 3, 64, 96)
+    targets = [
+        {"boxes": torch.tensor([[10.0, 8.0, 60.0, 50.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.tensor([[30.0, 4.0, 90.0, 60.0]]), "labels": torch.tensor([0])},
+    ]
+
+    def losses(smoothing: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        m = copy.deepcopy(model).train()
+        m.net.roi_heads.label_smoothing = smoothing
+        seen: dict[str, torch.Tensor] = {}
+        m.net.roi_heads.box_predictor.register_forward_hook(
+            lambda _m, _i, out: seen.__setitem__("logits", out[0])
+        )
+        plain_select = type(m.net.roi_heads).select_training_samples
+
+        def select(self, proposals, tgts):  # the labels of the sampled regions
+            out = plain_select(self, proposals, tgts)
+            seen["labels"] = torch.cat(out[2])
+            return out
+
+        m.net.roi_heads.select_training_samples = select.__get__(m.net.roi_heads)
+        torch.manual_seed(1)  # the same sampled regions in each call
+        return m.losses(x, targets), seen["logits"], seen["labels"]
+
+    plain, logits0, labels0 = losses(0.0)
+    smooth, logits, labels = losses(BOX_LABEL_SMOOTHING)
+    torch.testing.assert_close(logits, logits0)
+    assert torch.equal(labels, labels0) and (labels > 0).any()  # objects among the regions
+    torch.testing.assert_close(plain["loss_classifier"], F.cross_entropy(logits0, labels0))
+    torch.testing.assert_close(
+        smooth["loss_classifier"],
+        F.cross_entropy(logits, labels, label_smoothing=BOX_LABEL_SMOOTHING),
+    )
+    assert not torch.allclose(smooth["loss_classifier"], plain["loss_classifier"])
+    for k in ("loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
+        torch.testing.assert_close(smooth[k], plain[k])
+    smooth["loss_classifier"].backward()  # it trains the head
+    # inference and weights: torchvision's
+    ref = copy.deepcopy(model)
+    ref.net.roi_heads.__class__ = RoIHeads
+    assert list(ref.state_dict()) == list(model.state_dict())
+    model.eval(), ref.eval()
+    with torch.no_grad():
+        for a, b in zip(model.boxes(x), ref.boxes(x), strict=True):
+            torch.testing.assert_close(a, b)
+
+
 def test_backbones_of_both_libraries_give_strides_8_16_32() -> None:
     import torchvision
 

@@ -272,7 +272,7 @@ def _fasterrcnn(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
         sizes=tuple((32 * 2**i,) for i in range(levels)),
         aspect_ratios=((0.5, 1.0, 2.0),) * levels,
     )
-    return FasterRCNN(
+    net = FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2),
@@ -287,10 +287,35 @@ def _fasterrcnn(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
         rpn_pre_nms_top_n_test=500,
         rpn_post_nms_top_n_test=300,
         box_batch_size_per_image=64,
+        box_positive_fraction=BOX_POSITIVE_FRACTION,
         box_score_thresh=spec.score_thresh,
         box_nms_thresh=spec.nms_thresh,
         box_detections_per_img=spec.max_detections,
     )
+    net.roi_heads = _smoothed(net.roi_heads, BOX_LABEL_SMOOTHING)
+    return net
+
+
+#: Faster R-CNN's box head: half of its 64 sampled regions a photo are objects (torchvision: a
+#: quarter), and its classifier learns with label smoothing. A few hundred photos of look-alike
+#: packages are named from few examples, and the head over-fits them (the classifier's loss fell
+#: to 0.09 on the training photos while held-out ones confused chocolate, pasta and juice).
+#: Measured on the detection benchmark (``groceries_det``, 800 photos to train, 200 held out,
+#: 30 wall-minutes on 2 cores, `--input-size 224`): mAP@.5 0.670 / 0.691 / 0.712 (plain,
+#: ``--flip``, ``--flip --scales 0.85,1,1.3``) -> 0.687 / 0.705 / 0.732, mAP@[.5:.95] 0.429 ->
+#: 0.462 (plain).
+BOX_POSITIVE_FRACTION = 0.5
+BOX_LABEL_SMOOTHING = 0.1
+
+
+def _smoothed(heads: nn.Module, label_smoothing: float) -> nn.Module:
+    """torchvision's ``RoIHeads`` made a :class:`~vitrina.models.roi_heads.SmoothedRoIHeads`
+    (the same modules, so the same weights and state-dict keys; inference is unchanged)."""
+    from vitrina.models.roi_heads import SmoothedRoIHeads
+
+    heads.__class__ = SmoothedRoIHeads
+    heads.label_smoothing = float(label_smoothing)  # type: ignore[assignment]
+    return heads
 
 
 @HEADS.register("retinanet")

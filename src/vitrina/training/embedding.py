@@ -236,7 +236,7 @@ class EmbeddingConfig:
         if c.val_dir in ("", "none"):
             c.val_dir = None
         if c.epochs is None:
-            c.epochs = default_epochs(loss)[0]
+            c.epochs = default_epochs(loss)
         for name, value, ok in (
             ("epochs", c.epochs, c.epochs >= 1),
             ("p", c.p, c.p is None or c.p >= 2),

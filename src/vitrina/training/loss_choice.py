@@ -67,15 +67,12 @@ def choose_loss(data_dir: str | os.PathLike[str]) -> tuple[str, str]:
     )
 
 
-def default_epochs(loss: str) -> tuple[int, str]:
-    """``(epochs, reason)`` when ``--epochs`` is not given, for a resolved loss spec (not
-    ``auto``): :data:`ARCFACE_EPOCHS` when it holds an ArcFace term, else
-    :data:`DEFAULT_EPOCHS` (see the module)."""
+def default_epochs(loss: str) -> int:
+    """Epochs when ``--epochs`` is not given, for a resolved loss spec (not ``auto``):
+    :data:`ARCFACE_EPOCHS` when it holds an ArcFace term, else :data:`DEFAULT_EPOCHS` (see
+    the module)."""
     from vitrina.losses import parse_loss_spec
 
     if any(t.name == FACE_LOSS for t in parse_loss_spec(loss)):
-        return ARCFACE_EPOCHS, (
-            f"{ARCFACE_EPOCHS} epochs: ArcFace's margin softmax is still learning at "
-            f"{DEFAULT_EPOCHS}"
-        )
-    return DEFAULT_EPOCHS, f"{DEFAULT_EPOCHS} epochs"
+        return ARCFACE_EPOCHS
+    return DEFAULT_EPOCHS
