@@ -601,7 +601,10 @@ def test_backends_agree_with_eager_on_boxes(
     assert decision["trials"]["bf16"]["ok"] == bf16_ok
 
     # The detector on auto answers within the tolerance of the backend it chose (a bf16
-    # runtime may move a box by a few pixels: pairs stay at IoU >= 0.9).
+    # runtime may move a box by a few pixels: pairs stay at IoU >= 0.9), on the boxes it shows
+    # by default: the trial decided on one batch, and in bf16 a box scoring near the network's
+    # 0.05 floor may come or go with another batching (the label-smoothed head gives this
+    # small test run dozens of those).
     def rows(found: Sequence[Detections]) -> list[torch.Tensor]:
         return [
             torch.as_tensor(np.column_stack([d.boxes, d.scores, d.labels]), dtype=torch.float32)
@@ -610,8 +613,10 @@ def test_backends_agree_with_eager_on_boxes(
 
     plain = load_detector(shelf_run, backend="eager", num_workers=0)
     chosen = load_detector(shelf_run, backend="auto", num_workers=0)
-    want = [r.value for r in plain.detect(photos)]
-    got = [r.value for r in chosen.detect(photos)]
+    shown = plain.default_min_score
+    want = [r.value for r in plain.detect(photos, min_score=shown)]
+    got = [r.value for r in chosen.detect(photos, min_score=shown)]
+    assert sum(len(d.boxes) for d in want) > 0, "nothing shown to compare"
     backend = chosen.engine.backend_name
     assert backend in decision["trials"]
     assert TOLERANCES[backend].ok(compare_outputs(rows(want), rows(got), BOXES)), backend
