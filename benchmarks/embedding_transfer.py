@@ -53,7 +53,6 @@ def split_people(chips: Path, work: Path, n_train: int, seed: int) -> tuple[Path
         dest.mkdir(parents=True)
         for f in sorted((chips / name).iterdir()):
             (dest / f.name).symlink_to(f.resolve())
-    give_manifest(chips, work / "train")
     return work / "train", work / "heldout"
 
 
@@ -146,7 +145,7 @@ def main() -> None:
     if not (split / "train").is_dir():
         split_people(chips, split, args.train_people, args.seed)
         make_cross_domain(split / "heldout", split / "cross-domain", args.seed)
-    elif not (split / "train" / FACE_CHIPS_MANIFEST).is_file():  # kept from an older version
+    if not (split / "train" / FACE_CHIPS_MANIFEST).is_file():  # new, or kept from an older run
         give_manifest(chips, split / "train")
     train, heldout, xdom = split / "train", split / "heldout", split / "cross-domain"
     print(
