@@ -16,7 +16,8 @@ backend, and the HOG people detector's speed and AP.
    cut out (``vitrina data crops --margin 0.1``), an EfficientNet-Lite0 classifier trained on
    them (``vitrina train --mode probe|finetune``; its CPU and wall time reported beside the
    detector's: state the two together as the budget), and the detector's boxes named by it
-   (``detect evaluate --classifier``) on the same 200 held-out photos.
+   (``detect evaluate --classifier``) on the same 200 held-out photos, as the detector
+   answers and with ``--flip --scales`` when ``--scales`` is given.
 2. Inference images/s of the best architecture per backend (eager, onnx, openvino, bf16
    and openvino-bf16 where they can be fast, auto), compute only (prepared batches,
    warm-up, median of ``--repeats``) and end to end (decode + letterbox + model + boxes
@@ -206,6 +207,12 @@ def two_stage(run: Path, train: Path, test: Path, args, out: Path) -> dict:
         load_detector(run, backend="eager"), load_classifier(res.run_dir), backend="eager"
     )
     m = evaluate_detector(det, test, out=out / "eval").metrics
+    scaled = None
+    if args.scales:
+        scales = tuple(float(v) for v in args.scales.split(","))
+        boxes = load_detector(run, backend="eager", flip=True, scales=scales)
+        det = RelabeledDetector(boxes, load_classifier(res.run_dir), backend="eager")
+        scaled = evaluate_detector(det, test).metrics
     row = {
         "classifier": args.classifier,
         "crops": crops.crops,
@@ -216,12 +223,20 @@ def two_stage(run: Path, train: Path, test: Path, args, out: Path) -> dict:
         "mAP50": m.mAP50,
         "per_class_AP50": m.ap50,
     }
+    if scaled is not None:
+        row["flip_scales"] = {"scales": args.scales, "mAP": scaled.mAP, "mAP50": scaled.mAP50}
     print(
         f"  two stages (+ {args.classifier} classifier on {crops.crops} crops, crop accuracy "
         f"{row['crop_accuracy']}, {row['classifier_cpu_min']:.1f} CPU-min / "
         f"{row['classifier_wall_min']:.1f} wall-min): mAP@[.5:.95] {m.mAP:.3f}  mAP@.5 {m.mAP50:.3f}",
         flush=True,
     )
+    if scaled is not None:
+        print(
+            f"  two stages, --flip --scales {args.scales}: mAP@[.5:.95] {scaled.mAP:.3f}  "
+            f"mAP@.5 {scaled.mAP50:.3f}",
+            flush=True,
+        )
     return row
 
 

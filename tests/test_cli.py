@@ -77,6 +77,21 @@ def test_predict_evaluate_sort_json(
     assert code == 0 and "copied 7 photos" in o and "unreadable" in o
 
 
+def test_sort_of_a_tree_without_recursive_says_where_the_photos_are(
+    capsys, toy_run: Path, photos: Path, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    for p in photos.glob("*.png"):
+        (tree / p.stem.split("-")[0]).mkdir(parents=True, exist_ok=True)
+        (tree / p.stem.split("-")[0] / p.name).write_bytes(p.read_bytes())
+    out = tree / "sorted"  # inside the tree: its own output never counts
+    code, o, e = run(capsys, "sort", tree, "--model", toy_run, "--out", out)
+    assert code == 0 and "copied 0 photos" in o
+    assert "6 lie in its sub-folders: add --recursive (-r)" in e.replace("\n", " ")
+    code, o, e = run(capsys, "sort", tree, "--model", toy_run, "--out", out, "-r")
+    assert code == 0 and "copied 6 photos" in o and "sub-folders" not in e
+
+
 def test_tampered_run_is_one_line(capsys, toy_run: Path, photos: Path, tmp_path: Path) -> None:
     import shutil
 

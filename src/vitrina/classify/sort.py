@@ -76,6 +76,9 @@ class SortSummary:
     unreadable: list[SortItem] = field(default_factory=list)
     errors: list[SortItem] = field(default_factory=list)  # not placed: the error says why
     pictures: list[Path] = field(default_factory=list)  # the --report page and --sheet PNG
+    #: photos in sub-folders, counted only when a sort without ``recursive`` found none
+    #: directly in the folder (the user most likely meant ``--recursive``)
+    in_subfolders: int = 0
 
     def add(self, item: SortItem, *, keep: bool = True) -> None:
         if keep:
@@ -260,6 +263,9 @@ def _sort_folder(
     images, _, non_images = iter_image_files(photos_dir, recursive=recursive)
     images = _outside(images, out_dir)
     summary = SortSummary(out_dir, method, dry_run, skipped_non_image=len(non_images))
+    if not images and not recursive:
+        below = iter_image_files(photos_dir, recursive=True)[0]
+        summary.in_subfolders = len(_outside(below, out_dir))
 
     def predictions(todo: list[Path]) -> Iterable[Prediction]:
         if predict is not None:

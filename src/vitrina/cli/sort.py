@@ -118,6 +118,11 @@ def sort(
         err.print(f"[yellow]repaired[/] {escape(line)}")
     if rows is None:
         _print_table(summary, out_dir, method, dry_run)
+    if summary.in_subfolders:
+        err.print(
+            f"[yellow]{escape(str(photos_dir))}: no photos directly in it; "
+            f"{summary.in_subfolders} lie in its sub-folders: add --recursive (-r) to sort them[/]"
+        )
     for it in summary.unreadable:
         err.print(f"[yellow]unreadable[/] {escape(it.error)}")
     for line in summary.problems:
