@@ -63,6 +63,7 @@ from vitrina.training.classification import prepare_out
 from vitrina.training.config import PRECISIONS as TRAIN_PRECISIONS
 from vitrina.training.distributed import single_process
 from vitrina.training.feeding import decoding_metrics, training_loader
+from vitrina.training.layout import choose_memory_format, to_layout
 from vitrina.training.precision import PrecisionChoice, choose_precision, record_precision
 
 __all__ = [
@@ -610,6 +611,11 @@ def train_detector(
     if cfg.precision == "auto":
         record_precision(choice, out)
     cfg.precision = choice.chosen  # the run records what it trained with
+    layout = choose_memory_format(
+        model, device, cfg.batch_size, precision=cfg.precision, trainable=not cached,
+        step=_trial_step,
+    )  # fmt: skip
+    to_layout(model, layout.chosen)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -693,6 +699,7 @@ def train_detector(
             callbacks=callbacks,
             device=device,
             precision=cfg.precision,
+            layout=layout.chosen,
         )
     seconds = time.perf_counter() - started
     bad = sorted(set(state.bad_files.values()) | set(cache_errors))
@@ -716,6 +723,7 @@ def train_detector(
     metrics.update(decoding_metrics(train_loader))
     metrics["train_seconds"] = round(seconds, 1)
     metrics["cached_features"] = bool(cached)
+    metrics["layout"] = layout.describe()
     metrics["budget_seconds"] = round(CLOCKS[cfg.budget_clock]() - clock_start, 1)
     metrics["budget_clock"] = cfg.budget_clock
     metrics["cache_seconds"] = round(started - cache_started, 1)

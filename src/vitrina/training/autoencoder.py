@@ -51,6 +51,7 @@ from vitrina.training.checkpoint import (
 from vitrina.training.classification import data_fingerprint, prepare_out
 from vitrina.training.distributed import single_process
 from vitrina.training.feeding import decoding_metrics, training_loader
+from vitrina.training.layout import choose_memory_format, to_layout
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     check_precision,
@@ -332,6 +333,10 @@ def train_autoencoder(
     if cfg.precision == "auto":
         record_precision(choice, out)
     cfg.precision = choice.chosen
+    layout = choose_memory_format(
+        model, device, cfg.batch_size, precision=cfg.precision, preprocess=pre
+    )
+    to_layout(model, layout.chosen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -421,6 +426,7 @@ def train_autoencoder(
             callbacks=callbacks,
             device=device,
             precision=cfg.precision,
+            layout=layout.chosen,
         )
     from vitrina.report import plot_curves
 
@@ -428,6 +434,7 @@ def train_autoencoder(
     best_info = read_run(out)
     metrics = dict(best_info.metrics)
     metrics["epochs_run"] = state.epoch
+    metrics["layout"] = layout.describe()
     metrics.update(decoding_metrics(train_loader))
     metrics["unreadable_files"] = len(state.bad_files)
     best_info.metrics = metrics

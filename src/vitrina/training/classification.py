@@ -51,6 +51,7 @@ from vitrina.training.distributed import (
     shard_loader,
 )
 from vitrina.training.feeding import decoding_metrics, training_loader
+from vitrina.training.layout import choose_memory_format, to_layout
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.precision import (
     choose_precision,
@@ -339,6 +340,12 @@ def _train(
     if cfg.precision == "auto" and dist.is_main:
         record_precision(choice, out)
     cfg.precision = choice.chosen
+    layout = dist.agree(
+        choose_memory_format(
+            model, device, cfg.batch_size, precision=cfg.precision, trainable=not cached
+        )
+    )
+    to_layout(model, layout.chosen)
 
     bad: list[str] = []
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -457,6 +464,7 @@ def _train(
             callbacks=callbacks,
             device=device,
             precision=cfg.precision,
+            layout=layout.chosen,
         )
     bad += list(state.bad_files.values())
     if not dist.is_main:  # rank 0 measures, draws and writes the run's last figures
@@ -490,6 +498,7 @@ def _train(
             )
             metrics["val_per_class_f1"] = dict(zip(scan.classes, report.f1, strict=True))
     metrics["epochs_run"] = state.epoch
+    metrics["layout"] = layout.describe()
     metrics.update(decoding_metrics(train_loader))
     metrics["unreadable_files"] = len(set(bad))
     best_info.metrics = metrics

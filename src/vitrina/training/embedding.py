@@ -64,6 +64,7 @@ from vitrina.training.distributed import (
     shard_loader,
 )
 from vitrina.training.feeding import decoding_metrics, training_loader
+from vitrina.training.layout import choose_memory_format, to_layout
 from vitrina.training.loop import Callback, LoopState, StepOutput, fit
 from vitrina.training.loss_choice import AUTO_LOSS, choose_loss, default_epochs
 from vitrina.training.precision import (
@@ -1039,6 +1040,10 @@ def _train_one(
         record_precision(choice, out)
     loop_task: Any = DistributedTask(task, model, trainable, device) if dist.enabled else task
     cfg.precision = choice.chosen
+    layout = dist.agree(
+        choose_memory_format(model, device, cfg.k * (cfg.p or 8), precision=cfg.precision)
+    )
+    to_layout(model, layout.chosen)
     try:
         with torch_threads(getattr(train_loader, "num_workers", 0)):
             state = fit(
@@ -1054,6 +1059,7 @@ def _train_one(
                 callbacks=callbacks,
                 device=device,
                 precision=cfg.precision,
+                layout=layout.chosen,
             )
     except NonFiniteLossError as e:
         kept = (
@@ -1089,6 +1095,7 @@ def _train_one(
     thresholds = _calibrate(best, engine, val_imgs or train_imgs, cfg, out, on_val=bool(val_imgs))
     best_info.thresholds = thresholds
     metrics["epochs_run"] = state.epoch
+    metrics["layout"] = layout.describe()
     metrics.update(decoding_metrics(train_loader))
     metrics["unreadable_files"] = len(set(bad))
     verdict, beat = _verdict(metrics, start, cfg)

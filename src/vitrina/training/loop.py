@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from vitrina.data.dataset import Batch
+from vitrina.training.layout import memory_format
 from vitrina.training.precision import autocast, param_dtype
 
 __all__ = ["Callback", "LoopState", "StepOutput", "Task", "fit"]
@@ -134,13 +135,18 @@ def fit(
     callbacks: Sequence[Callback] = (),
     device: torch.device,
     precision: str = "fp32",
+    layout: str = "contiguous",
 ) -> LoopState:
     """Train for epochs ``start_epoch+1 .. epochs``; returns the final state.
 
     ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp64`` — the caller converts the model
     (and any loss parameters) to float64 before making the optimizer; the loop moves each
-    batch's images to that dtype (see :mod:`vitrina.training.precision`)."""
+    batch's images to that dtype (see :mod:`vitrina.training.precision`). ``layout``:
+    ``contiguous`` or ``channels_last`` — the caller converts the model
+    (:func:`~vitrina.training.layout.to_layout`); the loop puts each batch of images in that
+    layout (see :mod:`vitrina.training.layout`)."""
     input_dtype = param_dtype(precision)
+    image_format = memory_format(layout)
     state = LoopState(epochs=epochs, epoch=start_epoch, history=list(history))
     try:
         state.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
@@ -159,7 +165,10 @@ def fit(
         for batch in _recording(train_loader, state, callbacks):
             if batch.images.numel() == 0:
                 continue
-            batch.images = batch.images.to(device, dtype=input_dtype, non_blocking=True)
+            images = batch.images.to(device, dtype=input_dtype, non_blocking=True)
+            if images.dim() == 4 and image_format is not torch.contiguous_format:
+                images = images.contiguous(memory_format=image_format)
+            batch.images = images
             batch.labels = batch.labels.to(device, non_blocking=True)
             out = _optimizer_step(model, task, batch, optimizer, device, precision)
             state.seen += out.n
