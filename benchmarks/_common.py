@@ -81,3 +81,32 @@ def env_with_src(src: Path | None) -> dict[str, str]:
     if src is not None:
         env["PYTHONPATH"] = str(src)
     return env
+
+
+def labelled_and_heldout(data: str | None, per_class: int, heldout: int, work: Path):
+    """Two folders of links into the cats/dogs photos (or ``data``): the first ``per_class``
+    photos of each class to train on, the next ``heldout`` of each to measure on."""
+    from vitrina.data import scan_folder
+
+    by_class = paths_by_class(scan_folder(data_dir("cats_dogs", data)))
+    n = per_class
+    labelled = link_subset([p for ps in by_class for p in ps[:n]], work / "labelled")
+    held = link_subset([p for ps in by_class for p in ps[n : n + heldout]], work / "heldout")
+    return labelled, held
+
+
+def print_against_baseline(rows, header: str, baseline: str, digits: int = 1) -> None:
+    """A Markdown table of ``(command, contender, resolved to, seconds, quality)`` rows, each
+    contender against the ``baseline`` row of its command (trained first): how much faster,
+    and the quality's change in points. ``header``: the contender column's title."""
+    print(f"\n| command | {header} | resolved to | training s | quality | vs {baseline} |")
+    print("|---|---|---|---|---|---|")
+    base: dict[str, tuple[float, float]] = {}
+    for cmd, who, chosen, secs, q in rows:
+        if who == baseline:
+            base[cmd] = (secs, q)
+            vs = ""
+        else:
+            s0, q0 = base[cmd]
+            vs = f"{s0 / secs:.2f}x faster, {(q - q0) * 100:+.{digits}f} points"
+        print(f"| {cmd} | {who} | {chosen} | {secs:.0f} | {q:.4f} | {vs} |")

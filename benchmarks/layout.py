@@ -33,9 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import cpu_flags, data_dir, link_subset, machine, paths_by_class
+from _common import cpu_flags, data_dir, labelled_and_heldout, machine, print_against_baseline
 
-from vitrina.data import scan_folder
 from vitrina.training.layout import ENV
 
 CONTENDERS = ("contiguous", "auto")
@@ -61,11 +60,7 @@ def classify(args: argparse.Namespace, work: Path) -> list[tuple]:
     import vitrina
     from vitrina.classify.classifier import load
 
-    scan = scan_folder(data_dir("cats_dogs", args.data))
-    by_class = paths_by_class(scan)
-    n = args.per_class
-    labelled = link_subset([p for ps in by_class for p in ps[:n]], work / "labelled")
-    held = link_subset([p for ps in by_class for p in ps[n : n + args.heldout]], work / "heldout")
+    labelled, held = labelled_and_heldout(args.data, args.per_class, args.heldout, work)
 
     def train(out: Path) -> tuple[dict, float]:
         res = vitrina.train(
@@ -138,17 +133,7 @@ def main() -> None:
         for name, fn in (("train", classify), ("train-embedding", embed), ("detect", detect)):
             if args.only in (None, name):
                 rows += fn(args, Path(tmp))
-    print("\n| command | layout | resolved to | training s | quality | vs contiguous |")
-    print("|---|---|---|---|---|---|")
-    base: dict[str, tuple[float, float]] = {}
-    for cmd, who, chosen, secs, q in rows:
-        if who == "contiguous":
-            base[cmd] = (secs, q)
-            vs = ""
-        else:
-            s0, q0 = base[cmd]
-            vs = f"{s0 / secs:.2f}x faster, {(q - q0) * 100:+.2f} points"
-        print(f"| {cmd} | {who} | {chosen} | {secs:.0f} | {q:.4f} | {vs} |")
+    print_against_baseline(rows, "layout", "contiguous", digits=2)
 
 
 if __name__ == "__main__":

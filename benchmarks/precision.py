@@ -30,10 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import cpu_flags, data_dir, link_subset, machine, paths_by_class
+from _common import cpu_flags, data_dir, labelled_and_heldout, machine, print_against_baseline
 
 import vitrina
-from vitrina.data import scan_folder
 
 
 def _choice(run: Path) -> str:
@@ -51,11 +50,7 @@ def _choice(run: Path) -> str:
 def classify(args: argparse.Namespace, work: Path) -> list[tuple]:
     from vitrina.classify.classifier import load
 
-    scan = scan_folder(data_dir("cats_dogs", args.data))
-    by_class = paths_by_class(scan)
-    n = args.per_class
-    labelled = link_subset([p for ps in by_class for p in ps[:n]], work / "labelled")
-    held = link_subset([p for ps in by_class for p in ps[n : n + args.heldout]], work / "heldout")
+    labelled, held = labelled_and_heldout(args.data, args.per_class, args.heldout, work)
     rows = []
     for precision in args.precisions.split(","):
         t = time.perf_counter()
@@ -138,17 +133,7 @@ def main() -> None:
             rows += classify(args, Path(tmp))
         if args.only != "train":
             rows += embed(args, Path(tmp))
-    print("\n| command | --precision | resolved to | training s | quality | vs fp32 |")
-    print("|---|---|---|---|---|---|")
-    base: dict[str, tuple[float, float]] = {}
-    for cmd, precision, chosen, secs, q in rows:
-        if precision == "fp32":
-            base[cmd] = (secs, q)
-            vs = ""
-        else:
-            s0, q0 = base[cmd]
-            vs = f"{s0 / secs:.2f}x faster, {(q - q0) * 100:+.1f} points"
-        print(f"| {cmd} | {precision} | {chosen} | {secs:.0f} | {q:.4f} | {vs} |")
+    print_against_baseline(rows, "--precision", "fp32")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,7 +36,8 @@ from typing import Any
 import torch
 
 from vitrina.errors import VitrinaError
-from vitrina.training.precision import autocast, embedding_step
+from vitrina.training.precision import embedding_step
+from vitrina.training.precision import timed_step as _timed_step
 
 __all__ = [
     "ENV",
@@ -88,23 +88,6 @@ class LayoutChoice:
 
 def _has_conv2d(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-
-
-def _timed_step(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    precision: str,
-    step: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
-) -> float:
-    t0 = time.perf_counter()
-    with autocast(x.device, precision):
-        loss = step(model, x)
-    if loss.requires_grad:
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    return time.perf_counter() - t0
 
 
 def choose_memory_format(

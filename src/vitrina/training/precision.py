@@ -49,6 +49,7 @@ __all__ = [
     "model_dtype",
     "param_dtype",
     "record_precision",
+    "timed_step",
 ]
 
 MIN_GAIN = 1.1  # bf16 must be at least this much faster than fp32 to be chosen
@@ -127,25 +128,35 @@ def embedding_step(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.float().pow(2).mean()
 
 
+def timed_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    precision: str,
+    step: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = embedding_step,
+) -> float:
+    """Seconds of one training step of a trial: ``step(model, x)`` at ``precision`` (resolved),
+    its loss's backward pass (none for a frozen backbone: the forward pass is what is timed),
+    the gradients dropped."""
+    t0 = time.perf_counter()
+    with autocast(x.device, precision):
+        loss = step(model, x)
+    if loss.requires_grad:
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - t0
+
+
 def _steps_per_s(
     model: torch.nn.Module,
     x: torch.Tensor,
     bf16: bool,
     step: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = embedding_step,
 ) -> float:
-    device = x.device
-    times = []
-    for i in range(_STEPS + 1):  # the first step warms up (weight packing, allocations)
-        t0 = time.perf_counter()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = step(model, x)
-        if loss.requires_grad:  # a frozen backbone: the forward pass is what is timed
-            loss.backward()
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - t0)
+    precision = "bf16" if bf16 else "fp32"
+    timed_step(model, x, precision, step)  # warm-up (weight packing, allocations)
+    times = [timed_step(model, x, precision, step) for _ in range(_STEPS)]
     return 1.0 / max(statistics.median(times), 1e-9)
 
 
