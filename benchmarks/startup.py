@@ -61,6 +61,7 @@ print(json.dumps({
     "marks": marks,
     "backend": eng.describe(),
     "network_built": bool(getattr(clf.model, "built", True)),
+    "torch_imported": "torch" in sys.modules,
 }))
 """
 
@@ -96,6 +97,8 @@ def main() -> None:
         "PyTorch network: "
         + ("built" if built else "never built (the backend ran its own compiled copy)")
     )
+    imported = runs[-1].get("torch_imported")
+    print("import torch: " + ("paid" if imported else "never (the run is numpy to the runtime)"))
     print(f"\nmedian of {len(runs)} launches, cumulative seconds:   wall    cpu")
     for k, (step, _, _) in enumerate(runs[0]["marks"]):
         wall = statistics.median(r["marks"][k][1] for r in runs)

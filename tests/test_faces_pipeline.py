@@ -333,18 +333,19 @@ def test_no_workers_are_forked_once_dlibs_cnn_ran(monkeypatch):
 
 
 def test_worker_processes_give_the_same_results_as_in_process(photo_files, monkeypatch):
-    import vitrina.engine.engine as engine_module
+    import torch.utils.data
 
     loaders = []
 
-    class CountingLoader(engine_module.DataLoader):
+    class CountingLoader(torch.utils.data.DataLoader):
         def __init__(self, *args, **kwargs):
             loaders.append(kwargs["num_workers"])
             super().__init__(*args, **kwargs)
 
     # HOG: with the cascade, a process where dlib's CNN already ran never forks (next test)
     plain = list(FacePipeline("hog", workers=0).process(photo_files))
-    monkeypatch.setattr(engine_module, "DataLoader", CountingLoader)
+    # the engine imports it when it starts worker processes
+    monkeypatch.setattr(torch.utils.data, "DataLoader", CountingLoader)
     fast = list(FacePipeline("hog", workers=2).process(photo_files))
     assert loaders == [2]  # the engine's decode workers really read, detected and aligned
     assert [r.path for r in fast] == photo_files

@@ -12,26 +12,30 @@ import hashlib
 import json
 import platform
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING, Any
 
 from vitrina.errors import RunFolderError
 from vitrina.io import atomic_write_bytes, atomic_write_text
-from vitrina.models import WEIGHT_SOURCES, Preprocess, VitrinaModel, create
+from vitrina.lazy import lazy_module
+from vitrina.models import WEIGHT_SOURCES, Preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
+else:
+    torch = lazy_module("torch")
 
 __all__ = [
     "RUN_FORMAT",
     "DeferredModel",
     "RunInfo",
     "build_model",
-    "create",
     "is_run_dir",
     "load_model",
     "read_run",
@@ -133,6 +137,8 @@ def state_dict_bytes(model: torch.nn.Module) -> bytes:
         .clone()
         for k, v in model.state_dict().items()
     }
+    from safetensors.torch import save as st_save
+
     return st_save(tensors)
 
 
@@ -178,6 +184,8 @@ def build_model(info: RunInfo) -> VitrinaModel:
     """The run's architecture with random weights (an embedding run gets its neck and head,
     an encoder run loses its classifier, a classic model its recorded feature settings; a
     detection run its detector, from ``config.detector``)."""
+    from vitrina.models import create
+
     if info.task == "detection":
         from vitrina.models.detection import DetectorSpec, create_detector
 
@@ -343,11 +351,11 @@ class DeferredModel:
         if (
             kwargs.get("memory_format") is not None
             or len(args) > 1
-            or (device is not None and not isinstance(device, str | torch.device))
+            or (device is not None and not isinstance(device, str) and not _is_device(device))
         ):
             return self.materialize().to(*args, **kwargs)
-        if device is not None:
-            self.__dict__["_device"] = torch.device(device)
+        if device is not None:  # a name or a device: given to the network's .to() when built
+            self.__dict__["_device"] = device
         return self
 
     @property
@@ -380,6 +388,11 @@ class DeferredModel:
         return f"DeferredModel({self.arch!r}, {self._run_dir}, {state})"
 
 
+def _is_device(value: Any) -> bool:
+    t = sys.modules.get("torch")
+    return t is not None and isinstance(value, t.device)
+
+
 def _deferrable(info: RunInfo) -> bool:
     return (
         info.task in ("classification", "embedding")
@@ -393,6 +406,8 @@ _BUILT_AT_ONCE = frozenset({"dlib_face_resnet"})
 
 
 def _built(run_dir: Path, info: RunInfo, blob: bytes) -> VitrinaModel:
+    from safetensors.torch import load as st_load
+
     wfile = run_dir / WEIGHTS_FILE
     try:
         state = st_load(blob)
@@ -411,6 +426,16 @@ def _built(run_dir: Path, info: RunInfo, blob: bytes) -> VitrinaModel:
     model.weights_origin = f"run:{run_dir.resolve()}"
     model.eval()
     return model
+
+
+def __getattr__(name: str) -> Any:
+    # ``vitrina.create`` is :func:`vitrina.models.create` with run folders as weights: it is
+    # read from here, so that this module has registered the "run" source first.
+    if name == "create":
+        from vitrina.models import create
+
+        return create
+    raise AttributeError(f"module 'vitrina.runs' has no attribute {name!r}")
 
 
 # ``create(arch, weights=RUN_DIR)`` loads through this module: models sits below the run

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from PIL import Image
@@ -22,9 +22,11 @@ from vitrina.data import scan_folder
 from vitrina.engine import Engine, Logits, as_items, item_name, thumbnail
 from vitrina.errors import VitrinaError
 from vitrina.evaluate import ClassificationReport, classification_report
-from vitrina.models import VitrinaModel, create
 from vitrina.report.notebook import Error, Tile, dataframe, html_table
 from vitrina.runs import is_run_dir, load_model
+
+if TYPE_CHECKING:
+    from vitrina.models import VitrinaModel
 
 __all__ = ["Classifier", "Prediction", "Predictions", "load"]
 
@@ -259,4 +261,6 @@ def load(source: str | Path, *, weights: str = "imagenet", deferred: bool = Fals
     text = str(source)
     if "/" in text and text.split("/", 1)[0] not in ("timm", "torchvision", "vitrina"):
         read_run(path)  # a path, not a model name: "run folder not found"
+    from vitrina.models import create
+
     return Classifier(create(str(source), weights=weights), str(source))

@@ -1,7 +1,21 @@
 """Datasets: class folders, identity sets, splits, P x K sampling, transforms, bad-file-tolerant
-loading."""
+loading.
 
-from vitrina.data.dataset import Batch, ImageFiles, collate_skip_bad
+The names built on PyTorch (datasets, samplers, transforms) are imported on first use, so
+that scanning folders (``vitrina sort``, ``vitrina data inspect``) never pays for
+``import torch`` (see :mod:`vitrina.lazy`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vitrina.data.dataset import Batch, ImageFiles, collate_skip_bad
+    from vitrina.data.samplers import PKSampler, pk_batches
+    from vitrina.data.transforms import AUGMENTS, eval_transform, train_transform
+
 from vitrina.data.folder import (
     FolderScan,
     Sample,
@@ -21,8 +35,6 @@ from vitrina.data.identities import (
     to_market,
 )
 from vitrina.data.inspect import FolderReport, inspect_folder
-from vitrina.data.samplers import PKSampler, pk_batches
-from vitrina.data.transforms import AUGMENTS, eval_transform, train_transform
 
 __all__ = [
     "AUGMENTS",
@@ -50,3 +62,24 @@ __all__ = [
     "to_market",
     "train_transform",
 ]
+
+#: The names on PyTorch, by module: imported when first read.
+_ON_TORCH = {
+    "Batch": "dataset",
+    "ImageFiles": "dataset",
+    "collate_skip_bad": "dataset",
+    "PKSampler": "samplers",
+    "pk_batches": "samplers",
+    "AUGMENTS": "transforms",
+    "eval_transform": "transforms",
+    "train_transform": "transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ON_TORCH.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vitrina.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"vitrina.data.{module}"), name)
+    globals()[name] = value
+    return value

@@ -7,33 +7,23 @@ Any object with the fields of :class:`InputSpec` works; models describe theirs w
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vitrina.data.pixels import (
+    InputSpec,
+    Normalize,
+    ResizeCrop,
+    short_side,
+)
+
 if TYPE_CHECKING:
     from torchvision.transforms import v2 as T
 
 AUGMENTS = ("none", "light", "standard")
-
-
-class InputSpec(Protocol):
-    """How a model wants its input (the fields of :class:`vitrina.models.Preprocess`)."""
-
-    @property
-    def input_size(self) -> tuple[int, int]: ...
-    @property
-    def channels(self) -> int: ...
-    @property
-    def mean(self) -> tuple[float, ...]: ...
-    @property
-    def std(self) -> tuple[float, ...]: ...
-    @property
-    def crop_pct(self) -> float: ...
-    @property
-    def interpolation(self) -> str: ...
 
 
 def _tv() -> Any:
@@ -49,73 +39,32 @@ def _interp(name: str) -> Any:
     return getattr(_tv().InterpolationMode, name.upper())
 
 
-_PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-
-
 class ToNormalizedTensor(torch.nn.Module):
-    """PIL image -> float (C, H, W) normalized by mean/std, in one pass.
-
-    Same result as ``Grayscale? + ToImage + ToDtype(scale=True) + Normalize`` (to float
-    rounding) at a fraction of the cost: it is on the hot path of every image vitrina reads.
-    The arithmetic is numpy's, one channel plane at a time (0.46 ms for 224x224 RGB, against
-    2 ms for the same ops in torch on one thread): it runs in decode threads beside the
-    model, where torch's intra-op thread pool would only compete with it.
-    """
+    """PIL image -> float (C, H, W) normalized by mean/std, in one pass: the numpy
+    :class:`vitrina.data.pixels.Normalize` as a tensor."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.channels = len(mean)
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std)).view(-1, 1, 1))
-        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(-1, 1, 1))
-        self._scale = self.scale.view(-1).numpy().astype(np.float32)
-        self._shift = self.shift.view(-1).numpy().astype(np.float32)
+        self.pixels = Normalize(mean, std)
+        self.register_buffer("scale", torch.from_numpy(self.pixels.scale.copy()).view(-1, 1, 1))
+        self.register_buffer("shift", torch.from_numpy(self.pixels.shift.copy()).view(-1, 1, 1))
 
     def forward(self, img: Image.Image) -> torch.Tensor:
-        img = img.convert("L" if self.channels == 1 else "RGB")
-        a = np.asarray(img, dtype=np.uint8)
-        planes = a[:, :, None] if a.ndim == 2 else a
-        out = np.empty((self.channels, *a.shape[:2]), dtype=np.float32)
-        for c in range(self.channels):
-            np.multiply(planes[:, :, c], self._scale[c], out=out[c], dtype=np.float32)
-            out[c] -= self._shift[c]
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.pixels(img))
 
 
 class ResizeCenterCrop(torch.nn.Module):
-    """``Resize(short side) + CenterCrop`` in one resampling of only the pixels kept.
-
-    The crop box is mapped back onto the source image with the same integer sizes and
-    offsets torchvision uses, and PIL resamples just that box: same geometry, about 40% less
-    work than resizing the whole image and throwing its margins away.
-    """
+    """``Resize(short side) + CenterCrop`` in one resampling of only the pixels kept (the
+    numpy-side :class:`vitrina.data.pixels.ResizeCrop` as a module)."""
 
     def __init__(self, size: tuple[int, int], short: int, interpolation: str) -> None:
         super().__init__()
-        self.h, self.w = size
-        self.short = short
-        self.resample = _PIL_INTERP[interpolation]
+        self.crop = ResizeCrop(size, short, interpolation)
+        self.h, self.w, self.short = self.crop.h, self.crop.w, short
 
     def forward(self, img: Image.Image) -> Image.Image:
-        W, H = img.size
-        if W <= H:
-            nw, nh = self.short, int(self.short * H / W)
-        else:
-            nw, nh = int(self.short * W / H), self.short
-        top = round((nh - self.h) / 2.0)
-        left = round((nw - self.w) / 2.0)
-        sx, sy = W / nw, H / nh
-        box = (left * sx, top * sy, (left + self.w) * sx, (top + self.h) * sy)
-        if nh < self.h or nw < self.w:  # crop larger than the resized image: plain path pads
-            crop = _tv().CenterCrop((self.h, self.w))
-            return crop(img.resize((nw, nh), self.resample))
-        return img.resize((self.w, self.h), self.resample, box=box)
-
-
-def short_side(pre: InputSpec) -> int:
-    """The side the eval transform resizes a photo's short side to, before its centre crop
-    (``input size / crop_pct``); JPEGs may decode straight to about this size."""
-    h, w = pre.input_size
-    return math.floor(min(h, w) / pre.crop_pct)
+        return self.crop(img)
 
 
 def _to_tensor(pre: InputSpec) -> list[torch.nn.Module]:

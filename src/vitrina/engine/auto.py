@@ -38,15 +38,14 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vitrina.engine.backends import (
     BACKENDS,
     TOLERANCES,
     Backend,
     Tolerance,
+    as_tensor,
     bf16_supported,
     compare_outputs,
 )
@@ -54,7 +53,11 @@ from vitrina.engine.onnx import _fingerprint, onnx_available
 from vitrina.engine.timing import machine_key
 from vitrina.engine.variants import run_dir_of, variant_file
 from vitrina.io import cache_dir as io_cache_dir
-from vitrina.models import VitrinaModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
 
 __all__ = ["PIPELINE_SHORTLIST", "AutoBackend", "auto_candidates", "int8_evidence"]
 
@@ -172,6 +175,7 @@ class AutoBackend(Backend):
     """Delegates to the backend chosen by measurement (see the module docstring)."""
 
     name = "auto"
+    takes_arrays = True  # handed on to the backend chosen (PyTorch ones convert them)
 
     def __init__(
         self,
@@ -233,6 +237,7 @@ class AutoBackend(Backend):
 
     def _trial(self, x: torch.Tensor, output: str, candidates: list[str]) -> dict[str, Any]:
         """Step 1: accuracy against eager fp32 and isolated speed, on this batch."""
+        x = as_tensor(x)  # every candidate answers in tensors, compared with eager's
         eager = BACKENDS.get("eager")(self.model, self.device, self.threads)
         ref, eager_speed = _time(eager, x, output)
         trials: dict[str, dict[str, Any]] = {"eager": {"images_per_s": eager_speed, "ok": True}}
@@ -338,7 +343,6 @@ class AutoBackend(Backend):
             parts.append(f"auto -> {d['chosen']} for {output} ({why})")
         return "; ".join(parts)
 
-    @torch.inference_mode()
     def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
         if output not in self._chosen:
             with self._decide_lock:

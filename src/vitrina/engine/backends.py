@@ -14,15 +14,44 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+import numpy as np
 
-from vitrina.models import VitrinaModel
+from vitrina.lazy import is_tensor, lazy_module
 from vitrina.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
+else:
+    torch = lazy_module("torch")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def inference_mode(fn: _F) -> _F:
+    """``@torch.inference_mode()`` that imports torch when the function is called, not when
+    it is defined."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
+def as_tensor(x: Any) -> torch.Tensor:
+    """A batch for a PyTorch backend: numpy arrays become tensors (sharing their memory)."""
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
 
 __all__ = [
     "BACKENDS",
@@ -60,14 +89,20 @@ def network(model: Any) -> torch.nn.Module:
     """The PyTorch module of ``model``: itself, or for a run loaded deferred
     (:class:`vitrina.runs.DeferredModel`) its network, built now. Whatever hands the model
     to PyTorch's own machinery (tracing for export, ``deepcopy``) asks for this."""
-    if isinstance(model, torch.nn.Module):
+    if is_tensor_module(model):
         return model
     materialize = getattr(model, "materialize", None)
     return materialize() if callable(materialize) else model
 
 
+def is_tensor_module(model: Any) -> bool:
+    """``isinstance(model, torch.nn.Module)``, without importing torch to ask."""
+    t = sys.modules.get("torch")
+    return t is not None and isinstance(model, t.nn.Module)
+
+
 def _to_cpu_float(y: Any) -> Any:
-    if isinstance(y, torch.Tensor):
+    if is_tensor(y):
         return y.float().cpu()
     if isinstance(y, list | tuple):
         return [_to_cpu_float(v) for v in y]
@@ -153,6 +188,9 @@ class Backend:
 
     name = "base"
     outputs: tuple[str, ...] | None = None
+    #: takes a numpy batch as it is and answers in numpy (runtimes of their own: OpenVINO,
+    #: ONNX Runtime); PyTorch backends take tensors (numpy batches are converted)
+    takes_arrays = False
 
     @classmethod
     def supports(cls, output: str) -> bool:
@@ -184,9 +222,9 @@ class Backend:
         return contextlib.nullcontext()
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=True)
+        return as_tensor(x).to(self.device, non_blocking=True)
 
-    @torch.inference_mode()
+    @inference_mode
     def __call__(self, x: torch.Tensor, output: str = "logits") -> Any:
         x = self.prepare_input(x)
         with self.context():

@@ -5,14 +5,20 @@ backends of that model are checked against (``compute_face_descriptor``, no BLAS
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from vitrina.engine.backends import BACKENDS, Backend
+from vitrina.engine.backends import BACKENDS, Backend, as_tensor, inference_mode
 from vitrina.errors import VitrinaError, require
-from vitrina.models import VitrinaModel
+from vitrina.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["DlibBackend"]
 
@@ -55,12 +61,13 @@ class DlibBackend(Backend):
         self._scale = torch.tensor(pre.std).view(1, -1, 1, 1) * 255.0
         self._shift = torch.tensor(pre.mean).view(1, -1, 1, 1) * 255.0
 
-    @torch.inference_mode()
+    @inference_mode
     def __call__(self, x: torch.Tensor, output: str = "embed") -> Any:
         if output != "embed":
             raise VitrinaError(
                 f"the dlib backend computes the face descriptor (embed), not {output}"
             )
+        x = as_tensor(x)
         # Back to the uint8 chips dlib takes: x = (pixel - mean) / 256.
         pixels = (x.float().cpu() * self._scale + self._shift).round().clamp(0, 255)
         chips = pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

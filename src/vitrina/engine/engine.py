@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -22,17 +23,22 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+import numpy as np
 
-from vitrina.data.transforms import eval_transform
 from vitrina.engine.backends import BACKENDS, resolve_backend
 from vitrina.engine.items import Item, is_file_item, load_item
 from vitrina.engine.tasks import Prepared, Task, rows_per_item
 from vitrina.errors import ImageReadError, VitrinaError
-from vitrina.models import VitrinaModel
+from vitrina.lazy import gpu_possible, is_tensor, lazy_module, torch_loaded
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
+else:
+    torch = lazy_module("torch")
 
 __all__ = [
     "Engine",
@@ -48,9 +54,30 @@ __all__ = [
 ]
 
 
+class CpuDevice(str):
+    """The CPU, named without importing torch: ``"cpu"`` with the ``type`` and ``index`` of a
+    ``torch.device`` (torch takes it wherever it takes a device name)."""
+
+    type = "cpu"
+    index = None
+
+    def __new__(cls) -> CpuDevice:
+        return super().__new__(cls, "cpu")
+
+    def __repr__(self) -> str:
+        return "device(type='cpu')"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, torch.device):
-        return device
+    """The device ``device`` names (``auto``: a CUDA GPU if torch sees one, else the CPU).
+
+    Where torch is not imported yet and the CPU is meant (asked for, or ``auto`` on a
+    machine without a GPU driver), the answer is a :class:`CpuDevice`, so that a run on
+    a runtime of its own (OpenVINO, ONNX Runtime) never imports torch."""
+    if is_tensor_device(device):
+        return device  # type: ignore[return-value]
+    if not torch_loaded() and (device == "cpu" or (device == "auto" and not gpu_possible())):
+        return CpuDevice()  # type: ignore[return-value]
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -59,6 +86,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
         raise VitrinaError(f"device {device!r} requested but no CUDA GPU is available")
     return dev
+
+
+def is_tensor_device(device: Any) -> bool:
+    """A ``torch.device`` or a :class:`CpuDevice` (without importing torch to ask)."""
+    if isinstance(device, CpuDevice):
+        return True
+    t = sys.modules.get("torch")
+    return t is not None and isinstance(device, t.device)
 
 
 def available_cores() -> int:
@@ -83,6 +118,9 @@ def torch_threads(decode_workers: int, max_threads: int | None = None) -> Iterat
     n = max(1, available_cores() - decode_workers)
     if max_threads is not None:
         n = max(1, min(n, max_threads))
+    if not torch_loaded():  # nothing of torch runs in this process yet: nothing to limit
+        yield n
+        return
     old = torch.get_num_threads()
     if n < old:
         torch.set_num_threads(n)
@@ -169,7 +207,7 @@ def _describe_error(exc: VitrinaError, item: Item) -> tuple[str, str]:
     return f"{item_name(item)}: {reason}", reason
 
 
-class _Items(Dataset):
+class _Items:
     """Items -> ``(index, Prepared | None, (message, reason) | None)``; never raises for a bad
     item (a batch run records it and goes on)."""
 
@@ -211,7 +249,14 @@ def batch_inputs(
             break
     if not inputs:
         return torch.empty(0), []
-    return torch.cat(inputs), used
+    return torch.as_tensor(concat(inputs)), used
+
+
+def concat(arrays: Sequence[Any]) -> Any:
+    """Prepared inputs as one batch: a numpy array while every part is one, else a tensor."""
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return torch.cat([torch.as_tensor(a) for a in arrays])
 
 
 class Engine:
@@ -273,6 +318,8 @@ class Engine:
     @property
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """The model's eval transform (PIL image -> normalised tensor)."""
+        from vitrina.data.transforms import eval_transform
+
         return eval_transform(self.model.preprocess)
 
     def describe(self) -> str:
@@ -300,11 +347,20 @@ class Engine:
             message, _ = _describe_error(exc, item)
             raise type(exc)(message) from None
 
-    def forward(self, task: Task, x: torch.Tensor) -> Any:
+    def forward(self, task: Task, x: Any) -> Any:
         """The backend's raw outputs for a prepared ``(B, C, H, W)`` batch (for timing and
-        measurements; results come from :meth:`run` or :meth:`run_prepared`)."""
+        measurements; results come from :meth:`run` or :meth:`run_prepared`).
+
+        ``x`` is a numpy array or a tensor. Runtimes of their own (OpenVINO, ONNX Runtime)
+        read an array as it is and answer in numpy, which a task that takes arrays
+        (:attr:`Task.takes_arrays`) finishes in numpy; PyTorch backends get a tensor."""
         self.backend.check_output(task.output)
-        return self.backend(x, output=task.output)
+        if isinstance(x, np.ndarray) and not getattr(self.backend, "takes_arrays", False):
+            x = torch.from_numpy(x)
+        y = self.backend(x, output=task.output)
+        if isinstance(y, np.ndarray) and not task.takes_arrays:
+            y = torch.from_numpy(y)
+        return y
 
     def run_prepared(self, task: Task, prepared: Sequence[Prepared]) -> list[Any]:
         """One forward pass over prepared items (e.g. requests batched by a service): one
@@ -321,7 +377,7 @@ class Engine:
             return [], []
         counts = [len(p) for p in prepared]
         inputs = [p.inputs for p in prepared if len(p)]
-        outputs = self.forward(task, torch.cat(inputs)) if inputs else torch.empty(0)
+        outputs = self.forward(task, concat(inputs)) if inputs else np.empty((0,), np.float32)
         values = task.finish(outputs, counts, [p.meta for p in prepared])
         return values, _nonfinite_items(outputs, counts)
 
@@ -371,16 +427,25 @@ class Engine:
             yield from self._threaded_batches(task, items, n, on_progress)
             return
         workers = self._workers(task, items, num_workers)
-        loader = DataLoader(
-            _Items(items, self._preparation(task)),
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=workers,
-            collate_fn=_as_rows,
-            prefetch_factor=4 if workers else None,
-            persistent_workers=False,
-        )
-        for rows in loader:
+        dataset = _Items(items, self._preparation(task))
+        if workers:  # worker processes: torch's DataLoader runs and feeds them
+            from torch.utils.data import DataLoader
+
+            batches: Iterable[list[Any]] = DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=False,
+                num_workers=workers,
+                collate_fn=_as_rows,
+                prefetch_factor=4,
+                persistent_workers=False,
+            )
+        else:  # inline, in this thread
+            batches = (
+                [dataset[i] for i in range(start, min(start + self.batch_size, len(items)))]
+                for start in range(0, len(items), self.batch_size)
+            )
+        for rows in batches:
             yield PreparedBatch(
                 [i for i, p, _ in rows if p is not None],
                 [p for _, p, _ in rows if p is not None],
@@ -619,10 +684,16 @@ NONFINITE_REASON = "the model's output is not finite (NaN or inf) for this image
 
 
 def _nonfinite_items(outputs: Any, counts: Sequence[int]) -> list[int]:
-    """Positions of the items with a non-finite output row (tensor outputs only)."""
-    if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
+    """Positions of the items with a non-finite output row (array outputs only)."""
+    if is_tensor(outputs):
+        if not outputs.is_floating_point():
+            return []
+        finite = torch.isfinite(outputs.reshape(len(outputs), -1)).all(1) if len(outputs) else None
+        rows = finite.cpu().numpy() if finite is not None else None
+    elif isinstance(outputs, np.ndarray) and np.issubdtype(outputs.dtype, np.floating):
+        rows = np.isfinite(outputs.reshape(len(outputs), -1)).all(1) if len(outputs) else None
+    else:
         return []
-    rows = torch.isfinite(outputs.reshape(len(outputs), -1)).all(1) if len(outputs) else None
     if rows is None or bool(rows.all()):
         return []
     bad, start = [], 0

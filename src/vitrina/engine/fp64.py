@@ -9,13 +9,18 @@ fp32 on CPUs and much slower on most GPUs.
 from __future__ import annotations
 
 import copy
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vitrina.engine.backends import BACKENDS, TOLERANCES, Backend, Tolerance, network
 from vitrina.errors import VitrinaError
-from vitrina.models import VitrinaModel
+from vitrina.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["Fp64Backend"]
 

@@ -13,15 +13,20 @@ boxes per image, matched boxes overlapping (IoU) and scores close.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from vitrina.data.transforms import InputSpec, ToNormalizedTensor
+from vitrina.data.pixels import InputSpec, Normalize
 from vitrina.engine.backends import OUTPUT_CHECKS
 from vitrina.engine.tasks import Prepared
+from vitrina.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = [
     "BOXES",
@@ -72,7 +77,7 @@ class Letterbox:
         self.h, self.w = pre.input_size
         self.fill = fill
         self.stretch = stretch
-        self.to_tensor = ToNormalizedTensor(pre.mean, pre.std)
+        self.normalize = Normalize(tuple(pre.mean), tuple(pre.std))
         self.mode = "L" if pre.channels == 1 else "RGB"
 
     def place(self, size: tuple[int, int]) -> Placement:
@@ -92,7 +97,8 @@ class Letterbox:
             self.mode, (self.w, self.h), self.fill if self.mode == "L" else (self.fill,) * 3
         )
         canvas.paste(image.convert(self.mode).resize((nw, nh), Image.BILINEAR), (int(px), int(py)))
-        return Prepared(self.to_tensor(canvas).unsqueeze(0), placement)
+        # a tensor: detection tasks and training flip and stack their inputs in torch
+        return Prepared(torch.from_numpy(self.normalize(canvas)[None]), placement)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -30,22 +30,38 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from vitrina.engine.backends import BACKENDS, TOLERANCES, Backend, compare_outputs, int8_vnni
+from vitrina.engine.backends import (
+    BACKENDS,
+    TOLERANCES,
+    Backend,
+    as_tensor,
+    compare_outputs,
+    inference_mode,
+    int8_vnni,
+)
 from vitrina.engine.onnx import (
     _fingerprint,
     export_onnx,
     onnx_available,
     ort_session,
+    run_arrays,
     run_session,
 )
 from vitrina.engine.variants import run_dir_of, variant_file
 from vitrina.errors import VitrinaError
 from vitrina.io import cache_dir as io_cache_dir
-from vitrina.models import VitrinaModel
+from vitrina.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
+else:
+    torch = lazy_module("torch")
 
 __all__ = [
     "CALIB_IMAGES",
@@ -234,6 +250,7 @@ class Int8Backend(Backend):
     warns when it is outside the stated int8 tolerance (it keeps running: you asked for it)."""
 
     name = "int8"
+    takes_arrays = True  # once checked, a numpy batch runs and answers in numpy
     outputs = ("logits", "embed")
 
     def __init__(
@@ -277,12 +294,24 @@ class Int8Backend(Backend):
             quantize_int8(self.model, batch, cached, output=output)
         return cached
 
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+    def trust(self, output: str) -> None:
+        """Skip the first-batch check (it was made, e.g. by ``auto``'s recorded trial)."""
+        self._checked.add(output)
+
+    def _session(self, output: str) -> Any:
         if output not in self._sessions:
             self.files[output] = self.file_for(output)
             self._sessions[output] = ort_session(self.files[output], self.threads, self.device)
-        y = run_session(self._sessions[output], x)
+        return self._sessions[output]
+
+    def __call__(self, x: Any, output: str = "logits") -> Any:
+        if isinstance(x, np.ndarray) and output in self._checked:
+            return run_arrays(self._session(output), np.ascontiguousarray(x, dtype=np.float32))
+        return self._call_tensors(as_tensor(x), output)
+
+    @inference_mode
+    def _call_tensors(self, x: torch.Tensor, output: str) -> torch.Tensor:
+        y = run_session(self._session(output), x)
         if output not in self._checked:
             self._checked.add(output)
             ref = super().__call__(x, output)

@@ -15,20 +15,36 @@ graph image by image and returns a list, as the model does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from vitrina.engine.backends import BACKENDS, Backend, model_output, network, onnx_available
+from vitrina.engine.backends import (
+    BACKENDS,
+    Backend,
+    as_tensor,
+    inference_mode,
+    is_tensor_module,
+    model_output,
+    network,
+    onnx_available,
+)
 from vitrina.engine.geometry import BOXES
 from vitrina.errors import VitrinaError
-from vitrina.models import VitrinaModel
+from vitrina.lazy import is_tensor, lazy_module, torch_version
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from vitrina.models import VitrinaModel
+else:
+    torch = lazy_module("torch")
 
 __all__ = [
     "ONNX_ATOL",
@@ -54,19 +70,31 @@ def cache_dir() -> Path:
     return _cache_dir("onnx")
 
 
-class _Output(nn.Module):
-    def __init__(self, model: VitrinaModel, output: str) -> None:
-        super().__init__()
-        self.model, self.output = model, output
+@functools.cache
+def _output_module() -> type[nn.Module]:
+    """The module exported for a one-tensor output (defined on first use: it is a
+    ``torch.nn.Module``)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = model_output(self.model, self.output, x)
-        if not isinstance(y, torch.Tensor):
-            raise VitrinaError(
-                f"output {self.output!r} of {self.model.arch!r} is not one tensor: the ONNX "
-                "export of variable-length outputs is the task's own (see docs/architecture.md)"
-            )
-        return y
+    class _Output(torch.nn.Module):
+        def __init__(self, model: VitrinaModel, output: str) -> None:
+            super().__init__()
+            self.model, self.output = model, output
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = model_output(self.model, self.output, x)
+            if not isinstance(y, torch.Tensor):
+                raise VitrinaError(
+                    f"output {self.output!r} of {self.model.arch!r} is not one tensor: the "
+                    "ONNX export of variable-length outputs is the task's own (see "
+                    "docs/architecture.md)"
+                )
+            return y
+
+    return _Output
+
+
+def _Output(model: VitrinaModel, output: str) -> nn.Module:
+    return _output_module()(model, output)
 
 
 def single_image_module(model: VitrinaModel, output: str) -> nn.Module | None:
@@ -81,7 +109,7 @@ def weights_items(model: torch.nn.Module) -> list[tuple[str, bytes | memoryview]
     holds, so a run's fingerprint can be read from the file without building the network
     (:class:`vitrina.runs.DeferredModel`)."""
     items = getattr(model, "weights_items", None)
-    if callable(items) and not isinstance(model, torch.nn.Module):
+    if callable(items) and not is_tensor_module(model):
         got = items()  # a DeferredModel not built yet: from its checkpoint
         if got is not None:
             return got
@@ -98,7 +126,7 @@ def _raw(v: torch.Tensor) -> bytes:
 
 def _fingerprint(model: VitrinaModel, output: str) -> str:
     h = hashlib.sha256(
-        f"{model.arch}|{model.preprocess.input_size}|{output}|{torch.__version__}".encode()
+        f"{model.arch}|{model.preprocess.input_size}|{output}|{torch_version()}".encode()
     )
     for k, data in weights_items(model):
         h.update(k.encode())
@@ -182,7 +210,12 @@ def ort_session(path: Path, threads: int | None = None, device: torch.device | N
 
 def run_session(sess: Any, x: torch.Tensor) -> torch.Tensor:
     """Run a session on a normalized batch; float32 CPU tensor out."""
-    return torch.from_numpy(np.asarray(sess.run(None, {"x": x.cpu().float().numpy()})[0])).float()
+    return torch.from_numpy(run_arrays(sess, x.cpu().float().numpy()))
+
+
+def run_arrays(sess: Any, x: np.ndarray) -> np.ndarray:
+    """Run a session on a normalized float32 numpy batch; float32 numpy out."""
+    return np.asarray(sess.run(None, {"x": x})[0], dtype=np.float32)
 
 
 def run_session_per_image(sess: Any, x: torch.Tensor) -> list[torch.Tensor]:
@@ -195,7 +228,7 @@ def _agrees(ref: Any, got: Any, output: str) -> tuple[bool, str]:
     warning): outputs with their own comparison use it and the onnx tolerance."""
     from vitrina.engine.backends import OUTPUT_CHECKS, TOLERANCES, compare_outputs
 
-    if output in OUTPUT_CHECKS or not isinstance(ref, torch.Tensor):
+    if output in OUTPUT_CHECKS or not is_tensor(ref):
         report = compare_outputs(ref, got, output)
         return TOLERANCES["onnx"].ok(report), (
             f"agreement {report['top1_agreement']:.1%}, max diff {report['max_abs_diff']:.2e}"
@@ -212,6 +245,7 @@ class OnnxBackend(Backend):
 
     name = "onnx"
     outputs = ("logits", "embed", BOXES)
+    takes_arrays = True  # once checked, a numpy batch runs and answers in numpy
 
     def __init__(
         self,
@@ -247,8 +281,18 @@ class OnnxBackend(Backend):
             self._sessions[output] = ort_session(path, self.threads, self.device)
         return self._sessions[output]
 
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, output: str = "logits") -> Any:
+    def __call__(self, x: Any, output: str = "logits") -> Any:
+        if (
+            isinstance(x, np.ndarray)
+            and output in self._checked
+            and output not in self._fallback
+            and single_image_module(self.model, output) is None
+        ):
+            return run_arrays(self._session(output), np.ascontiguousarray(x, dtype=np.float32))
+        return self._call_tensors(as_tensor(x), output)
+
+    @inference_mode
+    def _call_tensors(self, x: torch.Tensor, output: str) -> Any:
         if output in self._fallback:
             return super().__call__(x, output)
         sess = self._session(output)

@@ -32,22 +32,30 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vitrina.engine.backends import (
     BACKENDS,
     TOLERANCES,
     Backend,
+    as_tensor,
     bf16_supported,
     compare_outputs,
+    inference_mode,
     int8_vnni,
 )
 from vitrina.engine.geometry import BOXES
 from vitrina.errors import VitrinaError
-from vitrina.models import VitrinaModel
+from vitrina.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
+else:
+    torch = lazy_module("torch")
 
 __all__ = [
     "OpenVinoBackend",
@@ -209,6 +217,7 @@ class OpenVinoBackend(Backend):
     # Converted from the ONNX export; a detector's boxes from its one-image graph, image by
     # image, each on every core (see _config).
     outputs = ("logits", "embed", BOXES)
+    takes_arrays = True  # once checked, a numpy batch runs and answers in numpy
     precision: str | None = "f32"  # INFERENCE_PRECISION_HINT (None: OpenVINO's default)
     #: what happens outside tolerance on the first batch: "fallback" to eager, or "warn"
     on_mismatch = "fallback"
@@ -276,11 +285,12 @@ class OpenVinoBackend(Backend):
             self._compiled[output] = (compiled, ov.AsyncInferQueue(compiled, n), n, per_image)
         return self._compiled[output]
 
-    def _infer(self, output: str, x: torch.Tensor) -> Any:
-        """The batch's outputs: one tensor, or for a variable-length output (boxes) a list
-        with one tensor per image."""
+    def _infer(self, output: str, x: Any) -> Any:
+        """The batch's outputs: one array, or for a variable-length output (boxes) a list
+        with one per image; numpy for a numpy batch, tensors for a tensor."""
         _, queue, n, per_image = self._compile(output)
-        arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        arrays = isinstance(x, np.ndarray)
+        arr = np.ascontiguousarray(x if arrays else x.detach().cpu().float().numpy(), np.float32)
         # Split the batch across the throughput streams (one infer request each).
         step = 1 if per_image else max(1, -(-len(arr) // n))
         chunks: list[np.ndarray | None] = [None] * (-(-len(arr) // step))
@@ -292,6 +302,8 @@ class OpenVinoBackend(Backend):
         for k, start in enumerate(range(0, len(arr), step)):
             queue.start_async({0: arr[start : start + step]}, k)
         queue.wait_all()
+        if arrays and not per_image:
+            return np.concatenate(chunks)  # type: ignore[arg-type]
         if per_image:
             return [torch.from_numpy(c).float() for c in chunks]  # type: ignore[arg-type]
         return torch.from_numpy(np.concatenate(chunks)).float()  # type: ignore[arg-type]
@@ -321,8 +333,19 @@ class OpenVinoBackend(Backend):
         )
         return y
 
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, output: str = "logits") -> Any:
+    def __call__(self, x: Any, output: str = "logits") -> Any:
+        if (
+            isinstance(x, np.ndarray)
+            and output in self._checked
+            and output not in self._fallback
+            and not self._compile(output)[3]  # one tensor out (not a list per image)
+        ):
+            with self._lock:
+                return self._infer(output, x)  # numpy in and out: no torch
+        return self._call_tensors(as_tensor(x), output)
+
+    @inference_mode
+    def _call_tensors(self, x: torch.Tensor, output: str) -> Any:
         if output in self._fallback:
             return super().__call__(x, output)
         with self._lock:

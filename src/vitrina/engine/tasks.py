@@ -27,14 +27,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from PIL import Image
 
-from vitrina.data.transforms import InputSpec, eval_transform, short_side
+from vitrina.data.pixels import EvalPixels, InputSpec, short_side
+from vitrina.lazy import is_tensor, lazy_module
 from vitrina.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = [
     "TASKS",
@@ -53,11 +58,14 @@ __all__ = [
 class Prepared:
     """One item made ready by a decode worker.
 
-    ``inputs``: ``(k, C, H, W)`` float tensor; ``k`` may be 0 (nothing to run for this item).
+    ``inputs``: ``(k, C, H, W)`` float32 array, a numpy array or a tensor; ``k`` may be 0
+    (nothing to run for this item). The plain preparation makes numpy arrays, which
+    OpenVINO and ONNX Runtime read as they are (a run on them never imports torch); the
+    engine hands PyTorch backends tensors.
     ``meta``: whatever the task needs to map outputs back (picklable); ``None`` if nothing.
     """
 
-    inputs: torch.Tensor
+    inputs: np.ndarray | torch.Tensor
     meta: Any = None
 
     def __len__(self) -> int:
@@ -65,21 +73,22 @@ class Prepared:
 
 
 class ImagePreparer:
-    """The plain preparation: the model's eval transform, one input per item, no meta."""
+    """The plain preparation: the model's eval transform (in numpy), one input per item, no
+    meta."""
 
     def __init__(self, pre: InputSpec) -> None:
-        self.transform = eval_transform(pre)
+        self.transform = EvalPixels(pre)
 
     def __call__(self, image: Image.Image, item: Any = None) -> Prepared:
-        return Prepared(self.transform(image).unsqueeze(0))
+        return Prepared(self.transform(image)[None])
 
 
 def rows_per_item(outputs: Any, counts: Sequence[int]) -> list[Any]:
     """Split a batch's outputs into one chunk per item (``counts[i]`` rows for item ``i``).
 
     Tensor outputs are split along the first dimension; list outputs (one entry per input,
-    e.g. a detector's boxes of each image) are sliced."""
-    if isinstance(outputs, torch.Tensor):
+    e.g. a detector's boxes of each image) and arrays are sliced."""
+    if is_tensor(outputs):
         return list(torch.split(outputs, list(counts))) if len(counts) else []
     out, start = [], 0
     for n in counts:
@@ -100,6 +109,10 @@ class Task:
     #: preparation (detection, alignment...) costs far more than decoding: the engine gives
     #: the decode workers every core
     heavy_preparation: ClassVar[bool] = False
+    #: :meth:`finish` takes numpy outputs as well as tensors (a runtime answering in numpy
+    #: is then never converted, and the run may never import torch); otherwise the engine
+    #: hands it tensors
+    takes_arrays: ClassVar[bool] = False
 
     def image_mode(self, pre: InputSpec) -> str:
         """The PIL mode items are decoded to ("L" for one-channel models)."""
@@ -148,23 +161,41 @@ class Logits(Task):
     top_k: int = 5
     name: ClassVar[str] = "logits"
     output: ClassVar[str] = "logits"
+    takes_arrays: ClassVar[bool] = True
 
     def finish(self, outputs: Any, counts: Sequence[int], metas: Sequence[Any]) -> list[Any]:
-        logits = outputs.float()
-        probs = logits.softmax(1)
-        k = max(1, min(self.top_k, probs.shape[1])) if probs.numel() else 0
-        values, indices = probs.topk(k, dim=1) if k else (probs, probs)
-        arr, raw = probs.numpy(), logits.numpy()
+        raw = _float32(outputs)
+        probs = _softmax(raw)
+        k = max(1, min(self.top_k, probs.shape[1])) if probs.size else 0
+        # best first; among equal probabilities the lower class index first (as topk)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k] if k else None
         results: list[Any] = []
         row = 0
         for n in counts:
             if n == 0:
                 results.append(None)
                 continue
-            top = [(int(j), float(v)) for v, j in zip(values[row], indices[row], strict=True)]
-            results.append(Scores(arr[row], top, raw[row]))
+            top = [(int(j), float(probs[row, j])) for j in order[row]]  # type: ignore[index]
+            results.append(Scores(probs[row], top, raw[row]))
             row += n
         return results
+
+
+def _float32(outputs: Any) -> np.ndarray:
+    """A batch's outputs as a float32 numpy array (tensors on any device, or arrays)."""
+    if is_tensor(outputs):
+        outputs = outputs.detach().float().cpu().numpy()
+    return np.asarray(outputs, dtype=np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(N, C)`` logits, in float32 (as ``torch.softmax``)."""
+    if not logits.size:
+        return logits.copy()
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 @TASKS.register("embedding")
@@ -176,12 +207,13 @@ class Embedding(Task):
     normalize: bool = True
     name: ClassVar[str] = "embedding"
     output: ClassVar[str] = "embed"
+    takes_arrays: ClassVar[bool] = True
 
     def finish(self, outputs: Any, counts: Sequence[int], metas: Sequence[Any]) -> list[Any]:
-        y = outputs.float().reshape(len(outputs), -1)
-        if self.normalize:
-            y = torch.nn.functional.normalize(y, p=2.0, dim=1, eps=1e-12)
-        arr = y.numpy().astype(np.float32, copy=False)
+        arr = _float32(outputs).reshape(len(outputs), -1)
+        if self.normalize:  # as torch.nn.functional.normalize(p=2, eps=1e-12)
+            norms = np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
+            arr = (arr / norms).astype(np.float32, copy=False)
         results: list[Any] = []
         row = 0
         for n in counts:

@@ -64,12 +64,17 @@ def cpu_name() -> str:
 def machine_key() -> str:
     """CPU model, usable cores, GPU and runtime versions: a timing (or a decision based on
     one) is only reused where all of these are the same."""
-    import torch
+    from vitrina.lazy import gpu_possible, torch_version
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    gpu = "no GPU"
+    if gpu_possible():
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
     return (
-        f"{cpu_name()}|{cores} cores|{gpu}|torch {torch.__version__}|ort "
+        f"{cpu_name()}|{cores} cores|{gpu}|torch {torch_version()}|ort "
         f"{_version('onnxruntime')}|openvino {_version('openvino')}"
     )
 

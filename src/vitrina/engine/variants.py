@@ -11,14 +11,18 @@ embedding's width, so the pruned model serves embeddings too).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from vitrina.engine.backends import BACKENDS, Backend
-from vitrina.engine.onnx import onnx_available, ort_session, run_session
+from vitrina.engine.onnx import onnx_available, ort_session, run_arrays, run_session
 from vitrina.errors import VitrinaError
-from vitrina.models import VitrinaModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitrina.models import VitrinaModel
 
 __all__ = ["VARIANTS_DIR", "PrunedBackend", "run_dir_of", "variant_file"]
 
@@ -50,6 +54,7 @@ class PrunedBackend(Backend):
 
     name = "pruned"
     outputs = ("logits", "embed")
+    takes_arrays = True  # ONNX Runtime: numpy in, numpy out
 
     def __init__(
         self,
@@ -74,8 +79,7 @@ class PrunedBackend(Backend):
         self.run = run
         self._sessions = {"logits": ort_session(self.file, threads, device)}
 
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+    def __call__(self, x: Any, output: str = "logits") -> Any:
         if output not in self._sessions:
             path = variant_file(self.run, "pruned", output) if self.run is not None else None
             if output not in self.outputs or path is None or not path.is_file():
@@ -85,4 +89,6 @@ class PrunedBackend(Backend):
                     f"{self.run} --variants pruned` again"
                 )
             self._sessions[output] = ort_session(path, self.threads, self.device)
+        if isinstance(x, np.ndarray):
+            return run_arrays(self._sessions[output], np.ascontiguousarray(x, dtype=np.float32))
         return run_session(self._sessions[output], x)

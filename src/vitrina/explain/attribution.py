@@ -548,7 +548,7 @@ def iter_explain(
         for image in images:
             img = _load(image)
             prepared = engine.prepare(task, img)
-            x = prepared.inputs.to(device)
+            x = torch.as_tensor(prepared.inputs).to(device)
             if cam_layer is None and any(s.uses_layer for s in specs):
                 # The layer search records a forward pass with hooks: it gives the logits too.
                 out, probe = probe_layers(model, model.classify, x)
@@ -631,7 +631,7 @@ def explain_similarity(
     with _explaining(model):
         engine = _engine(model, device)  # inside: the modes it sets are restored after
         prepared = [engine.prepare(task, im) for im in imgs]
-        xs = [p.inputs.to(device) for p in prepared]
+        xs = [torch.as_tensor(p.inputs).to(device) for p in prepared]
         cam_layer: tuple[str, nn.Module] | None = None
         if spec.uses_layer:
             _, probe = probe_layers(model, model.embed, xs[0])

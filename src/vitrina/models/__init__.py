@@ -3,7 +3,10 @@
 >>> from vitrina.models import create
 >>> model = create("efficientnet_lite0", weights="imagenet", num_classes=5)  # doctest: +SKIP
 
-Importing this package builds nothing and reads no file; torchvision and timm load on first use.
+Importing this package builds nothing, reads no file and imports no PyTorch: the contract,
+the registry and vitrina's own networks are imported when first named (a run whose backend
+has its own compiled copy never needs them, see :mod:`vitrina.lazy`); torchvision and timm
+load on first use.
 ``models`` is a leaf of the package graph: it imports no engine, run folder, report or io code.
 The zoo (what each architecture costs, measured here) is :mod:`vitrina.zoo`.
 """
@@ -12,19 +15,21 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vitrina.models.contract import VitrinaModel
 from vitrina.models.preprocess import Preprocess
-from vitrina.models.registry import (
-    WEIGHT_SOURCES,
-    check_input_size,
-    create,
-    imagenet_categories,
-    list_models,
-    model_source,
-    register_model,
-)
+from vitrina.models.sources import WEIGHT_SOURCES
+
+if TYPE_CHECKING:
+    from vitrina.models.contract import VitrinaModel
+    from vitrina.models.registry import (
+        check_input_size,
+        create,
+        imagenet_categories,
+        list_models,
+        model_source,
+        register_model,
+    )
 
 __all__ = [
     "WEIGHT_SOURCES",
@@ -43,7 +48,24 @@ __all__ = [
 _MOVED_TO_ZOO = ("CLASSIC", "ZooEntry", "describe", "measure", "plot_zoo", "zoo")
 
 
+#: The names on PyTorch, by module: imported when first read.
+_ON_TORCH = {
+    "VitrinaModel": "contract",
+    "check_input_size": "registry",
+    "create": "registry",
+    "imagenet_categories": "registry",
+    "list_models": "registry",
+    "model_source": "registry",
+    "register_model": "registry",
+}
+
+
 def __getattr__(name: str) -> Any:
+    module = _ON_TORCH.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"vitrina.models.{module}"), name)
+        globals()[name] = value
+        return value
     if name in _MOVED_TO_ZOO:
         warnings.warn(
             f"vitrina.models.{name} moved to vitrina.zoo (import it from there)",

@@ -25,6 +25,7 @@ from vitrina.models import small as _small
 from vitrina.models import weights as W
 from vitrina.models.contract import VitrinaModel
 from vitrina.models.preprocess import Preprocess
+from vitrina.models.sources import WEIGHT_SOURCES
 from vitrina.registry import Registry, suggest
 
 __all__ = [
@@ -400,12 +401,6 @@ def _parse_weights(weights: str | Path | bool | None) -> tuple[str, Path | None]
         f"weights {str(weights)!r}: no such file or folder (use none, imagenet, a weights file "
         f"{'/'.join(W.WEIGHT_SUFFIXES)} or a run folder)"
     )
-
-
-#: Loaders of weights kept in folders that ``models`` cannot read itself: a run folder is read
-#: by :mod:`vitrina.runs`, which registers ``"run"`` here when imported (models sits below the
-#: run folder in the package layers and never imports it).
-WEIGHT_SOURCES: Registry[Callable[[Path], VitrinaModel]] = Registry("weights source")
 
 
 def _from_run(name: str, path: Path) -> VitrinaModel:
