@@ -206,3 +206,20 @@ def test_the_torch_version_is_read_without_importing_it() -> None:
         timeout=120,
     )
     assert done.stdout.split() == [torch.__version__, "False"], done.stderr
+
+
+def test_the_cpu_named_without_torch_works_wherever_torch_takes_a_device() -> None:
+    """A torch-free run names the CPU as a ``CpuDevice``; a backend that later needs
+    PyTorch (auto's fallback to eager) hands that to torch as it is."""
+    import torch
+
+    from vitrina.engine.engine import CpuDevice
+
+    cpu = CpuDevice()
+    assert (cpu.type, cpu.index, str(cpu)) == ("cpu", None, "cpu")
+    assert torch.device(cpu) == torch.device("cpu")
+    net = torch.nn.Linear(2, 2).to(cpu)
+    x = torch.ones(1, 2).to(cpu, non_blocking=True)
+    assert net(x).device.type == "cpu" and torch.zeros(1, device=cpu).device.type == "cpu"
+    with torch.autocast(device_type=cpu.type, dtype=torch.bfloat16):
+        assert net(x).dtype == torch.bfloat16

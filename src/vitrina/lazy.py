@@ -25,7 +25,15 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["gpu_possible", "is_tensor", "lazy_module", "torch_loaded", "torch_version"]
+__all__ = [
+    "gpu_possible",
+    "is_device",
+    "is_module",
+    "is_tensor",
+    "lazy_module",
+    "torch_loaded",
+    "torch_version",
+]
 
 
 class _LazyModule:
@@ -58,6 +66,18 @@ def is_tensor(value: Any) -> bool:
     """``isinstance(value, torch.Tensor)``, without importing torch to ask."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
+
+
+def is_module(value: Any) -> bool:
+    """``isinstance(value, torch.nn.Module)``, without importing torch to ask."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.nn.Module)
+
+
+def is_device(value: Any) -> bool:
+    """``isinstance(value, torch.device)``, without importing torch to ask."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.device)
 
 
 def torch_version() -> str:

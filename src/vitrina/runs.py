@@ -12,7 +12,6 @@ import hashlib
 import json
 import platform
 import struct
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitrina.errors import RunFolderError
 from vitrina.io import atomic_write_bytes, atomic_write_text
-from vitrina.lazy import lazy_module
+from vitrina.lazy import is_device, lazy_module
 from vitrina.models import WEIGHT_SOURCES, Preprocess
 
 if TYPE_CHECKING:
@@ -351,7 +350,7 @@ class DeferredModel:
         if (
             kwargs.get("memory_format") is not None
             or len(args) > 1
-            or (device is not None and not isinstance(device, str) and not _is_device(device))
+            or (device is not None and not isinstance(device, str) and not is_device(device))
         ):
             return self.materialize().to(*args, **kwargs)
         if device is not None:  # a name or a device: given to the network's .to() when built
@@ -386,11 +385,6 @@ class DeferredModel:
     def __repr__(self) -> str:
         state = "built" if self._net is not None else "not built yet"
         return f"DeferredModel({self.arch!r}, {self._run_dir}, {state})"
-
-
-def _is_device(value: Any) -> bool:
-    t = sys.modules.get("torch")
-    return t is not None and isinstance(value, t.device)
 
 
 def _deferrable(info: RunInfo) -> bool:

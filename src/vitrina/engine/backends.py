@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from vitrina.lazy import is_tensor, lazy_module
+from vitrina.lazy import is_module, is_tensor, lazy_module
 from vitrina.registry import Registry
 
 if TYPE_CHECKING:
@@ -89,16 +88,10 @@ def network(model: Any) -> torch.nn.Module:
     """The PyTorch module of ``model``: itself, or for a run loaded deferred
     (:class:`vitrina.runs.DeferredModel`) its network, built now. Whatever hands the model
     to PyTorch's own machinery (tracing for export, ``deepcopy``) asks for this."""
-    if is_tensor_module(model):
+    if is_module(model):
         return model
     materialize = getattr(model, "materialize", None)
     return materialize() if callable(materialize) else model
-
-
-def is_tensor_module(model: Any) -> bool:
-    """``isinstance(model, torch.nn.Module)``, without importing torch to ask."""
-    t = sys.modules.get("torch")
-    return t is not None and isinstance(model, t.nn.Module)
 
 
 def _to_cpu_float(y: Any) -> Any:

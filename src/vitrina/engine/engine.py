@@ -14,7 +14,6 @@ import atexit
 import contextlib
 import os
 import queue
-import sys
 import threading
 import time
 import warnings
@@ -31,7 +30,7 @@ from vitrina.engine.backends import BACKENDS, resolve_backend
 from vitrina.engine.items import Item, is_file_item, load_item
 from vitrina.engine.tasks import Prepared, Task, rows_per_item
 from vitrina.errors import ImageReadError, VitrinaError
-from vitrina.lazy import gpu_possible, is_tensor, lazy_module, torch_loaded
+from vitrina.lazy import gpu_possible, is_device, is_tensor, lazy_module, torch_loaded
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +73,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Where torch is not imported yet and the CPU is meant (asked for, or ``auto`` on a
     machine without a GPU driver), the answer is a :class:`CpuDevice`, so that a run on
     a runtime of its own (OpenVINO, ONNX Runtime) never imports torch."""
-    if is_tensor_device(device):
+    if isinstance(device, CpuDevice) or is_device(device):
         return device  # type: ignore[return-value]
     if not torch_loaded() and (device == "cpu" or (device == "auto" and not gpu_possible())):
         return CpuDevice()  # type: ignore[return-value]
@@ -86,14 +85,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
         raise VitrinaError(f"device {device!r} requested but no CUDA GPU is available")
     return dev
-
-
-def is_tensor_device(device: Any) -> bool:
-    """A ``torch.device`` or a :class:`CpuDevice` (without importing torch to ask)."""
-    if isinstance(device, CpuDevice):
-        return True
-    t = sys.modules.get("torch")
-    return t is not None and isinstance(device, t.device)
 
 
 def available_cores() -> int:

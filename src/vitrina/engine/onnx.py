@@ -29,14 +29,13 @@ from vitrina.engine.backends import (
     Backend,
     as_tensor,
     inference_mode,
-    is_tensor_module,
     model_output,
     network,
     onnx_available,
 )
 from vitrina.engine.geometry import BOXES
 from vitrina.errors import VitrinaError
-from vitrina.lazy import is_tensor, lazy_module, torch_version
+from vitrina.lazy import is_module, is_tensor, lazy_module, torch_version
 
 if TYPE_CHECKING:
     import torch
@@ -109,7 +108,7 @@ def weights_items(model: torch.nn.Module) -> list[tuple[str, bytes | memoryview]
     holds, so a run's fingerprint can be read from the file without building the network
     (:class:`vitrina.runs.DeferredModel`)."""
     items = getattr(model, "weights_items", None)
-    if callable(items) and not is_tensor_module(model):
+    if callable(items) and not is_module(model):
         got = items()  # a DeferredModel not built yet: from its checkpoint
         if got is not None:
             return got
