@@ -82,6 +82,57 @@ def split(
     return work / "train", work / "test", s
 
 
+def zoomed(test: Path, work: Path, zoom: float) -> Path:
+    """The held-out photos seen nearer or further (a VOC set in ``work``): ``zoom < 1``
+    shrinks each photo onto a grey canvas of its own size (products smaller, as on a
+    shelf seen from further), ``zoom > 1`` enlarges its centre back to its size (nearer);
+    the boxes move with the pixels, and a box left under 4 pixels wide or high is dropped."""
+    from PIL import Image
+
+    from vitrina.data.annotations import AnnotatedPhoto
+
+    s = read_annotated(test)
+    pixels = work / "pixels"
+    photos = []
+    for p in s.photos:
+        image = Image.open(p.path).convert("RGB")
+        W, H = image.size
+        boxes = p.boxes.astype(np.float64).copy()
+        if zoom < 1:
+            w, h = round(W * zoom), round(H * zoom)
+            ox, oy = (W - w) // 2, (H - h) // 2
+            canvas = Image.new("RGB", (W, H), (114, 114, 114))
+            canvas.paste(image.resize((w, h), Image.BILINEAR), (ox, oy))
+            boxes = boxes * zoom + [ox, oy, ox, oy]
+        else:
+            cw, ch = W / zoom, H / zoom
+            x0, y0 = (W - cw) / 2, (H - ch) / 2
+            canvas = image.resize((W, H), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+            boxes = (boxes - [x0, y0, x0, y0]) * zoom
+        boxes = np.round(np.clip(boxes, 0, [W, H, W, H]))
+        keep = (boxes[:, 2] - boxes[:, 0] >= 4) & (boxes[:, 3] - boxes[:, 1] >= 4)
+        path = pixels / Path(p.rel).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(path)
+        photos.append(AnnotatedPhoto(path, str(Path(p.rel).with_suffix(".png")), (W, H),
+                                     boxes[keep], p.labels[keep]))  # fmt: skip
+    out = work / f"zoom{zoom:g}"
+    write_annotated(AnnotatedSet(pixels, s.format, s.classes, photos), out, "voc")
+    return out
+
+
+def zoom_rows(run: Path, test: Path, args, work: Path) -> dict:
+    """mAP of ``run`` on the held-out photos zoomed by each of ``--zoom`` (see zoomed)."""
+    rows = {}
+    for z in (float(v) for v in args.zoom.split(",") if v.strip()):
+        where = zoomed(test, work / f"zoom-{z:g}", z)
+        m = evaluate_detector(load_detector(run, backend="eager"), where).metrics
+        rows[f"{z:g}"] = {"mAP": m.mAP, "mAP50": m.mAP50}
+        print(f"{'':11s} held-out photos zoomed {z:g}x: mAP@[.5:.95] {m.mAP:.3f}  "
+              f"mAP@.5 {m.mAP50:.3f}", flush=True)  # fmt: skip
+    return rows
+
+
 def _hw(text: str) -> tuple[int, int] | None:
     """``HEIGHTxWIDTH`` or one number (a square), as vitrina's ``--input-size``; ``auto``:
     None (``detect train`` fits it to the photos)."""
@@ -101,6 +152,9 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         batch_size=args.batch_size,
         freeze=args.freeze,
         augment=args.augment,
+        train_scales=tuple(float(v) for v in args.train_scales.split(","))
+        if args.train_scales
+        else None,
         val_fraction=0.0,
         time_budget=args.budget,
         budget_clock=args.clock,
@@ -174,6 +228,8 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
             f"mAP@.5 {scaled.mAP50:.3f}  (evaluation {scaled_s:.0f} s)",
             flush=True,
         )
+    if args.zoom:
+        row["zoom"] = zoom_rows(res.run_dir, test, args, out / f"{arch}-zoom")
     for c, v in row["per_class"].items():
         print(
             f"  {c:14s} {v['boxes']:3d} boxes  AP {v['AP']:.3f}  AP@.5 {v['AP50']:.3f}  "
@@ -394,6 +450,11 @@ def main() -> None:
     )
     ap.add_argument("--freeze", default="lower")
     ap.add_argument("--augment", default="flip")
+    ap.add_argument(
+        "--train-scales",
+        default="",
+        help="multi-scale training, e.g. 0.75,1,1.25; 1: off (default: detect train's own)",
+    )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per architecture")
     ap.add_argument("--clock", default="process", choices=("process", "wall"))
@@ -428,6 +489,12 @@ def main() -> None:
         help="also evaluate with --flip --scales S (input sizes relative to the run's; '' skips)",
     )
     ap.add_argument("--run", help="measure the backends on this run (default: the best trained)")
+    ap.add_argument(
+        "--zoom",
+        default="",
+        help="also evaluate on the held-out photos zoomed by these factors, e.g. 0.6,1.4 "
+        "(further / nearer than in training; with --archs '' for --run)",
+    )
     ap.add_argument("--no-backends", action="store_true", help="skip the backend timings")
     ap.add_argument("--no-hog", action="store_true", help="skip the HOG people detector")
     ap.add_argument("--out", help="keep runs and reports here (default: a temporary folder)")
@@ -445,7 +512,8 @@ def main() -> None:
             f"{data}: {len(s.photos)} photos, {s.num_boxes} boxes, {len(s.classes)} classes; "
             f"train {len(read_annotated(train).photos)}, held out {len(read_annotated(test).photos)}; "
             f"budget {args.budget:g} {args.clock} minutes per architecture, --input-size {args.input_size} "
-            f"--freeze {args.freeze} --augment {args.augment}",
+            f"--freeze {args.freeze} --augment {args.augment}"
+            + (f" --train-scales {args.train_scales}" if args.train_scales else ""),
             flush=True,
         )
         archs = [a for a in args.archs.split(",") if a]
@@ -472,6 +540,10 @@ def main() -> None:
                           f"{r['train_cpu_min'] + t['classifier_cpu_min']:.1f} CPU-min / "
                           f"{r['train_wall_min'] + t['classifier_wall_min']:.1f} wall-min")  # fmt: skip
             args.run = args.run or best["run"]
+        zoom_of_run = None
+        if args.run and args.zoom and not rows:
+            print(f"{args.run}:")
+            zoom_of_run = zoom_rows(Path(args.run), test, args, out / "run-zoom")
         if args.run and not args.no_backends:
             print(f"inference, {args.run}, batch {args.batch}:")
             speeds = backends(Path(args.run), test, args)
@@ -484,6 +556,7 @@ def main() -> None:
             "architectures": rows,
             "backends": speeds,
             "hog_people": people,
+            **({"run_zoom": zoom_of_run} if zoom_of_run else {}),
         }
         (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
         print(f"report: {out / 'report.json'}")

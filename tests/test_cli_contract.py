@@ -36,6 +36,7 @@ FREE_TEXT = {
     "loss",  # an expression: softmax+0.5*triplet
     "input_size",  # HEIGHTxWIDTH, parsed by parse_size
     "scales",  # S1,S2,... (multiples of a detector's input size), parsed by parse_scales
+    "train_scales",  # S1,S2,... (multiples of a detector's input size), parsed by parse_scales
     "host",
     "token",
     "write_token",

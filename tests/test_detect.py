@@ -509,6 +509,67 @@ def test_bad_photos_and_boxes_do_not_stop_training(tmp_path: Path) -> None:
     assert (res.run_dir / "model.safetensors").is_file()
 
 
+def test_multi_scale_batches_cover_every_photo_once_each_at_one_drawn_size(
+    shelf_set: Path,
+) -> None:
+    from vitrina.data.annotations import read_annotated
+    from vitrina.detect.data import PhotoBoxes, ScaledBatches, scaled_sizes
+    from vitrina.models import Preprocess
+
+    sizes = scaled_sizes((128, 160), (0.75, 1, 1.25))
+    assert sizes == [(96, 128), (128, 160), (160, 192)]  # multiples of 32, sorted
+    assert scaled_sizes((64, 64), (0.1, 1)) == [(64, 64)]  # never under 64
+    draw = [list(ScaledBatches(10, 4, sizes, torch.Generator().manual_seed(3))) for _ in "ab"]
+    assert draw[0] == draw[1]  # seeded: the same batches and sizes
+    batches = draw[0]
+    assert len(batches) == 2 and all(len(b) == 4 for b in batches)  # the last part dropped
+    assert all(len({size for _, size in b}) == 1 and b[0][1] in sizes for b in batches)
+    assert len({i for b in batches for i, _ in b}) == 8
+    keep = list(ScaledBatches(10, 4, sizes, torch.Generator(), drop_last=False))
+    assert sorted(i for b in keep for i, _ in b) == list(range(10))
+
+    photos = read_annotated(shelf_set).photos
+    pre = Preprocess(input_size=(128, 160), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    ds = PhotoBoxes(photos, pre)
+    for size in sizes:
+        _, x, target, _ = ds[(0, size)]
+        assert x.shape[1:] == size
+        # the photo letterboxed to that size, its boxes with it: back in the photo's pixels
+        # they are the annotations
+        image = Image.open(photos[0].path)
+        placement = ds._letterbox_for(size)(image).meta
+        back = placement.to_photo(target["boxes"].numpy())
+        np.testing.assert_allclose(back, photos[0].boxes, atol=1e-3)
+        assert target["labels"].tolist() == list(photos[0].labels)
+
+
+def test_a_detector_trains_at_several_input_sizes(shelf_set: Path, tmp_path: Path) -> None:
+    """--train-scales: every batch at one of the sizes, no cached features (they are of one
+    size), and the run records the scales for --resume."""
+    cfg = _config(shelf_set, tmp_path / "ms", epochs=1, freeze="stem", augment="light")
+    cfg.train_scales = (0.75, 1.25)
+    res = train_detector(cfg, progress=False)
+    assert np.isfinite(res.history[-1]["train_loss"])
+    assert read_run(res.run_dir).config["train_scales"] == [0.75, 1.25]
+    assert DetectTrainConfig.from_dict(read_run(res.run_dir).config).train_scales == (0.75, 1.25)
+    with pytest.raises(VitrinaError, match="--train-scales 0,1 is out of range"):
+        _config(shelf_set, tmp_path / "x", train_scales=(0, 1)).resolved()
+
+
+def test_multi_scale_is_the_default_with_the_augmentations_that_move_pixels(
+    shelf_run: Path, shelf_set: Path, tmp_path: Path
+) -> None:
+    from vitrina.detect.train import DEFAULT_TRAIN_SCALES
+
+    # --augment flip (with --freeze lower: the features are computed once, at one size)
+    assert read_run(shelf_run).config["train_scales"] == [1.0]
+    res = train_detector(
+        _config(shelf_set, tmp_path / "stem", epochs=1, freeze="stem", augment="light"),
+        progress=False,
+    )
+    assert read_run(res.run_dir).config["train_scales"] == list(DEFAULT_TRAIN_SCALES)
+
+
 def test_the_input_is_fitted_to_the_photos_and_never_enlarges_them() -> None:
     from vitrina.data.annotations import AnnotatedPhoto
     from vitrina.detect.train import fit_input_size

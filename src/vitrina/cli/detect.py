@@ -28,6 +28,7 @@ from vitrina.cli._common import (
     flip_option,
     input_size_option,
     out,
+    parse_scales,
     print_json,
     progress_bar,
     ray_option,
@@ -93,6 +94,17 @@ def train_cmd(
         "light",
         help="Box-aware augmentation: flip = mirrored half of the time; light = flips, colour "
         "jitter, zoom-out; strong adds shifts and rescaling.",
+    ),
+    train_scales: str | None = typer.Option(
+        None,
+        "--train-scales",
+        parser=parse_scales,
+        metavar="S1,S2,...",
+        help="Multi-scale training: each batch at one of these multiples of --input-size "
+        "(rounded to multiples of 32), drawn at random: products seen at more sizes than the "
+        "photos hold, found better when nearer or further than in training. Default "
+        "0.75,1,1.25 with --augment light or strong, the input size only with none or flip; "
+        "1: off.",
     ),
     freeze: Freeze = typer.Option(
         "stem",
@@ -174,6 +186,7 @@ def train_cmd(
         lr=lr,
         optimizer=optimizer,
         augment=augment,
+        train_scales=train_scales,  # type: ignore[arg-type]
         freeze=freeze,
         precision=precision,
         seed=seed,

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from vitrina.data import Batch
 from vitrina.data.annotations import AnnotatedPhoto
@@ -35,7 +35,9 @@ __all__ = [
     "BoxAugment",
     "DetectionBatch",
     "PhotoBoxes",
+    "ScaledBatches",
     "collate_boxes",
+    "scaled_sizes",
     "split_photos",
 ]
 
@@ -93,19 +95,35 @@ class BoxAugment:
 class PhotoBoxes(Dataset):
     """Annotated photos -> ``(index, input (C, H, W), target, error)`` with the target's
     ``boxes`` in input pixels and ``labels``; an unreadable photo gives ``(index, None, None,
-    message)``."""
+    message)``.
+
+    An item asked for as ``(index, (height, width))`` (see :class:`ScaledBatches`) is
+    letterboxed to that input size instead of the model's."""
 
     def __init__(
         self, photos: Sequence[AnnotatedPhoto], pre: InputSpec, augment: str = "none"
     ) -> None:
         self.photos = list(photos)
+        self.pre = pre
         self.letterbox = Letterbox(pre, fill=LETTERBOX_FILL)
+        self._letterboxes: dict[tuple[int, int], Letterbox] = {}
         self.augment = BoxAugment(augment) if augment != "none" else None
 
     def __len__(self) -> int:
         return len(self.photos)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, dict | None, str | None]:
+    def _letterbox_for(self, size: tuple[int, int] | None) -> Letterbox:
+        if size is None or tuple(size) == tuple(self.pre.input_size):
+            return self.letterbox
+        if size not in self._letterboxes:
+            pre = replace(self.pre, input_size=tuple(size))  # type: ignore[type-var]
+            self._letterboxes[size] = Letterbox(pre, fill=LETTERBOX_FILL)
+        return self._letterboxes[size]
+
+    def __getitem__(
+        self, key: int | tuple[int, tuple[int, int]]
+    ) -> tuple[int, torch.Tensor | None, dict | None, str | None]:
+        i, size = key if isinstance(key, tuple) else (key, None)
         p = self.photos[i]
         try:
             image = read_image(p.path)
@@ -114,13 +132,55 @@ class PhotoBoxes(Dataset):
         boxes, labels = p.boxes, p.labels
         if self.augment is not None:
             image, boxes, labels = self.augment(image, boxes, labels)
-        prepared = self.letterbox(image)
+        prepared = self._letterbox_for(size)(image)
         placed = prepared.meta.to_input(np.asarray(boxes, np.float32).reshape(-1, 4))
         target = {
             "boxes": torch.from_numpy(placed).float().reshape(-1, 4),
             "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
         }
         return i, prepared.inputs[0], target, None
+
+
+class ScaledBatches(Sampler):
+    """Shuffled training batches, each at one input size drawn from ``sizes`` (multi-scale
+    training, as Detectron2's random shortest edge and YOLO's multi-scale): every batch is a
+    list of ``(photo index, (height, width))`` for :class:`PhotoBoxes`. The network sees
+    products at more sizes than the photos hold, so it names them better at other
+    distances and zooms (and with test-time ``--scales``). Drawn from ``generator``: a
+    seeded run draws the same batches and sizes."""
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        sizes: Sequence[tuple[int, int]],
+        generator: torch.Generator,
+        *,
+        drop_last: bool = True,
+    ) -> None:
+        if not sizes:
+            raise ValueError("ScaledBatches needs at least one size")
+        self.n, self.batch_size, self.sizes = n, batch_size, [tuple(s) for s in sizes]
+        self.generator, self.drop_last = generator, drop_last and n > batch_size
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, tuple[int, int]]]]:
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        picks = torch.randint(len(self.sizes), (len(self),), generator=self.generator).tolist()
+        for b, k in enumerate(picks):
+            size = self.sizes[k]
+            yield [(i, size) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+
+
+def scaled_sizes(input_size: tuple[int, int], scales: Sequence[float]) -> list[tuple[int, int]]:
+    """The input sizes of multi-scale training: ``input_size`` times each scale, rounded to
+    multiples of 32 (the pyramid's stride), at least 64; sorted, without repeats."""
+    h, w = input_size
+    out = {(max(64, round(h * s / 32) * 32), max(64, round(w * s / 32) * 32)) for s in scales}
+    return sorted(out)
 
 
 @dataclass

@@ -35,7 +35,9 @@ from vitrina.detect.cache import (
 from vitrina.detect.data import (
     BOX_AUGMENTS,
     PhotoBoxes,
+    ScaledBatches,
     collate_boxes,
+    scaled_sizes,
     split_photos,
 )
 from vitrina.engine import default_workers, resolve_device, torch_threads
@@ -67,6 +69,7 @@ from vitrina.training.layout import choose_memory_format, to_layout
 from vitrina.training.precision import PrecisionChoice, choose_precision, record_precision
 
 __all__ = [
+    "DEFAULT_TRAIN_SCALES",
     "FREEZE",
     "OPTIMIZERS",
     "WEIGHTS",
@@ -150,6 +153,11 @@ class DetectTrainConfig:
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     augment: str = "light"
+    #: multiples of ``input_size`` to train at, one drawn per batch (multi-scale training);
+    #: ``None``: :data:`DEFAULT_TRAIN_SCALES` with ``augment`` light or strong, the input
+    #: size only with none or flip (whose frozen features may be computed once, at one
+    #: size); ``(1.0,)``: the input size only
+    train_scales: tuple[float, ...] | None = None
     freeze: str = "stem"
     precision: str = "fp32"
     fpn_channels: int = 128
@@ -204,6 +212,12 @@ class DetectTrainConfig:
             ("val-fraction", c.val_fraction, 0 <= c.val_fraction < 1),
             ("fpn-channels", c.fpn_channels, c.fpn_channels >= 32 and c.fpn_channels % 32 == 0),
             ("time-budget", c.time_budget, c.time_budget is None or c.time_budget > 0),
+            (
+                "train-scales",
+                ",".join(f"{v:g}" for v in c.train_scales or ()),
+                c.train_scales is None
+                or (len(c.train_scales) > 0 and all(0.25 <= v <= 4 for v in c.train_scales)),
+            ),
         ):
             if not ok:
                 raise VitrinaError(f"--{name} {value} is out of range")
@@ -230,6 +244,7 @@ class DetectTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_size"] = None if self.input_size is None else list(self.input_size)
+        d["train_scales"] = None if self.train_scales is None else list(self.train_scales)
         return d
 
     @classmethod
@@ -243,8 +258,16 @@ class DetectTrainConfig:
         d["size"] = None
         if d.get("input_size") is not None:
             d["input_size"] = tuple(int(v) for v in d["input_size"])
+        if d.get("train_scales") is not None:
+            d["train_scales"] = tuple(float(v) for v in d["train_scales"])
         return cls(**d)
 
+
+#: Multi-scale training by default (``--train-scales``). Measured on the groceries' held-out
+#: photos (Faster R-CNN at 224, 28 wall-minutes, AVX2): as they are 0.648 -> 0.644 mAP@.5
+#: (one epoch fewer in the same minutes), zoomed out to 60% 0.512 -> 0.560, zoomed in 1.4x
+#: 0.540 -> 0.554, with test-time flips and scales 0.690 -> 0.697.
+DEFAULT_TRAIN_SCALES = (0.75, 1.0, 1.25)
 
 #: The input ``detect train`` fits to the photos when ``--input-size`` is not given: their
 #: median longer side, rounded up to a multiple of 32, within these bounds.
@@ -454,6 +477,15 @@ def _loader(
     detector's step costs ~100x the decoding of its photos (Faster R-CNN at 320: 1.5 s for 8
     photos, their decoding and augmentation ~40 ms), so it decodes in this process there."""
     ds = PhotoBoxes(photos, model.preprocess, augment)
+    sizes = scaled_sizes(tuple(model.preprocess.input_size), cfg.train_scales or (1.0,))
+    if shuffle and len(sizes) > 1:
+        return training_loader(
+            ds,
+            num_workers=cfg.num_workers,
+            device=next(model.parameters()).device,
+            batch_sampler=ScaledBatches(len(ds), cfg.batch_size, sizes, g),
+            collate_fn=collate_boxes,
+        )
     return training_loader(
         ds,
         num_workers=cfg.num_workers,
@@ -540,8 +572,12 @@ def train_detector(
     model.to(device)
 
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.train_scales is None:  # multi-scale with the augmentations that move pixels
+        light = cfg.augment in ("light", "strong")
+        cfg.train_scales = DEFAULT_TRAIN_SCALES if light else (1.0,)
     cached = (
         fast_paths
+        and tuple(cfg.train_scales) == (1.0,)  # cached features are of one input size
         and cfg.freeze in CUT
         and cfg.augment in ("none", "flip")
         and FeatureCache.estimate_bytes(
