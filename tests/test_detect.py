@@ -569,6 +569,16 @@ def test_multi_scale_is_the_default_with_the_augmentations_that_move_pixels(
     )
     assert read_run(res.run_dir).config["train_scales"] == list(DEFAULT_TRAIN_SCALES)
 
+    # a run made before multi-scale training resumes as it was trained: at one size
+    meta = res.run_dir / "vitrina.json"
+    doc = json.loads(meta.read_text())
+    del doc["config"]["train_scales"]
+    meta.write_text(json.dumps(doc))
+    more = _config(shelf_set, res.run_dir, epochs=2)
+    again = train_detector(more, resume=True, progress=False)
+    assert [h["epoch"] for h in again.history] == [1, 2]
+    assert read_run(again.run_dir).config["train_scales"] == [1.0]
+
 
 def test_the_input_is_fitted_to_the_photos_and_never_enlarges_them() -> None:
     from vitrina.data.annotations import AnnotatedPhoto

@@ -540,6 +540,8 @@ def train_detector(
             epochs = cfg.epochs
             cfg = DetectTrainConfig.from_dict(saved)
             cfg.epochs = epochs
+            if "train_scales" not in saved:  # made before multi-scale training: one size
+                cfg.train_scales = (1.0,)
     cfg = cfg.resolved()
     assert cfg.lr is not None
     clock_start = CLOCKS[cfg.budget_clock]()
