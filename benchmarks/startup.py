@@ -6,7 +6,7 @@ engine with ``--backend auto``, and the first result (decode threads, the backen
 from its caches — the IR, the compiled blob, ``auto``'s decision — and one batch). The
 first launch fills the caches (as a user's first run); the next ones count.
 
-    python benchmarks/startup.py --model RUN --photos DIR [--launches 3]
+    python benchmarks/startup.py --model RUN --photos DIR [--launches 3] [--before REV]
 
 Target (issue 17): under 1.5 s before the first batch (imports, workers, the auto trial when
 cached).
@@ -20,11 +20,12 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import cpu_flags, machine
+from _common import checkout_src, cpu_flags, env_with_src, machine
 
 TARGET = 1.5
 
@@ -66,47 +67,67 @@ print(json.dumps({
 """
 
 
+def launch(model: str, photos: str, env: dict[str, str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, model, photos], capture_output=True, text=True, env=env
+    )
+    if done.returncode:
+        sys.exit(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(name: str, runs: list[dict]) -> float:
+    """Print one contender's medians; return its time to the first batch."""
+    built = runs[-1].get("network_built")
+    imported = runs[-1].get("torch_imported")
+    print(f"\n{name}: backend {runs[-1]['backend']}")
+    print(
+        "  PyTorch network: "
+        + ("built" if built else "never built (the backend ran its own compiled copy)")
+    )
+    print("  import torch: " + ("paid" if imported else "never (the run is numpy to the runtime)"))
+    print(f"  median of {len(runs)} launches, cumulative seconds:   wall    cpu")
+    for k, (step, _, _) in enumerate(runs[0]["marks"]):
+        wall = statistics.median(r["marks"][k][1] for r in runs)
+        cpu = statistics.median(r["marks"][k][2] for r in runs)
+        print(f"    {step:<28} {wall:7.2f} {cpu:7.2f}")
+    return statistics.median(r["marks"][-1][1] for r in runs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a run folder")
     ap.add_argument("--photos", required=True, help="a folder of photos (48 are used)")
     ap.add_argument("--launches", type=int, default=3, help="timed launches after the first")
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        help="also launch the code of this git revision, alternating with this checkout",
+    )
     args = ap.parse_args()
     print(f"machine: {machine()}; CPU flags: {cpu_flags()}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    runs = []
-    for i in range(args.launches + 1):
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, args.model, args.photos],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        if done.returncode:
-            sys.exit(done.stderr)
-        out = json.loads(done.stdout.strip().splitlines()[-1])
-        if i == 0:
-            print(
-                f"first launch (fills the caches): {out['marks'][-1][1]:.2f} s to the first batch"
-            )
-            continue
-        runs.append(out)
-    print(f"backend: {runs[-1]['backend']}")
-    built = runs[-1].get("network_built")
-    print(
-        "PyTorch network: "
-        + ("built" if built else "never built (the backend ran its own compiled copy)")
-    )
-    imported = runs[-1].get("torch_imported")
-    print("import torch: " + ("paid" if imported else "never (the run is numpy to the runtime)"))
-    print(f"\nmedian of {len(runs)} launches, cumulative seconds:   wall    cpu")
-    for k, (step, _, _) in enumerate(runs[0]["marks"]):
-        wall = statistics.median(r["marks"][k][1] for r in runs)
-        cpu = statistics.median(r["marks"][k][2] for r in runs)
-        print(f"  {step:<28} {wall:7.2f} {cpu:7.2f}")
-    total = statistics.median(r["marks"][-1][1] for r in runs)
+    with tempfile.TemporaryDirectory(prefix="vitrina-startup-") as tmp:
+        envs = {"now": {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}}
+        if args.before:
+            envs[args.before] = env_with_src(checkout_src(args.before, Path(tmp)))
+        runs: dict[str, list[dict]] = {name: [] for name in envs}
+        for i in range(args.launches + 1):
+            for name, env in envs.items():
+                out = launch(args.model, args.photos, env)
+                if i == 0:
+                    first = out["marks"][-1][1]
+                    print(
+                        f"{name}: first launch (fills the caches): {first:.2f} s to the first batch"
+                    )
+                else:
+                    runs[name].append(out)
+    totals = {name: report(name, r) for name, r in runs.items()}
+    total = totals["now"]
     verdict = "met" if total < TARGET else "MISSED"
-    print(f"target: first batch within {TARGET} s of launch: {verdict} ({total:.2f} s)")
+    print(f"\ntarget: first batch within {TARGET} s of launch: {verdict} ({total:.2f} s)")
+    if args.before:
+        print(f"now {totals[args.before] / total:.2f}x faster than {args.before} "
+              f"({totals[args.before]:.2f} s)")  # fmt: skip
 
 
 if __name__ == "__main__":
