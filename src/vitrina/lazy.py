@@ -30,6 +30,7 @@ __all__ = [
     "is_device",
     "is_module",
     "is_tensor",
+    "lazy_exports",
     "lazy_module",
     "torch_loaded",
     "torch_version",
@@ -55,6 +56,23 @@ class _LazyModule:
 def lazy_module(name: str) -> Any:
     """``name``, imported when an attribute of it is first read."""
     return _LazyModule(name)
+
+
+def lazy_exports(namespace: dict[str, Any], exports: dict[str, str]) -> Any:
+    """A package's module ``__getattr__`` (PEP 562) for names kept in submodules that import
+    torch: ``exports`` maps each name to its submodule, imported when the name is first read
+    and then kept in the package (``namespace``: its ``globals()``)."""
+    package = namespace["__name__"]
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
 
 
 def torch_loaded() -> bool:

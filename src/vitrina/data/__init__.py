@@ -8,8 +8,7 @@ that scanning folders (``vitrina sort``, ``vitrina data inspect``) never pays fo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vitrina.data.dataset import Batch, ImageFiles, collate_skip_bad
@@ -35,6 +34,7 @@ from vitrina.data.identities import (
     to_market,
 )
 from vitrina.data.inspect import FolderReport, inspect_folder
+from vitrina.lazy import lazy_exports
 
 __all__ = [
     "AUGMENTS",
@@ -76,10 +76,4 @@ _ON_TORCH = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _ON_TORCH.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vitrina.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"vitrina.data.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), _ON_TORCH)

@@ -17,6 +17,7 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from vitrina.lazy import lazy_exports
 from vitrina.models.preprocess import Preprocess
 from vitrina.models.sources import WEIGHT_SOURCES
 
@@ -60,12 +61,12 @@ _ON_TORCH = {
 }
 
 
+_on_torch = lazy_exports(globals(), _ON_TORCH)
+
+
 def __getattr__(name: str) -> Any:
-    module = _ON_TORCH.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f"vitrina.models.{module}"), name)
-        globals()[name] = value
-        return value
+    if name in _ON_TORCH:
+        return _on_torch(name)
     if name in _MOVED_TO_ZOO:
         warnings.warn(
             f"vitrina.models.{name} moved to vitrina.zoo (import it from there)",
