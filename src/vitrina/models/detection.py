@@ -264,7 +264,8 @@ def _fasterrcnn(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.ops import MultiScaleRoIAlign
+
+    from vitrina.models.roi_align import SeparableRoIAlign
 
     names = ["0", "1", "2"]
     levels = len(names) + 1  # + the max-pooled level ("pool")
@@ -275,7 +276,9 @@ def _fasterrcnn(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
     net = FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2),
+        # torchvision's RoIAlign as matrix products (the same numbers): its own CPU backward
+        # pass was a quarter of a training step
+        box_roi_pool=SeparableRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2),
         # torchvision's box head is 1024 wide on 256-channel maps, trained on 512 regions a
         # photo; on a CPU its matrix products and RoIAlign's backward pass are half of a
         # training step, so: 512 wide on 128 channels, 64 regions a photo (a shelf photo
