@@ -190,6 +190,40 @@ def test_faster_rcnn_box_classifier_is_label_smoothed_and_otherwise_torchvisions
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_freeze_stem_freezes_every_layer_before_stride_8_norms_included(backbone: str) -> None:
+    """--freeze stem: the convolutions and the norms of the early layers (timm's norms hold
+    their activation as a child module, and were once left training), so a training step
+    computes no gradient at the full-resolution layers; the layers from stride 8 on train."""
+    model = create_detector(
+        DetectorSpec(head="fasterrcnn", backbone=backbone, num_classes=2, input_size=(128, 128))
+    )
+    frozen = {id(p) for p in model.stem_parameters()}
+    body = model.net.backbone.body
+    x = torch.rand(1, 3, 128, 128)
+    strides: dict[str, int] = {}
+    hooks = [
+        m.register_forward_hook(
+            lambda _m, _i, out, n=n: strides.__setitem__(n, 128 // out.shape[-1])
+        )
+        for n, m in body.named_modules()
+        if n and any(True for _ in m.parameters(recurse=False))
+    ]
+    with torch.no_grad():
+        body(x)
+    for h in hooks:
+        h.remove()
+    assert min(strides.values()) == 2 and max(strides.values()) == 32
+    for name, module in body.named_modules():
+        if name not in strides:
+            continue
+        own = [id(p) for p in module.parameters(recurse=False)]
+        if strides[name] < 8:
+            assert all(i in frozen for i in own), f"{name} (stride {strides[name]}) trains"
+        else:
+            assert not any(i in frozen for i in own), f"{name} (stride {strides[name]}) frozen"
+
+
 def test_backbones_of_both_libraries_give_strides_8_16_32() -> None:
     import torchvision
 

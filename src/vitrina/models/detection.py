@@ -456,7 +456,10 @@ class Detector(nn.Module):
         hooks = []
         h, w = self.spec.input_size
         for name, module in body.named_modules():
-            if name and not list(module.children()) and any(True for _ in module.parameters()):
+            # every module that owns parameters, leaf or not: timm's BatchNormAct2d holds its
+            # activation as a child, and a stem whose norms trained made every training step
+            # run backwards through the full-resolution layers
+            if name and any(True for _ in module.parameters(recurse=False)):
 
                 def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
                     if isinstance(out, torch.Tensor) and out.dim() == 4:
