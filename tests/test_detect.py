@@ -612,6 +612,30 @@ def test_multi_scale_is_the_default_with_the_augmentations_that_move_pixels(
     again = train_detector(more, resume=True, progress=False)
     assert [h["epoch"] for h in again.history] == [1, 2]
     assert read_run(again.run_dir).config["train_scales"] == [1.0]
+    assert read_run(again.run_dir).config["stem_norms_frozen"] is True
+
+
+def test_a_run_made_while_the_stems_norms_trained_resumes(
+    shelf_set: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Before 4 Dec 2026 --freeze stem left timm's norms training; such a run's optimizer
+    holds them, so it resumes with them training, and says so."""
+    from vitrina.models.detection import Detector
+
+    new = Detector.stem_parameters
+    monkeypatch.setattr(Detector, "stem_parameters", lambda self, norms=True: new(self, False))
+    cfg = _config(shelf_set, tmp_path / "old", epochs=1, freeze="stem", augment="light")
+    res = train_detector(cfg, progress=False)
+    meta = res.run_dir / "vitrina.json"
+    doc = json.loads(meta.read_text())
+    del doc["config"]["stem_norms_frozen"]
+    meta.write_text(json.dumps(doc))
+    monkeypatch.setattr(Detector, "stem_parameters", new)
+    again = train_detector(_config(shelf_set, res.run_dir, epochs=2), resume=True, progress=False)
+    assert [h["epoch"] for h in again.history] == [1, 2]
+    assert read_run(again.run_dir).config["stem_norms_frozen"] is False
+    model = create_detector(DetectorSpec(head="fasterrcnn", num_classes=2, input_size=(128, 128)))
+    assert len(model.stem_parameters(norms=False)) < len(model.stem_parameters())
 
 
 def test_the_input_is_fitted_to_the_photos_and_never_enlarges_them() -> None:

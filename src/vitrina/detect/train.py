@@ -563,8 +563,11 @@ def train_detector(
     frozen: list[nn.Parameter] = []
     upper: nn.Module | None = None
     level = CUT.get(cfg.freeze, 2)
+    # runs made before the stem's norms were frozen resume as they trained (their optimizer
+    # holds those norms)
+    stem_norms = not saved or bool(saved.get("stem_norms_frozen", False))
     if cfg.freeze == "stem":
-        frozen = model.stem_parameters()
+        frozen = model.stem_parameters(norms=stem_norms)
     elif cfg.freeze in CUT:
         _, upper = model.split_backbone(level)
         learning = {id(p) for p in upper.parameters()} if upper is not None else set()
@@ -682,6 +685,7 @@ def train_detector(
         **cfg.to_dict(),
         "detector": model.spec.to_dict(),
         **({"input_size_choice": input_note} if input_note else {}),
+        "stem_norms_frozen": stem_norms,
     }
     info = RunInfo(
         arch=spec.arch,

@@ -448,9 +448,12 @@ class Detector(nn.Module):
                     m.eval()
         return self
 
-    def stem_parameters(self) -> list[nn.Parameter]:
+    def stem_parameters(self, norms: bool = True) -> list[nn.Parameter]:
         """Backbone parameters of the layers before stride 8 (the stem and first stages),
-        which fine-tuning keeps frozen, as torchvision does with a ResNet's stem and layer1."""
+        which fine-tuning keeps frozen, as torchvision does with a ResNet's stem and layer1.
+
+        ``norms=False``: as before 4 Dec 2026, only the layers without child modules, which
+        leaves timm's norms (``BatchNormAct2d``) out; runs trained so resume so."""
         body = self.net.backbone.body
         strides: dict[str, int] = {}
         hooks = []
@@ -459,7 +462,8 @@ class Detector(nn.Module):
             # every module that owns parameters, leaf or not: timm's BatchNormAct2d holds its
             # activation as a child, and a stem whose norms trained made every training step
             # run backwards through the full-resolution layers
-            if name and any(True for _ in module.parameters(recurse=False)):
+            owns = any(True for _ in module.parameters(recurse=False))
+            if name and owns and (norms or not list(module.children())):
 
                 def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
                     if isinstance(out, torch.Tensor) and out.dim() == 4:

@@ -19,7 +19,7 @@ transposed. :func:`roi_align` computes torchvision's ``roi_align`` this way (the
 sample positions, validity rule, clamping and averaging: the same numbers to float rounding;
 tests hold both the outputs and the gradients equal), and :class:`SeparableRoIAlign` is
 torchvision's ``MultiScaleRoIAlign`` over it. Tracing (ONNX export) keeps torchvision's
-operator, which ONNX has.
+operator, which ONNX has, and so do GPUs, whose kernels scatter in parallel.
 """
 
 from __future__ import annotations
@@ -66,11 +66,16 @@ def roi_align(
     aligned: bool = False,
 ) -> Tensor:
     """torchvision's ``roi_align(input, rois, ...)`` (``rois``: ``(R, 5)``, the photo's
-    index first) as separable matrix products; an adaptive ``sampling_ratio`` (<= 0, a
-    different sample count per region) and tracing go to torchvision's operator. No
-    gradient flows to ``rois`` (as in torchvision's)."""
+    index first) as separable matrix products on a CPU; an adaptive ``sampling_ratio``
+    (<= 0, a different sample count per region), other devices and tracing go to
+    torchvision's operator. No gradient flows to ``rois`` (as in torchvision's)."""
     ph, pw = output_size
-    if sampling_ratio <= 0 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if (
+        sampling_ratio <= 0
+        or input.device.type != "cpu"  # GPUs: torchvision's kernels scatter in parallel
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+    ):
         return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     n, c, h, w = input.shape
     out_dtype = input.dtype
