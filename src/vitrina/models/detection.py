@@ -280,8 +280,8 @@ def _fasterrcnn(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
         # pass was a quarter of a training step
         box_roi_pool=SeparableRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2),
         # torchvision's box head is 1024 wide on 256-channel maps, trained on 512 regions a
-        # photo; on a CPU its matrix products and RoIAlign's backward pass are half of a
-        # training step, so: 512 wide on 128 channels, 64 regions a photo (a shelf photo
+        # photo; on a CPU its matrix products and (torchvision's) RoIAlign backward pass were
+        # half of a training step, so: 512 wide on 128 channels, 64 regions a photo (a shelf photo
         # holds a few objects; a quarter of the regions are still objects).
         box_head=TwoMLPHead(backbone.out_channels * 7 * 7, 512),
         box_predictor=FastRCNNPredictor(512, spec.num_classes + 1),
