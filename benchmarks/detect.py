@@ -7,7 +7,7 @@ backend, and the HOG people detector's speed and AP.
    part of what is measured). Each architecture (``--archs``) trains on the 800 the way a user
    runs ``vitrina detect train`` (``--freeze``, ``--augment``, ``--input-size``), for at most
    ``--budget`` minutes of this process's CPU time (``--clock wall`` for wall time; the
-   learning-rate schedule follows the clock, the run ends with the epoch that passes it;
+   learning-rate schedule follows the clock, the run ends with the step that passes it;
    feature caching counts), without validation photos (the last epoch is kept). Then COCO
    mAP@[.5:.95] / mAP@.5 on the 200 held out (pycocotools), as the detector answers and with
    ``--flip`` (each photo also mirrored, the two answers fused) and with ``--flip --scales``
@@ -156,6 +156,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         if args.train_scales
         else None,
         val_fraction=0.0,
+        ema=args.ema,
         time_budget=args.budget,
         budget_clock=args.clock,
         precision=args.precision,
@@ -460,6 +461,9 @@ def main() -> None:
     ap.add_argument("--clock", default="process", choices=("process", "wall"))
     ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument(
+        "--ema", action="store_true", help="train with a moving average of the weights (--ema)"
+    )
+    ap.add_argument(
         "--precision",
         default="fp32",
         choices=("fp32", "bf16", "auto"),
@@ -513,7 +517,8 @@ def main() -> None:
             f"train {len(read_annotated(train).photos)}, held out {len(read_annotated(test).photos)}; "
             f"budget {args.budget:g} {args.clock} minutes per architecture, --input-size {args.input_size} "
             f"--freeze {args.freeze} --augment {args.augment}"
-            + (f" --train-scales {args.train_scales}" if args.train_scales else ""),
+            + (f" --train-scales {args.train_scales}" if args.train_scales else "")
+            + (" --ema" if args.ema else ""),
             flush=True,
         )
         archs = [a for a in args.archs.split(",") if a]

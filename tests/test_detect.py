@@ -463,6 +463,21 @@ def test_a_time_budget_ends_the_run_and_the_learning_rate(shelf_set: Path, tmp_p
     assert res.metrics["budget_clock"] == "process" and res.metrics["budget_seconds"] > 0
 
 
+def test_ema_is_recorded_and_a_resumed_run_keeps_averaging(shelf_set: Path, tmp_path: Path) -> None:
+    """--ema: the run records it and a resume keeps averaging (what the average is and when
+    the model holds it: tests/test_averaging.py)."""
+    cfg = _config(
+        shelf_set, tmp_path / "run", arch="ssdlite", epochs=1, freeze="backbone", ema=True
+    )
+    train_detector(cfg, progress=False)
+    assert read_run(tmp_path / "run").config["ema"] is True
+    more = _config(shelf_set, tmp_path / "run", epochs=2)  # the run's own settings are kept
+    again = train_detector(more, resume=True, progress=False)
+    assert [h["epoch"] for h in again.history] == [1, 2]
+    assert read_run(tmp_path / "run").config["ema"] is True
+    assert "val_mAP" in again.history[-1]
+
+
 def test_precision_auto_times_training_steps_of_the_detector(
     shelf_set: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -281,6 +281,27 @@ def test_backends_are_compared_on_boxes(tmp_path: Path) -> None:
     assert compare_outputs(ref, [b[:-1] for b in ref], BOXES)["top1_agreement"] == 0.0
 
 
+def test_backends_are_compared_on_the_boxes_a_user_can_see() -> None:
+    """Boxes below COMPARED_FROM (kept for COCO's mAP) may come and go between runtimes
+    without failing the comparison; a box above it may not."""
+    from vitrina.engine.geometry import COMPARED_FROM
+
+    ref = [
+        torch.tensor(
+            [[10, 10, 50, 50, 0.9, 1], [60, 10, 90, 40, 0.3, 2], [5, 5, 20, 20, 0.002, 3]],
+            dtype=torch.float32,
+        )
+    ]
+    low_gone = [ref[0][:2]]
+    low_moved = [ref[0].clone()]
+    low_moved[0][2, :4] += 9.0
+    for got in (low_gone, low_moved):
+        assert compare_outputs(ref, got, BOXES)["top1_agreement"] == 1.0
+    seen_gone = [ref[0][[0, 2]]]
+    assert ref[0][1, 4] >= COMPARED_FROM
+    assert compare_outputs(ref, seen_gone, BOXES)["top1_agreement"] == 0.0
+
+
 def test_a_run_left_unconsumed_at_exit_does_not_abort_the_process(tmp_path: Path) -> None:
     """``next(engine.run(...))`` and then the interpreter exits (a notebook kernel shut down,
     a script that took the first result): the model stage is stopped before finalisation.

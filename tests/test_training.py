@@ -270,3 +270,33 @@ def test_precision_auto_leaves_the_random_generators_as_it_found_them(monkeypatc
     choice = precision.choose_precision("auto", model, torch.device("cpu"), 4)
     assert "measured" in choice.reason
     assert torch.equal(torch.get_rng_state(), before)
+
+
+class StopAfterSteps(Callback):
+    """Ends training after ``n`` optimizer steps, as the detection time budget does."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.steps, self.epochs_started = n, 0, 0
+
+    def on_epoch_start(self, state) -> None:
+        self.epochs_started += 1
+
+    def on_batch_end(self, state) -> None:
+        self.steps += 1
+        if self.steps == self.n:
+            state.stop = True
+
+
+def test_a_callback_can_end_training_mid_epoch(toy_data: Path, tmp_path: Path) -> None:
+    """A callback that sets ``state.stop`` after a batch ends the epoch there: no further
+    step, no further epoch, and the epoch is still recorded (validated, saved)."""
+    stop = StopAfterSteps(2)
+    res = train_classifier(
+        cfg(toy_data, tmp_path / "run", epochs=3, batch_size=4, patience=0),
+        progress=False,
+        extra_callbacks=[stop],
+    )
+    assert stop.steps == 2 and stop.epochs_started == 1
+    assert [r["epoch"] for r in res.history] == [1]
+    assert "val_accuracy" in res.history[0]
+    assert load_model(tmp_path / "run") is not None

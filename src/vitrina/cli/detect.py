@@ -132,10 +132,17 @@ def train_cmd(
     patience: int = typer.Option(
         5, help="Stop after this many epochs without a better validation mAP (0: never)."
     ),
+    ema: bool = typer.Option(
+        False,
+        "--ema/--no-ema",
+        help="Keep an exponential moving average of the weights while training (timm's "
+        "ModelEmaV3, decay warmed up to 0.999); validation, checkpoints and the run are of the "
+        "average.",
+    ),
     time_budget: float | None = typer.Option(
         None,
         help="Minutes to train: the learning rate follows the clock and the run ends with the "
-        "epoch that passes it (--epochs stays the most).",
+        "step that passes it, mid-epoch if need be (--epochs stays the most).",
     ),
     fmt: Format | None = typer.Option(
         None,
@@ -194,6 +201,7 @@ def train_cmd(
         val_dir=str(val_dir) if val_dir else None,
         val_fraction=val_fraction,
         patience=patience,
+        ema=ema,
         time_budget=time_budget,
         format=fmt,
         classes=str(classes) if classes else None,

@@ -48,6 +48,7 @@ from vitrina.registry import suggest
 from vitrina.report.boxes import plot_detection_curves, plot_pr_curves
 from vitrina.runs import RunInfo, is_run_dir, read_run, save_run, write_info
 from vitrina.training import Callback, LoopState, StepOutput, TrainResult, fit
+from vitrina.training.averaging import AveragedWeights
 from vitrina.training.callbacks import (
     BestCheckpoint,
     EarlyStopping,
@@ -166,7 +167,10 @@ class DetectTrainConfig:
     val_dir: str | None = None
     val_fraction: float = 0.2
     patience: int = 5
-    time_budget: float | None = None  # minutes; the run ends with the epoch that passes it
+    #: keep an exponential moving average of the weights during training; the run saves it
+    #: (:class:`~vitrina.training.averaging.AveragedWeights`)
+    ema: bool = False
+    time_budget: float | None = None  # minutes; the run ends with the step that passes it
     budget_clock: str = "wall"  # or "process": this process's CPU time (benchmarks)
     format: str | None = None
     classes: str | None = None
@@ -447,8 +451,11 @@ CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
 class _TimeBudget(Callback):
-    """Stops training at the end of the epoch in which ``seconds`` have passed on ``clock``
-    (since ``start``: feature caching counts), moving the LR cosine along with the clock."""
+    """Stops training after the step in which ``seconds`` have passed on ``clock`` (since
+    ``start``: feature caching counts), mid-epoch if need be, moving the LR cosine along with
+    the clock so that it reaches its floor then. (Until 5 Dec 2026 the run went on to the end
+    of that epoch at the floor's learning rate: a minute over the budget, spent on the
+    smallest steps.)"""
 
     def __init__(self, seconds: float, clock: str, start: float, schedule: WarmupCosine) -> None:
         self.seconds, self.clock, self.start, self.schedule = (
@@ -462,7 +469,10 @@ class _TimeBudget(Callback):
         return (self.clock() - self.start) / self.seconds
 
     def on_batch_end(self, state: LoopState) -> None:
-        self.schedule.spent = min(1.0, self.spent())
+        spent = self.spent()
+        self.schedule.spent = min(1.0, spent)
+        if spent >= 1.0:
+            state.stop = True
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         if self.spent() >= 1.0:
@@ -542,6 +552,7 @@ def train_detector(
             cfg.epochs = epochs
             if "train_scales" not in saved:  # made before multi-scale training: one size
                 cfg.train_scales = (1.0,)
+            cfg.ema = bool(saved.get("ema", False))  # made before averaging: none
     cfg = cfg.resolved()
     assert cfg.lr is not None
     clock_start = CLOCKS[cfg.budget_clock]()
@@ -726,6 +737,8 @@ def train_detector(
         ResumePoint(save_resume),
         *(extra_callbacks or []),
     ]
+    if cfg.ema:  # last: it sees every other callback's batch, and the epoch ends on the average
+        callbacks.append(AveragedWeights(model, start_step=start_epoch * steps))
     started = time.perf_counter()
     with torch_threads(getattr(train_loader, "num_workers", 0)):
         state = fit(

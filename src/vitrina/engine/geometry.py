@@ -7,7 +7,8 @@ photo's own pixels with :meth:`Placement.to_photo`. The model output carrying bo
 ``"boxes"``: for each input image a ``(N, 6)`` float tensor ``[x1, y1, x2, y2, score, label]``
 in input pixels, ``N`` varying per image (a list of tensors, not one tensor). Backends are
 compared on it by :func:`compare_boxes` (registered in ``OUTPUT_CHECKS``): the same number of
-boxes per image, matched boxes overlapping (IoU) and scores close.
+boxes per image scoring at least :data:`COMPARED_FROM`, matched boxes overlapping (IoU) and
+scores close.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ else:
 
 __all__ = [
     "BOXES",
+    "COMPARED_FROM",
     "Letterbox",
     "Placement",
     "box_iou",
@@ -38,6 +40,11 @@ __all__ = [
 
 #: The name of the output holding boxes (see the module docstring).
 BOXES = "boxes"
+#: Backends are compared on the boxes scoring at least this. Detectors answer down to 0.001
+#: for COCO's mAP (``DetectorSpec.score_thresh``); below 0.05 dozens of near-tied boxes a
+#: photo come and go with any rounding (another runtime, another batching), no user sees
+#: them by default, and they move mAP by little.
+COMPARED_FROM = 0.05
 
 
 @dataclass(frozen=True)
@@ -116,10 +123,12 @@ def compare_boxes(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict[str,
     """A backend's boxes against eager fp32's on the same batch, for :class:`Tolerance`:
     ``top1_agreement`` is the share of images with the same number of boxes whose boxes pair
     up (each eager box has a box of the same label at IoU >= 0.9); ``max_abs_diff`` the worst
-    score difference of paired boxes; ``rel_mean_diff`` the mean of (1 - IoU) over pairs."""
+    score difference of paired boxes; ``rel_mean_diff`` the mean of (1 - IoU) over pairs.
+    Only the boxes scoring at least :data:`COMPARED_FROM` in each are compared."""
     same, worst_score, gaps = 0, 0.0, []
     for r, g in zip(ref, got, strict=True):
         r, g = np.asarray(r, np.float64).reshape(-1, 6), np.asarray(g, np.float64).reshape(-1, 6)
+        r, g = r[r[:, 4] >= COMPARED_FROM], g[g[:, 4] >= COMPARED_FROM]
         if len(r) != len(g):
             continue
         if not len(r):

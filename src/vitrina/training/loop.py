@@ -71,7 +71,12 @@ class Callback:
 
     def on_epoch_start(self, state: LoopState) -> None: ...
 
-    def on_batch_end(self, state: LoopState) -> None: ...
+    def on_batch_end(self, state: LoopState) -> None:
+        """After each optimizer step; setting ``state.stop`` here ends the epoch now."""
+
+    def on_batches_end(self, state: LoopState) -> None:
+        """After an epoch's last training step (or the one that stopped it), before its
+        validation."""
 
     def on_bad_file(self, state: LoopState, message: str) -> None: ...
 
@@ -178,6 +183,10 @@ def fit(
                 state.has_accuracy = True
             for cb in callbacks:
                 cb.on_batch_end(state)
+            if state.stop:  # a callback ended training here (a time budget), mid-epoch
+                break
+        for cb in callbacks:
+            cb.on_batches_end(state)
         record: dict[str, Any] = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
