@@ -552,7 +552,6 @@ def train_detector(
             cfg.epochs = epochs
             if "train_scales" not in saved:  # made before multi-scale training: one size
                 cfg.train_scales = (1.0,)
-            cfg.ema = bool(saved.get("ema", False))  # made before averaging: none
     cfg = cfg.resolved()
     assert cfg.lr is not None
     clock_start = CLOCKS[cfg.budget_clock]()
@@ -737,8 +736,9 @@ def train_detector(
         ResumePoint(save_resume),
         *(extra_callbacks or []),
     ]
-    if cfg.ema:  # last: it sees every other callback's batch, and the epoch ends on the average
-        callbacks.append(AveragedWeights(model, start_step=start_epoch * steps))
+    average = AveragedWeights(model, start_step=start_epoch * steps) if cfg.ema else None
+    if average is not None:  # last: it sees every other callback's batch; epochs end on it
+        callbacks.append(average)
     started = time.perf_counter()
     with torch_threads(getattr(train_loader, "num_workers", 0)):
         state = fit(
@@ -778,6 +778,8 @@ def train_detector(
     metrics.update(decoding_metrics(train_loader))
     metrics["train_seconds"] = round(seconds, 1)
     metrics["cached_features"] = bool(cached)
+    if average is not None:
+        metrics["ema"] = average.describe()
     metrics["layout"] = layout.describe()
     metrics["budget_seconds"] = round(CLOCKS[cfg.budget_clock]() - clock_start, 1)
     metrics["budget_clock"] = cfg.budget_clock
