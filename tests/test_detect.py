@@ -246,6 +246,36 @@ def test_backbones_of_both_libraries_give_strides_8_16_32() -> None:
         create_detector(DetectorSpec(head="fasterrcn"))
 
 
+def test_drop_path_skips_blocks_in_training_only() -> None:
+    """--drop-path: the backbone's residual blocks are dropped at random in training; in
+    inference the network answers exactly as one without it (same weights)."""
+    from vitrina.models.detection import set_drop_path
+
+    torch.manual_seed(0)
+    plain = create_detector(DetectorSpec(num_classes=2, input_size=(64, 64)))
+    dropping = create_detector(DetectorSpec(num_classes=2, input_size=(64, 64), drop_path=0.5))
+    dropping.load_state_dict(plain.state_dict())  # stochastic depth adds no weights
+    body, plain_body = dropping.net.backbone.body, plain.net.backbone.body
+    x = torch.randn(2, 3, 64, 64)
+    dropping.train()
+    plain.train()  # the backbone's norms stay frozen in training: only the drops differ
+    torch.manual_seed(1)
+    a = body(x)["c2"]
+    b = body(x)["c2"]
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(plain_body(x)["c2"], plain_body(x)["c2"])
+    dropping.eval()
+    plain.eval()
+    torch.testing.assert_close(body(x)["c2"], plain_body(x)["c2"])
+
+    with pytest.raises(VitrinaError, match="no residual blocks with stochastic depth"):
+        create_detector(DetectorSpec(backbone="resnet18", input_size=(64, 64), drop_path=0.1))
+    with pytest.raises(VitrinaError, match="--drop-path: a plain CNN has no residual blocks"):
+        set_drop_path(nn.Sequential(nn.Conv2d(3, 3, 1)), 0.1, "a plain CNN")
+    old = DetectorSpec.from_dict({"head": "fasterrcnn", "num_classes": 2})  # runs before it
+    assert old.drop_path == 0.0
+
+
 # ---------------------------------------------------------------------------- the engine task
 class _FixedBoxes(nn.Module):
     """Returns the same boxes (input pixels) for every image: the task's mapping is what is
@@ -603,6 +633,14 @@ def test_a_detector_trains_at_several_input_sizes(shelf_set: Path, tmp_path: Pat
     assert DetectTrainConfig.from_dict(read_run(res.run_dir).config).train_scales == (0.75, 1.25)
     with pytest.raises(VitrinaError, match="--train-scales 0,1 is out of range"):
         _config(shelf_set, tmp_path / "x", train_scales=(0, 1)).resolved()
+    with pytest.raises(VitrinaError, match="--drop-path 1.5 is out of range"):
+        _config(shelf_set, tmp_path / "x", drop_path=1.5).resolved()
+    with pytest.raises(VitrinaError, match="--weight-decay -0.1 is out of range"):
+        _config(shelf_set, tmp_path / "x", weight_decay=-0.1).resolved()
+    # weight decay by optimizer: decoupled (adamw) 0.05, L2 (sgd) 1e-4; a value given is kept
+    assert _config(shelf_set, tmp_path / "x").resolved().weight_decay == 0.05
+    assert _config(shelf_set, tmp_path / "x", optimizer="sgd").resolved().weight_decay == 1e-4
+    assert _config(shelf_set, tmp_path / "x", weight_decay=0.0).resolved().weight_decay == 0.0
 
 
 def test_multi_scale_is_the_default_with_the_augmentations_that_move_pixels(
@@ -628,6 +666,21 @@ def test_multi_scale_is_the_default_with_the_augmentations_that_move_pixels(
     assert [h["epoch"] for h in again.history] == [1, 2]
     assert read_run(again.run_dir).config["train_scales"] == [1.0]
     assert read_run(again.run_dir).config["stem_norms_frozen"] is True
+
+
+def test_a_detector_trains_on_mosaics(shelf_set: Path, tmp_path: Path) -> None:
+    """--augment mosaic: half of the photos of each batch are mosaics of four (some with no
+    box at all), at the sizes of multi-scale training; the run records it."""
+    from vitrina.detect.train import DEFAULT_TRAIN_SCALES
+
+    res = train_detector(
+        _config(shelf_set, tmp_path / "mosaic", epochs=1, freeze="stem", augment="mosaic"),
+        progress=False,
+    )
+    assert np.isfinite(res.history[-1]["train_loss"])
+    config = read_run(res.run_dir).config
+    assert config["augment"] == "mosaic"
+    assert config["train_scales"] == list(DEFAULT_TRAIN_SCALES)
 
 
 def test_a_run_made_while_the_stems_norms_trained_resumes(
@@ -819,7 +872,9 @@ def test_predict_writes_boxes_copies_and_crops(
     first = next(b for r in doc["photos"] for b in r["boxes"])
     x1, y1, x2, y2 = first["box"]
     sizes = {Image.open(c).size for c in crops}
-    assert (int(np.ceil(x2)) - int(np.floor(x1)), int(np.ceil(y2)) - int(np.floor(y1))) in sizes
+    # the crop is the box's pixels (the JSON's box is rounded to 0.1 px: a pixel either way)
+    w, h = int(np.ceil(x2)) - int(np.floor(x1)), int(np.ceil(y2)) - int(np.floor(y1))
+    assert any(abs(w - cw) <= 1 and abs(h - ch) <= 1 for cw, ch in sizes), ((w, h), sizes)
     # CSV, a higher floor, and nothing overwritten.
     code, _, err = run_cli(capsys, *args, "--min-score", "0.99", "--out", tmp_path / "b.csv")
     assert code == 0, err

@@ -92,7 +92,9 @@ ExportFormat = Literal["onnx"]  # vitrina.classify.export.FORMATS
 DetectArch = Literal["fasterrcnn", "retinanet", "fcos", "ssdlite"]  # models.detection.HEADS
 DetectOptimizer = Literal["adamw", "sgd"]  # vitrina.detect.train.OPTIMIZERS
 DetectWeights = Literal["imagenet", "none"]  # vitrina.detect.train.WEIGHTS
-BoxAugment = Literal["none", "flip", "light", "strong"]  # vitrina.detect.data.BOX_AUGMENTS
+BoxAugment = Literal[
+    "none", "flip", "light", "strong", "mosaic"
+]  # vitrina.detect.data.BOX_AUGMENTS
 Freeze = Literal["stem", "lower", "backbone", "none"]  # vitrina.detect.train.FREEZE
 AnnotationFormat = Literal["coco", "yolo", "voc"]  # vitrina.data.annotations.FORMATS
 #: vitrina.optimize.VARIANT_NAMES (``--variants`` takes a comma-separated list of them).

@@ -90,10 +90,22 @@ def train_cmd(
     batch_size: int = typer.Option(8, help="Photos per step."),
     lr: float | None = typer.Option(None, help="Learning rate (default 3e-4 adamw, 0.02 sgd)."),
     optimizer: DetectOptimizer = typer.Option("adamw", help="Optimizer."),
+    weight_decay: float | None = typer.Option(
+        None,
+        help="Weight decay of every trained weight: decoupled with adamw (default 0.05), L2 "
+        "with sgd (default 1e-4).",
+    ),
+    drop_path: float = typer.Option(
+        0.0,
+        help="Stochastic depth: each residual block of a timm backbone skipped in training "
+        "with a probability rising to this at the last block (0.1-0.2 regularise a small "
+        "set); inference is unchanged.",
+    ),
     augment: BoxAugment = typer.Option(
         "light",
         help="Box-aware augmentation: flip = mirrored half of the time; light = flips, colour "
-        "jitter, zoom-out; strong adds shifts and rescaling.",
+        "jitter, zoom-out; strong adds shifts and rescaling; mosaic is light with half of the "
+        "photos replaced by a mosaic of four (products of several photos in one input).",
     ),
     train_scales: str | None = typer.Option(
         None,
@@ -103,7 +115,7 @@ def train_cmd(
         help="Multi-scale training: each batch at one of these multiples of --input-size "
         "(rounded to multiples of 32), drawn at random: products seen at more sizes than the "
         "photos hold, found better when nearer or further than in training. Default "
-        "0.75,1,1.25 with --augment light or strong, the input size only with none or flip; "
+        "0.75,1,1.25 with --augment light, strong or mosaic, the input size only with none or flip; "
         "1: off.",
     ),
     freeze: Freeze = typer.Option(
@@ -192,6 +204,8 @@ def train_cmd(
         batch_size=batch_size,
         lr=lr,
         optimizer=optimizer,
+        weight_decay=weight_decay,
+        drop_path=drop_path,
         augment=augment,
         train_scales=train_scales,  # type: ignore[arg-type]
         freeze=freeze,

@@ -32,11 +32,13 @@ from vitrina.io import read_image
 
 __all__ = [
     "BOX_AUGMENTS",
+    "MOVING_AUGMENTS",
     "BoxAugment",
     "DetectionBatch",
     "PhotoBoxes",
     "ScaledBatches",
     "collate_boxes",
+    "mosaic",
     "scaled_sizes",
     "split_photos",
 ]
@@ -44,8 +46,20 @@ __all__ = [
 #: ``none``: the letterboxed photo as it is; ``flip``: mirrored half of the time (the only
 #: augmentation that keeps cached features valid, see :mod:`vitrina.detect.cache`); ``light``:
 #: flips, colour jitter and an occasional zoom-out (smaller objects); ``strong``: also random
-#: shifts and rescaling.
-BOX_AUGMENTS = ("none", "flip", "light", "strong")
+#: shifts and rescaling; ``mosaic``: ``light``, and half of the photos replaced by a mosaic of
+#: four (:func:`mosaic`).
+BOX_AUGMENTS = ("none", "flip", "light", "strong", "mosaic")
+
+#: The augmentations that move pixels (no cached features; multi-scale training by default).
+MOVING_AUGMENTS = ("light", "strong", "mosaic")
+
+#: Share of the training photos ``--augment mosaic`` replaces by a mosaic of four.
+MOSAIC_SHARE = 0.5
+#: The mosaic's window is this many times one photo's size (drawn uniformly): its products
+#: are shown at 1/1.5 to 1 times their size.
+MOSAIC_WINDOW = (1.0, 1.5)
+#: A box cut by the window is kept when at least this share of its area is inside it.
+MOSAIC_VISIBLE = 0.3
 
 
 class BoxAugment:
@@ -57,9 +71,9 @@ class BoxAugment:
         if kind not in BOX_AUGMENTS:
             raise ValueError(f"augment must be one of {BOX_AUGMENTS}, not {kind!r}")
         self.kind = kind
-        fill = {"default": LETTERBOX_FILL, "mask": 0}
+        fill = LETTERBOX_FILL  # the letterbox's grey (there are no masks to fill)
         steps: list[Any] = []
-        if kind in ("light", "strong"):
+        if kind in MOVING_AUGMENTS:
             steps += [
                 v2.RandomPhotometricDistort(p=0.5),
                 v2.RandomApply([v2.RandomZoomOut(fill=fill, side_range=(1.0, 1.8))], p=0.25),
@@ -108,6 +122,7 @@ class PhotoBoxes(Dataset):
         self.letterbox = Letterbox(pre, fill=LETTERBOX_FILL)
         self._letterboxes: dict[tuple[int, int], Letterbox] = {}
         self.augment = BoxAugment(augment) if augment != "none" else None
+        self.mosaic_share = MOSAIC_SHARE if augment == "mosaic" else 0.0
 
     def __len__(self) -> int:
         return len(self.photos)
@@ -120,25 +135,96 @@ class PhotoBoxes(Dataset):
             self._letterboxes[size] = Letterbox(pre, fill=LETTERBOX_FILL)
         return self._letterboxes[size]
 
-    def __getitem__(
-        self, key: int | tuple[int, tuple[int, int]]
-    ) -> tuple[int, torch.Tensor | None, dict | None, str | None]:
-        i, size = key if isinstance(key, tuple) else (key, None)
+    def _prepared(
+        self, i: int, size: tuple[int, int] | None
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Photo ``i`` decoded, augmented and letterboxed: (input, boxes in input pixels,
+        labels); raises :class:`~vitrina.errors.ImageReadError`."""
         p = self.photos[i]
-        try:
-            image = read_image(p.path)
-        except ImageReadError as e:
-            return i, None, None, str(e)
+        image = read_image(p.path)
         boxes, labels = p.boxes, p.labels
         if self.augment is not None:
             image, boxes, labels = self.augment(image, boxes, labels)
         prepared = self._letterbox_for(size)(image)
         placed = prepared.meta.to_input(np.asarray(boxes, np.float32).reshape(-1, 4))
+        return prepared.inputs[0], placed, np.asarray(labels, np.int64).reshape(-1)
+
+    def _mosaic(
+        self, i: int, size: tuple[int, int] | None, first: tuple
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Photo ``i`` (already ``first``) with three others drawn at random, as a mosaic;
+        ``first`` alone when one of the others cannot be read (its error belongs to its own
+        item, not to this one)."""
+        others = torch.randint(len(self.photos), (3,)).tolist()
+        tiles = [first]
+        for j in others:
+            try:
+                tiles.append(self._prepared(j, size))
+            except ImageReadError:
+                return first
+        return mosaic(tiles)
+
+    def __getitem__(
+        self, key: int | tuple[int, tuple[int, int]]
+    ) -> tuple[int, torch.Tensor | None, dict | None, str | None]:
+        i, size = key if isinstance(key, tuple) else (key, None)
+        try:
+            image, boxes, labels = self._prepared(i, size)
+        except ImageReadError as e:
+            return i, None, None, str(e)
+        if self.mosaic_share and len(self.photos) > 1 and torch.rand(()) < self.mosaic_share:
+            image, boxes, labels = self._mosaic(i, size, (image, boxes, labels))
         target = {
-            "boxes": torch.from_numpy(placed).float().reshape(-1, 4),
-            "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+            "boxes": torch.from_numpy(np.asarray(boxes, np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(labels).reshape(-1),
         }
-        return i, prepared.inputs[0], target, None
+        return i, image, target, None
+
+
+def mosaic(
+    tiles: Sequence[tuple[torch.Tensor, np.ndarray, np.ndarray]],
+    *,
+    window: tuple[float, float] = MOSAIC_WINDOW,
+    visible: float = MOSAIC_VISIBLE,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Four prepared photos ``(input (C, H, W), boxes in input pixels, labels)`` of one size
+    as one (YOLOv4's mosaic): laid out two by two, a window of ``window`` times one photo's
+    size cut from it at random and resized to that size. Products of several photos (and
+    classes) meet in one input, on each other's backgrounds and at smaller sizes. A box cut
+    by the window is clipped to it, and kept when at least ``visible`` of its area is
+    inside and it is at least 2 pixels wide and high."""
+    if len(tiles) != 4:
+        raise ValueError(f"a mosaic takes 4 photos, not {len(tiles)}")
+    c, h, w = tiles[0][0].shape
+    if any(t[0].shape != (c, h, w) for t in tiles):
+        raise ValueError("the photos of a mosaic must be prepared at one size")
+    top = torch.cat([tiles[0][0], tiles[1][0]], dim=2)
+    bottom = torch.cat([tiles[2][0], tiles[3][0]], dim=2)
+    canvas = torch.cat([top, bottom], dim=1)
+    k = float(torch.empty(()).uniform_(*window))
+    ch, cw = min(2 * h, round(h * k)), min(2 * w, round(w * k))
+    y0 = int(torch.randint(2 * h - ch + 1, ()))
+    x0 = int(torch.randint(2 * w - cw + 1, ()))
+    crop = canvas[None, :, y0 : y0 + ch, x0 : x0 + cw]
+    image = torch.nn.functional.interpolate(
+        crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True
+    )[0]
+    boxes, labels = [], []
+    for (_, b, lab), (dx, dy) in zip(tiles, ((0, 0), (w, 0), (0, h), (w, h)), strict=True):
+        b = np.asarray(b, np.float32).reshape(-1, 4) + np.float32([dx - x0, dy - y0] * 2)
+        boxes.append(b)
+        labels.append(np.asarray(lab, np.int64).reshape(-1))
+    b, lab = np.concatenate(boxes), np.concatenate(labels)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    clipped = np.clip(b, 0, np.float32([cw, ch, cw, ch]))
+    inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    clipped *= np.float32([w / cw, h / ch] * 2)
+    keep = (
+        (inside >= visible * np.maximum(area, 1e-6))
+        & (clipped[:, 2] - clipped[:, 0] >= 2)
+        & (clipped[:, 3] - clipped[:, 1] >= 2)
+    )
+    return image, clipped[keep], lab[keep]
 
 
 class ScaledBatches(Sampler):

@@ -34,6 +34,7 @@ from vitrina.detect.cache import (
 )
 from vitrina.detect.data import (
     BOX_AUGMENTS,
+    MOVING_AUGMENTS,
     PhotoBoxes,
     ScaledBatches,
     collate_boxes,
@@ -152,10 +153,15 @@ class DetectTrainConfig:
     batch_size: int = 8
     lr: float | None = None
     optimizer: str = "adamw"
-    weight_decay: float = 1e-4
+    #: ``None``: 0.05 with adamw (measured on 800 photos: less memorised, +0.6 points mAP@.5
+    #: held out, +4.7 on photos zoomed out, against 1e-4), 1e-4 with sgd
+    weight_decay: float | None = None
+    #: stochastic depth of the backbone's residual blocks in training (``DetectorSpec.
+    #: drop_path``); 0: none
+    drop_path: float = 0.0
     augment: str = "light"
     #: multiples of ``input_size`` to train at, one drawn per batch (multi-scale training);
-    #: ``None``: :data:`DEFAULT_TRAIN_SCALES` with ``augment`` light or strong, the input
+    #: ``None``: :data:`DEFAULT_TRAIN_SCALES` with ``augment`` light, strong or mosaic, the input
     #: size only with none or flip (whose frozen features may be computed once, at one
     #: size); ``(1.0,)``: the input size only
     train_scales: tuple[float, ...] | None = None
@@ -209,10 +215,14 @@ class DetectTrainConfig:
             DetectorSpec(head=c.arch, backbone=c.backbone, num_classes=1, input_size=hw)
         if c.lr is None:
             c.lr = {"adamw": 3e-4, "sgd": 0.02}[c.optimizer]
+        if c.weight_decay is None:
+            c.weight_decay = {"adamw": 0.05, "sgd": 1e-4}[c.optimizer]
         for name, value, ok in (
             ("epochs", c.epochs, c.epochs >= 1),
             ("batch-size", c.batch_size, c.batch_size >= 1),
             ("lr", c.lr, c.lr > 0),
+            ("weight-decay", c.weight_decay, c.weight_decay >= 0),
+            ("drop-path", c.drop_path, 0 <= c.drop_path < 1),
             ("val-fraction", c.val_fraction, 0 <= c.val_fraction < 1),
             ("fpn-channels", c.fpn_channels, c.fpn_channels >= 32 and c.fpn_channels % 32 == 0),
             ("time-budget", c.time_budget, c.time_budget is None or c.time_budget > 0),
@@ -243,6 +253,7 @@ class DetectTrainConfig:
             num_classes=num_classes,
             input_size=tuple(self.input_size),
             fpn_channels=self.fpn_channels,
+            drop_path=self.drop_path,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -588,7 +599,7 @@ def train_detector(
 
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.train_scales is None:  # multi-scale with the augmentations that move pixels
-        light = cfg.augment in ("light", "strong")
+        light = cfg.augment in MOVING_AUGMENTS
         cfg.train_scales = DEFAULT_TRAIN_SCALES if light else (1.0,)
     cached = (
         fast_paths

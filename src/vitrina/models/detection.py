@@ -26,6 +26,7 @@ What the network is made of is a :class:`DetectorSpec` (JSON in the run folder),
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +46,7 @@ __all__ = [
     "DetectorSpec",
     "create_detector",
     "feature_nodes",
+    "set_drop_path",
 ]
 
 #: The backbone strides whose feature maps feed the pyramid (C3, C4, C5).
@@ -84,6 +86,10 @@ class DetectorSpec:
     score_thresh: float = 0.001
     nms_thresh: float = 0.5
     max_detections: int = 100
+    #: stochastic depth in training (Huang et al. 2016; timm's ``drop_path_rate``): each of
+    #: the backbone's residual blocks skipped for a photo with a probability rising from 0 at
+    #: the first block to this at the last; 0: none. Inference (every backend) is unchanged.
+    drop_path: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -218,12 +224,17 @@ def _backbone(spec: DetectorSpec, pretrained: bool, extra: str) -> tuple[nn.Modu
     if base.preprocess.channels != 3:
         raise VitrinaError(f"backbone {spec.backbone!r} takes grey images; a detector needs RGB")
     net = base.net
+    if spec.drop_path:
+        set_drop_path(net, spec.drop_path, spec.backbone)
     nodes, channels = spec.return_nodes, spec.in_channels
     if not nodes:
         nodes, channels = feature_nodes(net)
     _, create_feature_extractor = _fx()
     net.eval()
-    body = create_feature_extractor(net, return_nodes={n: f"c{i}" for i, n in enumerate(nodes)})
+    with warnings.catch_warnings():
+        # stochastic depth adds nodes to the training graph only; the returned ones are in both
+        warnings.filterwarnings("ignore", message=".*are a subsequence of those obtained in train")
+        body = create_feature_extractor(net, return_nodes={n: f"c{i}" for i, n in enumerate(nodes)})
     pre = Preprocess(
         input_size=spec.input_size,
         mean=base.preprocess.mean,
@@ -235,6 +246,30 @@ def _backbone(spec: DetectorSpec, pretrained: bool, extra: str) -> tuple[nn.Modu
     backbone.return_nodes, backbone.in_channels = nodes, channels  # type: ignore[assignment]
     backbone.weights_origin = base.weights_origin  # type: ignore[assignment]
     return backbone, pre
+
+
+def set_drop_path(net: nn.Module, rate: float, name: str = "the backbone") -> int:
+    """Stochastic depth in the residual blocks of a timm network (the blocks with a
+    ``drop_path`` module and a skip connection), as ``timm.create_model(...,
+    drop_path_rate=rate)`` sets it: from 0 at the first block linearly to ``rate`` at the
+    last. Returns how many blocks were set.
+
+    Raises:
+        VitrinaError: ``net`` has no such blocks (a torchvision network, a plain CNN).
+    """
+    from timm.layers import DropPath
+
+    blocks = [m for m in net.modules() if hasattr(m, "drop_path") and getattr(m, "has_skip", True)]
+    if not blocks:
+        raise VitrinaError(
+            f"--drop-path: {name} has no residual blocks with stochastic depth (timm's "
+            "drop_path); use a timm backbone such as efficientnet_lite0, or --drop-path 0"
+        )
+    last = max(len(blocks) - 1, 1)
+    for i, block in enumerate(blocks):
+        p = rate * i / last
+        block.drop_path = DropPath(p) if p > 0 else nn.Identity()
+    return len(blocks)
 
 
 class _Batched(nn.Module):
