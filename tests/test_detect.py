@@ -633,9 +633,9 @@ def test_a_detector_trains_at_several_input_sizes(shelf_set: Path, tmp_path: Pat
     assert DetectTrainConfig.from_dict(read_run(res.run_dir).config).train_scales == (0.75, 1.25)
     with pytest.raises(VitrinaError, match="--train-scales 0,1 is out of range"):
         _config(shelf_set, tmp_path / "x", train_scales=(0, 1)).resolved()
-    with pytest.raises(VitrinaError, match="--drop-path 1.5 is out of range"):
+    with pytest.raises(VitrinaError, match=r"--drop-path 1\.5 is out of range"):
         _config(shelf_set, tmp_path / "x", drop_path=1.5).resolved()
-    with pytest.raises(VitrinaError, match="--weight-decay -0.1 is out of range"):
+    with pytest.raises(VitrinaError, match=r"--weight-decay -0\.1 is out of range"):
         _config(shelf_set, tmp_path / "x", weight_decay=-0.1).resolved()
     # weight decay by optimizer: decoupled (adamw) 0.05, L2 (sgd) 1e-4; a value given is kept
     assert _config(shelf_set, tmp_path / "x").resolved().weight_decay == 0.05
