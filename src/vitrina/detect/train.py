@@ -599,13 +599,13 @@ def train_detector(
 
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.train_scales is None:  # multi-scale with the augmentations that move pixels
-        light = cfg.augment in MOVING_AUGMENTS
-        cfg.train_scales = DEFAULT_TRAIN_SCALES if light else (1.0,)
+        moving = cfg.augment in MOVING_AUGMENTS
+        cfg.train_scales = DEFAULT_TRAIN_SCALES if moving else (1.0,)
     cached = (
         fast_paths
         and tuple(cfg.train_scales) == (1.0,)  # cached features are of one input size
         and cfg.freeze in CUT
-        and cfg.augment in ("none", "flip")
+        and cfg.augment not in MOVING_AUGMENTS  # none or flip: the cached pixels stay valid
         and FeatureCache.estimate_bytes(
             model, len(train_photos) + len(val_photos), level, cfg.augment == "flip"
         )
