@@ -157,6 +157,8 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         else None,
         val_fraction=0.0,
         ema=args.ema,
+        optimizer=args.optimizer,
+        lr=args.lr,
         weight_decay=args.weight_decay,
         drop_path=args.drop_path,
         time_budget=args.budget,
@@ -459,6 +461,10 @@ def main() -> None:
         help="multi-scale training, e.g. 0.75,1,1.25; 1: off (default: detect train's own)",
     )
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--optimizer", default="adamw", choices=("adamw", "sgd"), help="as detect train's"
+    )
+    ap.add_argument("--lr", type=float, default=None, help="as detect train's (default: its own)")
     ap.add_argument("--weight-decay", type=float, default=None, help="as detect train's")
     ap.add_argument("--drop-path", type=float, default=0.0, help="as detect train's")
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per architecture")
@@ -523,6 +529,8 @@ def main() -> None:
             f"--freeze {args.freeze} --augment {args.augment}"
             + (f" --train-scales {args.train_scales}" if args.train_scales else "")
             + (" --ema" if args.ema else "")
+            + (f" --optimizer {args.optimizer}" if args.optimizer != "adamw" else "")
+            + (f" --lr {args.lr:g}" if args.lr is not None else "")
             + (f" --weight-decay {args.weight_decay:g}" if args.weight_decay is not None else "")
             + (f" --drop-path {args.drop_path:g}" if args.drop_path else ""),
             flush=True,
