@@ -56,6 +56,7 @@ from vitrina.data.annotations import AnnotatedSet, read_annotated, write_annotat
 from vitrina.detect import DetectTrainConfig, evaluate_detector, load_detector, train_detector
 from vitrina.detect.data import split_photos
 from vitrina.detect.task import DetectionTask
+from vitrina.detect.train import OPTIMIZERS
 from vitrina.engine import BOXES, TOLERANCES, compare_outputs
 from vitrina.engine.backends import bf16_supported
 from vitrina.evaluate.detection import coco_metrics
@@ -462,7 +463,10 @@ def main() -> None:
     )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument(
-        "--optimizer", default="adamw", choices=("adamw", "sgd"), help="as detect train's"
+        "--optimizer",
+        default=DetectTrainConfig.optimizer,
+        choices=OPTIMIZERS,
+        help="as detect train's",
     )
     ap.add_argument("--lr", type=float, default=None, help="as detect train's (default: its own)")
     ap.add_argument("--weight-decay", type=float, default=None, help="as detect train's")
@@ -529,7 +533,11 @@ def main() -> None:
             f"--freeze {args.freeze} --augment {args.augment}"
             + (f" --train-scales {args.train_scales}" if args.train_scales else "")
             + (" --ema" if args.ema else "")
-            + (f" --optimizer {args.optimizer}" if args.optimizer != "adamw" else "")
+            + (
+                f" --optimizer {args.optimizer}"
+                if args.optimizer != DetectTrainConfig.optimizer
+                else ""
+            )
             + (f" --lr {args.lr:g}" if args.lr is not None else "")
             + (f" --weight-decay {args.weight_decay:g}" if args.weight_decay is not None else "")
             + (f" --drop-path {args.drop_path:g}" if args.drop_path else ""),
