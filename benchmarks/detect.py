@@ -162,6 +162,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         lr=args.lr,
         weight_decay=args.weight_decay,
         drop_path=args.drop_path,
+        nms_iou=args.nms_iou,
         time_budget=args.budget,
         budget_clock=args.clock,
         precision=args.precision,
@@ -196,6 +197,8 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         "epochs": res.metrics["epochs_run"],
         "precision": read_run(res.run_dir).config["precision"],
         "input_size": "x".join(str(v) for v in read_run(res.run_dir).config["input_size"]),
+        "nms_iou": read_run(res.run_dir).config["detector"]["nms_thresh"],
+        "nms_iou_choice": read_run(res.run_dir).config.get("nms_iou_choice", "given"),
         "train_wall_min": wall / 60,
         "train_cpu_min": cpu / 60,
         "cache_s": res.metrics.get("cache_seconds"),
@@ -219,7 +222,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         }
     print(
         f"{arch:11s} mAP@[.5:.95] {m.mAP:.3f}  mAP@.5 {m.mAP50:.3f}  epochs {row['epochs']} "
-        f"({row['precision']}, input {row['input_size']})  "
+        f"({row['precision']}, input {row['input_size']}, NMS IoU {row['nms_iou']:g})  "
         f"train {row['train_cpu_min']:.1f} CPU-min / {row['train_wall_min']:.1f} wall-min",
         flush=True,
     )
@@ -471,6 +474,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="as detect train's (default: its own)")
     ap.add_argument("--weight-decay", type=float, default=None, help="as detect train's")
     ap.add_argument("--drop-path", type=float, default=0.0, help="as detect train's")
+    ap.add_argument(
+        "--nms-iou", type=float, default=None, help="as detect train's (default: fitted)"
+    )
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per architecture")
     ap.add_argument("--clock", default="process", choices=("process", "wall"))
     ap.add_argument("--max-epochs", type=int, default=40)
@@ -540,7 +546,8 @@ def main() -> None:
             )
             + (f" --lr {args.lr:g}" if args.lr is not None else "")
             + (f" --weight-decay {args.weight_decay:g}" if args.weight_decay is not None else "")
-            + (f" --drop-path {args.drop_path:g}" if args.drop_path else ""),
+            + (f" --drop-path {args.drop_path:g}" if args.drop_path else "")
+            + (f" --nms-iou {args.nms_iou:g}" if args.nms_iou is not None else ""),
             flush=True,
         )
         archs = [a for a in args.archs.split(",") if a]

@@ -642,6 +642,8 @@ def test_a_detector_trains_at_several_input_sizes(shelf_set: Path, tmp_path: Pat
         _config(shelf_set, tmp_path / "x", drop_path=1.5).resolved()
     with pytest.raises(VitrinaError, match=r"--weight-decay -0\.1 is out of range"):
         _config(shelf_set, tmp_path / "x", weight_decay=-0.1).resolved()
+    with pytest.raises(VitrinaError, match=r"--nms-iou 1\.0 is out of range"):
+        _config(shelf_set, tmp_path / "x", nms_iou=1.0).resolved()
     # weight decay by optimizer: decoupled (adamw) 0.05, L2 (sgd) 1e-4; a value given is kept
     assert _config(shelf_set, tmp_path / "x").resolved().weight_decay == 0.05
     assert _config(shelf_set, tmp_path / "x", optimizer="sgd").resolved().weight_decay == 1e-4
@@ -665,11 +667,16 @@ def test_multi_scale_is_the_default_with_the_augmentations_that_move_pixels(
     meta = res.run_dir / "vitrina.json"
     doc = json.loads(meta.read_text())
     del doc["config"]["train_scales"]
+    # ... and with torchvision's suppression overlap, as every run made before it was fitted
+    del doc["config"]["nms_iou"]
+    doc["config"].pop("nms_iou_choice", None)
+    doc["config"]["detector"]["nms_thresh"] = 0.5
     meta.write_text(json.dumps(doc))
     more = _config(shelf_set, res.run_dir, epochs=2)
     again = train_detector(more, resume=True, progress=False)
     assert [h["epoch"] for h in again.history] == [1, 2]
     assert read_run(again.run_dir).config["train_scales"] == [1.0]
+    assert read_run(again.run_dir).config["detector"]["nms_thresh"] == 0.5
     assert read_run(again.run_dir).config["stem_norms_frozen"] is True
 
 
@@ -713,7 +720,7 @@ def test_a_run_made_while_the_stems_norms_trained_resumes(
 
 def test_the_input_is_fitted_to_the_photos_and_never_enlarges_them() -> None:
     from vitrina.data.annotations import AnnotatedPhoto
-    from vitrina.detect.train import fit_input_size
+    from vitrina.detect.fitted import fit_input_size
 
     def photos(*sizes: tuple[int, int]) -> list[AnnotatedPhoto]:
         return [AnnotatedPhoto(Path(f"{i}.png"), f"{i}.png", s) for i, s in enumerate(sizes)]
@@ -740,17 +747,64 @@ def test_a_run_without_input_size_records_the_fitted_one(tmp_path: Path) -> None
     assert run.preprocess.input_size == (160, 160)  # median longer side 160: not enlarged
     assert run.config["input_size"] == [160, 160]
     assert "fitted to the training photos" in run.config["input_size_choice"]
+    # a handful of boxes say nothing of how objects overlap: torchvision's suppression
+    assert run.config["nms_iou"] == run.config["detector"]["nms_thresh"] == 0.5
+    assert "too few" in run.config["nms_iou_choice"]
+
+
+def _boxed(*photos: list[tuple[float, float, float, float, int]]) -> list:
+    from vitrina.data.annotations import AnnotatedPhoto
+
+    return [
+        AnnotatedPhoto(
+            Path(f"{i}.png"),
+            f"{i}.png",
+            (400, 300),
+            boxes=[b[:4] for b in rows],
+            labels=[b[4] for b in rows],
+        )
+        for i, rows in enumerate(photos)
+    ]
+
+
+def test_the_suppression_overlap_is_fitted_to_how_the_training_boxes_overlap() -> None:
+    from vitrina.detect.fitted import NMS_IOU_CHOICES, class_overlaps, fit_nms_iou
+
+    side_by_side = [(0, 0, 100, 100, 0), (100, 0, 200, 100, 0), (200, 0, 300, 100, 1)]
+    # products side by side: a second box half over the first is a duplicate
+    iou, why = fit_nms_iou(_boxed(*[side_by_side] * 40))
+    assert iou == NMS_IOU_CHOICES[0] == 0.3 and "0.0% of them" in why
+    # overlaps between classes do not count: suppression is per class
+    stacked = [(0, 0, 100, 100, 0), (10, 0, 110, 100, 1), (200, 0, 300, 100, 2)]
+    assert fit_nms_iou(_boxed(*[stacked] * 40))[0] == 0.3
+    assert class_overlaps(_boxed(stacked)).tolist() == [0.0, 0.0, 0.0]
+    # a crowd: a tenth of the people overlap another by IoU 0.6 -> torchvision's 0.5 stays
+    crowd = [(0, 0, 100, 200, 0), (25, 0, 125, 200, 0)]
+    apart = [(0, 0, 100, 200, 0), (150, 0, 250, 200, 0)]
+    iou, why = fit_nms_iou(_boxed(*([crowd] * 5 + [apart] * 45)))
+    assert round(float(class_overlaps(_boxed(crowd))[0]), 2) == 0.6
+    assert iou == 0.5 and "10.0% of them" in why
+    # 4% overlapping by IoU 0.33 -> the lowest choice above that: 0.35
+    near = [(0, 0, 100, 100, 0), (50, 0, 150, 100, 0)]  # IoU 1/3
+    assert fit_nms_iou(_boxed(*([near] * 2 + [apart] * 48)))[0] == 0.35
+    # too few boxes to tell: torchvision's default, and the reason says so
+    iou, why = fit_nms_iou(_boxed(side_by_side))
+    assert iou == 0.5 and "3 training boxes are too few" in why
+    assert fit_nms_iou([])[0] == 0.5
 
 
 def test_train_command(shelf_set: Path, tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(
         capsys, "detect", "train", shelf_set, "--arch", "ssdlite", "--input-size", "128x160",
         "--epochs", "1", "--freeze", "backbone", "--augment", "none", "--batch-size", "4",
-        "--workers", "0", "--device", "cpu", "--out", tmp_path / "run",
+        "--workers", "0", "--device", "cpu", "--out", tmp_path / "run", "--nms-iou", "0.4",
     )  # fmt: skip
     assert code == 0, err
     assert "validation mAP@[.5:.95]" in out and "run folder" in out
     assert read_run(tmp_path / "run").preprocess.input_size == (128, 160)
+    # the overlap given is the one the saved network suppresses at
+    assert read_run(tmp_path / "run").config["detector"]["nms_thresh"] == 0.4
+    assert load_model(tmp_path / "run").net.nms_thresh == 0.4  # type: ignore[union-attr]
     code, _, err = run_cli(capsys, "detect", "train", shelf_set, "--arch", "yolo")
     assert code == 2 and "yolo" in err  # a choice: the usage error lists the architectures
     code, _, err = run_cli(capsys, "detect", "train", shelf_set, "--input-size", "100")

@@ -131,6 +131,13 @@ def train_cmd(
         "auto: bf16 where a few training steps of this detector measure it faster, else fp32 "
         "(the choice and the timings go to RUN/precision.json).",
     ),
+    nms_iou: float | None = typer.Option(
+        None,
+        help="Overlap (IoU) above which non-maximum suppression keeps only the best of two "
+        "boxes of a class. Default: fitted to the training boxes, the lowest of 0.3-0.5 that "
+        "at most 1% of them exceed with another of their class (products side by side: 0.3, "
+        "duplicates go; a crowd: torchvision's 0.5).",
+    ),
     seed: int = typer.Option(0, help="Seed of the split, initialisation and shuffling."),
     out_dir: Path | None = typer.Option(
         None, "--out", help="Run folder to create (default runs/<data>-<arch>-<backbone>)."
@@ -210,6 +217,7 @@ def train_cmd(
         train_scales=train_scales,  # type: ignore[arg-type]
         freeze=freeze,
         precision=precision,
+        nms_iou=nms_iou,
         seed=seed,
         out=str(out_dir) if out_dir else None,
         val_dir=str(val_dir) if val_dir else None,

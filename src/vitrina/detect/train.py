@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vitrina.data.annotations import AnnotatedPhoto, AnnotatedSet, read_annotated
+from vitrina.data.annotations import AnnotatedSet, read_annotated
 from vitrina.detect.cache import (
     CACHE_LIMIT_BYTES,
     CUT,
@@ -41,6 +40,7 @@ from vitrina.detect.data import (
     scaled_sizes,
     split_photos,
 )
+from vitrina.detect.fitted import fit_input_size, fit_nms_iou
 from vitrina.engine import default_workers, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.evaluate.detection import DetectionMetrics, coco_metrics
@@ -168,6 +168,10 @@ class DetectTrainConfig:
     freeze: str = "stem"
     precision: str = "fp32"
     fpn_channels: int = 128
+    #: the overlap (IoU) above which non-maximum suppression keeps only the best of two boxes
+    #: of a class (``DetectorSpec.nms_thresh``); ``None``: fitted to the training boxes
+    #: (:func:`~vitrina.detect.fitted.fit_nms_iou`)
+    nms_iou: float | None = None
     seed: int = 0
     out: str | None = None
     val_dir: str | None = None
@@ -225,6 +229,7 @@ class DetectTrainConfig:
             ("drop-path", c.drop_path, 0 <= c.drop_path < 1),
             ("val-fraction", c.val_fraction, 0 <= c.val_fraction < 1),
             ("fpn-channels", c.fpn_channels, c.fpn_channels >= 32 and c.fpn_channels % 32 == 0),
+            ("nms-iou", c.nms_iou, c.nms_iou is None or 0 < c.nms_iou < 1),
             ("time-budget", c.time_budget, c.time_budget is None or c.time_budget > 0),
             (
                 "train-scales",
@@ -254,6 +259,7 @@ class DetectTrainConfig:
             input_size=tuple(self.input_size),
             fpn_channels=self.fpn_channels,
             drop_path=self.drop_path,
+            **({} if self.nms_iou is None else {"nms_thresh": float(self.nms_iou)}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,35 +289,6 @@ class DetectTrainConfig:
 #: (one epoch fewer in the same minutes), zoomed out to 60% 0.512 -> 0.560, zoomed in 1.4x
 #: 0.540 -> 0.554, with test-time flips and scales 0.690 -> 0.697.
 DEFAULT_TRAIN_SCALES = (0.75, 1.0, 1.25)
-
-#: The input ``detect train`` fits to the photos when ``--input-size`` is not given: their
-#: median longer side, rounded up to a multiple of 32, within these bounds.
-FIT_INPUT_MIN, FIT_INPUT_MAX = 128, 320
-
-
-def fit_input_size(photos: Sequence[AnnotatedPhoto]) -> tuple[tuple[int, int], str]:
-    """``((side, side), reason)``: the network input for these training photos when none is
-    given. Their median longer side rounded up to a multiple of 32, between
-    :data:`FIT_INPUT_MIN` and :data:`FIT_INPUT_MAX`: photos are not enlarged beyond that
-    rounding (or the floor), and large ones are letterboxed into 320 as before. Enlarging
-    adds computation, not detail: on 224x224 grocery photos (``benchmarks/detect.py``, 30
-    minutes on 2 cores) Faster R-CNN at 224 trained 20 epochs to mAP@.5 0.670, at 320 13
-    epochs to 0.624."""
-    sides = sorted(max(p.size) for p in photos if min(p.size) > 0)
-    if not sides:
-        side = FIT_INPUT_MAX
-        return (side, side), f"--input-size {side}x{side}: the photos' sizes are unknown"
-    median = sides[len(sides) // 2]
-    side = min(FIT_INPUT_MAX, max(FIT_INPUT_MIN, -(-median // 32) * 32))
-    why = (
-        "not enlarged past the photos' own size"
-        if side < FIT_INPUT_MAX
-        else f"letterboxed into at most {FIT_INPUT_MAX}"
-    )
-    return (side, side), (
-        f"--input-size {side}x{side}: fitted to the training photos (median longer side "
-        f"{median} px; {why}); give --input-size to choose"
-    )
 
 
 def _trial_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -563,19 +540,28 @@ def train_detector(
             cfg.epochs = epochs
             if "train_scales" not in saved:  # made before multi-scale training: one size
                 cfg.train_scales = (1.0,)
+            if "nms_iou" not in saved:  # made before it was fitted: what the run had
+                cfg.nms_iou = float(saved.get("detector", {}).get("nms_thresh", 0.5))
     cfg = cfg.resolved()
     assert cfg.lr is not None
     clock_start = CLOCKS[cfg.budget_clock]()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     data, train_photos, val_photos, _ = _read_sets(cfg)
-    input_note = str(saved.get("input_size_choice", ""))  # a resumed run keeps its reason
+    # what is fitted to the training photos when not given (a resumed run keeps its reasons)
+    input_note = str(saved.get("input_size_choice", ""))
+    nms_note = str(saved.get("nms_iou_choice", ""))
+    fitted: list[str] = []
     if cfg.input_size is None:
         cfg.input_size, input_note = fit_input_size(train_photos)
-        if progress:
-            from rich.console import Console
+        fitted.append(input_note)
+    if cfg.nms_iou is None:
+        cfg.nms_iou, nms_note = fit_nms_iou(train_photos)
+        fitted.append(nms_note)
+    if progress and fitted:
+        from rich.console import Console
 
-            Console(stderr=True).print(input_note, markup=False, highlight=False)
+        Console(stderr=True).print("\n".join(fitted), markup=False, highlight=False)
     out = prepare_out(Path(cfg.out or "runs/detect"), resume)
 
     spec = cfg.spec(len(data.classes))
@@ -706,6 +692,7 @@ def train_detector(
         **cfg.to_dict(),
         "detector": model.spec.to_dict(),
         **({"input_size_choice": input_note} if input_note else {}),
+        **({"nms_iou_choice": nms_note} if nms_note else {}),
         "stem_norms_frozen": stem_norms,
     }
     info = RunInfo(
