@@ -78,10 +78,10 @@ def fit_nms_iou(photos: Sequence[AnnotatedPhoto]) -> tuple[float, str]:
     (products side by side), a second box half over the first is a duplicate and goes; where
     they do (a crowd), torchvision's 0.5 stays. Measured on the groceries' held-out photos
     (``benchmarks/detect.py``; 0.3% of the training boxes overlap another of their class by
-    more than 0.3): 0.3 instead of 0.5 raised mAP@.5 on each of eight Faster R-CNN runs, by
-    0.3 to 2.4 points (median 1.3; e.g. 0.713 -> 0.725), and mAP@[.5:.95] by 0.2 to 1.5; with
-    test-time flips and scales 0.7505 -> 0.754, 0.743 -> 0.754, 0.731 -> 0.738 and
-    0.725 -> 0.744.
+    more than 0.3): 0.3 instead of 0.5 raised mAP@.5 on each of nine Faster R-CNN runs, by
+    0.3 to 2.4 points (median 1.2; e.g. 0.713 -> 0.725), and mAP@[.5:.95] by 0.2 to 1.5; with
+    test-time flips and scales 0.7505 -> 0.754, 0.743 -> 0.754, 0.731 -> 0.738,
+    0.725 -> 0.744 and 0.743 -> 0.74996.
     """
     top = NMS_IOU_CHOICES[-1]
     overlaps = class_overlaps(photos)
