@@ -188,6 +188,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
             load_detector(res.run_dir, backend="eager", flip=True, scales=scales), test
         ).metrics
         scaled_s = time.perf_counter() - t
+    config = read_run(res.run_dir).config  # once: what the run recorded
     row = {
         "arch": arch,
         "mAP": m.mAP,
@@ -195,10 +196,10 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         "mAP75": m.mAP75,
         "recall": m.recall,
         "epochs": res.metrics["epochs_run"],
-        "precision": read_run(res.run_dir).config["precision"],
-        "input_size": "x".join(str(v) for v in read_run(res.run_dir).config["input_size"]),
-        "nms_iou": read_run(res.run_dir).config["detector"]["nms_thresh"],
-        "nms_iou_choice": read_run(res.run_dir).config.get("nms_iou_choice", "given"),
+        "precision": config["precision"],
+        "input_size": "x".join(str(v) for v in config["input_size"]),
+        "nms_iou": config["detector"]["nms_thresh"],
+        "nms_iou_choice": config.get("nms_iou_choice", "given"),
         "train_wall_min": wall / 60,
         "train_cpu_min": cpu / 60,
         "cache_s": res.metrics.get("cache_seconds"),
