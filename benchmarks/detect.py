@@ -163,6 +163,7 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         weight_decay=args.weight_decay,
         drop_path=args.drop_path,
         nms_iou=args.nms_iou,
+        score_temperature=args.score_temperature,
         time_budget=args.budget,
         budget_clock=args.clock,
         precision=args.precision,
@@ -200,6 +201,8 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         "input_size": "x".join(str(v) for v in config["input_size"]),
         "nms_iou": config["detector"]["nms_thresh"],
         "nms_iou_choice": config.get("nms_iou_choice", "given"),
+        "score_temperature": config["detector"].get("score_temperature", 1.0),
+        "score_temperature_choice": config.get("score_temperature_choice", "given"),
         "train_wall_min": wall / 60,
         "train_cpu_min": cpu / 60,
         "cache_s": res.metrics.get("cache_seconds"),
@@ -223,7 +226,8 @@ def train_arch(arch: str, train: Path, test: Path, args, out: Path) -> dict:
         }
     print(
         f"{arch:11s} mAP@[.5:.95] {m.mAP:.3f}  mAP@.5 {m.mAP50:.3f}  epochs {row['epochs']} "
-        f"({row['precision']}, input {row['input_size']}, NMS IoU {row['nms_iou']:g})  "
+        f"({row['precision']}, input {row['input_size']}, NMS IoU {row['nms_iou']:g}, "
+        f"score temperature {row['score_temperature']:g})  "
         f"train {row['train_cpu_min']:.1f} CPU-min / {row['train_wall_min']:.1f} wall-min",
         flush=True,
     )
@@ -478,6 +482,12 @@ def main() -> None:
     ap.add_argument(
         "--nms-iou", type=float, default=None, help="as detect train's (default: fitted)"
     )
+    ap.add_argument(
+        "--score-temperature",
+        type=float,
+        default=None,
+        help="as detect train's (default: fitted, or its default without validation photos)",
+    )
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per architecture")
     ap.add_argument("--clock", default="process", choices=("process", "wall"))
     ap.add_argument("--max-epochs", type=int, default=40)
@@ -548,7 +558,12 @@ def main() -> None:
             + (f" --lr {args.lr:g}" if args.lr is not None else "")
             + (f" --weight-decay {args.weight_decay:g}" if args.weight_decay is not None else "")
             + (f" --drop-path {args.drop_path:g}" if args.drop_path else "")
-            + (f" --nms-iou {args.nms_iou:g}" if args.nms_iou is not None else ""),
+            + (f" --nms-iou {args.nms_iou:g}" if args.nms_iou is not None else "")
+            + (
+                f" --score-temperature {args.score_temperature:g}"
+                if args.score_temperature is not None
+                else ""
+            ),
             flush=True,
         )
         archs = [a for a in args.archs.split(",") if a]

@@ -671,12 +671,16 @@ def test_multi_scale_is_the_default_with_the_augmentations_that_move_pixels(
     del doc["config"]["nms_iou"]
     doc["config"].pop("nms_iou_choice", None)
     doc["config"]["detector"]["nms_thresh"] = 0.5
+    # ... and scoring its boxes as torchvision does
+    del doc["config"]["score_temperature"]
+    doc["config"]["detector"].pop("score_temperature")
     meta.write_text(json.dumps(doc))
     more = _config(shelf_set, res.run_dir, epochs=2)
     again = train_detector(more, resume=True, progress=False)
     assert [h["epoch"] for h in again.history] == [1, 2]
     assert read_run(again.run_dir).config["train_scales"] == [1.0]
     assert read_run(again.run_dir).config["detector"]["nms_thresh"] == 0.5
+    assert read_run(again.run_dir).config["detector"]["score_temperature"] == 1.0
     assert read_run(again.run_dir).config["stem_norms_frozen"] is True
 
 
@@ -750,6 +754,9 @@ def test_a_run_without_input_size_records_the_fitted_one(tmp_path: Path) -> None
     # a handful of boxes say nothing of how objects overlap: torchvision's suppression
     assert run.config["nms_iou"] == run.config["detector"]["nms_thresh"] == 0.5
     assert "too few" in run.config["nms_iou_choice"]
+    # no validation photos to fit the class-score temperature on: the default
+    assert run.config["detector"]["score_temperature"] == 0.7
+    assert "the default (no validation photos" in run.config["score_temperature_choice"]
 
 
 def _boxed(*photos: list[tuple[float, float, float, float, int]]) -> list:
@@ -791,6 +798,105 @@ def test_the_suppression_overlap_is_fitted_to_how_the_training_boxes_overlap() -
     iou, why = fit_nms_iou(_boxed(side_by_side))
     assert iou == 0.5 and "3 training boxes are too few" in why
     assert fit_nms_iou([])[0] == 0.5
+
+
+def test_a_score_temperature_is_the_softmax_of_the_logits_divided_by_it() -> None:
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    net = create_detector(DetectorSpec(num_classes=3, input_size=(128, 128))).net
+    heads = net.roi_heads
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 4, generator=g) * 3
+    xy = torch.rand(40, 2, generator=g) * 80
+    proposals = [torch.cat([xy, xy + 10 + torch.rand(40, 2, generator=g) * 40], 1)]
+    deltas = torch.zeros(40, 16)
+
+    def answer(t: float, scale: float = 1.0, plain: bool = False) -> list:
+        heads.score_temperature = t
+        run = RoIHeads.postprocess_detections if plain else type(heads).postprocess_detections
+        boxes, scores, labels = run(heads, logits * scale, deltas, proposals, [(128, 128)])
+        return [boxes[0], scores[0], labels[0]]
+
+    # at 1 the scores are torchvision's exactly
+    for got, want in zip(answer(1.0), answer(1.0, plain=True), strict=True):
+        torch.testing.assert_close(got, want)
+    # at t: torchvision's answer for the logits divided by t (score threshold and NMS included)
+    sharp, ref = answer(0.5), answer(1.0, scale=2.0, plain=True)
+    assert len(sharp[1]) > 0
+    for got, want in zip(sharp, ref, strict=True):
+        torch.testing.assert_close(got, want)
+    assert not torch.equal(answer(0.5)[1], answer(1.0)[1][: len(sharp[1])])
+    # the spec carries it to the box head, and only a softmax box head takes one
+    assert (
+        create_detector(
+            DetectorSpec(num_classes=3, input_size=(128, 128), score_temperature=0.6)
+        ).net.roi_heads.score_temperature
+        == 0.6
+    )
+    with pytest.raises(VitrinaError, match="Faster R-CNN's softmax box head only"):
+        DetectorSpec(head="retinanet", num_classes=3, score_temperature=0.7)
+    with pytest.raises(VitrinaError, match="out of range"):
+        DetectorSpec(num_classes=3, score_temperature=0)
+    assert DetectorSpec.from_dict({"num_classes": 2}).score_temperature == 1.0  # runs before
+
+
+def test_the_score_temperature_is_fitted_on_the_validation_photos() -> None:
+    from vitrina.detect.fitted import (
+        DEFAULT_SCORE_TEMPERATURE,
+        SCORE_TEMPERATURE_CHOICES,
+        fit_score_temperature,
+    )
+
+    asked: list[float] = []
+
+    def peak_at(best: float):
+        def validation_map(t: float) -> float:
+            asked.append(t)
+            return 0.5 - abs(t - best)
+
+        return validation_map
+
+    t, why, tried = fit_score_temperature(peak_at(0.85), 300)
+    assert t == 0.85 and sorted(tried) == sorted(SCORE_TEMPERATURE_CHOICES)
+    assert "fitted on 300 validation boxes" in why and "0.85: 0.500" in why
+    # a tie goes to the default, tried first
+    t, _, _ = fit_score_temperature(lambda t: 0.4, 300)
+    assert t == DEFAULT_SCORE_TEMPERATURE == SCORE_TEMPERATURE_CHOICES[0]
+    # too few validation boxes: the default, nothing evaluated
+    asked.clear()
+    t, why, tried = fit_score_temperature(peak_at(1.0), 12)
+    assert t == DEFAULT_SCORE_TEMPERATURE and not asked and not tried
+    assert "12 validation boxes are too few" in why
+
+
+def test_a_run_scores_at_the_temperature_fitted_on_its_validation_photos(
+    shelf_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vitrina.detect.fitted as fitted
+
+    monkeypatch.setattr(fitted, "TEMPERATURE_FIT_MIN_BOXES", 1)
+    res = train_detector(_config(shelf_set, tmp_path / "run", epochs=1), progress=False)
+    run = read_run(res.run_dir)
+    tried = res.metrics["score_temperature_val_mAP"]
+    chosen = run.config["detector"]["score_temperature"]
+    assert set(tried) == {f"{t:g}" for t in fitted.SCORE_TEMPERATURE_CHOICES}
+    assert tried[f"{chosen:g}"] == max(tried.values())
+    assert "fitted on" in run.config["score_temperature_choice"]
+    assert run.config["score_temperature"] is None  # fitted again if the run resumes
+    # the saved run scores its boxes at it, and its validation figure is the chosen one's
+    assert load_model(res.run_dir).net.roi_heads.score_temperature == chosen  # type: ignore[union-attr]
+    assert round(res.metrics["val"]["mAP"], 4) == tried[f"{chosen:g}"]
+    # given: kept as given, nothing tried; another head has no temperature to give
+    given = train_detector(
+        _config(shelf_set, tmp_path / "given", epochs=1, score_temperature=0.85),
+        progress=False,
+    )
+    assert read_run(given.run_dir).config["detector"]["score_temperature"] == 0.85
+    assert "score_temperature_val_mAP" not in given.metrics
+    with pytest.raises(VitrinaError, match="Faster R-CNN's softmax box head only"):
+        _config(shelf_set, tmp_path / "x", arch="fcos", score_temperature=0.7).resolved()
+    with pytest.raises(VitrinaError, match=r"--score-temperature 0\.0 is out of range"):
+        _config(shelf_set, tmp_path / "x", score_temperature=0.0).resolved()
 
 
 def test_train_command(shelf_set: Path, tmp_path: Path, capsys) -> None:

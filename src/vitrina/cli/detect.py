@@ -138,6 +138,12 @@ def train_cmd(
         "at most 1% of them exceed with another of their class (products side by side: 0.3, "
         "duplicates go; a crowd: torchvision's 0.5).",
     ),
+    score_temperature: float | None = typer.Option(
+        None,
+        help="Faster R-CNN: its class logits are divided by this before the softmax that "
+        "scores its boxes (below 1: sharper; 1: torchvision's scores). Default: fitted on the "
+        "validation photos after training (0.5-1; 0.7 without validation photos).",
+    ),
     seed: int = typer.Option(0, help="Seed of the split, initialisation and shuffling."),
     out_dir: Path | None = typer.Option(
         None, "--out", help="Run folder to create (default runs/<data>-<arch>-<backbone>)."
@@ -218,6 +224,7 @@ def train_cmd(
         freeze=freeze,
         precision=precision,
         nms_iou=nms_iou,
+        score_temperature=score_temperature,
         seed=seed,
         out=str(out_dir) if out_dir else None,
         val_dir=str(val_dir) if val_dir else None,

@@ -40,7 +40,12 @@ from vitrina.detect.data import (
     scaled_sizes,
     split_photos,
 )
-from vitrina.detect.fitted import fit_input_size, fit_nms_iou
+from vitrina.detect.fitted import (
+    default_score_temperature,
+    fit_input_size,
+    fit_nms_iou,
+    fit_score_temperature,
+)
 from vitrina.engine import default_workers, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.evaluate.detection import DetectionMetrics, coco_metrics
@@ -172,6 +177,11 @@ class DetectTrainConfig:
     #: of a class (``DetectorSpec.nms_thresh``); ``None``: fitted to the training boxes
     #: (:func:`~vitrina.detect.fitted.fit_nms_iou`)
     nms_iou: float | None = None
+    #: Faster R-CNN's class logits are divided by it before the softmax that scores its boxes
+    #: (``DetectorSpec.score_temperature``); ``None``: fitted on the validation photos after
+    #: training (:func:`~vitrina.detect.fitted.fit_score_temperature`), without them
+    #: :data:`~vitrina.detect.fitted.DEFAULT_SCORE_TEMPERATURE`; other heads: 1
+    score_temperature: float | None = None
     seed: int = 0
     out: str | None = None
     val_dir: str | None = None
@@ -230,6 +240,11 @@ class DetectTrainConfig:
             ("val-fraction", c.val_fraction, 0 <= c.val_fraction < 1),
             ("fpn-channels", c.fpn_channels, c.fpn_channels >= 32 and c.fpn_channels % 32 == 0),
             ("nms-iou", c.nms_iou, c.nms_iou is None or 0 < c.nms_iou < 1),
+            (
+                "score-temperature",
+                c.score_temperature,
+                c.score_temperature is None or 0 < c.score_temperature <= 4,
+            ),
             ("time-budget", c.time_budget, c.time_budget is None or c.time_budget > 0),
             (
                 "train-scales",
@@ -240,6 +255,11 @@ class DetectTrainConfig:
         ):
             if not ok:
                 raise VitrinaError(f"--{name} {value} is out of range")
+        if c.score_temperature not in (None, 1.0) and c.arch != "fasterrcnn":
+            raise VitrinaError(
+                f"--score-temperature {c.score_temperature:g}: it tempers Faster R-CNN's softmax "
+                f"box head only, not {c.arch}'s scores (leave it out)"
+            )
         if c.weights == "none" and c.freeze != "none":
             raise VitrinaError(
                 "--weights none trains the backbone from scratch: it cannot be frozen "
@@ -260,6 +280,11 @@ class DetectTrainConfig:
             fpn_channels=self.fpn_channels,
             drop_path=self.drop_path,
             **({} if self.nms_iou is None else {"nms_thresh": float(self.nms_iou)}),
+            score_temperature=(
+                default_score_temperature(self.arch)
+                if self.score_temperature is None
+                else float(self.score_temperature)
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -386,6 +411,35 @@ class DetectionTrainTask:
 
 def _finite(v: float) -> float:
     return 0.0 if v != v else float(v)
+
+
+def _fit_temperature(
+    cfg: DetectTrainConfig, best: nn.Module, val_loader: Any, val_photos: list, classes: list
+) -> tuple[str, dict[float, float]]:
+    """Set the trained detector's class-score temperature (``--score-temperature``: given, or
+    fitted on the validation photos, or the default without them); say why, and give the
+    validation mAP@[.5:.95] of each temperature tried."""
+    if cfg.score_temperature is not None:
+        return f"--score-temperature {cfg.score_temperature:g}: given", {}
+    if cfg.arch != "fasterrcnn":
+        return f"--score-temperature 1: {cfg.arch} scores its boxes without a temperature", {}
+    default = default_score_temperature(cfg.arch)
+    if val_loader is None:
+        return (
+            f"--score-temperature {default:g}: the default (no validation photos to fit it on); "
+            "give --score-temperature to choose"
+        ), {}
+    task = DetectionTrainTask(classes)
+
+    def validation_map(t: float) -> float:
+        best.set_score_temperature(t)  # type: ignore[operator]
+        task.evaluate(best, val_loader)
+        return _finite(task.last_metrics.mAP) if task.last_metrics is not None else 0.0
+
+    n_boxes = sum(len(p.boxes) for p in val_photos)
+    t, note, tried = fit_score_temperature(validation_map, n_boxes)
+    best.set_score_temperature(t)  # type: ignore[operator]
+    return note, tried
 
 
 class _LossParts(Callback):
@@ -542,6 +596,9 @@ def train_detector(
                 cfg.train_scales = (1.0,)
             if "nms_iou" not in saved:  # made before it was fitted: what the run had
                 cfg.nms_iou = float(saved.get("detector", {}).get("nms_thresh", 0.5))
+            if "score_temperature" not in saved:  # made before it was fitted: as it scored
+                detector = saved.get("detector", {})
+                cfg.score_temperature = float(detector.get("score_temperature", 1.0))
     cfg = cfg.resolved()
     assert cfg.lr is not None
     clock_start = CLOCKS[cfg.budget_clock]()
@@ -764,6 +821,15 @@ def train_detector(
     plots = out / "plots"
     plot_detection_curves(state.history, plots / "curves.png")
     metrics = dict(best_info.metrics)
+    temperature_note, tried = _fit_temperature(cfg, best, val_plain, val_photos, list(data.classes))
+    run_config["detector"] = best.spec.to_dict()  # type: ignore[operator]
+    run_config["score_temperature_choice"] = temperature_note
+    if tried:
+        metrics["score_temperature_val_mAP"] = {f"{t:g}": round(v, 4) for t, v in tried.items()}
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(temperature_note, markup=False, highlight=False)
     if val_plain is not None:
         # The whole network on the photos (not the cache): what the saved run will do.
         final = DetectionTrainTask(list(data.classes))

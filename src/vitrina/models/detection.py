@@ -70,7 +70,9 @@ class DetectorSpec:
     ``fpn_channels``: width of the feature pyramid; ``return_nodes``/``in_channels``: the
     backbone's layers at strides 8, 16, 32 and their widths (found by :func:`feature_nodes`
     when empty); ``score_thresh``, ``nms_thresh``, ``max_detections``: torchvision's
-    post-processing (what every backend returns).
+    post-processing (what every backend returns); ``score_temperature``: Faster R-CNN's class
+    logits are divided by it before the softmax that scores its boxes (1: torchvision's scores;
+    see :class:`~vitrina.models.roi_heads.SmoothedRoIHeads`).
     """
 
     head: str = "fasterrcnn"
@@ -86,6 +88,9 @@ class DetectorSpec:
     score_thresh: float = 0.001
     nms_thresh: float = 0.5
     max_detections: int = 100
+    #: below 1 sharpens the class scores of a softmax box head (Faster R-CNN's) at inference;
+    #: training is unchanged. Runs made before 5 Dec 2026: 1.
+    score_temperature: float = 1.0
     #: stochastic depth in training (Huang et al. 2016; timm's ``drop_path_rate``): each of
     #: the backbone's residual blocks skipped for a photo with a probability rising from 0 at
     #: the first block to this at the last; 0: none. Inference (every backend) is unchanged.
@@ -99,6 +104,15 @@ class DetectorSpec:
         object.__setattr__(self, "in_channels", tuple(int(c) for c in self.in_channels))
         if self.num_classes < 1:
             raise VitrinaError(f"a detector needs at least one class, got {self.num_classes}")
+        if not 0 < self.score_temperature <= 4:
+            raise VitrinaError(
+                f"score temperature {self.score_temperature:g} is out of range (0, 4]"
+            )
+        if self.score_temperature != 1 and self.head != "fasterrcnn":
+            raise VitrinaError(
+                f"a score temperature applies to Faster R-CNN's softmax box head only, not to "
+                f"{self.head!r} (leave it at 1)"
+            )
         if h < 64 or w < 64 or h % 32 or w % 32:
             raise VitrinaError(
                 f"detector input size {h}x{w} (HEIGHTxWIDTH): each side must be a multiple "
@@ -337,6 +351,7 @@ def _fasterrcnn(backbone: nn.Module, spec: DetectorSpec) -> nn.Module:
         box_detections_per_img=spec.max_detections,
     )
     net.roi_heads = _smoothed(net.roi_heads, BOX_LABEL_SMOOTHING)
+    net.roi_heads.score_temperature = float(spec.score_temperature)  # type: ignore[assignment]
     return net
 
 
@@ -598,6 +613,14 @@ class Detector(nn.Module):
             for t in targets
         ]
         return self.net(list(x.unbind(0)), shifted)
+
+    def set_score_temperature(self, temperature: float) -> None:
+        """Score the boxes with the class logits divided by ``temperature`` from now on
+        (``DetectorSpec.score_temperature``; what ``detect train`` fits on the validation
+        photos). Faster R-CNN only: another head refuses a value other than 1."""
+        self.spec = replace(self.spec, score_temperature=float(temperature))
+        if hasattr(self.net, "roi_heads"):
+            self.net.roi_heads.score_temperature = self.spec.score_temperature
 
     def onnx_single_image(self, output: str) -> nn.Module:
         """What ONNX export traces for ``output`` (``"boxes"``): one image ``(1, C, H, W)`` ->

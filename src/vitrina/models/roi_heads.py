@@ -1,10 +1,16 @@
-"""Faster R-CNN's box head with a label-smoothed classifier loss.
+"""Faster R-CNN's box head with a label-smoothed classifier loss and tempered class scores.
 
 torchvision's ``RoIHeads`` computes its classifier loss as a plain cross-entropy inside its
 ``forward`` (``fastrcnn_loss``). :class:`SmoothedRoIHeads` keeps every step of it and replaces
 only that term by the cross-entropy with ``label_smoothing`` over the same sampled regions and
-the same logits. Inference is torchvision's. Why and what it measured:
-:data:`vitrina.models.detection.BOX_LABEL_SMOOTHING`.
+the same logits. Why and what it measured: :data:`vitrina.models.detection.BOX_LABEL_SMOOTHING`.
+
+At inference the boxes are scored by torchvision's ``postprocess_detections`` with the class
+logits divided by ``score_temperature`` first (1: torchvision's scores exactly): label
+smoothing keeps the logits of the classes close together, and a temperature below 1 spreads
+them again. It orders each class's boxes by how far the class leads the others, where the
+plain softmax ranks a box whose class is only the runner-up close to one where it leads. Why
+and what it measured: :data:`vitrina.detect.fitted.DEFAULT_SCORE_TEMPERATURE`.
 """
 
 from __future__ import annotations
@@ -20,9 +26,22 @@ __all__ = ["SmoothedRoIHeads"]
 
 class SmoothedRoIHeads(RoIHeads):
     """``RoIHeads`` whose training ``loss_classifier`` is label-smoothed by
-    ``label_smoothing`` (0: torchvision's loss exactly)."""
+    ``label_smoothing`` (0: torchvision's loss exactly) and whose boxes are scored with the
+    class logits divided by ``score_temperature`` (1: torchvision's scores exactly)."""
 
     label_smoothing: float = 0.0
+    score_temperature: float = 1.0
+
+    def postprocess_detections(  # type: ignore[override]
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: Any,
+        image_shapes: Any,
+    ) -> Any:
+        if self.score_temperature != 1.0:
+            class_logits = class_logits / self.score_temperature
+        return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
 
     def select_training_samples(self, proposals: Any, targets: Any) -> Any:
         out = super().select_training_samples(proposals, targets)
