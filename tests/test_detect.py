@@ -681,6 +681,7 @@ def test_multi_scale_is_the_default_with_the_augmentations_that_move_pixels(
     assert read_run(again.run_dir).config["train_scales"] == [1.0]
     assert read_run(again.run_dir).config["detector"]["nms_thresh"] == 0.5
     assert read_run(again.run_dir).config["detector"]["score_temperature"] == 1.0
+    assert "made before it was fitted" in read_run(again.run_dir).config["score_temperature_choice"]
     assert read_run(again.run_dir).config["stem_norms_frozen"] is True
 
 

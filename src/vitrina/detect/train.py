@@ -414,13 +414,18 @@ def _finite(v: float) -> float:
 
 
 def _fit_temperature(
-    cfg: DetectTrainConfig, best: nn.Module, val_loader: Any, val_photos: list, classes: list
+    cfg: DetectTrainConfig,
+    best: nn.Module,
+    val_loader: Any,
+    val_photos: list,
+    classes: list,
+    given: str = "given",
 ) -> tuple[str, dict[float, float]]:
     """Set the trained detector's class-score temperature (``--score-temperature``: given, or
-    fitted on the validation photos, or the default without them); say why, and give the
-    validation mAP@[.5:.95] of each temperature tried."""
+    fitted on the validation photos, or the default without them); say why (``given``: why a
+    value in the config is there), and give the validation mAP@[.5:.95] of each one tried."""
     if cfg.score_temperature is not None:
-        return f"--score-temperature {cfg.score_temperature:g}: given", {}
+        return f"--score-temperature {cfg.score_temperature:g}: {given}", {}
     if cfg.arch != "fasterrcnn":
         return f"--score-temperature 1: {cfg.arch} scores its boxes without a temperature", {}
     default = default_score_temperature(cfg.arch)
@@ -583,6 +588,7 @@ def train_detector(
     """
     single_process("vitrina detect train")
     saved: dict[str, Any] = {}
+    temperature_given = "given"
     if resume:
         out = Path(cfg.out or "")
         if not is_run_dir(out) and not (out / CKPT_DIR).is_dir():
@@ -599,6 +605,7 @@ def train_detector(
             if "score_temperature" not in saved:  # made before it was fitted: as it scored
                 detector = saved.get("detector", {})
                 cfg.score_temperature = float(detector.get("score_temperature", 1.0))
+                temperature_given = "the run's own (made before it was fitted)"
     cfg = cfg.resolved()
     assert cfg.lr is not None
     clock_start = CLOCKS[cfg.budget_clock]()
@@ -821,7 +828,9 @@ def train_detector(
     plots = out / "plots"
     plot_detection_curves(state.history, plots / "curves.png")
     metrics = dict(best_info.metrics)
-    temperature_note, tried = _fit_temperature(cfg, best, val_plain, val_photos, list(data.classes))
+    temperature_note, tried = _fit_temperature(
+        cfg, best, val_plain, val_photos, list(data.classes), temperature_given
+    )
     run_config["detector"] = best.spec.to_dict()  # type: ignore[operator]
     run_config["score_temperature_choice"] = temperature_note
     if tried:
