@@ -13,6 +13,7 @@ import numpy as np
 
 from vitrina.data.annotations import AnnotatedPhoto
 from vitrina.engine import box_iou
+from vitrina.models.detection import TEMPERED_HEADS
 
 #: The input ``detect train`` fits to the photos when ``--input-size`` is not given: their
 #: median longer side, rounded up to a multiple of 32, within these bounds.
@@ -139,7 +140,7 @@ def fit_score_temperature(
             {},
         )
     tried = {t: float(validation_map(t)) for t in SCORE_TEMPERATURE_CHOICES}
-    best = max(tried, key=lambda t: (tried[t], -SCORE_TEMPERATURE_CHOICES.index(t)))
+    best = max(tried, key=tried.__getitem__)  # the first of equals: the order tried
     listed = ", ".join(f"{t:g}: {v:.3f}" for t, v in sorted(tried.items()))
     return (
         best,
@@ -154,4 +155,4 @@ def fit_score_temperature(
 def default_score_temperature(head: str) -> float:
     """What a run of ``head`` scores its boxes at before any fitting: the default for Faster
     R-CNN's softmax box head, 1 (the scores as they are) for every other head."""
-    return DEFAULT_SCORE_TEMPERATURE if head == "fasterrcnn" else 1.0
+    return DEFAULT_SCORE_TEMPERATURE if head in TEMPERED_HEADS else 1.0

@@ -49,7 +49,13 @@ from vitrina.detect.fitted import (
 from vitrina.engine import default_workers, resolve_device, torch_threads
 from vitrina.errors import DataError, RunFolderError, VitrinaError
 from vitrina.evaluate.detection import DetectionMetrics, coco_metrics
-from vitrina.models.detection import HEADS, Detector, DetectorSpec, create_detector
+from vitrina.models.detection import (
+    HEADS,
+    TEMPERED_HEADS,
+    Detector,
+    DetectorSpec,
+    create_detector,
+)
 from vitrina.registry import suggest
 from vitrina.report.boxes import plot_detection_curves, plot_pr_curves
 from vitrina.runs import RunInfo, is_run_dir, read_run, save_run, write_info
@@ -255,7 +261,7 @@ class DetectTrainConfig:
         ):
             if not ok:
                 raise VitrinaError(f"--{name} {value} is out of range")
-        if c.score_temperature not in (None, 1.0) and c.arch != "fasterrcnn":
+        if c.score_temperature not in (None, 1.0) and c.arch not in TEMPERED_HEADS:
             raise VitrinaError(
                 f"--score-temperature {c.score_temperature:g}: it tempers Faster R-CNN's softmax "
                 f"box head only, not {c.arch}'s scores (leave it out)"
@@ -426,7 +432,7 @@ def _fit_temperature(
     value in the config is there), and give the validation mAP@[.5:.95] of each one tried."""
     if cfg.score_temperature is not None:
         return f"--score-temperature {cfg.score_temperature:g}: {given}", {}
-    if cfg.arch != "fasterrcnn":
+    if cfg.arch not in TEMPERED_HEADS:
         return f"--score-temperature 1: {cfg.arch} scores its boxes without a temperature", {}
     default = default_score_temperature(cfg.arch)
     if val_loader is None:

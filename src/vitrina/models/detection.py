@@ -58,6 +58,9 @@ HEADS: Registry[Callable[[nn.Module, DetectorSpec], nn.Module]] = Registry("dete
 #: labels are the object classes shifted by one. RetinaNet and FCOS score each class with a
 #: sigmoid and have none.
 WITH_BACKGROUND = {"fasterrcnn", "ssdlite"}
+#: Heads whose boxes are scored at ``DetectorSpec.score_temperature`` (Faster R-CNN's softmax
+#: box head, :class:`~vitrina.models.roi_heads.SmoothedRoIHeads`); the others take only 1.
+TEMPERED_HEADS = frozenset({"fasterrcnn"})
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class DetectorSpec:
             raise VitrinaError(
                 f"score temperature {self.score_temperature:g} is out of range (0, 4]"
             )
-        if self.score_temperature != 1 and self.head != "fasterrcnn":
+        if self.score_temperature != 1 and self.head not in TEMPERED_HEADS:
             raise VitrinaError(
                 f"a score temperature applies to Faster R-CNN's softmax box head only, not to "
                 f"{self.head!r} (leave it at 1)"
