@@ -151,7 +151,7 @@ def run_one(
     enroll, calibrate on the enrolled photos only and identify every probe in every light."""
     import numpy as np
 
-    from vitrina.faces import FacePipeline, Gallery
+    from vitrina.faces import FacePipeline, Gallery, largest_face
     from vitrina.faces.lighting import relight
     from vitrina.faces.types import Face, PhotoFaces
 
@@ -206,7 +206,7 @@ def run_one(
         """Each enrolled photo's largest face relit at RELIT_ENROLMENT (then the variant's
         chip transform), as photos of their own: the synthetic templates."""
         fn = _chip_fn(VARIANTS[variant][0])
-        src = [(pf, max(pf.faces, key=lambda f: f.box.width * f.box.height)) for pf in pfs]
+        src = [(pf, largest_face(pf)) for pf in pfs]
         src = [(pf, f) for pf, f in src if f.chip is not None]
         chips = [fn(relight(f.chip, s, kind)) for _, f in src for kind, s in RELIT_ENROLMENT]
         vecs = iter(pipe.describe(chips))
@@ -224,7 +224,7 @@ def run_one(
         gallery and probes; learned from the enrolled photos only)."""
         fn = _chip_fn(VARIANTS[variant][0])
         pfs = [photo_of(ORIGINAL, k, variant) for keys in enroll.values() for k in keys]
-        src = [max(pf.faces, key=lambda f: f.box.width * f.box.height) for pf in pfs if pf.faces]
+        src = [largest_face(pf) for pf in pfs if pf.faces]
         relit = pipe.describe([fn(relight(f.chip, s, kind)) for f in src for kind, s in NAP_LIGHTS])
         base = np.stack([f.vector for f in src])
         diff = np.asarray(relit).reshape(len(src), len(NAP_LIGHTS), -1) - base[:, None, :]
