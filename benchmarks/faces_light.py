@@ -23,9 +23,10 @@ rebuilt from the mirrored lit half: ``lighting.symmetrise``, not offered by the 
 ``cascade+relit`` and ``cascade+flatten+relit`` (relit enrolment: after calibrating on the
 real enrolled photos, each enrolled chip is also enrolled relit from the left and right at
 0.7 and 0.9 as synthetic templates), ``cascade+nap`` and ``cascade+flatten+nap`` (nuisance
-attribute projection: the ``--nap-dims`` directions along which relighting the enrolled
-chips from the left and right moves their vectors, removed from every vector before
-enrolment, calibration and identification; not offered by the pipeline).
+attribute projection: ``Gallery.calibrate(light_dims=--nap-dims)``, ``vitrina faces
+calibrate --light-dims``: the directions along which relighting the enrolled chips from the
+left and right moves their vectors, removed from every vector before calibration and
+identification).
 Target: known named >= 97% with unknowns accepted <= the FAR asked (or the calibration
 report says the gallery is too small to promise it), and no detector misses on relit
 frontal faces.
@@ -123,10 +124,9 @@ VARIANTS = {
     "cascade+nap": (None, False),
     "cascade+flatten+nap": ("flatten_shading", False),
 }
-#: Nuisance attribute projection (``+nap``): the lights whose effect on the enrolled people's
-#: vectors is learned (left and right only: centre light is never seen, so it measures whether
-#: the projection carries over to another light).
-NAP_LIGHTS = [(kind, s) for kind in ("left", "right") for s in (0.5, 0.7, 0.9)]
+#: ``+nap``: light directions removed (``vitrina.faces.light_projection``; it learns left and
+#: right light only: centre light is never seen, so it measures whether the projection carries
+#: over to another light).
 NAP_DIMS = 3
 #: Relit enrolment: each enrolled chip also relit from each side at each strength.
 RELIT_ENROLMENT = [(kind, s) for kind in ("left", "right") for s in (0.7, 0.9)]
@@ -217,21 +217,12 @@ def run_one(
                 out.append(PhotoFaces(Path(f"{pf.path}#relit-{kind}-{s}"), [face], pf.size))
         return out
 
-    def light_projection(enroll: dict, photo_of, variant: str, dims: int) -> np.ndarray:
-        """Nuisance attribute projection (as in speaker verification): each enrolled photo's
-        largest face relit at NAP_LIGHTS, the differences from its own vector, and the
-        projection that removes their ``dims`` main directions (applied to every vector,
-        gallery and probes; learned from the enrolled photos only)."""
-        fn = _chip_fn(VARIANTS[variant][0])
-        pfs = [photo_of(ORIGINAL, k, variant) for keys in enroll.values() for k in keys]
-        src = [largest_face(pf) for pf in pfs if pf.faces]
-        relit = pipe.describe([fn(relight(f.chip, s, kind)) for f in src for kind, s in NAP_LIGHTS])
-        base = np.stack([f.vector for f in src])
-        diff = np.asarray(relit).reshape(len(src), len(NAP_LIGHTS), -1) - base[:, None, :]
-        _, _, vt = np.linalg.svd(diff.reshape(-1, diff.shape[-1]), full_matrices=False)
-        u = vt[:dims].T
-        return (np.eye(u.shape[0]) - u @ u.T).astype(np.float32)
-
+    # +nap: the pipeline describing the relit enrolled chips, with the variant's correction
+    nap_pipes = {
+        v: FacePipeline(backend="eager", flatten_chips=VARIANTS[v][0] == "flatten_shading")
+        for v in variants
+        if v.endswith("+nap")
+    }
     people = sorted({k.split("/")[0] for k in sets[ORIGINAL]})
     out: dict = {"config": config, "detect": detect, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,24 +236,16 @@ def run_one(
                     fingerprint=None,
                     embedder_label=pipe.embedder_label,
                 )
-                proj = (
-                    light_projection(enroll, photo, variant, nap_dims)
-                    if variant.endswith("+nap")
-                    else None
-                )
-
-                def projected(pf: PhotoFaces, proj=proj) -> PhotoFaces:
-                    if proj is None or not pf.faces:
-                        return pf
-                    fs = [
-                        Face(f.box, f.landmarks, f.chip, proj @ f.vector, f.index, f.detector)
-                        for f in pf.faces
-                    ]
-                    return PhotoFaces(pf.path, fs, pf.size, pf.error, pf.sha256)
-
                 for person, keys in enroll.items():
-                    g.enroll(person, [projected(photo(ORIGINAL, k, variant)) for k in keys])
-                cal = g.calibrate(None, far=far)  # the enrolled photos only
+                    g.enroll(person, [photo(ORIGINAL, k, variant) for k in keys])
+                # the enrolled photos only; +nap: the light directions learned from their
+                # chips (relit, corrected as the variant's pipeline corrects, described)
+                if variant.endswith("+nap"):
+                    cal = g.calibrate(
+                        None, far=far, light_dims=nap_dims, pipeline=nap_pipes[variant]
+                    )
+                else:  # as --main's code calibrates (it may predate light_dims)
+                    cal = g.calibrate(None, far=far)
                 rule = g.rule
                 if VARIANTS.get(variant, (None, False))[1]:  # after calibration: real photos
                     for person, keys in enroll.items():
@@ -279,7 +262,7 @@ def run_one(
                     "lights": {},
                 }
                 for light in sets:
-                    pfs = [projected(photo(light, k, variant)) for k, _ in probes]
+                    pfs = [photo(light, k, variant) for k, _ in probes]
                     found = [pf for pf in pfs if pf.faces]
                     ids = {i.photo: i for i in g.identify(found, rule=rule)}
                     known = unknown = named = accepted = no_face = 0

@@ -380,3 +380,38 @@ def test_sort_report_shows_people_least_sure_first(gallery, photos, tmp_path, ca
             assert ranks == sorted(ranks) and all(r < 0 for r in ranks)  # minus the distance
             assert "distance" in shown["eileen"]["captions"][0]
             assert any("broken.jpg" in c for c in shown["unreadable"]["captions"])
+
+
+def test_calibrate_with_light_dims_removes_them_and_still_names(photos, tmp_path, capsys):
+    """`faces calibrate --light-dims 3` on real faces: the directions are learned from the
+    gallery's chips through its own pipeline, stored with the rule, and identify uses them."""
+    from vitrina.cli import main
+
+    people = tmp_path / "people"
+    for src in (photos / "people").iterdir():
+        (people / src.name).mkdir(parents=True)
+        for p in src.iterdir():
+            (people / src.name / p.name).write_bytes(p.read_bytes())
+    cam = np.repeat(skdata.camera()[:, :, None], 3, axis=2)[:, ::-1]  # a third "person"
+    for i, (y, x) in enumerate([(60, 110), (65, 115)]):
+        _save(np.ascontiguousarray(cam[y : y + 200, x : x + 200]), people / "mirror" / f"m{i}.png")
+    g = tmp_path / "g"
+    assert main(["faces", "enroll", str(g), "--folders", str(people)]) == 0
+    code, _, err = run_cli(capsys, "faces", "calibrate", str(g), "--light-dims", "-1")
+    assert code == 2 and "Traceback" not in err
+    code, out, err = run_cli(capsys, "faces", "calibrate", str(g), "--light-dims", "3")
+    assert code == 0, err
+    assert "light: 3 directions removed from every vector (learned from 7 enrolled faces" in out
+    rule = json.loads((g / "gallery.json").read_text())["rule"]
+    basis = np.asarray(rule["light_basis"])
+    assert basis.shape == (3, 128)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-6)
+    code, out, err = run_cli(
+        capsys, "faces", "identify", str(g), str(photos / "new" / "astro.jpg"), "--json"
+    )
+    assert code == 0, err
+    (row,) = json.loads(out)
+    # 7 faces of 3 people cannot solve a threshold that names anyone (the report warns), but
+    # the nearest person, compared with the light removed, is still her, far ahead
+    assert row["person"] == "eileen" and row["calibrated"] is True
+    assert row["runner_up_distance"] - row["distance"] > 0.3

@@ -46,13 +46,15 @@ def iou(a: Box, b: Box) -> float:
 
 
 def test_relight_keeps_size_and_darkens_the_side_asked(crop):
-    for kind in ("left", "right", "centre"):
+    for kind in ("left", "right", "top", "centre"):
         out = relight(crop, 0.8, kind)
         assert out.shape == crop.shape and out.dtype == np.uint8
     left, right = relight(crop, 0.8, "left"), relight(crop, 0.8, "right")
     assert left[:, :60].mean() < 0.4 * crop[:, :60].mean()
     assert left[:, -60:].mean() > crop[:, -60:].mean()
     assert right[:, -60:].mean() < 0.4 * crop[:, -60:].mean()
+    top = relight(crop, 0.8, "top")  # a ceiling lamp: the bottom in shadow
+    assert top[-60:].mean() < 0.4 * crop[-60:].mean() and top[:60].mean() > crop[:60].mean()
     centre = relight(crop, 0.8, "centre")
     assert centre[80:120, 80:120].mean() > crop[80:120, 80:120].mean()
     assert centre[:20, :20].mean() < crop[:20, :20].mean()
@@ -60,7 +62,7 @@ def test_relight_keeps_size_and_darkens_the_side_asked(crop):
     with pytest.raises(ValueError, match="strength"):
         relight(crop, 1.0)
     with pytest.raises(ValueError, match="kind"):
-        relight(crop, 0.5, "top")  # type: ignore[arg-type]
+        relight(crop, 0.5, "bottom")  # type: ignore[arg-type]
 
 
 def test_equalise_restores_contrast_in_the_shadow(crop):

@@ -289,6 +289,14 @@ def calibrate(
         "templates).",
     ),
     far: float = typer.Option(0.01, help="Target false-accept rate for unknown people."),
+    light_dims: int = typer.Option(
+        0,
+        "--light-dims",
+        min=0,
+        help="First learn this many directions in which light from one side moves a face's "
+        "vector (the enrolled faces relit from the left and right) and remove them from every "
+        "vector: more faces named in hard side light. 0: off. README, 'Faces in hard light'.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Measure genuine/impostor distances and choose the threshold for a false-accept rate.
@@ -301,7 +309,7 @@ def calibrate(
     """
     from vitrina.faces.calibrate import calibrate_gallery
 
-    run = calibrate_gallery(gallery, labelled, far=far)
+    run = calibrate_gallery(gallery, labelled, far=far, light_dims=light_dims)
     if as_json:
         print_json(run.report.to_dict())
         return

@@ -11,6 +11,9 @@
 * :mod:`vitrina.faces.gallery` — the persistent gallery (the shared faiss + SQLite index, the
   chips kept for review, a lock for concurrent writers);
 * :mod:`vitrina.faces.decision` — the open-set decision rule and its calibration;
+* :mod:`vitrina.faces.lighting` — relighting and the chip corrections for hard light;
+  :mod:`vitrina.faces.light_projection` — the light's directions, learned from the enrolled
+  faces and removed from every vector (``vitrina faces calibrate --light-dims``);
 * :mod:`vitrina.faces.enroll`, :mod:`~vitrina.faces.identify`, :mod:`~vitrina.faces.calibrate`
   — the workflows on photo files that ``vitrina faces enroll / identify / verify / calibrate``
   run (``enroll_photos``, ``identify_photos``, ``verify_photos``, ``calibrate_gallery``);

@@ -34,15 +34,18 @@ def calibrate_gallery(
     labelled: str | os.PathLike[str] | None = None,
     *,
     far: float = 0.01,
+    light_dims: int = 0,
 ) -> CalibrationRun:
     """Choose the gallery's decision rule for the false-accept rate ``far`` with
     :meth:`Gallery.calibrate` (on ``labelled``, a folder with a sub-folder of photos per known
     person, or the gallery's own templates) and draw its ROC into ``GALLERY/calibration-roc.png``
-    (replaced at each calibration: it belongs to the rule stored beside it)."""
+    (replaced at each calibration: it belongs to the rule stored beside it). ``light_dims``:
+    light directions learned from the enrolled faces and removed from every vector first
+    (:mod:`vitrina.faces.light_projection`; 0: none)."""
     from vitrina.report.plots import plot_roc
 
     g = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
-    report = g.calibrate(labelled, far=far)
+    report = g.calibrate(labelled, far=far, light_dims=light_dims)
     roc = None
     if report.verification is not None:
         roc = plot_roc(

@@ -197,6 +197,15 @@ class DecisionRule:
     spread_weight: float = 0.0
     spread_ref: float = 0.0
     cap: float | None = None
+    #: Directions projected out of every vector before distances are taken (the light's:
+    #: :mod:`vitrina.faces.light_projection`), ``(k, D)`` rows; None: vectors as they are.
+    light_basis: tuple[tuple[float, ...], ...] | None = None
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Vectors as this rule compares them: ``x`` with :attr:`light_basis` projected out."""
+        from vitrina.faces.light_projection import project
+
+        return project(x, None if self.light_basis is None else np.asarray(self.light_basis))
 
     def person_thresholds(self, spread: np.ndarray) -> np.ndarray:
         """Each person's effective threshold from their template spread (NaN: none)."""
@@ -230,8 +239,6 @@ class DecisionRule:
         return why
 
     def describe(self) -> str:
-        if self.margin == 0 and self.spread_weight == 0 and self.cap is None:
-            return f"distance <= {self.threshold:.3f}"
         parts = [f"distance <= {self.threshold:.3f}"]
         if self.spread_weight:
             parts[0] += f" + {self.spread_weight:g} x (person spread - {self.spread_ref:.3f})"
@@ -239,15 +246,24 @@ class DecisionRule:
             parts[0] += f" (at most {self.cap:.3f})"
         if self.margin:
             parts.append(f"runner-up person at least {self.margin:.3f} farther")
-        return " and ".join(parts)
+        text = " and ".join(parts)
+        if self.light_basis:
+            text += f" ({len(self.light_basis)} light directions removed)"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["light_basis"] is None:  # as stored before light directions existed
+            del d["light_basis"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DecisionRule:
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if kw.get("light_basis") is not None:  # JSON lists -> the hashable tuples
+            kw["light_basis"] = tuple(tuple(float(v) for v in row) for row in kw["light_basis"])
+        return cls(**kw)
 
 
 # --------------------------------------------------------------------------- simulation

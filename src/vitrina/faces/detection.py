@@ -349,9 +349,13 @@ class FaceFinder:
         shape = models.shape_predictor()(img, rect)
         points = np.array([(p.x + dx, p.y + dy) for p in shape.parts()], dtype=np.float32)
         chip = dlib.get_face_chip(img, shape, size=self.chip_size, padding=CHIP_PADDING)
-        chip = np.ascontiguousarray(chip, dtype=np.uint8)
+        return points, self.correct_chip(np.ascontiguousarray(chip, dtype=np.uint8))
+
+    def correct_chip(self, chip: np.ndarray) -> np.ndarray:
+        """An aligned chip with this finder's lighting corrections applied (none by default:
+        ``flatten_chips``, then ``equalise_chips``)."""
         if self.flatten_chips:  # before equalising: it compares the halves' brightness
             chip = flatten_shading(chip)
         if self.equalise_chips:
             chip = equalise(chip)
-        return points, chip
+        return chip

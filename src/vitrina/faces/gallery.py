@@ -59,7 +59,7 @@ import shutil
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from vitrina.faces.decision import (
     verify_distance,
 )
 from vitrina.faces.detection import DEFAULT_DETECTOR, LEGACY_DETECTOR
+from vitrina.faces.light_projection import project
 from vitrina.faces.reports import (
     UNKNOWN,
     CalibrationReport,
@@ -916,6 +917,8 @@ class Gallery:
             f"calibrated {c['date'][:10]} for FAR {c['far']:g} on {c['n_faces']} faces of "
             f"{c['n_people']} people"
         )
+        if c.get("light_dims"):  # absent in galleries calibrated before it existed
+            text += f", {c['light_dims']} light directions removed"
         u = c.get("uncertainty")  # absent in galleries calibrated before it was measured
         if u and not u.get("promised", True):
             text += " (too few to promise that FAR: see `vitrina faces calibrate`)"
@@ -998,11 +1001,15 @@ class Gallery:
         else:
             rule, calibrated, source = given, False, f"given rule: {given.describe()}"
         q = np.stack([_as_vector(f) for _, f in faces])
-        per = person_distances(q, snap.vectors, snap.starts)
+        templates, spread = snap.vectors, snap.spread
+        if rule.light_basis is not None:  # compared as the rule was solved: light removed
+            q, templates = rule.project(q), rule.project(snap.vectors)
+            spread = template_spread(templates, snap.starts)
+        per = person_distances(q, templates, snap.starts)
         best, d1, second, d2 = top_two(per)
         spread_best = np.full(len(q), np.nan)
         if snap.names:
-            spread_best = np.where(best >= 0, snap.spread[np.maximum(best, 0)], np.nan)
+            spread_best = np.where(best >= 0, spread[np.maximum(best, 0)], np.nan)
         accepted = rule.accept(d1, d2, spread_best)
         thresholds = rule.person_thresholds(spread_best)
         out = []
@@ -1054,7 +1061,8 @@ class Gallery:
                 raise GalleryError(f"verify: a {v.shape[0]}-d vector, the gallery is {self.dim}-d")
         c = self.calibration
         t = float(c["threshold"]) if c else DEFAULT_THRESHOLD
-        d = verify_distance(a, b)
+        rule = self.rule  # its threshold was solved on vectors with the light removed
+        d = verify_distance(rule.project(a), rule.project(b))
         return Verification(d <= t, d, t)
 
     # ------------------------------------------------------------------ calibrate
@@ -1067,17 +1075,28 @@ class Gallery:
         | os.PathLike[str]
         | None = None,
         far: float = 0.01,
+        *,
+        light_dims: int = 0,
+        pipeline: Any = None,
     ) -> CalibrationReport:
         """Measure genuine/impostor distances on ``labelled`` face vectors ({person: vectors}
         or (person, vector) pairs; a folder with a sub-folder of photos per person, each
         photo's largest face; None: the gallery's own templates), choose the decision
         rule by the leave-one-identity-out simulation (:mod:`vitrina.faces.decision`) and
-        store rule and figures in gallery.json. It sees only what it is given."""
+        store rule and figures in gallery.json. It sees only what it is given.
+
+        ``light_dims``: first learn that many light directions from the enrolled faces' chips
+        relit from the left and the right (:mod:`vitrina.faces.light_projection`); the rule
+        is solved on vectors with them projected out, and identification and verification
+        project them out too. 0: vectors as they are (the rule of galleries before it).
+        ``pipeline``: describes the relit chips (default: the gallery's :meth:`pipeline`)."""
         from vitrina.evaluate.verification import pair_distances, verification_report
 
         if not 0 < float(far) < 1:
             raise GalleryError(f"far must be between 0 and 1, got {far}")
         far = float(far)
+        if isinstance(light_dims, bool) or not isinstance(light_dims, int) or light_dims < 0:
+            raise GalleryError(f"light dims must be a whole number >= 0, not {light_dims!r}")
         if isinstance(labelled, str | os.PathLike):
             labelled = self._folder_vectors(Path(labelled))
         if labelled is None:
@@ -1094,6 +1113,10 @@ class Gallery:
                 f"calibration needs faces of at least 3 people, got {len(x)} faces of "
                 f"{n_people} (a {source} set)"
             )
+        basis, light_faces = None, 0
+        if light_dims:
+            basis, light_faces = self._light_basis(light_dims, pipeline)
+            x = project(x, basis)
         n_pairs = len(x) * (len(x) - 1) // 2
         distances, same = pair_distances(
             x, labels, metric="euclidean", max_pairs=None if n_pairs <= 5_000_000 else 5_000_000
@@ -1102,6 +1125,8 @@ class Gallery:
         th = ver.thresholds_dict(far)
         scale = float(np.median(distances[~same]))
         osc = calibrate_rule(x, labels, far=far, cap=float(th["threshold"]), scale=scale)
+        if basis is not None:
+            osc.rule = replace(osc.rule, light_basis=tuple(map(tuple, basis.tolist())))
         report = CalibrationReport(
             far=far,
             threshold=float(th["threshold"]),
@@ -1119,8 +1144,11 @@ class Gallery:
             default=osc.default,
             verification=ver,
             uncertainty=osc.uncertainty,
+            light_dims=int(light_dims),
+            light_faces=light_faces,
         )
         stored = report.to_dict()
+        stored["rule"].pop("light_basis", None)  # stored once, with the rule in use
         stored["verification"] = th
         stored["grid"] = osc.grid
         with self._writing() as (_idx, meta):
@@ -1128,6 +1156,33 @@ class Gallery:
             meta["calibration"] = stored
             self._write_meta(meta)
         return report
+
+    def _light_basis(self, dims: int, pipeline: Any) -> tuple[np.ndarray, int]:
+        """The light directions learned from the enrolled faces' stored chips (at most
+        :data:`~vitrina.faces.light_projection.MAX_FACES`, evenly spaced over the people),
+        and how many chips they were learned from."""
+        from PIL import Image
+
+        from vitrina.faces.light_projection import learn_light_basis, spaced
+
+        with self._reading() as snap:
+            paths = spaced([self.path / c for c in snap.chips])
+        chips = []
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    chips.append(np.asarray(im.convert("RGB")))
+            except OSError:  # a chip lost or unreadable: the others still show the light
+                continue
+        if not chips:
+            raise DataError(
+                f"{self.path}: learning the light directions needs the enrolled faces' chips, "
+                f"and the gallery has none{' readable' if paths else ''}; enroll photos first "
+                "(or calibrate with --light-dims 0)"
+            )
+        pipe = pipeline if pipeline is not None else self.pipeline()
+        basis = learn_light_basis(chips, pipe.describe, dims, correct=pipe.finder.correct_chip)
+        return basis, len(chips)
 
     def _labelled_arrays(
         self, labelled: Mapping[str, Sequence[np.ndarray]] | Iterable[tuple[str, np.ndarray]]

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 #: The relightings :func:`relight` makes: darkened from the left or right side with a linear
-#: gradient, or lit from the centre (bright, clipped middle; dark edges).
-LIGHTINGS = ("left", "right", "centre")
+#: gradient, lit from above (a ceiling lamp: bright brow, chin in shadow), or lit from the
+#: centre (bright, clipped middle; dark edges).
+LIGHTINGS = ("left", "right", "top", "centre")
 
 #: :func:`flatten_shading` and :func:`symmetrise` leave a chip whose halves differ by less than
 #: ``SHADOW_ONSET`` (in :func:`imbalance`) as it is and correct it fully from ``SHADOW_FULL`` on,
@@ -94,7 +95,7 @@ def flatten_illumination(rgb: np.ndarray, *, scale: float = _ILLUMINATION_SCALE)
 
 
 def relight(
-    rgb: np.ndarray, strength: float, kind: Literal["left", "right", "centre"] = "left"
+    rgb: np.ndarray, strength: float, kind: Literal["left", "right", "top", "centre"] = "left"
 ) -> np.ndarray:
     """The photo relit, as by a lamp beside the face or in front of it.
 
@@ -102,7 +103,8 @@ def relight(
     half lit to ``1 + strength`` (clipped where it overflows), the two joined by a sigmoid
     across the middle whose width, ``0.02 + 0.25 x (1 - strength)`` of the photo's width,
     narrows as the light gets harder: at 0.9 the shadow's edge runs down the face's midline
-    like a hard shadow's. ``centre``: ``1 + strength`` at the centre falling linearly to
+    like a hard shadow's. ``top``: the same from above, the bottom darkened (a ceiling lamp
+    over a door). ``centre``: ``1 + strength`` at the centre falling linearly to
     ``(1 + strength) x (1 - strength)`` at the corners (a bright, clipped middle, dark edges).
     ``strength`` in [0, 1): 0 leaves the photo unchanged."""
     if kind not in LIGHTINGS:
@@ -115,10 +117,11 @@ def relight(
     h, w = a.shape[:2]
     x = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
     y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
-    if kind in ("left", "right"):
+    if kind in ("left", "right", "top"):
         width = 0.02 + 0.25 * (1.0 - strength)
-        lit = 1.0 / (1.0 + np.exp(-(x - 0.5) / width))  # 0 on the left, 1 on the right
-        if kind == "right":
+        along = y if kind == "top" else x
+        lit = 1.0 / (1.0 + np.exp(-(along - 0.5) / width))  # 0 on the left (top), 1 right
+        if kind in ("right", "top"):
             lit = 1.0 - lit
         gain = np.broadcast_to(1.0 - strength + 2.0 * strength * lit, (h, w))
     else:

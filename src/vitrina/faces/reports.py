@@ -206,6 +206,8 @@ class CalibrationReport:
     default: OpenSetFigures
     verification: Any = None  # the VerificationReport (ROC), not stored in gallery.json
     uncertainty: Uncertainty | None = None  # bootstrap over identities; None: not measured
+    light_dims: int = 0  # light directions removed from every vector (0: none)
+    light_faces: int = 0  # enrolled faces they were learned from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -224,6 +226,8 @@ class CalibrationReport:
             "plain": self.plain.to_dict(),
             "default": self.default.to_dict(),
             "uncertainty": None if self.uncertainty is None else self.uncertainty.to_dict(),
+            "light_dims": self.light_dims,
+            "light_faces": self.light_faces,
         }
 
     @property
@@ -245,6 +249,13 @@ class CalibrationReport:
             f"{self.n_genuine} genuine / {self.n_impostor} impostor pairs",
             f"verification: threshold {self.threshold:.4f} at FAR {self.far:g}: "
             f"TAR {self.tar:.2%}, EER {self.eer:.2%}",
+        ]
+        if self.light_dims:
+            out.append(
+                f"light: {self.light_dims} directions removed from every vector (learned from "
+                f"{self.light_faces} enrolled faces relit from the left and the right)"
+            )
+        out += [
             f"open-set simulation (leave one identity out, {self.openset.n_unknown} unknown / "
             f"{self.openset.n_known} known probe trials):",
             fig("  chosen rule", self.openset),
