@@ -114,3 +114,24 @@ def test_the_gallery_stores_the_uncertainty_and_every_answer_warns(tmp_path):
     del meta["calibration"]["uncertainty"]
     (g.path / "gallery.json").write_text(json.dumps(meta))
     assert Gallery(g.path).threshold_source.endswith("on 33 faces of 11 people")
+
+
+def test_a_rule_that_names_no_one_says_so(tmp_path):
+    """Three people, two of them look-alikes: keeping the look-alike out as a stranger takes a
+    threshold below every genuine distance (below 0 here). The rule and the report say it
+    names no one, instead of leaving a negative distance to be puzzled over."""
+    x, labels = separated(3, 3, seed=5)
+    x[3:6] = x[0:3] + 0.02 + np.random.default_rng(1).standard_normal((3, D)) * 0.01
+    g = Gallery.create(tmp_path / "g", dim=D, fingerprint="fp", embedder_label="synthetic")
+    report = g.calibrate({p: list(x[labels == p]) for p in sorted(set(labels))}, far=0.01)
+    assert report.openset.named == 0 and report.rule.threshold < 0
+    assert "(below 0: names no one)" in report.rule.describe()
+    text = "\n".join(report.lines())
+    assert "WARNING: the chosen rule names none of the" in text
+    assert "on 9 faces of 3 people" in text and "Calibrate on photos of more people" in text
+    # a rule that names people does not carry the warning
+    ok = Gallery.create(tmp_path / "ok", dim=D, fingerprint="fp", embedder_label="synthetic")
+    x2, labels2 = separated(6, 3, seed=4)
+    good = ok.calibrate({p: list(x2[labels2 == p]) for p in sorted(set(labels2))}, far=0.05)
+    assert good.openset.named > 0 and "names none" not in "\n".join(good.lines())
+    assert "names no one" not in good.rule.describe()

@@ -240,6 +240,8 @@ class DecisionRule:
 
     def describe(self) -> str:
         parts = [f"distance <= {self.threshold:.3f}"]
+        if self.threshold < 0:  # solved below every stranger, and below every genuine face
+            parts[0] += " (below 0: names no one)"
         if self.spread_weight:
             parts[0] += f" + {self.spread_weight:g} x (person spread - {self.spread_ref:.3f})"
         if self.cap is not None:

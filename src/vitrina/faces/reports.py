@@ -262,6 +262,13 @@ class CalibrationReport:
             fig("  plain threshold, same FAR", self.plain),
             fig("  dlib default 0.6", self.default),
         ]
+        if self.openset.n_known and self.openset.named == 0:
+            out.append(
+                f"WARNING: the chosen rule names none of the {self.openset.n_known} known faces "
+                f"in the simulation: on {self.n_faces} faces of {self.n_people} people, keeping "
+                f"strangers to FAR {self.far:g} refuses everyone. Calibrate on photos of more "
+                "people (or ask for a larger --far)."
+            )
         u = self.uncertainty
         if u is not None and u.rounds:
             out.append(
