@@ -295,7 +295,8 @@ def calibrate(
         min=0,
         help="First learn this many directions in which light from one side moves a face's "
         "vector (the enrolled faces relit from the left and right) and remove them from every "
-        "vector: more faces named in hard side light. 0: off. README, 'Faces in hard light'.",
+        "vector: more faces named in hard side light (3 measured best). 0: off. README, "
+        "'Faces in hard light'.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -306,6 +307,8 @@ def calibrate(
     Prints that rule next to a plain global threshold and dlib's default 0.6 on the same trials.
 
     Example: vitrina faces calibrate staff.gallery labelled-staff/ --far 0.01
+
+    A door with a lamp or window beside it: vitrina faces calibrate staff.gallery --light-dims 3
     """
     from vitrina.faces.calibrate import calibrate_gallery
 

@@ -14,8 +14,9 @@ out before distances are taken: ``x - (x @ B.T) @ B`` for the ``(dims, D)`` orth
 vectors; the gallery's own vectors are never changed.
 
 Measured (``benchmarks/faces_light.py``, README "Faces in hard light"): 3 of dlib's 128
-dimensions name more faces in every relit light, centre light included although only side
-light is learned, and keep strangers out in the photos' own light; 8 let strangers in.
+dimensions name more faces in every relit light, centre light and light from above included
+although only side light is learned, and keep strangers out in the photos' own light; 8 let
+strangers in. Light from above at 0.9 (brow burnt out, mouth in black shadow) is beyond it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ __all__ = ["DEFAULT_DIMS", "LIGHTS", "MAX_FACES", "learn_light_basis", "project"
 LIGHTS: tuple[tuple[str, float], ...] = tuple(
     (kind, s) for kind in ("left", "right") for s in (0.5, 0.7, 0.9)
 )
-#: Directions removed by ``vitrina faces calibrate --light-dims`` (0 turns it off).
+#: The number of directions measured to help (``vitrina faces calibrate --light-dims 3``; the
+#: option itself is off, 0, unless asked for: see the README, "Faces in hard light").
 DEFAULT_DIMS = 3
 #: A large gallery's light is learned from this many of its faces, evenly spaced over it
 #: (each is described 7 times; the light's few directions need no more).
