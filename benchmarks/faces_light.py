@@ -124,10 +124,6 @@ VARIANTS = {
     "cascade+nap": (None, False),
     "cascade+flatten+nap": ("flatten_shading", False),
 }
-#: ``+nap``: light directions removed (``vitrina.faces.light_projection``; it learns left and
-#: right light only: centre light is never seen, so it measures whether the projection carries
-#: over to another light).
-NAP_DIMS = 3
 #: Relit enrolment: each enrolled chip also relit from each side at each strength.
 RELIT_ENROLMENT = [(kind, s) for kind in ("left", "right") for s in (0.7, 0.9)]
 
@@ -145,7 +141,7 @@ def run_one(
     far: float,
     variants: list[str],
     enrolled_people: int,
-    nap_dims: int = NAP_DIMS,
+    nap_dims: int,
 ) -> dict:
     """Read every photo of every light with this configuration's pipeline, then per seed
     enroll, calibrate on the enrolled photos only and identify every probe in every light."""
@@ -444,8 +440,9 @@ def main() -> None:
     ap.add_argument(
         "--nap-dims",
         type=int,
-        default=NAP_DIMS,
-        help="directions of light the +nap variants project out of every vector",
+        help="directions of light the +nap variants project out of every vector (default: "
+        "vitrina.faces.light_projection.DEFAULT_DIMS; it learns left and right light only, so "
+        "centre and top light measure whether it carries over to another light)",
     )
     ap.add_argument(
         "--variants",
@@ -455,6 +452,10 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, JSON out
     ap.add_argument("--sets", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.nap_dims is None:
+        from vitrina.faces.light_projection import DEFAULT_DIMS
+
+        args.nap_dims = DEFAULT_DIMS
     seeds = list(range(args.seeds))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]

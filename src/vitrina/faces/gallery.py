@@ -1059,10 +1059,10 @@ class Gallery:
         for v in (a, b):
             if v.shape[0] != self.dim:
                 raise GalleryError(f"verify: a {v.shape[0]}-d vector, the gallery is {self.dim}-d")
-        c = self.calibration
+        self._refresh_meta()  # one read: the threshold and the rule it was solved with
+        c, rule = self._calibration, self._rule
         t = float(c["threshold"]) if c else DEFAULT_THRESHOLD
-        rule = self.rule  # its threshold was solved on vectors with the light removed
-        d = verify_distance(rule.project(a), rule.project(b))
+        d = verify_distance(rule.project(a), rule.project(b))  # light removed, as solved
         return Verification(d <= t, d, t)
 
     # ------------------------------------------------------------------ calibrate
