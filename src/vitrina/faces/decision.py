@@ -36,8 +36,8 @@ of its own person's templates. For each ``(margin, spread_weight)`` of a grid th
 fewer than ``10 / far`` unknown trials the measured rate cannot resolve ``far`` (the rule of
 :mod:`vitrina.evaluate.verification`), so the threshold is also kept below the tail
 extrapolated from a normal fit to the unknowns' distances, ``mean + sd * z(far / p)``, ``p``
-being the (add-one smoothed) share passing the margin test among the nearest quarter of the
-unknowns. The grid point naming the most known probes correctly wins (ties: fewer misnamed,
+being the share passing the margin test among the nearest quarter of the unknowns, at its
+95% upper confidence bound (:func:`pass_rate_bound`). The grid point naming the most known probes correctly wins (ties: fewer misnamed,
 then the smaller margin and weight), but a margin or spread term is kept only when it names
 at least 2% more known probes than the plain threshold calibrated the same way; the report
 gives both, and dlib's 0.6, on the same simulation.
@@ -114,6 +114,7 @@ BOOTSTRAP_ROUNDS = 200  # resamples of the identities
 KEEP_SHARE = 0.9  # share of resamples on which a margin/spread term must name more
 INTERVAL = 0.9  # the reported intervals: 5th to 95th percentile
 BOOTSTRAP_SEED = 0
+PASS_CONFIDENCE = 0.95  # the margin pass rate of the tail bound: its upper bound at this level
 _BLOCK = 512
 
 
@@ -484,6 +485,19 @@ def evaluate_rule(rule: DecisionRule, trials: OpenSetTrials) -> OpenSetFigures:
     )
 
 
+def pass_rate_bound(passed: int, trials: int, confidence: float = PASS_CONFIDENCE) -> float:
+    """The one-sided upper confidence bound (Clopper-Pearson) of a rate seen ``passed`` times
+    in ``trials``: 1 when every trial passed or there were none. 0 of 22 gives 0.127 at 95%,
+    where add-one smoothing (this function until 6 December 2026) gave 0.042 -- and a margin
+    term trusted that strangers rarely pass it: on ORL (30 people x 3 photos, one choice of
+    people) the tail bound then let the threshold rise to 0.559 and 10 of 100 strangers in."""
+    if trials <= 0 or passed >= trials:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(confidence, passed + 1, trials - passed))
+
+
 def _solve_threshold(
     trials: OpenSetTrials, margin: float, weight: float, spread_ref: float, cap: float, far: float
 ) -> float:
@@ -507,9 +521,10 @@ def _solve_threshold(
         ua = u[trials.unknown & np.isfinite(u)]
         if len(ua) >= 3 and ua.std() > 0:
             # The share passing the margin test among the nearest quarter of the unknowns:
-            # the ones the threshold decides about (look-alikes may pass it more often).
+            # the ones the threshold decides about (look-alikes may pass it more often),
+            # taken at its upper confidence bound (a few dozen trials say little of it).
             near = trials.unknown & np.isfinite(u) & (u <= np.quantile(ua, 0.25))
-            passing = (int((passes_margin & near).sum()) + 1) / (int(near.sum()) + 2)
+            passing = pass_rate_bound(int((passes_margin & near).sum()), int(near.sum()))
             q = min(far / passing, 0.5)
             t = min(t, float(ua.mean() + ua.std(ddof=1) * NormalDist().inv_cdf(q)))
     return float(min(t, cap))

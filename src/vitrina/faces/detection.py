@@ -13,6 +13,21 @@ face says which stage found it (``FoundFace.detector``: ``hog``, ``cnn``, ``hog-
 ``hog-rotated``, ``cnn-flattened``; ``assumed`` for ``assume_face``). On a photo HOG
 answers, the cascade is HOG: same faces, same cost.
 
+**The landmarks** (``flatten_landmarks``, on by default): dlib's 5-point predictor reads
+brightness differences, so a hard shadow's edge across a face pulls the eye and nose points
+onto it and the chip comes out misaligned. Where the light varies across the middle of the
+face box by more than ``LANDMARK_LIGHT_ONSET`` (:func:`~vitrina.faces.lighting.light_spread`
+of :func:`~vitrina.faces.lighting.estimate_light` on the face and half its size around it),
+the points are also found on that crop with its light divided out
+(:func:`~vitrina.faces.lighting.flatten_illumination`) and blended in, fully from
+``LANDMARK_LIGHT_FULL`` on. A face in even light keeps its plain points, bit for bit, and so
+does a face in an assumed square (``assume_face``: not a face box, and its margin's hair and
+background would read as uneven light); the chip is always cut from the photo itself. Which points align a face is, like which detector found
+it, not part of the vectors' fingerprint: they stay comparable. Measured on ORL relit from
+the left at 0.9 (nearest of 30 enrolled people, 3 photos each, 10 choices of people): rank-1
+92% with the plain points, 99% with these; from above at 0.9, 41% and 87% (README, "Faces in
+hard light").
+
 Conventions: boxes and landmarks are pixels of the original photo (x right, y down; box
 right/bottom exclusive), boxes clipped to the photo and sorted left to right. A chip is
 ``dlib.get_face_chip(photo, landmarks, size, padding=0.25)``, the alignment dlib's ResNet was
@@ -31,7 +46,13 @@ from PIL import Image
 
 from vitrina.errors import DataError, require
 from vitrina.faces import models
-from vitrina.faces.lighting import equalise, flatten_illumination, flatten_shading
+from vitrina.faces.lighting import (
+    equalise,
+    estimate_light,
+    flatten_illumination,
+    flatten_shading,
+    light_spread,
+)
 from vitrina.faces.types import Box
 from vitrina.registry import Registry
 
@@ -238,6 +259,62 @@ class _Photo:
         return self.scale != (1.0, 1.0)
 
 
+_MIN_CROP = 8  # pixels: a smaller crop around a face box is no face to flatten
+#: ``flatten_landmarks`` keeps the plain landmarks of a face whose light varies over its box
+#: by less than ``LANDMARK_LIGHT_ONSET`` (:func:`~vitrina.faces.lighting.light_spread`), takes
+#: those found on the flattened face from ``LANDMARK_LIGHT_FULL`` on, and blends the two
+#: between. Measured on the middle of ORL's face boxes: in the photos' own light the spread's
+#: median is 0.38 and 95% are below 0.64; relit from the left at 0.7 the median is 1.16, at
+#: 0.9 2.48; from above at 0.7 1.31; from the centre at 0.9 0.65 (no edge across the face).
+LANDMARK_LIGHT_ONSET = 0.7
+LANDMARK_LIGHT_FULL = 1.4
+_LIGHT_MARGIN = 0.2  # the light is judged on the box less this fraction of it on each side
+
+
+def landmarks_crop(shape: tuple[int, ...], rect: Any) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the part of a photo of ``shape`` ``(h, w, ...)`` whose light
+    ``flatten_landmarks`` divides out before the landmarks are found: the face box with half
+    its size on each side, clipped to the photo. The light is estimated over a third of that
+    crop's long side (:func:`~vitrina.faces.lighting.flatten_illumination`): about two
+    thirds of the face, whatever the photo's size, so a shadow across the face is removed and
+    its features (smaller) are kept."""
+    h, w = shape[:2]
+    m = max(rect.width(), rect.height()) // 2
+    x0, y0 = max(rect.left() - m, 0), max(rect.top() - m, 0)
+    x1, y1 = min(rect.right() + 1 + m, w), min(rect.bottom() + 1 + m, h)
+    return x0, y0, x1, y1
+
+
+def _uneven_light(
+    img: np.ndarray, rect: Any
+) -> tuple[tuple[int, int, np.ndarray, np.ndarray], float] | None:
+    """``((x0, y0, crop, its light), blend weight)`` for the face in ``rect``, or ``None``
+    where its light is even enough (weight 0) or the box lies (almost) outside the photo."""
+    x0, y0, x1, y1 = landmarks_crop(img.shape, rect)
+    if x1 - x0 < _MIN_CROP or y1 - y0 < _MIN_CROP:
+        return None
+    crop = np.ascontiguousarray(img[y0:y1, x0:x1])
+    light = estimate_light(crop)
+    # the light on the middle of the box (the face's skin, whatever the box's margin): hair
+    # and background beside the face are dark in any light
+    mx, my = round(_LIGHT_MARGIN * rect.width()), round(_LIGHT_MARGIN * rect.height())
+    top, left = max(rect.top() + my - y0, 0), max(rect.left() + mx - x0, 0)
+    bottom = max(rect.bottom() + 1 - my - y0, top)
+    right = max(rect.right() + 1 - mx - x0, left)
+    span = LANDMARK_LIGHT_FULL - LANDMARK_LIGHT_ONSET
+    spread = light_spread(light[top:bottom, left:right])
+    weight = float(np.clip((spread - LANDMARK_LIGHT_ONSET) / span, 0.0, 1.0))
+    return None if weight == 0 else ((x0, y0, crop, light), weight)
+
+
+def landmark_light_weight(img: np.ndarray, rect: Any) -> float:
+    """How much of ``flatten_landmarks``' points a face in ``rect`` (a ``dlib.rectangle``) of
+    the ``(H, W, 3)`` uint8 photo ``img`` takes: 0 in even light (its plain points), 1 from
+    ``LANDMARK_LIGHT_FULL`` on."""
+    lit = _uneven_light(img, rect)
+    return 0.0 if lit is None else lit[1]
+
+
 @dataclass(frozen=True)
 class FaceFinder:
     """Detect and align the faces of RGB photos with fixed settings (see
@@ -252,6 +329,7 @@ class FaceFinder:
     assume_face: bool = False
     equalise_chips: bool = False
     flatten_chips: bool = False
+    flatten_landmarks: bool = False
 
     def load_models(self) -> None:
         """Load (and cache in this process) the dlib models this finder uses."""
@@ -266,7 +344,7 @@ class FaceFinder:
         small to hold one."""
         photo = self._prepare(rgb)
         return [
-            FoundFace(box, *self._align(photo, rect), detector=found_by)
+            FoundFace(box, *self._align(photo, rect, found_by != ASSUMED), detector=found_by)
             for box, rect, found_by in self._find(photo)
         ]
 
@@ -325,14 +403,16 @@ class FaceFinder:
     def _face_likeness(self, photo: _Photo, rect: Any) -> float:
         """The HOG face detector's best score on the aligned chip of ``rect`` (-inf when no
         window scores above -3: a flat chip has no gradients at all)."""
-        _, chip = self._align(photo, rect)
+        _, chip = self._align(photo, rect, flatten=False)  # an assumed square, not a face box
         if chip.shape[0] != DLIB_CHIP_SIZE:  # the detector's 80-px window fits a face at 150
             size = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)
             chip = np.asarray(Image.fromarray(chip).resize(size, Image.Resampling.BICUBIC))
         _, scores, _ = models.hog_detector().run(chip, 0, -3.0)
         return float(max(scores)) if len(scores) else float("-inf")
 
-    def _align(self, photo: _Photo, rect: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _align(
+        self, photo: _Photo, rect: Any, flatten: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         dlib = models.dlib_module()
         img, dx, dy = photo.det, 0, 0
         if photo.downscaled:
@@ -346,10 +426,34 @@ class FaceFinder:
             rect = dlib.rectangle(
                 rect.left() - dx, rect.top() - dy, rect.right() - dx, rect.bottom() - dy
             )
-        shape = models.shape_predictor()(img, rect)
+        shape = self._landmarks(img, rect, flatten)
         points = np.array([(p.x + dx, p.y + dy) for p in shape.parts()], dtype=np.float32)
         chip = dlib.get_face_chip(img, shape, size=self.chip_size, padding=CHIP_PADDING)
         return points, self.correct_chip(np.ascontiguousarray(chip, dtype=np.uint8))
+
+    def _landmarks(self, img: np.ndarray, rect: Any, flatten: bool) -> Any:
+        """dlib's 5 landmarks of the face in ``rect``; with ``flatten_landmarks`` (and
+        ``flatten``: a detector's box), where the face is unevenly lit, blended with those
+        found on a copy with its light divided out (module docstring)."""
+        predictor = models.shape_predictor()
+        plain = predictor(img, rect)
+        if not (self.flatten_landmarks and flatten):
+            return plain
+        lit = _uneven_light(img, rect)
+        if lit is None:
+            return plain
+        (x0, y0, crop, light), weight = lit
+        dlib = models.dlib_module()
+        inner = dlib.rectangle(
+            rect.left() - x0, rect.top() - y0, rect.right() - x0, rect.bottom() - y0
+        )
+        flat = predictor(flatten_illumination(crop, light=light), inner)
+        points = dlib.points()
+        for p, q in zip(plain.parts(), flat.parts(), strict=True):
+            x = (1 - weight) * p.x + weight * (q.x + x0)
+            y = (1 - weight) * p.y + weight * (q.y + y0)
+            points.append(dlib.point(round(x), round(y)))
+        return dlib.full_object_detection(rect, points)
 
     def correct_chip(self, chip: np.ndarray) -> np.ndarray:
         """An aligned chip with this finder's lighting corrections applied (none by default:

@@ -84,6 +84,7 @@ def open_gallery(
     assume_face: bool = False,
     backend: str | None = None,
     flatten_chips: bool = False,
+    flatten_landmarks: bool | None = None,
 ) -> tuple[Gallery, Any]:
     """The gallery at ``path`` and the :class:`~vitrina.faces.pipeline.FacePipeline` to read
     photos for it.
@@ -94,7 +95,9 @@ def open_gallery(
     the engine backend describing the faces (any gives vectors within its tolerance).
     ``flatten_chips``: even out one-sided shadows on the chips
     (:func:`~vitrina.faces.lighting.flatten_shading`); other vectors, so fixed when the
-    gallery is created."""
+    gallery is created. ``flatten_landmarks``: find the landmarks of unevenly lit faces with
+    the light divided out (``None``: the gallery's setting, or on for a new gallery); the
+    vectors stay comparable, so a run may ask for it on an existing gallery."""
     options = {
         "detector": detector,
         "upsample": upsample,
@@ -102,6 +105,7 @@ def open_gallery(
         "assume_face": assume_face or None,
         "backend": backend,
         "flatten_chips": flatten_chips or None,
+        "flatten_landmarks": flatten_landmarks,
     }
     if (Path(path) / META_NAME).exists():
         g = Gallery(path)
@@ -124,6 +128,7 @@ def enroll_photos(
     assume_face: bool = False,
     backend: str | None = None,
     flatten_chips: bool = False,
+    flatten_landmarks: bool | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EnrollRun:
     """Enrol ``name``'s ``photos``, or every person of ``folders``, into ``gallery`` (created
@@ -144,6 +149,7 @@ def enroll_photos(
         assume_face=assume_face,
         backend=backend,
         flatten_chips=flatten_chips,
+        flatten_landmarks=flatten_landmarks,
     )
     every = [p for ps in groups.values() for p in ps]
     run = EnrollRun(g, photos=list(pipe.process(every, on_progress=on_progress)))

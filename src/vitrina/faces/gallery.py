@@ -421,6 +421,9 @@ class Gallery:
         # Galleries made before the cascade recorded no detector when made with the defaults:
         # theirs was HOG, and they keep it.
         settings.setdefault("detector", LEGACY_DETECTOR)
+        # ... nor whether the landmarks of a face in uneven light were found with the light
+        # divided out (flatten_landmarks, default since 6 December 2026): theirs were not.
+        settings.setdefault("flatten_landmarks", False)
         settings.update({k: v for k, v in overrides.items() if v is not None})
         pipe = FacePipeline(**settings)
         self._check_embedder(pipe.fingerprint, pipe.dim)

@@ -17,9 +17,11 @@ from vitrina.errors import require
 __all__ = [
     "LIGHTINGS",
     "equalise",
+    "estimate_light",
     "flatten_illumination",
     "flatten_shading",
     "imbalance",
+    "light_spread",
     "relight",
     "symmetrise",
 ]
@@ -59,21 +61,16 @@ def equalise(rgb: np.ndarray, *, tiles: int = _CLAHE_TILE) -> np.ndarray:
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
-def flatten_illumination(rgb: np.ndarray, *, scale: float = _ILLUMINATION_SCALE) -> np.ndarray:
-    """The photo's reflectance with its illumination divided out (homomorphic filtering): the
-    log of the luminance minus an estimate of the light, stretched between its 1st and 99th
-    percentiles to 0-255, as grey RGB. A face half in black shadow and half overexposed comes
-    out evenly lit: what the detector cascade's last stage looks at
-    (:mod:`vitrina.faces.detection`). Colour is dropped (the detectors do not need it) and a
-    flat photo stays flat.
+def estimate_light(rgb: np.ndarray, *, scale: float = _ILLUMINATION_SCALE) -> np.ndarray:
+    """The light falling on a photo: ``(H, W)`` float32, in log luminance (natural log of
+    1 + the mean of R, G, B), estimated by a median filter over a window of ``scale`` x the
+    photo's long side, lightly smoothed (:func:`flatten_illumination` divides it out).
 
-    The light is estimated by a median filter of the log luminance over a window of ``scale``
-    x the photo's long side, lightly smoothed. A median keeps the step of a hard shadow's
-    edge, which is longer than its window, and drops a face's features, which are smaller: a
-    Gaussian blur (this function until December 2026) smears the step, and the difference
-    then draws a bright ridge down the face where the shadow ends. Of 190 hard side-lit ORL
-    faces that reached the cascade's last stage, the Gaussian estimate hid 5 from the CNN;
-    the median, 1."""
+    A median keeps the step of a hard shadow's edge, which is longer than its window, and
+    drops a face's features, which are smaller: a Gaussian blur (until December 2026) smears
+    the step, and the difference then draws a bright ridge down the face where the shadow
+    ends. Of 190 hard side-lit ORL faces that reached the detector cascade's last stage, the
+    Gaussian estimate hid 5 from the CNN; the median, 1."""
     cv2 = require("cv2", "faces", "face lighting correction")
 
     lum = np.asarray(rgb, dtype=np.float32).mean(axis=2)
@@ -84,14 +81,41 @@ def flatten_illumination(rgb: np.ndarray, *, scale: float = _ILLUMINATION_SCALE)
     # the log luminance in 256 steps of ~2% brightness is ample for the light's estimate.
     steps = np.clip(np.rint(log * (255.0 / _LOG_256)), 0, 255).astype(np.uint8)
     light = cv2.medianBlur(steps, window).astype(np.float32) * (_LOG_256 / 255.0)
-    light = cv2.GaussianBlur(light, (0, 0), max(1.0, _ILLUMINATION_SMOOTH * long_side))
-    detail = log - light
+    return cv2.GaussianBlur(light, (0, 0), max(1.0, _ILLUMINATION_SMOOTH * long_side))
+
+
+def flatten_illumination(
+    rgb: np.ndarray, *, scale: float = _ILLUMINATION_SCALE, light: np.ndarray | None = None
+) -> np.ndarray:
+    """The photo's reflectance with its illumination divided out (homomorphic filtering): the
+    log of the luminance minus :func:`estimate_light` (or ``light``, computed by it before),
+    stretched between its 1st and 99th percentiles to 0-255, as grey RGB. A face half in
+    black shadow and half overexposed comes out evenly lit: what the detector cascade's last
+    stage looks at (:mod:`vitrina.faces.detection`), and where ``flatten_landmarks`` finds
+    the landmarks of a face in uneven light. Colour is dropped (the detectors do not need it)
+    and a flat photo stays flat."""
+    lum = np.asarray(rgb, dtype=np.float32).mean(axis=2)
+    if light is None:
+        light = estimate_light(rgb, scale=scale)
+    detail = np.log1p(lum) - light
     lo, hi = np.percentile(detail, [1, 99])
     if hi - lo < 1e-3:  # no detail anywhere (a flat photo): mid-grey, not amplified noise
         grey = np.full(lum.shape, 128, np.uint8)
     else:
         grey = (np.clip((detail - lo) / (hi - lo), 0.0, 1.0) * 255).round().astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
+
+
+def light_spread(light: np.ndarray) -> float:
+    """How unevenly a region is lit: the 95th minus the 5th percentile of its
+    :func:`estimate_light` (log units: 0.7 is a factor of 2). ORL's faces in their own light
+    (detector box): median 0.76, 95% below 1.5 (dark hair and backgrounds count too); relit
+    from one side at 0.7, median 1.8; at 0.9, 3.0."""
+    a = np.asarray(light, dtype=np.float32)
+    if a.size == 0:
+        return 0.0
+    lo, hi = np.percentile(a, [5, 95])
+    return float(hi - lo)
 
 
 def relight(

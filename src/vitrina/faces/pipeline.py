@@ -102,6 +102,13 @@ class FacePipeline:
             its vectors are another embedder's (the fingerprint says so). Off by default: see
             the README's measurement (more faces named in hard side light, a few more
             strangers accepted there).
+        flatten_landmarks: where a face is unevenly lit, find the landmarks that align it on
+            a copy with its light divided out (:mod:`vitrina.faces.detection`, "The
+            landmarks"); the chip is still cut from the photo, and a face in even light keeps
+            its plain landmarks. dlib's landmark predictor reads brightness differences: a
+            hard shadow across the face pulls its points onto the shadow's edge. On by
+            default; galleries made before it keep their plain landmarks unless a run asks.
+            The vectors stay comparable (same fingerprint), as with another detector.
         backend: the engine backend describing the chips (``auto`` measures; ``eager``,
             ``bf16``, ``onnx``, ``int8``; ``dlib``: dlib's own code, the reference;
             ``torch``: the eager backend, as stored by galleries made before).
@@ -125,6 +132,7 @@ class FacePipeline:
         backend: str = "auto",
         equalise_chips: bool = False,
         flatten_chips: bool = False,
+        flatten_landmarks: bool = True,
     ) -> None:
         DETECTORS.get(detector)  # unknown name -> closest names
         if backend not in _backends():
@@ -151,6 +159,7 @@ class FacePipeline:
         self.assume_face = bool(assume_face)
         self.equalise_chips = bool(equalise_chips)
         self.flatten_chips = bool(flatten_chips)
+        self.flatten_landmarks = bool(flatten_landmarks)
         self.backend = backend
         self._embedder = _as_embedder(embedder)
         if self._embedder is None:
@@ -170,6 +179,7 @@ class FacePipeline:
             self.assume_face,
             self.equalise_chips,
             self.flatten_chips,
+            self.flatten_landmarks,
         )
         self._fingerprint: str | None = None
         self._engine: Any = None
@@ -218,6 +228,7 @@ class FacePipeline:
             "backend": self.backend,
             "equalise_chips": self.equalise_chips,
             "flatten_chips": self.flatten_chips,
+            "flatten_landmarks": self.flatten_landmarks,
         }
 
     def __repr__(self) -> str:
