@@ -18,7 +18,7 @@ the other 7 photos of each enrolled person (known: 210) and all photos of the 10
 Configurations, each in a fresh process: ``main`` (the code of git revision ``--main``),
 and this checkout's variants (``--variants``; the same faces, found once): ``cascade`` (its
 defaults), ``cascade+clahe`` (chips equalised: ``equalise_chips=True``), ``cascade+flatten``
-(one-sided shadows evened out: ``flatten_chips=True``), ``cascade+mirror`` (the dark half
+(shadows from one side or from above evened out: the pipeline's ``flatten_chips=True``), ``cascade+mirror`` (the dark half
 rebuilt from the mirrored lit half: ``lighting.symmetrise``, not offered by the pipeline),
 ``cascade+relit`` and ``cascade+flatten+relit`` (relit enrolment: after calibrating on the
 real enrolled photos, each enrolled chip is also enrolled relit from the left and right at
@@ -117,21 +117,30 @@ def split(
 VARIANTS = {
     "cascade": (None, False),
     "cascade+clahe": ("equalise", False),
-    "cascade+flatten": ("flatten_shading", False),
+    "cascade+flatten": ("flatten", False),
     "cascade+mirror": ("symmetrise", False),
     "cascade+relit": (None, True),
-    "cascade+flatten+relit": ("flatten_shading", True),
+    "cascade+flatten+relit": ("flatten", True),
     "cascade+nap": (None, False),
-    "cascade+flatten+nap": ("flatten_shading", False),
+    "cascade+flatten+nap": ("flatten", False),
 }
 #: Relit enrolment: each enrolled chip also relit from each side at each strength.
 RELIT_ENROLMENT = [(kind, s) for kind in ("left", "right") for s in (0.7, 0.9)]
 
 
 def _chip_fn(name: str | None):  # type: ignore[no-untyped-def]
+    """The chip transform of a variant: ``flatten`` is the pipeline's own ``flatten_chips``
+    correction (this checkout's: columns, then rows where it has them); other names are
+    functions of :mod:`vitrina.faces.lighting`."""
     from vitrina.faces import lighting
 
-    return (lambda c: c) if name is None else getattr(lighting, name)
+    if name is None:
+        return lambda c: c
+    if name == "flatten":
+        from vitrina.faces import FacePipeline
+
+        return FacePipeline(backend="eager", flatten_chips=True).finder.correct_chip
+    return getattr(lighting, name)
 
 
 def run_one(
@@ -215,7 +224,7 @@ def run_one(
 
     # +nap: the pipeline describing the relit enrolled chips, with the variant's correction
     nap_pipes = {
-        v: FacePipeline(backend="eager", flatten_chips=VARIANTS[v][0] == "flatten_shading")
+        v: FacePipeline(backend="eager", flatten_chips=VARIANTS[v][0] == "flatten")
         for v in variants
         if v.endswith("+nap")
     }

@@ -8,6 +8,8 @@ Chips are made here: a textured, evenly lit 150x150 "face" and the same darkened
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,29 @@ def test_flatten_shading_brings_the_shadowed_half_back_towards_the_lit_face(chip
     assert corr > 0.9
 
 
+def _top_bottom(a: np.ndarray) -> float:
+    return imbalance(np.ascontiguousarray(np.swapaxes(a, 0, 1)))
+
+
+def test_flatten_shading_rows_evens_out_a_light_from_above(chip):
+    """``rows=True``: the same correction down the chip (a ceiling lamp: brow lit, chin in
+    shadow); a chip lit evenly top to bottom, or lit from one side, keeps its rows."""
+    dark = relight(chip, 0.7, "top")
+    out = flatten_shading(dark, rows=True)
+    assert out.shape == chip.shape and out.dtype == np.uint8
+    assert _top_bottom(out) < 0.1 < SHADOW_ONSET < _top_bottom(dark)
+    err_dark = np.abs(dark[85:140].astype(float) - chip[85:140]).mean()
+    assert np.abs(out[85:140].astype(float) - chip[85:140]).mean() < 0.4 * err_dark
+    np.testing.assert_array_equal(flatten_shading(chip, rows=True), chip)
+    side = relight(chip, 0.7, "left")
+    np.testing.assert_array_equal(flatten_shading(side, rows=True), side)
+    # the rows of a chip are the columns of its transpose
+    t = np.ascontiguousarray(np.swapaxes(dark, 0, 1))
+    np.testing.assert_array_equal(
+        flatten_shading(dark, rows=True), np.swapaxes(flatten_shading(t), 0, 1)
+    )
+
+
 def test_corrections_refuse_a_bad_ramp(chip):
     with pytest.raises(ValueError, match="onset"):
         flatten_shading(chip, onset=0.5, full=0.4)
@@ -106,6 +131,27 @@ def test_flattened_vectors_have_their_own_fingerprint_and_old_settings_mean_off(
     assert FacePipeline(**old).flatten_chips is False
 
 
+def test_flattened_rows_have_their_own_fingerprint_and_old_galleries_keep_columns_only(
+    tmp_path,
+):
+    """``flatten_chips`` evens out the rows too in new pipelines (``-flat-rows``); a gallery
+    made with ``flatten_chips`` before recorded no ``flatten_rows``: columns only, ``-flat``."""
+    rows = FacePipeline(backend="eager", flatten_chips=True)
+    cols = FacePipeline(backend="eager", flatten_chips=True, flatten_rows=False)
+    assert rows.flatten_rows is True and cols.flatten_rows is False
+    assert FacePipeline(backend="eager").flatten_rows is False  # nothing to flatten
+    assert rows.fingerprint != cols.fingerprint
+    g = Gallery.for_pipeline(tmp_path / "old", cols)
+    meta = json.loads((g.path / "gallery.json").read_text())
+    del meta["pipeline"]["flatten_rows"]  # as written before 6 December 2026
+    (g.path / "gallery.json").write_text(json.dumps(meta))
+    old = Gallery(g.path).pipeline()
+    assert old.flatten_chips is True and old.flatten_rows is False
+    assert old.fingerprint == cols.fingerprint
+    new = Gallery.for_pipeline(tmp_path / "new", rows)
+    assert Gallery(new.path).pipeline().flatten_rows is True
+
+
 def test_a_gallery_keeps_flattened_and_plain_vectors_apart(tmp_path):
     flat = FacePipeline(backend="eager", flatten_chips=True)
     g = Gallery.for_pipeline(tmp_path / "g", flat)
@@ -123,6 +169,20 @@ skdata = pytest.importorskip("skimage.data")
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
     return np.ascontiguousarray(skdata.astronaut()[30:230, 120:320])
+
+
+def test_flatten_chips_evens_out_a_ceiling_lamp_row_by_row(crop):
+    """Lit hard from above: the chip the pipeline describes is the plain chip flattened by
+    columns, then by rows; a gallery of columns only describes it without the rows."""
+    plain = FacePipeline(backend="eager", flatten_landmarks=True)
+    rows = FacePipeline(backend="eager", flatten_chips=True)
+    cols = FacePipeline(backend="eager", flatten_chips=True, flatten_rows=False)
+    lamp = relight(crop, 0.9, "top")
+    (a,), (b,), (c,) = plain.faces_in(lamp), rows.faces_in(lamp), cols.faces_in(lamp)
+    assert _top_bottom(a.chip) > SHADOW_FULL
+    np.testing.assert_array_equal(b.chip, flatten_shading(flatten_shading(a.chip), rows=True))
+    np.testing.assert_array_equal(c.chip, flatten_shading(a.chip))
+    assert not np.array_equal(b.chip, c.chip)
 
 
 def test_flatten_chips_changes_only_shadowed_faces(crop):

@@ -40,9 +40,10 @@ EMBEDDER_HELP = (
 )
 FLATTEN_HELP = (
     "Even out a shadow falling from one side of the face (a lamp or window beside a door "
-    "camera) on each aligned face before describing it; evenly lit faces are unchanged. "
-    "Fixed when the gallery is created. Measured on ORL relit from one side: README, "
-    "'Faces in hard light'."
+    "camera) or from above (a ceiling lamp) on each aligned face before describing it; "
+    "evenly lit faces are unchanged. "
+    "Fixed when the gallery is created. Measured on ORL relit from one side and from above: "
+    "README, 'Faces in hard light'."
 )
 LANDMARKS_HELP = (
     "Where a face is unevenly lit, find the landmarks that align it on a copy with the light "

@@ -330,6 +330,7 @@ class FaceFinder:
     equalise_chips: bool = False
     flatten_chips: bool = False
     flatten_landmarks: bool = False
+    flatten_rows: bool = False
 
     def load_models(self) -> None:
         """Load (and cache in this process) the dlib models this finder uses."""
@@ -457,9 +458,11 @@ class FaceFinder:
 
     def correct_chip(self, chip: np.ndarray) -> np.ndarray:
         """An aligned chip with this finder's lighting corrections applied (none by default:
-        ``flatten_chips``, then ``equalise_chips``)."""
+        ``flatten_chips``: columns, then rows with ``flatten_rows``; then ``equalise_chips``)."""
         if self.flatten_chips:  # before equalising: it compares the halves' brightness
             chip = flatten_shading(chip)
+            if self.flatten_rows:
+                chip = flatten_shading(chip, rows=True)
         if self.equalise_chips:
             chip = equalise(chip)
         return chip

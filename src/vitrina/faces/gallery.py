@@ -424,6 +424,9 @@ class Gallery:
         # ... nor whether the landmarks of a face in uneven light were found with the light
         # divided out (flatten_landmarks, default since 6 December 2026): theirs were not.
         settings.setdefault("flatten_landmarks", False)
+        # ... nor whether flatten_chips evens out the rows too (default since 6 December
+        # 2026): theirs evened out the columns only.
+        settings.setdefault("flatten_rows", False)
         settings.update({k: v for k, v in overrides.items() if v is not None})
         pipe = FacePipeline(**settings)
         self._check_embedder(pipe.fingerprint, pipe.dim)

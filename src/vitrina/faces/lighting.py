@@ -181,16 +181,29 @@ def _weight(rgb: np.ndarray, onset: float, full: float) -> float:
 
 
 def flatten_shading(
-    rgb: np.ndarray, *, onset: float = SHADOW_ONSET, full: float = SHADOW_FULL
+    rgb: np.ndarray,
+    *,
+    onset: float = SHADOW_ONSET,
+    full: float = SHADOW_FULL,
+    rows: bool = False,
 ) -> np.ndarray:
-    """An aligned face chip with a shadow falling from one side evened out.
+    """An aligned face chip with a shadow falling from one side (``rows=True``: from above or
+    below) evened out.
 
     A lamp beside the face darkens it column by column; each column of the chip is brightened
     (or dimmed) by the ratio of the face region's median column brightness to its own (column
     means over rows 15% to 95%, smoothed over a tenth of the width; gains within [1/2, 8]).
     The correction is applied with weight ``(imbalance - onset) / (full - onset)`` clipped to
     [0, 1] (:func:`imbalance`): a chip lit evenly enough is returned unchanged, so faces in
-    ordinary light give the same vectors as without it."""
+    ordinary light give the same vectors as without it.
+
+    ``rows=True`` does the same to the chip's rows (the chip transposed: a ceiling lamp's
+    bright brow and dark chin). In ORL's own light the top/bottom imbalance of the aligned
+    chips has median 0.10 and 95% are below 0.23 (a face's brow is brighter than its mouth
+    and chin); lit from above at 0.7 the median is 0.52, at 0.9 0.82."""
+    if rows:
+        t = np.ascontiguousarray(np.swapaxes(np.asarray(rgb, dtype=np.uint8), 0, 1))
+        return np.ascontiguousarray(np.swapaxes(flatten_shading(t, onset=onset, full=full), 0, 1))
     a = np.asarray(rgb, dtype=np.uint8)
     weight = _weight(a, onset, full)
     if weight == 0:

@@ -102,6 +102,10 @@ class FacePipeline:
             its vectors are another embedder's (the fingerprint says so). Off by default: see
             the README's measurement (more faces named in hard side light, a few more
             strangers accepted there).
+        flatten_rows: with ``flatten_chips``, also even out a shadow falling from above
+            (a ceiling lamp), row by row (``flatten_shading(..., rows=True)``). On for new
+            pipelines; galleries made with ``flatten_chips`` before it keep columns only
+            (their fingerprint: ``-flat``; with rows ``-flat-rows``).
         flatten_landmarks: where a face is unevenly lit, find the landmarks that align it on
             a copy with its light divided out (:mod:`vitrina.faces.detection`, "The
             landmarks"); the chip is still cut from the photo, and a face in even light keeps
@@ -133,6 +137,7 @@ class FacePipeline:
         equalise_chips: bool = False,
         flatten_chips: bool = False,
         flatten_landmarks: bool = True,
+        flatten_rows: bool = True,
     ) -> None:
         DETECTORS.get(detector)  # unknown name -> closest names
         if backend not in _backends():
@@ -160,6 +165,7 @@ class FacePipeline:
         self.equalise_chips = bool(equalise_chips)
         self.flatten_chips = bool(flatten_chips)
         self.flatten_landmarks = bool(flatten_landmarks)
+        self.flatten_rows = bool(flatten_rows) and self.flatten_chips
         self.backend = backend
         self._embedder = _as_embedder(embedder)
         if self._embedder is None:
@@ -180,6 +186,7 @@ class FacePipeline:
             self.equalise_chips,
             self.flatten_chips,
             self.flatten_landmarks,
+            self.flatten_rows,
         )
         self._fingerprint: str | None = None
         self._engine: Any = None
@@ -197,6 +204,8 @@ class FacePipeline:
             key["chip"] = f"dlib-5pt-{chip}-pad{CHIP_PADDING}"
             if self.flatten_chips:  # other pixels, other vectors (absent: as before)
                 key["chip"] += "-flat"
+            if self.flatten_rows:  # ... and its rows too (galleries before: columns only)
+                key["chip"] += "-rows"
             if self.equalise_chips:
                 key["chip"] += "-clahe"
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -229,6 +238,7 @@ class FacePipeline:
             "equalise_chips": self.equalise_chips,
             "flatten_chips": self.flatten_chips,
             "flatten_landmarks": self.flatten_landmarks,
+            "flatten_rows": self.flatten_rows,
         }
 
     def __repr__(self) -> str:
