@@ -18,8 +18,9 @@ the other 7 photos of each enrolled person (known: 210) and all photos of the 10
 Configurations, each in a fresh process: ``main`` (the code of git revision ``--main``),
 and this checkout's variants (``--variants``; the same faces, found once): ``cascade`` (its
 defaults), ``cascade+clahe`` (chips equalised: ``equalise_chips=True``), ``cascade+flatten``
-(shadows from one side or from above evened out: the pipeline's ``flatten_chips=True``), ``cascade+mirror`` (the dark half
-rebuilt from the mirrored lit half: ``lighting.symmetrise``, not offered by the pipeline),
+(shadows from one side or from above evened out: the pipeline's ``flatten_chips=True``),
+``cascade+mirror`` (the dark half rebuilt from the mirrored lit half:
+``lighting.symmetrise``, not offered by the pipeline),
 ``cascade+relit`` and ``cascade+flatten+relit`` (relit enrolment: after calibrating on the
 real enrolled photos, each enrolled chip is also enrolled relit from the left and right at
 0.7 and 0.9 as synthetic templates), ``cascade+nap`` and ``cascade+flatten+nap`` (nuisance

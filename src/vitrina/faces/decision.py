@@ -37,10 +37,11 @@ fewer than ``10 / far`` unknown trials the measured rate cannot resolve ``far`` 
 :mod:`vitrina.evaluate.verification`), so the threshold is also kept below the tail
 extrapolated from a normal fit to the unknowns' distances, ``mean + sd * z(far / p)``, ``p``
 being the share passing the margin test among the nearest quarter of the unknowns, at its
-95% upper confidence bound (:func:`pass_rate_bound`). The grid point naming the most known probes correctly wins (ties: fewer misnamed,
-then the smaller margin and weight), but a margin or spread term is kept only when it names
-at least 2% more known probes than the plain threshold calibrated the same way; the report
-gives both, and dlib's 0.6, on the same simulation.
+95% upper confidence bound (:func:`pass_rate_bound`). The grid point naming the most known
+probes correctly wins (ties: fewer misnamed, then the smaller margin and weight), but a
+margin or spread term is kept only when it names at least 2% more known probes than the
+plain threshold calibrated the same way; the report gives both, and dlib's 0.6, on the same
+simulation.
 
 **How little it saw** (:class:`Uncertainty`). One leave-one-identity-out split of a small
 gallery (11 people with 3 photos: 33 stranger trials) cannot resolve a 1% false-accept rate,

@@ -22,11 +22,11 @@ the points are also found on that crop with its light divided out
 (:func:`~vitrina.faces.lighting.flatten_illumination`) and blended in, fully from
 ``LANDMARK_LIGHT_FULL`` on. A face in even light keeps its plain points, bit for bit, and so
 does a face in an assumed square (``assume_face``: not a face box, and its margin's hair and
-background would read as uneven light); the chip is always cut from the photo itself. Which points align a face is, like which detector found
-it, not part of the vectors' fingerprint: they stay comparable. Measured on ORL relit from
-the left at 0.9 (nearest of 30 enrolled people, 3 photos each, 10 choices of people): rank-1
-92% with the plain points, 99% with these; from above at 0.9, 41% and 87% (README, "Faces in
-hard light").
+background would read as uneven light); the chip is always cut from the photo itself. Which
+points align a face is, like which detector found it, not part of the vectors' fingerprint:
+they stay comparable. Measured on ORL relit from the left at 0.9 (nearest of 30 enrolled
+people, 3 photos each, 10 choices of people): rank-1 92% with the plain points, 99% with
+these; from above at 0.9, 41% and 87% (README, "Faces in hard light").
 
 Conventions: boxes and landmarks are pixels of the original photo (x right, y down; box
 right/bottom exclusive), boxes clipped to the photo and sorted left to right. A chip is
@@ -260,10 +260,10 @@ class _Photo:
 
 
 _MIN_CROP = 8  # pixels: a smaller crop around a face box is no face to flatten
-#: ``flatten_landmarks`` keeps the plain landmarks of a face whose light varies over its box
-#: by less than ``LANDMARK_LIGHT_ONSET`` (:func:`~vitrina.faces.lighting.light_spread`), takes
-#: those found on the flattened face from ``LANDMARK_LIGHT_FULL`` on, and blends the two
-#: between. Measured on the middle of ORL's face boxes: in the photos' own light the spread's
+#: ``flatten_landmarks`` keeps the plain landmarks of a face whose light varies over the
+#: middle of its box by less than ``LANDMARK_LIGHT_ONSET``
+#: (:func:`~vitrina.faces.lighting.light_spread`), takes those found on the flattened face
+#: from ``LANDMARK_LIGHT_FULL`` on, and blends the two between. Measured on the middle of ORL's face boxes: in the photos' own light the spread's
 #: median is 0.38 and 95% are below 0.64; relit from the left at 0.7 the median is 1.16, at
 #: 0.9 2.48; from above at 0.7 1.31; from the centre at 0.9 0.65 (no edge across the face).
 LANDMARK_LIGHT_ONSET = 0.7
@@ -275,9 +275,9 @@ def landmarks_crop(shape: tuple[int, ...], rect: Any) -> tuple[int, int, int, in
     """``(x0, y0, x1, y1)``: the part of a photo of ``shape`` ``(h, w, ...)`` whose light
     ``flatten_landmarks`` divides out before the landmarks are found: the face box with half
     its size on each side, clipped to the photo. The light is estimated over a third of that
-    crop's long side (:func:`~vitrina.faces.lighting.flatten_illumination`): about two
-    thirds of the face, whatever the photo's size, so a shadow across the face is removed and
-    its features (smaller) are kept."""
+    crop's long side (:func:`~vitrina.faces.lighting.estimate_light`): about two thirds of
+    the face, whatever the photo's size, so a shadow across the face is removed and its
+    features (smaller) are kept."""
     h, w = shape[:2]
     m = max(rect.width(), rect.height()) // 2
     x0, y0 = max(rect.left() - m, 0), max(rect.top() - m, 0)
