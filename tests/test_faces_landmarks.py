@@ -156,3 +156,21 @@ def test_cli_enroll_plain_landmarks_is_kept_by_the_gallery(tmp_path, crop, capsy
     assert code == 0, err
     assert Gallery(plain).pipeline().flatten_landmarks is False  # that run's choice only
     assert {p.name: p.templates for p in Gallery(plain).people()}.get("eve") == 1, out
+
+
+def test_a_large_face_has_its_light_estimated_on_a_small_copy(crop):
+    """The fast path (a crop over ``_LIGHT_SIDE`` pixels: the light estimated on a smaller
+    copy and enlarged) against the plain estimate on the crop itself: the same light."""
+    from PIL import Image
+
+    from vitrina.faces.detection import _LIGHT_SIDE, _light_of
+    from vitrina.faces.lighting import estimate_light
+
+    big = np.asarray(Image.fromarray(relight(crop, 0.8, "left")).resize((600, 600)))
+    assert max(big.shape) > _LIGHT_SIDE  # the premise
+    fast, plain = _light_of(big), estimate_light(big)
+    assert fast.shape == plain.shape
+    inner = (slice(60, 540), slice(60, 540))  # the median's border handling differs at the edge
+    assert float(np.abs(fast[inner] - plain[inner]).mean()) < 0.05  # log units: 5%
+    small = np.ascontiguousarray(crop[:200, :200])
+    np.testing.assert_array_equal(_light_of(small), estimate_light(small))

@@ -269,6 +269,7 @@ _MIN_CROP = 8  # pixels: a smaller crop around a face box is no face to flatten
 LANDMARK_LIGHT_ONSET = 0.7
 LANDMARK_LIGHT_FULL = 1.4
 _LIGHT_MARGIN = 0.2  # the light is judged on the box less this fraction of it on each side
+_LIGHT_SIDE = 256  # pixels: larger face crops have their light estimated on a smaller copy
 
 
 def landmarks_crop(shape: tuple[int, ...], rect: Any) -> tuple[int, int, int, int]:
@@ -285,6 +286,21 @@ def landmarks_crop(shape: tuple[int, ...], rect: Any) -> tuple[int, int, int, in
     return x0, y0, x1, y1
 
 
+def _light_of(crop: np.ndarray) -> np.ndarray:
+    """:func:`~vitrina.faces.lighting.estimate_light` of a face crop, estimated on a copy at
+    most ``_LIGHT_SIDE`` pixels long and enlarged back (the light is smooth: a 1,500-pixel
+    crop of a large face costs what a small one does)."""
+    h, w = crop.shape[:2]
+    if max(h, w) <= _LIGHT_SIDE:
+        return estimate_light(crop)
+    cv2 = require("cv2", "faces", "face lighting correction")
+    s = _LIGHT_SIDE / max(h, w)
+    small = cv2.resize(
+        crop, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+    )
+    return cv2.resize(estimate_light(small), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def _uneven_light(
     img: np.ndarray, rect: Any
 ) -> tuple[tuple[int, int, np.ndarray, np.ndarray], float] | None:
@@ -294,7 +310,7 @@ def _uneven_light(
     if x1 - x0 < _MIN_CROP or y1 - y0 < _MIN_CROP:
         return None
     crop = np.ascontiguousarray(img[y0:y1, x0:x1])
-    light = estimate_light(crop)
+    light = _light_of(crop)
     # the light on the middle of the box (the face's skin, whatever the box's margin): hair
     # and background beside the face are dark in any light
     mx, my = round(_LIGHT_MARGIN * rect.width()), round(_LIGHT_MARGIN * rect.height())
