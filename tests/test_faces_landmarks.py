@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vitrina.faces.detection import landmarks_crop
 from vitrina.faces.gallery import Gallery
@@ -132,8 +133,6 @@ def test_galleries_made_before_keep_their_plain_landmarks(tmp_path):
 def test_cli_enroll_plain_landmarks_is_kept_by_the_gallery(tmp_path, crop, capsys):
     """``faces enroll --plain-landmarks`` makes a gallery that keeps plain landmarks (the
     default makes one with flattened ones); ``--flatten-landmarks`` on it is for that run."""
-    from PIL import Image
-
     from conftest import run_cli
 
     photo = tmp_path / "eileen.png"
@@ -161,8 +160,6 @@ def test_cli_enroll_plain_landmarks_is_kept_by_the_gallery(tmp_path, crop, capsy
 def test_a_large_face_has_its_light_estimated_on_a_small_copy(crop):
     """The fast path (a crop over ``_LIGHT_SIDE`` pixels: the light estimated on a smaller
     copy and enlarged) against the plain estimate on the crop itself: the same light."""
-    from PIL import Image
-
     from vitrina.faces.detection import _LIGHT_SIDE, _light_of
     from vitrina.faces.lighting import estimate_light
 
@@ -174,3 +171,45 @@ def test_a_large_face_has_its_light_estimated_on_a_small_copy(crop):
     assert float(np.abs(fast[inner] - plain[inner]).mean()) < 0.05  # log units: 5%
     small = np.ascontiguousarray(crop[:200, :200])
     np.testing.assert_array_equal(_light_of(small), estimate_light(small))
+
+
+# ------------------------------------------------------------------ generated cases
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.given(
+    h=st.integers(8, 120),
+    w=st.integers(8, 120),
+    box=st.tuples(
+        st.integers(-60, 150), st.integers(-60, 150), st.integers(1, 160), st.integers(1, 160)
+    ),
+    light=st.sampled_from(["flat", "noise", "left", "top"]),
+)
+@hypothesis.settings(max_examples=60, deadline=None)
+def test_any_box_on_any_photo_aligns_without_error(h, w, box, light):
+    """Boxes partly or wholly outside the photo, tiny photos, flat and noisy ones: the blend
+    weight stays in [0, 1] and the landmarks come back finite, with or without flattening."""
+    import dlib
+
+    from vitrina.faces.detection import MIN_PHOTO_SIDE, FaceFinder, landmark_light_weight
+    from vitrina.faces.types import Box
+
+    rng = np.random.default_rng(h * 1000 + w)
+    photo = np.full((h, w, 3), 120, np.uint8)
+    if light == "noise":
+        photo = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    elif light in ("left", "top"):
+        photo = relight(rng.integers(60, 200, (h, w, 3), dtype=np.uint8), 0.9, light)
+    left, top, bw, bh = box
+    weight = landmark_light_weight(photo, dlib.rectangle(left, top, left + bw - 1, top + bh - 1))
+    assert 0.0 <= weight <= 1.0
+    if h < MIN_PHOTO_SIDE or w < MIN_PHOTO_SIDE:  # refused before alignment (DataError)
+        return
+    clipped = Box(max(left, 0), max(top, 0), min(left + bw, w), min(top + bh, h), 0.0)
+    if clipped.width <= 0 or clipped.height <= 0:
+        return
+    for flat in (False, True):
+        points, chip = FaceFinder(flatten_landmarks=flat).align(Image.fromarray(photo), clipped)
+        assert points.shape == (5, 2) and np.isfinite(points).all()
+        assert chip.shape == (150, 150, 3)
