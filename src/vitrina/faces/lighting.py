@@ -108,9 +108,10 @@ def flatten_illumination(
 
 def light_spread(light: np.ndarray) -> float:
     """How unevenly a region is lit: the 95th minus the 5th percentile of its
-    :func:`estimate_light` (log units: 0.7 is a factor of 2). ORL's faces in their own light
-    (detector box): median 0.76, 95% below 1.5 (dark hair and backgrounds count too); relit
-    from one side at 0.7, median 1.8; at 0.9, 3.0."""
+    :func:`estimate_light` (log units: 0.7 is a factor of 2); 0 for an empty region. What it
+    reads on faces in their own light and relit: ``vitrina.faces.detection``'s
+    ``LANDMARK_LIGHT_ONSET`` (measured on the middle of ORL's face boxes; over whole boxes,
+    dark hair and backgrounds read as uneven light too)."""
     a = np.asarray(light, dtype=np.float32)
     if a.size == 0:
         return 0.0
