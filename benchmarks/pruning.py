@@ -8,7 +8,8 @@ batch-norm re-estimation on those same training photos — nothing else) and mea
 the same run:
 
 * accuracy of fp32 and pruned on the held-out photos (--eval-per-class per class), and on
-  three variants of them made here: *relit* (a strong side light: brightness falling to 30%
+  three variants of them (:mod:`vitrina.data.shifts`, what ``--prune-max-drop`` judges on
+  too): *relit* (a strong side light: brightness falling to 30%
   across the photo), *shifted* (the photo moved by 20% of its size, the gap filled by
   reflection), *rescaled* (the photo at 55% of its size on a grey canvas: a smaller,
   blurrier subject) — one decode per photo, both models on the same batch;
@@ -16,6 +17,7 @@ the same run:
   Runtime and the pruned model (ONNX Runtime), medians of repeated runs; the ratios.
 
     python benchmarks/pruning.py [--data ../shared/data/cats_dogs] [--prune-flops 0.5]
+        [--max-drop 1]    # remove a tenth less while any of the four loses more than 1 point
 
 Targets (issue 15): pruned FLOPs <= 50% of fp32, accuracy within 1 point of fp32 on the
 held-out photos (and on each shifted variant), and a measured speed-up on this machine.
@@ -32,13 +34,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import numpy as np
 import torch
 from _common import cpu_flags, data_dir, link_subset, machine
-from PIL import Image
 
 import vitrina
 from vitrina.data import scan_folder
+from vitrina.data.shifts import SHIFTS
 from vitrina.engine import Engine, Logits, default_workers, torch_threads
 from vitrina.io import read_image
 from vitrina.optimize import optimize_run
@@ -53,35 +54,6 @@ def split(scan, per_class: int, eval_per_class: int) -> tuple[list[Path], list[P
         train += items[:per_class]
         held += items[per_class : per_class + eval_per_class]
     return train, held
-
-
-def relit(img: Image.Image) -> Image.Image:
-    """A strong light from the left: brightness falls from 100% to 30% across the photo."""
-    a = np.asarray(img.convert("RGB"), dtype=np.float32)
-    ramp = np.linspace(1.0, 0.3, a.shape[1], dtype=np.float32)[None, :, None]
-    return Image.fromarray(np.clip(a * ramp, 0, 255).astype(np.uint8))
-
-
-def shifted(img: Image.Image) -> Image.Image:
-    """Moved right and down by 20% of its size; the gap filled by reflection."""
-    a = np.asarray(img.convert("RGB"))
-    dy, dx = int(0.2 * a.shape[0]), int(0.2 * a.shape[1])
-    padded = np.pad(a, ((dy, 0), (dx, 0), (0, 0)), mode="reflect")
-    return Image.fromarray(np.ascontiguousarray(padded[: a.shape[0], : a.shape[1]]))
-
-
-def rescaled(img: Image.Image) -> Image.Image:
-    """The photo at 55% of its size, centred on a grey canvas of the original size."""
-    img = img.convert("RGB")
-    small = img.resize(
-        (max(1, int(img.width * 0.55)), max(1, int(img.height * 0.55))), Image.BILINEAR
-    )
-    canvas = Image.new("RGB", img.size, (128, 128, 128))
-    canvas.paste(small, ((img.width - small.width) // 2, (img.height - small.height) // 2))
-    return canvas
-
-
-SHIFTS = {"relit": relit, "shifted": shifted, "rescaled": rescaled}
 
 
 def make_variant(held: list[Path], fn, dest: Path) -> Path:
@@ -132,6 +104,13 @@ def main() -> int:
     )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument(
+        "--max-drop",
+        type=float,
+        default=None,
+        help="optimize's --prune-max-drop: remove a tenth less while the held-out photos or "
+        "their relit / shifted / rescaled copies lose more than this many points",
+    )
+    ap.add_argument(
         "--shifts",
         default=",".join(SHIFTS),
         help="comma-separated variants of the held-out photos to judge on too (or 'none')",
@@ -171,6 +150,8 @@ def main() -> int:
         options["distill_mixup"] = args.mixup
     if args.distill_features is not None:
         options["distill_features"] = args.distill_features
+    if args.max_drop is not None:
+        options["prune_max_drop"] = args.max_drop
     t0 = time.perf_counter()
     report = optimize_run(
         run,
@@ -193,6 +174,13 @@ def main() -> int:
         f"{' with mixup' if budget.get('mixup') else ''}"
         f", features at weight {budget.get('feature_weight', 0)}, batch {budget['batch_size']})"
     )
+
+    search = notes.get("budget_search")
+    if search:
+        print(f"accuracy budget {search['max_drop']:g} points; pruning targets tried:")
+        for j in search["tried"]:
+            drops = ", ".join(f"{k} {-v:+.1f}" for k, v in j["drops"].items())
+            print(f"  removing {j['target']:.0%}: {drops} pts ({'held' if j['held'] else 'over'})")
 
     results = {"clean": {"fp32": fp32["accuracy"], "pruned": pruned["accuracy"]}}
     chosen = [] if args.shifts == "none" else [v.strip() for v in args.shifts.split(",")]

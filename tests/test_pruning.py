@@ -591,9 +591,35 @@ def test_optimize_cli_prints_flops_and_the_plot(capsys, own_run: Path, tmp_path:
     assert "GFLOPs" in out and "pruned-widths.png" in out and "of the FLOPs" in out
 
 
+def test_optimize_with_a_budget_judges_the_photos_and_their_shifts(
+    capsys, own_run: Path, tmp_path: Path
+) -> None:
+    data = make_dataset(tmp_path / "check", per_class=4)
+    code, out, err = run_cli(
+        capsys, "optimize", str(own_run), "--calib", str(data), "--eval", str(data),
+        "--variants", "pruned", "--prune-flops", "0.3", "--prune-max-drop", "100",
+        "--finetune-epochs", "1", "--batch-size", "8",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((own_run / "variants" / "report.json").read_text())
+    fp32, pruned = report["variants"]["fp32"], report["variants"]["pruned"]
+    search = pruned["notes"]["budget_search"]
+    assert search["max_drop"] == 100 and search["held"] and search["removed"] == 0.3
+    (tried,) = search["tried"]  # a budget of 100 points holds at once: one build
+    assert set(tried["drops"]) == {"clean", "relit", "shifted", "rescaled"}
+    # the judgement's clean photos are the ones the report measures: the same drop
+    measured = 100 * (fp32["accuracy"] - pruned["accuracy"])
+    assert tried["drops"]["clean"] == pytest.approx(measured, abs=1e-6)
+    assert pruned["status"] == "ok"
+    assert "removing 30%" in out and "within the budget of 100" in out
+    assert "rescaled" in err  # the stage lines on stderr say what was judged
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
+        (["--prune-max-drop", "0"], "--prune-max-drop is the accuracy"),
+        (["--prune-max-drop", "nan"], "--prune-max-drop is the accuracy"),
         (["--prune-flops", "1.5"], "--prune-flops is the fraction to remove"),
         (["--prune-flops", "0"], "--prune-flops is the fraction to remove"),
         (["--prune-latency", "-0.2"], "--prune-latency is the fraction to remove"),
@@ -612,6 +638,19 @@ def test_optimize_refuses_a_bad_target_in_one_line(
     )  # fmt: skip
     assert code == 1
     one_line_error(err, needle)
+
+
+def test_optimize_refuses_a_budget_without_the_pruned_variant(
+    capsys, own_run: Path, tmp_path: Path
+) -> None:
+    data = make_dataset(tmp_path / "check", per_class=2)
+    code, _, err = run_cli(
+        capsys, "optimize", str(own_run), "--calib", str(data), "--eval", str(data),
+        "--variants", "int8", "--prune-max-drop", "1",
+    )  # fmt: skip
+    assert code == 1
+    one_line_error(err, "add pruned to --variants")
+    assert not (own_run / "variants" / "int8.onnx").exists()  # refused before any work
 
 
 def test_optimize_refuses_missing_training_photos(capsys, own_run: Path, tmp_path: Path) -> None:
@@ -670,6 +709,7 @@ def test_optimize_an_embedding_run_is_judged_by_map(tmp_path: Path) -> None:
         calib=people,
         variants="pruned",
         prune_flops=0.3,
+        prune_max_drop=100.0,  # holds at once: one build, judged by mAP on four sets
         sparsify_epochs=1,
         finetune_epochs=1,
         batch_size=8,
@@ -677,6 +717,9 @@ def test_optimize_an_embedding_run_is_judged_by_map(tmp_path: Path) -> None:
     )
     assert report["task"] == "embedding" and "held out" in report["eval"]
     fp32, pruned = report["variants"]["fp32"], report["variants"]["pruned"]
+    (tried,) = pruned["notes"]["budget_search"]["tried"]
+    assert set(tried["drops"]) == {"clean", "relit", "shifted", "rescaled"}
+    assert tried["drops"]["clean"] == pytest.approx(100 * (fp32["mAP"] - pruned["mAP"]), abs=1e-6)
     for v in (fp32, pruned):
         assert 0.0 < v["mAP"] <= 1.0 and 0.0 <= v["rank1"] <= 1.0
     assert fp32["top1_agreement"] == 1.0

@@ -56,6 +56,14 @@ def optimize(
         help="Weight of matching the full model's features between stages while the pruned "
         "variant is distilled, besides its answers (0: the answers only).",
     ),
+    prune_max_drop: float | None = typer.Option(
+        None,
+        metavar="POINTS",
+        help="Accuracy budget for the pruned variant, in points (mAP x 100 for an embedding "
+        "run): it is judged on --eval and on relit, shifted and rescaled copies of it, and "
+        "built again removing a tenth less (0.5, 0.4, ... 0.1) while the worst drop exceeds "
+        "the budget. Each try costs a build.",
+    ),
     train_dir: Path | None = typer.Option(
         None,
         "--train",
@@ -81,7 +89,14 @@ def optimize(
     `--backend openvino-int8` / `--backend pruned` use the variants, and `--backend auto` uses int8 when its agreement
     met the tolerance (>= 99%).
 
+    With --prune-max-drop the pruned variant removes as much as the budget allows instead:
+    built at the target, judged against fp32 on --eval and on relit, shifted and rescaled
+    copies of it, and built again removing a tenth less while the worst drop is over the
+    budget. The tries are printed and kept in report.json.
+
     Example: vitrina optimize runs/shop --calib photos/unsorted --eval photos/labelled --prune-flops 0.5
+
+    Example: vitrina optimize runs/shop --calib photos/unsorted --eval photos/labelled --variants pruned --prune-max-drop 1
     """
     from vitrina.optimize import optimize_run
 
@@ -96,6 +111,7 @@ def optimize(
             sparsify_epochs=sparsify_epochs,
             finetune_epochs=finetune_epochs,
             distill_features=distill_features,
+            prune_max_drop=prune_max_drop,
             train_dir=train_dir,
             batch_size=batch_size,
             on_stage=(lambda s: None) if as_json else (lambda s: err.print(f"[dim]{escape(s)}[/]")),
@@ -135,6 +151,21 @@ def optimize(
             f"{n['speedup_vs_fp32_onnx']:.2f}x the full model on the same runtime (ONNX Runtime); "
             f"widths per layer: {n['widths_plot']}"
         )
+        search = n.get("budget_search")
+        if search:
+            for j in search["tried"]:
+                drops = ", ".join(f"{k} {-v:+.1f}" for k, v in j["drops"].items())
+                verdict = "within" if j["held"] else "over"
+                out.print(
+                    f"  removing {j['target']:.0%}: {drops} pts against fp32 "
+                    f"({verdict} the budget of {search['max_drop']:g})"
+                )
+            if not search["held"]:
+                out.print(
+                    f"[yellow]no pruning target down to {search['removed']:.0%} kept every "
+                    f"drop within {search['max_drop']:g} points: the variant kept is the "
+                    f"last one tried[/]"
+                )
     out.print(f"variants and report.json in {Path(run_dir) / 'variants'}")
     out.print(f"size, speed and accuracy as a picture: {escape(report['plot'])}")
 

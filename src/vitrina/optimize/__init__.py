@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from vitrina.errors import VitrinaError
+from vitrina.optimize.budget import check_max_drop
 
 __all__ = ["VARIANT_NAMES", "VariantResult", "default_variants", "optimize_run"]
 
@@ -266,6 +267,7 @@ def optimize_run(
     finetune_epochs: int = 6,
     distill_mixup: bool = False,
     distill_features: float = DISTILL_FEATURES,
+    prune_max_drop: float | None = None,
     train_dir: str | Path | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
@@ -289,6 +291,10 @@ def optimize_run(
             (function matching: see :mod:`vitrina.optimize.distill`).
         distill_features: weight of matching the full model's features between stages
             during distillation, besides its answers (0: the answers only).
+        prune_max_drop: an accuracy budget for the pruned variant, in points (accuracy x
+            100, or mAP x 100 for an embedding run): judged on ``eval_dir`` and on relit,
+            shifted and rescaled copies of it, it is built again removing a tenth less
+            while the worst drop exceeds the budget (:mod:`vitrina.optimize.budget`).
         train_dir: photos to fine-tune the pruned variant on, no labels needed (default: the
             photos the run was trained on; an embedding run's training identities).
     Returns the report also written to ``RUN/variants/report.json``.
@@ -312,6 +318,7 @@ def optimize_run(
         )
     embedding = info.task == "embedding"
     pruning = "pruned" in names
+    check_max_drop(prune_max_drop, pruning)
     if embedding:
         photos = _embedding_photos(run, info, eval_dir, train_dir, pruning)
     else:
@@ -363,11 +370,23 @@ def optimize_run(
             _save_bf16(model, path)
             results[name] = VariantResult(name, str(path), path.stat().st_size)
         elif name == "pruned":
-            results[name] = _build_pruned(
-                run, model, photos, output, flops_target, latency_target,
-                sparsify_epochs, finetune_epochs, distill_mixup, distill_features, batch_size,
-                workers, stage,
-            )  # fmt: skip
+
+            def build(share: float | None) -> VariantResult:
+                return _build_pruned(
+                    run, model, photos, output,
+                    share if latency_target is None else None,
+                    share if latency_target is not None else None,
+                    sparsify_epochs, finetune_epochs, distill_mixup, distill_features,
+                    batch_size, workers, stage,
+                )  # fmt: skip
+
+            first = flops_target if latency_target is None else latency_target
+            if prune_max_drop is None:
+                results[name] = build(first)
+            else:
+                results[name] = _pruned_within(
+                    build, first, prune_max_drop, model, photos, embedding, batch_size, stage
+                )
         if name != "pruned":
             results[name].gflops, results[name].params = full_gflops, n_params
 
@@ -432,7 +451,12 @@ def optimize_run(
         r.notes["fp32_onnx_images_per_s"] = speeds["fp32-onnx"]
         r.notes["speedup_vs_fp32_onnx"] = r.images_per_s / speeds["fp32-onnx"]
         # A different model: judged by what it answers, not by a tolerance around fp32.
-        if embedding:
+        search = r.notes.get("budget_search")
+        if search is not None:  # the user's budget, judged on the photos and their shifts
+            if not search["held"]:
+                last = search["tried"][-1]
+                r.status = f"over budget: {last['worst']} {-last['drops'][last['worst']]:+.1f} pts"
+        elif embedding:
             drop = (results["fp32"].mAP or 0.0) - (r.mAP or 0.0)
             if drop > PRUNED_TOLERANCE:
                 r.status = f"mAP {-drop * 100:+.1f} pts vs fp32"
@@ -476,6 +500,52 @@ def _judge_embeddings(
         scores = loo_retrieval(x, y)
         results[n].mAP, results[n].rank1 = scores["val_mAP"], scores["val_rank1"]
         results[n].top1_agreement = float((_nearest(x) == ref).mean())
+
+
+def _pruned_within(
+    build: Callable[[float], VariantResult],
+    first: float,
+    max_drop: float,
+    model: Any,
+    photos: _Photos,
+    embedding: bool,
+    batch_size: int,
+    stage: Callable[[str], None],
+) -> VariantResult:
+    """The pruned variant removing as much as ``max_drop`` allows, from ``first`` down
+    (:func:`vitrina.optimize.budget.prune_within`), with the search in its notes."""
+    from vitrina.engine import Embedding, Logits
+    from vitrina.optimize.budget import Judge, prune_within
+
+    if embedding:
+        from vitrina.evaluate.retrieval import loo_retrieval
+
+        task: Any = Embedding(normalize=True)
+        answer: Callable[[list[Any]], list[Any]] = list
+
+        def score(x: list[Any], y: list[int]) -> float:
+            vecs = np.stack(x).astype(np.float32)
+            return float(loo_retrieval(vecs, np.asarray(y))["val_mAP"])
+    else:
+        task = Logits(top_k=1)
+
+        def answer(got: list[Any]) -> list[Any]:
+            return [s.best[0] for s in got]
+
+        def score(x: list[Any], y: list[int]) -> float:
+            return float(np.mean(np.asarray(x) == np.asarray(y)))
+
+    judge = Judge(
+        model, task, photos.eval_paths, photos.eval_labels, score, answer, batch_size, stage
+    )
+    result, tried = prune_within(build, judge, first, max_drop, stage)
+    result.notes["budget_search"] = {
+        "max_drop": max_drop,
+        "tried": [j.to_dict() for j in tried],
+        "held": tried[-1].held,
+        "removed": tried[-1].target,
+    }
+    return result
 
 
 def _build_pruned(
