@@ -595,6 +595,8 @@ def test_optimize_with_a_budget_judges_the_photos_and_their_shifts(
     capsys, own_run: Path, tmp_path: Path
 ) -> None:
     data = make_dataset(tmp_path / "check", per_class=4)
+    first_class = sorted(d for d in data.iterdir() if d.is_dir())[0]
+    (first_class / "broken.png").write_bytes(b"not a png")  # skipped by both judgements
     code, out, err = run_cli(
         capsys, "optimize", str(own_run), "--calib", str(data), "--eval", str(data),
         "--variants", "pruned", "--prune-flops", "0.3", "--prune-max-drop", "100",

@@ -36,6 +36,7 @@ PRUNE_STEP = 0.1
 #: The smallest share of FLOPs (or time) the search removes before it stops.
 MIN_PRUNE = 0.1
 _CHUNK = 64  # photos decoded (and shifted) at a time
+_CPU = "cpu"  # as optimize measures every variant: fp32 on the CPU, like the pruned one
 
 
 @dataclass
@@ -136,7 +137,9 @@ class Judge:
     def _scores(self, engines: dict[str, Any]) -> dict[str, dict[str, float]]:
         from vitrina.engine import Engine
 
-        reader = Engine(self.model, backend="eager", batch_size=self.batch_size, num_workers=0)
+        reader = Engine(
+            self.model, backend="eager", device=_CPU, batch_size=self.batch_size, num_workers=0
+        )
         out: dict[str, dict[str, float]] = {n: {} for n in engines}
         for name, shift in self.sets.items():
             answers: dict[str, list[Any]] = {n: [] for n in engines}
@@ -158,10 +161,12 @@ class Judge:
         from vitrina.engine import Engine
 
         engines: dict[str, Any] = {
-            "pruned": Engine(self.model, backend="pruned", batch_size=self.batch_size)
+            "pruned": Engine(self.model, backend="pruned", device=_CPU, batch_size=self.batch_size)
         }
         if self._fp32 is None:
-            engines["fp32"] = Engine(self.model, backend="eager", batch_size=self.batch_size)
+            engines["fp32"] = Engine(
+                self.model, backend="eager", device=_CPU, batch_size=self.batch_size
+            )
         self.stage(
             f"pruned: judging the variant that removes {target:.0%} on the evaluation photos, "
             f"relit, shifted and rescaled"
