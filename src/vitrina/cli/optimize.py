@@ -73,26 +73,30 @@ def optimize(
     batch_size: int = typer.Option(32, help="Batch size for measuring and fine-tuning."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Make smaller / faster variants of a trained model and measure each against fp32.
+    """Make smaller / faster variants of a trained model, each measured against fp32.
 
-    Writes RUN/variants/ (int8.onnx, openvino-int8.xml, pruned.onnx, pruned-embed.onnx, pruned-widths.png,
-    bf16.safetensors, report.json, and variants.png: size, speed and accuracy side by side) and
-    prints, per variant: size on disk, GFLOPs and parameters, images/s at batch 32 on this machine, and accuracy on --eval with top-1
-    agreement with fp32 (an embedding run: retrieval mAP and rank-1 on held-out identities,
+    Writes RUN/variants/ (int8.onnx, openvino-int8.xml, pruned.onnx,
+    pruned-embed.onnx, pruned-widths.png, bf16.safetensors, report.json, and
+    variants.png: size, speed and accuracy side by side) and prints, per
+    variant: size on disk, GFLOPs and parameters, images/s at batch 32 on this
+    machine, and accuracy on --eval with top-1 agreement with fp32 (an
+    embedding run: retrieval mAP and rank-1 on held-out identities,
     nearest-neighbour agreement with fp32).
 
-    The pruned variant: the channels whose loss (Fisher information) per FLOP is least are
-    removed until the target is met (with --sparsify-epochs, MorphNet's FLOP-weighted
-    sparsity fine-tune chooses first), the layers that read them are re-fitted by least
-    squares to answer what the full model's layers answer, and the result is distilled from
-    the full model on your photos (no labels needed). Afterwards `--backend int8` /
-    `--backend openvino-int8` / `--backend pruned` use the variants, and `--backend auto` uses int8 when its agreement
-    met the tolerance (>= 99%).
+    The pruned variant: the channels whose loss (Fisher information) per FLOP
+    is least are removed until the target is met (with --sparsify-epochs,
+    MorphNet's FLOP-weighted sparsity fine-tune chooses first), the layers
+    that read them are re-fitted by least squares to answer what the full
+    model's layers answer, and the result is distilled from the full model on
+    your photos (no labels needed). Afterwards `--backend int8` / `--backend
+    openvino-int8` / `--backend pruned` use the variants, and `--backend auto`
+    uses int8 when its agreement met the tolerance (>= 99%).
 
-    With --prune-max-drop the pruned variant removes as much as the budget allows instead:
-    built at the target, judged against fp32 on --eval and on relit, shifted and rescaled
-    copies of it, and built again removing a tenth less while the worst drop is over the
-    budget. The tries are printed and kept in report.json.
+    With --prune-max-drop the pruned variant removes as much as the budget
+    allows instead: built at the target, judged against fp32 on --eval and on
+    relit, shifted and rescaled copies of it, and built again removing a tenth
+    less while the worst drop is over the budget. The tries are printed and
+    kept in report.json.
 
     Example: vitrina optimize runs/shop --calib photos/unsorted --eval photos/labelled --prune-flops 0.5
 
