@@ -14,6 +14,7 @@ from vitrina.optimize.budget import (
     PRUNE_STEP,
     Judgement,
     _targets,
+    change,
     check_max_drop,
     prune_within,
 )
@@ -90,3 +91,11 @@ def test_a_budget_without_the_pruned_variant_is_refused() -> None:
     with pytest.raises(VitrinaError, match="add pruned to --variants"):
         check_max_drop(1.0, pruning=False)
     check_max_drop(None, pruning=False)  # no budget: nothing to check
+
+
+@pytest.mark.parametrize(
+    ("drop", "printed"),
+    [(1.25, "-1.2"), (2.0, "-2.0"), (-0.5, "+0.5"), (0.0, "+0.0"), (0.03, "+0.0"), (-0.04, "+0.0")],
+)
+def test_a_drop_prints_as_a_signed_change_and_never_minus_zero(drop: float, printed: str) -> None:
+    assert change(drop) == printed

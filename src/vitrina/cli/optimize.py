@@ -157,8 +157,10 @@ def optimize(
         )
         search = n.get("budget_search")
         if search:
+            from vitrina.optimize.budget import change
+
             for j in search["tried"]:
-                drops = ", ".join(f"{k} {-v:+.1f}" for k, v in j["drops"].items())
+                drops = ", ".join(f"{k} {change(v)}" for k, v in j["drops"].items())
                 verdict = "within" if j["held"] else "over"
                 out.print(
                     f"  removing {j['target']:.0%}: {drops} pts against fp32 "

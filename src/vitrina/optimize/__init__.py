@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from vitrina.errors import VitrinaError
-from vitrina.optimize.budget import check_max_drop
+from vitrina.optimize.budget import change, check_max_drop
 
 __all__ = ["VARIANT_NAMES", "VariantResult", "default_variants", "optimize_run"]
 
@@ -455,7 +455,8 @@ def optimize_run(
         if search is not None:  # the user's budget, judged on the photos and their shifts
             if not search["held"]:
                 last = search["tried"][-1]
-                r.status = f"over budget: {last['worst']} {-last['drops'][last['worst']]:+.1f} pts"
+                worst = last["worst"]
+                r.status = f"over budget: {worst} {change(last['drops'][worst])} pts"
         elif embedding:
             drop = (results["fp32"].mAP or 0.0) - (r.mAP or 0.0)
             if drop > PRUNED_TOLERANCE:

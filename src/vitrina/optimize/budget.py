@@ -29,7 +29,15 @@ from typing import Any
 
 from vitrina.errors import ImageReadError, VitrinaError
 
-__all__ = ["MIN_PRUNE", "PRUNE_STEP", "Judge", "Judgement", "check_max_drop", "prune_within"]
+__all__ = [
+    "MIN_PRUNE",
+    "PRUNE_STEP",
+    "Judge",
+    "Judgement",
+    "change",
+    "check_max_drop",
+    "prune_within",
+]
 
 #: How far the target steps down when a pruned variant loses more than the budget.
 PRUNE_STEP = 0.1
@@ -37,6 +45,12 @@ PRUNE_STEP = 0.1
 MIN_PRUNE = 0.1
 _CHUNK = 64  # photos decoded (and shifted) at a time
 _CPU = "cpu"  # as optimize measures every variant: fp32 on the CPU, like the pruned one
+
+
+def change(drop: float) -> str:
+    """A drop in points as the signed change a report prints: ``1.25`` -> ``"-1.2"``, a gain
+    ``-0.5`` -> ``"+0.5"``, and never ``"-0.0"``."""
+    return f"{round(-drop, 1) + 0.0:+.1f}"
 
 
 @dataclass
@@ -62,11 +76,11 @@ class Judgement:
 
     def describe(self) -> str:
         name, drop = self.worst
-        parts = ", ".join(f"{k} {-v:+.1f}" for k, v in self.drops.items())
+        parts = ", ".join(f"{k} {change(v)}" for k, v in self.drops.items())
         verdict = "within" if self.held else "over"
         return (
             f"removing {self.target:.0%}: {parts} pts against fp32; worst {name} "
-            f"{-drop:+.1f}, {verdict} the budget of {self.max_drop:g}"
+            f"{change(drop)}, {verdict} the budget of {self.max_drop:g}"
         )
 
 
