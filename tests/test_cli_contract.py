@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import typer.main
 from conftest import run_cli, usage_error
 from vitrina.cli import _register, app
 from vitrina.cli._common import CommaChoices
+from vitrina.cli._help import _ITEM, reflow
 from vitrina.errors import VitrinaError
 
 # Options (and arguments) that take free text: names, paths given as text, expressions. Any
@@ -184,6 +186,56 @@ def test_every_command_has_help_that_exits_0(capsys) -> None:
         code, out, err = run_cli(capsys, *command.split(), "--help")
         assert code == 0, (command, err)
         assert "Usage" in out, command
+
+
+def test_every_commands_help_leaves_the_wrapping_to_the_terminal() -> None:
+    """A docstring's line breaks would break sentences mid-line in `--help` (Typer keeps
+    them): every prose line of every command's help is a whole paragraph, and indented
+    examples stay as written."""
+    for command, cmd in _commands().items():
+        for para in (cmd.help or "").split("\n\n"):
+            lines = para.splitlines()
+            for prev, line in itertools.pairwise(lines):
+                # a new line is an example (indented), a list item, or follows an example
+                assert line[:1].isspace() or prev[:1].isspace() or _ITEM.match(line), (
+                    command,
+                    para,
+                )
+
+
+def test_reflow_joins_prose_and_list_items_and_keeps_examples() -> None:
+    text = """Summary line.
+
+    A paragraph written
+    over three lines
+    in the source.
+
+    Examples:
+
+      vitrina train photos/ --arch resnet18
+      vitrina train digits/ --mode scratch
+
+    - an item that goes
+    on, and
+    - another
+    1. numbered
+    """
+    assert reflow(text).split("\n\n") == [
+        "Summary line.",
+        "A paragraph written over three lines in the source.",
+        "Examples:",
+        "  vitrina train photos/ --arch resnet18\n  vitrina train digits/ --mode scratch",
+        "- an item that goes on, and\n- another\n1. numbered",
+    ]
+    kept = "First.\n\n\b\nkept\nas is"
+    assert reflow(kept) == kept  # click's no-rewrap marker
+
+
+def test_help_wraps_at_the_terminals_width_not_the_sources(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0
+    assert "The result is a run folder: model.safetensors, vitrina.json, metrics.jsonl" in out
 
 
 # What `vitrina --help` must not load: every command module is imported at start-up, so one

@@ -132,6 +132,9 @@ def _register() -> None:
     ):
         mod.register(app)
     _set_panels()
+    from vitrina.cli._help import reflow_commands
+
+    reflow_commands(app)  # docstrings' line breaks would break sentences in a terminal
     _registered = True
 
 
