@@ -98,6 +98,13 @@ def main() -> int:
     ap.add_argument("--train-per-class", type=int, default=100)
     ap.add_argument("--eval-per-class", type=int, default=400)
     ap.add_argument("--prune-flops", type=float, default=TARGET_FLOPS)
+    ap.add_argument(
+        "--prune-latency",
+        type=float,
+        default=None,
+        help="instead of --prune-flops: the share of the time per batch to remove, measured "
+        "here on ONNX Runtime",
+    )
     ap.add_argument("--sparsify-epochs", type=int, default=None, help="default: optimize's")
     ap.add_argument("--finetune-epochs", type=int, default=None, help="default: optimize's")
     ap.add_argument(
@@ -159,23 +166,33 @@ def main() -> int:
         calib=labelled,
         eval_dir=evald,
         variants="pruned",
-        prune_flops=args.prune_flops,
+        prune_flops=None if args.prune_latency is not None else args.prune_flops,
+        prune_latency=args.prune_latency,
         batch_size=args.batch_size,
         on_stage=lambda s: print(f"  [{time.perf_counter() - t0:5.0f} s] {s}", flush=True),
         **options,
     )
     built = time.perf_counter() - t0
+    asked = (
+        f"--prune-flops {args.prune_flops}"
+        if args.prune_latency is None
+        else f"--prune-latency {args.prune_latency}"
+    )
     fp32, pruned = report["variants"]["fp32"], report["variants"]["pruned"]
     notes = pruned["notes"]
     budget = notes["budget"]
     print(
-        f"\noptimize --variants pruned --prune-flops {args.prune_flops}: {built:.0f} s "
+        f"\noptimize --variants pruned {asked}: {built:.0f} s "
         f"(budget: {budget['photos']} photos, {budget['sparsify_epochs']} sparsity + "
         f"{budget['finetune_epochs']} distillation epochs"
         f"{' with mixup' if budget.get('mixup') else ''}"
         f", features at weight {budget.get('feature_weight', 0)}, batch {budget['batch_size']})"
     )
 
+    for probe in notes.get("latency_probes", []):
+        print(
+            f"  latency probe: {probe['flops']:.0%} of the FLOPs takes {probe['ratio']:.0%} of the time"
+        )
     search = notes.get("budget_search")
     if search:
         print(f"accuracy budget {search['max_drop']:g} points; pruning targets tried:")

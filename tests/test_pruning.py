@@ -317,6 +317,51 @@ def test_removal_computes_what_the_masked_model_computes(arch: str) -> None:
     torch.testing.assert_close(removed, masked, atol=1e-5, rtol=1e-5)
 
 
+def test_a_copy_of_the_groups_removes_channels_without_touching_the_original() -> None:
+    """What --prune-latency times: a copy (torch-pruning's graph included: a plain deepcopy
+    failed on it) that computes what the original masked the same way computes."""
+    model = tiny()
+    x = torch.randn(4, 3, *model.preprocess.input_size)
+    gs = groups_of(model)
+    keep = random_keep(gs, seed=2)
+    with torch.no_grad():
+        before = model.classify(x)
+    params = sum(p.numel() for p in model.parameters())
+    trial = gs.copy()
+    assert trial.model is not model
+    trial.remove(keep)
+    assert sum(p.numel() for p in trial.model.parameters()) < params
+    assert sum(p.numel() for p in model.parameters()) == params  # the original is whole
+    with torch.no_grad():
+        torch.testing.assert_close(model.classify(x), before)
+    gs.mask(keep)
+    with torch.no_grad():
+        torch.testing.assert_close(trial.model.classify(x), model.classify(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_latency_target_takes_the_fewest_channels_whose_time_meets_it(tmp_path: Path) -> None:
+    """The latency path end to end with a deterministic clock (a model's "time" is its
+    parameter count: no timing in tests)."""
+    from vitrina.optimize.pruning import prune_model
+
+    model = tiny()
+    data = make_dataset(tmp_path / "photos", per_class=3)
+
+    def params(m: nn.Module) -> float:
+        return float(sum(p.numel() for p in m.parameters()))
+
+    full = params(model)
+    result = prune_model(
+        model, sorted(data.rglob("*.png")), latency=0.3, measure=params,
+        sparsify_epochs=0, finetune_epochs=0, batch_size=4, num_workers=0, round_to=None,
+    )  # fmt: skip
+    assert params(result.model) <= 0.7 * full
+    assert params(model) == full  # the full model is the teacher: untouched
+    probes = result.notes()["latency_probes"]
+    assert probes and all(p["ratio"] == pytest.approx(p["seconds"] / full) for p in probes)
+    assert any(p["ratio"] <= 0.7 for p in probes)
+
+
 def test_channels_driven_to_zero_are_the_ones_removed() -> None:
     model = tiny()
     gs = groups_of(model)

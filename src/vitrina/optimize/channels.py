@@ -152,6 +152,7 @@ class ChannelGroups:
         self.model = model
         self.example = example
         self._forward = forward or (lambda m, x: m(x))
+        self._protected, self._residual = list(protected), residual  # for copy()
         shielded = {id(m) for p in protected for m in p.modules()}
         was_training = model.training
         model.eval()
@@ -345,6 +346,27 @@ class ChannelGroups:
                 s.param.data[s.idx[sel]] = 0
                 if s.bias is not None:
                     s.bias.data[s.idx[sel]] = 0
+
+    def copy(self) -> ChannelGroups:
+        """The same groups on a deep copy of the model, to try a removal on
+        (``--prune-latency`` times candidates). The copy is traced again: torch-pruning's
+        graph keeps its ``ops`` module and the autograd nodes of its trace, so it cannot be
+        deep-copied, and one copied with those shared removed channels inconsistently."""
+        import copy
+
+        model = copy.deepcopy(self.model)
+        mine = {id(m): n for n, m in self.model.named_modules()}
+        theirs = dict(model.named_modules())
+        clone = ChannelGroups(
+            model,
+            self.example,
+            forward=self._forward,
+            protected=[theirs[mine[id(m)]] for m in self._protected],
+            residual=self._residual,
+        )
+        if [(g.name, g.width) for g in clone.groups] != [(g.name, g.width) for g in self.groups]:
+            raise RuntimeError("the copied model's channel groups differ from the original's")
+        return clone
 
     def remove(self, keep: Sequence[torch.Tensor]) -> None:
         """Remove every channel ``keep[g]`` drops, through the dependency graph (in place).
