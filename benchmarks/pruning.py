@@ -43,7 +43,6 @@ from vitrina.data.shifts import SHIFTS
 from vitrina.engine import Engine, Logits, default_workers, torch_threads
 from vitrina.io import read_image
 from vitrina.optimize import optimize_run
-from vitrina.optimize.budget import change
 
 TARGET_FLOPS, TARGET_DROP = 0.5, 0.01
 
@@ -197,8 +196,7 @@ def main() -> int:
     if search:
         print(f"accuracy budget {search['max_drop']:g} points; pruning targets tried:")
         for j in search["tried"]:
-            drops = ", ".join(f"{k} {change(v)}" for k, v in j["drops"].items())
-            print(f"  removing {j['target']:.0%}: {drops} pts ({'held' if j['held'] else 'over'})")
+            print(f"  {j['summary']}")
 
     results = {"clean": {"fp32": fp32["accuracy"], "pruned": pruned["accuracy"]}}
     chosen = [] if args.shifts == "none" else [v.strip() for v in args.shifts.split(",")]

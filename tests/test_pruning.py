@@ -940,3 +940,23 @@ def test_mixup_distils_teacher_and_student_on_the_same_seeded_blends() -> None:
     seen["teacher"].clear()
     plain.step(student, batch)
     assert torch.equal(seen["teacher"][0], x)
+
+
+def test_the_onnx_timer_exports_the_first_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--prune-latency times the full model beside every candidate: its export is kept."""
+    import vitrina.engine.onnx
+    from vitrina.optimize import _onnx_timer
+
+    exported: list[int] = []
+    real = vitrina.engine.onnx.export_onnx
+
+    def counting(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        exported.append(id(model))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(vitrina.engine.onnx, "export_onnx", counting)
+    full, other = tiny(), tiny(seed=1)
+    measure = _onnx_timer("logits", torch.randn(2, 3, *full.preprocess.input_size))
+    for _ in range(3):
+        assert measure(full) > 0 and measure(other) > 0
+    assert exported.count(id(full)) == 1 and exported.count(id(other)) == 3

@@ -157,15 +157,8 @@ def optimize(
         )
         search = n.get("budget_search")
         if search:
-            from vitrina.optimize.budget import change
-
             for j in search["tried"]:
-                drops = ", ".join(f"{k} {change(v)}" for k, v in j["drops"].items())
-                verdict = "within" if j["held"] else "over"
-                out.print(
-                    f"  removing {j['target']:.0%}: {drops} pts against fp32 "
-                    f"({verdict} the budget of {search['max_drop']:g})"
-                )
+                out.print(f"  {escape(j['summary'])}")
             if not search["held"]:
                 out.print(
                     f"[yellow]no pruning target down to {search['removed']:.0%} kept every "

@@ -242,17 +242,29 @@ def _nearest(x: np.ndarray) -> np.ndarray:
     return s.argmax(1)
 
 
-def _onnx_seconds(model: Any, output: str, batch: torch.Tensor, threads: int | None) -> float:
-    """Median seconds of one ONNX Runtime pass over ``batch`` (the pruned backend's runtime)."""
+def _onnx_timer(output: str, batch: torch.Tensor) -> Callable[[Any], float]:
+    """``measure(model)``: median seconds of one ONNX Runtime pass over ``batch`` (the pruned
+    backend's runtime). The first model it times is exported once and its session kept:
+    ``--prune-latency`` times the full model first and again beside every candidate."""
     from vitrina.engine.onnx import export_onnx, ort_session, run_session
     from vitrina.engine.timing import time_call
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, output, Path(tmp) / "trial.onnx")
-        sess = ort_session(path, threads, torch.device("cpu"))
+    first: list[tuple[Any, Any]] = []  # (model, session) of the first model timed
+
+    def measure(model: Any) -> float:
+        if first and first[0][0] is model:
+            sess = first[0][1]
+        else:
+            with tempfile.TemporaryDirectory() as tmp:  # the session holds the model in memory
+                path = export_onnx(model, output, Path(tmp) / "trial.onnx")
+                sess = ort_session(path, None, torch.device("cpu"))
+            if not first:
+                first.append((model, sess))
         return time_call(
             lambda: run_session(sess, batch), min_runs=5, min_time=1.0, max_time=10.0
         ).seconds
+
+    return measure
 
 
 def optimize_run(
@@ -492,15 +504,20 @@ def _judge_embeddings(
     results: dict[str, VariantResult], vectors: dict[str, list[Any]], labels: list[int]
 ) -> None:
     """mAP and rank-1 (every image queries the others) and nearest-neighbour agreement."""
-    from vitrina.evaluate.retrieval import loo_retrieval
-
-    y = np.asarray(labels)
     ref = _nearest(np.stack(vectors["fp32"]).astype(np.float32))
     for n, vs in vectors.items():
-        x = np.stack(vs).astype(np.float32)
-        scores = loo_retrieval(x, y)
+        x, scores = _retrieval(vs, labels)
         results[n].mAP, results[n].rank1 = scores["val_mAP"], scores["val_rank1"]
         results[n].top1_agreement = float((_nearest(x) == ref).mean())
+
+
+def _retrieval(vectors: list[Any], labels: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+    """(the vectors as one float32 array, mAP and rank-1 with every image querying the
+    others): how an embedding variant is judged."""
+    from vitrina.evaluate.retrieval import loo_retrieval
+
+    x = np.stack(vectors).astype(np.float32)
+    return x, loo_retrieval(x, np.asarray(labels))
 
 
 def _pruned_within(
@@ -519,14 +536,11 @@ def _pruned_within(
     from vitrina.optimize.budget import Judge, prune_within
 
     if embedding:
-        from vitrina.evaluate.retrieval import loo_retrieval
-
         task: Any = Embedding(normalize=True)
         answer: Callable[[list[Any]], list[Any]] = list
 
         def score(x: list[Any], y: list[int]) -> float:
-            vecs = np.stack(x).astype(np.float32)
-            return float(loo_retrieval(vecs, np.asarray(y))["val_mAP"])
+            return float(_retrieval(x, y)[1]["val_mAP"])
     else:
         task = Logits(top_k=1)
 
@@ -576,7 +590,7 @@ def _build_pruned(
 
         sample = photos.train[:: max(1, len(photos.train) // batch_size)][:batch_size]
         batch, _ = batch_inputs(Logits(), model.preprocess, sample)
-        measure = lambda m: _onnx_seconds(m, output, batch, None)  # noqa: E731
+        measure = _onnx_timer(output, batch)
     augment = None
     if output == "embed":
         from vitrina.data.transforms import reid_train_transform

@@ -72,7 +72,12 @@ class Judgement:
         return self.worst[1] <= self.max_drop + 1e-9
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "held": self.held, "worst": self.worst[0]}
+        return {
+            **asdict(self),
+            "held": self.held,
+            "worst": self.worst[0],
+            "summary": self.describe(),
+        }
 
     def describe(self) -> str:
         name, drop = self.worst

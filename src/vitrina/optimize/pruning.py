@@ -458,10 +458,11 @@ def prune_model(
         def accept(keep: list[torch.Tensor]) -> bool:
             trial = groups.copy()
             trial.remove(keep)
-            t = measure(trial.model)  # type: ignore[arg-type]
-            # the full model timed again beside each candidate: a shared machine's load
-            # drifts between probes (one candidate read 61-78% of a single first timing)
+            # the full model timed again beside each candidate (first: a timer may keep its
+            # session): a shared machine's load drifts between probes (one candidate read
+            # 61-78% of a single first timing)
             now = measure(teacher)
+            t = measure(trial.model)  # type: ignore[arg-type]
             probes.append(
                 {
                     "flops": trial_flops(keep) / full,
